@@ -1,0 +1,137 @@
+//! `behave`: a test fixture whose behaviour is chosen by each event.
+//!
+//! The host's integration tests publish events whose `data` is a JSON object
+//! with an `action` field, and check what the host does with the outcome.
+//! Invalid JSON, or no `action`, means `ok`.
+//!
+//! | `action`     | other fields                        | what `handle` does                                            |
+//! |--------------|-------------------------------------|---------------------------------------------------------------|
+//! | `ok`         |                                     | returns `Ok`                                                  |
+//! | `retry`      | `delay_ms`?                         | `Err(retry)`, reason `asked to retry`                         |
+//! | `reject`     | `reason`?                           | `Err(reject)`, reason `reason` or `asked to reject`           |
+//! | `trap`       |                                     | panics (`asked to trap`), which traps                         |
+//! | `loop`       |                                     | spins forever, until the host's timeout                       |
+//! | `alloc`      | `mb`? (default 1024)                | allocates and keeps `mb` MiB in 1 MiB chunks, then `Ok`       |
+//! | `publish`    | `publish`: `[{stream, type, data}]`, `then`? | publishes each (`data` as JSON); a refused publish rejects with `publish refused: <reason>`; then `then` = `reject` rejects, `trap` panics, else `Ok` |
+//! | `fail_until` | `n`, `delay_ms`?                    | `Err(retry)` (`attempt <a> of <n>`) while `attempt < n`, then `Ok` |
+//! | `busy`       | `ms`, `publish`?                    | computes for `ms` milliseconds (no sleeping), publishes `publish` items like `publish`, then `Ok` |
+//! | `log`        | `message`                           | logs `message` at info and prints it to stdout, then `Ok`     |
+//!
+//! Any other `action` is rejected with `unknown action <action>`.
+
+use std::hint::black_box;
+
+use serde_json::Value;
+
+wit_bindgen::generate!({ path: "../../wit", world: "plugin" });
+
+use exports::sluice::plugin::handler::Guest;
+use sluice::plugin::host::{Level, log, publish};
+use sluice::plugin::types::{Event, Failure, RetryAfter};
+
+/// One mebibyte, the size of each chunk `alloc` allocates.
+const MIB: usize = 1 << 20;
+
+/// The handler; see the crate documentation.
+struct Behave;
+
+impl Guest for Behave {
+    fn handle(event: Event) -> Result<(), Failure> {
+        let data: Value = serde_json::from_slice(&event.data).unwrap_or(Value::Null);
+        let delay_ms = data["delay_ms"].as_u64();
+        match data["action"].as_str().unwrap_or("ok") {
+            "ok" => Ok(()),
+            "retry" => Err(retry("asked to retry".into(), delay_ms)),
+            "reject" => Err(Failure::Reject(
+                data["reason"].as_str().unwrap_or("asked to reject").into(),
+            )),
+            "trap" => panic!("asked to trap"),
+            "loop" => spin(),
+            "alloc" => {
+                black_box(hog(data["mb"].as_u64().unwrap_or(1024) as usize));
+                Ok(())
+            }
+            "publish" => {
+                publish_each(&data)?;
+                match data["then"].as_str() {
+                    Some("reject") => Err(Failure::Reject("rejected after publishing".into())),
+                    Some("trap") => panic!("asked to trap after publishing"),
+                    _ => Ok(()),
+                }
+            }
+            "fail_until" => {
+                let n = data["n"].as_u64().unwrap_or(0);
+                if u64::from(event.attempt) < n {
+                    Err(retry(format!("attempt {} of {n}", event.attempt), delay_ms))
+                } else {
+                    Ok(())
+                }
+            }
+            "busy" => {
+                busy_for(data["ms"].as_u64().unwrap_or(100));
+                publish_each(&data)?;
+                Ok(())
+            }
+            "log" => {
+                let message = data["message"].as_str().unwrap_or_default();
+                log(Level::Info, message);
+                println!("{message}");
+                Ok(())
+            }
+            other => Err(Failure::Reject(format!("unknown action {other}"))),
+        }
+    }
+}
+
+/// Publishes each item of `data.publish` (`{stream, type, data}`, `data` sent
+/// as JSON); a refused publish becomes a `reject` with the host's reason.
+fn publish_each(data: &Value) -> Result<(), Failure> {
+    for item in data["publish"].as_array().into_iter().flatten() {
+        let body = serde_json::to_vec(&item["data"]).expect("a Value serializes");
+        publish(
+            item["stream"].as_str().unwrap_or_default(),
+            item["type"].as_str().unwrap_or_default(),
+            &body,
+        )
+        .map_err(|r| Failure::Reject(format!("publish refused: {r}")))?;
+    }
+    Ok(())
+}
+
+/// A `retry` failure with `reason` and an optional fixed delay.
+fn retry(reason: String, delay_ms: Option<u64>) -> Failure {
+    Failure::Retry(RetryAfter { reason, delay_ms })
+}
+
+/// Computes (without sleeping) until `ms` milliseconds have passed.
+fn busy_for(ms: u64) {
+    let until = std::time::Instant::now() + std::time::Duration::from_millis(ms);
+    let mut n = 0u64;
+    while std::time::Instant::now() < until {
+        n = black_box(n.wrapping_add(1));
+    }
+}
+
+/// Loops forever; `black_box` keeps the optimizer from removing the loop.
+fn spin() -> ! {
+    let mut n = 0u64;
+    loop {
+        n = black_box(n.wrapping_add(1));
+    }
+}
+
+/// Allocates `mb` MiB in 1 MiB chunks, writing to every page of each so the
+/// memory is really used, and returns them all.
+fn hog(mb: usize) -> Vec<Vec<u8>> {
+    (0..mb)
+        .map(|_| {
+            let mut chunk = vec![0u8; MIB];
+            for byte in chunk.iter_mut().step_by(4096) {
+                *byte = 1;
+            }
+            black_box(chunk)
+        })
+        .collect()
+}
+
+export!(Behave);

@@ -1,0 +1,57 @@
+//! The command line: `sluice run`, `publish`, `check`.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Sluice: Redis Streams events handled by sandboxed WebAssembly plugins.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// What to do.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the host: consume every configured stream until SIGINT/SIGTERM.
+    ///
+    /// Example: sluice run --config config.toml
+    Run {
+        /// The config file.
+        #[arg(long, short, default_value = "config.toml", env = "SLUICE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Add one event to a stream and print its entry id.
+    ///
+    /// Example: sluice publish orders --type order.created --data '{"order_id":"o-1","total":42.5}'
+    Publish {
+        /// The stream to add to.
+        stream: String,
+        /// The event type (the entry's `type` field).
+        #[arg(long = "type", short = 't')]
+        event_type: String,
+        /// The payload (the entry's `data` field), JSON by convention.
+        #[arg(long, short, default_value = "{}")]
+        data: String,
+        /// An extra field, e.g. --field correlation_id=c-1 (repeatable).
+        #[arg(long = "field", short = 'f', value_parser = parse_field)]
+        fields: Vec<(String, String)>,
+        /// The config file (for the Redis to use).
+        #[arg(long, short, default_value = "config.toml", env = "SLUICE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Validate the config and load every plugin; exit 1 with the errors.
+    ///
+    /// Example: sluice check --config config.toml
+    Check {
+        /// The config file.
+        #[arg(long, short, default_value = "config.toml", env = "SLUICE_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+fn parse_field(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("expected NAME=VALUE, got {s:?}"))?;
+    Ok((k.to_owned(), v.to_owned()))
+}

@@ -1,0 +1,50 @@
+//! What each subcommand does, on top of the library.
+
+use crate::cli::Command;
+use crate::config::Config;
+use crate::embedded::RedisTarget;
+use crate::publish::{NewEvent, publish};
+use crate::{host, wasm};
+use std::path::Path;
+
+/// Runs one subcommand to completion.
+pub async fn execute(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Run { config } => host::run(Config::load(&config)?, shutdown_signal()).await,
+        Command::Publish { stream, event_type, data, fields, config } => {
+            let event = NewEvent { stream, event_type, data, fields };
+            publish_with(&config, &event).await
+        }
+        Command::Check { config } => check(&config),
+    }
+}
+
+async fn publish_with(config_path: &Path, event: &NewEvent) -> anyhow::Result<()> {
+    let config = Config::load(config_path)?;
+    let target = RedisTarget::resolve(config.redis_url.as_deref(), &config.state_dir()).await?;
+    let result = publish(target.url(), event).await;
+    target.stop().await;
+    println!("{}", result?);
+    Ok(())
+}
+
+fn check(config_path: &Path) -> anyhow::Result<()> {
+    let config = Config::load(config_path)?;
+    let runtime = wasm::Runtime::new()?;
+    let plugins = host::load_plugins(&runtime, &config)?;
+    for (h, p) in config.handlers.iter().zip(&plugins) {
+        println!("ok  {:<16} {} ({})  streams: {}", h.name, p.file_name(), p.version, h.streams.join(", "));
+    }
+    println!("{}: {} handler(s), all plugins load", config_path.display(), plugins.len());
+    Ok(())
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,64 @@
+//! A handler binding as the host uses it: every default applied, globs compiled.
+
+use globset::GlobSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// One `[handlers.NAME]` table, resolved.
+#[derive(Debug, Clone)]
+pub struct Handler {
+    /// The table's name; also the default consumer group and the `source` of
+    /// everything this handler publishes.
+    pub name: String,
+    /// The plugin file, resolved against the plugins folder.
+    pub plugin: PathBuf,
+    /// Streams this handler consumes.
+    pub streams: Vec<String>,
+    /// The event-type globs as written (for display).
+    pub events: Vec<String>,
+    /// `events`, compiled.
+    pub event_filter: GlobSet,
+    /// Streams this handler may publish to.
+    pub publish: Vec<String>,
+    /// The consumer group this handler reads through, on every stream.
+    pub group: String,
+    /// One dead-letter stream for all streams, or `None` for `<stream>:dlq`.
+    pub dead_letter: Option<String>,
+    /// What each delivery runs under.
+    pub limits: Limits,
+}
+
+/// The limits and retry policy of one handler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// How long one delivery may run before it is stopped.
+    pub timeout: Duration,
+    /// Cap on linear memory, in bytes.
+    pub memory_bytes: usize,
+    /// Deliveries before an event is dead-lettered.
+    pub max_attempts: u32,
+    /// First retry delay; doubled each attempt, with jitter.
+    pub backoff: Duration,
+    /// Events in flight at once.
+    pub concurrency: usize,
+}
+
+impl Handler {
+    /// Whether an event of type `event_type` is for this handler.
+    pub fn wants(&self, event_type: &str) -> bool {
+        self.event_filter.is_match(event_type)
+    }
+
+    /// Whether this handler may publish to `stream`.
+    pub fn may_publish(&self, stream: &str) -> bool {
+        self.publish.iter().any(|s| s == stream)
+    }
+
+    /// The dead-letter stream for events read from `stream`.
+    pub fn dead_letter_stream(&self, stream: &str) -> String {
+        match &self.dead_letter {
+            Some(dl) => dl.clone(),
+            None => format!("{stream}:dlq"),
+        }
+    }
+}

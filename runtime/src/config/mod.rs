@@ -1,0 +1,81 @@
+//! The `config.toml` file: its shape, its defaults, loading and validation.
+//!
+//! [`model`] is the TOML as users write it (serde, unknown keys rejected);
+//! [`Config::load`] parses, expands `${ENV}` references, checks everything and
+//! resolves each handler into a [`Handler`] with every default applied. Errors
+//! name the file, line, column and key ([`ConfigError`]).
+
+mod env;
+mod error;
+mod handler;
+mod locate;
+pub mod model;
+mod validate;
+
+pub use error::ConfigError;
+pub use handler::{Handler, Limits};
+pub use model::{
+    DEFAULT_BACKOFF_MS, DEFAULT_CLAIM_IDLE_MS, DEFAULT_CONCURRENCY, DEFAULT_MAX_ATTEMPTS, DEFAULT_MEMORY_MB,
+    DEFAULT_PLUGINS_DIR, DEFAULT_TIMEOUT_MS,
+};
+
+use std::path::{Path, PathBuf};
+
+/// A loaded, validated configuration with every default applied.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from.
+    pub path: PathBuf,
+    /// Where Redis is: `None` means the embedded server under `.sluice/`.
+    pub redis_url: Option<String>,
+    /// The folder holding the `*.wasm` plugins, already resolved against the
+    /// config file's folder.
+    pub plugins_dir: PathBuf,
+    /// The consumer name this host uses in every group.
+    pub consumer: String,
+    /// How long an entry must sit unacknowledged with another consumer
+    /// before this host claims it.
+    pub claim_idle_ms: u64,
+    /// Every handler, sorted by name.
+    pub handlers: Vec<Handler>,
+}
+
+impl Config {
+    /// Reads, parses and validates the config file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let source =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::parse(path, &source)
+    }
+
+    /// Parses and validates `source` as if read from `path` (which locates the
+    /// plugins folder and names the file in errors).
+    pub fn parse(path: &Path, source: &str) -> Result<Config, ConfigError> {
+        let raw: model::RawConfig =
+            toml::from_str(source).map_err(|err| ConfigError::parse(path, source, err.span(), err.message()))?;
+        validate::resolve(path, source, raw)
+    }
+
+    /// The folder that holds the config file; relative paths start here.
+    pub fn base_dir(&self) -> &Path {
+        base_dir(&self.path)
+    }
+
+    /// The folder for Sluice's own files beside the config (`.sluice/`).
+    pub fn state_dir(&self) -> PathBuf {
+        self.base_dir().join(".sluice")
+    }
+
+    /// The handler called `name`, if configured.
+    pub fn handler(&self, name: &str) -> Option<&Handler> {
+        self.handlers.iter().find(|h| h.name == name)
+    }
+}
+
+/// The folder holding `config_path`, `.` for a bare file name.
+pub fn base_dir(config_path: &Path) -> &Path {
+    match config_path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}

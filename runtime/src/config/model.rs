@@ -1,0 +1,144 @@
+//! The TOML shape of `config.toml`, exactly as users write it.
+//!
+//! Every table rejects unknown keys so a typo is an error, not a silently
+//! ignored setting. Defaults are the named constants below; the shipped
+//! `config.toml` documents each key.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// Default `[host] plugins`: the folder of `*.wasm` files, relative to the config.
+pub const DEFAULT_PLUGINS_DIR: &str = "plugins/dist";
+/// Default `timeout_ms`: how long one delivery may run.
+pub const DEFAULT_TIMEOUT_MS: u64 = 2_000;
+/// Default `memory_mb`: the cap on a handler instance's linear memory.
+pub const DEFAULT_MEMORY_MB: u64 = 64;
+/// Default `max_attempts`: deliveries before an event is dead-lettered.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+/// Default `backoff_ms`: the first retry delay (it doubles each attempt).
+pub const DEFAULT_BACKOFF_MS: u64 = 200;
+/// Default `concurrency`: events of one handler in flight at once.
+pub const DEFAULT_CONCURRENCY: u32 = 16;
+/// Default `[host] claim_idle_ms`: how long another consumer's entry must sit
+/// unacknowledged before this host takes it over.
+pub const DEFAULT_CLAIM_IDLE_MS: u64 = 30_000;
+
+/// The whole file.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// `[redis]`
+    #[serde(default)]
+    pub redis: RawRedis,
+    /// `[host]`
+    #[serde(default)]
+    pub host: RawHost,
+    /// `[defaults]`
+    #[serde(default)]
+    pub defaults: RawLimits,
+    /// `[handlers.NAME]`
+    #[serde(default)]
+    pub handlers: BTreeMap<String, RawHandler>,
+}
+
+/// `[redis]`
+/// ```toml
+/// [redis]
+/// url = "redis://:${REDIS_PASSWORD}@127.0.0.1:6379"
+/// ```
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedis {
+    /// Absent: Sluice starts and owns a local `redis-server`.
+    pub url: Option<String>,
+}
+
+/// `[host]`
+/// ```toml
+/// [host]
+/// plugins = "plugins/dist"
+/// consumer = "host-a"
+/// claim_idle_ms = 30000
+/// ```
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawHost {
+    pub plugins: Option<String>,
+    pub consumer: Option<String>,
+    pub claim_idle_ms: Option<u64>,
+}
+
+/// The limits a handler runs under; `[defaults]` and each handler may set them.
+/// ```toml
+/// [defaults]
+/// timeout_ms = 2000
+/// memory_mb = 64
+/// max_attempts = 5
+/// backoff_ms = 200
+/// concurrency = 16
+/// ```
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub timeout_ms: Option<u64>,
+    pub memory_mb: Option<u64>,
+    pub max_attempts: Option<u32>,
+    pub backoff_ms: Option<u64>,
+    pub concurrency: Option<u32>,
+}
+
+/// `[handlers.NAME]`
+/// ```toml
+/// [handlers.payment]
+/// plugin = "payment.wasm"
+/// streams = ["orders"]
+/// events = ["order.created"]
+/// publish = ["payments"]
+/// group = "payment"
+/// dead_letter = "orders:dlq"
+/// timeout_ms = 500
+/// ```
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHandler {
+    pub plugin: String,
+    pub streams: Vec<String>,
+    pub events: Option<Vec<String>>,
+    #[serde(default)]
+    pub publish: Vec<String>,
+    pub group: Option<String>,
+    pub dead_letter: Option<String>,
+    // The limits are spelled out rather than flattened: serde cannot combine
+    // `flatten` with `deny_unknown_fields`.
+    pub timeout_ms: Option<u64>,
+    pub memory_mb: Option<u64>,
+    pub max_attempts: Option<u32>,
+    pub backoff_ms: Option<u64>,
+    pub concurrency: Option<u32>,
+}
+
+impl RawHandler {
+    /// The limits this handler sets itself.
+    pub fn limits(&self) -> RawLimits {
+        RawLimits {
+            timeout_ms: self.timeout_ms,
+            memory_mb: self.memory_mb,
+            max_attempts: self.max_attempts,
+            backoff_ms: self.backoff_ms,
+            concurrency: self.concurrency,
+        }
+    }
+}
+
+impl RawLimits {
+    /// `self` where set, else `fallback`.
+    pub fn or(&self, fallback: &RawLimits) -> RawLimits {
+        RawLimits {
+            timeout_ms: self.timeout_ms.or(fallback.timeout_ms),
+            memory_mb: self.memory_mb.or(fallback.memory_mb),
+            max_attempts: self.max_attempts.or(fallback.max_attempts),
+            backoff_ms: self.backoff_ms.or(fallback.backoff_ms),
+            concurrency: self.concurrency.or(fallback.concurrency),
+        }
+    }
+}

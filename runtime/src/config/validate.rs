@@ -1,0 +1,180 @@
+//! Turning a parsed [`RawConfig`] into a [`Config`]: every check in one place.
+
+use super::error::{ConfigError, Location};
+use super::handler::{Handler, Limits};
+use super::model::*;
+use super::{Config, base_dir, env, locate};
+use globset::{Glob, GlobSetBuilder};
+use std::path::Path;
+use std::time::Duration;
+
+/// Most memory one handler instance may be given, in MiB.
+pub const MAX_MEMORY_MB: u64 = 4_096;
+/// Longest `timeout_ms` accepted: ten minutes.
+pub const MAX_TIMEOUT_MS: u64 = 600_000;
+/// Most events one handler may have in flight.
+pub const MAX_CONCURRENCY: u32 = 1_024;
+
+/// Collects the context every check needs to point at the right line.
+struct Checker<'a> {
+    path: &'a Path,
+    source: &'a str,
+}
+
+impl Checker<'_> {
+    fn invalid(&self, key: &[&str], message: impl Into<String>) -> ConfigError {
+        let offset = locate::offset_of(self.source, key);
+        ConfigError::Invalid {
+            at: Location::at(self.path, self.source, offset),
+            key: key.join("."),
+            message: message.into(),
+        }
+    }
+
+    fn ensure(&self, ok: bool, key: &[&str], message: impl Into<String>) -> Result<(), ConfigError> {
+        if ok { Ok(()) } else { Err(self.invalid(key, message)) }
+    }
+
+    fn name(&self, value: &str, key: &[&str], what: &str) -> Result<(), ConfigError> {
+        let ok = !value.is_empty() && !value.chars().any(|c| c.is_whitespace() || c.is_control());
+        self.ensure(ok, key, format!("{what} must be non-empty and contain no spaces, got {value:?}"))
+    }
+}
+
+/// Checks `raw` and applies every default.
+pub fn resolve(path: &Path, source: &str, raw: RawConfig) -> Result<Config, ConfigError> {
+    let c = Checker { path, source };
+    let redis_url = raw.redis.url.as_deref().map(|u| redis_url(&c, u)).transpose()?;
+    let plugins_dir = base_dir(path).join(raw.host.plugins.as_deref().unwrap_or(DEFAULT_PLUGINS_DIR));
+    let consumer = match raw.host.consumer {
+        Some(name) => {
+            c.name(&name, &["host", "consumer"], "consumer")?;
+            name
+        }
+        None => default_consumer(),
+    };
+    let claim_idle_ms = raw.host.claim_idle_ms.unwrap_or(DEFAULT_CLAIM_IDLE_MS);
+    check_limits(&c, &raw.defaults, &["defaults"])?;
+    let mut handlers = Vec::with_capacity(raw.handlers.len());
+    for (name, h) in &raw.handlers {
+        handlers.push(handler(&c, name, h, &raw.defaults, &plugins_dir)?);
+    }
+    check_claim_idle(&c, claim_idle_ms, &handlers)?;
+    Ok(Config { path: path.to_owned(), redis_url, plugins_dir, consumer, claim_idle_ms, handlers })
+}
+
+fn redis_url(c: &Checker, url: &str) -> Result<String, ConfigError> {
+    let key = ["redis", "url"];
+    let url = env::expand(url).map_err(|e| c.invalid(&key, e))?;
+    // Never echo the URL: it may hold a password.
+    redis::parse_redis_url(&url).ok_or_else(|| c.invalid(&key, "not a valid redis:// or rediss:// URL"))?;
+    Ok(url)
+}
+
+/// `hostname-pid`: unique per process, so two hosts never share pending entries.
+fn default_consumer() -> String {
+    let host = hostname::get().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "sluice".into());
+    format!("{host}-{}", std::process::id())
+}
+
+fn check_claim_idle(c: &Checker, claim_idle_ms: u64, handlers: &[Handler]) -> Result<(), ConfigError> {
+    let longest = handlers.iter().map(|h| h.limits.timeout.as_millis() as u64).max().unwrap_or(0);
+    c.ensure(
+        claim_idle_ms > longest,
+        &["host", "claim_idle_ms"],
+        format!("must be longer than every handler's timeout_ms (the longest is {longest}), or live events would be taken from running hosts"),
+    )
+}
+
+fn check_limits(c: &Checker, l: &RawLimits, table: &[&str]) -> Result<(), ConfigError> {
+    let key = |k: &'static str| [table, &[k]].concat();
+    if let Some(v) = l.timeout_ms {
+        c.ensure(
+            (1..=MAX_TIMEOUT_MS).contains(&v),
+            &key("timeout_ms"),
+            format!("must be between 1 and {MAX_TIMEOUT_MS}, got {v}"),
+        )?;
+    }
+    if let Some(v) = l.memory_mb {
+        c.ensure(
+            (1..=MAX_MEMORY_MB).contains(&v),
+            &key("memory_mb"),
+            format!("must be between 1 and {MAX_MEMORY_MB}, got {v}"),
+        )?;
+    }
+    if let Some(v) = l.max_attempts {
+        c.ensure(v >= 1, &key("max_attempts"), "must be at least 1")?;
+    }
+    if let Some(v) = l.backoff_ms {
+        c.ensure(v <= 3_600_000, &key("backoff_ms"), format!("must be at most 3600000 (an hour), got {v}"))?;
+    }
+    if let Some(v) = l.concurrency {
+        c.ensure(
+            (1..=MAX_CONCURRENCY).contains(&v),
+            &key("concurrency"),
+            format!("must be between 1 and {MAX_CONCURRENCY}, got {v}"),
+        )?;
+    }
+    Ok(())
+}
+
+fn limits(l: &RawLimits) -> Limits {
+    Limits {
+        timeout: Duration::from_millis(l.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS)),
+        memory_bytes: (l.memory_mb.unwrap_or(DEFAULT_MEMORY_MB) << 20) as usize,
+        max_attempts: l.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
+        backoff: Duration::from_millis(l.backoff_ms.unwrap_or(DEFAULT_BACKOFF_MS)),
+        concurrency: l.concurrency.unwrap_or(DEFAULT_CONCURRENCY) as usize,
+    }
+}
+
+fn handler(
+    c: &Checker,
+    name: &str,
+    h: &RawHandler,
+    defaults: &RawLimits,
+    plugins_dir: &Path,
+) -> Result<Handler, ConfigError> {
+    let key = |k: &'static str| ["handlers", name, k];
+    c.name(name, &["handlers", name], "a handler name")?;
+    check_limits(c, &h.limits(), &["handlers", name])?;
+    let plugin = plugins_dir.join(&h.plugin);
+    c.ensure(plugin.is_file(), &key("plugin"), format!("plugin file {} does not exist", plugin.display()))?;
+    c.ensure(!h.streams.is_empty(), &key("streams"), "list at least one stream to consume")?;
+    for (i, s) in h.streams.iter().enumerate() {
+        c.name(s, &["handlers", name, "streams", &i.to_string()], "a stream name")?;
+    }
+    for (i, s) in h.publish.iter().enumerate() {
+        c.name(s, &["handlers", name, "publish", &i.to_string()], "a stream name")?;
+    }
+    let events = h.events.clone().unwrap_or_else(|| vec!["*".to_owned()]);
+    let event_filter = globs(c, name, &events)?;
+    let group = h.group.clone().unwrap_or_else(|| name.to_owned());
+    c.name(&group, &key("group"), "group")?;
+    if let Some(dl) = &h.dead_letter {
+        c.name(dl, &key("dead_letter"), "dead_letter")?;
+        c.ensure(!h.streams.contains(dl), &key("dead_letter"), "must not be one of the streams the handler consumes")?;
+    }
+    Ok(Handler {
+        name: name.to_owned(),
+        plugin,
+        streams: h.streams.clone(),
+        events,
+        event_filter,
+        publish: h.publish.clone(),
+        group,
+        dead_letter: h.dead_letter.clone(),
+        limits: limits(&h.limits().or(defaults)),
+    })
+}
+
+fn globs(c: &Checker, name: &str, events: &[String]) -> Result<globset::GlobSet, ConfigError> {
+    let mut set = GlobSetBuilder::new();
+    for (i, pattern) in events.iter().enumerate() {
+        let glob = Glob::new(pattern).map_err(|e| {
+            c.invalid(&["handlers", name, "events", &i.to_string()], format!("bad glob {pattern:?}: {}", e.kind()))
+        })?;
+        set.add(glob);
+    }
+    set.build().map_err(|e| c.invalid(&["handlers", name, "events"], e.to_string()))
+}

@@ -1,0 +1,162 @@
+//! Stream entries as the host sees them, and the fields Sluice writes:
+//! what a handler receives, what it publishes, what a dead-letter holds.
+
+use crate::wasm::Publish;
+use crate::wasm::bindings::Event;
+
+/// Field names Sluice gives meaning to (CloudEvents-like).
+pub mod field {
+    pub const TYPE: &str = "type";
+    pub const DATA: &str = "data";
+    pub const SOURCE: &str = "source";
+    pub const CORRELATION_ID: &str = "correlation_id";
+    pub const CAUSATION_ID: &str = "causation_id";
+    /// Prefix of the fields Sluice adds to a dead-letter entry.
+    pub const SLUICE_PREFIX: &str = "sluice.";
+}
+
+/// One entry of a stream, as read: its id and its fields in stored order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The id Redis assigned, e.g. `1700000000000-0`.
+    pub id: String,
+    /// Every field, in the order stored. Values are bytes: Redis does not
+    /// promise UTF-8.
+    pub fields: Vec<(String, Vec<u8>)>,
+}
+
+impl Entry {
+    /// The value of field `name`, if present.
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        self.fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_slice())
+    }
+
+    /// The `type` field, `""` when absent.
+    pub fn event_type(&self) -> String {
+        self.get(field::TYPE).map(|t| String::from_utf8_lossy(t).into_owned()).unwrap_or_default()
+    }
+
+    /// The event a handler receives for this entry on delivery `attempt`.
+    pub fn to_event(&self, stream: &str, attempt: u32) -> Event {
+        Event {
+            stream: stream.to_owned(),
+            id: self.id.clone(),
+            event_type: self.event_type(),
+            data: self.data(),
+            fields: self.fields.iter().map(|(k, v)| (k.clone(), lossy(v))).collect(),
+            attempt,
+        }
+    }
+
+    /// The `data` field, or all fields as a JSON object when it is absent.
+    fn data(&self) -> Vec<u8> {
+        match self.get(field::DATA) {
+            Some(d) => d.to_vec(),
+            None => {
+                let map: serde_json::Map<String, serde_json::Value> =
+                    self.fields.iter().map(|(k, v)| (k.clone(), lossy(v).into())).collect();
+                serde_json::to_vec(&map).unwrap_or_default()
+            }
+        }
+    }
+
+    /// The entry's correlation id: its `correlation_id` field, else its own id.
+    pub fn correlation_id(&self) -> String {
+        self.get(field::CORRELATION_ID).map(lossy).unwrap_or_else(|| self.id.clone())
+    }
+}
+
+fn lossy(v: &[u8]) -> String {
+    String::from_utf8_lossy(v).into_owned()
+}
+
+/// The fields of an entry `handler` publishes while handling `cause`.
+pub fn published_fields(p: &Publish, handler: &str, cause: &Entry) -> Vec<(String, Vec<u8>)> {
+    vec![
+        (field::TYPE.into(), p.event_type.clone().into_bytes()),
+        (field::DATA.into(), p.data.clone()),
+        (field::SOURCE.into(), handler.as_bytes().to_vec()),
+        (field::CORRELATION_ID.into(), cause.correlation_id().into_bytes()),
+        (field::CAUSATION_ID.into(), cause.id.clone().into_bytes()),
+    ]
+}
+
+/// Why and where an event failed, recorded on its dead-letter entry.
+#[derive(Debug, Clone)]
+pub struct DeadLetterInfo<'a> {
+    pub handler: &'a str,
+    pub origin_stream: &'a str,
+    pub reason: &'a str,
+    pub attempts: u32,
+    pub plugin_version: &'a str,
+    /// Unix time in milliseconds.
+    pub failed_at_ms: u64,
+}
+
+/// The fields of the dead-letter entry for `entry`: every original field
+/// (minus `sluice.*` ones from an earlier failure), then Sluice's own.
+pub fn dead_letter_fields(entry: &Entry, info: &DeadLetterInfo) -> Vec<(String, Vec<u8>)> {
+    let mut fields: Vec<(String, Vec<u8>)> =
+        entry.fields.iter().filter(|(k, _)| !k.starts_with(field::SLUICE_PREFIX)).cloned().collect();
+    let ours = [
+        ("sluice.error", info.reason.to_owned()),
+        ("sluice.handler", info.handler.to_owned()),
+        ("sluice.attempts", info.attempts.to_string()),
+        ("sluice.origin_stream", info.origin_stream.to_owned()),
+        ("sluice.origin_id", entry.id.clone()),
+        ("sluice.failed_at", info.failed_at_ms.to_string()),
+        ("sluice.plugin_version", info.plugin_version.to_owned()),
+    ];
+    fields.extend(ours.into_iter().map(|(k, v)| (k.to_owned(), v.into_bytes())));
+    fields
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(fields: &[(&str, &str)]) -> Entry {
+        Entry { id: "1-0".into(), fields: fields.iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())).collect() }
+    }
+
+    #[test]
+    fn data_defaults_to_all_fields_as_json() {
+        let e = entry(&[("type", "t"), ("n", "1")]).to_event("s", 1);
+        let v: serde_json::Value = serde_json::from_slice(&e.data).unwrap();
+        assert_eq!(v, serde_json::json!({"type": "t", "n": "1"}));
+    }
+
+    #[test]
+    fn missing_type_is_empty() {
+        assert_eq!(entry(&[("data", "{}")]).event_type(), "");
+    }
+
+    #[test]
+    fn publishes_carry_correlation_and_causation() {
+        let p = Publish { stream: "o".into(), event_type: "x".into(), data: b"{}".to_vec() };
+        let fields = published_fields(&p, "h", &entry(&[("correlation_id", "c-9")]));
+        let e = Entry { id: "9-0".into(), fields };
+        assert_eq!(e.get("correlation_id"), Some(&b"c-9"[..]));
+        assert_eq!(e.get("causation_id"), Some(&b"1-0"[..]));
+        assert_eq!(e.get("source"), Some(&b"h"[..]));
+        let uncorrelated = published_fields(&p, "h", &entry(&[]));
+        assert_eq!(uncorrelated[3].1, b"1-0");
+    }
+
+    #[test]
+    fn dead_letter_replaces_earlier_sluice_fields() {
+        let e = entry(&[("type", "t"), ("sluice.error", "old")]);
+        let info = DeadLetterInfo {
+            handler: "h",
+            origin_stream: "s",
+            reason: "new",
+            attempts: 3,
+            plugin_version: "v",
+            failed_at_ms: 5,
+        };
+        let fields = dead_letter_fields(&e, &info);
+        let errors: Vec<_> = fields.iter().filter(|(k, _)| k == "sluice.error").collect();
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].1, b"new");
+    }
+}

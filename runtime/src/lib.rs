@@ -1,0 +1,28 @@
+//! Sluice: an event runtime that reads Redis Streams through consumer groups
+//! and hands each entry to a sandboxed WebAssembly component, the handler.
+//!
+//! # Layout
+//! - [`config`]: the `config.toml` shape, defaults and validation.
+//! - [`event`]: stream entries, and the fields Sluice writes on publish and dead-letter.
+//! - [`stream`]: everything that speaks Redis: groups, reads, claims, commit transactions.
+//! - [`wasm`]: the engine, the one `bindgen!`, per-event stores, loading plugins.
+//! - [`dispatch`]: the delivery decision (ack, retry, dead-letter), in one place.
+//! - [`backoff`]: retry delays.
+//! - [`consumer`]: one handler's read/deliver/commit loop.
+//! - [`host`]: `sluice run`: every consumer, and shutdown.
+//! - [`embedded`]: the `redis-server` Sluice starts when no URL is configured.
+//! - [`publish`], [`commands`], [`cli`], [`logging`]: the command line.
+
+pub mod backoff;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod consumer;
+pub mod dispatch;
+pub mod embedded;
+pub mod event;
+pub mod host;
+pub mod logging;
+pub mod publish;
+pub mod stream;
+pub mod wasm;

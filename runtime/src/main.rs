@@ -1,0 +1,20 @@
+//! The `sluice` binary: parses the command line, sets up logging, and calls
+//! the library. Errors print with their causes and exit 1.
+
+use clap::Parser;
+use sluice::cli::Cli;
+use sluice::commands;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    sluice::logging::init();
+    let runtime = tokio::runtime::Runtime::new().expect("start tokio runtime");
+    match runtime.block_on(commands::execute(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

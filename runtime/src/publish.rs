@@ -1,0 +1,27 @@
+//! `sluice publish`: add one event to a stream and print its entry id.
+
+use crate::event::field;
+use anyhow::Context;
+
+/// One event to add.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub stream: String,
+    pub event_type: String,
+    pub data: String,
+    /// Extra fields (`correlation_id`, ...), in order.
+    pub fields: Vec<(String, String)>,
+}
+
+/// Adds `event` with `XADD` and returns the new entry's id.
+pub async fn publish(url: &str, event: &NewEvent) -> anyhow::Result<String> {
+    let client = redis::Client::open(url)?;
+    let mut conn = client.get_multiplexed_async_connection().await.context("cannot connect to Redis")?;
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(&event.stream).arg("*");
+    cmd.arg(field::TYPE).arg(&event.event_type).arg(field::DATA).arg(&event.data);
+    for (k, v) in &event.fields {
+        cmd.arg(k).arg(v);
+    }
+    cmd.query_async(&mut conn).await.with_context(|| format!("XADD to stream {}", event.stream))
+}

@@ -1,0 +1,14 @@
+//! Everything that speaks Redis Streams: connections by role, consumer
+//! groups, reading and claiming entries, and the transactions that
+//! acknowledge or dead-letter them.
+
+mod commit;
+mod conn;
+mod group;
+mod read;
+mod reply;
+
+pub use commit::{ack, ack_unhandled, dead_letter};
+pub use conn::{Redis, redact};
+pub use group::ensure_group;
+pub use read::{Delivery, Reader, autoclaim, claim, own_pending};

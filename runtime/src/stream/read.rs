@@ -1,0 +1,212 @@
+//! Getting entries to deliver: new ones with `XREADGROUP`, this consumer's
+//! own leftovers with `XPENDING` + `XCLAIM`, and abandoned ones from dead
+//! consumers with `XAUTOCLAIM`. Each comes with its attempt number, which is
+//! Redis's delivery count, so it survives restarts.
+
+use super::reply;
+use crate::event::Entry;
+use anyhow::Context;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// Entries fetched per `XPENDING`/`XAUTOCLAIM` page.
+const PAGE: usize = 100;
+
+/// One entry to deliver, and which delivery this is.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The stream it was read from.
+    pub stream: String,
+    pub entry: Entry,
+    /// 1 on first delivery; Redis's delivery count.
+    pub attempt: u32,
+}
+
+/// A consumer's blocking reader of new entries, on a connection of its own.
+pub struct Reader {
+    conn: MultiplexedConnection,
+    group: String,
+    consumer: String,
+    streams: Vec<String>,
+}
+
+impl Reader {
+    /// A reader for `consumer` of `group` on `streams`.
+    pub fn new(conn: MultiplexedConnection, group: &str, consumer: &str, streams: &[String]) -> Reader {
+        Reader { conn, group: group.to_owned(), consumer: consumer.to_owned(), streams: streams.to_vec() }
+    }
+
+    /// Up to `count` never-delivered entries across all streams, waiting at
+    /// most `block` for the first one.
+    pub async fn read_new(&mut self, count: usize, block: Duration) -> redis::RedisResult<Vec<Delivery>> {
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP").arg(&self.group).arg(&self.consumer);
+        cmd.arg("COUNT").arg(count).arg("BLOCK").arg(block.as_millis() as u64);
+        cmd.arg("STREAMS").arg(&self.streams);
+        for _ in &self.streams {
+            cmd.arg(">");
+        }
+        let value: redis::Value = cmd.query_async(&mut self.conn).await?;
+        let deliveries = reply::read_reply(&value)
+            .into_iter()
+            .flat_map(|(stream, entries)| {
+                entries.into_iter().map(move |entry| Delivery { stream: stream.clone(), entry, attempt: 1 })
+            })
+            .collect();
+        Ok(deliveries)
+    }
+}
+
+/// One row of `XPENDING ... [consumer]`: an id and how often it was delivered.
+struct PendingRow {
+    id: String,
+    delivered: u32,
+}
+
+async fn pending_rows(
+    conn: &mut impl ConnectionLike,
+    stream: &str,
+    group: &str,
+    after: &str,
+    end: &str,
+    consumer: &str,
+) -> redis::RedisResult<Vec<PendingRow>> {
+    let value: redis::Value = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg(group)
+        .arg(after)
+        .arg(end)
+        .arg(PAGE)
+        .arg(consumer)
+        .query_async(conn)
+        .await?;
+    let rows = match value {
+        redis::Value::Array(rows) => rows,
+        _ => vec![],
+    };
+    Ok(rows.iter().filter_map(pending_row).collect())
+}
+
+fn pending_row(v: &redis::Value) -> Option<PendingRow> {
+    let redis::Value::Array(cols) = v else {
+        return None;
+    };
+    let id = reply::text(cols.first()?)?;
+    let delivered = match cols.get(3)? {
+        redis::Value::Int(n) => *n as u32,
+        _ => return None,
+    };
+    Some(PendingRow { id, delivered })
+}
+
+/// Takes entries `ids` of `stream` for `consumer` if they have been idle at
+/// least `min_idle`; each claim counts as a delivery. Entries deleted
+/// meanwhile, or taken by someone else, are left out.
+pub async fn claim(
+    conn: &mut impl ConnectionLike,
+    stream: &str,
+    group: &str,
+    consumer: &str,
+    min_idle: Duration,
+    ids: &[String],
+) -> redis::RedisResult<Vec<Entry>> {
+    let value: redis::Value = redis::cmd("XCLAIM")
+        .arg(stream)
+        .arg(group)
+        .arg(consumer)
+        .arg(min_idle.as_millis() as u64)
+        .arg(ids)
+        .query_async(conn)
+        .await?;
+    Ok(reply::entries(&value))
+}
+
+/// Everything still pending for `consumer` itself on `stream` (left over by
+/// an earlier run under the same name), claimed again as fresh deliveries.
+pub async fn own_pending(
+    conn: &mut impl ConnectionLike,
+    stream: &str,
+    group: &str,
+    consumer: &str,
+) -> anyhow::Result<Vec<Delivery>> {
+    let mut out = Vec::new();
+    let mut after = "-".to_owned();
+    loop {
+        let rows = pending_rows(conn, stream, group, &after, "+", consumer)
+            .await
+            .with_context(|| format!("XPENDING on stream {stream} group {group}"))?;
+        let Some(last) = rows.last() else { break };
+        after = format!("({}", last.id);
+        let counts: HashMap<String, u32> = rows.iter().map(|r| (r.id.clone(), r.delivered)).collect();
+        let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+        let entries = claim(conn, stream, group, consumer, Duration::ZERO, &ids)
+            .await
+            .with_context(|| format!("XCLAIM on stream {stream} group {group}"))?;
+        out.extend(entries.into_iter().map(|entry| {
+            let attempt = counts.get(&entry.id).copied().unwrap_or(0) + 1;
+            Delivery { stream: stream.to_owned(), entry, attempt }
+        }));
+        if rows.len() < PAGE {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// Takes over up to one page of entries of `stream` that have sat with any
+/// consumer for at least `min_idle` (their consumer is presumed dead).
+/// Returns them with their attempt numbers, and the cursor for the next page
+/// (`"0-0"` when the scan is complete).
+pub async fn autoclaim(
+    conn: &mut impl ConnectionLike,
+    stream: &str,
+    group: &str,
+    consumer: &str,
+    min_idle: Duration,
+    cursor: &str,
+) -> anyhow::Result<(Vec<Delivery>, String)> {
+    let value: redis::Value = redis::cmd("XAUTOCLAIM")
+        .arg(stream)
+        .arg(group)
+        .arg(consumer)
+        .arg(min_idle.as_millis() as u64)
+        .arg(cursor)
+        .arg("COUNT")
+        .arg(PAGE)
+        .query_async(conn)
+        .await
+        .with_context(|| format!("XAUTOCLAIM on stream {stream} group {group}"))?;
+    let redis::Value::Array(parts) = &value else {
+        return Ok((vec![], "0-0".into()));
+    };
+    let next = parts.first().and_then(reply::text).unwrap_or_else(|| "0-0".into());
+    let entries = parts.get(1).map(reply::entries).unwrap_or_default();
+    let deliveries = with_attempts(conn, stream, group, consumer, entries).await?;
+    Ok((deliveries, next))
+}
+
+/// Attaches delivery counts (XAUTOCLAIM does not return them) to `entries`
+/// just claimed by `consumer`.
+async fn with_attempts(
+    conn: &mut impl ConnectionLike,
+    stream: &str,
+    group: &str,
+    consumer: &str,
+    entries: Vec<Entry>,
+) -> anyhow::Result<Vec<Delivery>> {
+    let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+        return Ok(vec![]);
+    };
+    let rows = pending_rows(conn, stream, group, &first.id, &last.id, consumer)
+        .await
+        .with_context(|| format!("XPENDING on stream {stream} group {group}"))?;
+    let counts: HashMap<String, u32> = rows.into_iter().map(|r| (r.id, r.delivered)).collect();
+    Ok(entries
+        .into_iter()
+        .map(|entry| {
+            let attempt = counts.get(&entry.id).copied().unwrap_or(1).max(1);
+            Delivery { stream: stream.to_owned(), entry, attempt }
+        })
+        .collect())
+}

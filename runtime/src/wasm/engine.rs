@@ -1,0 +1,92 @@
+//! The one wasmtime `Engine` and `Linker` a host uses, and the epoch ticker
+//! that makes per-event deadlines work.
+
+use super::bindings::Plugin as PluginWorld;
+use super::state::EventState;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use wasmtime::component::{HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+/// How often the epoch advances. A running handler yields to other tasks at
+/// every tick and its deadline is checked then, so this is also the
+/// resolution of `timeout_ms`.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Instances that may be alive at once across all handlers.
+const POOL_INSTANCES: u32 = 1_000;
+/// Largest linear memory the pool reserves room for (the largest `memory_mb`).
+const POOL_MAX_MEMORY: usize = 4 << 30;
+
+/// The compiled-code engine and the linker with every host import, shared by
+/// every plugin. Cheap to clone.
+#[derive(Clone)]
+pub struct Runtime {
+    /// The wasmtime engine (epoch interruption, pooling allocator).
+    pub engine: Engine,
+    /// WASI p2 plus `sluice:plugin/host`.
+    pub linker: Arc<Linker<EventState>>,
+    _ticker: Arc<Ticker>,
+}
+
+impl Runtime {
+    /// Builds the engine and linker and starts the epoch ticker.
+    pub fn new() -> anyhow::Result<Runtime> {
+        let engine = Engine::new(&engine_config())?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        PluginWorld::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+        let ticker = Ticker::start(engine.clone());
+        Ok(Runtime { engine, linker: Arc::new(linker), _ticker: Arc::new(ticker) })
+    }
+}
+
+fn engine_config() -> Config {
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(POOL_INSTANCES)
+        .total_core_instances(POOL_INSTANCES * 4)
+        .total_memories(POOL_INSTANCES * 2)
+        .total_tables(POOL_INSTANCES * 2)
+        .total_stacks(POOL_INSTANCES)
+        .max_memory_size(POOL_MAX_MEMORY)
+        .max_memories_per_component(16)
+        .max_tables_per_component(16)
+        .max_component_instance_size(1 << 20);
+    let mut config = Config::new();
+    config
+        .epoch_interruption(true)
+        // Wasm backtraces cost time on every trap; the guest's stderr (its
+        // panic message) is what users need and is kept instead.
+        .wasm_backtrace_max_frames(None)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    config
+}
+
+/// A thread that advances the engine's epoch every [`EPOCH_TICK`].
+struct Ticker {
+    stop: Arc<AtomicBool>,
+}
+
+impl Ticker {
+    fn start(engine: Engine) -> Ticker {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        std::thread::Builder::new()
+            .name("sluice-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .expect("spawn epoch thread");
+        Ticker { stop }
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}

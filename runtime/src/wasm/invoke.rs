@@ -1,0 +1,127 @@
+//! Running one delivery: a fresh `Store` and instance from the plugin's
+//! `InstancePre`, under an epoch deadline and a memory cap, then discarded.
+
+use super::bindings::{Event, Failure};
+use super::engine::EPOCH_TICK;
+use super::plugin::Plugin;
+use super::state::EventState;
+use std::time::{Duration, Instant};
+use wasmtime::{Store, UpdateDeadline};
+
+/// An event a handler published, written only if the handler succeeds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publish {
+    /// The target stream (granted in config).
+    pub stream: String,
+    /// The new entry's `type`.
+    pub event_type: String,
+    /// The new entry's `data`.
+    pub data: Vec<u8>,
+}
+
+/// What one delivery came to. An ordinary value, not an error: failures are
+/// the normal business of an event host, and building an error (with its
+/// backtrace) per failed event costs real throughput.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// `handle` returned ok.
+    Success { publishes: Vec<Publish> },
+    /// `handle` asked to be tried again.
+    Retry { reason: String, delay: Option<Duration> },
+    /// `handle` rejected the event for good.
+    Reject { reason: String },
+    /// The handler did not return: it trapped, ran out of time or memory, or
+    /// could not be instantiated. Treated like a retry.
+    Crash { reason: String },
+}
+
+/// The marker error the epoch callback raises when the deadline has passed.
+#[derive(Debug)]
+struct DeadlineExceeded;
+
+impl std::fmt::Display for DeadlineExceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("deadline exceeded")
+    }
+}
+
+impl std::error::Error for DeadlineExceeded {}
+
+impl Plugin {
+    /// Runs `handle(event)` once in a fresh instance.
+    pub async fn invoke(&self, event: &Event) -> Outcome {
+        let mut store = self.new_store();
+        let result = self.call(&mut store, event).await;
+        let state = store.data_mut();
+        log_output(state);
+        match result {
+            Ok(Ok(())) => Outcome::Success { publishes: std::mem::take(&mut state.publishes) },
+            Ok(Err(Failure::Retry(r))) => {
+                Outcome::Retry { reason: r.reason, delay: r.delay_ms.map(Duration::from_millis) }
+            }
+            Ok(Err(Failure::Reject(reason))) => Outcome::Reject { reason },
+            Err(err) => Outcome::Crash { reason: self.crash_reason(state, &err) },
+        }
+    }
+
+    fn new_store(&self) -> Store<EventState> {
+        let mut store = Store::new(self.pre.engine(), EventState::new(self.grants.clone()));
+        store.limiter(|s| s);
+        let deadline = Instant::now() + self.timeout;
+        store.set_epoch_deadline(1);
+        // Yield to the executor at every tick so a busy handler never holds a
+        // worker thread, and stop it once its time is up.
+        store.epoch_deadline_callback(move |_| {
+            if Instant::now() >= deadline { Err(DeadlineExceeded.into()) } else { Ok(UpdateDeadline::Yield(1)) }
+        });
+        store
+    }
+
+    async fn call(&self, store: &mut Store<EventState>, event: &Event) -> wasmtime::Result<Result<(), Failure>> {
+        // Backstop for time spent outside wasm code (host calls), which the
+        // epoch cannot interrupt.
+        let limit = self.timeout + EPOCH_TICK * 5;
+        let run = async {
+            let plugin = self.pre.instantiate_async(&mut *store).await?;
+            plugin.sluice_plugin_handler().call_handle(&mut *store, event).await
+        };
+        match tokio::time::timeout(limit, run).await {
+            Ok(result) => result,
+            Err(_) => Err(DeadlineExceeded.into()),
+        }
+    }
+
+    fn crash_reason(&self, state: &EventState, err: &wasmtime::Error) -> String {
+        if err.is::<DeadlineExceeded>() {
+            return format!("timeout after {} ms", self.timeout.as_millis());
+        }
+        if state.memory_denied {
+            return format!("memory limit {} MiB exceeded", state.memory_limit() >> 20);
+        }
+        let mut reason = format!("trap: {err:#}");
+        if let Some(line) = state.last_stderr_line.as_deref() {
+            reason.push_str(&format!(" (stderr: {line})"));
+        }
+        reason
+    }
+}
+
+/// Sends what the guest printed to the host log, one line at a time.
+fn log_output(state: &mut EventState) {
+    for line in state.stdout.take_text().lines() {
+        tracing::info!(target: "sluice::plugin::stdout", "{line}");
+    }
+    let stderr = state.stderr.take_text();
+    for line in stderr.lines() {
+        tracing::warn!(target: "sluice::plugin::stderr", "{line}");
+    }
+    state.last_stderr_line =
+        stderr.lines().rev().find(|l| !l.trim().is_empty() && !l.starts_with("note: ")).map(|l| truncate(l, 300));
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_owned(),
+    }
+}

@@ -1,0 +1,116 @@
+//! The shipped config parses; bad configs are rejected with file, line,
+//! column, key and reason.
+
+use crate::support::{RedisServer, plugins_dir, repo};
+use sluice::config::{Config, ConfigError};
+use std::path::Path;
+
+#[test]
+fn shipped_config_parses_and_every_plugin_exists() {
+    plugins_dir();
+    let config = Config::load(&repo().join("config.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let names: Vec<_> = config.handlers.iter().map(|h| h.name.as_str()).collect();
+    assert_eq!(names, ["audit", "inventory", "notification", "payment", "shipping"]);
+    let payment = config.handler("payment").unwrap();
+    assert_eq!(payment.limits.max_attempts, 3);
+    assert!(payment.may_publish("payments"));
+    assert_eq!(payment.dead_letter_stream("orders"), "orders:dlq");
+    assert!(config.redis_url.is_none(), "the example uses the embedded Redis");
+}
+
+/// Parses `body` (after a valid `[host]` pointing at the built plugins) as
+/// `bad.toml` and returns the error text.
+fn error_of(body: &str) -> String {
+    let text = format!("[host]\nplugins = \"{}\"\n{body}", plugins_dir().display());
+    match Config::parse(Path::new("bad.toml"), &text) {
+        Ok(_) => panic!("config should have been rejected:\n{text}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn unknown_key_names_file_line_and_key() {
+    let err = error_of("[handlers.a]\nplugin = \"behave.wasm\"\nstreams = [\"s\"]\ntimeuot_ms = 5\n");
+    assert!(err.starts_with("bad.toml:6:1:"), "{err}");
+    assert!(err.contains("timeuot_ms"), "{err}");
+}
+
+#[test]
+fn missing_plugin_file_points_at_the_plugin_key() {
+    let err = error_of("[handlers.a]\nplugin = \"nope.wasm\"\nstreams = [\"s\"]\n");
+    assert!(err.starts_with("bad.toml:4:10: handlers.a.plugin:"), "{err}");
+    assert!(err.contains("nope.wasm") && err.contains("does not exist"), "{err}");
+}
+
+#[test]
+fn bad_value_names_the_limit() {
+    let err = error_of("[defaults]\nconcurrency = 0\n");
+    assert!(err.starts_with("bad.toml:4:15: defaults.concurrency:"), "{err}");
+}
+
+#[test]
+fn wrong_type_is_a_parse_error_with_location() {
+    let err = error_of("[handlers.a]\nplugin = \"behave.wasm\"\nstreams = \"s\"\n");
+    assert!(err.starts_with("bad.toml:5:"), "{err}");
+    assert!(err.contains("sequence") || err.contains("array"), "{err}");
+}
+
+#[test]
+fn bad_glob_is_named() {
+    let err = error_of("[handlers.a]\nplugin = \"behave.wasm\"\nstreams = [\"s\"]\nevents = [\"order.[\"]\n");
+    assert!(err.contains("handlers.a.events.0") && err.contains("bad glob"), "{err}");
+}
+
+#[test]
+fn dead_letter_into_a_consumed_stream_is_refused() {
+    let err = error_of("[handlers.a]\nplugin = \"behave.wasm\"\nstreams = [\"s\"]\ndead_letter = \"s\"\n");
+    assert!(err.contains("handlers.a.dead_letter"), "{err}");
+}
+
+#[test]
+fn unset_env_var_in_redis_url_is_named_and_set_one_expands() {
+    let err = error_of("[redis]\nurl = \"redis://:${SLUICE_TEST_UNSET_VAR}@127.0.0.1:1\"\n");
+    assert!(err.contains("redis.url") && err.contains("SLUICE_TEST_UNSET_VAR"), "{err}");
+    // SAFETY: this test is the only user of this variable.
+    unsafe { std::env::set_var("SLUICE_TEST_PW", "pw") };
+    let text = format!(
+        "[host]\nplugins = \"{}\"\n[redis]\nurl = \"redis://:${{SLUICE_TEST_PW}}@127.0.0.1:1\"\n",
+        plugins_dir().display()
+    );
+    let config = Config::parse(Path::new("ok.toml"), &text).unwrap();
+    assert_eq!(config.redis_url.as_deref(), Some("redis://:pw@127.0.0.1:1"));
+}
+
+#[test]
+fn claim_idle_must_exceed_timeouts() {
+    let text = format!(
+        "[host]\nplugins = \"{}\"\nclaim_idle_ms = 100\n[handlers.a]\nplugin = \"behave.wasm\"\nstreams = [\"s\"]\ntimeout_ms = 500\n",
+        plugins_dir().display()
+    );
+    let err = Config::parse(Path::new("c.toml"), &text).unwrap_err();
+    assert!(matches!(err, ConfigError::Invalid { ref key, .. } if key == "host.claim_idle_ms"), "{err}");
+}
+
+#[test]
+fn a_plugin_that_is_not_a_component_is_rejected_by_check() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("junk.wasm"), b"not wasm at all").unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[redis]\nurl = \"{}\"\n[host]\nplugins = \".\"\n[handlers.j]\nplugin = \"junk.wasm\"\nstreams = [\"s\"]\n",
+            redis.url()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("junk.wasm") && stderr.contains("not a valid WebAssembly component"), "{stderr}");
+}

@@ -1,0 +1,172 @@
+//! What happens to an entry after each kind of delivery outcome, end to end:
+//! a real Redis, the `behave` plugin, the host in process.
+
+use crate::support::*;
+use serde_json::json;
+
+/// One `behave` handler `h` on stream `in`, with extra handler keys.
+fn behave(extra: &str) -> String {
+    format!("[handlers.h]\nplugin = \"behave.wasm\"\nstreams = [\"in\"]\npublish = [\"out\"]\n{extra}\n")
+}
+
+const FAST: &str = "claim_idle_ms = 5000";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ok_is_acknowledged() {
+    let redis = RedisServer::start();
+    let fx = Fixture::new(&redis, FAST, &behave(""));
+    let host = fx.start();
+    let mut conn = redis.conn().await;
+    send(&mut conn, "in", "t", json!({"action": "ok"})).await;
+    eventually(SOON, "the entry is acknowledged", || {
+        let mut c = conn.clone();
+        async move { (finished(&mut c, "in", "h").await == 1).then_some(()) }
+    })
+    .await;
+    host.stop().await;
+    assert!(entries(&mut conn, "in:dlq").await.is_empty());
+}
+
+/// Waits for the single dead-letter entry of `in` and returns it.
+async fn dead_letter(conn: &mut redis::aio::MultiplexedConnection) -> redis::streams::StreamId {
+    let mut found = eventually(SOON, "an entry in in:dlq", || {
+        let mut c = conn.clone();
+        async move {
+            let e = entries(&mut c, "in:dlq").await;
+            (!e.is_empty()).then_some(e)
+        }
+    })
+    .await;
+    assert_eq!(found.len(), 1, "exactly one dead-letter entry");
+    found.remove(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reject_dead_letters_at_once_with_every_field() {
+    let redis = RedisServer::start();
+    let fx = Fixture::new(&redis, FAST, &behave(""));
+    let host = fx.start();
+    let mut conn = redis.conn().await;
+    let data = json!({"action": "reject", "reason": "total is negative"}).to_string();
+    let id = xadd(&mut conn, "in", &[("type", "order.created"), ("data", &data), ("correlation_id", "c-1")]).await;
+    let dl = dead_letter(&mut conn).await;
+    assert_eq!(field(&dl, "sluice.error"), "total is negative");
+    assert_eq!(field(&dl, "sluice.handler"), "h");
+    assert_eq!(field(&dl, "sluice.attempts"), "1");
+    assert_eq!(field(&dl, "sluice.origin_stream"), "in");
+    assert_eq!(field(&dl, "sluice.origin_id"), id);
+    assert_eq!(field(&dl, "sluice.plugin_version").len(), 12);
+    let failed_at: u64 = field(&dl, "sluice.failed_at").parse().unwrap();
+    assert!(failed_at > 1_600_000_000_000);
+    // The original fields travel with it.
+    assert_eq!(field(&dl, "type"), "order.created");
+    assert_eq!(field(&dl, "data"), data);
+    assert_eq!(field(&dl, "correlation_id"), "c-1");
+    // And the original is acknowledged.
+    eventually(SOON, "nothing pending", || {
+        let mut c = conn.clone();
+        async move { (pending(&mut c, "in", "h").await == 0).then_some(()) }
+    })
+    .await;
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_is_delivered_again_until_it_succeeds() {
+    let redis = RedisServer::start();
+    let fx = Fixture::new(&redis, FAST, &behave("max_attempts = 5\nbackoff_ms = 10"));
+    let host = fx.start();
+    let mut conn = redis.conn().await;
+    // Succeeds on attempt 3, then publishes nothing; finished means acked.
+    send(&mut conn, "in", "t", json!({"action": "fail_until", "n": 3})).await;
+    eventually(SOON, "acknowledged after retries", || {
+        let mut c = conn.clone();
+        async move { (finished(&mut c, "in", "h").await == 1).then_some(()) }
+    })
+    .await;
+    host.stop().await;
+    assert!(entries(&mut conn, "in:dlq").await.is_empty(), "it succeeded, so no dead letter");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_exhausted_dead_letter_with_the_last_reason() {
+    let redis = RedisServer::start();
+    let fx = Fixture::new(&redis, FAST, &behave("max_attempts = 3\nbackoff_ms = 10"));
+    let host = fx.start();
+    let mut conn = redis.conn().await;
+    send(&mut conn, "in", "t", json!({"action": "retry", "delay_ms": 20})).await;
+    let dl = dead_letter(&mut conn).await;
+    assert_eq!(field(&dl, "sluice.attempts"), "3");
+    assert_eq!(field(&dl, "sluice.error"), "asked to retry (gave up after 3 attempts)");
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trap_counts_as_failure_and_names_the_panic() {
+    let redis = RedisServer::start();
+    let fx = Fixture::new(&redis, FAST, &behave("max_attempts = 2\nbackoff_ms = 10"));
+    let host = fx.start();
+    let mut conn = redis.conn().await;
+    send(&mut conn, "in", "t", json!({"action": "trap"})).await;
+    let dl = dead_letter(&mut conn).await;
+    let reason = field(&dl, "sluice.error");
+    assert!(reason.starts_with("trap: "), "{reason}");
+    assert!(reason.contains("asked to trap"), "the guest's panic message is kept: {reason}");
+    assert!(reason.ends_with("(gave up after 2 attempts)"), "{reason}");
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeout_stops_an_endless_loop() {
+    let redis = RedisServer::start();
+    let fx = Fixture::new(&redis, FAST, &behave("max_attempts = 1\ntimeout_ms = 200"));
+    let host = fx.start();
+    let mut conn = redis.conn().await;
+    send(&mut conn, "in", "t", json!({"action": "loop"})).await;
+    // A well-behaved event right behind it is not held up.
+    send(&mut conn, "in", "t", json!({"action": "ok"})).await;
+    let dl = dead_letter(&mut conn).await;
+    assert_eq!(field(&dl, "sluice.error"), "timeout after 200 ms (gave up after 1 attempts)");
+    eventually(SOON, "both finished", || {
+        let mut c = conn.clone();
+        async move { (finished(&mut c, "in", "h").await == 2).then_some(()) }
+    })
+    .await;
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_cap_is_enforced_and_named() {
+    let redis = RedisServer::start();
+    let fx = Fixture::new(&redis, FAST, &behave("max_attempts = 1\nmemory_mb = 16"));
+    let host = fx.start();
+    let mut conn = redis.conn().await;
+    send(&mut conn, "in", "t", json!({"action": "alloc", "mb": 64})).await;
+    let dl = dead_letter(&mut conn).await;
+    let reason = field(&dl, "sluice.error");
+    assert!(reason.starts_with("memory limit 16 MiB exceeded"), "{reason}");
+    // Within the cap is fine.
+    send(&mut conn, "in", "t", json!({"action": "alloc", "mb": 4})).await;
+    eventually(SOON, "the small allocation succeeds", || {
+        let mut c = conn.clone();
+        async move { (finished(&mut c, "in", "h").await == 2).then_some(()) }
+    })
+    .await;
+    assert_eq!(entries(&mut conn, "in:dlq").await.len(), 1);
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_custom_dead_letter_stream_is_used() {
+    let redis = RedisServer::start();
+    let fx = Fixture::new(&redis, FAST, &behave("dead_letter = \"failures\""));
+    let host = fx.start();
+    let mut conn = redis.conn().await;
+    send(&mut conn, "in", "t", json!({"action": "reject"})).await;
+    eventually(SOON, "an entry in failures", || {
+        let mut c = conn.clone();
+        async move { (entries(&mut c, "failures").await.len() == 1).then_some(()) }
+    })
+    .await;
+    host.stop().await;
+}

@@ -1,0 +1,18 @@
+//! Sluice's integration tests: one binary, every test against a real
+//! `redis-server` it starts on a free port and real plugins from `plugins/`.
+
+// Starts redis-server, builds plugins, writes configs, runs hosts, polls.
+mod support;
+
+// The shipped config parses; bad configs name file, line, key and reason.
+mod config;
+// Outcomes of one delivery: ok, retry, reject, trap, timeout, memory; dead-letter fields.
+mod delivery;
+// Fan-out across handlers and event-type filters.
+mod routing;
+// Publishes happen only on success, atomically with the ack.
+mod publishing;
+// Restarts, SIGKILL mid-batch, a second host claiming a dead host's events, shutdown.
+mod recovery;
+// The `sluice` binary: check, publish, the embedded Redis.
+mod cli;

@@ -1,0 +1,51 @@
+//! Test support: a real redis-server per test, the plugins built once, a
+//! config written per test, and polling against a deadline.
+
+mod host;
+mod redis_server;
+
+pub use host::{Fixture, RunningHost, entries, field, finished, pending, send, xadd};
+pub use redis_server::RedisServer;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The repository root.
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `plugins/dist`, built once per test run by `scripts/build-plugins`.
+pub fn plugins_dir() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let status = std::process::Command::new(repo().join("scripts/build-plugins"))
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("run scripts/build-plugins");
+        assert!(status.success(), "scripts/build-plugins failed");
+        repo().join("plugins/dist")
+    })
+}
+
+/// Polls `check` until it returns `Some`, failing the test with `what` after
+/// `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// The default deadline for something that should happen quickly.
+pub const SOON: Duration = Duration::from_secs(15);
