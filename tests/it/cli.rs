@@ -1,1 +1,92 @@
+//! The `sluice` binary as users run it: `check`, `publish`, and `run` on the
+//! embedded Redis it starts itself, stopped with SIGTERM.
 
+use crate::support::*;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+fn sluice(args: &[&str], config: &std::path::Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sluice")).args(args).arg("--config").arg(config).output().expect("run sluice")
+}
+
+#[test]
+fn check_accepts_the_shipped_config() {
+    plugins_dir();
+    let out = sluice(&["check"], &repo().join("config.toml"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("5 handler(s), all plugins load"), "{stdout}");
+}
+
+#[test]
+fn check_reports_a_config_error_with_its_location() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "[defaults]\nmax_attempts = 0\n").unwrap();
+    let out = sluice(&["check"], &config);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("config.toml:2:16: defaults.max_attempts: must be at least 1"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_prints_the_entry_id() {
+    let redis = RedisServer::start();
+    let fx = Fixture::new(&redis, "", "");
+    let out = sluice(&["publish", "orders", "--type", "order.created", "--data", "{\"total\":1}"], &fx.config_path);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let mut conn = redis.conn().await;
+    let stored = entries(&mut conn, "orders").await;
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].id, id);
+    assert_eq!(field(&stored[0], "type"), "order.created");
+}
+
+/// A config with no Redis URL, so `sluice` uses its embedded server.
+fn embedded_config(dir: &std::path::Path) -> std::path::PathBuf {
+    let config = dir.join("config.toml");
+    let text = format!(
+        "[host]\nplugins = \"{}\"\n[handlers.h]\nplugin = \"behave.wasm\"\nstreams = [\"in\"]\npublish = [\"out\"]\n",
+        plugins_dir().display()
+    );
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_starts_an_embedded_redis_and_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = embedded_config(dir.path());
+    // publish before run: starts the embedded server, writes, stops it again.
+    let data = r#"{"action":"publish","publish":[{"stream":"out","type":"done","data":{}}]}"#;
+    let out = sluice(&["publish", "in", "--type", "t", "--data", data], &config);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut host = Command::new(env!("CARGO_BIN_EXE_sluice")).args(["run", "--config"]).arg(&config).spawn().unwrap();
+    let socket = dir.path().join(".sluice/redis.sock");
+    let url = format!("redis+unix://{}", socket.display());
+    let out_len = eventually(SOON, "the event published before run was handled", || {
+        let url = url.clone();
+        async move {
+            let mut conn = redis::Client::open(url).ok()?.get_multiplexed_async_connection().await.ok()?;
+            let n = entries(&mut conn, "out").await.len();
+            (n == 1).then_some(n)
+        }
+    })
+    .await;
+    assert_eq!(out_len, 1);
+    let pid = host.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = eventually(SOON, "sluice exits after SIGTERM", || {
+        let s = host.try_wait().unwrap();
+        async move { s }
+    })
+    .await;
+    assert!(status.success(), "exit status {status}");
+    // The data survives in .sluice/ (AOF): the embedded server is stopped, a
+    // new publish starts it again and finds the stream.
+    let out = sluice(&["publish", "in", "--type", "t"], &config);
+    assert!(out.status.success());
+    std::thread::sleep(Duration::from_millis(1));
+    assert!(dir.path().join(".sluice/appendonlydir").exists() || dir.path().join(".sluice/appendonly.aof").exists());
+}

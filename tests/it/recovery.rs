@@ -1,1 +1,158 @@
+//! Nothing is lost across restarts, crashes and takeovers: attempts are
+//! counted by Redis, a SIGKILLed host's entries are delivered again, a
+//! second host claims a dead host's entries, shutdown drains, and a Redis
+//! restart is ridden out.
 
+use crate::support::*;
+use redis::aio::MultiplexedConnection;
+use serde_json::json;
+use std::collections::HashSet;
+use std::time::Duration;
+
+/// A `behave` handler `h` on `in` that may publish to `out`, with extra keys.
+fn behave(extra: &str) -> String {
+    format!("[handlers.h]\nplugin = \"behave.wasm\"\nstreams = [\"in\"]\npublish = [\"out\"]\n{extra}\n")
+}
+
+/// Data that makes `behave` compute for `ms` and then publish one event.
+fn busy(ms: u64) -> serde_json::Value {
+    json!({"action": "busy", "ms": ms, "publish": [{"stream": "out", "type": "done", "data": {}}]})
+}
+
+async fn wait_finished(conn: &MultiplexedConnection, n: usize, timeout: Duration) {
+    eventually(timeout, &format!("{n} entries finished and none pending"), || {
+        let mut c = conn.clone();
+        async move { (finished(&mut c, "in", "h").await == n && pending(&mut c, "in", "h").await == 0).then_some(()) }
+    })
+    .await;
+}
+
+/// Every entry of `in` has at least one publish in `out` caused by it.
+async fn assert_every_input_handled(conn: &mut MultiplexedConnection) {
+    let causes: HashSet<String> = entries(conn, "out").await.iter().map(|e| field(e, "causation_id")).collect();
+    let missing: Vec<String> =
+        entries(conn, "in").await.into_iter().map(|e| e.id).filter(|id| !causes.contains(id)).collect();
+    assert!(missing.is_empty(), "entries never handled: {missing:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_are_counted_across_a_restart() {
+    let redis = RedisServer::start();
+    let host_keys = "consumer = \"stable\"\nclaim_idle_ms = 120000";
+    let fx = Fixture::new(&redis, host_keys, &behave("max_attempts = 2"));
+    let mut conn = redis.conn().await;
+    // Attempt 1 asks for a retry a minute later: the host stops before then.
+    send(&mut conn, "in", "t", json!({"action": "retry", "delay_ms": 60000})).await;
+    let host = fx.start();
+    eventually(SOON, "the entry was delivered", || {
+        let mut c = conn.clone();
+        async move { (pending(&mut c, "in", "h").await == 1).then_some(()) }
+    })
+    .await;
+    host.stop().await;
+    assert!(entries(&mut conn, "in:dlq").await.is_empty(), "one attempt is not the last");
+    // The restarted host takes it back as attempt 2, the last one.
+    let host = fx.start();
+    let dl = eventually(SOON, "dead-lettered on attempt 2", || {
+        let mut c = conn.clone();
+        async move { entries(&mut c, "in:dlq").await.pop() }
+    })
+    .await;
+    host.stop().await;
+    assert_eq!(field(&dl, "sluice.attempts"), "2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_killed_mid_batch_loses_nothing() {
+    let redis = RedisServer::start();
+    let fx = Fixture::new(&redis, "consumer = \"host-a\"", &behave("concurrency = 8"));
+    let mut conn = redis.conn().await;
+    for _ in 0..200 {
+        send(&mut conn, "in", "t", busy(10)).await;
+    }
+    let mut host = fx.spawn_binary();
+    eventually(SOON, "some events handled", || {
+        let mut c = conn.clone();
+        async move { (entries(&mut c, "out").await.len() >= 20).then_some(()) }
+    })
+    .await;
+    host.kill().unwrap(); // SIGKILL
+    host.wait().unwrap();
+    let done = finished(&mut conn, "in", "h").await;
+    let in_flight = pending(&mut conn, "in", "h").await;
+    assert!(done < 200, "the kill should land mid-run (all {done} finished already)");
+    assert!(in_flight > 0, "the kill should leave entries pending");
+    let mut host = fx.spawn_binary();
+    wait_finished(&conn, 200, Duration::from_secs(60)).await;
+    host.kill().unwrap();
+    host.wait().unwrap();
+    assert_every_input_handled(&mut conn).await;
+    assert!(entries(&mut conn, "in:dlq").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_host_claims_a_dead_hosts_entries() {
+    let redis = RedisServer::start();
+    let handler = behave("concurrency = 4\ntimeout_ms = 500");
+    let dead = Fixture::new(&redis, "consumer = \"dead\"\nclaim_idle_ms = 1000", &handler);
+    let alive = Fixture::new(&redis, "consumer = \"alive\"\nclaim_idle_ms = 1000", &handler);
+    let mut conn = redis.conn().await;
+    for _ in 0..40 {
+        send(&mut conn, "in", "t", busy(30)).await;
+    }
+    let mut host = dead.spawn_binary();
+    eventually(SOON, "the first host picked entries up", || {
+        let mut c = conn.clone();
+        async move { (entries(&mut c, "out").await.len() >= 4).then_some(()) }
+    })
+    .await;
+    host.kill().unwrap();
+    host.wait().unwrap();
+    assert!(pending(&mut conn, "in", "h").await > 0, "the dead host left entries pending");
+    let survivor = alive.start();
+    wait_finished(&conn, 40, Duration::from_secs(30)).await;
+    survivor.stop().await;
+    assert_every_input_handled(&mut conn).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_in_flight_events_finish() {
+    let redis = RedisServer::start();
+    let fx = Fixture::new(&redis, "", &behave(""));
+    let host = fx.start();
+    let mut conn = redis.conn().await;
+    send(&mut conn, "in", "t", busy(400)).await;
+    eventually(SOON, "the event is in flight", || {
+        let mut c = conn.clone();
+        async move { (pending(&mut c, "in", "h").await == 1).then_some(()) }
+    })
+    .await;
+    host.stop().await;
+    assert_eq!(pending(&mut conn, "in", "h").await, 0, "shutdown waited for the event and acked it");
+    assert_eq!(entries(&mut conn, "out").await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_loses_nothing() {
+    let aof = ["--save", "", "--appendonly", "yes", "--appendfsync", "always"];
+    let mut redis = RedisServer::start_with(&aof);
+    let fx = Fixture::new(&redis, "consumer = \"steady\"\nclaim_idle_ms = 3000", &behave("concurrency = 4"));
+    let host = fx.start();
+    let mut conn = redis.conn().await;
+    for _ in 0..50 {
+        send(&mut conn, "in", "t", busy(5)).await;
+    }
+    eventually(SOON, "some handled", || {
+        let mut c = conn.clone();
+        async move { (entries(&mut c, "out").await.len() >= 10).then_some(()) }
+    })
+    .await;
+    redis.restart(&aof);
+    let mut conn = redis.conn().await;
+    for _ in 0..50 {
+        send(&mut conn, "in", "t", busy(5)).await;
+    }
+    wait_finished(&conn, 100, Duration::from_secs(60)).await;
+    host.stop().await;
+    assert_every_input_handled(&mut conn).await;
+}

@@ -97,11 +97,12 @@ pub fn field(entry: &StreamId, name: &str) -> String {
     entry.get::<String>(name).unwrap_or_else(|| panic!("entry {} has no field {name}: {:?}", entry.id, entry.map))
 }
 
-/// How many entries of `stream` are pending in `group`.
+/// How many entries of `stream` are pending in `group` (0 if the group does
+/// not exist yet).
 pub async fn pending(conn: &mut MultiplexedConnection, stream: &str, group: &str) -> usize {
-    let v: redis::Value = redis::cmd("XPENDING").arg(stream).arg(group).query_async(conn).await.unwrap();
+    let v: redis::RedisResult<redis::Value> = redis::cmd("XPENDING").arg(stream).arg(group).query_async(conn).await;
     match v {
-        redis::Value::Array(parts) => match parts.first() {
+        Ok(redis::Value::Array(parts)) => match parts.first() {
             Some(redis::Value::Int(n)) => *n as usize,
             _ => 0,
         },
@@ -109,13 +110,12 @@ pub async fn pending(conn: &mut MultiplexedConnection, stream: &str, group: &str
     }
 }
 
-/// The `entries-read` of `group` on `stream` minus its pending count: how
-/// many entries the group has finished with.
+/// How many entries `group` has finished with: those up to its last
+/// delivered id, minus those still pending.
 pub async fn finished(conn: &mut MultiplexedConnection, stream: &str, group: &str) -> usize {
     let groups: redis::RedisResult<redis::streams::StreamInfoGroupsReply> = conn.xinfo_groups(stream).await;
     let Ok(groups) = groups else { return 0 }; // the host has not created the stream yet
-    match groups.groups.iter().find(|g| g.name == group) {
-        Some(g) => g.entries_read.unwrap_or(0) - g.pending,
-        None => 0,
-    }
+    let Some(g) = groups.groups.iter().find(|g| g.name == group) else { return 0 };
+    let delivered: StreamRangeReply = conn.xrange(stream, "-", &g.last_delivered_id).await.unwrap();
+    delivered.ids.len().saturating_sub(g.pending)
 }
