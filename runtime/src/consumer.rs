@@ -239,7 +239,7 @@ impl Consumer {
 
     /// Runs one delivery and carries out the decision.
     async fn deliver(self: Arc<Self>, d: Delivery, permit: OwnedSemaphorePermit) {
-        let span = info_span!("event", stream = %d.stream, id = %d.entry.id, attempt = d.attempt);
+        let span = info_span!("event", handler = %self.handler.name, stream = %d.stream, id = %d.entry.id, attempt = d.attempt);
         async move {
             let decision = match dispatch::exhausted_before_delivery(d.attempt, &self.handler.limits) {
                 Some(decision) => decision,
