@@ -18,25 +18,14 @@ async fn ok_is_acknowledged() {
     let host = fx.start();
     let mut conn = redis.conn().await;
     send(&mut conn, "in", "t", json!({"action": "ok"})).await;
-    eventually(SOON, "the entry is acknowledged", || {
-        let mut c = conn.clone();
-        async move { (finished(&mut c, "in", "h").await == 1).then_some(()) }
-    })
-    .await;
+    until_finished(&conn, "in", "h", 1).await;
     host.stop().await;
     assert!(entries(&mut conn, "in:dlq").await.is_empty());
 }
 
 /// Waits for the single dead-letter entry of `in` and returns it.
 async fn dead_letter(conn: &mut redis::aio::MultiplexedConnection) -> redis::streams::StreamId {
-    let mut found = eventually(SOON, "an entry in in:dlq", || {
-        let mut c = conn.clone();
-        async move {
-            let e = entries(&mut c, "in:dlq").await;
-            (!e.is_empty()).then_some(e)
-        }
-    })
-    .await;
+    let mut found = until_entries(conn, "in:dlq", 1).await;
     assert_eq!(found.len(), 1, "exactly one dead-letter entry");
     found.remove(0)
 }
@@ -63,11 +52,7 @@ async fn reject_dead_letters_at_once_with_every_field() {
     assert_eq!(field(&dl, "data"), data);
     assert_eq!(field(&dl, "correlation_id"), "c-1");
     // And the original is acknowledged.
-    eventually(SOON, "nothing pending", || {
-        let mut c = conn.clone();
-        async move { (pending(&mut c, "in", "h").await == 0).then_some(()) }
-    })
-    .await;
+    until_pending(&conn, "in", "h", 0).await;
     host.stop().await;
 }
 
@@ -79,11 +64,7 @@ async fn retry_is_delivered_again_until_it_succeeds() {
     let mut conn = redis.conn().await;
     // Succeeds on attempt 3, then publishes nothing; finished means acked.
     send(&mut conn, "in", "t", json!({"action": "fail_until", "n": 3})).await;
-    eventually(SOON, "acknowledged after retries", || {
-        let mut c = conn.clone();
-        async move { (finished(&mut c, "in", "h").await == 1).then_some(()) }
-    })
-    .await;
+    until_finished(&conn, "in", "h", 1).await;
     host.stop().await;
     assert!(entries(&mut conn, "in:dlq").await.is_empty(), "it succeeded, so no dead letter");
 }
@@ -127,11 +108,7 @@ async fn timeout_stops_an_endless_loop() {
     send(&mut conn, "in", "t", json!({"action": "ok"})).await;
     let dl = dead_letter(&mut conn).await;
     assert_eq!(field(&dl, "sluice.error"), "timeout after 200 ms (gave up after 1 attempts)");
-    eventually(SOON, "both finished", || {
-        let mut c = conn.clone();
-        async move { (finished(&mut c, "in", "h").await == 2).then_some(()) }
-    })
-    .await;
+    until_finished(&conn, "in", "h", 2).await;
     host.stop().await;
 }
 
@@ -147,11 +124,7 @@ async fn memory_cap_is_enforced_and_named() {
     assert!(reason.starts_with("memory limit 16 MiB exceeded"), "{reason}");
     // Within the cap is fine.
     send(&mut conn, "in", "t", json!({"action": "alloc", "mb": 4})).await;
-    eventually(SOON, "the small allocation succeeds", || {
-        let mut c = conn.clone();
-        async move { (finished(&mut c, "in", "h").await == 2).then_some(()) }
-    })
-    .await;
+    until_finished(&conn, "in", "h", 2).await;
     assert_eq!(entries(&mut conn, "in:dlq").await.len(), 1);
     host.stop().await;
 }
@@ -163,10 +136,6 @@ async fn a_custom_dead_letter_stream_is_used() {
     let host = fx.start();
     let mut conn = redis.conn().await;
     send(&mut conn, "in", "t", json!({"action": "reject"})).await;
-    eventually(SOON, "an entry in failures", || {
-        let mut c = conn.clone();
-        async move { (entries(&mut c, "failures").await.len() == 1).then_some(()) }
-    })
-    .await;
+    until_entries(&conn, "failures", 1).await;
     host.stop().await;
 }

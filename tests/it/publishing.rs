@@ -19,14 +19,8 @@ async fn success_writes_publishes_with_lineage() {
     let data = publishing("ok", "out").to_string();
     let first = xadd(&mut conn, "in", &[("type", "t"), ("data", &data), ("correlation_id", "corr-7")]).await;
     let second = send(&mut conn, "in", "t", publishing("ok", "out")).await;
-    let out = eventually(SOON, "two publishes", || {
-        let mut c = conn.clone();
-        async move {
-            let e = entries(&mut c, "out").await;
-            (e.len() == 2).then_some(e)
-        }
-    })
-    .await;
+    let out = until_entries(&conn, "out", 2).await;
+    assert_eq!(out.len(), 2);
     host.stop().await;
     let by_cause = |id: &str| out.iter().find(|e| field(e, "causation_id") == id).expect("publish for entry").clone();
     let a = by_cause(&first);
@@ -47,11 +41,7 @@ async fn failed_handlers_publish_nothing() {
     let mut conn = redis.conn().await;
     send(&mut conn, "in", "t", publishing("reject", "out")).await;
     send(&mut conn, "in", "t", publishing("trap", "out")).await;
-    eventually(SOON, "both dead-lettered", || {
-        let mut c = conn.clone();
-        async move { (entries(&mut c, "in:dlq").await.len() == 2).then_some(()) }
-    })
-    .await;
+    until_entries(&conn, "in:dlq", 2).await;
     host.stop().await;
     assert!(entries(&mut conn, "out").await.is_empty(), "a failed delivery must publish nothing");
 }
@@ -63,11 +53,7 @@ async fn publishing_to_an_ungranted_stream_is_refused() {
     let host = fx.start();
     let mut conn = redis.conn().await;
     send(&mut conn, "in", "t", publishing("ok", "secret")).await;
-    let dl = eventually(SOON, "dead-lettered", || {
-        let mut c = conn.clone();
-        async move { entries(&mut c, "in:dlq").await.pop() }
-    })
-    .await;
+    let dl = until_entries(&conn, "in:dlq", 1).await.remove(0);
     host.stop().await;
     let reason = field(&dl, "sluice.error");
     assert!(reason.contains("publish refused") && reason.contains("\"secret\" is not granted"), "{reason}");

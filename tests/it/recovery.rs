@@ -44,20 +44,12 @@ async fn attempts_are_counted_across_a_restart() {
     // Attempt 1 asks for a retry a minute later: the host stops before then.
     send(&mut conn, "in", "t", json!({"action": "retry", "delay_ms": 60000})).await;
     let host = fx.start();
-    eventually(SOON, "the entry was delivered", || {
-        let mut c = conn.clone();
-        async move { (pending(&mut c, "in", "h").await == 1).then_some(()) }
-    })
-    .await;
+    until_pending(&conn, "in", "h", 1).await;
     host.stop().await;
     assert!(entries(&mut conn, "in:dlq").await.is_empty(), "one attempt is not the last");
     // The restarted host takes it back as attempt 2, the last one.
     let host = fx.start();
-    let dl = eventually(SOON, "dead-lettered on attempt 2", || {
-        let mut c = conn.clone();
-        async move { entries(&mut c, "in:dlq").await.pop() }
-    })
-    .await;
+    let dl = until_entries(&conn, "in:dlq", 1).await.remove(0);
     host.stop().await;
     assert_eq!(field(&dl, "sluice.attempts"), "2");
 }
@@ -71,11 +63,7 @@ async fn a_host_killed_mid_batch_loses_nothing() {
         send(&mut conn, "in", "t", busy(10)).await;
     }
     let mut host = fx.spawn_binary();
-    eventually(SOON, "some events handled", || {
-        let mut c = conn.clone();
-        async move { (entries(&mut c, "out").await.len() >= 20).then_some(()) }
-    })
-    .await;
+    until_entries(&conn, "out", 20).await;
     host.kill().unwrap(); // SIGKILL
     host.wait().unwrap();
     let done = finished(&mut conn, "in", "h").await;
@@ -101,11 +89,7 @@ async fn a_second_host_claims_a_dead_hosts_entries() {
         send(&mut conn, "in", "t", busy(30)).await;
     }
     let mut host = dead.spawn_binary();
-    eventually(SOON, "the first host picked entries up", || {
-        let mut c = conn.clone();
-        async move { (entries(&mut c, "out").await.len() >= 4).then_some(()) }
-    })
-    .await;
+    until_entries(&conn, "out", 4).await;
     host.kill().unwrap();
     host.wait().unwrap();
     assert!(pending(&mut conn, "in", "h").await > 0, "the dead host left entries pending");
@@ -122,11 +106,7 @@ async fn shutdown_lets_in_flight_events_finish() {
     let host = fx.start();
     let mut conn = redis.conn().await;
     send(&mut conn, "in", "t", busy(400)).await;
-    eventually(SOON, "the event is in flight", || {
-        let mut c = conn.clone();
-        async move { (pending(&mut c, "in", "h").await == 1).then_some(()) }
-    })
-    .await;
+    until_pending(&conn, "in", "h", 1).await;
     host.stop().await;
     assert_eq!(pending(&mut conn, "in", "h").await, 0, "shutdown waited for the event and acked it");
     assert_eq!(entries(&mut conn, "out").await.len(), 1);
@@ -142,11 +122,7 @@ async fn a_redis_restart_loses_nothing() {
     for _ in 0..50 {
         send(&mut conn, "in", "t", busy(5)).await;
     }
-    eventually(SOON, "some handled", || {
-        let mut c = conn.clone();
-        async move { (entries(&mut c, "out").await.len() >= 10).then_some(()) }
-    })
-    .await;
+    until_entries(&conn, "out", 10).await;
     redis.restart(&aof);
     let mut conn = redis.conn().await;
     for _ in 0..50 {

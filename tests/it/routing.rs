@@ -24,14 +24,7 @@ async fn every_handler_on_a_stream_sees_every_event() {
     for _ in 0..3 {
         send(&mut conn, "in", "t", echo()).await;
     }
-    let out = eventually(SOON, "6 publishes", || {
-        let mut c = conn.clone();
-        async move {
-            let e = entries(&mut c, "out").await;
-            (e.len() >= 6).then_some(e)
-        }
-    })
-    .await;
+    let out = until_entries(&conn, "out", 6).await;
     host.stop().await;
     let from = |name: &str| out.iter().filter(|e| field(e, "source") == name).count();
     assert_eq!((from("a"), from("b"), out.len()), (3, 3, 6));
@@ -47,11 +40,7 @@ async fn events_outside_the_globs_are_acked_without_running_the_plugin() {
     send(&mut conn, "in", "order.created", echo()).await;
     // An entry with no `type` at all is not an order either.
     xadd(&mut conn, "in", &[("data", &echo().to_string())]).await;
-    eventually(SOON, "all three finished", || {
-        let mut c = conn.clone();
-        async move { (finished(&mut c, "in", "orders").await == 3).then_some(()) }
-    })
-    .await;
+    until_finished(&conn, "in", "orders", 3).await;
     host.stop().await;
     let out = entries(&mut conn, "out").await;
     assert_eq!(out.len(), 1, "only the order.created event ran the plugin");

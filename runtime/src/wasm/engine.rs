@@ -14,8 +14,10 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 /// resolution of `timeout_ms`.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
-/// Instances that may be alive at once across all handlers.
-const POOL_INSTANCES: u32 = 1_000;
+/// Instances that may be alive at once across all handlers (the sum of their
+/// `concurrency`, which is usually far less). Each memory slot reserves
+/// virtual address space for [`POOL_MAX_MEMORY`], so this is kept modest.
+const POOL_INSTANCES: u32 = 512;
 /// Largest linear memory the pool reserves room for (the largest `memory_mb`).
 const POOL_MAX_MEMORY: usize = 4 << 30;
 
@@ -45,9 +47,10 @@ impl Runtime {
 fn engine_config() -> Config {
     let mut pool = PoolingAllocationConfig::new();
     pool.total_component_instances(POOL_INSTANCES)
+        // Components from Python or JS hold several core instances each.
         .total_core_instances(POOL_INSTANCES * 4)
         .total_memories(POOL_INSTANCES * 2)
-        .total_tables(POOL_INSTANCES * 2)
+        .total_tables(POOL_INSTANCES * 4)
         .total_stacks(POOL_INSTANCES)
         .max_memory_size(POOL_MAX_MEMORY)
         .max_memories_per_component(16)

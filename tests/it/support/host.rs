@@ -119,3 +119,35 @@ pub async fn finished(conn: &mut MultiplexedConnection, stream: &str, group: &st
     let delivered: StreamRangeReply = conn.xrange(stream, "-", &g.last_delivered_id).await.unwrap();
     delivered.ids.len().saturating_sub(g.pending)
 }
+
+/// Waits until `group` has finished `n` entries of `stream`.
+pub async fn until_finished(conn: &MultiplexedConnection, stream: &str, group: &str, n: usize) {
+    let what = format!("{n} entries of {stream} finished by {group}");
+    super::eventually(super::SOON, &what, || {
+        let mut c = conn.clone();
+        async move { (finished(&mut c, stream, group).await == n).then_some(()) }
+    })
+    .await
+}
+
+/// Waits until `stream` holds at least `n` entries and returns them all.
+pub async fn until_entries(conn: &MultiplexedConnection, stream: &str, n: usize) -> Vec<StreamId> {
+    super::eventually(super::SOON, &format!("{n} entries in {stream}"), || {
+        let mut c = conn.clone();
+        async move {
+            let e = entries(&mut c, stream).await;
+            (e.len() >= n).then_some(e)
+        }
+    })
+    .await
+}
+
+/// Waits until exactly `n` entries of `stream` are pending in `group`.
+pub async fn until_pending(conn: &MultiplexedConnection, stream: &str, group: &str, n: usize) {
+    let what = format!("{n} entries of {stream} pending in {group}");
+    super::eventually(super::SOON, &what, || {
+        let mut c = conn.clone();
+        async move { (pending(&mut c, stream, group).await == n).then_some(()) }
+    })
+    .await
+}

@@ -4,7 +4,9 @@
 mod host;
 mod redis_server;
 
-pub use host::{Fixture, RunningHost, entries, field, finished, pending, send, xadd};
+pub use host::{
+    Fixture, RunningHost, entries, field, finished, pending, send, until_entries, until_finished, until_pending, xadd,
+};
 pub use redis_server::RedisServer;
 
 use std::future::Future;
