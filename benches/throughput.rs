@@ -13,7 +13,7 @@ mod redis_server;
 use redis::aio::MultiplexedConnection;
 use redis_server::RedisServer;
 use sluice::config::Config;
-use sluice::wasm::{Outcome, Plugin, Runtime};
+use sluice::wasm::{Outcome, Plugin, Runtime, Sandbox};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -143,18 +143,19 @@ async fn dispatch_cost(iterations: u32) -> f64 {
     let redis = RedisServer::start();
     let (_dir, config) = bench_config(&redis);
     let runtime = Runtime::new().unwrap();
-    let plugin = Plugin::load(&runtime, &config.handlers[0]).unwrap();
+    let plugin = Plugin::load(&runtime, None, &config.handlers[0].plugin).unwrap();
+    let sandbox = Sandbox::for_handler(&config.handlers[0]);
     let entry = sluice::event::Entry {
         id: "1-0".into(),
         fields: vec![("type".into(), b"order.created".to_vec()), ("data".into(), PAYLOAD.as_bytes().to_vec())],
     };
     let event = entry.to_event("bench", 1);
     for _ in 0..100 {
-        assert!(matches!(plugin.invoke(&event).await, Outcome::Success { .. }));
+        assert!(matches!(plugin.invoke(&sandbox, &event).await, Outcome::Success { .. }));
     }
     let started = Instant::now();
     for _ in 0..iterations {
-        plugin.invoke(&event).await;
+        plugin.invoke(&sandbox, &event).await;
     }
     started.elapsed().as_secs_f64() * 1e6 / f64::from(iterations)
 }

@@ -15,12 +15,17 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the host: consume every configured stream until SIGINT/SIGTERM.
+    /// Edits to the config and the plugins folder are applied live; SIGHUP
+    /// forces a reload.
     ///
     /// Example: sluice run --config config.toml
     Run {
         /// The config file.
         #[arg(long, short, default_value = "config.toml", env = "SLUICE_CONFIG")]
         config: PathBuf,
+        /// Do not watch the config and plugins for changes (SIGHUP still reloads).
+        #[arg(long)]
+        no_watch: bool,
     },
     /// Add one event to a stream and print its entry id.
     ///

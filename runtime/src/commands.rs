@@ -10,7 +10,10 @@ use std::path::Path;
 /// Runs one subcommand to completion.
 pub async fn execute(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Run { config } => host::run(Config::load(&config)?, shutdown_signal()).await,
+        Command::Run { config, no_watch } => {
+            let options = host::RunOptions { watch: !no_watch, reports: None };
+            host::run_with(Config::load(&config)?, shutdown_signal(), options).await
+        }
         Command::Publish { stream, event_type, data, fields, config } => {
             let event = NewEvent { stream, event_type, data, fields };
             publish_with(&config, &event).await
@@ -31,7 +34,7 @@ async fn publish_with(config_path: &Path, event: &NewEvent) -> anyhow::Result<()
 fn check(config_path: &Path) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
     let runtime = wasm::Runtime::new()?;
-    let plugins = host::load_plugins(&runtime, &config)?;
+    let plugins = host::load_plugins(&runtime, &host::cache_for(&config, &runtime), &config)?;
     for (h, p) in config.handlers.iter().zip(&plugins) {
         println!("ok  {:<16} {} ({})  streams: {}", h.name, p.file_name(), p.version, h.streams.join(", "));
     }

@@ -10,10 +10,12 @@ use crate::config::Handler;
 use crate::dispatch::{self, Decision};
 use crate::event::DeadLetterInfo;
 use crate::stream::{self, Delivery, Reader, Redis};
-use crate::wasm::Plugin;
+use crate::wasm::{Plugin, Sandbox};
+use arc_swap::ArcSwap;
 use futures::future::BoxFuture;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -30,10 +32,31 @@ const ERROR_PAUSE: Duration = Duration::from_millis(500);
 /// Tries of a commit transaction before leaving the entry pending.
 const COMMIT_TRIES: u32 = 4;
 
+/// One handler as it runs now: its config, its plugin and its sandbox.
+/// Swapped whole on reload; a delivery keeps the one it started with.
+pub struct Binding {
+    pub handler: Handler,
+    pub plugin: Arc<Plugin>,
+    pub sandbox: Sandbox,
+}
+
+impl Binding {
+    /// `handler` running `plugin`.
+    pub fn new(handler: Handler, plugin: Arc<Plugin>) -> Binding {
+        let sandbox = Sandbox::for_handler(&handler);
+        Binding { handler, plugin, sandbox }
+    }
+}
+
 /// Everything one handler's tasks share.
 pub struct Consumer {
-    handler: Handler,
-    plugin: Plugin,
+    /// The handler as configured now (swapped by [`Consumer::update`]).
+    binding: ArcSwap<Binding>,
+    /// The handler's name, streams and group: fixed for a consumer's life
+    /// (a reload that changes the streams or group replaces the consumer).
+    handler_name: String,
+    streams: Vec<String>,
+    group: String,
     redis: Redis,
     /// This host's consumer name in every group.
     name: String,
@@ -41,28 +64,70 @@ pub struct Consumer {
     claim_idle: Duration,
     /// One permit per event in flight (`concurrency`).
     permits: Arc<Semaphore>,
+    /// The number of permits `permits` is meant to have now.
+    concurrency: AtomicUsize,
     /// Deliveries and retry timers, waited for on shutdown.
     tasks: TaskTracker,
     shutdown: CancellationToken,
 }
 
 impl Consumer {
-    /// A consumer for `handler`, running `plugin`, as `name`.
+    /// A consumer for `binding`, as `name`, stopping when `shutdown` is cancelled.
     pub fn new(
-        handler: Handler,
-        plugin: Plugin,
+        binding: Binding,
         redis: Redis,
         name: String,
         claim_idle: Duration,
         shutdown: CancellationToken,
     ) -> Arc<Consumer> {
-        let permits = Arc::new(Semaphore::new(handler.limits.concurrency));
-        Arc::new(Consumer { handler, plugin, redis, name, claim_idle, permits, tasks: TaskTracker::new(), shutdown })
+        let concurrency = binding.handler.limits.concurrency;
+        Arc::new(Consumer {
+            handler_name: binding.handler.name.clone(),
+            streams: binding.handler.streams.clone(),
+            group: binding.handler.group.clone(),
+            binding: ArcSwap::from_pointee(binding),
+            redis,
+            name,
+            claim_idle,
+            permits: Arc::new(Semaphore::new(concurrency)),
+            concurrency: AtomicUsize::new(concurrency),
+            tasks: TaskTracker::new(),
+            shutdown,
+        })
+    }
+
+    /// The binding new deliveries use.
+    pub fn binding(&self) -> Arc<Binding> {
+        self.binding.load_full()
+    }
+
+    /// Whether `handler` can be served by swapping this consumer's binding
+    /// (same streams and group), rather than by a new consumer.
+    pub fn can_update_to(&self, handler: &Handler) -> bool {
+        handler.streams == self.streams && handler.group == self.group
+    }
+
+    /// Serves new deliveries with `binding`; running ones finish on the old
+    /// one. Concurrency changes take effect as permits come back.
+    pub fn update(&self, binding: Binding) {
+        let want = binding.handler.limits.concurrency;
+        let had = self.concurrency.swap(want, Ordering::SeqCst);
+        if want > had {
+            self.permits.add_permits(want - had);
+        } else if want < had {
+            let permits = self.permits.clone();
+            tokio::spawn(async move {
+                if let Ok(p) = permits.acquire_many_owned((had - want) as u32).await {
+                    p.forget();
+                }
+            });
+        }
+        self.binding.store(Arc::new(binding));
     }
 
     /// Consumes until shutdown, then lets in-flight deliveries finish.
     pub async fn run(self: Arc<Self>) {
-        let span = info_span!("handler", handler = %self.handler.name);
+        let span = info_span!("handler", handler = %self.handler_name);
         async {
             self.until_ready(|| self.ensure_groups()).await;
             self.recover_own().await;
@@ -95,17 +160,17 @@ impl Consumer {
 
     async fn ensure_groups(&self) -> anyhow::Result<()> {
         let mut conn = self.redis.conn.clone();
-        for s in &self.handler.streams {
-            stream::ensure_group(&mut conn, s, &self.handler.group).await?;
+        for s in &self.streams {
+            stream::ensure_group(&mut conn, s, &self.group).await?;
         }
         Ok(())
     }
 
     /// Delivers again what this consumer left pending in an earlier run.
     async fn recover_own(self: &Arc<Self>) {
-        for s in &self.handler.streams {
+        for s in &self.streams {
             let mut conn = self.redis.conn.clone();
-            match stream::own_pending(&mut conn, s, &self.handler.group, &self.name).await {
+            match stream::own_pending(&mut conn, s, &self.group, &self.name).await {
                 Ok(found) => {
                     if !found.is_empty() {
                         info!(stream = %s, count = found.len(), "taking back entries left pending by an earlier run");
@@ -128,9 +193,7 @@ impl Consumer {
             let r = match reader.as_mut() {
                 Some(r) => r,
                 None => match self.redis.blocking_connection().await {
-                    Ok(conn) => {
-                        reader.insert(Reader::new(conn, &self.handler.group, &self.name, &self.handler.streams))
-                    }
+                    Ok(conn) => reader.insert(Reader::new(conn, &self.group, &self.name, &self.streams)),
                     Err(e) => {
                         warn!("{e:#}; trying again");
                         self.pause(ERROR_PAUSE).await;
@@ -164,7 +227,7 @@ impl Consumer {
     /// Acks at once what the handler does not want; spawns the rest.
     async fn dispatch(self: &Arc<Self>, found: Vec<Delivery>, permit: OwnedSemaphorePermit) {
         let (wanted, unwanted): (Vec<_>, Vec<_>) =
-            found.into_iter().partition(|d| self.handler.wants(&d.entry.event_type()));
+            found.into_iter().partition(|d| self.binding.load().handler.wants(&d.entry.event_type()));
         self.ack_unwanted(unwanted).await;
         let mut first = Some(permit);
         for d in wanted {
@@ -177,10 +240,10 @@ impl Consumer {
     }
 
     async fn ack_unwanted(&self, unwanted: Vec<Delivery>) {
-        for s in &self.handler.streams {
+        for s in &self.streams {
             let ids: Vec<String> = unwanted.iter().filter(|d| &d.stream == s).map(|d| d.entry.id.clone()).collect();
             let mut conn = self.redis.conn.clone();
-            if let Err(e) = stream::ack_unhandled(&mut conn, s, &self.handler.group, &ids).await {
+            if let Err(e) = stream::ack_unhandled(&mut conn, s, &self.group, &ids).await {
                 warn!(stream = %s, "acknowledging {} unwanted entries failed: {e}; they will come back", ids.len());
             }
         }
@@ -192,7 +255,7 @@ impl Consumer {
             let Ok(permit) = self.permits.clone().acquire_owned().await else {
                 return;
             };
-            if self.handler.wants(&d.entry.event_type()) {
+            if self.binding.load().handler.wants(&d.entry.event_type()) {
                 self.tasks.spawn(self.clone().deliver(d, permit));
             } else {
                 self.ack_unwanted(vec![d]).await;
@@ -209,7 +272,7 @@ impl Consumer {
             if self.shutdown.is_cancelled() {
                 return;
             }
-            for s in &self.handler.streams {
+            for s in &self.streams {
                 self.claim_stream(s).await;
             }
         }
@@ -219,8 +282,7 @@ impl Consumer {
         let mut cursor = "0-0".to_owned();
         loop {
             let mut conn = self.redis.conn.clone();
-            let claimed =
-                stream::autoclaim(&mut conn, s, &self.handler.group, &self.name, self.claim_idle, &cursor).await;
+            let claimed = stream::autoclaim(&mut conn, s, &self.group, &self.name, self.claim_idle, &cursor).await;
             match claimed {
                 Ok((found, next)) => {
                     if !found.is_empty() {
@@ -239,17 +301,20 @@ impl Consumer {
 
     /// Runs one delivery and carries out the decision.
     async fn deliver(self: Arc<Self>, d: Delivery, permit: OwnedSemaphorePermit) {
-        let span = info_span!("event", handler = %self.handler.name, stream = %d.stream, id = %d.entry.id, attempt = d.attempt);
+        let span = info_span!("event", handler = %self.handler_name, stream = %d.stream, id = %d.entry.id, attempt = d.attempt);
         async move {
-            let decision = match dispatch::exhausted_before_delivery(d.attempt, &self.handler.limits) {
+            // The version this delivery runs on, even if a reload swaps it meanwhile.
+            let b = self.binding.load_full();
+            let limits = &b.handler.limits;
+            let decision = match dispatch::exhausted_before_delivery(d.attempt, limits) {
                 Some(decision) => decision,
                 None => {
-                    let outcome = self.plugin.invoke(&d.entry.to_event(&d.stream, d.attempt)).await;
-                    dispatch::decide(outcome, d.attempt, &self.handler.limits, self.max_retry_delay())
+                    let outcome = b.plugin.invoke(&b.sandbox, &d.entry.to_event(&d.stream, d.attempt)).await;
+                    dispatch::decide(outcome, d.attempt, limits, self.max_retry_delay())
                 }
             };
             drop(permit);
-            self.carry_out(d, decision).await;
+            self.carry_out(d, decision, &b).await;
         }
         .instrument(span)
         .await
@@ -261,11 +326,10 @@ impl Consumer {
         self.claim_idle / 2
     }
 
-    async fn carry_out(self: &Arc<Self>, d: Delivery, decision: Decision) {
+    async fn carry_out(self: &Arc<Self>, d: Delivery, decision: Decision, b: &Binding) {
         match decision {
             Decision::Ack { publishes } => {
-                let (s, g, name, entry, pubs) =
-                    (&d.stream, &self.handler.group, &self.handler.name, &d.entry, &publishes[..]);
+                let (s, g, name, entry, pubs) = (&d.stream, &self.group, &self.handler_name, &d.entry, &publishes[..]);
                 let tx = || {
                     let mut conn = self.redis.conn.clone();
                     async move { stream::ack(&mut conn, s, g, entry, name, pubs).await }
@@ -278,21 +342,21 @@ impl Consumer {
                 warn!("attempt {} failed: {reason}; retrying in {} ms", d.attempt, delay.as_millis());
                 self.tasks.spawn(self.clone().retry_later(d, delay));
             }
-            Decision::DeadLetter { reason } => self.dead_letter(&d, &reason).await,
+            Decision::DeadLetter { reason } => self.dead_letter(&d, &reason, b).await,
         }
     }
 
-    async fn dead_letter(&self, d: &Delivery, reason: &str) {
-        let target = self.handler.dead_letter_stream(&d.stream);
+    async fn dead_letter(&self, d: &Delivery, reason: &str, b: &Binding) {
+        let target = b.handler.dead_letter_stream(&d.stream);
         let info = DeadLetterInfo {
-            handler: &self.handler.name,
+            handler: &self.handler_name,
             origin_stream: &d.stream,
             reason,
             attempts: d.attempt,
-            plugin_version: &self.plugin.version,
+            plugin_version: &b.plugin.version,
             failed_at_ms: unix_ms(),
         };
-        let (g, target, entry, info) = (&self.handler.group, &target, &d.entry, &info);
+        let (g, target, entry, info) = (&self.group, &target, &d.entry, &info);
         let tx = || {
             let mut conn = self.redis.conn.clone();
             async move { stream::dead_letter(&mut conn, g, target, entry, info).await }
@@ -339,7 +403,7 @@ impl Consumer {
             }
             let mut conn = self.redis.conn.clone();
             let ids = [d.entry.id.clone()];
-            match stream::claim(&mut conn, &d.stream, &self.handler.group, &self.name, delay, &ids).await {
+            match stream::claim(&mut conn, &d.stream, &self.group, &self.name, delay, &ids).await {
                 Ok(mut claimed) if !claimed.is_empty() => {
                     let next = Delivery { stream: d.stream, entry: claimed.remove(0), attempt: d.attempt + 1 };
                     self.deliver(next, permit).await;

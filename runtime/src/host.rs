@@ -1,65 +1,283 @@
 //! `sluice run`: load every plugin, connect to Redis, run one consumer per
-//! handler until the shutdown signal, then drain in-flight work.
+//! handler, apply reloads, and on shutdown drain in-flight work.
 
 use crate::config::Config;
-use crate::consumer::Consumer;
+use crate::consumer::{Binding, Consumer};
 use crate::embedded::RedisTarget;
+use crate::reload::{self, NewState};
 use crate::stream::{Redis, redact};
-use crate::wasm::{Plugin, PluginError, Runtime};
+use crate::wasm::{ComponentCache, Plugin, PluginError, Runtime};
+use std::collections::BTreeMap;
 use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{error, info, warn};
 
-/// Every handler's plugin failed to load: the errors, one per plugin.
+/// Plugins that failed to load, one error each.
 #[derive(Debug, thiserror::Error)]
 #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
 pub struct LoadErrors(pub Vec<PluginError>);
 
-/// Compiles and links the plugin of every handler in `config`.
-pub fn load_plugins(runtime: &Runtime, config: &Config) -> Result<Vec<Plugin>, LoadErrors> {
+/// How `run_with` behaves beyond the config.
+#[derive(Debug, Default)]
+pub struct RunOptions {
+    /// Watch the config file and plugins folder and reload on change.
+    /// (SIGHUP reloads either way.)
+    pub watch: bool,
+    /// Receives the result of every reload (for tests and tooling).
+    pub reports: Option<mpsc::UnboundedSender<ReloadReport>>,
+}
+
+/// What became of one reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadReport {
+    /// The new state is serving: each handler with its plugin version.
+    Applied { versions: BTreeMap<String, String> },
+    /// The change was rejected; the running state keeps serving.
+    Rejected { error: String },
+}
+
+/// The compiled-component cache for `config`, under `.sluice/cache/`.
+pub fn cache_for(config: &Config, runtime: &Runtime) -> ComponentCache {
+    ComponentCache::new(config.state_dir().join("cache"), &runtime.engine)
+}
+
+/// Compiles (or loads from `cache`) and links the plugin of every handler.
+pub fn load_plugins(
+    runtime: &Runtime,
+    cache: &ComponentCache,
+    config: &Config,
+) -> Result<Vec<Arc<Plugin>>, LoadErrors> {
     let (mut ok, mut errors) = (Vec::new(), Vec::new());
     for handler in &config.handlers {
-        match Plugin::load(runtime, handler) {
-            Ok(p) => ok.push(p),
+        match Plugin::load(runtime, Some(cache), &handler.plugin) {
+            Ok(p) => ok.push(Arc::new(p)),
             Err(e) => errors.push(e),
         }
     }
     if errors.is_empty() { Ok(ok) } else { Err(LoadErrors(errors)) }
 }
 
-/// Runs the host until `shutdown` completes: stops reading, lets in-flight
-/// deliveries finish (each bounded by its timeout), and returns.
+/// Runs the host, watching for changes, until `shutdown` completes.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    run_with(config, shutdown, RunOptions { watch: true, reports: None }).await
+}
+
+/// Runs the host until `shutdown` completes: then stops reading, lets
+/// in-flight deliveries finish (each bounded by its timeout), and returns.
+pub async fn run_with(config: Config, shutdown: impl Future<Output = ()>, options: RunOptions) -> anyhow::Result<()> {
     let runtime = Runtime::new()?;
-    let plugins = load_plugins(&runtime, &config)?;
+    let cache = cache_for(&config, &runtime);
+    let plugins = {
+        let (runtime, cache, config) = (runtime.clone(), cache.clone(), config.clone());
+        tokio::task::spawn_blocking(move || load_plugins(&runtime, &cache, &config)).await??
+    };
     let target = RedisTarget::resolve(config.redis_url.as_deref(), &config.state_dir()).await?;
-    let result = serve(&config, plugins, target.url(), shutdown).await;
+    let redis = Redis::connect(target.url()).await;
+    let result = match redis {
+        Ok(redis) => {
+            let mut fleet = Fleet::new(&config, redis);
+            fleet.start_all(&config, plugins);
+            info!(redis = %redact(target.url()), consumer = %config.consumer, handlers = config.handlers.len(), "sluice is running");
+            let reloader = Reloader { runtime, cache, config_path: config.path.clone(), options };
+            reloader.serve(&mut fleet, &config, shutdown).await;
+            fleet.stop_all().await;
+            Ok(())
+        }
+        Err(e) => Err(e),
+    };
     target.stop().await;
     result
 }
 
-async fn serve(
-    config: &Config,
-    plugins: Vec<Plugin>,
-    url: &str,
-    shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<()> {
-    let redis = Redis::connect(url).await?;
-    let token = CancellationToken::new();
-    let claim_idle = Duration::from_millis(config.claim_idle_ms);
-    let mut consumers = tokio::task::JoinSet::new();
-    for (handler, plugin) in config.handlers.iter().zip(plugins) {
-        info!(handler = %handler.name, plugin = %plugin.file_name(), version = %plugin.version, streams = ?handler.streams, "handler ready");
-        let consumer =
-            Consumer::new(handler.clone(), plugin, redis.clone(), config.consumer.clone(), claim_idle, token.clone());
-        consumers.spawn(consumer.run());
+/// The consumers that are running, by handler name.
+struct Fleet {
+    redis: Redis,
+    consumer_name: String,
+    claim_idle: Duration,
+    /// Parent of every consumer's token: cancelled on shutdown.
+    shutdown: CancellationToken,
+    running: BTreeMap<String, Running>,
+    /// Consumers being stopped (removed or replaced), draining.
+    retiring: JoinSet<()>,
+}
+
+struct Running {
+    consumer: Arc<Consumer>,
+    token: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Fleet {
+    fn new(config: &Config, redis: Redis) -> Fleet {
+        Fleet {
+            redis,
+            consumer_name: config.consumer.clone(),
+            claim_idle: Duration::from_millis(config.claim_idle_ms),
+            shutdown: CancellationToken::new(),
+            running: BTreeMap::new(),
+            retiring: JoinSet::new(),
+        }
     }
-    info!(redis = %redact(url), consumer = %config.consumer, handlers = config.handlers.len(), "sluice is running");
-    shutdown.await;
-    info!("shutting down: finishing in-flight events");
-    token.cancel();
-    while consumers.join_next().await.is_some() {}
-    info!("stopped");
-    Ok(())
+
+    fn start_all(&mut self, config: &Config, plugins: Vec<Arc<Plugin>>) {
+        for (handler, plugin) in config.handlers.iter().zip(plugins) {
+            self.start(Binding::new(handler.clone(), plugin));
+        }
+    }
+
+    fn start(&mut self, binding: Binding) {
+        let h = &binding.handler;
+        info!(handler = %h.name, plugin = %binding.plugin.file_name(), version = %binding.plugin.version, streams = ?h.streams, "handler started");
+        let name = h.name.clone();
+        let token = self.shutdown.child_token();
+        let consumer =
+            Consumer::new(binding, self.redis.clone(), self.consumer_name.clone(), self.claim_idle, token.clone());
+        let task = tokio::spawn(consumer.clone().run());
+        self.running.insert(name, Running { consumer, token, task });
+    }
+
+    /// Stops `name`'s consumer; it drains in the background.
+    fn retire(&mut self, name: &str) {
+        if let Some(r) = self.running.remove(name) {
+            r.token.cancel();
+            self.retiring.spawn(async move {
+                let _ = r.task.await;
+            });
+        }
+    }
+
+    /// The bindings serving now.
+    fn bindings(&self) -> BTreeMap<String, Arc<Binding>> {
+        self.running.iter().map(|(n, r)| (n.clone(), r.consumer.binding())).collect()
+    }
+
+    /// Makes the running consumers match `new`, handler by handler.
+    fn apply(&mut self, new: NewState) -> BTreeMap<String, String> {
+        let gone: Vec<String> = self.running.keys().filter(|n| !new.bindings.contains_key(*n)).cloned().collect();
+        for name in gone {
+            info!(handler = %name, "handler removed from the config; stopping it (its group stays in Redis)");
+            self.retire(&name);
+        }
+        let mut versions = BTreeMap::new();
+        for (name, binding) in new.bindings {
+            versions.insert(name.clone(), binding.plugin.version.clone());
+            match self.running.get(&name) {
+                Some(r) if r.consumer.can_update_to(&binding.handler) => r.consumer.update(binding),
+                Some(_) => {
+                    info!(handler = %name, "streams or group changed; restarting the handler");
+                    self.retire(&name);
+                    self.start(binding);
+                }
+                None => self.start(binding),
+            }
+        }
+        versions
+    }
+
+    async fn stop_all(mut self) {
+        info!("shutting down: finishing in-flight events");
+        self.shutdown.cancel();
+        for (_, r) in std::mem::take(&mut self.running) {
+            let _ = r.task.await;
+        }
+        while self.retiring.join_next().await.is_some() {}
+        info!("stopped");
+    }
+}
+
+/// Turns file changes and SIGHUP into reloads.
+struct Reloader {
+    runtime: Runtime,
+    cache: ComponentCache,
+    config_path: PathBuf,
+    options: RunOptions,
+}
+
+impl Reloader {
+    /// Serves reloads until `shutdown` completes.
+    async fn serve(&self, fleet: &mut Fleet, config: &Config, shutdown: impl Future<Output = ()>) {
+        let (_watcher, mut changes) = match self.options.watch {
+            true => match reload::watch(&config.path, &config.plugins_dir) {
+                Ok((w, rx)) => (Some(w), rx),
+                Err(e) => {
+                    warn!("cannot watch for changes ({e:#}); reload with SIGHUP");
+                    (None, mpsc::channel(1).1)
+                }
+            },
+            false => (None, mpsc::channel(1).1),
+        };
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        tokio::pin!(shutdown);
+        let fixed = HostSettings::of(config);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => return,
+                Some(()) = changes.recv() => self.reload(fleet, &fixed).await,
+                Some(()) = next_signal(&mut hup) => {
+                    info!("SIGHUP: reloading");
+                    self.reload(fleet, &fixed).await;
+                }
+            }
+        }
+    }
+
+    async fn reload(&self, fleet: &mut Fleet, fixed: &HostSettings) {
+        let report = match reload::prepare(&self.runtime, &self.cache, &self.config_path, &fleet.bindings()).await {
+            Ok(new) => {
+                fixed.warn_if_changed(&new.config);
+                let versions = fleet.apply(new);
+                info!(versions = ?versions, "reloaded");
+                ReloadReport::Applied { versions }
+            }
+            Err(e) => {
+                error!("reload rejected, still serving the previous version: {e:#}");
+                ReloadReport::Rejected { error: format!("{e:#}") }
+            }
+        };
+        if let Some(tx) = &self.options.reports {
+            let _ = tx.send(report);
+        }
+    }
+}
+
+/// The next delivery of `signal`; never, without one.
+async fn next_signal(signal: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match signal {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Settings that only take effect on restart.
+struct HostSettings {
+    redis_url: Option<String>,
+    consumer: String,
+    claim_idle_ms: u64,
+    plugins_dir: PathBuf,
+}
+
+impl HostSettings {
+    fn of(c: &Config) -> HostSettings {
+        HostSettings {
+            redis_url: c.redis_url.clone(),
+            consumer: c.consumer.clone(),
+            claim_idle_ms: c.claim_idle_ms,
+            plugins_dir: c.plugins_dir.clone(),
+        }
+    }
+
+    fn warn_if_changed(&self, c: &Config) {
+        let changed = self.redis_url != c.redis_url
+            || (self.consumer != c.consumer && !self.consumer.ends_with(&format!("-{}", std::process::id())))
+            || self.claim_idle_ms != c.claim_idle_ms
+            || self.plugins_dir != c.plugins_dir;
+        if changed {
+            warn!("[redis] and [host] changes take effect on restart; handlers were reloaded");
+        }
+    }
 }

@@ -9,7 +9,8 @@
 //! - [`dispatch`]: the delivery decision (ack, retry, dead-letter), in one place.
 //! - [`backoff`]: retry delays.
 //! - [`consumer`]: one handler's read/deliver/commit loop.
-//! - [`host`]: `sluice run`: every consumer, and shutdown.
+//! - [`host`]: `sluice run`: every consumer, reloads, and shutdown.
+//! - [`reload`]: watching for changes and building the new state to swap in.
 //! - [`embedded`]: the `redis-server` Sluice starts when no URL is configured.
 //! - [`publish`], [`commands`], [`cli`], [`logging`]: the command line.
 
@@ -24,5 +25,6 @@ pub mod event;
 pub mod host;
 pub mod logging;
 pub mod publish;
+pub mod reload;
 pub mod stream;
 pub mod wasm;

@@ -20,12 +20,15 @@ pub use model::{
 };
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// A loaded, validated configuration with every default applied.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// The file it was read from.
     pub path: PathBuf,
+    /// Its text, to point at keys in later errors.
+    source: Arc<str>,
     /// Where Redis is: `None` means the embedded server under `.sluice/`.
     pub redis_url: Option<String>,
     /// The folder holding the `*.wasm` plugins, already resolved against the
@@ -41,19 +44,47 @@ pub struct Config {
 }
 
 impl Config {
-    /// Reads, parses and validates the config file at `path`.
+    /// Reads, parses and validates the config file at `path`, including that
+    /// every plugin file exists.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let config = Self::load_unchecked(path)?;
+        config.check_plugin_files()?;
+        Ok(config)
+    }
+
+    /// [`Config::load`] without checking that plugin files exist (a reload
+    /// keeps serving a deleted plugin's loaded version).
+    pub fn load_unchecked(path: &Path) -> Result<Config, ConfigError> {
         let source =
             std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-        Self::parse(path, &source)
+        Self::parse_unchecked(path, &source)
     }
 
     /// Parses and validates `source` as if read from `path` (which locates the
     /// plugins folder and names the file in errors).
     pub fn parse(path: &Path, source: &str) -> Result<Config, ConfigError> {
+        let config = Self::parse_unchecked(path, source)?;
+        config.check_plugin_files()?;
+        Ok(config)
+    }
+
+    fn parse_unchecked(path: &Path, source: &str) -> Result<Config, ConfigError> {
         let raw: model::RawConfig =
             toml::from_str(source).map_err(|err| ConfigError::parse(path, source, err.span(), err.message()))?;
         validate::resolve(path, source, raw)
+    }
+
+    /// Fails on the first handler whose plugin file does not exist.
+    pub fn check_plugin_files(&self) -> Result<(), ConfigError> {
+        match self.handlers.iter().find(|h| !h.plugin.is_file()) {
+            Some(h) => Err(self.plugin_missing(h)),
+            None => Ok(()),
+        }
+    }
+
+    /// The error for `handler`'s plugin file not existing, with its location.
+    pub fn plugin_missing(&self, handler: &Handler) -> ConfigError {
+        validate::plugin_missing(self, handler)
     }
 
     /// The folder that holds the config file; relative paths start here.

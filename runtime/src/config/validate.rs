@@ -6,6 +6,7 @@ use super::model::*;
 use super::{Config, base_dir, env, locate};
 use globset::{Glob, GlobSetBuilder};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Most memory one handler instance may be given, in MiB.
@@ -60,7 +61,16 @@ pub fn resolve(path: &Path, source: &str, raw: RawConfig) -> Result<Config, Conf
         handlers.push(handler(&c, name, h, &raw.defaults, &plugins_dir)?);
     }
     check_claim_idle(&c, claim_idle_ms, &handlers)?;
-    Ok(Config { path: path.to_owned(), redis_url, plugins_dir, consumer, claim_idle_ms, handlers })
+    let source = Arc::from(source);
+    Ok(Config { path: path.to_owned(), source, redis_url, plugins_dir, consumer, claim_idle_ms, handlers })
+}
+
+/// The error for `handler`'s plugin file not existing, pointing at its
+/// `plugin` key.
+pub fn plugin_missing(config: &Config, handler: &Handler) -> ConfigError {
+    let c = Checker { path: &config.path, source: &config.source };
+    let message = format!("plugin file {} does not exist", handler.plugin.display());
+    c.invalid(&["handlers", &handler.name, "plugin"], message)
 }
 
 fn redis_url(c: &Checker, url: &str) -> Result<String, ConfigError> {
@@ -139,7 +149,6 @@ fn handler(
     c.name(name, &["handlers", name], "a handler name")?;
     check_limits(c, &h.limits(), &["handlers", name])?;
     let plugin = plugins_dir.join(&h.plugin);
-    c.ensure(plugin.is_file(), &key("plugin"), format!("plugin file {} does not exist", plugin.display()))?;
     c.ensure(!h.streams.is_empty(), &key("streams"), "list at least one stream to consume")?;
     for (i, s) in h.streams.iter().enumerate() {
         c.name(s, &["handlers", name, "streams", &i.to_string()], "a stream name")?;

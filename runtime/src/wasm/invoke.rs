@@ -4,7 +4,7 @@
 use super::bindings::{Event, Failure};
 use super::engine::EPOCH_TICK;
 use super::plugin::Plugin;
-use super::state::EventState;
+use super::state::{EventState, Sandbox};
 use std::time::{Duration, Instant};
 use wasmtime::{Store, UpdateDeadline};
 
@@ -48,10 +48,10 @@ impl std::fmt::Display for DeadlineExceeded {
 impl std::error::Error for DeadlineExceeded {}
 
 impl Plugin {
-    /// Runs `handle(event)` once in a fresh instance.
-    pub async fn invoke(&self, event: &Event) -> Outcome {
-        let mut store = self.new_store();
-        let result = self.call(&mut store, event).await;
+    /// Runs `handle(event)` once in a fresh instance, under `sandbox`.
+    pub async fn invoke(&self, sandbox: &Sandbox, event: &Event) -> Outcome {
+        let mut store = self.new_store(sandbox);
+        let result = self.call(&mut store, sandbox.timeout, event).await;
         let state = store.data_mut();
         log_output(state);
         match result {
@@ -60,14 +60,14 @@ impl Plugin {
                 Outcome::Retry { reason: r.reason, delay: r.delay_ms.map(Duration::from_millis) }
             }
             Ok(Err(Failure::Reject(reason))) => Outcome::Reject { reason },
-            Err(err) => Outcome::Crash { reason: self.crash_reason(state, &err) },
+            Err(err) => Outcome::Crash { reason: crash_reason(state, sandbox.timeout, &err) },
         }
     }
 
-    fn new_store(&self) -> Store<EventState> {
-        let mut store = Store::new(self.pre.engine(), EventState::new(self.grants.clone()));
+    fn new_store(&self, sandbox: &Sandbox) -> Store<EventState> {
+        let mut store = Store::new(self.pre.engine(), EventState::new(sandbox.grants.clone()));
         store.limiter(|s| s);
-        let deadline = Instant::now() + self.timeout;
+        let deadline = Instant::now() + sandbox.timeout;
         store.set_epoch_deadline(1);
         // Yield to the executor at every tick so a busy handler never holds a
         // worker thread, and stop it once its time is up.
@@ -77,10 +77,15 @@ impl Plugin {
         store
     }
 
-    async fn call(&self, store: &mut Store<EventState>, event: &Event) -> wasmtime::Result<Result<(), Failure>> {
+    async fn call(
+        &self,
+        store: &mut Store<EventState>,
+        timeout: Duration,
+        event: &Event,
+    ) -> wasmtime::Result<Result<(), Failure>> {
         // Backstop for time spent outside wasm code (host calls), which the
         // epoch cannot interrupt.
-        let limit = self.timeout + EPOCH_TICK * 5;
+        let limit = timeout + EPOCH_TICK * 5;
         let run = async {
             let plugin = self.pre.instantiate_async(&mut *store).await?;
             plugin.sluice_plugin_handler().call_handle(&mut *store, event).await
@@ -90,20 +95,21 @@ impl Plugin {
             Err(_) => Err(DeadlineExceeded.into()),
         }
     }
+}
 
-    fn crash_reason(&self, state: &EventState, err: &wasmtime::Error) -> String {
-        if err.is::<DeadlineExceeded>() {
-            return format!("timeout after {} ms", self.timeout.as_millis());
-        }
-        if state.memory_denied {
-            return format!("memory limit {} MiB exceeded", state.memory_limit() >> 20);
-        }
-        let mut reason = format!("trap: {err:#}");
-        if let Some(line) = state.last_stderr_line.as_deref() {
-            reason.push_str(&format!(" (stderr: {line})"));
-        }
-        reason
+/// Why a delivery that did not return failed: the limit it hit, or the trap.
+fn crash_reason(state: &EventState, timeout: Duration, err: &wasmtime::Error) -> String {
+    if err.is::<DeadlineExceeded>() {
+        return format!("timeout after {} ms", timeout.as_millis());
     }
+    if state.memory_denied {
+        return format!("memory limit {} MiB exceeded", state.memory_limit() >> 20);
+    }
+    let mut reason = format!("trap: {err:#}");
+    if let Some(line) = state.last_stderr_line.as_deref() {
+        reason.push_str(&format!(" (stderr: {line})"));
+    }
+    reason
 }
 
 /// Sends what the guest printed to the host log, one line at a time.

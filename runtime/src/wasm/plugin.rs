@@ -2,11 +2,11 @@
 //! pre-instantiate it against the linker so each event only instantiates.
 
 use super::bindings::PluginPre;
+use super::cache::{ComponentCache, Source, hex};
 use super::engine::Runtime;
-use super::state::{EventState, Grants};
-use crate::config::Handler;
+use super::state::EventState;
+use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use wasmtime::component::Component;
 
 /// Why a plugin could not be loaded.
@@ -30,53 +30,55 @@ pub enum PluginError {
     WrongWorld { path: PathBuf, reason: String },
 }
 
-/// A compiled, pre-instantiated handler plugin, ready to run events.
-#[derive(Clone)]
+/// A compiled, pre-instantiated handler plugin, ready to run events. The
+/// same `Plugin` serves every handler that uses the same file contents.
 pub struct Plugin {
     /// The file it came from.
     pub path: PathBuf,
-    /// A short hash of the file's bytes, to tell versions apart.
+    /// The first 12 hex digits of the SHA-256 of the file: names this version
+    /// in logs and dead-letter entries.
     pub version: String,
+    /// The full SHA-256, hex: tells whether a file changed.
+    pub digest: String,
+    /// Whether it came from the compiled-component cache.
+    pub source: Source,
     pub(super) pre: PluginPre<EventState>,
-    pub(super) grants: Arc<Grants>,
-    pub(super) timeout: std::time::Duration,
 }
 
 impl Plugin {
-    /// Reads, compiles and links the plugin `handler` uses.
-    pub fn load(runtime: &Runtime, handler: &Handler) -> Result<Plugin, PluginError> {
-        let path = handler.plugin.clone();
-        let bytes = std::fs::read(&path).map_err(|source| PluginError::Read { path: path.clone(), source })?;
-        let component = Component::new(&runtime.engine, &bytes)
-            .map_err(|e| PluginError::Compile { path: path.clone(), reason: format!("{e:#}") })?;
+    /// Reads, compiles (or loads from `cache`) and links the plugin at `path`.
+    /// Compiling can take seconds: call this off the async executor.
+    pub fn load(runtime: &Runtime, cache: Option<&ComponentCache>, path: &Path) -> Result<Plugin, PluginError> {
+        let bytes = std::fs::read(path).map_err(|source| PluginError::Read { path: path.to_owned(), source })?;
+        Self::from_bytes(runtime, cache, path, &bytes)
+    }
+
+    /// [`Plugin::load`] for a file whose contents were already read.
+    pub fn from_bytes(
+        runtime: &Runtime,
+        cache: Option<&ComponentCache>,
+        path: &Path,
+        bytes: &[u8],
+    ) -> Result<Plugin, PluginError> {
+        let path = path.to_owned();
+        let digest = hex(&Sha256::digest(bytes));
+        let compiled = match cache {
+            Some(cache) => cache.load(&runtime.engine, bytes, &digest),
+            None => Component::new(&runtime.engine, bytes).map(|c| (c, Source::Compiled)),
+        };
+        let (component, source) =
+            compiled.map_err(|e| PluginError::Compile { path: path.clone(), reason: format!("{e:#}") })?;
         let instance_pre = runtime
             .linker
             .instantiate_pre(&component)
             .map_err(|e| PluginError::Link { path: path.clone(), reason: format!("{e:#}") })?;
         let pre = PluginPre::new(instance_pre)
             .map_err(|e| PluginError::WrongWorld { path: path.clone(), reason: format!("{e:#}") })?;
-        let grants = Grants {
-            handler: handler.name.clone(),
-            publish: handler.publish.clone(),
-            memory_bytes: handler.limits.memory_bytes,
-        };
-        Ok(Plugin { version: version_of(&bytes), path, pre, grants: Arc::new(grants), timeout: handler.limits.timeout })
+        Ok(Plugin { version: digest[..12].to_owned(), digest, path, source, pre })
     }
 
     /// The file name, for messages.
     pub fn file_name(&self) -> &str {
-        file_name(&self.path)
+        self.path.file_name().and_then(|n| n.to_str()).unwrap_or("?")
     }
-}
-
-fn file_name(path: &Path) -> &str {
-    path.file_name().and_then(|n| n.to_str()).unwrap_or("?")
-}
-
-/// A short content hash (the first 12 hex digits of SHA-256) that names
-/// this version of a plugin in logs and dead-letter entries.
-pub fn version_of(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    let digest = sha2::Sha256::digest(bytes);
-    digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
 }

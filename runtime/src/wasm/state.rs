@@ -5,7 +5,9 @@ use super::bindings::sluice::plugin::host::{self, Level};
 use super::bindings::sluice::plugin::types;
 use super::invoke::Publish;
 use super::output::Captured;
+use crate::config::Handler;
 use std::sync::Arc;
+use std::time::Duration;
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -24,6 +26,33 @@ pub struct Grants {
     pub publish: Vec<String>,
     /// Linear memory cap, in bytes.
     pub memory_bytes: usize,
+}
+
+impl Grants {
+    /// What `handler`'s configuration allows it.
+    pub fn for_handler(handler: &Handler) -> Grants {
+        Grants {
+            handler: handler.name.clone(),
+            publish: handler.publish.clone(),
+            memory_bytes: handler.limits.memory_bytes,
+        }
+    }
+}
+
+/// What one handler's deliveries run under: its grants and its time limit.
+/// Built once per handler (and per reload), shared by its deliveries.
+#[derive(Debug, Clone)]
+pub struct Sandbox {
+    pub grants: Arc<Grants>,
+    /// How long one delivery may run.
+    pub timeout: Duration,
+}
+
+impl Sandbox {
+    /// The sandbox `handler`'s configuration asks for.
+    pub fn for_handler(handler: &Handler) -> Sandbox {
+        Sandbox { grants: Arc::new(Grants::for_handler(handler)), timeout: handler.limits.timeout }
+    }
 }
 
 /// The data of one delivery's `Store`. Created fresh for every delivery, so
