@@ -192,8 +192,8 @@ impl Consumer {
             };
             let r = match reader.as_mut() {
                 Some(r) => r,
-                None => match self.redis.blocking_connection().await {
-                    Ok(conn) => reader.insert(Reader::new(conn, &self.group, &self.name, &self.streams)),
+                None => match self.connect_reader().await {
+                    Ok(r) => reader.insert(r),
                     Err(e) => {
                         warn!("{e:#}; trying again");
                         self.pause(ERROR_PAUSE).await;
@@ -202,11 +202,39 @@ impl Consumer {
                 },
             };
             let room = (self.permits.available_permits() + 1).min(READ_BATCH);
-            match r.read_new(room, READ_BLOCK).await {
+            match self.read_until_cancelled(r, room).await {
                 Ok(found) => self.dispatch(found, permit).await,
                 Err(e) => {
                     drop(permit);
                     self.read_failed(e, &mut reader).await;
+                }
+            }
+        }
+    }
+
+    async fn connect_reader(&self) -> anyhow::Result<Reader> {
+        let conn = self.redis.blocking_connection().await?;
+        Ok(Reader::new(conn, &self.group, &self.name, &self.streams).await?)
+    }
+
+    /// One blocking read. On shutdown the block is interrupted (`CLIENT
+    /// UNBLOCK`) rather than abandoned, so whatever it already took is still
+    /// dispatched and nothing is left pending unseen.
+    async fn read_until_cancelled(&self, r: &mut Reader, room: usize) -> redis::RedisResult<Vec<Delivery>> {
+        let client_id = r.client_id;
+        let read = r.read_new(room, READ_BLOCK);
+        tokio::pin!(read);
+        tokio::select! {
+            result = &mut read => result,
+            _ = self.shutdown.cancelled() => loop {
+                // Repeated: an unblock that reaches Redis before the read
+                // does has nothing to interrupt.
+                if let Err(e) = stream::unblock(&mut self.redis.conn.clone(), client_id).await {
+                    debug!("CLIENT UNBLOCK failed: {e}");
+                }
+                tokio::select! {
+                    result = &mut read => break result,
+                    _ = tokio::time::sleep(Duration::from_millis(20)) => {}
                 }
             }
         }

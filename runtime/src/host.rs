@@ -35,6 +35,9 @@ pub struct RunOptions {
 /// What became of one reload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReloadReport {
+    /// The host is serving and watching (sent once, first): each handler
+    /// with its plugin version.
+    Started { versions: BTreeMap<String, String> },
     /// The new state is serving: each handler with its plugin version.
     Applied { versions: BTreeMap<String, String> },
     /// The change was rejected; the running state keeps serving.
@@ -156,6 +159,11 @@ impl Fleet {
         self.running.iter().map(|(n, r)| (n.clone(), r.consumer.binding())).collect()
     }
 
+    /// Each running handler's plugin version.
+    fn versions(&self) -> BTreeMap<String, String> {
+        self.running.iter().map(|(n, r)| (n.clone(), r.consumer.binding().plugin.version.clone())).collect()
+    }
+
     /// Makes the running consumers match `new`, handler by handler.
     fn apply(&mut self, new: NewState) -> BTreeMap<String, String> {
         let gone: Vec<String> = self.running.keys().filter(|n| !new.bindings.contains_key(*n)).cloned().collect();
@@ -203,7 +211,10 @@ impl Reloader {
     async fn serve(&self, fleet: &mut Fleet, config: &Config, shutdown: impl Future<Output = ()>) {
         let (_watcher, mut changes) = match self.options.watch {
             true => match reload::watch(&config.path, &config.plugins_dir) {
-                Ok((w, rx)) => (Some(w), rx),
+                Ok((w, rx)) => {
+                    info!(config = %config.path.display(), plugins = %config.plugins_dir.display(), "watching for changes");
+                    (Some(w), rx)
+                }
                 Err(e) => {
                     warn!("cannot watch for changes ({e:#}); reload with SIGHUP");
                     (None, mpsc::channel(1).1)
@@ -214,6 +225,7 @@ impl Reloader {
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         tokio::pin!(shutdown);
         let fixed = HostSettings::of(config);
+        self.report(ReloadReport::Started { versions: fleet.versions() });
         loop {
             tokio::select! {
                 _ = &mut shutdown => return,
@@ -239,6 +251,10 @@ impl Reloader {
                 ReloadReport::Rejected { error: format!("{e:#}") }
             }
         };
+        self.report(report);
+    }
+
+    fn report(&self, report: ReloadReport) {
         if let Some(tx) = &self.options.reports {
             let _ = tx.send(report);
         }

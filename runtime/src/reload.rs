@@ -33,6 +33,7 @@ pub fn watch(config_path: &Path, plugins_dir: &Path) -> anyhow::Result<(Watcher,
             && !matches!(event.kind, EventKind::Access(_))
             && event.paths.iter().any(|p| relevant.matches(p))
         {
+            tracing::debug!(paths = ?event.paths, "change noticed");
             let _ = raw_tx.try_send(()); // full: a reload is already due
         }
     })?;
@@ -140,4 +141,31 @@ async fn plugin_for(
     let plugin =
         tokio::task::spawn_blocking(move || Plugin::from_bytes(&runtime, Some(&cache), &path, &bytes)).await??;
     Ok(Arc::new(plugin))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_burst_of_writes_to_the_config_or_a_plugin_is_one_trigger() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.toml");
+        let plugins = dir.path().join("plugins");
+        std::fs::write(&config, "").unwrap();
+        std::fs::create_dir(&plugins).unwrap();
+        let (_w, mut rx) = watch(&config, &plugins).unwrap();
+        for i in 0..5 {
+            std::fs::write(&config, format!("# {i}")).unwrap();
+        }
+        let got = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
+        assert!(matches!(got, Ok(Some(()))), "config write noticed");
+        assert!(tokio::time::timeout(DEBOUNCE * 3, rx.recv()).await.is_err(), "one trigger per burst");
+        std::fs::write(plugins.join("x.wasm"), "x").unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
+        assert!(matches!(got, Ok(Some(()))), "plugin write noticed");
+        std::fs::write(plugins.join("notes.txt"), "x").unwrap();
+        std::fs::write(dir.path().join("other.toml"), "x").unwrap();
+        assert!(tokio::time::timeout(DEBOUNCE * 3, rx.recv()).await.is_err(), "other files are ignored");
+    }
 }

@@ -16,3 +16,5 @@ mod publishing;
 mod recovery;
 // The `sluice` binary: check, publish, the embedded Redis.
 mod cli;
+// Hot reload of plugins and config while serving.
+mod reload;

@@ -15,8 +15,13 @@ pub enum ConfigError {
     },
     /// The file is not valid TOML, or does not have the expected shape
     /// (unknown key, wrong type, missing key).
-    #[error("{at}: {message}")]
-    Parse { at: Location, message: String },
+    #[error("{at}: {}{message}", key.as_ref().map(|k| format!("{k}: ")).unwrap_or_default())]
+    Parse {
+        at: Location,
+        /// The dotted key at that place, when there is one.
+        key: Option<String>,
+        message: String,
+    },
     /// The file parses but a value is wrong (a missing plugin file, a bad
     /// glob, an unset environment variable, ...).
     #[error("{at}: {key}: {message}")]
@@ -56,7 +61,12 @@ impl fmt::Display for Location {
 impl ConfigError {
     /// A TOML or shape error at byte range `span` of `source`.
     pub(crate) fn parse(path: &Path, source: &str, span: Option<std::ops::Range<usize>>, message: &str) -> ConfigError {
-        ConfigError::Parse { at: Location::at(path, source, span.map(|s| s.start)), message: message.trim().to_owned() }
+        let offset = span.map(|s| s.start);
+        ConfigError::Parse {
+            at: Location::at(path, source, offset),
+            key: offset.and_then(|o| super::locate::key_at(source, o)),
+            message: message.trim().to_owned(),
+        }
     }
 
     /// The location the error points at, if it has one.

@@ -27,6 +27,26 @@ pub fn offset_of(source: &str, path: &[&str]) -> Option<usize> {
     best
 }
 
+/// The dotted key of the `key = value` line holding byte `offset`, with its
+/// table header, e.g. `handlers.payment.timeout_ms`. Works on text that may
+/// not parse, so it is a line-based approximation: inline tables and
+/// multi-line values give `None` or the nearest key.
+pub fn key_at(source: &str, offset: usize) -> Option<String> {
+    let offset = offset.min(source.len());
+    let line_start = source[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line = source[line_start..].lines().next()?;
+    let (key, _) = line.split_once('=')?;
+    let key = key.trim();
+    if key.is_empty() || key.starts_with('#') || key.starts_with('[') {
+        return None;
+    }
+    let header = source[..line_start].lines().rev().map(str::trim).find(|l| l.starts_with('[') && l.ends_with(']'));
+    Some(match header {
+        Some(h) => format!("{}.{key}", h.trim_matches(|c| c == '[' || c == ']').trim()),
+        None => key.to_owned(),
+    })
+}
+
 /// Offset of `key` itself inside the table `item`.
 fn key_span(item: &Item, key: &str) -> Option<usize> {
     let table = item.as_table_like()?;
@@ -44,6 +64,15 @@ mod tests {
         assert_eq!(offset_of(src, &["handlers", "pay", "plugin"]), Some(24));
         let b = src.find("\"b\"").unwrap();
         assert_eq!(offset_of(src, &["handlers", "pay", "streams", "1"]), Some(b));
+    }
+
+    #[test]
+    fn key_at_names_the_line_key_under_its_table() {
+        let src = "[redis]\nurl = 1\n\n[handlers.pay]\ntimeout_ms = \"x\"\n";
+        let at = src.find("\"x\"").unwrap();
+        assert_eq!(key_at(src, at).as_deref(), Some("handlers.pay.timeout_ms"));
+        assert_eq!(key_at(src, src.find("url").unwrap()).as_deref(), Some("redis.url"));
+        assert_eq!(key_at(src, 0), None);
     }
 
     #[test]

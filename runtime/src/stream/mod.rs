@@ -11,4 +11,4 @@ mod reply;
 pub use commit::{ack, ack_unhandled, dead_letter};
 pub use conn::{Redis, redact};
 pub use group::ensure_group;
-pub use read::{Delivery, Reader, autoclaim, claim, own_pending};
+pub use read::{Delivery, Reader, autoclaim, claim, own_pending, unblock};

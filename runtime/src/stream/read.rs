@@ -26,6 +26,8 @@ pub struct Delivery {
 /// A consumer's blocking reader of new entries, on a connection of its own.
 pub struct Reader {
     conn: MultiplexedConnection,
+    /// The connection's `CLIENT ID`, to interrupt a blocked read.
+    pub client_id: i64,
     group: String,
     consumer: String,
     streams: Vec<String>,
@@ -33,8 +35,20 @@ pub struct Reader {
 
 impl Reader {
     /// A reader for `consumer` of `group` on `streams`.
-    pub fn new(conn: MultiplexedConnection, group: &str, consumer: &str, streams: &[String]) -> Reader {
-        Reader { conn, group: group.to_owned(), consumer: consumer.to_owned(), streams: streams.to_vec() }
+    pub async fn new(
+        mut conn: MultiplexedConnection,
+        group: &str,
+        consumer: &str,
+        streams: &[String],
+    ) -> redis::RedisResult<Reader> {
+        let client_id = redis::cmd("CLIENT").arg("ID").query_async(&mut conn).await?;
+        Ok(Reader {
+            conn,
+            client_id,
+            group: group.to_owned(),
+            consumer: consumer.to_owned(),
+            streams: streams.to_vec(),
+        })
     }
 
     /// Up to `count` never-delivered entries across all streams, waiting at
@@ -209,4 +223,10 @@ async fn with_attempts(
             Delivery { stream: stream.to_owned(), entry, attempt }
         })
         .collect())
+}
+
+/// Makes the blocked read of client `client_id` return at once, as if its
+/// block had timed out.
+pub async fn unblock(conn: &mut impl ConnectionLike, client_id: i64) -> redis::RedisResult<()> {
+    redis::cmd("CLIENT").arg("UNBLOCK").arg(client_id).exec_async(conn).await
 }

@@ -6,9 +6,10 @@ use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamId, StreamRangeReply};
 use sluice::config::Config;
+use sluice::host::{ReloadReport, RunOptions};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 /// A temp folder holding a `config.toml` that points at a test's Redis and
@@ -23,15 +24,70 @@ impl Fixture {
     /// A config with `[host]` keys `host` (may be empty) and the given
     /// handler tables.
     pub fn new(redis: &RedisServer, host: &str, handlers: &str) -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
+        Self::write(tempfile::tempdir().unwrap(), redis, &plugins_dir().display().to_string(), host, handlers)
+    }
+
+    fn write(dir: tempfile::TempDir, redis: &RedisServer, plugins: &str, host: &str, handlers: &str) -> Fixture {
         let config_path = dir.path().join("config.toml");
-        let text = format!(
-            "[redis]\nurl = \"{}\"\n\n[host]\nplugins = \"{}\"\n{host}\n\n{handlers}\n",
-            redis.url(),
-            plugins_dir().display()
-        );
+        let text =
+            format!("[redis]\nurl = \"{}\"\n\n[host]\nplugins = \"{plugins}\"\n{host}\n\n{handlers}\n", redis.url());
         std::fs::write(&config_path, text).unwrap();
         Fixture { dir, config_path, redis_url: redis.url() }
+    }
+
+    /// Like [`Fixture::new`], but with a plugins folder of the test's own
+    /// (`plugins/` beside the config) holding `copies`: (file name, built
+    /// plugin to copy), so the test can change plugin files.
+    pub fn with_own_plugins(redis: &RedisServer, host: &str, handlers: &str, copies: &[(&str, &str)]) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("plugins")).unwrap();
+        let plugins = dir.path().join("plugins").display().to_string();
+        let fx = Self::write(dir, redis, &plugins, host, handlers);
+        for (name, built) in copies {
+            fx.install_plugin(name, built);
+        }
+        fx
+    }
+
+    /// Copies the built plugin `built` (e.g. `behave.wasm`) over `name` in
+    /// this fixture's own plugins folder, in place (not atomically), as `cp`
+    /// would.
+    pub fn install_plugin(&self, name: &str, built: &str) {
+        std::fs::copy(plugins_dir().join(built), self.dir.path().join("plugins").join(name)).unwrap();
+    }
+
+    /// Writes `bytes` as plugin `name` in this fixture's own plugins folder.
+    pub fn write_plugin(&self, name: &str, bytes: &[u8]) {
+        std::fs::write(self.dir.path().join("plugins").join(name), bytes).unwrap();
+    }
+
+    /// Replaces the config's handler tables with `handlers`, keeping the rest.
+    pub fn rewrite_handlers(&self, handlers: &str) {
+        let text = std::fs::read_to_string(&self.config_path).unwrap();
+        let head = text.split("[handlers.").next().unwrap().to_owned();
+        std::fs::write(&self.config_path, format!("{head}{handlers}\n")).unwrap();
+    }
+
+    /// Runs the host in this process, watching for changes, with every
+    /// reload's outcome sent to the returned receiver. Returns once the host
+    /// serves and watches.
+    pub async fn start_watching(&self) -> (RunningHost, mpsc::UnboundedReceiver<ReloadReport>) {
+        super::log_to_test_output();
+        let config = self.config();
+        let (tx, rx) = oneshot::channel::<()>();
+        let (reports, received) = mpsc::unbounded_channel();
+        let options = RunOptions { watch: true, reports: Some(reports) };
+        let task = tokio::spawn(sluice::host::run_with(
+            config,
+            async {
+                let _ = rx.await;
+            },
+            options,
+        ));
+        let mut received = received;
+        let first = tokio::time::timeout(super::SOON, received.recv()).await.expect("host started in time");
+        assert!(matches!(first, Some(ReloadReport::Started { .. })), "{first:?}");
+        (RunningHost { stop: Some(tx), task }, received)
     }
 
     /// The parsed config.
@@ -41,6 +97,7 @@ impl Fixture {
 
     /// Runs the host in this process until [`RunningHost::stop`].
     pub fn start(&self) -> RunningHost {
+        super::log_to_test_output();
         let config = self.config();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(sluice::host::run(config, async {

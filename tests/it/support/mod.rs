@@ -51,3 +51,9 @@ where
 
 /// The default deadline for something that should happen quickly.
 pub const SOON: Duration = Duration::from_secs(15);
+
+/// Sends the host's log to the test's captured output (shown when it fails).
+pub fn log_to_test_output() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+}

@@ -1,0 +1,192 @@
+//! Hot reload while serving: a plugin swapped under load loses nothing and
+//! every event is handled by exactly one version; bad plugins and bad
+//! configs are rejected while the running version keeps serving; config
+//! edits add and remove handlers; a deleted plugin keeps serving.
+
+use crate::support::*;
+use serde_json::json;
+use sluice::host::ReloadReport;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+/// Handler `h` on `payments`, plugin `h.wasm`, publishing to `shipments`.
+const H: &str = "[handlers.h]\nplugin = \"h.wasm\"\nstreams = [\"payments\"]\npublish = [\"shipments\"]\n";
+
+/// An event both `behave` (publishes type `v1`) and `shipping` (publishes
+/// type `order.shipped`) turn into exactly one `shipments` entry.
+fn payment(n: usize) -> serde_json::Value {
+    json!({"action": "publish", "publish": [{"stream": "shipments", "type": "v1", "data": {}}], "order_id": format!("o-{n}")})
+}
+
+/// The next reload report, failing the test after `SOON`.
+async fn next_report(reports: &mut UnboundedReceiver<ReloadReport>) -> ReloadReport {
+    tokio::time::timeout(SOON, reports.recv()).await.expect("a reload within the deadline").expect("host running")
+}
+
+async fn applied(reports: &mut UnboundedReceiver<ReloadReport>) -> std::collections::BTreeMap<String, String> {
+    match next_report(reports).await {
+        ReloadReport::Applied { versions } => versions,
+        other => panic!("expected the reload to apply, got {other:?}"),
+    }
+}
+
+async fn rejected(reports: &mut UnboundedReceiver<ReloadReport>) -> String {
+    match next_report(reports).await {
+        ReloadReport::Rejected { error } => error,
+        other => panic!("expected the reload to be rejected, got {other:?}"),
+    }
+}
+
+/// Types of the `shipments` entries, by the entry that caused them.
+async fn outputs_by_cause(conn: &redis::aio::MultiplexedConnection) -> HashMap<String, Vec<String>> {
+    let mut by_cause: HashMap<String, Vec<String>> = HashMap::new();
+    for e in entries(&mut conn.clone(), "shipments").await {
+        by_cause.entry(field(&e, "causation_id")).or_default().push(field(&e, "type"));
+    }
+    by_cause
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_swapped_under_load_loses_nothing() {
+    let redis = RedisServer::start();
+    let fx = Fixture::with_own_plugins(&redis, "", H, &[("h.wasm", "behave.wasm")]);
+    let (host, mut reports) = fx.start_watching().await;
+    let conn = redis.conn().await;
+    // About 400 events/s for 3 s, swapping the plugin after 1 s.
+    let publisher = {
+        let mut conn = conn.clone();
+        tokio::spawn(async move {
+            let mut sent = Vec::new();
+            for n in 0..1200 {
+                sent.push((send(&mut conn, "payments", "payment.processed", payment(n)).await, Instant::now()));
+                if n % 4 == 0 {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+            sent
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let written = Instant::now();
+    fx.install_plugin("h.wasm", "shipping.wasm");
+    let versions = applied(&mut reports).await;
+    let swapped = Instant::now();
+    eprintln!("reload applied {:?} after the file write: {versions:?}", swapped - written);
+    let sent = publisher.await.unwrap();
+    until_finished(&conn, "payments", "h", sent.len()).await;
+    host.stop().await;
+    assert_eq!(versions.len(), 1);
+    let by_cause = outputs_by_cause(&conn).await;
+    let (mut old, mut new) = (0, 0);
+    for (id, at) in &sent {
+        let types = by_cause.get(id).unwrap_or_else(|| panic!("event {id} was lost"));
+        assert_eq!(types.len(), 1, "event {id} handled {} times: {types:?}", types.len());
+        match types[0].as_str() {
+            "v1" => {
+                old += 1;
+                assert!(*at < swapped, "event {id}, sent after the swap was applied, ran on the old version");
+            }
+            "order.shipped" => new += 1,
+            other => panic!("unexpected output type {other}"),
+        }
+    }
+    assert!(old > 0 && new > 0, "both versions served ({old} old, {new} new)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_plugins_are_rejected_while_the_old_version_serves() {
+    let redis = RedisServer::start();
+    let fx = Fixture::with_own_plugins(&redis, "", H, &[("h.wasm", "behave.wasm")]);
+    let (host, mut reports) = fx.start_watching().await;
+    let mut conn = redis.conn().await;
+
+    fx.write_plugin("h.wasm", b"this is not wasm");
+    let error = rejected(&mut reports).await;
+    assert!(error.contains("h.wasm") && error.contains("not a valid WebAssembly component"), "{error}");
+
+    // A valid component of the wrong world: the empty component.
+    fx.write_plugin("h.wasm", b"\0asm\x0d\x00\x01\x00");
+    let error = rejected(&mut reports).await;
+    assert!(error.contains("h.wasm") && error.contains("not a Sluice handler"), "{error}");
+
+    // The old version still serves.
+    let id = send(&mut conn, "payments", "payment.processed", payment(1)).await;
+    until_finished(&conn, "payments", "h", 1).await;
+    assert_eq!(outputs_by_cause(&conn).await[&id], ["v1"]);
+
+    // Fixing the file is picked up.
+    fx.install_plugin("h.wasm", "shipping.wasm");
+    applied(&mut reports).await;
+    let id = send(&mut conn, "payments", "payment.processed", payment(2)).await;
+    until_finished(&conn, "payments", "h", 2).await;
+    host.stop().await;
+    assert_eq!(outputs_by_cause(&conn).await[&id], ["order.shipped"]);
+}
+
+/// A `behave` handler `name` on `in` (plugin shared, `b.wasm`).
+fn handler(name: &str) -> String {
+    format!("[handlers.{name}]\nplugin = \"b.wasm\"\nstreams = [\"in\"]\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_edits_add_and_remove_handlers() {
+    let redis = RedisServer::start();
+    let fx = Fixture::with_own_plugins(&redis, "", &handler("a"), &[("b.wasm", "behave.wasm")]);
+    let (host, mut reports) = fx.start_watching().await;
+    let mut conn = redis.conn().await;
+    send(&mut conn, "in", "t", json!({})).await;
+    until_finished(&conn, "in", "a", 1).await;
+
+    fx.rewrite_handlers(&format!("{}\n{}", handler("a"), handler("b")));
+    let versions = applied(&mut reports).await;
+    assert_eq!(versions.keys().collect::<Vec<_>>(), ["a", "b"]);
+    // A new group starts at the beginning of the stream: b sees both.
+    send(&mut conn, "in", "t", json!({})).await;
+    until_finished(&conn, "in", "a", 2).await;
+    until_finished(&conn, "in", "b", 2).await;
+
+    fx.rewrite_handlers(&handler("b"));
+    let versions = applied(&mut reports).await;
+    assert_eq!(versions.keys().collect::<Vec<_>>(), ["b"]);
+    send(&mut conn, "in", "t", json!({})).await;
+    until_finished(&conn, "in", "b", 3).await;
+    host.stop().await;
+    assert_eq!(finished(&mut conn, "in", "a").await, 2, "a removed handler stops consuming");
+    assert_eq!(pending(&mut conn, "in", "a").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_config_is_rejected_and_a_later_fix_applies() {
+    let redis = RedisServer::start();
+    let fx = Fixture::with_own_plugins(&redis, "", &handler("a"), &[("b.wasm", "behave.wasm")]);
+    let (host, mut reports) = fx.start_watching().await;
+    let mut conn = redis.conn().await;
+
+    fx.rewrite_handlers(&format!("{}timeout_ms = \"soon\"\n", handler("a")));
+    let error = rejected(&mut reports).await;
+    assert!(error.contains("config.toml:") && error.contains("timeout_ms"), "{error}");
+    send(&mut conn, "in", "t", json!({})).await;
+    until_finished(&conn, "in", "a", 1).await;
+
+    // The fix narrows the handler to order.* events.
+    fx.rewrite_handlers(&format!("{}events = [\"order.*\"]\n", handler("a")));
+    applied(&mut reports).await;
+    send(&mut conn, "in", "user.created", json!({"action": "reject"})).await;
+    until_finished(&conn, "in", "a", 2).await;
+    host.stop().await;
+    assert!(entries(&mut conn, "in:dlq").await.is_empty(), "the new filter skipped the event");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_plugin_keeps_serving_its_loaded_version() {
+    let redis = RedisServer::start();
+    let fx = Fixture::with_own_plugins(&redis, "", &handler("a"), &[("b.wasm", "behave.wasm")]);
+    let (host, mut reports) = fx.start_watching().await;
+    let mut conn = redis.conn().await;
+    std::fs::remove_file(fx.dir.path().join("plugins/b.wasm")).unwrap();
+    applied(&mut reports).await;
+    send(&mut conn, "in", "t", json!({})).await;
+    until_finished(&conn, "in", "a", 1).await;
+    host.stop().await;
+}
