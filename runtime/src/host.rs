@@ -164,8 +164,16 @@ impl Fleet {
         self.running.iter().map(|(n, r)| (n.clone(), r.consumer.binding().plugin.version.clone())).collect()
     }
 
+    /// Stops `name`'s consumer and waits for it to drain.
+    async fn stop(&mut self, name: &str) {
+        if let Some(r) = self.running.remove(name) {
+            r.token.cancel();
+            let _ = r.task.await;
+        }
+    }
+
     /// Makes the running consumers match `new`, handler by handler.
-    fn apply(&mut self, new: NewState) -> BTreeMap<String, String> {
+    async fn apply(&mut self, new: NewState) -> BTreeMap<String, String> {
         let gone: Vec<String> = self.running.keys().filter(|n| !new.bindings.contains_key(*n)).cloned().collect();
         for name in gone {
             info!(handler = %name, "handler removed from the config; stopping it (its group stays in Redis)");
@@ -177,8 +185,10 @@ impl Fleet {
             match self.running.get(&name) {
                 Some(r) if r.consumer.can_update_to(&binding.handler) => r.consumer.update(binding),
                 Some(_) => {
+                    // Drain first: the new consumer takes back this consumer
+                    // name's pending entries, which must not still be in flight.
                     info!(handler = %name, "streams or group changed; restarting the handler");
-                    self.retire(&name);
+                    self.stop(&name).await;
                     self.start(binding);
                 }
                 None => self.start(binding),
@@ -242,7 +252,7 @@ impl Reloader {
         let report = match reload::prepare(&self.runtime, &self.cache, &self.config_path, &fleet.bindings()).await {
             Ok(new) => {
                 fixed.warn_if_changed(&new.config);
-                let versions = fleet.apply(new);
+                let versions = fleet.apply(new).await;
                 info!(versions = ?versions, "reloaded");
                 ReloadReport::Applied { versions }
             }

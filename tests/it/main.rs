@@ -18,3 +18,5 @@ mod recovery;
 mod cli;
 // Hot reload of plugins and config while serving.
 mod reload;
+// The compiled-component cache.
+mod cache;

@@ -38,10 +38,12 @@ async fn rejected(reports: &mut UnboundedReceiver<ReloadReport>) -> String {
     }
 }
 
-/// Types of the `shipments` entries, by the entry that caused them.
+/// Types of the `shipments` and `out` entries, by the entry that caused them.
 async fn outputs_by_cause(conn: &redis::aio::MultiplexedConnection) -> HashMap<String, Vec<String>> {
     let mut by_cause: HashMap<String, Vec<String>> = HashMap::new();
-    for e in entries(&mut conn.clone(), "shipments").await {
+    let mut all = entries(&mut conn.clone(), "shipments").await;
+    all.extend(entries(&mut conn.clone(), "out").await);
+    for e in all {
         by_cause.entry(field(&e, "causation_id")).or_default().push(field(&e, "type"));
     }
     by_cause
@@ -189,4 +191,58 @@ async fn a_deleted_plugin_keeps_serving_its_loaded_version() {
     send(&mut conn, "in", "t", json!({})).await;
     until_finished(&conn, "in", "a", 1).await;
     host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_watch_sighup_reloads() {
+    let redis = RedisServer::start();
+    let fx = Fixture::with_own_plugins(&redis, "", &handler("a"), &[("b.wasm", "behave.wasm")]);
+    let mut host = fx.spawn_binary_with(&["--no-watch"]);
+    let mut conn = redis.conn().await;
+    send(&mut conn, "in", "t", json!({})).await;
+    until_finished(&conn, "in", "a", 1).await;
+    fx.rewrite_handlers(&format!("{}\n{}", handler("a"), handler("b")));
+    tokio::time::sleep(reload_quiet_period()).await;
+    assert_eq!(finished(&mut conn, "in", "b").await, 0, "--no-watch: the edit is not applied by itself");
+    let pid = host.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    until_finished(&conn, "in", "b", 1).await;
+    host.kill().unwrap();
+    host.wait().unwrap();
+}
+
+/// Long enough for a watching host to have applied an edit.
+fn reload_quiet_period() -> Duration {
+    sluice::reload::DEBOUNCE * 5
+}
+
+/// Data that makes `behave` compute for `ms`, then publish one `out` event.
+fn busy(ms: u64) -> serde_json::Value {
+    json!({"action": "busy", "ms": ms, "publish": [{"stream": "out", "type": "done", "data": {}}]})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changing_streams_restarts_the_handler_without_duplicates() {
+    let redis = RedisServer::start();
+    let a = "[handlers.a]\nplugin = \"b.wasm\"\nstreams = [\"in\"]\npublish = [\"out\"]\nconcurrency = 4\n";
+    let fx = Fixture::with_own_plugins(&redis, "consumer = \"fixed\"", a, &[("b.wasm", "behave.wasm")]);
+    let (host, mut reports) = fx.start_watching().await;
+    let mut conn = redis.conn().await;
+    for _ in 0..8 {
+        send(&mut conn, "in", "t", busy(300)).await;
+    }
+    eventually(SOON, "events in flight", || {
+        let mut c = conn.clone();
+        async move { (pending(&mut c, "in", "a").await > 0).then_some(()) }
+    })
+    .await;
+    fx.rewrite_handlers(&a.replace("[\"in\"]", "[\"in\", \"in2\"]"));
+    applied(&mut reports).await;
+    send(&mut conn, "in2", "t", busy(1)).await;
+    until_finished(&conn, "in", "a", 8).await;
+    until_finished(&conn, "in2", "a", 1).await;
+    host.stop().await;
+    let by_cause = outputs_by_cause(&conn).await;
+    assert_eq!(by_cause.len(), 9, "every event handled");
+    assert!(by_cause.values().all(|v| v.len() == 1), "none handled twice: {by_cause:?}");
 }

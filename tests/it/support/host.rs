@@ -17,7 +17,6 @@ use tokio::task::JoinHandle;
 pub struct Fixture {
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
-    pub redis_url: String,
 }
 
 impl Fixture {
@@ -32,7 +31,7 @@ impl Fixture {
         let text =
             format!("[redis]\nurl = \"{}\"\n\n[host]\nplugins = \"{plugins}\"\n{host}\n\n{handlers}\n", redis.url());
         std::fs::write(&config_path, text).unwrap();
-        Fixture { dir, config_path, redis_url: redis.url() }
+        Fixture { dir, config_path }
     }
 
     /// Like [`Fixture::new`], but with a plugins folder of the test's own
@@ -108,10 +107,16 @@ impl Fixture {
 
     /// Runs the real `sluice run` binary on this config.
     pub fn spawn_binary(&self) -> Child {
+        self.spawn_binary_with(&[])
+    }
+
+    /// Runs `sluice run` on this config with extra arguments.
+    pub fn spawn_binary_with(&self, args: &[&str]) -> Child {
         Command::new(env!("CARGO_BIN_EXE_sluice"))
             .arg("run")
             .arg("--config")
             .arg(&self.config_path)
+            .args(args)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .spawn()

@@ -1,0 +1,57 @@
+//! The compiled-component cache: a warm entry is loaded instead of compiled;
+//! a corrupt or truncated entry is compiled again, never trusted.
+
+use crate::support::*;
+use sluice::config::Handler;
+use sluice::wasm::{ComponentCache, Outcome, Plugin, Runtime, Sandbox, Source};
+
+fn entries_in(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
+        .collect()
+}
+
+/// Runs `plugin` on an `ok` event and checks it works.
+async fn assert_runs(plugin: &Plugin, handler: &Handler) {
+    let entry = sluice::event::Entry { id: "1-0".into(), fields: vec![("data".into(), b"{}".to_vec())] };
+    let outcome = plugin.invoke(&Sandbox::for_handler(handler), &entry.to_event("s", 1)).await;
+    assert!(matches!(outcome, Outcome::Success { .. }), "{outcome:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_entries_load_and_bad_entries_are_recompiled() {
+    let redis = RedisServer::start();
+    let fx = Fixture::new(&redis, "", "[handlers.h]\nplugin = \"behave.wasm\"\nstreams = [\"s\"]\n");
+    let handler = fx.config().handlers.remove(0);
+    let runtime = Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = ComponentCache::new(dir.path(), &runtime.engine);
+
+    let cold = Plugin::load(&runtime, Some(&cache), &handler.plugin).unwrap();
+    assert_eq!(cold.source, Source::Compiled);
+    let files = entries_in(dir.path());
+    assert_eq!(files.len(), 1, "one artifact written");
+
+    let warm = Plugin::load(&runtime, Some(&cache), &handler.plugin).unwrap();
+    assert_eq!(warm.source, Source::Cache);
+    assert_eq!(warm.version, cold.version);
+    assert_runs(&warm, &handler).await;
+
+    // One flipped byte in the middle: the checksum catches it.
+    let mut bytes = std::fs::read(&files[0]).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&files[0], &bytes).unwrap();
+    let again = Plugin::load(&runtime, Some(&cache), &handler.plugin).unwrap();
+    assert_eq!(again.source, Source::Compiled, "a corrupt entry is compiled again");
+    assert_runs(&again, &handler).await;
+
+    // Truncated (a crash mid-write by something else): compiled again too.
+    let len = std::fs::metadata(&files[0]).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&files[0]).unwrap().set_len(len / 3).unwrap();
+    let again = Plugin::load(&runtime, Some(&cache), &handler.plugin).unwrap();
+    assert_eq!(again.source, Source::Compiled);
+    assert_eq!(Plugin::load(&runtime, Some(&cache), &handler.plugin).unwrap().source, Source::Cache, "and rewritten");
+}
