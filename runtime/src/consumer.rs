@@ -46,6 +46,11 @@ impl Binding {
         let sandbox = Sandbox::for_handler(&handler);
         Binding { handler, plugin, sandbox }
     }
+
+    /// This binding with its key-value reads going to `conn`.
+    fn with_kv(self, conn: redis::aio::ConnectionManager) -> Binding {
+        Binding { sandbox: self.sandbox.with_kv(conn), ..self }
+    }
 }
 
 /// Everything one handler's tasks share.
@@ -81,6 +86,7 @@ impl Consumer {
         shutdown: CancellationToken,
     ) -> Arc<Consumer> {
         let concurrency = binding.handler.limits.concurrency;
+        let binding = binding.with_kv(redis.conn.clone());
         Arc::new(Consumer {
             handler_name: binding.handler.name.clone(),
             streams: binding.handler.streams.clone(),
@@ -122,7 +128,7 @@ impl Consumer {
                 }
             });
         }
-        self.binding.store(Arc::new(binding));
+        self.binding.store(Arc::new(binding.with_kv(self.redis.conn.clone())));
     }
 
     /// Consumes until shutdown, then lets in-flight deliveries finish.
@@ -356,14 +362,14 @@ impl Consumer {
 
     async fn carry_out(self: &Arc<Self>, d: Delivery, decision: Decision, b: &Binding) {
         match decision {
-            Decision::Ack { publishes } => {
-                let (s, g, name, entry, pubs) = (&d.stream, &self.group, &self.handler_name, &d.entry, &publishes[..]);
+            Decision::Ack { effects } => {
+                let (s, g, name, entry, fx) = (&d.stream, &self.group, &self.handler_name, &d.entry, &effects);
                 let tx = || {
                     let mut conn = self.redis.conn.clone();
-                    async move { stream::ack(&mut conn, s, g, entry, name, pubs).await }
+                    async move { stream::ack(&mut conn, s, g, entry, name, fx).await }
                 };
                 if self.commit("ack", tx).await {
-                    debug!(publishes = pubs.len(), "handled");
+                    debug!(publishes = fx.publishes.len(), kv_writes = fx.kv.len(), "handled");
                 }
             }
             Decision::Retry { delay, reason } => {

@@ -3,14 +3,15 @@
 
 use crate::backoff;
 use crate::config::Limits;
-use crate::wasm::{Outcome, Publish};
+use crate::wasm::{Effects, Outcome};
 use std::time::Duration;
 
 /// What to do with an entry after one delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
-    /// Acknowledge it, writing `publishes` in the same transaction.
-    Ack { publishes: Vec<Publish> },
+    /// Acknowledge it, committing its publishes and key-value writes in the
+    /// same transaction.
+    Ack { effects: Effects },
     /// Leave it pending and deliver it again after `delay`.
     Retry { delay: Duration, reason: String },
     /// Write it to the dead-letter stream and acknowledge it, in one transaction.
@@ -22,7 +23,7 @@ pub enum Decision {
 /// abandoned entry by other hosts).
 pub fn decide(outcome: Outcome, attempt: u32, limits: &Limits, max_delay: Duration) -> Decision {
     let reason = match outcome {
-        Outcome::Success { publishes } => return Decision::Ack { publishes },
+        Outcome::Success { effects } => return Decision::Ack { effects },
         Outcome::Reject { reason } => return Decision::DeadLetter { reason },
         Outcome::Retry { reason, delay: Some(delay) } if attempt < limits.max_attempts => {
             return Decision::Retry { delay: delay.min(max_delay), reason };
@@ -69,8 +70,8 @@ mod tests {
 
     #[test]
     fn success_acks_with_its_publishes() {
-        let d = decide(Outcome::Success { publishes: vec![] }, 1, &limits(3), MAX);
-        assert_eq!(d, Decision::Ack { publishes: vec![] });
+        let d = decide(Outcome::Success { effects: Effects::default() }, 1, &limits(3), MAX);
+        assert_eq!(d, Decision::Ack { effects: Effects::default() });
     }
 
     #[test]

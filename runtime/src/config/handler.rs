@@ -1,6 +1,7 @@
 //! A handler binding as the host uses it: every default applied, globs compiled.
 
 use globset::GlobSet;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -26,6 +27,8 @@ pub struct Handler {
     pub dead_letter: Option<String>,
     /// What each delivery runs under.
     pub limits: Limits,
+    /// `[handlers.NAME.config]`, with `${ENV}` expanded: what `config.get` returns.
+    pub config: BTreeMap<String, String>,
 }
 
 /// The limits and retry policy of one handler.

@@ -97,6 +97,8 @@ pub struct RawLimits {
 /// group = "payment"
 /// dead_letter = "orders:dlq"
 /// timeout_ms = 500
+/// [handlers.payment.config]
+/// gateway_key = "${GATEWAY_KEY}"
 /// ```
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -108,6 +110,9 @@ pub struct RawHandler {
     pub publish: Vec<String>,
     pub group: Option<String>,
     pub dead_letter: Option<String>,
+    /// `[handlers.NAME.config]`: values the handler reads with `config.get`.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
     // The limits are spelled out rather than flattened: serde cannot combine
     // `flatten` with `deny_unknown_fields`.
     pub timeout_ms: Option<u64>,

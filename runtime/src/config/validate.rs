@@ -5,6 +5,7 @@ use super::handler::{Handler, Limits};
 use super::model::*;
 use super::{Config, base_dir, env, locate};
 use globset::{Glob, GlobSetBuilder};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -174,7 +175,23 @@ fn handler(
         group,
         dead_letter: h.dead_letter.clone(),
         limits: limits(&h.limits().or(defaults)),
+        config: handler_config(c, name, &h.config)?,
     })
+}
+
+/// The handler's config table with `${ENV}` expanded; an unset variable is
+/// an error naming the key.
+fn handler_config(
+    c: &Checker,
+    name: &str,
+    raw: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>, ConfigError> {
+    raw.iter()
+        .map(|(k, v)| {
+            let value = env::expand(v).map_err(|e| c.invalid(&["handlers", name, "config", k], e))?;
+            Ok((k.clone(), value))
+        })
+        .collect()
 }
 
 fn globs(c: &Checker, name: &str, events: &[String]) -> Result<globset::GlobSet, ConfigError> {

@@ -4,6 +4,15 @@
 wasmtime::component::bindgen!({
     path: "wit",
     world: "plugin",
+    imports: {
+        // Reads Redis.
+        "sluice:plugin/kv.get": async | trappable,
+        // May stop the guest when it passes an output limit.
+        "sluice:plugin/kv.set": trappable,
+        "sluice:plugin/kv.delete": trappable,
+        "sluice:plugin/host.log": trappable,
+        "sluice:plugin/host.publish": trappable,
+    },
     exports: { default: async },
 });
 

@@ -2,22 +2,12 @@
 //! `InstancePre`, under an epoch deadline and a memory cap, then discarded.
 
 use super::bindings::{Event, Failure};
+use super::effects::Effects;
 use super::engine::EPOCH_TICK;
 use super::plugin::Plugin;
 use super::state::{EventState, Sandbox};
 use std::time::{Duration, Instant};
 use wasmtime::{Store, UpdateDeadline};
-
-/// An event a handler published, written only if the handler succeeds.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Publish {
-    /// The target stream (granted in config).
-    pub stream: String,
-    /// The new entry's `type`.
-    pub event_type: String,
-    /// The new entry's `data`.
-    pub data: Vec<u8>,
-}
 
 /// What one delivery came to. An ordinary value, not an error: failures are
 /// the normal business of an event host, and building an error (with its
@@ -25,7 +15,7 @@ pub struct Publish {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// `handle` returned ok.
-    Success { publishes: Vec<Publish> },
+    Success { effects: Effects },
     /// `handle` asked to be tried again.
     Retry { reason: String, delay: Option<Duration> },
     /// `handle` rejected the event for good.
@@ -55,7 +45,7 @@ impl Plugin {
         let state = store.data_mut();
         log_output(state);
         match result {
-            Ok(Ok(())) => Outcome::Success { publishes: std::mem::take(&mut state.publishes) },
+            Ok(Ok(())) => Outcome::Success { effects: std::mem::take(&mut state.effects) },
             Ok(Err(Failure::Retry(r))) => {
                 Outcome::Retry { reason: r.reason, delay: r.delay_ms.map(Duration::from_millis) }
             }
@@ -65,7 +55,7 @@ impl Plugin {
     }
 
     fn new_store(&self, sandbox: &Sandbox) -> Store<EventState> {
-        let mut store = Store::new(self.pre.engine(), EventState::new(sandbox.grants.clone()));
+        let mut store = Store::new(self.pre.engine(), EventState::new(sandbox));
         store.limiter(|s| s);
         let deadline = Instant::now() + sandbox.timeout;
         store.set_epoch_deadline(1);
@@ -101,6 +91,9 @@ impl Plugin {
 fn crash_reason(state: &EventState, timeout: Duration, err: &wasmtime::Error) -> String {
     if err.is::<DeadlineExceeded>() {
         return format!("timeout after {} ms", timeout.as_millis());
+    }
+    if let Some(reason) = state.limit_exceeded() {
+        return reason;
     }
     if state.memory_denied {
         return format!("memory limit {} MiB exceeded", state.memory_limit() >> 20);

@@ -3,14 +3,17 @@
 
 pub mod bindings;
 mod cache;
+mod effects;
 mod engine;
 mod invoke;
+pub mod limits;
 mod output;
 mod plugin;
 mod state;
 
 pub use cache::{ComponentCache, Source, hex};
+pub use effects::{Effects, KvWrite, Publish, kv_key};
 pub use engine::Runtime;
-pub use invoke::{Outcome, Publish};
+pub use invoke::Outcome;
 pub use plugin::{Plugin, PluginError};
 pub use state::{Grants, Sandbox};

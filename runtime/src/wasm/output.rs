@@ -1,45 +1,61 @@
-//! A guest's stdout/stderr: kept in memory up to a cap, then logged by the host.
+//! A guest's stdout/stderr: counted against a per-delivery limit, the start
+//! kept in memory and logged by the host afterwards.
 
+use super::limits::LimitExceeded;
 use bytes::Bytes;
 use std::sync::{Arc, Mutex};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
-use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 
-/// Most bytes of stdout (and, separately, stderr) kept per delivery; the rest
-/// is dropped (and counted) rather than failing the guest's write.
-pub const OUTPUT_CAP: usize = 64 * 1024;
+/// How much of a delivery's output is kept for the host log.
+pub const LOGGED_BYTES: usize = 64 * 1024;
 
-/// One delivery's output stream. Clones share the buffer.
-#[derive(Clone, Default)]
+/// One delivery's stdout or stderr. Clones share the buffer.
+#[derive(Clone)]
 pub struct Captured {
     inner: Arc<Mutex<Buffer>>,
 }
 
-#[derive(Default)]
 struct Buffer {
-    bytes: Vec<u8>,
-    dropped: usize,
+    /// `stdout` or `stderr`, for the limit's reason.
+    name: &'static str,
+    /// Most bytes the guest may write in one delivery.
+    limit: usize,
+    written: usize,
+    kept: Vec<u8>,
 }
 
 impl Captured {
-    /// Everything written so far, as text, with a note if some was dropped.
+    /// A stream called `name` that fails the delivery past `limit` bytes.
+    pub fn new(name: &'static str, limit: usize) -> Captured {
+        let buffer = Buffer { name, limit, written: 0, kept: Vec::new() };
+        Captured { inner: Arc::new(Mutex::new(buffer)) }
+    }
+
+    /// What was kept for the log, as text, with a note if some was not.
     pub fn take_text(&self) -> String {
         let mut buf = self.inner.lock().unwrap();
-        let mut text = String::from_utf8_lossy(&buf.bytes).into_owned();
-        if buf.dropped > 0 {
-            text.push_str(&format!("\n[{} more bytes dropped]", buf.dropped));
+        let mut text = String::from_utf8_lossy(&buf.kept).into_owned();
+        let dropped = buf.written.saturating_sub(buf.kept.len());
+        if dropped > 0 {
+            text.push_str(&format!("\n[{dropped} more bytes not logged]"));
         }
-        buf.bytes.clear();
-        buf.dropped = 0;
+        buf.kept.clear();
         text
     }
 
-    fn append(&self, data: &[u8]) {
+    /// The limit's reason, if the guest wrote past it.
+    pub fn exceeded(&self) -> Option<String> {
+        let buf = self.inner.lock().unwrap();
+        (buf.written > buf.limit).then(|| format!("{} limit exceeded: more than {} KiB", buf.name, buf.limit >> 10))
+    }
+
+    fn append(&self, data: &[u8]) -> Result<(), LimitExceeded> {
         let mut buf = self.inner.lock().unwrap();
-        let room = OUTPUT_CAP.saturating_sub(buf.bytes.len());
-        let kept = data.len().min(room);
-        buf.bytes.extend_from_slice(&data[..kept]);
-        buf.dropped += data.len() - kept;
+        buf.written += data.len();
+        let room = LOGGED_BYTES.saturating_sub(buf.kept.len());
+        buf.kept.extend_from_slice(&data[..data.len().min(room)]);
+        if buf.written > buf.limit { Err(LimitExceeded) } else { Ok(()) }
     }
 }
 
@@ -61,8 +77,7 @@ impl StdoutStream for Captured {
 
 impl OutputStream for Captured {
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
-        self.append(&bytes);
-        Ok(())
+        self.append(&bytes).map_err(|e| StreamError::Trap(e.into()))
     }
 
     fn flush(&mut self) -> StreamResult<()> {
@@ -85,8 +100,8 @@ impl tokio::io::AsyncWrite for Captured {
         _: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        self.append(buf);
-        std::task::Poll::Ready(Ok(buf.len()))
+        let result = self.append(buf).map(|()| buf.len()).map_err(std::io::Error::other);
+        std::task::Poll::Ready(result)
     }
 
     fn poll_flush(
@@ -109,10 +124,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn output_past_the_cap_is_counted_not_kept() {
-        let out = Captured::default();
-        out.append(&vec![b'x'; OUTPUT_CAP + 10]);
+    fn output_past_the_limit_fails_and_is_named() {
+        let out = Captured::new("stdout", 100 * 1024);
+        assert!(out.append(&vec![b'x'; 100 * 1024]).is_ok());
+        assert_eq!(out.exceeded(), None);
+        assert!(out.append(b"x").is_err());
+        assert_eq!(out.exceeded().as_deref(), Some("stdout limit exceeded: more than 100 KiB"));
         let text = out.take_text();
-        assert!(text.ends_with("[10 more bytes dropped]"), "{}", &text[text.len() - 40..]);
+        assert!(
+            text.ends_with(&format!("[{} more bytes not logged]", 100 * 1024 + 1 - LOGGED_BYTES)),
+            "{}",
+            &text[text.len() - 40..]
+        );
     }
 }

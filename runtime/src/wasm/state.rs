@@ -1,31 +1,31 @@
 //! The state of one delivery's `Store`: WASI (with nothing granted), the
-//! memory limiter, the output capture and the buffered publishes.
+//! memory limiter, output capture and limits, and the buffered effects.
 
 use super::bindings::sluice::plugin::host::{self, Level};
-use super::bindings::sluice::plugin::types;
-use super::invoke::Publish;
+use super::bindings::sluice::plugin::{config, kv, types};
+use super::effects::{Effects, KvWrite, Publish, kv_key};
+use super::limits::{MAX_STDIO_BYTES, MAX_TABLE_ELEMENTS, Usage};
 use super::output::Captured;
 use crate::config::Handler;
+use redis::aio::ConnectionManager;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-/// Most publishes one delivery may buffer.
-pub const MAX_PUBLISHES: usize = 1_024;
-/// Most table elements an instance may grow a table to.
-pub const MAX_TABLE_ELEMENTS: usize = 100_000;
-
 /// What a handler is allowed: fixed per handler, shared by its deliveries.
 #[derive(Debug)]
 pub struct Grants {
-    /// The handler's name, for messages.
+    /// The handler's name, for messages and its key-value prefix.
     pub handler: String,
     /// Streams it may publish to.
     pub publish: Vec<String>,
     /// Linear memory cap, in bytes.
     pub memory_bytes: usize,
+    /// Its `[handlers.NAME.config]` table, expanded.
+    pub config: BTreeMap<String, String>,
 }
 
 impl Grants {
@@ -35,23 +35,32 @@ impl Grants {
             handler: handler.name.clone(),
             publish: handler.publish.clone(),
             memory_bytes: handler.limits.memory_bytes,
+            config: handler.config.clone(),
         }
     }
 }
 
-/// What one handler's deliveries run under: its grants and its time limit.
-/// Built once per handler (and per reload), shared by its deliveries.
-#[derive(Debug, Clone)]
+/// What one handler's deliveries run under: its grants, its time limit and
+/// its key-value store. Built once per handler (and per reload).
+#[derive(Clone)]
 pub struct Sandbox {
     pub grants: Arc<Grants>,
     /// How long one delivery may run.
     pub timeout: Duration,
+    /// Where `kv.get` reads; `None` offline (reads then find nothing).
+    pub kv: Option<ConnectionManager>,
 }
 
 impl Sandbox {
-    /// The sandbox `handler`'s configuration asks for.
+    /// The sandbox `handler`'s configuration asks for, without Redis.
     pub fn for_handler(handler: &Handler) -> Sandbox {
-        Sandbox { grants: Arc::new(Grants::for_handler(handler)), timeout: handler.limits.timeout }
+        Sandbox { grants: Arc::new(Grants::for_handler(handler)), timeout: handler.limits.timeout, kv: None }
+    }
+
+    /// This sandbox with key-value reads from `conn`.
+    pub fn with_kv(mut self, conn: ConnectionManager) -> Sandbox {
+        self.kv = Some(conn);
+        self
     }
 }
 
@@ -61,10 +70,15 @@ pub struct EventState {
     wasi: WasiCtx,
     table: ResourceTable,
     grants: Arc<Grants>,
+    kv: Option<ConnectionManager>,
+    /// Output counted against the per-delivery limits.
+    pub usage: Usage,
     /// Set when the guest asked for more memory than `grants.memory_bytes`.
     pub memory_denied: bool,
-    /// Publishes made so far, written only if the handler succeeds.
-    pub publishes: Vec<Publish>,
+    /// Publishes and key-value writes, committed only if the handler succeeds.
+    pub effects: Effects,
+    /// This delivery's own key-value writes, for read-your-writes.
+    overlay: HashMap<String, Option<Vec<u8>>>,
     /// The guest's stdout and stderr.
     pub stdout: Captured,
     pub stderr: Captured,
@@ -74,18 +88,27 @@ pub struct EventState {
 }
 
 impl EventState {
-    /// A state that grants nothing beyond `grants`: no files, no environment,
+    /// A state that grants nothing beyond `sandbox`: no files, no environment,
     /// no network, no arguments; stdout and stderr are captured.
-    pub fn new(grants: Arc<Grants>) -> Self {
-        let stdout = Captured::default();
-        let stderr = Captured::default();
-        let wasi = WasiCtx::builder().stdout(stdout.clone()).stderr(stderr.clone()).build();
+    pub fn new(sandbox: &Sandbox) -> Self {
+        let stdout = Captured::new("stdout", MAX_STDIO_BYTES);
+        let stderr = Captured::new("stderr", MAX_STDIO_BYTES);
+        let wasi = WasiCtx::builder()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
         EventState {
             wasi,
             table: ResourceTable::new(),
-            grants,
+            grants: sandbox.grants.clone(),
+            kv: sandbox.kv.clone(),
+            usage: Usage::default(),
             memory_denied: false,
-            publishes: Vec::new(),
+            effects: Effects::default(),
+            overlay: HashMap::new(),
             stdout,
             stderr,
             last_stderr_line: None,
@@ -95,6 +118,11 @@ impl EventState {
     /// The handler's memory cap, in bytes.
     pub fn memory_limit(&self) -> usize {
         self.grants.memory_bytes
+    }
+
+    /// The output limit this delivery passed, if any.
+    pub fn limit_exceeded(&self) -> Option<String> {
+        self.usage.exceeded.clone().or_else(|| self.stdout.exceeded()).or_else(|| self.stderr.exceeded())
     }
 }
 
@@ -119,7 +147,8 @@ impl ResourceLimiter for EventState {
 impl types::Host for EventState {}
 
 impl host::Host for EventState {
-    fn log(&mut self, level: Level, message: String) {
+    fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
+        self.usage.log(message.len())?;
         match level {
             Level::Trace => tracing::trace!(target: "sluice::plugin", "{message}"),
             Level::Debug => tracing::debug!(target: "sluice::plugin", "{message}"),
@@ -127,19 +156,51 @@ impl host::Host for EventState {
             Level::Warn => tracing::warn!(target: "sluice::plugin", "{message}"),
             Level::Error => tracing::error!(target: "sluice::plugin", "{message}"),
         }
+        Ok(())
     }
 
-    fn publish(&mut self, stream: String, event_type: String, data: Vec<u8>) -> Result<(), String> {
-        if !self.grants.publish.iter().any(|s| *s == stream) {
-            return Err(format!(
-                "stream {stream:?} is not granted to handler {:?} (add it to handlers.{}.publish in the config)",
-                self.grants.handler, self.grants.handler
-            ));
+    fn publish(&mut self, stream: String, event_type: String, data: Vec<u8>) -> wasmtime::Result<Result<(), String>> {
+        if !self.grants.publish.contains(&stream) {
+            let h = &self.grants.handler;
+            return Ok(Err(format!(
+                "stream {stream:?} is not granted to handler {h:?} (add it to handlers.{h}.publish in the config)"
+            )));
         }
-        if self.publishes.len() >= MAX_PUBLISHES {
-            return Err(format!("at most {MAX_PUBLISHES} publishes per event"));
+        self.usage.publish(data.len() + event_type.len())?;
+        self.effects.publishes.push(Publish { stream, event_type, data });
+        Ok(Ok(()))
+    }
+}
+
+impl kv::Host for EventState {
+    async fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, String>> {
+        self.usage.kv_read(&key)?;
+        if let Some(buffered) = self.overlay.get(&key) {
+            return Ok(Ok(buffered.clone()));
         }
-        self.publishes.push(Publish { stream, event_type, data });
+        let Some(conn) = self.kv.as_mut() else { return Ok(Ok(None)) };
+        let value: redis::RedisResult<Option<Vec<u8>>> =
+            redis::cmd("GET").arg(kv_key(&self.grants.handler, &key)).query_async(conn).await;
+        Ok(value.map_err(|e| format!("kv unavailable: {e}")))
+    }
+
+    fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> wasmtime::Result<()> {
+        self.usage.kv_write(&key, value.len())?;
+        self.overlay.insert(key.clone(), Some(value.clone()));
+        self.effects.kv.push(KvWrite::Set { key, value, ttl_ms });
         Ok(())
+    }
+
+    fn delete(&mut self, key: String) -> wasmtime::Result<()> {
+        self.usage.kv_write(&key, 0)?;
+        self.overlay.insert(key.clone(), None);
+        self.effects.kv.push(KvWrite::Delete { key });
+        Ok(())
+    }
+}
+
+impl config::Host for EventState {
+    fn get(&mut self, key: String) -> Option<String> {
+        self.grants.config.get(&key).cloned()
     }
 }

@@ -1,0 +1,33 @@
+//! What a delivery wants done if it succeeds: its publishes and its
+//! key-value writes, committed together with the ack.
+
+/// An event a handler published, written only if the handler succeeds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publish {
+    /// The target stream (granted in config).
+    pub stream: String,
+    /// The new entry's `type`.
+    pub event_type: String,
+    /// The new entry's `data`.
+    pub data: Vec<u8>,
+}
+
+/// A buffered key-value write. Keys are the handler's own (the host adds the
+/// `sluice:kv:<handler>:` prefix when committing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KvWrite {
+    Set { key: String, value: Vec<u8>, ttl_ms: Option<u64> },
+    Delete { key: String },
+}
+
+/// Everything a successful delivery commits along with its ack.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Effects {
+    pub publishes: Vec<Publish>,
+    pub kv: Vec<KvWrite>,
+}
+
+/// The Redis key of handler `handler`'s key `key`.
+pub fn kv_key(handler: &str, key: &str) -> String {
+    format!("sluice:kv:{handler}:{key}")
+}
