@@ -17,6 +17,10 @@ use sluice::wasm::{Outcome, Plugin, Runtime, Sandbox};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+/// A hostile neighbour: every event on `spin` loops until its 200 ms
+/// timeout, two at a time, for as long as the benchmark runs.
+const SPINNER: &str = "[handlers.spinner]\nplugin = \"behave.wasm\"\nstreams = [\"spin\"]\ntimeout_ms = 200\nmax_attempts = 1\nconcurrency = 2\n";
+
 /// The trivial handler's input: `behave` parses the JSON and returns ok.
 const PAYLOAD: &str = r#"{"action":"ok","order_id":"o-1","total":42.5,"items":[{"sku":"mug","qty":2}]}"#;
 
@@ -25,12 +29,14 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let redis = RedisServer::start();
     let native = rt.block_on(native_consumer(&redis, events));
-    let sluice = rt.block_on(sluice_host(&redis, events));
+    let sluice = rt.block_on(sluice_host(&redis, events, ""));
+    let beside = rt.block_on(sluice_host(&RedisServer::start(), events, SPINNER));
     let dispatch = rt.block_on(dispatch_cost(2_000));
     println!("\nSluice throughput, {events} events, trivial Rust handler, fresh instance per event");
     println!("{:<44} {:>12} {:>10}", "what", "events/s", "ratio");
     println!("{:<44} {:>12.0} {:>10}", "native XREADGROUP+XACK loop (no handler)", native, "1.00");
     println!("{:<44} {:>12.0} {:>10.2}", "sluice run, behave ok (end to end)", sluice, sluice / native);
+    println!("{:<44} {:>12.0} {:>10.2}", "sluice run, same, beside a spinning handler", beside, beside / native);
     println!("{:<44} {:>12.1} µs", "dispatch: instantiate + call + drop", dispatch);
 }
 
@@ -84,11 +90,11 @@ async fn native_consumer(redis: &RedisServer, n: usize) -> f64 {
     n as f64 / started.elapsed().as_secs_f64()
 }
 
-fn bench_config(redis: &RedisServer) -> (tempfile::TempDir, Config) {
+fn bench_config(redis: &RedisServer, extra: &str) -> (tempfile::TempDir, Config) {
     let dir = tempfile::tempdir().unwrap();
     let plugins = Path::new(env!("CARGO_MANIFEST_DIR")).join("plugins/dist");
     let text = format!(
-        "[redis]\nurl = \"{}\"\n[host]\nplugins = \"{}\"\n[handlers.bench]\nplugin = \"behave.wasm\"\nstreams = [\"bench\"]\nconcurrency = 64\n",
+        "[redis]\nurl = \"{}\"\n[host]\nplugins = \"{}\"\n[handlers.bench]\nplugin = \"behave.wasm\"\nstreams = [\"bench\"]\nconcurrency = 64\n{extra}",
         redis.url(),
         plugins.display()
     );
@@ -99,8 +105,21 @@ fn bench_config(redis: &RedisServer) -> (tempfile::TempDir, Config) {
 }
 
 /// Sluice end to end: from the first XADD until every event is acked.
-async fn sluice_host(redis: &RedisServer, n: usize) -> f64 {
-    let (_dir, config) = bench_config(redis);
+async fn sluice_host(redis: &RedisServer, n: usize, extra: &str) -> f64 {
+    let (_dir, config) = bench_config(redis, extra);
+    if !extra.is_empty() {
+        let mut conn = redis.conn().await;
+        for _ in 0..200 {
+            let _: String = redis::cmd("XADD")
+                .arg("spin")
+                .arg("*")
+                .arg("data")
+                .arg(r#"{"action":"loop"}"#)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+    }
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let host = tokio::spawn(sluice::host::run(config, async {
         let _ = stopped.await;
@@ -141,7 +160,7 @@ async fn acked(conn: &mut MultiplexedConnection) -> usize {
 /// µs per dispatch, sequential: a fresh store and instance per call.
 async fn dispatch_cost(iterations: u32) -> f64 {
     let redis = RedisServer::start();
-    let (_dir, config) = bench_config(&redis);
+    let (_dir, config) = bench_config(&redis, "");
     let runtime = Runtime::new().unwrap();
     let plugin = Plugin::load(&runtime, None, &config.handlers[0].plugin).unwrap();
     let sandbox = Sandbox::for_handler(&config.handlers[0]);

@@ -20,3 +20,7 @@ mod cli;
 mod reload;
 // The compiled-component cache.
 mod cache;
+// Key-value state and per-handler config values.
+mod state;
+// Hostile plugins are contained; their neighbours keep working.
+mod hostile;

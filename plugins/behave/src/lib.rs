@@ -15,6 +15,9 @@
 //! | `publish`    | `publish`: `[{stream, type, data}]`, `then`? | publishes each (`data` as JSON); a refused publish rejects with `publish refused: <reason>`; then `then` = `reject` rejects, `trap` panics, else `Ok` |
 //! | `fail_until` | `n`, `delay_ms`?                    | `Err(retry)` (`attempt <a> of <n>`) while `attempt < n`, then `Ok` |
 //! | `busy`       | `ms`, `publish`?                    | computes for `ms` milliseconds (no sleeping), publishes `publish` items like `publish`, then `Ok` |
+//! | `kv_incr`    | `key`?, `ttl_ms`?, `out`?, `then`?  | adds 1 to the number under `key` (kv), checks it reads its own write, publishes `count` `{n}` to `out`, then ends as `then` says |
+//! | `kv_delete`  | `key`?                              | deletes `key` and checks it reads its own delete              |
+//! | `config`     | `key`                               | publishes `config` `{key: value}` to `out`; rejects if unset  |
 //! | `log`        | `message`                           | logs `message` at info and prints it to stdout, then `Ok`     |
 //!
 //! Any other `action` is rejected with `unknown action <action>`.
@@ -27,6 +30,7 @@ wit_bindgen::generate!({ path: "../../wit", world: "plugin" });
 
 use exports::sluice::plugin::handler::Guest;
 use sluice::plugin::host::{Level, log, publish};
+use sluice::plugin::{config, kv};
 use sluice::plugin::types::{Event, Failure, RetryAfter};
 
 /// One mebibyte, the size of each chunk `alloc` allocates.
@@ -53,11 +57,7 @@ impl Guest for Behave {
             }
             "publish" => {
                 publish_each(&data)?;
-                match data["then"].as_str() {
-                    Some("reject") => Err(Failure::Reject("rejected after publishing".into())),
-                    Some("trap") => panic!("asked to trap after publishing"),
-                    _ => Ok(()),
-                }
+                finish_as(&data)
             }
             "fail_until" => {
                 let n = data["n"].as_u64().unwrap_or(0);
@@ -71,6 +71,32 @@ impl Guest for Behave {
                 busy_for(data["ms"].as_u64().unwrap_or(100));
                 publish_each(&data)?;
                 Ok(())
+            }
+            "kv_incr" => {
+                // Counts deliveries under `key`, publishes the new count,
+                // then finishes as `then` says (so failures can be tested).
+                let key = data["key"].as_str().unwrap_or("count");
+                let n = kv_number(key)? + 1;
+                kv::set(key, n.to_string().as_bytes(), data["ttl_ms"].as_u64());
+                if kv_number(key)? != n {
+                    return Err(Failure::Reject("kv read did not see this delivery's own write".into()));
+                }
+                let out = serde_json::json!([{"stream": data["out"].as_str().unwrap_or("out"), "type": "count", "data": {"n": n}}]);
+                publish_each(&serde_json::json!({ "publish": out }))?;
+                finish_as(&data)
+            }
+            "kv_delete" => {
+                kv::delete(data["key"].as_str().unwrap_or("count"));
+                if kv_number(data["key"].as_str().unwrap_or("count"))? != 0 {
+                    return Err(Failure::Reject("kv read did not see this delivery's own delete".into()));
+                }
+                Ok(())
+            }
+            "config" => {
+                let key = data["key"].as_str().unwrap_or_default();
+                let value = config::get(key).ok_or_else(|| Failure::Reject(format!("no config value {key}")))?;
+                let out = serde_json::json!([{"stream": "out", "type": "config", "data": {key: value}}]);
+                publish_each(&serde_json::json!({ "publish": out }))
             }
             "log" => {
                 let message = data["message"].as_str().unwrap_or_default();
@@ -96,6 +122,21 @@ fn publish_each(data: &Value) -> Result<(), Failure> {
         .map_err(|r| Failure::Reject(format!("publish refused: {r}")))?;
     }
     Ok(())
+}
+
+/// Ends as `data.then` says: `reject` rejects, `trap` panics, else `Ok`.
+fn finish_as(data: &Value) -> Result<(), Failure> {
+    match data["then"].as_str() {
+        Some("reject") => Err(Failure::Reject("rejected after publishing".into())),
+        Some("trap") => panic!("asked to trap after publishing"),
+        _ => Ok(()),
+    }
+}
+
+/// The number stored under `key` (0 when absent); a kv error asks for a retry.
+fn kv_number(key: &str) -> Result<u64, Failure> {
+    let value = kv::get(key).map_err(|e| retry(e, None))?;
+    Ok(value.and_then(|v| String::from_utf8(v).ok()).and_then(|v| v.parse().ok()).unwrap_or(0))
 }
 
 /// A `retry` failure with `reason` and an optional fixed delay.

@@ -1,0 +1,111 @@
+//! The hostile plugin suite: every attack is contained within its limit and
+//! dead-lettered with the right reason, the host stays healthy, and a
+//! well-behaved handler beside the attackers keeps handling its events.
+
+use crate::support::*;
+use serde_json::json;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+const HANDLERS: &str = r#"
+[handlers.good]
+plugin = "behave.wasm"
+streams = ["good"]
+concurrency = 8
+
+[handlers.hostile]
+plugin = "hostile.wasm"
+streams = ["attacks"]
+publish = ["out"]
+timeout_ms = 1000
+memory_mb = 32
+max_attempts = 1
+
+[handlers.bomb]
+plugin = "behave.wasm"
+streams = ["bombs"]
+timeout_ms = 300
+memory_mb = 32
+max_attempts = 1
+"#;
+
+/// (stream, action data, expected start of the dead-letter reason); `None`
+/// for attacks that must succeed harmlessly.
+fn attacks() -> Vec<(&'static str, serde_json::Value, Option<&'static str>)> {
+    vec![
+        ("attacks", json!({"action": "recurse"}), Some("trap: ")),
+        ("attacks", json!({"action": "print_flood"}), Some("stdout limit exceeded: more than 1024 KiB")),
+        ("attacks", json!({"action": "log_flood"}), Some("log limit exceeded: more than 1000 lines")),
+        ("attacks", json!({"action": "publish_flood"}), Some("publish limit exceeded: more than 1024 events")),
+        ("attacks", json!({"action": "kv_flood"}), Some("kv limit exceeded: more than 1000 writes")),
+        ("attacks", json!({"action": "read_file"}), Some("contained: read_file")),
+        ("attacks", json!({"action": "env"}), Some("contained: env")),
+        ("attacks", json!({"action": "socket", "addr": "127.0.0.1:1"}), Some("contained: socket")),
+        ("attacks", json!({"action": "plant"}), None),
+        ("attacks", json!({"action": "peek"}), None),
+        ("bombs", json!({"action": "loop"}), Some("timeout after 300 ms")),
+        ("bombs", json!({"action": "alloc", "mb": 256}), Some("memory limit 32 MiB exceeded")),
+        (
+            "bombs",
+            json!({"action": "publish", "publish": [{"stream": "secret", "type": "x", "data": {}}]}),
+            Some("publish refused"),
+        ),
+    ]
+}
+
+async fn send_good(conn: &mut redis::aio::MultiplexedConnection, n: usize) {
+    for _ in 0..n {
+        send(conn, "good", "t", json!({"action": "ok"})).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_attack_is_contained_and_the_neighbour_keeps_working() {
+    let redis = RedisServer::start();
+    let fx = Fixture::new(&redis, "", HANDLERS);
+    let host = fx.start();
+    let mut conn = redis.conn().await;
+
+    let alone = Instant::now();
+    send_good(&mut conn, 200).await;
+    until_finished(&conn, "good", "good", 200).await;
+    let alone = alone.elapsed();
+
+    let mut expected: HashMap<String, Option<&str>> = HashMap::new();
+    for (stream, data, reason) in attacks() {
+        let id = send(&mut conn, stream, "attack", data.clone()).await;
+        expected.insert(format!("{stream} {id} {}", data["action"]), reason);
+    }
+    let beside = Instant::now();
+    send_good(&mut conn, 200).await;
+    until_finished(&conn, "good", "good", 400).await;
+    let beside = beside.elapsed();
+    eprintln!("200 good events: {alone:?} alone, {beside:?} beside the attacks");
+
+    until_finished(&conn, "attacks", "hostile", 10).await;
+    until_finished(&conn, "bombs", "bomb", 3).await;
+    let mut reasons: HashMap<String, String> = HashMap::new();
+    for stream in ["attacks", "bombs"] {
+        for e in entries(&mut conn, &format!("{stream}:dlq")).await {
+            reasons.insert(field(&e, "sluice.origin_id"), field(&e, "sluice.error"));
+        }
+    }
+    for (id, r) in &reasons {
+        eprintln!("reason {id}: {r}");
+    }
+    for (key, want) in &expected {
+        let id = key.split(' ').nth(1).unwrap();
+        match (want, reasons.get(id)) {
+            (Some(want), Some(got)) => assert!(got.starts_with(want), "{key}: reason {got:?}, expected {want:?}"),
+            (Some(want), None) => panic!("{key}: not dead-lettered (expected {want:?})"),
+            (None, Some(got)) => panic!("{key}: dead-lettered with {got:?}"),
+            (None, None) => {}
+        }
+    }
+    assert!(entries(&mut conn, "secret").await.is_empty());
+    assert!(entries(&mut conn, "out").await.is_empty(), "a failed flood publishes nothing");
+    // Still healthy: serves new events and shuts down cleanly.
+    send_good(&mut conn, 10).await;
+    until_finished(&conn, "good", "good", 410).await;
+    tokio::time::timeout(Duration::from_secs(10), host.stop()).await.expect("clean shutdown");
+}
