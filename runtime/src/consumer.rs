@@ -343,7 +343,7 @@ impl Consumer {
             let decision = match dispatch::exhausted_before_delivery(d.attempt, limits) {
                 Some(decision) => decision,
                 None => {
-                    let outcome = b.plugin.invoke(&b.sandbox, &d.entry.to_event(&d.stream, d.attempt)).await;
+                    let outcome = b.plugin.invoke_isolated(&b.sandbox, d.entry.to_event(&d.stream, d.attempt)).await;
                     dispatch::decide(outcome, d.attempt, limits, self.max_retry_delay())
                 }
             };

@@ -87,15 +87,12 @@ async fn every_attack_is_contained_and_the_neighbour_keeps_working() {
     let mut reasons: HashMap<String, String> = HashMap::new();
     for stream in ["attacks", "bombs"] {
         for e in entries(&mut conn, &format!("{stream}:dlq")).await {
-            reasons.insert(field(&e, "sluice.origin_id"), field(&e, "sluice.error"));
+            reasons.insert(format!("{stream} {}", field(&e, "sluice.origin_id")), field(&e, "sluice.error"));
         }
     }
-    for (id, r) in &reasons {
-        eprintln!("reason {id}: {r}");
-    }
     for (key, want) in &expected {
-        let id = key.split(' ').nth(1).unwrap();
-        match (want, reasons.get(id)) {
+        let at: Vec<&str> = key.split(' ').take(2).collect();
+        match (want, reasons.get(&at.join(" "))) {
             (Some(want), Some(got)) => assert!(got.starts_with(want), "{key}: reason {got:?}, expected {want:?}"),
             (Some(want), None) => panic!("{key}: not dead-lettered (expected {want:?})"),
             (None, Some(got)) => panic!("{key}: dead-lettered with {got:?}"),

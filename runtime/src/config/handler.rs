@@ -27,6 +27,8 @@ pub struct Handler {
     pub dead_letter: Option<String>,
     /// What each delivery runs under.
     pub limits: Limits,
+    /// Hosts it may call over HTTP (`host` or `host:port`); empty: none.
+    pub http: Vec<String>,
     /// `[handlers.NAME.config]`, with `${ENV}` expanded: what `config.get` returns.
     pub config: BTreeMap<String, String>,
 }

@@ -97,6 +97,7 @@ pub struct RawLimits {
 /// group = "payment"
 /// dead_letter = "orders:dlq"
 /// timeout_ms = 500
+/// http = ["api.example.com"]
 /// [handlers.payment.config]
 /// gateway_key = "${GATEWAY_KEY}"
 /// ```
@@ -110,6 +111,9 @@ pub struct RawHandler {
     pub publish: Vec<String>,
     pub group: Option<String>,
     pub dead_letter: Option<String>,
+    /// Hosts the handler may call over HTTP: `host` or `host:port`.
+    #[serde(default)]
+    pub http: Vec<String>,
     /// `[handlers.NAME.config]`: values the handler reads with `config.get`.
     #[serde(default)]
     pub config: BTreeMap<String, String>,

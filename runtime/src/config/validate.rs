@@ -157,6 +157,14 @@ fn handler(
     for (i, s) in h.publish.iter().enumerate() {
         c.name(s, &["handlers", name, "publish", &i.to_string()], "a stream name")?;
     }
+    for (i, host) in h.http.iter().enumerate() {
+        let ok = !host.is_empty() && !host.contains(['/', ' ', '*']);
+        c.ensure(
+            ok,
+            &["handlers", name, "http", &i.to_string()],
+            format!("expected a host or host:port, got {host:?}"),
+        )?;
+    }
     let events = h.events.clone().unwrap_or_else(|| vec!["*".to_owned()]);
     let event_filter = globs(c, name, &events)?;
     let group = h.group.clone().unwrap_or_else(|| name.to_owned());
@@ -176,6 +184,7 @@ fn handler(
         dead_letter: h.dead_letter.clone(),
         limits: limits(&h.limits().or(defaults)),
         config: handler_config(c, name, &h.config)?,
+        http: h.http.clone(),
     })
 }
 

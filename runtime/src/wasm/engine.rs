@@ -2,6 +2,7 @@
 //! that makes per-event deadlines work.
 
 use super::bindings::Plugin as PluginWorld;
+use super::executor::Executor;
 use super::state::EventState;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,10 +10,10 @@ use std::time::Duration;
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-/// How often the epoch advances. A running handler yields to other tasks at
-/// every tick and its deadline is checked then, so this is also the
+/// How often the epoch advances. A running handler yields to other handlers
+/// at every tick and its deadline is checked then, so this is also the
 /// resolution of `timeout_ms`.
-pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+pub const EPOCH_TICK: Duration = Duration::from_millis(2);
 
 /// Instances that may be alive at once across all handlers (the sum of their
 /// `concurrency`, which is usually far less). Each memory slot reserves
@@ -27,8 +28,10 @@ const POOL_MAX_MEMORY: usize = 4 << 30;
 pub struct Runtime {
     /// The wasmtime engine (epoch interruption, pooling allocator).
     pub engine: Engine,
-    /// WASI p2 plus `sluice:plugin/host`.
+    /// WASI p2, `wasi:http` (outgoing, allow-listed) and Sluice's imports.
     pub linker: Arc<Linker<EventState>>,
+    /// Where handler code runs (apart from Redis I/O).
+    pub executor: Executor,
     _ticker: Arc<Ticker>,
 }
 
@@ -38,9 +41,11 @@ impl Runtime {
         let engine = Engine::new(&engine_config())?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         PluginWorld::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
         let ticker = Ticker::start(engine.clone());
-        Ok(Runtime { engine, linker: Arc::new(linker), _ticker: Arc::new(ticker) })
+        let executor = Executor::new()?;
+        Ok(Runtime { engine, linker: Arc::new(linker), executor, _ticker: Arc::new(ticker) })
     }
 }
 

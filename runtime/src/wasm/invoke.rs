@@ -6,6 +6,7 @@ use super::effects::Effects;
 use super::engine::EPOCH_TICK;
 use super::plugin::Plugin;
 use super::state::{EventState, Sandbox};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasmtime::{Store, UpdateDeadline};
 
@@ -38,7 +39,19 @@ impl std::fmt::Display for DeadlineExceeded {
 impl std::error::Error for DeadlineExceeded {}
 
 impl Plugin {
-    /// Runs `handle(event)` once in a fresh instance, under `sandbox`.
+    /// Runs `handle(event)` once in a fresh instance, under `sandbox`, on the
+    /// wasm executor (see [`super::executor`]).
+    pub async fn invoke_isolated(self: &Arc<Self>, sandbox: &Sandbox, event: Event) -> Outcome {
+        let (plugin, sandbox) = (self.clone(), sandbox.clone());
+        let run = async move { plugin.invoke(&sandbox, &event).await };
+        match self.executor.run(run).await {
+            Some(outcome) => outcome,
+            None => Outcome::Crash { reason: "the host panicked while running the handler".into() },
+        }
+    }
+
+    /// Runs `handle(event)` once in a fresh instance, under `sandbox`, in the
+    /// current task.
     pub async fn invoke(&self, sandbox: &Sandbox, event: &Event) -> Outcome {
         let mut store = self.new_store(sandbox);
         let result = self.call(&mut store, sandbox.timeout, event).await;

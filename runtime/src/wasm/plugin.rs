@@ -4,6 +4,7 @@
 use super::bindings::PluginPre;
 use super::cache::{ComponentCache, Source, hex};
 use super::engine::Runtime;
+use super::executor::Executor;
 use super::state::EventState;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -43,6 +44,8 @@ pub struct Plugin {
     /// Whether it came from the compiled-component cache.
     pub source: Source,
     pub(super) pre: PluginPre<EventState>,
+    /// Where its deliveries run.
+    pub(super) executor: Executor,
 }
 
 impl Plugin {
@@ -74,7 +77,7 @@ impl Plugin {
             .map_err(|e| PluginError::Link { path: path.clone(), reason: format!("{e:#}") })?;
         let pre = PluginPre::new(instance_pre)
             .map_err(|e| PluginError::WrongWorld { path: path.clone(), reason: format!("{e:#}") })?;
-        Ok(Plugin { version: digest[..12].to_owned(), digest, path, source, pre })
+        Ok(Plugin { version: digest[..12].to_owned(), digest, path, source, pre, executor: runtime.executor.clone() })
     }
 
     /// The file name, for messages.

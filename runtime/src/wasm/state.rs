@@ -4,6 +4,7 @@
 use super::bindings::sluice::plugin::host::{self, Level};
 use super::bindings::sluice::plugin::{config, kv, types};
 use super::effects::{Effects, KvWrite, Publish, kv_key};
+use super::http::HttpGrant;
 use super::limits::{MAX_STDIO_BYTES, MAX_TABLE_ELEMENTS, Usage};
 use super::output::Captured;
 use crate::config::Handler;
@@ -14,6 +15,7 @@ use std::time::Duration;
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 /// What a handler is allowed: fixed per handler, shared by its deliveries.
 #[derive(Debug)]
@@ -26,6 +28,8 @@ pub struct Grants {
     pub memory_bytes: usize,
     /// Its `[handlers.NAME.config]` table, expanded.
     pub config: BTreeMap<String, String>,
+    /// Hosts it may call over HTTP.
+    pub http: HttpGrant,
 }
 
 impl Grants {
@@ -36,6 +40,7 @@ impl Grants {
             publish: handler.publish.clone(),
             memory_bytes: handler.limits.memory_bytes,
             config: handler.config.clone(),
+            http: HttpGrant::new(handler.http.clone()),
         }
     }
 }
@@ -71,6 +76,8 @@ pub struct EventState {
     table: ResourceTable,
     grants: Arc<Grants>,
     kv: Option<ConnectionManager>,
+    http: WasiHttpCtx,
+    http_grant: HttpGrant,
     /// Output counted against the per-delivery limits.
     pub usage: Usage,
     /// Set when the guest asked for more memory than `grants.memory_bytes`.
@@ -105,6 +112,8 @@ impl EventState {
             table: ResourceTable::new(),
             grants: sandbox.grants.clone(),
             kv: sandbox.kv.clone(),
+            http: WasiHttpCtx::new(),
+            http_grant: sandbox.grants.http.clone(),
             usage: Usage::default(),
             memory_denied: false,
             effects: Effects::default(),
@@ -129,6 +138,12 @@ impl EventState {
 impl WasiView for EventState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl WasiHttpView for EventState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.http_grant }
     }
 }
 
