@@ -24,3 +24,5 @@ mod cache;
 mod state;
 // Hostile plugins are contained; their neighbours keep working.
 mod hostile;
+// Outbound HTTP: allow-listed, signed webhooks.
+mod webhook;
