@@ -10,12 +10,12 @@ use crate::config::Handler;
 use crate::dispatch::{self, Decision};
 use crate::event::DeadLetterInfo;
 use crate::stream::{self, Delivery, Reader, Redis};
-use crate::wasm::{Plugin, Sandbox};
+use crate::wasm::{Outcome, Plugin, Sandbox};
 use arc_swap::ArcSwap;
 use futures::future::BoxFuture;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -29,6 +29,11 @@ const READ_BATCH: usize = 256;
 const READ_BLOCK: Duration = Duration::from_millis(1_000);
 /// Pause after a Redis error before trying again.
 const ERROR_PAUSE: Duration = Duration::from_millis(500);
+/// After a timeout, a handler runs one event at a time for this many of its
+/// timeouts (within the bounds below).
+const THROTTLE_TIMEOUTS: u32 = 10;
+const THROTTLE_MIN: Duration = Duration::from_secs(1);
+const THROTTLE_MAX: Duration = Duration::from_secs(60);
 /// Tries of a commit transaction before leaving the entry pending.
 const COMMIT_TRIES: u32 = 4;
 
@@ -71,6 +76,8 @@ pub struct Consumer {
     permits: Arc<Semaphore>,
     /// The number of permits `permits` is meant to have now.
     concurrency: AtomicUsize,
+    /// Whether the handler is running one event at a time after a timeout.
+    throttled: AtomicBool,
     /// Deliveries and retry timers, waited for on shutdown.
     tasks: TaskTracker,
     shutdown: CancellationToken,
@@ -97,6 +104,7 @@ impl Consumer {
             claim_idle,
             permits: Arc::new(Semaphore::new(concurrency)),
             concurrency: AtomicUsize::new(concurrency),
+            throttled: AtomicBool::new(false),
             tasks: TaskTracker::new(),
             shutdown,
         })
@@ -344,6 +352,9 @@ impl Consumer {
                 Some(decision) => decision,
                 None => {
                     let outcome = b.plugin.invoke_isolated(&b.sandbox, d.entry.to_event(&d.stream, d.attempt)).await;
+                    if matches!(outcome, Outcome::Crash { timed_out: true, .. }) {
+                        self.throttle(limits.timeout);
+                    }
                     dispatch::decide(outcome, d.attempt, limits, self.max_retry_delay())
                 }
             };
@@ -352,6 +363,29 @@ impl Consumer {
         }
         .instrument(span)
         .await
+    }
+
+    /// After a delivery ran into its timeout, runs this handler's events one
+    /// at a time for a while: a handler whose events spin until their
+    /// deadline would otherwise hold every core, and every other handler
+    /// would stall behind it.
+    fn throttle(self: &Arc<Self>, timeout: Duration) {
+        if self.throttled.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let cooldown = (timeout * THROTTLE_TIMEOUTS).clamp(THROTTLE_MIN, THROTTLE_MAX);
+        let hold = self.concurrency.load(Ordering::SeqCst).saturating_sub(1) as u32;
+        warn!("a delivery ran out of time: handling one event at a time for {} ms", cooldown.as_millis());
+        let me = self.clone();
+        self.tasks.spawn(async move {
+            // The semaphore is fair: this waits for in-flight events, ahead
+            // of new ones.
+            if let (true, Ok(held)) = (hold > 0, me.permits.clone().acquire_many_owned(hold).await) {
+                me.pause(cooldown).await;
+                drop(held);
+            }
+            me.throttled.store(false, Ordering::SeqCst);
+        });
     }
 
     /// Retry delays stay under `claim_idle`, so a waiting retry is never

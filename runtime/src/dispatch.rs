@@ -28,7 +28,7 @@ pub fn decide(outcome: Outcome, attempt: u32, limits: &Limits, max_delay: Durati
         Outcome::Retry { reason, delay: Some(delay) } if attempt < limits.max_attempts => {
             return Decision::Retry { delay: delay.min(max_delay), reason };
         }
-        Outcome::Retry { reason, .. } | Outcome::Crash { reason } => reason,
+        Outcome::Retry { reason, .. } | Outcome::Crash { reason, .. } => reason,
     };
     if attempt >= limits.max_attempts {
         let reason = format!("{reason} (gave up after {attempt} attempts)");
@@ -89,7 +89,7 @@ mod tests {
 
     #[test]
     fn crash_counts_as_a_failed_attempt() {
-        let crash = || Outcome::Crash { reason: "timeout after 1000 ms".into() };
+        let crash = || Outcome::Crash { reason: "timeout after 1000 ms".into(), timed_out: true };
         assert!(matches!(decide(crash(), 1, &limits(2), MAX), Decision::Retry { .. }));
         assert!(matches!(decide(crash(), 2, &limits(2), MAX), Decision::DeadLetter { .. }));
     }

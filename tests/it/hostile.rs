@@ -106,3 +106,25 @@ async fn every_attack_is_contained_and_the_neighbour_keeps_working() {
     until_finished(&conn, "good", "good", 410).await;
     tokio::time::timeout(Duration::from_secs(10), host.stop()).await.expect("clean shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_that_runs_out_of_time_is_throttled_to_one_event_at_a_time() {
+    let redis = RedisServer::start();
+    let spinner = "[handlers.spin]\nplugin = \"behave.wasm\"\nstreams = [\"spin\"]\ntimeout_ms = 150\nmax_attempts = 1\nconcurrency = 4\n";
+    let fx = Fixture::new(&redis, "", spinner);
+    let host = fx.start();
+    let mut conn = redis.conn().await;
+    for _ in 0..12 {
+        send(&mut conn, "spin", "t", json!({"action": "loop"})).await;
+    }
+    // The first wave runs 4 at once and times out...
+    until_entries(&conn, "spin:dlq", 4).await;
+    // ...after which at most one more read can slip in ahead of the throttle.
+    let mut most = 0;
+    while finished(&mut conn, "spin", "spin").await < 12 {
+        most = most.max(pending(&mut conn, "spin", "spin").await);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    host.stop().await;
+    assert!(most <= 2, "up to {most} events of a throttled handler were in flight");
+}

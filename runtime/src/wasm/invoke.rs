@@ -23,7 +23,11 @@ pub enum Outcome {
     Reject { reason: String },
     /// The handler did not return: it trapped, ran out of time or memory, or
     /// could not be instantiated. Treated like a retry.
-    Crash { reason: String },
+    Crash {
+        reason: String,
+        /// It ran until its deadline (so it burned CPU the whole time).
+        timed_out: bool,
+    },
 }
 
 /// The marker error the epoch callback raises when the deadline has passed.
@@ -46,7 +50,7 @@ impl Plugin {
         let run = async move { plugin.invoke(&sandbox, &event).await };
         match self.executor.run(run).await {
             Some(outcome) => outcome,
-            None => Outcome::Crash { reason: "the host panicked while running the handler".into() },
+            None => Outcome::Crash { reason: "the host panicked while running the handler".into(), timed_out: false },
         }
     }
 
@@ -63,7 +67,10 @@ impl Plugin {
                 Outcome::Retry { reason: r.reason, delay: r.delay_ms.map(Duration::from_millis) }
             }
             Ok(Err(Failure::Reject(reason))) => Outcome::Reject { reason },
-            Err(err) => Outcome::Crash { reason: crash_reason(state, sandbox.timeout, &err) },
+            Err(err) => Outcome::Crash {
+                reason: crash_reason(state, sandbox.timeout, &err),
+                timed_out: err.is::<DeadlineExceeded>(),
+            },
         }
     }
 
