@@ -60,6 +60,7 @@ mod tests {
             max_attempts,
             backoff: Duration::from_millis(100),
             concurrency: 1,
+            fuel: None,
         }
     }
     const MAX: Duration = Duration::from_secs(10);

@@ -128,3 +128,18 @@ async fn a_handler_that_runs_out_of_time_is_throttled_to_one_event_at_a_time() {
     host.stop().await;
     assert!(most <= 2, "up to {most} events of a throttled handler were in flight");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fuel_budget_stops_a_loop_deterministically() {
+    let redis = RedisServer::start();
+    let handler = "[handlers.f]\nplugin = \"behave.wasm\"\nstreams = [\"in\"]\nfuel = 5000000\ntimeout_ms = 60000\nmax_attempts = 1\n";
+    let fx = Fixture::new(&redis, "claim_idle_ms = 120000", handler);
+    let host = fx.start();
+    let mut conn = redis.conn().await;
+    send(&mut conn, "in", "t", json!({"action": "loop"})).await;
+    send(&mut conn, "in", "t", json!({"action": "ok"})).await;
+    let dl = until_entries(&conn, "in:dlq", 1).await;
+    until_finished(&conn, "in", "f", 2).await;
+    host.stop().await;
+    assert_eq!(field(&dl[0], "sluice.error"), "fuel limit 5000000 exceeded (gave up after 1 attempts)");
+}

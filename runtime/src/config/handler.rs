@@ -46,6 +46,8 @@ pub struct Limits {
     pub backoff: Duration,
     /// Events in flight at once.
     pub concurrency: usize,
+    /// Wasm fuel per delivery (a deterministic CPU budget); `None`: unlimited.
+    pub fuel: Option<u64>,
 }
 
 impl Handler {

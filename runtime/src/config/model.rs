@@ -85,6 +85,7 @@ pub struct RawLimits {
     pub max_attempts: Option<u32>,
     pub backoff_ms: Option<u64>,
     pub concurrency: Option<u32>,
+    pub fuel: Option<u64>,
 }
 
 /// `[handlers.NAME]`
@@ -124,6 +125,7 @@ pub struct RawHandler {
     pub max_attempts: Option<u32>,
     pub backoff_ms: Option<u64>,
     pub concurrency: Option<u32>,
+    pub fuel: Option<u64>,
 }
 
 impl RawHandler {
@@ -135,6 +137,7 @@ impl RawHandler {
             max_attempts: self.max_attempts,
             backoff_ms: self.backoff_ms,
             concurrency: self.concurrency,
+            fuel: self.fuel,
         }
     }
 }
@@ -148,6 +151,7 @@ impl RawLimits {
             max_attempts: self.max_attempts.or(fallback.max_attempts),
             backoff_ms: self.backoff_ms.or(fallback.backoff_ms),
             concurrency: self.concurrency.or(fallback.concurrency),
+            fuel: self.fuel.or(fallback.fuel),
         }
     }
 }

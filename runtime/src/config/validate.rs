@@ -119,6 +119,9 @@ fn check_limits(c: &Checker, l: &RawLimits, table: &[&str]) -> Result<(), Config
     if let Some(v) = l.backoff_ms {
         c.ensure(v <= 3_600_000, &key("backoff_ms"), format!("must be at most 3600000 (an hour), got {v}"))?;
     }
+    if let Some(v) = l.fuel {
+        c.ensure(v >= 1, &key("fuel"), "must be at least 1")?;
+    }
     if let Some(v) = l.concurrency {
         c.ensure(
             (1..=MAX_CONCURRENCY).contains(&v),
@@ -136,6 +139,7 @@ fn limits(l: &RawLimits) -> Limits {
         max_attempts: l.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
         backoff: Duration::from_millis(l.backoff_ms.unwrap_or(DEFAULT_BACKOFF_MS)),
         concurrency: l.concurrency.unwrap_or(DEFAULT_CONCURRENCY) as usize,
+        fuel: l.fuel,
     }
 }
 

@@ -64,6 +64,8 @@ fn engine_config() -> Config {
     let mut config = Config::new();
     config
         .epoch_interruption(true)
+        // For handlers with a `fuel` budget; the others get unlimited fuel.
+        .consume_fuel(true)
         // Wasm backtraces cost time on every trap; the guest's stderr (its
         // panic message) is what users need and is kept instead.
         .wasm_backtrace_max_frames(None)

@@ -67,16 +67,16 @@ impl Plugin {
                 Outcome::Retry { reason: r.reason, delay: r.delay_ms.map(Duration::from_millis) }
             }
             Ok(Err(Failure::Reject(reason))) => Outcome::Reject { reason },
-            Err(err) => Outcome::Crash {
-                reason: crash_reason(state, sandbox.timeout, &err),
-                timed_out: err.is::<DeadlineExceeded>(),
-            },
+            Err(err) => {
+                Outcome::Crash { reason: crash_reason(state, sandbox, &err), timed_out: err.is::<DeadlineExceeded>() }
+            }
         }
     }
 
     fn new_store(&self, sandbox: &Sandbox) -> Store<EventState> {
         let mut store = Store::new(self.pre.engine(), EventState::new(sandbox));
         store.limiter(|s| s);
+        store.set_fuel(sandbox.fuel.unwrap_or(u64::MAX)).expect("fuel is enabled");
         let deadline = Instant::now() + sandbox.timeout;
         store.set_epoch_deadline(1);
         // Yield to the executor at every tick so a busy handler never holds a
@@ -108,9 +108,12 @@ impl Plugin {
 }
 
 /// Why a delivery that did not return failed: the limit it hit, or the trap.
-fn crash_reason(state: &EventState, timeout: Duration, err: &wasmtime::Error) -> String {
+fn crash_reason(state: &EventState, sandbox: &Sandbox, err: &wasmtime::Error) -> String {
     if err.is::<DeadlineExceeded>() {
-        return format!("timeout after {} ms", timeout.as_millis());
+        return format!("timeout after {} ms", sandbox.timeout.as_millis());
+    }
+    if let (Some(fuel), Some(wasmtime::Trap::OutOfFuel)) = (sandbox.fuel, err.downcast_ref::<wasmtime::Trap>()) {
+        return format!("fuel limit {fuel} exceeded");
     }
     if let Some(reason) = state.limit_exceeded() {
         return reason;

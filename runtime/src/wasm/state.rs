@@ -52,6 +52,8 @@ pub struct Sandbox {
     pub grants: Arc<Grants>,
     /// How long one delivery may run.
     pub timeout: Duration,
+    /// Fuel per delivery; `None`: unlimited.
+    pub fuel: Option<u64>,
     /// Where `kv.get` reads; `None` offline (reads then find nothing).
     pub kv: Option<ConnectionManager>,
 }
@@ -59,7 +61,8 @@ pub struct Sandbox {
 impl Sandbox {
     /// The sandbox `handler`'s configuration asks for, without Redis.
     pub fn for_handler(handler: &Handler) -> Sandbox {
-        Sandbox { grants: Arc::new(Grants::for_handler(handler)), timeout: handler.limits.timeout, kv: None }
+        let grants = Arc::new(Grants::for_handler(handler));
+        Sandbox { grants, timeout: handler.limits.timeout, fuel: handler.limits.fuel, kv: None }
     }
 
     /// This sandbox with key-value reads from `conn`.
