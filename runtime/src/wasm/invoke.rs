@@ -8,6 +8,7 @@ use super::plugin::Plugin;
 use super::state::{EventState, Sandbox};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 use wasmtime::{Store, UpdateDeadline};
 
 /// What one delivery came to. An ordinary value, not an error: failures are
@@ -47,7 +48,8 @@ impl Plugin {
     /// wasm executor (see [`super::executor`]).
     pub async fn invoke_isolated(self: &Arc<Self>, sandbox: &Sandbox, event: Event) -> Outcome {
         let (plugin, sandbox) = (self.clone(), sandbox.clone());
-        let run = async move { plugin.invoke(&sandbox, &event).await };
+        // Keep the event's span (handler, stream, id) on the plugin's log lines.
+        let run = async move { plugin.invoke(&sandbox, &event).await }.instrument(tracing::Span::current());
         match self.executor.run(run).await {
             Some(outcome) => outcome,
             None => Outcome::Crash { reason: "the host panicked while running the handler".into(), timed_out: false },
