@@ -112,6 +112,14 @@ async fn bad_plugins_are_rejected_while_the_old_version_serves() {
     let error = rejected(&mut reports).await;
     assert!(error.contains("h.wasm") && error.contains("not a Sluice handler"), "{error}");
 
+    // A handler that imports something the host does not provide.
+    fx.install_plugin("h.wasm", "stranger.wasm");
+    let error = rejected(&mut reports).await;
+    assert!(
+        error.contains("imports something Sluice does not provide") && error.contains("test:stranger/gadget"),
+        "{error}"
+    );
+
     // The old version still serves.
     let id = send(&mut conn, "payments", "payment.processed", payment(1)).await;
     until_finished(&conn, "payments", "h", 1).await;
