@@ -9,7 +9,7 @@
 use crate::config::Handler;
 use crate::dispatch::{self, Decision};
 use crate::event::DeadLetterInfo;
-use crate::stream::{self, Delivery, Reader, Redis};
+use crate::stream::{self, CommitError, Delivery, Reader, Redis};
 use crate::wasm::{Outcome, Plugin, Sandbox};
 use arc_swap::ArcSwap;
 use futures::future::BoxFuture;
@@ -402,8 +402,16 @@ impl Consumer {
                     let mut conn = self.redis.conn.clone();
                     async move { stream::ack(&mut conn, s, g, entry, name, fx).await }
                 };
-                if self.commit("ack", tx).await {
-                    debug!(publishes = fx.publishes.len(), kv_writes = fx.kv.len(), "handled");
+                match self.commit("ack", tx).await {
+                    Committed::Done => debug!(publishes = fx.publishes.len(), kv_writes = fx.kv.len(), "handled"),
+                    // The handler's output cannot be written: a failed attempt.
+                    Committed::Refused(why) => {
+                        let reason = format!("cannot commit the handler's output: {why}");
+                        let outcome = Outcome::Crash { reason, timed_out: false };
+                        let decision = dispatch::decide(outcome, d.attempt, &b.handler.limits, self.max_retry_delay());
+                        Box::pin(self.carry_out(d, decision, b)).await;
+                    }
+                    Committed::GaveUp => {}
                 }
             }
             Decision::Retry { delay, reason } => {
@@ -429,20 +437,24 @@ impl Consumer {
             let mut conn = self.redis.conn.clone();
             async move { stream::dead_letter(&mut conn, g, target, entry, info).await }
         };
-        let done = self.commit("dead-letter", tx).await;
-        if done {
-            error!(dead_letter = %target, "dead-lettered after {} attempt(s): {reason}", d.attempt);
+        match self.commit("dead-letter", tx).await {
+            Committed::Done => error!(dead_letter = %target, "dead-lettered after {} attempt(s): {reason}", d.attempt),
+            Committed::Refused(why) => error!(
+                "cannot dead-letter ({why}); the entry stays pending and is tried again after claim_idle_ms. Failure: {reason}"
+            ),
+            Committed::GaveUp => {}
         }
     }
 
-    /// Runs a commit transaction, trying again on Redis errors. Gives up
-    /// after [`COMMIT_TRIES`]: the entry stays pending and is claimed again
-    /// later, so nothing is lost (at worst it is handled twice).
-    async fn commit<F: Future<Output = redis::RedisResult<()>>>(&self, what: &str, tx: impl Fn() -> F) -> bool {
+    /// Runs a commit, trying again on Redis errors. Gives up after
+    /// [`COMMIT_TRIES`]: the entry stays pending and is claimed again later,
+    /// so nothing is lost (at worst it is handled twice).
+    async fn commit<F: Future<Output = Result<(), CommitError>>>(&self, what: &str, tx: impl Fn() -> F) -> Committed {
         let mut wait = Duration::from_millis(100);
         for attempt in 1..=COMMIT_TRIES {
             match tx().await {
-                Ok(()) => return true,
+                Ok(()) => return Committed::Done,
+                Err(CommitError::WrongType(why)) => return Committed::Refused(why),
                 Err(e) if attempt == COMMIT_TRIES => {
                     error!("{what} failed: {e}; the entry stays pending and will be delivered again");
                 }
@@ -453,7 +465,7 @@ impl Consumer {
                 }
             }
         }
-        false
+        Committed::GaveUp
     }
 
     /// After `delay`, takes the entry back (a new delivery in Redis's count)
@@ -483,6 +495,16 @@ impl Consumer {
             }
         })
     }
+}
+
+/// What became of a commit.
+enum Committed {
+    Done,
+    /// Redis refused it as a whole (nothing written), e.g. a target key
+    /// that is not a stream.
+    Refused(String),
+    /// Redis kept failing; the entry stays pending.
+    GaveUp,
 }
 
 fn unix_ms() -> u64 {

@@ -59,3 +59,23 @@ async fn publishing_to_an_ungranted_stream_is_refused() {
     assert!(reason.contains("publish refused") && reason.contains("\"secret\" is not granted"), "{reason}");
     assert!(entries(&mut conn, "secret").await.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_redis_refuses_is_a_failed_attempt_not_a_lost_write() {
+    let redis = RedisServer::start();
+    let fx = Fixture::new(&redis, "", HANDLER);
+    let mut conn = redis.conn().await;
+    // Someone put a plain string where the handler's output stream should be.
+    let () = redis::cmd("SET").arg("out").arg("not a stream").query_async(&mut conn).await.unwrap();
+    let host = fx.start();
+    send(&mut conn, "in", "t", publishing("ok", "out")).await;
+    let dl = until_entries(&conn, "in:dlq", 1).await;
+    host.stop().await;
+    let reason = field(&dl[0], "sluice.error");
+    assert_eq!(
+        reason,
+        "cannot commit the handler's output: out holds a string, not a stream (gave up after 2 attempts)"
+    );
+    let kept: String = redis::cmd("GET").arg("out").query_async(&mut conn).await.unwrap();
+    assert_eq!(kept, "not a stream", "nothing was written");
+}

@@ -8,7 +8,7 @@ mod group;
 mod read;
 mod reply;
 
-pub use commit::{ack, ack_unhandled, dead_letter};
+pub use commit::{CommitError, ack, ack_unhandled, dead_letter};
 pub use conn::{Redis, redact};
 pub use group::ensure_group;
 pub use read::{Delivery, Reader, autoclaim, claim, own_pending, unblock};
