@@ -227,7 +227,7 @@ impl Consumer {
     }
 
     async fn connect_reader(&self) -> anyhow::Result<Reader> {
-        let conn = self.redis.blocking_connection().await?;
+        let conn = self.redis.blocking_connection(READ_BLOCK).await?;
         Ok(Reader::new(conn, &self.group, &self.name, &self.streams).await?)
     }
 
@@ -240,16 +240,20 @@ impl Consumer {
         tokio::pin!(read);
         tokio::select! {
             result = &mut read => result,
-            _ = self.shutdown.cancelled() => loop {
+            _ = self.shutdown.cancelled() => {
                 // Repeated: an unblock that reaches Redis before the read
-                // does has nothing to interrupt.
-                if let Err(e) = stream::unblock(&mut self.redis.conn.clone(), client_id).await {
-                    debug!("CLIENT UNBLOCK failed: {e}");
+                // does has nothing to interrupt. Bounded: the read's own
+                // response timeout ends it in any case.
+                for _ in 0..50 {
+                    if let Err(e) = stream::unblock(&mut self.redis.conn.clone(), client_id).await {
+                        debug!("CLIENT UNBLOCK failed: {e}");
+                    }
+                    tokio::select! {
+                        result = &mut read => return result,
+                        _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                    }
                 }
-                tokio::select! {
-                    result = &mut read => break result,
-                    _ = tokio::time::sleep(Duration::from_millis(20)) => {}
-                }
+                read.await
             }
         }
     }
@@ -294,8 +298,10 @@ impl Consumer {
     /// Spawns a delivery for each of `found`, as permits allow.
     async fn spawn_all(self: &Arc<Self>, found: Vec<Delivery>) {
         for d in found {
-            let Ok(permit) = self.permits.clone().acquire_owned().await else {
-                return;
+            // Left pending if shutdown comes first: delivered again later.
+            let permit = tokio::select! {
+                p = self.permits.clone().acquire_owned() => p.expect("semaphore never closed"),
+                _ = self.shutdown.cancelled() => return,
             };
             if self.binding.load().handler.wants(&d.entry.event_type()) {
                 self.tasks.spawn(self.clone().deliver(d, permit));
@@ -324,7 +330,11 @@ impl Consumer {
         let mut cursor = "0-0".to_owned();
         loop {
             let mut conn = self.redis.conn.clone();
-            let claimed = stream::autoclaim(&mut conn, s, &self.group, &self.name, self.claim_idle, &cursor).await;
+            // Only as many as can start now: a claimed entry that waited for
+            // a permit past claim_idle would be claimed again elsewhere.
+            let room = self.permits.available_permits().max(1);
+            let claimed =
+                stream::autoclaim(&mut conn, s, &self.group, &self.name, self.claim_idle, &cursor, room).await;
             match claimed {
                 Ok((found, next)) => {
                     if !found.is_empty() {
@@ -373,7 +383,9 @@ impl Consumer {
         if self.throttled.swap(true, Ordering::SeqCst) {
             return;
         }
-        let cooldown = (timeout * THROTTLE_TIMEOUTS).clamp(THROTTLE_MIN, THROTTLE_MAX);
+        // Below half of claim_idle, so events waiting out the cooldown are
+        // not taken for abandoned.
+        let cooldown = (timeout * THROTTLE_TIMEOUTS).clamp(THROTTLE_MIN, THROTTLE_MAX).min(self.claim_idle / 2);
         let hold = self.concurrency.load(Ordering::SeqCst).saturating_sub(1) as u32;
         warn!("a delivery ran out of time: handling one event at a time for {} ms", cooldown.as_millis());
         let me = self.clone();

@@ -13,7 +13,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -105,8 +104,6 @@ struct Fleet {
     /// Parent of every consumer's token: cancelled on shutdown.
     shutdown: CancellationToken,
     running: BTreeMap<String, Running>,
-    /// Consumers being stopped (removed or replaced), draining.
-    retiring: JoinSet<()>,
 }
 
 struct Running {
@@ -123,7 +120,6 @@ impl Fleet {
             claim_idle: Duration::from_millis(config.claim_idle_ms),
             shutdown: CancellationToken::new(),
             running: BTreeMap::new(),
-            retiring: JoinSet::new(),
         }
     }
 
@@ -142,16 +138,6 @@ impl Fleet {
             Consumer::new(binding, self.redis.clone(), self.consumer_name.clone(), self.claim_idle, token.clone());
         let task = tokio::spawn(consumer.clone().run());
         self.running.insert(name, Running { consumer, token, task });
-    }
-
-    /// Stops `name`'s consumer; it drains in the background.
-    fn retire(&mut self, name: &str) {
-        if let Some(r) = self.running.remove(name) {
-            r.token.cancel();
-            self.retiring.spawn(async move {
-                let _ = r.task.await;
-            });
-        }
     }
 
     /// The bindings serving now.
@@ -176,8 +162,10 @@ impl Fleet {
     async fn apply(&mut self, new: NewState) -> BTreeMap<String, String> {
         let gone: Vec<String> = self.running.keys().filter(|n| !new.bindings.contains_key(*n)).cloned().collect();
         for name in gone {
+            // Drained before anything starts: a new handler with the same
+            // group would take back this one's in-flight entries.
             info!(handler = %name, "handler removed from the config; stopping it (its group stays in Redis)");
-            self.retire(&name);
+            self.stop(&name).await;
         }
         let mut versions = BTreeMap::new();
         for (name, binding) in new.bindings {
@@ -203,7 +191,6 @@ impl Fleet {
         for (_, r) in std::mem::take(&mut self.running) {
             let _ = r.task.await;
         }
-        while self.retiring.join_next().await.is_some() {}
         info!("stopped");
     }
 }
@@ -249,7 +236,8 @@ impl Reloader {
     }
 
     async fn reload(&self, fleet: &mut Fleet, fixed: &HostSettings) {
-        let report = match reload::prepare(&self.runtime, &self.cache, &self.config_path, &fleet.bindings()).await {
+        let prepared = reload::prepare(&self.runtime, &self.cache, &self.config_path, &fleet.bindings()).await;
+        let report = match prepared.and_then(|new| fixed.check(new)) {
             Ok(new) => {
                 fixed.warn_if_changed(&new.config);
                 let versions = fleet.apply(new).await;
@@ -295,6 +283,21 @@ impl HostSettings {
             claim_idle_ms: c.claim_idle_ms,
             plugins_dir: c.plugins_dir.clone(),
         }
+    }
+
+    /// Rejects a new state the running host cannot honour: a timeout that
+    /// reaches the claim_idle it runs with (a changed claim_idle applies only
+    /// on restart).
+    fn check(&self, new: NewState) -> anyhow::Result<NewState> {
+        let claim_idle = Duration::from_millis(self.claim_idle_ms);
+        if let Some(h) = new.config.handlers.iter().find(|h| h.limits.timeout >= claim_idle) {
+            anyhow::bail!(
+                "handlers.{}.timeout_ms must stay below the running host's claim_idle_ms ({}); restart to change claim_idle_ms",
+                h.name,
+                self.claim_idle_ms
+            );
+        }
+        Ok(new)
     }
 
     fn warn_if_changed(&self, c: &Config) {

@@ -114,3 +114,21 @@ fn a_plugin_that_is_not_a_component_is_rejected_by_check() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("junk.wasm") && stderr.contains("not a valid WebAssembly component"), "{stderr}");
 }
+
+#[test]
+fn two_handlers_may_not_share_a_group_on_one_stream() {
+    let err = error_of(
+        "[handlers.a]\nplugin = \"behave.wasm\"\nstreams = [\"s\"]\ngroup = \"g\"\n\
+         [handlers.b]\nplugin = \"behave.wasm\"\nstreams = [\"s\"]\ngroup = \"g\"\n",
+    );
+    assert!(err.contains("handlers.b.group") && err.contains("both read stream s through group g"), "{err}");
+}
+
+#[test]
+fn total_concurrency_must_fit_the_instance_pool() {
+    let err = error_of(
+        "[handlers.a]\nplugin = \"behave.wasm\"\nstreams = [\"s\"]\nconcurrency = 400\n\
+         [handlers.b]\nplugin = \"behave.wasm\"\nstreams = [\"t\"]\nconcurrency = 400\n",
+    );
+    assert!(err.contains("concurrency adds up to 800"), "{err}");
+}

@@ -85,3 +85,42 @@ async fn config_values_are_per_handler_and_expand_env() {
     assert_eq!(field(&dl[0], "sluice.handler"), "b");
     assert_eq!(field(&dl[0], "sluice.error"), "no config value greeting");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_retried_after_it_went_through_writes_nothing_twice() {
+    // The commit script does nothing for an entry no longer pending: run it
+    // twice for one delivery, as a retry after a lost reply would.
+    use sluice::wasm::{Effects, KvWrite, Publish};
+    let redis = RedisServer::start();
+    let mut conn = redis.conn().await;
+    let () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg("in")
+        .arg("g")
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let id = send(&mut conn, "in", "t", json!({})).await;
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("g")
+        .arg("c")
+        .arg("STREAMS")
+        .arg("in")
+        .arg(">")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let entry = sluice::event::Entry { id, fields: vec![("type".into(), b"t".to_vec())] };
+    let effects = Effects {
+        publishes: vec![Publish { stream: "out".into(), event_type: "x".into(), data: b"{}".to_vec() }],
+        kv: vec![KvWrite::Set { key: "k".into(), value: b"v".to_vec(), ttl_ms: None }],
+    };
+    for _ in 0..2 {
+        sluice::stream::ack(&mut conn, "in", "g", &entry, "h", &effects).await.unwrap();
+    }
+    assert_eq!(entries(&mut conn, "out").await.len(), 1, "published once");
+    assert_eq!(pending(&mut conn, "in", "g").await, 0);
+}

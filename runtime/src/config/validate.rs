@@ -15,7 +15,10 @@ pub const MAX_MEMORY_MB: u64 = 4_096;
 /// Longest `timeout_ms` accepted: ten minutes.
 pub const MAX_TIMEOUT_MS: u64 = 600_000;
 /// Most events one handler may have in flight.
-pub const MAX_CONCURRENCY: u32 = 1_024;
+pub const MAX_CONCURRENCY: u32 = 512;
+/// Most events all handlers together may have in flight: the size of the
+/// host's instance pool.
+pub const MAX_TOTAL_CONCURRENCY: usize = 512;
 
 /// Collects the context every check needs to point at the right line.
 struct Checker<'a> {
@@ -62,6 +65,8 @@ pub fn resolve(path: &Path, source: &str, raw: RawConfig) -> Result<Config, Conf
         handlers.push(handler(&c, name, h, &raw.defaults, &plugins_dir)?);
     }
     check_claim_idle(&c, claim_idle_ms, &handlers)?;
+    check_shared_groups(&c, &handlers)?;
+    check_total_concurrency(&c, &handlers)?;
     let source = Arc::from(source);
     Ok(Config { path: path.to_owned(), source, redis_url, plugins_dir, consumer, claim_idle_ms, handlers })
 }
@@ -94,6 +99,36 @@ fn check_claim_idle(c: &Checker, claim_idle_ms: u64, handlers: &[Handler]) -> Re
         claim_idle_ms > longest,
         &["host", "claim_idle_ms"],
         format!("must be longer than every handler's timeout_ms (the longest is {longest}), or live events would be taken from running hosts"),
+    )
+}
+
+/// Two handlers reading one stream through one group would split its events
+/// between them, and each would ack the other's events as unwanted.
+fn check_shared_groups(c: &Checker, handlers: &[Handler]) -> Result<(), ConfigError> {
+    let mut seen: std::collections::HashMap<(&str, &str), &str> = std::collections::HashMap::new();
+    for h in handlers {
+        for s in &h.streams {
+            if let Some(other) = seen.insert((s, &h.group), &h.name) {
+                let message = format!(
+                    "handlers {other} and {} both read stream {s} through group {}; give one its own group",
+                    h.name, h.group
+                );
+                return Err(c.invalid(&["handlers", &h.name, "group"], message));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every handler's events in flight must fit in the host's instance pool.
+fn check_total_concurrency(c: &Checker, handlers: &[Handler]) -> Result<(), ConfigError> {
+    let total: usize = handlers.iter().map(|h| h.limits.concurrency).sum();
+    c.ensure(
+        total <= MAX_TOTAL_CONCURRENCY,
+        &["handlers"],
+        format!(
+            "the handlers' concurrency adds up to {total}; the host runs at most {MAX_TOTAL_CONCURRENCY} events at once"
+        ),
     )
 }
 

@@ -9,6 +9,15 @@
 -- ARGV[1]      the consumer group
 -- ARGV[2]      the entry id
 -- ARGV[3..]    per write: kind ("xadd", "set" or "del"), argument count, arguments
+--
+-- Returns 1 when committed, 0 when the entry was no longer pending (an
+-- earlier try of this same commit went through, or another consumer took
+-- the entry over): then nothing is written, so a retried commit can never
+-- publish twice.
+local still_pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+if #still_pending == 0 then
+  return 0
+end
 local writes = {}
 local pos = 3
 for k = 2, #KEYS do

@@ -34,11 +34,13 @@ impl Redis {
         Ok(Redis { client, conn })
     }
 
-    /// A connection of its own with no response timeout, for `XREADGROUP
-    /// BLOCK` (the default 500 ms timeout would cut every blocking read).
-    pub async fn blocking_connection(&self) -> anyhow::Result<MultiplexedConnection> {
-        let config =
-            AsyncConnectionConfig::new().set_response_timeout(None).set_connection_timeout(Some(CONNECT_TIMEOUT));
+    /// A connection of its own for `XREADGROUP BLOCK block`: its response
+    /// timeout is the block plus [`COMMAND_TIMEOUT`] (the default 500 ms would
+    /// cut every blocking read; none at all would hang on a dead connection).
+    pub async fn blocking_connection(&self, block: Duration) -> anyhow::Result<MultiplexedConnection> {
+        let config = AsyncConnectionConfig::new()
+            .set_response_timeout(Some(block + COMMAND_TIMEOUT))
+            .set_connection_timeout(Some(CONNECT_TIMEOUT));
         self.client
             .get_multiplexed_async_connection_with_config(&config)
             .await

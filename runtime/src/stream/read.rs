@@ -168,7 +168,7 @@ pub async fn own_pending(
     Ok(out)
 }
 
-/// Takes over up to one page of entries of `stream` that have sat with any
+/// Takes over up to `count` entries of `stream` that have sat with any
 /// consumer for at least `min_idle` (their consumer is presumed dead).
 /// Returns them with their attempt numbers, and the cursor for the next page
 /// (`"0-0"` when the scan is complete).
@@ -179,6 +179,7 @@ pub async fn autoclaim(
     consumer: &str,
     min_idle: Duration,
     cursor: &str,
+    count: usize,
 ) -> anyhow::Result<(Vec<Delivery>, String)> {
     let value: redis::Value = redis::cmd("XAUTOCLAIM")
         .arg(stream)
@@ -187,7 +188,7 @@ pub async fn autoclaim(
         .arg(min_idle.as_millis() as u64)
         .arg(cursor)
         .arg("COUNT")
-        .arg(PAGE)
+        .arg(count.clamp(1, PAGE))
         .query_async(conn)
         .await
         .with_context(|| format!("XAUTOCLAIM on stream {stream} group {group}"))?;

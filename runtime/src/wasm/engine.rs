@@ -18,7 +18,7 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(2);
 /// Instances that may be alive at once across all handlers (the sum of their
 /// `concurrency`, which is usually far less). Each memory slot reserves
 /// virtual address space for [`POOL_MAX_MEMORY`], so this is kept modest.
-const POOL_INSTANCES: u32 = 512;
+const POOL_INSTANCES: u32 = crate::config::MAX_TOTAL_CONCURRENCY as u32;
 /// Largest linear memory the pool reserves room for (the largest `memory_mb`).
 const POOL_MAX_MEMORY: usize = 4 << 30;
 

@@ -16,6 +16,10 @@ pub const MAX_KV_WRITES: usize = 1_000;
 pub const MAX_KV_KEY: usize = 512;
 /// Size of a key-value value, in bytes.
 pub const MAX_KV_VALUE: usize = 1 << 20;
+/// Bytes of key-value writes (keys and values) per delivery.
+pub const MAX_KV_BYTES: usize = 16 << 20;
+/// Longest key-value TTL, in milliseconds (a year).
+pub const MAX_KV_TTL_MS: u64 = 365 * 24 * 3600 * 1000;
 /// Bytes a delivery may write to stdout, and separately to stderr.
 pub const MAX_STDIO_BYTES: usize = 1 << 20;
 /// Table elements an instance may grow a table to.
@@ -29,6 +33,7 @@ pub struct Usage {
     publishes: usize,
     publish_bytes: usize,
     kv_writes: usize,
+    kv_bytes: usize,
     /// The first limit passed, as the failure reason.
     pub exceeded: Option<String>,
 }
@@ -72,11 +77,21 @@ impl Usage {
     /// Records one key-value write of a `key` and `value_len` bytes.
     pub fn kv_write(&mut self, key: &str, value_len: usize) -> Result<(), LimitExceeded> {
         self.kv_writes += 1;
+        self.kv_bytes += key.len() + value_len;
+        self.check(self.kv_bytes <= MAX_KV_BYTES, || {
+            format!("kv limit exceeded: more than {} MiB written", MAX_KV_BYTES >> 20)
+        })?;
         self.check(self.kv_writes <= MAX_KV_WRITES, || format!("kv limit exceeded: more than {MAX_KV_WRITES} writes"))?;
         self.check(key.len() <= MAX_KV_KEY, || format!("kv limit exceeded: key longer than {MAX_KV_KEY} bytes"))?;
         self.check(value_len <= MAX_KV_VALUE, || {
             format!("kv limit exceeded: value larger than {} MiB", MAX_KV_VALUE >> 20)
         })
+    }
+
+    /// Checks a key-value TTL.
+    pub fn kv_ttl(&mut self, ttl_ms: Option<u64>) -> Result<(), LimitExceeded> {
+        let ok = ttl_ms.is_none_or(|t| (1..=MAX_KV_TTL_MS).contains(&t));
+        self.check(ok, || format!("kv limit exceeded: ttl must be between 1 and {MAX_KV_TTL_MS} ms"))
     }
 
     /// Records a key-value read of `key`.

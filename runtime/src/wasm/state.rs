@@ -85,6 +85,9 @@ pub struct EventState {
     pub usage: Usage,
     /// Set when the guest asked for more memory than `grants.memory_bytes`.
     pub memory_denied: bool,
+    /// Linear memory in use across all of the instance's memories (a
+    /// component can have several; the cap is on their sum).
+    memory_total: usize,
     /// Publishes and key-value writes, committed only if the handler succeeds.
     pub effects: Effects,
     /// This delivery's own key-value writes, for read-your-writes.
@@ -119,6 +122,7 @@ impl EventState {
             http_grant: sandbox.grants.http.clone(),
             usage: Usage::default(),
             memory_denied: false,
+            memory_total: 0,
             effects: Effects::default(),
             overlay: HashMap::new(),
             stdout,
@@ -151,8 +155,12 @@ impl WasiHttpView for EventState {
 }
 
 impl ResourceLimiter for EventState {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
-        let allowed = desired <= self.grants.memory_bytes;
+    fn memory_growing(&mut self, current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+        let total = self.memory_total - current.min(self.memory_total) + desired;
+        let allowed = total <= self.grants.memory_bytes;
+        if allowed {
+            self.memory_total = total;
+        }
         self.memory_denied |= !allowed;
         Ok(allowed)
     }
@@ -204,6 +212,7 @@ impl kv::Host for EventState {
 
     fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> wasmtime::Result<()> {
         self.usage.kv_write(&key, value.len())?;
+        self.usage.kv_ttl(ttl_ms)?;
         self.overlay.insert(key.clone(), Some(value.clone()));
         self.effects.kv.push(KvWrite::Set { key, value, ttl_ms });
         Ok(())
