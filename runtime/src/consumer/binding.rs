@@ -1,0 +1,26 @@
+//! A handler as it runs now: config, plugin and sandbox, swapped whole.
+
+use crate::config::Handler;
+use crate::wasm::{Plugin, Sandbox};
+use std::sync::Arc;
+
+/// One handler as it runs now: its config, its plugin and its sandbox.
+/// Swapped whole on reload; a delivery keeps the one it started with.
+pub struct Binding {
+    pub handler: Handler,
+    pub plugin: Arc<Plugin>,
+    pub sandbox: Sandbox,
+}
+
+impl Binding {
+    /// `handler` running `plugin`.
+    pub fn new(handler: Handler, plugin: Arc<Plugin>) -> Binding {
+        let sandbox = Sandbox::for_handler(&handler);
+        Binding { handler, plugin, sandbox }
+    }
+
+    /// This binding with its key-value reads going to `conn`.
+    pub(super) fn with_kv(self, conn: redis::aio::ConnectionManager) -> Binding {
+        Binding { sandbox: self.sandbox.with_kv(conn), ..self }
+    }
+}

@@ -1,0 +1,171 @@
+//! The consumer of one handler: its shared state, its life cycle (run until
+//! shutdown, drain), live updates from reloads, and throttling.
+
+use super::Binding;
+use crate::config::Handler;
+use crate::stream::{self, Redis};
+use arc_swap::ArcSwap;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info_span, warn};
+
+/// Pause after a Redis error before trying again.
+pub(super) const ERROR_PAUSE: Duration = Duration::from_millis(500);
+/// After a timeout, a handler runs one event at a time for this many of its
+/// timeouts (within the bounds below).
+const THROTTLE_TIMEOUTS: u32 = 10;
+const THROTTLE_MIN: Duration = Duration::from_secs(1);
+const THROTTLE_MAX: Duration = Duration::from_secs(60);
+
+/// Everything one handler's tasks share.
+pub struct Consumer {
+    /// The handler as configured now (swapped by [`Consumer::update`]).
+    pub(super) binding: ArcSwap<Binding>,
+    /// The handler's name, streams and group: fixed for a consumer's life
+    /// (a reload that changes the streams or group replaces the consumer).
+    pub(super) handler_name: String,
+    pub(super) streams: Vec<String>,
+    pub(super) group: String,
+    pub(super) redis: Redis,
+    /// This host's consumer name in every group.
+    pub(super) name: String,
+    /// Idle time after which another consumer's entry is taken over.
+    pub(super) claim_idle: Duration,
+    /// One permit per event in flight (`concurrency`).
+    pub(super) permits: Arc<Semaphore>,
+    /// The number of permits `permits` is meant to have now.
+    pub(super) concurrency: AtomicUsize,
+    /// Whether the handler is running one event at a time after a timeout.
+    pub(super) throttled: AtomicBool,
+    /// Deliveries and retry timers, waited for on shutdown.
+    pub(super) tasks: TaskTracker,
+    pub(super) shutdown: CancellationToken,
+}
+
+impl Consumer {
+    /// A consumer for `binding`, as `name`, stopping when `shutdown` is cancelled.
+    pub fn new(
+        binding: Binding,
+        redis: Redis,
+        name: String,
+        claim_idle: Duration,
+        shutdown: CancellationToken,
+    ) -> Arc<Consumer> {
+        let concurrency = binding.handler.limits.concurrency;
+        let binding = binding.with_kv(redis.conn.clone());
+        Arc::new(Consumer {
+            handler_name: binding.handler.name.clone(),
+            streams: binding.handler.streams.clone(),
+            group: binding.handler.group.clone(),
+            binding: ArcSwap::from_pointee(binding),
+            redis,
+            name,
+            claim_idle,
+            permits: Arc::new(Semaphore::new(concurrency)),
+            concurrency: AtomicUsize::new(concurrency),
+            throttled: AtomicBool::new(false),
+            tasks: TaskTracker::new(),
+            shutdown,
+        })
+    }
+
+    /// The binding new deliveries use.
+    pub fn binding(&self) -> Arc<Binding> {
+        self.binding.load_full()
+    }
+
+    /// Whether `handler` can be served by swapping this consumer's binding
+    /// (same streams and group), rather than by a new consumer.
+    pub fn can_update_to(&self, handler: &Handler) -> bool {
+        handler.streams == self.streams && handler.group == self.group
+    }
+
+    /// Serves new deliveries with `binding`; running ones finish on the old
+    /// one. Concurrency changes take effect as permits come back.
+    pub fn update(&self, binding: Binding) {
+        let want = binding.handler.limits.concurrency;
+        let had = self.concurrency.swap(want, Ordering::SeqCst);
+        if want > had {
+            self.permits.add_permits(want - had);
+        } else if want < had {
+            let permits = self.permits.clone();
+            tokio::spawn(async move {
+                if let Ok(p) = permits.acquire_many_owned((had - want) as u32).await {
+                    p.forget();
+                }
+            });
+        }
+        self.binding.store(Arc::new(binding.with_kv(self.redis.conn.clone())));
+    }
+
+    /// Consumes until shutdown, then lets in-flight deliveries finish.
+    pub async fn run(self: Arc<Self>) {
+        let span = info_span!("handler", handler = %self.handler_name);
+        async {
+            self.until_ready(|| self.ensure_groups()).await;
+            self.recover_own().await;
+            let claimer = tokio::spawn(self.clone().claim_loop().in_current_span());
+            self.clone().read_loop().await;
+            let _ = claimer.await;
+            self.tasks.close();
+            self.tasks.wait().await;
+            debug!("stopped");
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Retries `step` until it succeeds or shutdown begins.
+    pub(super) async fn until_ready<F: Future<Output = anyhow::Result<()>>>(&self, step: impl Fn() -> F) {
+        while !self.shutdown.is_cancelled() {
+            match step().await {
+                Ok(()) => return,
+                Err(e) => warn!("{e:#}; trying again"),
+            }
+            self.pause(ERROR_PAUSE).await;
+        }
+    }
+
+    /// Sleeps for `d`, or less if shutdown begins.
+    pub(super) async fn pause(&self, d: Duration) {
+        tokio::select! { _ = tokio::time::sleep(d) => {}, _ = self.shutdown.cancelled() => {} }
+    }
+
+    pub(super) async fn ensure_groups(&self) -> anyhow::Result<()> {
+        let mut conn = self.redis.conn.clone();
+        for s in &self.streams {
+            stream::ensure_group(&mut conn, s, &self.group).await?;
+        }
+        Ok(())
+    }
+
+    /// After a delivery ran into its timeout, runs this handler's events one
+    /// at a time for a while: a handler whose events spin until their
+    /// deadline would otherwise hold every core, and every other handler
+    /// would stall behind it.
+    pub(super) fn throttle(self: &Arc<Self>, timeout: Duration) {
+        if self.throttled.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        // Below half of claim_idle, so events waiting out the cooldown are
+        // not taken for abandoned.
+        let cooldown = (timeout * THROTTLE_TIMEOUTS).clamp(THROTTLE_MIN, THROTTLE_MAX).min(self.claim_idle / 2);
+        let hold = self.concurrency.load(Ordering::SeqCst).saturating_sub(1) as u32;
+        warn!("a delivery ran out of time: handling one event at a time for {} ms", cooldown.as_millis());
+        let me = self.clone();
+        self.tasks.spawn(async move {
+            // The semaphore is fair: this waits for in-flight events, ahead
+            // of new ones.
+            if let (true, Ok(held)) = (hold > 0, me.permits.clone().acquire_many_owned(hold).await) {
+                me.pause(cooldown).await;
+                drop(held);
+            }
+            me.throttled.store(false, Ordering::SeqCst);
+        });
+    }
+}

@@ -1,0 +1,167 @@
+//! Running one delivery and finishing it: the decision carried out as a
+//! commit, a retry timer, or a dead-letter.
+
+use super::{Binding, Consumer};
+use crate::dispatch::{self, Decision};
+use crate::event::DeadLetterInfo;
+use crate::stream::{self, CommitError, Delivery};
+use crate::wasm::Outcome;
+use futures::future::BoxFuture;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::{Instrument, debug, error, info_span, warn};
+
+/// Tries of a commit before leaving the entry pending.
+const COMMIT_TRIES: u32 = 4;
+
+impl Consumer {
+    /// Runs one delivery and carries out the decision.
+    pub(super) async fn deliver(self: Arc<Self>, d: Delivery, permit: OwnedSemaphorePermit) {
+        let span = info_span!("event", handler = %self.handler_name, stream = %d.stream, id = %d.entry.id, attempt = d.attempt);
+        async move {
+            // The version this delivery runs on, even if a reload swaps it meanwhile.
+            let b = self.binding.load_full();
+            let limits = &b.handler.limits;
+            let decision = match dispatch::exhausted_before_delivery(d.attempt, limits) {
+                Some(decision) => decision,
+                None => {
+                    let outcome = b.plugin.invoke_isolated(&b.sandbox, d.entry.to_event(&d.stream, d.attempt)).await;
+                    if matches!(outcome, Outcome::Crash { timed_out: true, .. }) {
+                        self.throttle(limits.timeout);
+                    }
+                    dispatch::decide(outcome, d.attempt, limits, self.max_retry_delay())
+                }
+            };
+            // The permit covers the commit too: with `concurrency = 1` the
+            // next event must see this one's state and publishes.
+            self.carry_out(d, decision, &b).await;
+            drop(permit);
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Retry delays stay under `claim_idle`, so a waiting retry is never
+    /// taken for an abandoned entry.
+    fn max_retry_delay(&self) -> Duration {
+        self.claim_idle / 2
+    }
+
+    async fn carry_out(self: &Arc<Self>, d: Delivery, decision: Decision, b: &Binding) {
+        match decision {
+            Decision::Ack { effects } => {
+                let (s, g, name, entry, fx) = (&d.stream, &self.group, &self.handler_name, &d.entry, &effects);
+                let tx = || {
+                    let mut conn = self.redis.conn.clone();
+                    async move { stream::ack(&mut conn, s, g, entry, name, fx).await }
+                };
+                match self.commit("ack", tx).await {
+                    Committed::Done => debug!(publishes = fx.publishes.len(), kv_writes = fx.kv.len(), "handled"),
+                    // The handler's output cannot be written: a failed attempt.
+                    Committed::Refused(why) => {
+                        let reason = format!("cannot commit the handler's output: {why}");
+                        let outcome = Outcome::Crash { reason, timed_out: false };
+                        let decision = dispatch::decide(outcome, d.attempt, &b.handler.limits, self.max_retry_delay());
+                        Box::pin(self.carry_out(d, decision, b)).await;
+                    }
+                    Committed::GaveUp => {}
+                }
+            }
+            Decision::Retry { delay, reason } => {
+                warn!("attempt {} failed: {reason}; retrying in {} ms", d.attempt, delay.as_millis());
+                self.tasks.spawn(self.clone().retry_later(d, delay));
+            }
+            Decision::DeadLetter { reason } => self.dead_letter(&d, &reason, b).await,
+        }
+    }
+
+    async fn dead_letter(&self, d: &Delivery, reason: &str, b: &Binding) {
+        let target = b.handler.dead_letter_stream(&d.stream);
+        let info = DeadLetterInfo {
+            handler: &self.handler_name,
+            origin_stream: &d.stream,
+            reason,
+            attempts: d.attempt,
+            plugin_version: &b.plugin.version,
+            failed_at_ms: unix_ms(),
+        };
+        let (g, target, entry, info) = (&self.group, &target, &d.entry, &info);
+        let tx = || {
+            let mut conn = self.redis.conn.clone();
+            async move { stream::dead_letter(&mut conn, g, target, entry, info).await }
+        };
+        match self.commit("dead-letter", tx).await {
+            Committed::Done => error!(dead_letter = %target, "dead-lettered after {} attempt(s): {reason}", d.attempt),
+            Committed::Refused(why) => error!(
+                "cannot dead-letter ({why}); the entry stays pending and is tried again after claim_idle_ms. Failure: {reason}"
+            ),
+            Committed::GaveUp => {}
+        }
+    }
+
+    /// Runs a commit, trying again on Redis errors. Gives up after
+    /// [`COMMIT_TRIES`]: the entry stays pending and is claimed again later,
+    /// so nothing is lost (at worst it is handled twice).
+    async fn commit<F: Future<Output = Result<(), CommitError>>>(&self, what: &str, tx: impl Fn() -> F) -> Committed {
+        let mut wait = Duration::from_millis(100);
+        for attempt in 1..=COMMIT_TRIES {
+            match tx().await {
+                Ok(()) => return Committed::Done,
+                Err(CommitError::WrongType(why)) => return Committed::Refused(why),
+                Err(e) if attempt == COMMIT_TRIES => {
+                    error!("{what} failed: {e}; the entry stays pending and will be delivered again");
+                }
+                Err(e) => {
+                    warn!("{what} failed: {e}; trying again");
+                    tokio::time::sleep(wait).await;
+                    wait *= 3;
+                }
+            }
+        }
+        Committed::GaveUp
+    }
+
+    /// After `delay`, takes the entry back (a new delivery in Redis's count)
+    /// and delivers it again. If it was taken over meanwhile, leaves it.
+    /// (Boxed: a retry delivers, and a delivery may schedule a retry.)
+    fn retry_later(self: Arc<Self>, d: Delivery, delay: Duration) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            self.pause(delay).await;
+            let permit = tokio::select! {
+                p = self.permits.clone().acquire_owned() => p.expect("semaphore never closed"),
+                _ = self.shutdown.cancelled() => return,
+            };
+            if self.shutdown.is_cancelled() {
+                return; // still pending: delivered again after a restart
+            }
+            let mut conn = self.redis.conn.clone();
+            let ids = [d.entry.id.clone()];
+            match stream::claim(&mut conn, &d.stream, &self.group, &self.name, delay, &ids).await {
+                Ok(mut claimed) if !claimed.is_empty() => {
+                    let next = Delivery { stream: d.stream, entry: claimed.remove(0), attempt: d.attempt + 1 };
+                    self.deliver(next, permit).await;
+                }
+                Ok(_) => debug!(id = %d.entry.id, "entry taken over or deleted before its retry"),
+                Err(e) => {
+                    warn!(id = %d.entry.id, "claiming for retry failed: {e}; it will be claimed after claim_idle_ms")
+                }
+            }
+        })
+    }
+}
+
+/// What became of a commit.
+enum Committed {
+    Done,
+    /// Redis refused it as a whole (nothing written), e.g. a target key
+    /// that is not a stream.
+    Refused(String),
+    /// Redis kept failing; the entry stays pending.
+    GaveUp,
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}

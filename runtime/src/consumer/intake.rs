@@ -1,0 +1,190 @@
+//! Taking entries in: this consumer's own leftovers, new entries, and
+//! entries abandoned by dead consumers; each spawned as a delivery when a
+//! permit is free.
+
+use super::Consumer;
+use super::consumer::ERROR_PAUSE;
+use crate::stream::{self, Delivery, Reader};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::{debug, info, warn};
+
+/// Most entries one `XREADGROUP` asks for.
+const READ_BATCH: usize = 256;
+/// How long one blocking read waits; also the longest a shutdown waits for
+/// the reader to notice it.
+const READ_BLOCK: Duration = Duration::from_millis(1_000);
+
+impl Consumer {
+    /// Delivers again what this consumer left pending in an earlier run.
+    pub(super) async fn recover_own(self: &Arc<Self>) {
+        for s in &self.streams {
+            let mut conn = self.redis.conn.clone();
+            match stream::own_pending(&mut conn, s, &self.group, &self.name).await {
+                Ok(found) => {
+                    if !found.is_empty() {
+                        info!(stream = %s, count = found.len(), "taking back entries left pending by an earlier run");
+                    }
+                    self.spawn_all(found).await;
+                }
+                Err(e) => warn!("{e:#}; they will be claimed after claim_idle_ms"),
+            }
+        }
+    }
+
+    /// Reads new entries while there is room for them, until shutdown.
+    pub(super) async fn read_loop(self: Arc<Self>) {
+        let mut reader: Option<Reader> = None;
+        while !self.shutdown.is_cancelled() {
+            let permit = tokio::select! {
+                p = self.permits.clone().acquire_owned() => p.expect("semaphore never closed"),
+                _ = self.shutdown.cancelled() => break,
+            };
+            let r = match reader.as_mut() {
+                Some(r) => r,
+                None => match self.connect_reader().await {
+                    Ok(r) => reader.insert(r),
+                    Err(e) => {
+                        warn!("{e:#}; trying again");
+                        self.pause(ERROR_PAUSE).await;
+                        continue;
+                    }
+                },
+            };
+            let room = (self.permits.available_permits() + 1).min(READ_BATCH);
+            match self.read_until_cancelled(r, room).await {
+                Ok(found) => self.dispatch(found, permit).await,
+                Err(e) => {
+                    drop(permit);
+                    self.read_failed(e, &mut reader).await;
+                }
+            }
+        }
+    }
+
+    async fn connect_reader(&self) -> anyhow::Result<Reader> {
+        let conn = self.redis.blocking_connection(READ_BLOCK).await?;
+        Ok(Reader::new(conn, &self.group, &self.name, &self.streams).await?)
+    }
+
+    /// One blocking read. On shutdown the block is interrupted (`CLIENT
+    /// UNBLOCK`) rather than abandoned, so whatever it already took is still
+    /// dispatched and nothing is left pending unseen.
+    async fn read_until_cancelled(&self, r: &mut Reader, room: usize) -> redis::RedisResult<Vec<Delivery>> {
+        let client_id = r.client_id;
+        let read = r.read_new(room, READ_BLOCK);
+        tokio::pin!(read);
+        tokio::select! {
+            result = &mut read => result,
+            _ = self.shutdown.cancelled() => {
+                // Repeated: an unblock that reaches Redis before the read
+                // does has nothing to interrupt. Bounded: the read's own
+                // response timeout ends it in any case.
+                for _ in 0..50 {
+                    if let Err(e) = stream::unblock(&mut self.redis.conn.clone(), client_id).await {
+                        debug!("CLIENT UNBLOCK failed: {e}");
+                    }
+                    tokio::select! {
+                        result = &mut read => return result,
+                        _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                    }
+                }
+                read.await
+            }
+        }
+    }
+
+    async fn read_failed(&self, e: redis::RedisError, reader: &mut Option<Reader>) {
+        if e.code() == Some("NOGROUP") {
+            // The stream or group went away (deleted, or Redis lost its data).
+            warn!("consumer group missing; creating it again");
+            self.until_ready(|| self.ensure_groups()).await;
+        } else {
+            warn!("reading from Redis failed: {e}; reconnecting");
+            *reader = None;
+            self.pause(ERROR_PAUSE).await;
+        }
+    }
+
+    /// Acks at once what the handler does not want; spawns the rest.
+    async fn dispatch(self: &Arc<Self>, found: Vec<Delivery>, permit: OwnedSemaphorePermit) {
+        let (wanted, unwanted): (Vec<_>, Vec<_>) =
+            found.into_iter().partition(|d| self.binding.load().handler.wants(&d.entry.event_type()));
+        self.ack_unwanted(unwanted).await;
+        let mut first = Some(permit);
+        for d in wanted {
+            let permit = match first.take() {
+                Some(p) => p,
+                None => self.permits.clone().acquire_owned().await.expect("semaphore never closed"),
+            };
+            self.tasks.spawn(self.clone().deliver(d, permit));
+        }
+    }
+
+    async fn ack_unwanted(&self, unwanted: Vec<Delivery>) {
+        for s in &self.streams {
+            let ids: Vec<String> = unwanted.iter().filter(|d| &d.stream == s).map(|d| d.entry.id.clone()).collect();
+            let mut conn = self.redis.conn.clone();
+            if let Err(e) = stream::ack_unhandled(&mut conn, s, &self.group, &ids).await {
+                warn!(stream = %s, "acknowledging {} unwanted entries failed: {e}; they will come back", ids.len());
+            }
+        }
+    }
+
+    /// Spawns a delivery for each of `found`, as permits allow.
+    async fn spawn_all(self: &Arc<Self>, found: Vec<Delivery>) {
+        for d in found {
+            // Left pending if shutdown comes first: delivered again later.
+            let permit = tokio::select! {
+                p = self.permits.clone().acquire_owned() => p.expect("semaphore never closed"),
+                _ = self.shutdown.cancelled() => return,
+            };
+            if self.binding.load().handler.wants(&d.entry.event_type()) {
+                self.tasks.spawn(self.clone().deliver(d, permit));
+            } else {
+                self.ack_unwanted(vec![d]).await;
+            }
+        }
+    }
+
+    /// Takes over entries idle too long with any consumer, every half
+    /// `claim_idle`, until shutdown.
+    pub(super) async fn claim_loop(self: Arc<Self>) {
+        let every = (self.claim_idle / 2).max(Duration::from_millis(50));
+        loop {
+            self.pause(every).await;
+            if self.shutdown.is_cancelled() {
+                return;
+            }
+            for s in &self.streams {
+                self.claim_stream(s).await;
+            }
+        }
+    }
+
+    async fn claim_stream(self: &Arc<Self>, s: &str) {
+        let mut cursor = "0-0".to_owned();
+        loop {
+            let mut conn = self.redis.conn.clone();
+            // Only as many as can start now: a claimed entry that waited for
+            // a permit past claim_idle would be claimed again elsewhere.
+            let room = self.permits.available_permits().max(1);
+            let claimed =
+                stream::autoclaim(&mut conn, s, &self.group, &self.name, self.claim_idle, &cursor, room).await;
+            match claimed {
+                Ok((found, next)) => {
+                    if !found.is_empty() {
+                        info!(stream = %s, count = found.len(), "claimed entries idle for over {} ms", self.claim_idle.as_millis());
+                    }
+                    self.spawn_all(found).await;
+                    if next == "0-0" || self.shutdown.is_cancelled() {
+                        return;
+                    }
+                    cursor = next;
+                }
+                Err(e) => return debug!("{e:#}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! One handler's consumer: reads its streams through its group, runs each
+//! delivery in its plugin, and carries out the
+//! [`Decision`](crate::dispatch::Decision).
+//!
+//! Sources of deliveries, in order: this consumer's own pending entries from
+//! an earlier run (same consumer name), new entries (`XREADGROUP >`), entries
+//! abandoned by dead consumers (`XAUTOCLAIM` after `claim_idle_ms`), and this
+//! consumer's own retries (`XCLAIM` after the backoff).
+//!
+//! Layout: [`Consumer`] and its life cycle in `consumer.rs`; taking entries
+//! in (reads, claims, recovery) in `intake.rs`; running a delivery and
+//! finishing it (commit, retry, dead-letter) in `finish.rs`; [`Binding`] in
+//! `binding.rs`.
+
+mod binding;
+#[allow(clippy::module_inception)]
+mod consumer;
+mod finish;
+mod intake;
+
+pub use binding::Binding;
+pub use consumer::Consumer;
