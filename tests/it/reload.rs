@@ -254,3 +254,20 @@ async fn changing_streams_restarts_the_handler_without_duplicates() {
     assert_eq!(by_cause.len(), 9, "every event handled");
     assert!(by_cause.values().all(|v| v.len() == 1), "none handled twice: {by_cause:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_cannot_raise_a_timeout_past_the_running_claim_idle() {
+    let redis = RedisServer::start();
+    let a = format!("{}timeout_ms = 500\n", handler("a"));
+    let fx = Fixture::with_own_plugins(&redis, "claim_idle_ms = 1000", &a, &[("b.wasm", "behave.wasm")]);
+    let (host, mut reports) = fx.start_watching().await;
+    // Valid on its own (claim_idle raised too), but the running host keeps
+    // claim_idle 1000 until restarted.
+    let text = std::fs::read_to_string(&fx.config_path).unwrap();
+    let text =
+        text.replace("claim_idle_ms = 1000", "claim_idle_ms = 10000").replace("timeout_ms = 500", "timeout_ms = 5000");
+    std::fs::write(&fx.config_path, text).unwrap();
+    let error = rejected(&mut reports).await;
+    assert!(error.contains("handlers.a.timeout_ms must stay below the running host's claim_idle_ms (1000)"), "{error}");
+    host.stop().await;
+}

@@ -124,6 +124,20 @@ mod tests {
     }
 
     #[test]
+    fn kv_ttl_and_total_bytes_are_bounded() {
+        let mut u = Usage::default();
+        assert!(u.kv_ttl(None).is_ok() && u.kv_ttl(Some(1)).is_ok() && u.kv_ttl(Some(MAX_KV_TTL_MS)).is_ok());
+        assert!(Usage::default().kv_ttl(Some(0)).is_err());
+        assert!(Usage::default().kv_ttl(Some(MAX_KV_TTL_MS + 1)).is_err());
+        let mut u = Usage::default();
+        for _ in 0..MAX_KV_BYTES / MAX_KV_VALUE - 1 {
+            u.kv_write("k", MAX_KV_VALUE).unwrap();
+        }
+        assert!(u.kv_write("k", MAX_KV_VALUE).is_err(), "the total passes 16 MiB");
+        assert_eq!(u.exceeded.as_deref(), Some("kv limit exceeded: more than 16 MiB written"));
+    }
+
+    #[test]
     fn kv_keys_and_values_are_bounded() {
         let mut u = Usage::default();
         assert!(u.kv_write("k", MAX_KV_VALUE).is_ok());
