@@ -18,19 +18,44 @@ const READ_BLOCK: Duration = Duration::from_millis(1_000);
 
 impl Consumer {
     /// Delivers again what this consumer left pending in an earlier run.
+    /// Pages by free permits: a claimed entry that waited past claim_idle
+    /// would be claimed again elsewhere.
     pub(super) async fn recover_own(self: &Arc<Self>) {
         for s in &self.streams {
-            let mut conn = self.redis.conn.clone();
-            match stream::own_pending(&mut conn, s, &self.group, &self.name).await {
-                Ok(found) => {
-                    if !found.is_empty() {
-                        info!(stream = %s, count = found.len(), "taking back entries left pending by an earlier run");
+            let mut after = "-".to_owned();
+            loop {
+                let Some(room) = self.room().await else { return };
+                let mut conn = self.redis.conn.clone();
+                match stream::own_pending(&mut conn, s, &self.group, &self.name, &after, room).await {
+                    Ok((found, next)) => {
+                        if !found.is_empty() {
+                            info!(stream = %s, count = found.len(), "taking back entries left pending by an earlier run");
+                        }
+                        self.spawn_all(found).await;
+                        match next {
+                            Some(n) => after = n,
+                            None => break,
+                        }
                     }
-                    self.spawn_all(found).await;
+                    Err(e) => {
+                        warn!("{e:#}; they will be claimed after claim_idle_ms");
+                        break;
+                    }
                 }
-                Err(e) => warn!("{e:#}; they will be claimed after claim_idle_ms"),
             }
         }
+    }
+
+    /// Waits until at least one permit is free and returns how many are;
+    /// `None` on shutdown.
+    async fn room(&self) -> Option<usize> {
+        let permit = tokio::select! {
+            p = self.permits.clone().acquire_owned() => p.expect("semaphore never closed"),
+            _ = self.shutdown.cancelled() => return None,
+        };
+        let room = self.permits.available_permits() + 1;
+        drop(permit);
+        Some(room)
     }
 
     /// Reads new entries while there is room for them, until shutdown.

@@ -85,13 +85,14 @@ async fn pending_rows(
     after: &str,
     end: &str,
     consumer: &str,
+    count: usize,
 ) -> redis::RedisResult<Vec<PendingRow>> {
     let value: redis::Value = redis::cmd("XPENDING")
         .arg(stream)
         .arg(group)
         .arg(after)
         .arg(end)
-        .arg(PAGE)
+        .arg(count.clamp(1, PAGE))
         .arg(consumer)
         .query_async(conn)
         .await?;
@@ -136,36 +137,36 @@ pub async fn claim(
     Ok(reply::entries(&value))
 }
 
-/// Everything still pending for `consumer` itself on `stream` (left over by
-/// an earlier run under the same name), claimed again as fresh deliveries.
+/// Up to `count` entries still pending for `consumer` itself on `stream`
+/// (left over by an earlier run under the same name) after id `after` (`-`
+/// to start), claimed again as fresh deliveries; and the cursor for the next
+/// page, `None` when there is no more.
 pub async fn own_pending(
     conn: &mut impl ConnectionLike,
     stream: &str,
     group: &str,
     consumer: &str,
-) -> anyhow::Result<Vec<Delivery>> {
-    let mut out = Vec::new();
-    let mut after = "-".to_owned();
-    loop {
-        let rows = pending_rows(conn, stream, group, &after, "+", consumer)
-            .await
-            .with_context(|| format!("XPENDING on stream {stream} group {group}"))?;
-        let Some(last) = rows.last() else { break };
-        after = format!("({}", last.id);
-        let counts: HashMap<String, u32> = rows.iter().map(|r| (r.id.clone(), r.delivered)).collect();
-        let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
-        let entries = claim(conn, stream, group, consumer, Duration::ZERO, &ids)
-            .await
-            .with_context(|| format!("XCLAIM on stream {stream} group {group}"))?;
-        out.extend(entries.into_iter().map(|entry| {
+    after: &str,
+    count: usize,
+) -> anyhow::Result<(Vec<Delivery>, Option<String>)> {
+    let rows = pending_rows(conn, stream, group, after, "+", consumer, count)
+        .await
+        .with_context(|| format!("XPENDING on stream {stream} group {group}"))?;
+    let Some(last) = rows.last() else { return Ok((vec![], None)) };
+    let next = (rows.len() == count).then(|| format!("({}", last.id));
+    let counts: HashMap<String, u32> = rows.iter().map(|r| (r.id.clone(), r.delivered)).collect();
+    let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+    let entries = claim(conn, stream, group, consumer, Duration::ZERO, &ids)
+        .await
+        .with_context(|| format!("XCLAIM on stream {stream} group {group}"))?;
+    let deliveries = entries
+        .into_iter()
+        .map(|entry| {
             let attempt = counts.get(&entry.id).copied().unwrap_or(0) + 1;
             Delivery { stream: stream.to_owned(), entry, attempt }
-        }));
-        if rows.len() < PAGE {
-            break;
-        }
-    }
-    Ok(out)
+        })
+        .collect();
+    Ok((deliveries, next))
 }
 
 /// Takes over up to `count` entries of `stream` that have sat with any
@@ -213,7 +214,7 @@ async fn with_attempts(
     let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
         return Ok(vec![]);
     };
-    let rows = pending_rows(conn, stream, group, &first.id, &last.id, consumer)
+    let rows = pending_rows(conn, stream, group, &first.id, &last.id, consumer, PAGE)
         .await
         .with_context(|| format!("XPENDING on stream {stream} group {group}"))?;
     let counts: HashMap<String, u32> = rows.into_iter().map(|r| (r.id, r.delivered)).collect();
