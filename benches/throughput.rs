@@ -53,15 +53,7 @@ async fn load(conn: &mut MultiplexedConnection, stream: &str, n: usize) {
 /// The ceiling: read 256 at a time and ack each batch, nothing else.
 async fn native_consumer(redis: &RedisServer, n: usize) -> f64 {
     let mut conn = redis.conn().await;
-    let _: () = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg("native")
-        .arg("g")
-        .arg("0")
-        .arg("MKSTREAM")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    sluice::stream::ensure_group(&mut conn, "native", "g").await.unwrap();
     let started = Instant::now();
     load(&mut conn, "native", n).await;
     let mut done = 0;

@@ -302,7 +302,7 @@ impl HostSettings {
 
     fn warn_if_changed(&self, c: &Config) {
         let changed = self.redis_url != c.redis_url
-            || (self.consumer != c.consumer && !self.consumer.ends_with(&format!("-{}", std::process::id())))
+            || self.consumer != c.consumer
             || self.claim_idle_ms != c.claim_idle_ms
             || self.plugins_dir != c.plugins_dir;
         if changed {

@@ -93,15 +93,7 @@ async fn a_commit_retried_after_it_went_through_writes_nothing_twice() {
     use sluice::wasm::{Effects, KvWrite, Publish};
     let redis = RedisServer::start();
     let mut conn = redis.conn().await;
-    let () = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg("in")
-        .arg("g")
-        .arg("0")
-        .arg("MKSTREAM")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    sluice::stream::ensure_group(&mut conn, "in", "g").await.unwrap();
     let id = send(&mut conn, "in", "t", json!({})).await;
     let _: redis::Value = redis::cmd("XREADGROUP")
         .arg("GROUP")

@@ -9,7 +9,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info_span, warn};
@@ -128,6 +128,14 @@ impl Consumer {
                 Err(e) => warn!("{e:#}; trying again"),
             }
             self.pause(ERROR_PAUSE).await;
+        }
+    }
+
+    /// One permit to run an event, or `None` if shutdown begins first.
+    pub(super) async fn permit(&self) -> Option<OwnedSemaphorePermit> {
+        tokio::select! {
+            p = self.permits.clone().acquire_owned() => Some(p.expect("semaphore never closed")),
+            _ = self.shutdown.cancelled() => None,
         }
     }
 

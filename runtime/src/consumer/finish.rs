@@ -129,10 +129,7 @@ impl Consumer {
     fn retry_later(self: Arc<Self>, d: Delivery, delay: Duration) -> BoxFuture<'static, ()> {
         Box::pin(async move {
             self.pause(delay).await;
-            let permit = tokio::select! {
-                p = self.permits.clone().acquire_owned() => p.expect("semaphore never closed"),
-                _ = self.shutdown.cancelled() => return,
-            };
+            let Some(permit) = self.permit().await else { return };
             if self.shutdown.is_cancelled() {
                 return; // still pending: delivered again after a restart
             }

@@ -49,10 +49,7 @@ impl Consumer {
     /// Waits until at least one permit is free and returns how many are;
     /// `None` on shutdown.
     async fn room(&self) -> Option<usize> {
-        let permit = tokio::select! {
-            p = self.permits.clone().acquire_owned() => p.expect("semaphore never closed"),
-            _ = self.shutdown.cancelled() => return None,
-        };
+        let permit = self.permit().await?;
         let room = self.permits.available_permits() + 1;
         drop(permit);
         Some(room)
@@ -62,10 +59,7 @@ impl Consumer {
     pub(super) async fn read_loop(self: Arc<Self>) {
         let mut reader: Option<Reader> = None;
         while !self.shutdown.is_cancelled() {
-            let permit = tokio::select! {
-                p = self.permits.clone().acquire_owned() => p.expect("semaphore never closed"),
-                _ = self.shutdown.cancelled() => break,
-            };
+            let Some(permit) = self.permit().await else { break };
             let r = match reader.as_mut() {
                 Some(r) => r,
                 None => match self.connect_reader().await {
@@ -139,6 +133,9 @@ impl Consumer {
         self.ack_unwanted(unwanted).await;
         let mut first = Some(permit);
         for d in wanted {
+            // Not cancelled by shutdown: these entries are already read (and
+            // pending with this consumer), and the read asked for only as
+            // many as there were permits, so they start soon.
             let permit = match first.take() {
                 Some(p) => p,
                 None => self.permits.clone().acquire_owned().await.expect("semaphore never closed"),
@@ -161,10 +158,7 @@ impl Consumer {
     async fn spawn_all(self: &Arc<Self>, found: Vec<Delivery>) {
         for d in found {
             // Left pending if shutdown comes first: delivered again later.
-            let permit = tokio::select! {
-                p = self.permits.clone().acquire_owned() => p.expect("semaphore never closed"),
-                _ = self.shutdown.cancelled() => return,
-            };
+            let Some(permit) = self.permit().await else { return };
             if self.binding.load().handler.wants(&d.entry.event_type()) {
                 self.tasks.spawn(self.clone().deliver(d, permit));
             } else {
