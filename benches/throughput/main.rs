@@ -1,50 +1,126 @@
-//! Throughput benchmark: Sluice end to end against a native Rust consumer
-//! doing the same reads and acks with no handler, in the same run, on the
-//! same `redis-server` (started here on a free port), so the ratio holds on
-//! a noisy machine. Also the cost of one dispatch (fresh instance + call +
-//! drop) of the trivial Rust handler.
+//! Throughput benchmark: Sluice against a native Rust consumer doing the
+//! same reads and acks with no handler, in the same run, each on a fresh
+//! `redis-server` (started here on a free port), so the ratios hold on a
+//! noisy machine.
 //!
-//! `cargo bench --bench throughput` (events: `SLUICE_BENCH_EVENTS`, default 20000).
+//! `cargo bench --bench throughput [-- SECTION...]` (or `scripts/bench`).
+//! Sections, all by default:
+//!
+//! - `native`: the ceiling, `XREADGROUP COUNT 256` + one `XACK` per batch;
+//! - `run`: `sluice run` (the real binary) end to end with a trivial Rust
+//!   handler, fresh instance per event, with `RUST_BACKTRACE=1` and unset;
+//!   and the host's peak memory;
+//! - `chain`: the same with a handler that publishes one event per input;
+//! - `beside`: the trivial handler beside one whose events spin to timeout;
+//! - `dispatch`: µs per dispatch (fresh instance + call + drop) per plugin;
+//! - `latency`: publish → commit p50/p99 at a fixed offered rate;
+//! - `idle`: resident memory of a host with 10 Rust plugins loaded, idle.
+//!
+//! Environment: `SLUICE_BENCH_EVENTS` (default 20000), `SLUICE_BENCH_RATE`
+//! (latency's offered rate, default 10000/s), `SLUICE_BENCH_OUT` (where the
+//! JSON goes, default `target/bench/throughput.json`).
 
-#[path = "../tests/it/support/redis_server.rs"]
+mod dispatch;
+mod host;
+mod latency;
+mod report;
+
+#[path = "../../tests/it/support/redis_server.rs"]
 #[allow(dead_code)]
 mod redis_server;
 
+use host::{Host, Memory, acked, dist};
 use redis::aio::MultiplexedConnection;
 use redis_server::RedisServer;
-use sluice::config::Config;
-use sluice::wasm::{Outcome, Plugin, Runtime, Sandbox};
-use std::path::Path;
+use report::Report;
 use std::time::{Duration, Instant};
 
-/// A hostile neighbour: every event on `spin` loops until its 200 ms
-/// timeout, two at a time, for as long as the benchmark runs.
-const SPINNER: &str = "[handlers.spinner]\nplugin = \"behave.wasm\"\nstreams = [\"spin\"]\ntimeout_ms = 200\nmax_attempts = 1\nconcurrency = 2\n";
-
 /// The trivial handler's input: `behave` parses the JSON and returns ok.
-const PAYLOAD: &str = r#"{"action":"ok","order_id":"o-1","total":42.5,"items":[{"sku":"mug","qty":2}]}"#;
+const TRIVIAL: &str = r#"{"action":"ok","order_id":"o-1","total":42.5,"items":[{"sku":"mug","qty":2}]}"#;
+/// The chain's input: `behave` parses it and publishes one event to `out`.
+const CHAIN: &str = r#"{"action":"publish","order_id":"o-1","total":42.5,"publish":[{"stream":"out","type":"order.paid","data":{"order_id":"o-1"}}]}"#;
+/// Each event on `spin` loops until its 200 ms timeout, two at a time.
+const SPINNER: &str = "[handlers.spinner]\nplugin = \"behave.wasm\"\nstreams = [\"spin\"]\ntimeout_ms = 200\nmax_attempts = 1\nconcurrency = 2\n";
+/// Plugins whose dispatch is measured: label, file in `plugins/dist`, input.
+const DISPATCHED: [(&str, &str, &str); 1] = [("Rust (behave)", "behave.wasm", TRIVIAL)];
 
 fn main() {
-    let events: usize = std::env::var("SLUICE_BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
+    let sections: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let wanted = |s: &str| sections.is_empty() || sections.iter().any(|a| a == s);
+    let n: usize = env_or("SLUICE_BENCH_EVENTS", 20_000);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    let redis = RedisServer::start();
-    let native = rt.block_on(native_consumer(&redis, events));
-    let sluice = rt.block_on(sluice_host(&redis, events, ""));
-    let beside = rt.block_on(sluice_host(&RedisServer::start(), events, SPINNER));
-    let dispatch = rt.block_on(dispatch_cost(2_000));
-    println!("\nSluice throughput, {events} events, trivial Rust handler, fresh instance per event");
-    println!("{:<44} {:>12} {:>10}", "what", "events/s", "ratio");
-    println!("{:<44} {:>12.0} {:>10}", "native XREADGROUP+XACK loop (no handler)", native, "1.00");
-    println!("{:<44} {:>12.0} {:>10.2}", "sluice run, behave ok (end to end)", sluice, sluice / native);
-    println!("{:<44} {:>12.0} {:>10.2}", "sluice run, same, beside a spinning handler", beside, beside / native);
-    println!("{:<44} {:>12.1} µs", "dispatch: instantiate + call + drop", dispatch);
+    let mut report = Report::default();
+
+    let native = wanted("native").then(|| rt.block_on(native_consumer(&RedisServer::start(), n)));
+    if let Some(rate) = native {
+        report.rate("native: XREADGROUP COUNT 256 + XACK per batch, no handler", rate, native);
+    }
+    if wanted("run") {
+        let mut peak: f64 = 0.0;
+        for backtrace in [true, false] {
+            let (rate, memory) = rt.block_on(end_to_end(n, &handler("bench", "behave.wasm", ""), TRIVIAL, backtrace));
+            let bt = if backtrace { "RUST_BACKTRACE=1" } else { "RUST_BACKTRACE unset" };
+            report.rate(format!("sluice run, trivial Rust handler ({bt})"), rate, native);
+            peak = peak.max(memory.peak);
+        }
+        report.add("sluice run, trivial Rust handler: host peak RSS", peak, "MiB");
+    }
+    if wanted("chain") {
+        let handlers = handler("bench", "behave.wasm", "publish = [\"out\"]\n");
+        let (rate, _) = rt.block_on(end_to_end(n, &handlers, CHAIN, true));
+        report.rate("sluice run, Rust handler publishing one event per input", rate, native);
+    }
+    if wanted("beside") {
+        let handlers = format!("{}{SPINNER}", handler("bench", "behave.wasm", ""));
+        let (rate, _) = rt.block_on(end_to_end(n, &handlers, TRIVIAL, true));
+        report.rate("sluice run, trivial handler beside one spinning to timeout", rate, native);
+    }
+    if wanted("dispatch") {
+        for (label, file, payload) in DISPATCHED {
+            let cost = rt.block_on(dispatch::cost(&dist(), file, payload, 5_000));
+            report.add(format!("dispatch, {label}: fresh instance + call + drop"), cost.direct, "µs");
+            report.add(format!("dispatch, {label}: the same as the host runs it"), cost.isolated, "µs");
+        }
+    }
+    if wanted("latency") {
+        let rate: u32 = env_or("SLUICE_BENCH_RATE", 10_000);
+        let l = rt.block_on(publish_to_commit(rate));
+        report.add(format!("latency publish → commit at {rate}/s offered: p50"), l.p50, "ms");
+        report.add(format!("latency publish → commit at {rate}/s offered: p99"), l.p99, "ms");
+        report.add(format!("latency publish → commit at {rate}/s offered: max"), l.max, "ms");
+        report.add("latency run: rate actually offered", l.offered, "events/s");
+    }
+    if wanted("idle") {
+        for warm in [false, true] {
+            let memory = rt.block_on(idle_with_plugins(10, warm));
+            let cache = if warm { "warm cache" } else { "cold cache: compiled at start" };
+            report.add(format!("idle host, 10 Rust plugins loaded ({cache}): RSS"), memory.now, "MiB");
+        }
+    }
+    report.print(&format!("Sluice throughput, {n} events per run, Redis on the same machine"));
+    let meta = serde_json::json!({
+        "events": n,
+        "cores": std::thread::available_parallelism().map(|c| c.get()).unwrap_or(0),
+        "unix_time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs(),
+    });
+    println!("written to {}", report.write(meta).display());
 }
 
-async fn load(conn: &mut MultiplexedConnection, stream: &str, n: usize) {
-    for chunk in (0..n).collect::<Vec<_>>().chunks(1_000) {
+fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
+    std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// One handler's config, reading stream `bench`, concurrency 64.
+fn handler(name: &str, plugin: &str, extra: &str) -> String {
+    format!("[handlers.{name}]\nplugin = \"{plugin}\"\nstreams = [\"bench\"]\nconcurrency = 64\n{extra}")
+}
+
+/// Adds `n` entries with `payload` to `stream`, 1000 per pipeline.
+async fn load(conn: &mut MultiplexedConnection, stream: &str, payload: &str, n: usize) {
+    for start in (0..n).step_by(1_000) {
         let mut pipe = redis::pipe();
-        for _ in chunk {
-            pipe.cmd("XADD").arg(stream).arg("*").arg("type").arg("order.created").arg("data").arg(PAYLOAD).ignore();
+        for _ in start..n.min(start + 1_000) {
+            pipe.cmd("XADD").arg(stream).arg("*").arg("type").arg("order.created").arg("data").arg(payload).ignore();
         }
         let () = pipe.query_async(conn).await.unwrap();
     }
@@ -55,7 +131,7 @@ async fn native_consumer(redis: &RedisServer, n: usize) -> f64 {
     let mut conn = redis.conn().await;
     sluice::stream::ensure_group(&mut conn, "native", "g").await.unwrap();
     let started = Instant::now();
-    load(&mut conn, "native", n).await;
+    load(&mut conn, "native", TRIVIAL, n).await;
     let mut done = 0;
     while done < n {
         let reply: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
@@ -82,91 +158,63 @@ async fn native_consumer(redis: &RedisServer, n: usize) -> f64 {
     n as f64 / started.elapsed().as_secs_f64()
 }
 
-fn bench_config(redis: &RedisServer, extra: &str) -> (tempfile::TempDir, Config) {
-    let dir = tempfile::tempdir().unwrap();
-    let plugins = Path::new(env!("CARGO_MANIFEST_DIR")).join("plugins/dist");
-    let text = format!(
-        "[redis]\nurl = \"{}\"\n[host]\nplugins = \"{}\"\n[handlers.bench]\nplugin = \"behave.wasm\"\nstreams = [\"bench\"]\nconcurrency = 64\n{extra}",
-        redis.url(),
-        plugins.display()
-    );
-    let path = dir.path().join("config.toml");
-    std::fs::write(&path, text).unwrap();
-    let config = Config::load(&path).unwrap_or_else(|e| panic!("{e} (run scripts/build-plugins first)"));
-    (dir, config)
-}
-
-/// Sluice end to end: from the first XADD until every event is acked.
-async fn sluice_host(redis: &RedisServer, n: usize, extra: &str) -> f64 {
-    let (_dir, config) = bench_config(redis, extra);
-    if !extra.is_empty() {
-        let mut conn = redis.conn().await;
-        for _ in 0..200 {
-            let _: String = redis::cmd("XADD")
-                .arg("spin")
-                .arg("*")
-                .arg("data")
-                .arg(r#"{"action":"loop"}"#)
-                .query_async(&mut conn)
-                .await
-                .unwrap();
-        }
-    }
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let host = tokio::spawn(sluice::host::run(config, async {
-        let _ = stopped.await;
-    }));
+/// `sluice run` with `handlers` on a fresh Redis: events/s from the first
+/// XADD of `n` entries to `bench` until every one is acked, and the host's
+/// memory. With a `spinner` handler, its stream gets 200 spinning events first.
+async fn end_to_end(n: usize, handlers: &str, payload: &str, backtrace: bool) -> (f64, Memory) {
+    let redis = RedisServer::start();
     let mut conn = redis.conn().await;
-    while !group_exists(&mut conn).await {
-        tokio::time::sleep(Duration::from_millis(5)).await;
+    let mut streams = vec!["bench"];
+    if handlers.contains("[handlers.spinner]") {
+        load(&mut conn, "spin", r#"{"action":"loop"}"#, 200).await;
+        streams.push("spin");
     }
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(dir.path(), &redis.url(), &dist(), handlers, backtrace, &streams).await;
     let started = Instant::now();
-    load(&mut conn, "bench", n).await;
-    while acked(&mut conn).await < n {
+    load(&mut conn, "bench", payload, n).await;
+    while acked(&mut conn, "bench").await < n {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let rate = n as f64 / started.elapsed().as_secs_f64();
-    let _ = stop.send(());
-    host.await.unwrap().unwrap();
-    rate
+    let memory = host.memory();
+    host.stop();
+    (rate, memory)
 }
 
-async fn group_exists(conn: &mut MultiplexedConnection) -> bool {
-    redis::cmd("XINFO")
-        .arg("GROUPS")
-        .arg("bench")
-        .query_async::<redis::Value>(conn)
-        .await
-        .map(|v| matches!(v, redis::Value::Array(a) if !a.is_empty()))
-        .unwrap_or(false)
-}
-
-/// Entries delivered and no longer pending.
-async fn acked(conn: &mut MultiplexedConnection) -> usize {
-    let groups: redis::streams::StreamInfoGroupsReply =
-        redis::cmd("XINFO").arg("GROUPS").arg("bench").query_async(conn).await.unwrap();
-    let g = &groups.groups[0];
-    g.entries_read.unwrap_or(0).saturating_sub(g.pending)
-}
-
-/// µs per dispatch, sequential: a fresh store and instance per call.
-async fn dispatch_cost(iterations: u32) -> f64 {
+/// The chain handler at `rate` events/s for 3 s (the first 0.5 s left out).
+async fn publish_to_commit(rate: u32) -> latency::Latency {
     let redis = RedisServer::start();
-    let (_dir, config) = bench_config(&redis, "");
-    let runtime = Runtime::new().unwrap();
-    let plugin = Plugin::load(&runtime, None, &config.handlers[0].plugin).unwrap();
-    let sandbox = Sandbox::for_handler(&config.handlers[0]);
-    let entry = sluice::event::Entry {
-        id: "1-0".into(),
-        fields: vec![("type".into(), b"order.created".to_vec()), ("data".into(), PAYLOAD.as_bytes().to_vec())],
-    };
-    let event = entry.to_event("bench", 1);
-    for _ in 0..100 {
-        assert!(matches!(plugin.invoke(&sandbox, &event).await, Outcome::Success { .. }));
+    let handlers = handler("bench", "behave.wasm", "publish = [\"out\"]\n");
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(dir.path(), &redis.url(), &dist(), &handlers, true, &["bench"]).await;
+    let run = Duration::from_secs(3);
+    let l = latency::measure(redis.conn().await, "bench", "out", CHAIN, rate, run, Duration::from_millis(500)).await;
+    host.stop();
+    l
+}
+
+/// A host with `count` distinct Rust plugins, one handler each, idle for a
+/// second after starting. `warm`: started once before, so the
+/// compiled-component cache is filled and nothing is compiled.
+async fn idle_with_plugins(count: usize, warm: bool) -> Memory {
+    let redis = RedisServer::start();
+    let (plugins, names) = host::distinct_plugins(count);
+    let streams: Vec<String> = (0..count).map(|i| format!("s{i}")).collect();
+    let handlers: String = names
+        .iter()
+        .zip(&streams)
+        .enumerate()
+        .map(|(i, (p, s))| format!("[handlers.h{i}]\nplugin = \"{p}\"\nstreams = [\"{s}\"]\n"))
+        .collect();
+    let streams: Vec<&str> = streams.iter().map(String::as_str).collect();
+    let (dir, url) = (tempfile::tempdir().unwrap(), redis.url());
+    if warm {
+        Host::start(dir.path(), &url, plugins.path(), &handlers, true, &streams).await.stop();
     }
-    let started = Instant::now();
-    for _ in 0..iterations {
-        plugin.invoke(&sandbox, &event).await;
-    }
-    started.elapsed().as_secs_f64() * 1e6 / f64::from(iterations)
+    let host = Host::start(dir.path(), &url, plugins.path(), &handlers, true, &streams).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let memory = host.memory();
+    host.stop();
+    memory
 }
