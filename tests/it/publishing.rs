@@ -79,3 +79,55 @@ async fn a_publish_redis_refuses_is_a_failed_attempt_not_a_lost_write() {
     let kept: String = redis::cmd("GET").arg("out").query_async(&mut conn).await.unwrap();
     assert_eq!(kept, "not a stream", "nothing was written");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batched_commit_is_all_or_nothing_per_delivery() {
+    // One script finishes several deliveries: a refused one (its target is
+    // not a stream) writes nothing and stays pending, while the others in the
+    // same batch commit, and one already committed writes nothing twice.
+    use sluice::stream::{Commit, CommitError, commit_batch};
+    use sluice::wasm::{Effects, Publish};
+    let redis = RedisServer::start();
+    let mut conn = redis.conn().await;
+    sluice::stream::ensure_group(&mut conn, "in", "g").await.unwrap();
+    let _: () = redis::cmd("SET").arg("not-a-stream").arg("x").query_async(&mut conn).await.unwrap();
+    let ids = [
+        send(&mut conn, "in", "t", json!({})).await,
+        send(&mut conn, "in", "t", json!({})).await,
+        send(&mut conn, "in", "t", json!({})).await,
+    ];
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("g")
+        .arg("c")
+        .arg("STREAMS")
+        .arg("in")
+        .arg(">")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let to = |stream: &str| Effects {
+        publishes: vec![Publish { stream: stream.into(), event_type: "x".into(), data: b"{}".to_vec() }],
+        kv: vec![],
+    };
+    let entry = |id: &String| sluice::event::Entry { id: id.clone(), fields: vec![("type".into(), b"t".to_vec())] };
+    let commits = [
+        Commit::ack("in", &entry(&ids[0]), "h", to("out")),
+        Commit::ack("in", &entry(&ids[1]), "h", to("not-a-stream")),
+        Commit::ack("in", &entry(&ids[2]), "h", to("out")),
+        Commit::ack("in", &entry(&ids[0]), "h", to("out")), // a repeat of the first
+    ];
+    let results = commit_batch(&mut conn, "g", &commits).await.unwrap();
+    assert!(results[0].is_ok() && results[2].is_ok() && results[3].is_ok(), "{results:?}");
+    assert!(matches!(&results[1], Err(CommitError::WrongType(why)) if why.contains("not-a-stream")), "{results:?}");
+    let out = entries(&mut conn, "out").await;
+    let causes: Vec<String> = out.iter().map(|e| field(e, "causation_id")).collect();
+    assert_eq!(causes, [ids[0].clone(), ids[2].clone()], "each committed delivery published once");
+    let still: Vec<(String, String, u64, u64)> =
+        redis::cmd("XPENDING").arg("in").arg("g").arg("-").arg("+").arg(10).query_async(&mut conn).await.unwrap();
+    assert_eq!(
+        still.iter().map(|p| p.0.clone()).collect::<Vec<_>>(),
+        [ids[1].clone()],
+        "only the refused one is pending"
+    );
+}

@@ -3,7 +3,7 @@
 
 use super::Binding;
 use crate::config::Handler;
-use crate::stream::{self, Redis};
+use crate::stream::{self, Committer, Redis};
 use arc_swap::ArcSwap;
 use std::future::Future;
 use std::sync::Arc;
@@ -32,6 +32,8 @@ pub struct Consumer {
     pub(super) streams: Vec<String>,
     pub(super) group: String,
     pub(super) redis: Redis,
+    /// Where deliveries' commits are batched and sent.
+    pub(super) committer: Committer,
     /// This host's consumer name in every group.
     pub(super) name: String,
     /// Idle time after which another consumer's entry is taken over.
@@ -58,11 +60,13 @@ impl Consumer {
     ) -> Arc<Consumer> {
         let concurrency = binding.handler.limits.concurrency;
         let binding = binding.with_kv(redis.conn.clone());
+        let binding_group = binding.handler.group.clone();
         Arc::new(Consumer {
             handler_name: binding.handler.name.clone(),
             streams: binding.handler.streams.clone(),
             group: binding.handler.group.clone(),
             binding: ArcSwap::from_pointee(binding),
+            committer: Committer::start(redis.conn.clone(), binding_group),
             redis,
             name,
             claim_idle,

@@ -4,10 +4,9 @@
 use super::{Binding, Consumer};
 use crate::dispatch::{self, Decision};
 use crate::event::DeadLetterInfo;
-use crate::stream::{self, CommitError, Delivery};
+use crate::stream::{self, Commit, CommitError, Delivery};
 use crate::wasm::Outcome;
 use futures::future::BoxFuture;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::OwnedSemaphorePermit;
@@ -52,13 +51,9 @@ impl Consumer {
     async fn carry_out(self: &Arc<Self>, d: Delivery, decision: Decision, b: &Binding) {
         match decision {
             Decision::Ack { effects } => {
-                let (s, g, name, entry, fx) = (&d.stream, &self.group, &self.handler_name, &d.entry, &effects);
-                let tx = || {
-                    let mut conn = self.redis.conn.clone();
-                    async move { stream::ack(&mut conn, s, g, entry, name, fx).await }
-                };
-                match self.commit("ack", tx).await {
-                    Committed::Done => debug!(publishes = fx.publishes.len(), kv_writes = fx.kv.len(), "handled"),
+                let (publishes, kv_writes) = (effects.publishes.len(), effects.kv.len());
+                match self.commit("ack", Commit::ack(&d.stream, &d.entry, &self.handler_name, effects)).await {
+                    Committed::Done => debug!(publishes, kv_writes, "handled"),
                     // The handler's output cannot be written: a failed attempt.
                     Committed::Refused(why) => {
                         let reason = format!("cannot commit the handler's output: {why}");
@@ -87,12 +82,7 @@ impl Consumer {
             plugin_version: &b.plugin.version,
             failed_at_ms: unix_ms(),
         };
-        let (g, target, entry, info) = (&self.group, &target, &d.entry, &info);
-        let tx = || {
-            let mut conn = self.redis.conn.clone();
-            async move { stream::dead_letter(&mut conn, g, target, entry, info).await }
-        };
-        match self.commit("dead-letter", tx).await {
+        match self.commit("dead-letter", Commit::dead_letter(&target, &d.entry, &info)).await {
             Committed::Done => error!(dead_letter = %target, "dead-lettered after {} attempt(s): {reason}", d.attempt),
             Committed::Refused(why) => error!(
                 "cannot dead-letter ({why}); the entry stays pending and is tried again after claim_idle_ms. Failure: {reason}"
@@ -101,13 +91,15 @@ impl Consumer {
         }
     }
 
-    /// Runs a commit, trying again on Redis errors. Gives up after
-    /// [`COMMIT_TRIES`]: the entry stays pending and is claimed again later,
-    /// so nothing is lost (at worst it is handled twice).
-    async fn commit<F: Future<Output = Result<(), CommitError>>>(&self, what: &str, tx: impl Fn() -> F) -> Committed {
+    /// Runs a commit (in the consumer's next batch), trying again on Redis
+    /// errors. Gives up after [`COMMIT_TRIES`]: the entry stays pending and
+    /// is claimed again later, so nothing is lost (at worst it is handled
+    /// twice).
+    async fn commit(&self, what: &str, commit: Commit) -> Committed {
+        let commit = Arc::new(commit);
         let mut wait = Duration::from_millis(100);
         for attempt in 1..=COMMIT_TRIES {
-            match tx().await {
+            match self.committer.commit(commit.clone()).await {
                 Ok(()) => return Committed::Done,
                 Err(CommitError::WrongType(why)) => return Committed::Refused(why),
                 Err(e) if attempt == COMMIT_TRIES => {

@@ -1,47 +1,65 @@
--- Finishes one delivery atomically: checks that every stream it will write
--- is a stream (or absent) before writing anything, then applies the writes
--- and acknowledges the entry. (MULTI/EXEC would not do: Redis does not roll
--- back a transaction when one of its commands fails, so an XADD refused with
--- WRONGTYPE would still let the XACK through and lose the write.)
+-- Finishes a batch of deliveries. Each is all or nothing on its own: it
+-- checks that every stream it will write is a stream (or absent) before
+-- writing anything, then applies its writes and acknowledges its entry.
+-- (MULTI/EXEC would not do: Redis does not roll back a transaction when one
+-- of its commands fails, so an XADD refused with WRONGTYPE would still let
+-- the XACK through and lose the write.) One script per batch instead of one
+-- per delivery: Redis's cost per call, not per write, dominates.
 --
--- KEYS[1]      the stream the entry was read from
--- KEYS[2..n]   the key each write goes to, in order
 -- ARGV[1]      the consumer group
--- ARGV[2]      the entry id
--- ARGV[3..]    per write: kind ("xadd", "set" or "del"), argument count, arguments
+-- then, per delivery:
+--   KEYS       the stream its entry was read from, then the key of each write
+--   ARGV       the entry id, the number of writes, then per write: kind
+--              ("xadd", "set" or "del"), argument count, arguments
 --
--- Returns 1 when committed, 0 when the entry was no longer pending (an
--- earlier try of this same commit went through, or another consumer took
--- the entry over): then nothing is written, so a retried commit can never
--- publish twice.
-local still_pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
-if #still_pending == 0 then
-  return 0
-end
-local writes = {}
-local pos = 3
-for k = 2, #KEYS do
-  local kind, argc = ARGV[pos], tonumber(ARGV[pos + 1])
-  local args = {}
-  for i = 1, argc do
-    args[i] = ARGV[pos + 1 + i]
-  end
-  pos = pos + 2 + argc
-  if kind == 'xadd' then
-    local t = redis.call('TYPE', KEYS[k])['ok']
-    if t ~= 'none' and t ~= 'stream' then
-      return redis.error_reply('SLUICE_WRONGTYPE ' .. KEYS[k] .. ' holds a ' .. t .. ', not a stream')
+-- Returns, per delivery in order:
+--   1  committed;
+--   0  the entry was no longer pending (an earlier try of this same commit
+--      went through, or another consumer took the entry over): nothing is
+--      written, so a retried commit can never publish twice;
+--   a "SLUICE_WRONGTYPE ..." string: a target is not a stream; nothing of
+--      this delivery was written and its entry is still pending.
+local group = ARGV[1]
+local results = {}
+local k, a = 1, 2
+while a <= #ARGV do
+  local origin, id, count = KEYS[k], ARGV[a], tonumber(ARGV[a + 1])
+  k, a = k + 1, a + 2
+  local writes, refused = {}, nil
+  for w = 1, count do
+    local kind, argc = ARGV[a], tonumber(ARGV[a + 1])
+    local args = {}
+    for i = 1, argc do
+      args[i] = ARGV[a + 1 + i]
     end
+    a = a + 2 + argc
+    if kind == 'xadd' and not refused then
+      local t = redis.call('TYPE', KEYS[k])['ok']
+      if t ~= 'none' and t ~= 'stream' then
+        refused = 'SLUICE_WRONGTYPE ' .. KEYS[k] .. ' holds a ' .. t .. ', not a stream'
+      end
+    end
+    writes[w] = { kind, KEYS[k], args }
+    k = k + 1
   end
-  writes[#writes + 1] = { kind, KEYS[k], args }
-end
-for _, w in ipairs(writes) do
-  if w[1] == 'xadd' then
-    redis.call('XADD', w[2], '*', unpack(w[3]))
-  elseif w[1] == 'set' then
-    redis.call('SET', w[2], unpack(w[3]))
+  if refused then
+    results[#results + 1] = refused
+  elseif count == 0 then
+    -- Nothing to write, so nothing to protect from a repeat: just the ack.
+    results[#results + 1] = redis.call('XACK', origin, group, id)
+  elseif #redis.call('XPENDING', origin, group, id, id, 1) == 0 then
+    results[#results + 1] = 0
   else
-    redis.call('DEL', w[2])
+    for _, w in ipairs(writes) do
+      if w[1] == 'xadd' then
+        redis.call('XADD', w[2], '*', unpack(w[3]))
+      elseif w[1] == 'set' then
+        redis.call('SET', w[2], unpack(w[3]))
+      else
+        redis.call('DEL', w[2])
+      end
+    end
+    results[#results + 1] = redis.call('XACK', origin, group, id)
   end
 end
-return redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+return results

@@ -1,6 +1,7 @@
-//! The transaction that finishes a delivery: a Lua script (`commit.lua`)
-//! that writes what the delivery produced (publishes, key-value writes, or
-//! the dead-letter copy) and acknowledges the entry, all or nothing.
+//! The transaction that finishes deliveries: a Lua script (`commit.lua`)
+//! that, for each delivery of a batch, writes what it produced (publishes,
+//! key-value writes, or the dead-letter copy) and acknowledges its entry, all
+//! or nothing per delivery.
 
 use crate::event::{self, DeadLetterInfo, Entry};
 use crate::wasm::{Effects, KvWrite, kv_key};
@@ -10,7 +11,7 @@ use std::sync::LazyLock;
 static COMMIT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("commit.lua")));
 
 /// Why a commit did not happen.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum CommitError {
     /// A target key holds something other than a stream: nothing was
     /// written and the entry is still pending. Trying again will not help
@@ -18,32 +19,52 @@ pub enum CommitError {
     #[error("{0}")]
     WrongType(String),
     /// Redis could not be reached or failed; nothing was written.
-    #[error(transparent)]
-    Redis(#[from] redis::RedisError),
+    #[error("{0}")]
+    Redis(String),
+}
+
+impl From<redis::RedisError> for CommitError {
+    fn from(e: redis::RedisError) -> Self {
+        CommitError::Redis(e.to_string())
+    }
+}
+
+/// What finishing one delivery writes: its entry's ack, and before it the
+/// writes it produced. Owned, so it can wait in a batch.
+#[derive(Debug)]
+pub struct Commit {
+    /// The stream the entry was read from.
+    stream: String,
+    id: String,
+    writes: Vec<Write>,
 }
 
 /// One write of a commit.
-struct Write<'a> {
+#[derive(Debug)]
+struct Write {
     kind: &'static str,
     key: String,
-    args: Vec<&'a [u8]>,
+    args: Vec<Vec<u8>>,
 }
 
-/// Acknowledges `entry` and applies `effects` (publishes, key-value
-/// writes), atomically.
-pub async fn ack(
-    conn: &mut impl ConnectionLike,
-    stream: &str,
-    group: &str,
-    entry: &Entry,
-    handler: &str,
-    effects: &Effects,
-) -> Result<(), CommitError> {
-    let published: Vec<_> = effects.publishes.iter().map(|p| (p, event::published_fields(p, handler, entry))).collect();
-    let mut writes: Vec<Write> = published.iter().map(|(p, fields)| xadd(&p.stream, fields)).collect();
-    let ttls: Vec<String> = effects.kv.iter().map(ttl_arg).collect();
-    writes.extend(effects.kv.iter().zip(&ttls).map(|(w, ttl)| kv_write(handler, w, ttl)));
-    run(conn, stream, group, &entry.id, &writes).await
+impl Commit {
+    /// Acknowledges `entry` of `stream` and applies `effects` (publishes,
+    /// key-value writes) of `handler`.
+    pub fn ack(stream: &str, entry: &Entry, handler: &str, effects: Effects) -> Commit {
+        let publishes = effects.publishes.iter().map(|p| xadd(&p.stream, event::published_fields(p, handler, entry)));
+        let kv = effects.kv.into_iter().map(|w| kv_write(handler, w));
+        Commit { stream: stream.to_owned(), id: entry.id.clone(), writes: publishes.chain(kv).collect() }
+    }
+
+    /// Copies `entry` to `dead_letter_stream` with the reason, and acknowledges it.
+    pub fn dead_letter(dead_letter_stream: &str, entry: &Entry, info: &DeadLetterInfo<'_>) -> Commit {
+        let fields = event::dead_letter_fields(entry, info);
+        Commit {
+            stream: info.origin_stream.to_owned(),
+            id: entry.id.clone(),
+            writes: vec![xadd(dead_letter_stream, fields)],
+        }
+    }
 }
 
 /// Acknowledges entries the handler does not want (their type does not match
@@ -60,64 +81,58 @@ pub async fn ack_unhandled(
     redis::cmd("XACK").arg(stream).arg(group).arg(ids).exec_async(conn).await
 }
 
-/// Copies `entry` to `dead_letter_stream` with the reason, and acknowledges
-/// it, atomically.
-pub async fn dead_letter(
+/// Runs `commits` (entries read through `group`) in one script. On success,
+/// one result per commit, in order: `Ok` when committed or no longer pending,
+/// `Err(WrongType)` when refused. A Redis error means nothing was written.
+pub async fn commit_batch<'a>(
     conn: &mut impl ConnectionLike,
     group: &str,
-    dead_letter_stream: &str,
-    entry: &Entry,
-    info: &DeadLetterInfo<'_>,
-) -> Result<(), CommitError> {
-    let fields = event::dead_letter_fields(entry, info);
-    run(conn, info.origin_stream, group, &entry.id, &[xadd(dead_letter_stream, &fields)]).await
-}
-
-async fn run(
-    conn: &mut impl ConnectionLike,
-    stream: &str,
-    group: &str,
-    id: &str,
-    writes: &[Write<'_>],
-) -> Result<(), CommitError> {
+    commits: impl IntoIterator<Item = &'a Commit>,
+) -> redis::RedisResult<Vec<Result<(), CommitError>>> {
     let mut call = COMMIT.prepare_invoke();
-    call.key(stream).arg(group).arg(id);
-    for w in writes {
-        call.key(&w.key).arg(w.kind).arg(w.args.len());
-        for a in &w.args {
-            call.arg(*a);
+    call.arg(group);
+    for c in commits {
+        call.key(&c.stream).arg(&c.id).arg(c.writes.len());
+        for w in &c.writes {
+            call.key(&w.key).arg(w.kind).arg(w.args.len());
+            for a in &w.args {
+                call.arg(a.as_slice());
+            }
         }
     }
-    match call.invoke_async::<i64>(conn).await {
-        Ok(_) => Ok(()),
-        Err(e) if e.code() == Some("SLUICE_WRONGTYPE") => {
-            Err(CommitError::WrongType(e.detail().unwrap_or("a target is not a stream").to_owned()))
+    let replies: Vec<redis::Value> = call.invoke_async(conn).await?;
+    Ok(replies.into_iter().map(result).collect())
+}
+
+/// Runs one commit on its own; see [`commit_batch`].
+pub async fn commit_one(conn: &mut impl ConnectionLike, group: &str, commit: Commit) -> Result<(), CommitError> {
+    let mut results = commit_batch(conn, group, [&commit]).await?;
+    results.pop().expect("one result per commit")
+}
+
+fn result(reply: redis::Value) -> Result<(), CommitError> {
+    match reply {
+        redis::Value::BulkString(b) => {
+            Err(CommitError::WrongType(String::from_utf8_lossy(&b).trim_start_matches("SLUICE_WRONGTYPE ").to_owned()))
         }
-        Err(e) => Err(e.into()),
+        _ => Ok(()),
     }
 }
 
-fn xadd<'a>(stream: &str, fields: &'a [(String, Vec<u8>)]) -> Write<'a> {
-    let args = fields.iter().flat_map(|(k, v)| [k.as_bytes(), v.as_slice()]).collect();
+fn xadd(stream: &str, fields: Vec<(String, Vec<u8>)>) -> Write {
+    let args = fields.into_iter().flat_map(|(k, v)| [k.into_bytes(), v]).collect();
     Write { kind: "xadd", key: stream.to_owned(), args }
 }
 
-fn ttl_arg(w: &KvWrite) -> String {
-    match w {
-        KvWrite::Set { ttl_ms: Some(ms), .. } => ms.to_string(),
-        _ => String::new(),
-    }
-}
-
-fn kv_write<'a>(handler: &str, w: &'a KvWrite, ttl: &'a str) -> Write<'a> {
+fn kv_write(handler: &str, w: KvWrite) -> Write {
     match w {
         KvWrite::Set { key, value, ttl_ms } => {
-            let mut args = vec![value.as_slice()];
-            if ttl_ms.is_some() {
-                args.extend([b"PX".as_slice(), ttl.as_bytes()]);
+            let mut args = vec![value];
+            if let Some(ms) = ttl_ms {
+                args.extend([b"PX".to_vec(), ms.to_string().into_bytes()]);
             }
-            Write { kind: "set", key: kv_key(handler, key), args }
+            Write { kind: "set", key: kv_key(handler, &key), args }
         }
-        KvWrite::Delete { key } => Write { kind: "del", key: kv_key(handler, key), args: vec![] },
+        KvWrite::Delete { key } => Write { kind: "del", key: kv_key(handler, &key), args: vec![] },
     }
 }

@@ -3,12 +3,14 @@
 //! acknowledge or dead-letter them.
 
 mod commit;
+mod committer;
 mod conn;
 mod group;
 mod read;
 mod reply;
 
-pub use commit::{CommitError, ack, ack_unhandled, dead_letter};
+pub use commit::{Commit, CommitError, ack_unhandled, commit_batch, commit_one};
+pub use committer::Committer;
 pub use conn::{Redis, redact};
 pub use group::ensure_group;
 pub use read::{Delivery, Reader, autoclaim, claim, own_pending, unblock};
