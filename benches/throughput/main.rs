@@ -79,7 +79,7 @@ fn main() {
         for (label, file, payload) in DISPATCHED {
             let cost = rt.block_on(dispatch::cost(&dist(), file, payload, 5_000));
             report.add(format!("dispatch, {label}: fresh instance + call + drop"), cost.direct, "µs");
-            report.add(format!("dispatch, {label}: the same as the host runs it"), cost.isolated, "µs");
+            report.add(format!("dispatch, {label}: as the host runs it"), cost.isolated, "µs");
         }
     }
     if wanted("latency") {

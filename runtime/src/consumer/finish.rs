@@ -16,6 +16,12 @@ use tracing::{Instrument, debug, error, info_span, warn};
 const COMMIT_TRIES: u32 = 4;
 
 impl Consumer {
+    /// Starts a delivery on the wasm executor, tracked for shutdown.
+    pub(super) fn spawn_delivery(self: &Arc<Self>, d: Delivery, permit: OwnedSemaphorePermit) {
+        let executor = self.binding.load().plugin.executor().clone();
+        executor.spawn(self.tasks.track_future(self.clone().deliver(d, permit)));
+    }
+
     /// Runs one delivery and carries out the decision.
     pub(super) async fn deliver(self: Arc<Self>, d: Delivery, permit: OwnedSemaphorePermit) {
         let span = info_span!("event", handler = %self.handler_name, stream = %d.stream, id = %d.entry.id, attempt = d.attempt);

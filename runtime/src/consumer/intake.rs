@@ -140,7 +140,7 @@ impl Consumer {
                 Some(p) => p,
                 None => self.permits.clone().acquire_owned().await.expect("semaphore never closed"),
             };
-            self.tasks.spawn(self.clone().deliver(d, permit));
+            self.spawn_delivery(d, permit);
         }
     }
 
@@ -160,7 +160,7 @@ impl Consumer {
             // Left pending if shutdown comes first: delivered again later.
             let Some(permit) = self.permit().await else { return };
             if self.binding.load().handler.wants(&d.entry.event_type()) {
-                self.tasks.spawn(self.clone().deliver(d, permit));
+                self.spawn_delivery(d, permit);
             } else {
                 self.ack_unwanted(vec![d]).await;
             }

@@ -16,6 +16,7 @@ mod state;
 pub use cache::{ComponentCache, Source, hex};
 pub use effects::{Effects, KvWrite, Publish, kv_key};
 pub use engine::Runtime;
+pub use executor::Executor;
 pub use http::HttpGrant;
 pub use invoke::Outcome;
 pub use plugin::{Plugin, PluginError};

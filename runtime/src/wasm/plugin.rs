@@ -80,6 +80,11 @@ impl Plugin {
         Ok(Plugin { version: digest[..12].to_owned(), digest, path, source, pre, executor: runtime.executor.clone() })
     }
 
+    /// Where this plugin's deliveries run.
+    pub fn executor(&self) -> &Executor {
+        &self.executor
+    }
+
     /// The file name, for messages.
     pub fn file_name(&self) -> &str {
         self.path.file_name().and_then(|n| n.to_str()).unwrap_or("?")
