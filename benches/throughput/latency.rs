@@ -21,6 +21,7 @@ pub struct Latency {
 /// just before its tick's pipeline is sent.
 pub async fn measure(
     conn: MultiplexedConnection,
+    watcher_conn: MultiplexedConnection,
     input: &str,
     output: &str,
     payload: &str,
@@ -31,7 +32,8 @@ pub async fn measure(
     let mut sent: HashMap<String, Instant> = HashMap::new();
     let started = Instant::now();
     let total = (f64::from(rate) * run.as_secs_f64()) as usize;
-    let watcher = tokio::spawn(watch(conn.clone(), output.to_owned(), total));
+    // Its own connection: a blocking XREAD would hold up the XADDs behind it.
+    let watcher = tokio::spawn(watch(watcher_conn, output.to_owned(), total));
     let per_tick = (rate / 1000).max(1) as usize;
     let mut tick = tokio::time::interval(Duration::from_millis(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);

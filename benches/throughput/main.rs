@@ -84,11 +84,14 @@ fn main() {
     }
     if wanted("latency") {
         let rate: u32 = env_or("SLUICE_BENCH_RATE", 10_000);
-        let l = rt.block_on(publish_to_commit(rate));
-        report.add(format!("latency publish → commit at {rate}/s offered: p50"), l.p50, "ms");
-        report.add(format!("latency publish → commit at {rate}/s offered: p99"), l.p99, "ms");
-        report.add(format!("latency publish → commit at {rate}/s offered: max"), l.max, "ms");
-        report.add("latency run: rate actually offered", l.offered, "events/s");
+        for native in [true, false] {
+            let l = rt.block_on(publish_to_commit(rate, native));
+            let who = if native { "native consumer" } else { "sluice run, chain handler" };
+            report.add(format!("latency publish → commit at {rate}/s, {who}: p50"), l.p50, "ms");
+            report.add(format!("latency publish → commit at {rate}/s, {who}: p99"), l.p99, "ms");
+            report.add(format!("latency publish → commit at {rate}/s, {who}: max"), l.max, "ms");
+            report.add(format!("latency publish → commit at {rate}/s, {who}: rate offered"), l.offered, "events/s");
+        }
     }
     if wanted("idle") {
         for warm in [false, true] {
@@ -182,16 +185,53 @@ async fn end_to_end(n: usize, handlers: &str, payload: &str, backtrace: bool) ->
     (rate, memory)
 }
 
-/// The chain handler at `rate` events/s for 3 s (the first 0.5 s left out).
-async fn publish_to_commit(rate: u32) -> latency::Latency {
+/// The chain handler at `rate` events/s for 3 s (the first 0.5 s left
+/// out); or, `native`, a Rust loop doing the same reads and writes with no
+/// handler: the floor of this measurement on this machine.
+async fn publish_to_commit(rate: u32, native: bool) -> latency::Latency {
     let redis = RedisServer::start();
-    let handlers = handler("bench", "behave.wasm", "publish = [\"out\"]\n");
     let dir = tempfile::tempdir().unwrap();
-    let host = Host::start(dir.path(), &redis.url(), &dist(), &handlers, true, &["bench"]).await;
+    let (host, floor) = if native {
+        let mut conn = redis.conn().await;
+        sluice::stream::ensure_group(&mut conn, "bench", "g").await.unwrap();
+        (None, Some(tokio::spawn(native_chain(redis.conn().await))))
+    } else {
+        let handlers = handler("bench", "behave.wasm", "publish = [\"out\"]\n");
+        (Some(Host::start(dir.path(), &redis.url(), &dist(), &handlers, true, &["bench"]).await), None)
+    };
     let run = Duration::from_secs(3);
-    let l = latency::measure(redis.conn().await, "bench", "out", CHAIN, rate, run, Duration::from_millis(500)).await;
-    host.stop();
+    let (conn, watcher) = (redis.conn().await, redis.conn().await);
+    let l = latency::measure(conn, watcher, "bench", "out", CHAIN, rate, run, Duration::from_millis(500)).await;
+    host.map(Host::stop);
+    floor.map(|t| t.abort());
     l
+}
+
+/// Reads `bench` through group `g` and, per entry, publishes to `out`
+/// (naming it as the cause) and acks, one pipeline per read. Runs until aborted.
+async fn native_chain(mut conn: MultiplexedConnection) {
+    loop {
+        let reply: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg("g")
+            .arg("c")
+            .arg("COUNT")
+            .arg(256)
+            .arg("BLOCK")
+            .arg(100)
+            .arg("STREAMS")
+            .arg("bench")
+            .arg(">")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let mut pipe = redis::pipe();
+        for entry in reply.keys.iter().flat_map(|k| &k.ids) {
+            pipe.cmd("XADD").arg("out").arg("*").arg("causation_id").arg(&entry.id).ignore();
+            pipe.cmd("XACK").arg("bench").arg("g").arg(&entry.id).ignore();
+        }
+        let () = pipe.query_async(&mut conn).await.unwrap();
+    }
 }
 
 /// A host with `count` distinct Rust plugins, one handler each, idle for a
