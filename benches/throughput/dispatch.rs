@@ -18,12 +18,13 @@ pub struct Cost {
 }
 
 /// Measures `plugin` (a file in `plugins`) handling `payload` `iterations`
-/// times each way, after a warm-up; every call must succeed.
-pub async fn cost(plugins: &Path, plugin: &str, payload: &str, iterations: u32) -> Cost {
+/// times each way, after a warm-up, with `isolation` (`per-event` or
+/// `reuse`); every call must succeed.
+pub async fn cost(plugins: &Path, plugin: &str, payload: &str, iterations: u32, isolation: &str) -> Cost {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("config.toml");
     let text = format!(
-        "[host]\nplugins = \"{}\"\n[handlers.bench]\nplugin = \"{plugin}\"\nstreams = [\"bench\"]\n",
+        "[host]\nplugins = \"{}\"\n[handlers.bench]\nplugin = \"{plugin}\"\nstreams = [\"bench\"]\nisolation = \"{isolation}\"\n",
         plugins.display()
     );
     std::fs::write(&path, text).unwrap();
@@ -36,7 +37,7 @@ pub async fn cost(plugins: &Path, plugin: &str, payload: &str, iterations: u32) 
         fields: vec![("type".into(), b"order.created".to_vec()), ("data".into(), payload.as_bytes().to_vec())],
     };
     let event = entry.to_event("bench", 1);
-    for _ in 0..200 {
+    for _ in 0..20 {
         let outcome = plugin.invoke(&sandbox, &event).await;
         assert!(matches!(outcome, Outcome::Success { .. }), "{plugin:?}: {outcome:?}", plugin = plugin.path);
     }

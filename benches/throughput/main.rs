@@ -42,7 +42,11 @@ const CHAIN: &str = r#"{"action":"publish","order_id":"o-1","total":42.5,"publis
 /// Each event on `spin` loops until its 200 ms timeout, two at a time.
 const SPINNER: &str = "[handlers.spinner]\nplugin = \"behave.wasm\"\nstreams = [\"spin\"]\ntimeout_ms = 200\nmax_attempts = 1\nconcurrency = 2\n";
 /// Plugins whose dispatch is measured: label, file in `plugins/dist`, input.
-const DISPATCHED: [(&str, &str, &str); 1] = [("Rust (behave)", "behave.wasm", TRIVIAL)];
+const DISPATCHED: [(&str, &str, &str); 3] = [
+    ("Rust (behave)", "behave.wasm", TRIVIAL),
+    ("Python (behave-py)", "behave-py.wasm", TRIVIAL),
+    ("JavaScript (behave-js)", "behave-js.wasm", TRIVIAL),
+];
 
 fn main() {
     let sections: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
@@ -77,9 +81,12 @@ fn main() {
     }
     if wanted("dispatch") {
         for (label, file, payload) in DISPATCHED {
-            let cost = rt.block_on(dispatch::cost(&dist(), file, payload, 5_000));
-            report.add(format!("dispatch, {label}: fresh instance + call + drop"), cost.direct, "µs");
-            report.add(format!("dispatch, {label}: as the host runs it"), cost.isolated, "µs");
+            let iterations = if file == "behave.wasm" { 5_000 } else { 300 };
+            let fresh = rt.block_on(dispatch::cost(&dist(), file, payload, iterations, "per-event"));
+            report.add(format!("dispatch, {label}: fresh instance + call + drop"), fresh.direct, "µs");
+            report.add(format!("dispatch, {label}: the same as the host runs it"), fresh.isolated, "µs");
+            let reuse = rt.block_on(dispatch::cost(&dist(), file, payload, 5_000, "reuse"));
+            report.add(format!("dispatch, {label}: isolation = \"reuse\", as the host runs it"), reuse.isolated, "µs");
         }
     }
     if wanted("latency") {

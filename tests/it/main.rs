@@ -26,3 +26,5 @@ mod state;
 mod hostile;
 // Outbound HTTP: allow-listed, signed webhooks.
 mod webhook;
+// Python and JavaScript handlers; instance reuse.
+mod languages;

@@ -19,6 +19,7 @@
 //! | `kv_delete`  | `key`?                              | deletes `key` and checks it reads its own delete              |
 //! | `config`     | `key`                               | publishes `config` `{key: value}` to `out`; rejects if unset  |
 //! | `log`        | `message`                           | logs `message` at info and prints it to stdout, then `Ok`     |
+//! | `count`      | `out`                               | adds 1 to a counter in the instance's memory and publishes `count` `{n}` to `out` (1 every time in a fresh instance) |
 //!
 //! Any other `action` is rejected with `unknown action <action>`.
 
@@ -32,6 +33,9 @@ use exports::sluice::plugin::handler::Guest;
 use sluice::plugin::host::{Level, log, publish};
 use sluice::plugin::{config, kv};
 use sluice::plugin::types::{Event, Failure, RetryAfter};
+
+/// Events `count` has seen in this instance.
+static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// One mebibyte, the size of each chunk `alloc` allocates.
 const MIB: usize = 1 << 20;
@@ -103,6 +107,11 @@ impl Guest for Behave {
                 log(Level::Info, message);
                 println!("{message}");
                 Ok(())
+            }
+            "count" => {
+                let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                let out = data["out"].as_str().unwrap_or("out");
+                publish_each(&serde_json::json!({ "publish": [{"stream": out, "type": "count", "data": {"n": n}}] }))
             }
             other => Err(Failure::Reject(format!("unknown action {other}"))),
         }

@@ -1,5 +1,6 @@
 //! A handler binding as the host uses it: every default applied, globs compiled.
 
+use super::model::Isolation;
 use globset::GlobSet;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -31,6 +32,8 @@ pub struct Handler {
     pub http: Vec<String>,
     /// `[handlers.NAME.config]`, with `${ENV}` expanded: what `config.get` returns.
     pub config: BTreeMap<String, String>,
+    /// Fresh instance per delivery, or reused instances.
+    pub isolation: Isolation,
 }
 
 /// The limits and retry policy of one handler.

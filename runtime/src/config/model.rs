@@ -99,6 +99,7 @@ pub struct RawLimits {
 /// dead_letter = "orders:dlq"
 /// timeout_ms = 500
 /// http = ["api.example.com"]
+/// isolation = "per-event"
 /// [handlers.payment.config]
 /// gateway_key = "${GATEWAY_KEY}"
 /// ```
@@ -118,6 +119,9 @@ pub struct RawHandler {
     /// `[handlers.NAME.config]`: values the handler reads with `config.get`.
     #[serde(default)]
     pub config: BTreeMap<String, String>,
+    /// Fresh instance per delivery (the default) or reused instances.
+    #[serde(default)]
+    pub isolation: Isolation,
     // The limits are spelled out rather than flattened: serde cannot combine
     // `flatten` with `deny_unknown_fields`.
     pub timeout_ms: Option<u64>,
@@ -155,3 +159,22 @@ impl RawLimits {
         }
     }
 }
+
+/// How a handler's deliveries get their instance (`isolation = ...`).
+#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Isolation {
+    /// A fresh instance for every delivery: nothing a handler keeps in memory
+    /// survives from one event to the next.
+    #[default]
+    PerEvent,
+    /// An instance serves up to [`REUSE_MAX_DELIVERIES`] deliveries, one at a
+    /// time, and is discarded after any trap or limit hit, on reload, and at
+    /// that count. Its memory (globals, caches, leaks) carries over between
+    /// those deliveries. For languages whose instances are costly to start
+    /// (Python, JavaScript).
+    Reuse,
+}
+
+/// Deliveries one reused instance serves before it is replaced.
+pub const REUSE_MAX_DELIVERIES: u32 = 1_000;

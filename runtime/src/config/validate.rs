@@ -224,6 +224,7 @@ fn handler(
         limits: limits(&h.limits().or(defaults)),
         config: handler_config(c, name, &h.config)?,
         http: h.http.clone(),
+        isolation: h.isolation,
     })
 }
 

@@ -1,11 +1,14 @@
 //! Running one delivery: a fresh `Store` and instance from the plugin's
-//! `InstancePre`, under an epoch deadline and a memory cap, then discarded.
+//! `InstancePre` (or a reused one, see [`super::reuse`]), under an epoch
+//! deadline and a memory cap.
 
 use super::bindings::{Event, Failure};
 use super::effects::Effects;
 use super::engine::EPOCH_TICK;
 use super::plugin::Plugin;
+use super::reuse::{InstancePool, Warm};
 use super::state::{EventState, Sandbox};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::Instrument;
@@ -56,55 +59,90 @@ impl Plugin {
         }
     }
 
-    /// Runs `handle(event)` once in a fresh instance, under `sandbox`, in the
-    /// current task.
+    /// Runs `handle(event)` once under `sandbox`, in the current task: in a
+    /// fresh instance, or in a reused one when the sandbox keeps a pool.
     pub async fn invoke(&self, sandbox: &Sandbox, event: &Event) -> Outcome {
-        let mut store = self.new_store(sandbox);
-        let result = self.call(&mut store, sandbox.timeout, event).await;
-        let state = store.data_mut();
-        log_output(state);
-        match result {
-            Ok(Ok(())) => Outcome::Success { effects: std::mem::take(&mut state.effects) },
-            Ok(Err(Failure::Retry(r))) => {
-                Outcome::Retry { reason: r.reason, delay: r.delay_ms.map(Duration::from_millis) }
+        match &sandbox.pool {
+            None => {
+                let mut store = self.new_store(sandbox);
+                let result = async {
+                    let instance = self.pre.instantiate_async(&mut store).await?;
+                    instance.sluice_plugin_handler().call_handle(&mut store, event).await
+                };
+                let result = with_backstop(sandbox.timeout, result).await;
+                outcome(store.data_mut(), sandbox, result)
             }
-            Ok(Err(Failure::Reject(reason))) => Outcome::Reject { reason },
-            Err(err) => {
-                Outcome::Crash { reason: crash_reason(state, sandbox, &err), timed_out: err.is::<DeadlineExceeded>() }
-            }
+            Some(pool) => self.invoke_reused(pool, sandbox, event).await,
         }
+    }
+
+    /// Runs `handle(event)` in an idle instance from `pool` (or a new one),
+    /// and returns the instance to the pool if the call ended normally.
+    async fn invoke_reused(&self, pool: &InstancePool, sandbox: &Sandbox, event: &Event) -> Outcome {
+        let mut warm = match pool.take(&self.digest) {
+            Some(mut warm) => {
+                warm.store.data_mut().next_delivery(sandbox);
+                warm.store.set_fuel(sandbox.fuel.unwrap_or(u64::MAX)).expect("fuel is enabled");
+                warm.store.set_epoch_deadline(1);
+                warm
+            }
+            None => {
+                let mut store = self.new_store(sandbox);
+                match with_backstop(sandbox.timeout, self.pre.instantiate_async(&mut store)).await {
+                    Ok(instance) => Warm { store, instance, digest: self.digest.clone(), served: 0 },
+                    Err(err) => return outcome(store.data_mut(), sandbox, Err(err)),
+                }
+            }
+        };
+        let call = warm.instance.sluice_plugin_handler().call_handle(&mut warm.store, event);
+        let result = with_backstop(sandbox.timeout, call).await;
+        warm.served += 1;
+        // A trap, a deadline or a refused allocation may leave the guest's
+        // state broken: only an instance that returned normally is kept.
+        let reusable = result.is_ok() && !warm.store.data().memory_denied;
+        let outcome = outcome(warm.store.data_mut(), sandbox, result);
+        if reusable {
+            pool.put(warm);
+        }
+        outcome
     }
 
     fn new_store(&self, sandbox: &Sandbox) -> Store<EventState> {
         let mut store = Store::new(self.pre.engine(), EventState::new(sandbox));
         store.limiter(|s| s);
         store.set_fuel(sandbox.fuel.unwrap_or(u64::MAX)).expect("fuel is enabled");
-        let deadline = Instant::now() + sandbox.timeout;
         store.set_epoch_deadline(1);
         // Yield to the executor at every tick so a busy handler never holds a
-        // worker thread, and stop it once its time is up.
-        store.epoch_deadline_callback(move |_| {
-            if Instant::now() >= deadline { Err(DeadlineExceeded.into()) } else { Ok(UpdateDeadline::Yield(1)) }
+        // worker thread, and stop it once its delivery's time is up.
+        store.epoch_deadline_callback(|ctx| {
+            if Instant::now() >= ctx.data().deadline {
+                Err(DeadlineExceeded.into())
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
         });
         store
     }
+}
 
-    async fn call(
-        &self,
-        store: &mut Store<EventState>,
-        timeout: Duration,
-        event: &Event,
-    ) -> wasmtime::Result<Result<(), Failure>> {
-        // Backstop for time spent outside wasm code (host calls), which the
-        // epoch cannot interrupt.
-        let limit = timeout + EPOCH_TICK * 5;
-        let run = async {
-            let plugin = self.pre.instantiate_async(&mut *store).await?;
-            plugin.sluice_plugin_handler().call_handle(&mut *store, event).await
-        };
-        match tokio::time::timeout(limit, run).await {
-            Ok(result) => result,
-            Err(_) => Err(DeadlineExceeded.into()),
+/// Runs `work` with a backstop for time spent outside wasm code (host
+/// calls), which the epoch cannot interrupt.
+async fn with_backstop<T>(timeout: Duration, work: impl Future<Output = wasmtime::Result<T>>) -> wasmtime::Result<T> {
+    match tokio::time::timeout(timeout + EPOCH_TICK * 5, work).await {
+        Ok(result) => result,
+        Err(_) => Err(DeadlineExceeded.into()),
+    }
+}
+
+/// What a call's result comes to, after logging the guest's output.
+fn outcome(state: &mut EventState, sandbox: &Sandbox, result: wasmtime::Result<Result<(), Failure>>) -> Outcome {
+    log_output(state);
+    match result {
+        Ok(Ok(())) => Outcome::Success { effects: std::mem::take(&mut state.effects) },
+        Ok(Err(Failure::Retry(r))) => Outcome::Retry { reason: r.reason, delay: r.delay_ms.map(Duration::from_millis) },
+        Ok(Err(Failure::Reject(reason))) => Outcome::Reject { reason },
+        Err(err) => {
+            Outcome::Crash { reason: crash_reason(state, sandbox, &err), timed_out: err.is::<DeadlineExceeded>() }
         }
     }
 }
@@ -139,13 +177,48 @@ fn log_output(state: &mut EventState) {
     for line in stderr.lines() {
         tracing::warn!(target: "sluice::plugin::stderr", "{line}");
     }
-    state.last_stderr_line =
-        stderr.lines().rev().find(|l| !l.trim().is_empty() && !l.starts_with("note: ")).map(|l| truncate(l, 300));
+    state.last_stderr_line = explanation(&stderr);
+}
+
+/// The stderr line that best explains a trap: the last one that is not a
+/// stack frame or a runtime's boilerplate. An exception that escaped a
+/// JavaScript handler (componentize-js reports it as a bad `failure` value)
+/// is named as such.
+fn explanation(stderr: &str) -> Option<String> {
+    let noise = |l: &str| {
+        l.trim().is_empty()
+            || l.starts_with(char::is_whitespace)
+            || l.starts_with("note: ")
+            || l == "Stack:"
+            || l.starts_with("Redirecting call to abort()")
+    };
+    let line = stderr.lines().rev().find(|l| !noise(l))?;
+    if let Some((_, rest)) = line.split_once("(received `")
+        && let Some((thrown, _)) = rest.split_once("`)")
+    {
+        return Some(truncate(&format!("uncaught exception: {thrown}"), 300));
+    }
+    Some(truncate(line, 300))
 }
 
 fn truncate(s: &str, max: usize) -> String {
     match s.char_indices().nth(max) {
         Some((i, _)) => format!("{}…", &s[..i]),
         None => s.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::explanation;
+
+    #[test]
+    fn a_trap_is_explained_by_the_guests_own_message() {
+        let rust =
+            "thread '<unnamed>' panicked at src/lib.rs:56:23:\nasked to trap\nnote: run with `RUST_BACKTRACE=1`\n";
+        assert_eq!(explanation(rust).as_deref(), Some("asked to trap"));
+        let js = "invalid variant tag value `undefined` (received `Error: asked to trap`) specified for `Failure`\nStack:\n  handle@app.js:5:1\n\nRedirecting call to abort() to mozalloc_abort\n";
+        assert_eq!(explanation(js).as_deref(), Some("uncaught exception: Error: asked to trap"));
+        assert_eq!(explanation("\n \n"), None);
     }
 }

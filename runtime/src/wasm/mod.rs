@@ -11,6 +11,7 @@ mod invoke;
 pub mod limits;
 mod output;
 mod plugin;
+mod reuse;
 mod state;
 
 pub use cache::{ComponentCache, Source, hex};

@@ -44,6 +44,13 @@ impl Captured {
         text
     }
 
+    /// Starts counting afresh, for the next delivery of a reused instance.
+    pub fn reset(&self) {
+        let mut buf = self.inner.lock().unwrap();
+        buf.written = 0;
+        buf.kept.clear();
+    }
+
     /// The limit's reason, if the guest wrote past it.
     pub fn exceeded(&self) -> Option<String> {
         let buf = self.inner.lock().unwrap();

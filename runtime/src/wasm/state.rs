@@ -7,11 +7,12 @@ use super::effects::{Effects, KvWrite, Publish, kv_key};
 use super::http::HttpGrant;
 use super::limits::{MAX_STDIO_BYTES, MAX_TABLE_ELEMENTS, Usage};
 use super::output::Captured;
-use crate::config::Handler;
+use super::reuse::InstancePool;
+use crate::config::{Handler, Isolation};
 use redis::aio::ConnectionManager;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -56,13 +57,17 @@ pub struct Sandbox {
     pub fuel: Option<u64>,
     /// Where `kv.get` reads; `None` offline (reads then find nothing).
     pub kv: Option<ConnectionManager>,
+    /// Idle instances kept for reuse (`isolation = "reuse"`); `None`: a
+    /// fresh instance per delivery.
+    pub pool: Option<Arc<InstancePool>>,
 }
 
 impl Sandbox {
     /// The sandbox `handler`'s configuration asks for, without Redis.
     pub fn for_handler(handler: &Handler) -> Sandbox {
         let grants = Arc::new(Grants::for_handler(handler));
-        Sandbox { grants, timeout: handler.limits.timeout, fuel: handler.limits.fuel, kv: None }
+        let pool = (handler.isolation == Isolation::Reuse).then(Arc::default);
+        Sandbox { grants, timeout: handler.limits.timeout, fuel: handler.limits.fuel, kv: None, pool }
     }
 
     /// This sandbox with key-value reads from `conn`.
@@ -98,6 +103,8 @@ pub struct EventState {
     /// The last non-empty line the guest wrote to stderr (a panic message,
     /// usually), kept to explain a trap.
     pub last_stderr_line: Option<String>,
+    /// When the current delivery's time is up.
+    pub deadline: Instant,
 }
 
 impl EventState {
@@ -128,7 +135,22 @@ impl EventState {
             stdout,
             stderr,
             last_stderr_line: None,
+            deadline: Instant::now() + sandbox.timeout,
         }
+    }
+
+    /// Readies a reused instance's state for its next delivery: output,
+    /// limits and effects start afresh; memory in use carries over (it is
+    /// still there).
+    pub fn next_delivery(&mut self, sandbox: &Sandbox) {
+        self.usage = Usage::default();
+        self.memory_denied = false;
+        self.effects = Effects::default();
+        self.overlay.clear();
+        self.stdout.reset();
+        self.stderr.reset();
+        self.last_stderr_line = None;
+        self.deadline = Instant::now() + sandbox.timeout;
     }
 
     /// The handler's memory cap, in bytes.
