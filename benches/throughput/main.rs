@@ -30,6 +30,7 @@ mod report;
 mod redis_server;
 
 use host::{Host, Memory, acked, dist};
+use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
 use redis_server::RedisServer;
 use report::Report;
@@ -144,20 +145,7 @@ async fn native_consumer(redis: &RedisServer, n: usize) -> f64 {
     load(&mut conn, "native", TRIVIAL, n).await;
     let mut done = 0;
     while done < n {
-        let reply: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg("g")
-            .arg("c")
-            .arg("COUNT")
-            .arg(256)
-            .arg("BLOCK")
-            .arg(100)
-            .arg("STREAMS")
-            .arg("native")
-            .arg(">")
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        let reply = read_group(&mut conn, "native").await;
         let ids: Vec<String> = reply.keys.iter().flat_map(|k| k.ids.iter().map(|i| i.id.clone())).collect();
         if ids.is_empty() {
             continue;
@@ -166,6 +154,12 @@ async fn native_consumer(redis: &RedisServer, n: usize) -> f64 {
         done += ids.len();
     }
     n as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Up to 256 new entries of `stream` for consumer `c` of group `g`.
+async fn read_group(conn: &mut MultiplexedConnection, stream: &str) -> redis::streams::StreamReadReply {
+    let opts = redis::streams::StreamReadOptions::default().group("g", "c").count(256).block(100);
+    conn.xread_options(&[stream], &[">"], &opts).await.unwrap()
 }
 
 /// `sluice run` with `handlers` on a fresh Redis: events/s from the first
@@ -218,20 +212,7 @@ async fn publish_to_commit(rate: u32, native: bool) -> latency::Latency {
 /// (naming it as the cause) and acks, one pipeline per read. Runs until aborted.
 async fn native_chain(mut conn: MultiplexedConnection) {
     loop {
-        let reply: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg("g")
-            .arg("c")
-            .arg("COUNT")
-            .arg(256)
-            .arg("BLOCK")
-            .arg(100)
-            .arg("STREAMS")
-            .arg("bench")
-            .arg(">")
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        let reply = read_group(&mut conn, "bench").await;
         let mut pipe = redis::pipe();
         for entry in reply.keys.iter().flat_map(|k| &k.ids) {
             pipe.cmd("XADD").arg("out").arg("*").arg("causation_id").arg(&entry.id).ignore();

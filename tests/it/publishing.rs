@@ -96,16 +96,7 @@ async fn a_batched_commit_is_all_or_nothing_per_delivery() {
         send(&mut conn, "in", "t", json!({})).await,
         send(&mut conn, "in", "t", json!({})).await,
     ];
-    let _: redis::Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg("g")
-        .arg("c")
-        .arg("STREAMS")
-        .arg("in")
-        .arg(">")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    read_pending(&mut conn, "in", "g").await;
     let to = |stream: &str| Effects {
         publishes: vec![Publish { stream: stream.into(), event_type: "x".into(), data: b"{}".to_vec() }],
         kv: vec![],

@@ -95,16 +95,7 @@ async fn a_commit_retried_after_it_went_through_writes_nothing_twice() {
     let mut conn = redis.conn().await;
     sluice::stream::ensure_group(&mut conn, "in", "g").await.unwrap();
     let id = send(&mut conn, "in", "t", json!({})).await;
-    let _: redis::Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg("g")
-        .arg("c")
-        .arg("STREAMS")
-        .arg("in")
-        .arg(">")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    read_pending(&mut conn, "in", "g").await;
     let entry = sluice::event::Entry { id, fields: vec![("type".into(), b"t".to_vec())] };
     let effects = Effects {
         publishes: vec![Publish { stream: "out".into(), event_type: "x".into(), data: b"{}".to_vec() }],

@@ -213,3 +213,18 @@ pub async fn until_pending(conn: &MultiplexedConnection, stream: &str, group: &s
     })
     .await
 }
+
+/// Reads every new entry of `stream` as consumer `c` of `group`, leaving
+/// them pending: a delivery in progress, as a host would have it.
+pub async fn read_pending(conn: &mut MultiplexedConnection, stream: &str, group: &str) {
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(group)
+        .arg("c")
+        .arg("STREAMS")
+        .arg(stream)
+        .arg(">")
+        .query_async(conn)
+        .await
+        .unwrap();
+}

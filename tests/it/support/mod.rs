@@ -4,7 +4,9 @@
 mod host;
 mod redis_server;
 
-pub use host::{Fixture, entries, field, finished, pending, send, until_entries, until_finished, until_pending, xadd};
+pub use host::{
+    Fixture, entries, field, finished, pending, read_pending, send, until_entries, until_finished, until_pending, xadd,
+};
 pub use redis_server::RedisServer;
 
 use std::future::Future;
