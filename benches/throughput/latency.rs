@@ -15,20 +15,25 @@ pub struct Latency {
     pub offered: f64,
 }
 
+/// What a latency run offers: `rate` events/s of `payload` to `input` for
+/// `run`, timed until each one's output appears on `output`.
+#[derive(Clone, Copy)]
+pub struct Offer<'a> {
+    pub input: &'a str,
+    pub output: &'a str,
+    pub payload: &'a str,
+    pub rate: u32,
+    pub run: Duration,
+    /// Left out of the figures.
+    pub warmup: Duration,
+}
+
 /// Sends `rate` events/s to `input` for `run`, each `payload`, in ticks of
 /// 1 ms, and times each until its output appears on `output`. The first
 /// `warmup` is left out of the figures. The time of an input is taken
 /// just before its tick's pipeline is sent.
-pub async fn measure(
-    conn: MultiplexedConnection,
-    watcher_conn: MultiplexedConnection,
-    input: &str,
-    output: &str,
-    payload: &str,
-    rate: u32,
-    run: Duration,
-    warmup: Duration,
-) -> Latency {
+pub async fn measure(conn: MultiplexedConnection, watcher_conn: MultiplexedConnection, offer: &Offer<'_>) -> Latency {
+    let Offer { input, output, payload, rate, run, warmup } = *offer;
     let mut sent: HashMap<String, Instant> = HashMap::new();
     let started = Instant::now();
     let total = (f64::from(rate) * run.as_secs_f64()) as usize;

@@ -192,25 +192,36 @@ async fn end_to_end(n: usize, handlers: &str, payload: &str, backtrace: bool) ->
 async fn publish_to_commit(rate: u32, native: bool) -> latency::Latency {
     let redis = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let (host, floor) = if native {
-        let mut conn = redis.conn().await;
-        sluice::stream::ensure_group(&mut conn, "bench", "g").await.unwrap();
-        (None, Some(tokio::spawn(native_chain(redis.conn().await))))
+    let floor = native.then(|| tokio::spawn(native_chain(redis.url())));
+    let host = if native {
+        None
     } else {
         let handlers = handler("bench", "behave.wasm", "publish = [\"out\"]\n");
-        (Some(Host::start(dir.path(), &redis.url(), &dist(), &handlers, true, &["bench"]).await), None)
+        Some(Host::start(dir.path(), &redis.url(), &dist(), &handlers, true, &["bench"]).await)
     };
-    let run = Duration::from_secs(3);
-    let (conn, watcher) = (redis.conn().await, redis.conn().await);
-    let l = latency::measure(conn, watcher, "bench", "out", CHAIN, rate, run, Duration::from_millis(500)).await;
-    host.map(Host::stop);
-    floor.map(|t| t.abort());
+    let offer = latency::Offer {
+        input: "bench",
+        output: "out",
+        payload: CHAIN,
+        rate,
+        run: Duration::from_secs(3),
+        warmup: Duration::from_millis(500),
+    };
+    let l = latency::measure(redis.conn().await, redis.conn().await, &offer).await;
+    if let Some(host) = host {
+        host.stop();
+    }
+    if let Some(floor) = floor {
+        floor.abort();
+    }
     l
 }
 
 /// Reads `bench` through group `g` and, per entry, publishes to `out`
 /// (naming it as the cause) and acks, one pipeline per read. Runs until aborted.
-async fn native_chain(mut conn: MultiplexedConnection) {
+async fn native_chain(url: String) {
+    let mut conn = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
+    sluice::stream::ensure_group(&mut conn, "bench", "g").await.unwrap();
     loop {
         let reply = read_group(&mut conn, "bench").await;
         let mut pipe = redis::pipe();

@@ -154,3 +154,31 @@ async fn instances_are_fresh_per_event_unless_the_handler_opts_into_reuse() {
     assert_eq!(counts(&fresh), [n(1), n(1), n(1), n(1)], "nothing survives between events by default");
     assert_eq!(counts(&reused), [n(1), n(2), n(3), n(1)], "a reused instance keeps its memory until it traps");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_instance_gets_a_fresh_deadline_per_delivery_and_is_dropped_after_a_timeout() {
+    let redis = RedisServer::start();
+    let handlers = "[handlers.reused]\nplugin = \"behave.wasm\"\nstreams = [\"reused\"]\npublish = [\"out\"]\nmax_attempts = 1\nconcurrency = 1\ntimeout_ms = 100\nisolation = \"reuse\"\n";
+    let fx = Fixture::new(&redis, "", handlers);
+    let host = fx.start();
+    let mut conn = redis.conn().await;
+    let count = json!({"action": "count", "out": "out"});
+    send(&mut conn, "reused", "t", count.clone()).await;
+    until_entries(&conn, "out", 1).await;
+    // Longer than the timeout: the instance outlives it, its deliveries must
+    // not. A delivery that computes across a few epoch ticks would time out
+    // at once if it inherited the first delivery's deadline.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let busy = json!({"action": "busy", "ms": 20, "publish": [{"stream": "out", "type": "busy", "data": {}}]});
+    send(&mut conn, "reused", "t", busy).await;
+    send(&mut conn, "reused", "t", count.clone()).await;
+    send(&mut conn, "reused", "t", json!({"action": "loop"})).await;
+    send(&mut conn, "reused", "t", count).await;
+    let out = until_entries(&conn, "out", 4).await;
+    let dlq = until_entries(&conn, "reused:dlq", 1).await;
+    host.stop().await;
+    let counts: Vec<String> = out.iter().map(|e| field(e, "data")).collect();
+    assert_eq!(counts, [r#"{"n":1}"#, "{}", r#"{"n":2}"#, r#"{"n":1}"#], "reused, then replaced after the timeout");
+    assert_eq!(dlq.len(), 1, "only the loop timed out");
+    assert!(field(&dlq[0], "sluice.error").starts_with("timeout after 100 ms"), "{}", field(&dlq[0], "sluice.error"));
+}

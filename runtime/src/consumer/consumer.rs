@@ -60,13 +60,12 @@ impl Consumer {
     ) -> Arc<Consumer> {
         let concurrency = binding.handler.limits.concurrency;
         let binding = binding.with_kv(redis.conn.clone());
-        let binding_group = binding.handler.group.clone();
         Arc::new(Consumer {
             handler_name: binding.handler.name.clone(),
             streams: binding.handler.streams.clone(),
             group: binding.handler.group.clone(),
+            committer: Committer::start(redis.conn.clone(), binding.handler.group.clone()),
             binding: ArcSwap::from_pointee(binding),
-            committer: Committer::start(redis.conn.clone(), binding_group),
             redis,
             name,
             claim_idle,

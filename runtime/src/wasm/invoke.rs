@@ -82,8 +82,7 @@ impl Plugin {
         let mut warm = match pool.take(&self.digest) {
             Some(mut warm) => {
                 warm.store.data_mut().next_delivery(sandbox);
-                warm.store.set_fuel(sandbox.fuel.unwrap_or(u64::MAX)).expect("fuel is enabled");
-                warm.store.set_epoch_deadline(1);
+                arm(&mut warm.store, sandbox);
                 warm
             }
             None => {
@@ -110,8 +109,7 @@ impl Plugin {
     fn new_store(&self, sandbox: &Sandbox) -> Store<EventState> {
         let mut store = Store::new(self.pre.engine(), EventState::new(sandbox));
         store.limiter(|s| s);
-        store.set_fuel(sandbox.fuel.unwrap_or(u64::MAX)).expect("fuel is enabled");
-        store.set_epoch_deadline(1);
+        arm(&mut store, sandbox);
         // Yield to the executor at every tick so a busy handler never holds a
         // worker thread, and stop it once its delivery's time is up.
         store.epoch_deadline_callback(|ctx| {
@@ -123,6 +121,12 @@ impl Plugin {
         });
         store
     }
+}
+
+/// Gives a store its fuel and its first epoch deadline for one delivery.
+fn arm(store: &mut Store<EventState>, sandbox: &Sandbox) {
+    store.set_fuel(sandbox.fuel.unwrap_or(u64::MAX)).expect("fuel is enabled");
+    store.set_epoch_deadline(1);
 }
 
 /// Runs `work` with a backstop for time spent outside wasm code (host
