@@ -1,4 +1,4 @@
-//! The command line: `sluice run`, `publish`, `check`.
+//! The command line: `sluice run`, `publish`, `check`, `invoke`.
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -45,6 +45,39 @@ pub enum Command {
         /// The config file (for the Redis to use).
         #[arg(long, short, default_value = "config.toml", env = "SLUICE_CONFIG")]
         config: PathBuf,
+    },
+    /// Run a handler once on one event, offline (no Redis), under the same
+    /// sandbox and limits as `run`. Prints the verdict, what the handler
+    /// logged, the publishes and key-value writes it would have committed,
+    /// and what `run` would do with the entry. `kv.get` finds nothing.
+    ///
+    /// Exit code: 0 ok (or the type is not for this handler), 3 retry,
+    /// 4 reject, 5 trap or limit hit, 1 could not run.
+    ///
+    /// The event file (`sluice dlq show --json` prints the same form):
+    ///   {"stream": "orders", "id": "1700000000000-0", "type": "order.created",
+    ///    "data": {"order_id": "o-1", "total": 42.5},
+    ///    "fields": {"correlation_id": "c-1"}, "attempt": 1}
+    /// `id`, `fields` and `attempt` are optional; `data` is any JSON value,
+    /// or a string.
+    ///
+    /// Example: sluice invoke plugins/dist/payment.wasm --event order.json --config config.toml
+    Invoke {
+        /// The plugin (`.wasm` component).
+        plugin: PathBuf,
+        /// The event file.
+        #[arg(long, short)]
+        event: PathBuf,
+        /// Take the handler's limits, grants and settings from this config.
+        /// Without it: default limits, no publish grants, no settings.
+        #[arg(long, short, env = "SLUICE_CONFIG")]
+        config: Option<PathBuf>,
+        /// The config's handler to run as (default: the one whose plugin is PLUGIN).
+        #[arg(long = "handler", short = 'H')]
+        handler: Option<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Validate the config and load every plugin; exit 1 with the errors.
     ///

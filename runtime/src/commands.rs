@@ -4,22 +4,32 @@ use crate::cli::Command;
 use crate::config::Config;
 use crate::embedded::RedisTarget;
 use crate::publish::{NewEvent, publish};
-use crate::{host, wasm};
+use crate::{host, offline, wasm};
 use std::path::Path;
+use std::process::ExitCode;
 
-/// Runs one subcommand to completion.
-pub async fn execute(command: Command) -> anyhow::Result<()> {
+/// Runs one subcommand to completion; returns the exit code.
+pub async fn execute(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run { config, no_watch } => {
             let options = host::RunOptions { watch: !no_watch, reports: None };
-            host::run_with(Config::load(&config)?, shutdown_signal(), options).await
+            host::run_with(Config::load(&config)?, shutdown_signal(), options).await?;
         }
         Command::Publish { stream, event_type, data, fields, config } => {
             let event = NewEvent { stream, event_type, data, fields };
-            publish_with(&config, &event).await
+            publish_with(&config, &event).await?;
         }
-        Command::Check { config } => check(&config),
+        Command::Check { config } => check(&config)?,
+        Command::Invoke { plugin, event, config, handler, json } => {
+            let report = offline::invoke(&offline::Invocation { plugin, event, config, handler }).await?;
+            match json {
+                true => println!("{}", serde_json::to_string_pretty(&report)?),
+                false => print!("{report}"),
+            }
+            return Ok(ExitCode::from(report.exit_code()));
+        }
     }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn publish_with(config_path: &Path, event: &NewEvent) -> anyhow::Result<()> {

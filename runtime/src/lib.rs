@@ -4,6 +4,7 @@
 //! # Layout
 //! - [`config`]: the `config.toml` shape, defaults and validation.
 //! - [`event`]: stream entries, and the fields Sluice writes on publish and dead-letter.
+//! - [`event_json`]: an event as JSON, for `sluice invoke` and `sluice dlq show`.
 //! - [`stream`]: everything that speaks Redis: groups, reads, claims, commit transactions.
 //! - [`wasm`]: the engine, the one `bindgen!`, per-event stores, loading plugins.
 //! - [`dispatch`]: the delivery decision (ack, retry, dead-letter), in one place.
@@ -12,6 +13,7 @@
 //! - [`host`]: `sluice run`: every consumer, reloads, and shutdown.
 //! - [`reload`]: watching for changes and building the new state to swap in.
 //! - [`embedded`]: the `redis-server` Sluice starts when no URL is configured.
+//! - [`offline`]: `sluice invoke`, one delivery without Redis.
 //! - [`publish`], [`commands`], [`cli`], [`logging`]: the command line.
 
 pub mod backoff;
@@ -22,8 +24,10 @@ pub mod consumer;
 pub mod dispatch;
 pub mod embedded;
 pub mod event;
+pub mod event_json;
 pub mod host;
 pub mod logging;
+pub mod offline;
 pub mod publish;
 pub mod reload;
 pub mod stream;

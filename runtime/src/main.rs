@@ -11,7 +11,7 @@ fn main() -> ExitCode {
     sluice::logging::init();
     let runtime = tokio::runtime::Runtime::new().expect("start tokio runtime");
     match runtime.block_on(commands::execute(cli.command)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

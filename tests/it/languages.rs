@@ -61,11 +61,11 @@ async fn the_same_events_have_the_same_outcomes_in_rust_python_and_javascript() 
     }
     host.stop().await;
     // An exception or panic that escapes `handle` traps; the reason carries
-    // the best the guest said about it on stderr. (componentize-py does not
-    // print the exception: the guide shows how to turn it into a reason.)
+    // the best the guest said about it on stderr: the panic message, the
+    // last line of the Python traceback, the thrown JavaScript value.
     let trapped = [
         "(stderr: asked to trap)",
-        "(stderr: Python function threw an unexpected exception)",
+        "(stderr: RuntimeError: asked to trap)",
         "(stderr: uncaught exception: Error: asked to trap)",
     ];
     for ((reasons, (lang, _)), trap) in reasons.iter().zip(FIXTURES).zip(trapped) {

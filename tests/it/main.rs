@@ -16,6 +16,8 @@ mod publishing;
 mod recovery;
 // The `sluice` binary: check, publish, the embedded Redis.
 mod cli;
+// `sluice invoke`: one delivery offline; its verdict is what `run` would do.
+mod invoke;
 // Hot reload of plugins and config while serving.
 mod reload;
 // The compiled-component cache.

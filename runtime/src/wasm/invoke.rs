@@ -185,9 +185,10 @@ fn log_output(state: &mut EventState) {
 }
 
 /// The stderr line that best explains a trap: the last one that is not a
-/// stack frame or a runtime's boilerplate. An exception that escaped a
-/// JavaScript handler (componentize-js reports it as a bad `failure` value)
-/// is named as such.
+/// stack frame or a runtime's boilerplate (for Python, that is the last line
+/// of the traceback: the exception). An exception that escaped a JavaScript
+/// handler (componentize-js reports it as a bad `failure` value) is named as
+/// such.
 fn explanation(stderr: &str) -> Option<String> {
     let noise = |l: &str| {
         l.trim().is_empty()
@@ -195,6 +196,8 @@ fn explanation(stderr: &str) -> Option<String> {
             || l.starts_with("note: ")
             || l == "Stack:"
             || l.starts_with("Redirecting call to abort()")
+            || l == "Python function threw an unexpected exception"
+            || (l.starts_with("thread '") && l.contains("panicked at") && l.ends_with(':'))
     };
     let line = stderr.lines().rev().find(|l| !noise(l))?;
     if let Some((_, rest)) = line.split_once("(received `")
@@ -223,6 +226,8 @@ mod tests {
         assert_eq!(explanation(rust).as_deref(), Some("asked to trap"));
         let js = "invalid variant tag value `undefined` (received `Error: asked to trap`) specified for `Failure`\nStack:\n  handle@app.js:5:1\n\nRedirecting call to abort() to mozalloc_abort\n";
         assert_eq!(explanation(js).as_deref(), Some("uncaught exception: Error: asked to trap"));
+        let python = "Traceback (most recent call last):\n  File \"/0/app.py\", line 57, in handle\nRuntimeError: asked to trap\n\nthread '<unnamed>' (1) panicked at runtime/src/lib.rs:1293:29:\nPython function threw an unexpected exception\nnote: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n";
+        assert_eq!(explanation(python).as_deref(), Some("RuntimeError: asked to trap"));
         assert_eq!(explanation("\n \n"), None);
     }
 }
