@@ -1,4 +1,4 @@
-//! The command line: `sluice run`, `publish`, `check`, `invoke`.
+//! The command line: `sluice run`, `publish`, `check`, `invoke`, `new`.
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -78,6 +78,22 @@ pub enum Command {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Start a handler project: DIR/NAME/ with the handler's source, a
+    /// build script (it builds into DIR/dist/NAME.wasm, the default plugins
+    /// folder, installing its tools on first use), a sample event for
+    /// `sluice invoke`, a README, and a copy of the WIT contract.
+    ///
+    /// Example: sluice new greeter --lang python && plugins/greeter/build.sh
+    New {
+        /// The handler's name: lowercase letters, digits, '-' and '_'.
+        name: String,
+        /// The language to write it in.
+        #[arg(long, value_enum)]
+        lang: crate::scaffold::Language,
+        /// The folder to create it in.
+        #[arg(long, default_value = "plugins")]
+        dir: PathBuf,
     },
     /// Validate the config and load every plugin; exit 1 with the errors.
     ///

@@ -4,7 +4,7 @@ use crate::cli::Command;
 use crate::config::Config;
 use crate::embedded::RedisTarget;
 use crate::publish::{NewEvent, publish};
-use crate::{host, offline, wasm};
+use crate::{host, offline, scaffold, wasm};
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -20,6 +20,10 @@ pub async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             publish_with(&config, &event).await?;
         }
         Command::Check { config } => check(&config)?,
+        Command::New { name, lang, dir } => {
+            let project = scaffold::create(&name, lang, &dir)?;
+            print!("{}", scaffold::next_steps(&name, &project));
+        }
         Command::Invoke { plugin, event, config, handler, json } => {
             let report = offline::invoke(&offline::Invocation { plugin, event, config, handler }).await?;
             match json {

@@ -14,6 +14,7 @@
 //! - [`reload`]: watching for changes and building the new state to swap in.
 //! - [`embedded`]: the `redis-server` Sluice starts when no URL is configured.
 //! - [`offline`]: `sluice invoke`, one delivery without Redis.
+//! - [`scaffold`]: `sluice new`, a handler project to start from.
 //! - [`publish`], [`commands`], [`cli`], [`logging`]: the command line.
 
 pub mod backoff;
@@ -30,5 +31,6 @@ pub mod logging;
 pub mod offline;
 pub mod publish;
 pub mod reload;
+pub mod scaffold;
 pub mod stream;
 pub mod wasm;

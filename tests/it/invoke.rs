@@ -21,6 +21,7 @@ fn invoke(plugin: &str, event: &Value, args: &[&str]) -> (i32, Value) {
         .arg("--json")
         .args(args)
         .env_remove("SLUICE_CONFIG")
+        .env("XDG_CACHE_HOME", dir.path())
         .output()
         .expect("run sluice invoke");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -109,6 +110,7 @@ fn a_bad_event_file_or_an_unknown_handler_is_an_error_that_says_so() {
             .arg(plugins_dir().join("behave.wasm"))
             .args(["--event", file.to_str().unwrap()])
             .args(args)
+            .env("XDG_CACHE_HOME", dir.path())
             .output()
             .unwrap();
         (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())

@@ -18,6 +18,8 @@ mod recovery;
 mod cli;
 // `sluice invoke`: one delivery offline; its verdict is what `run` would do.
 mod invoke;
+// `sluice new`: each language's project builds and runs.
+mod scaffold;
 // Hot reload of plugins and config while serving.
 mod reload;
 // The compiled-component cache.

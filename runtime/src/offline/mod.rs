@@ -101,7 +101,12 @@ fn resolve(invocation: &Invocation, event: &EventJson) -> anyhow::Result<(Option
 /// A handler named after the plugin file with every default: no publish
 /// grants, no settings, every event type.
 fn default_handler(plugin: &Path, stream: &str) -> anyhow::Result<Handler> {
+    if !plugin.is_file() {
+        bail!("{}: no such plugin file", plugin.display());
+    }
     let name = plugin.file_stem().and_then(|s| s.to_str()).unwrap_or("handler");
+    // Absolute: a relative plugin path would be taken as inside the plugins folder.
+    let plugin = std::path::absolute(plugin)?;
     let toml = format!(
         "[handlers.{}]\nplugin = {}\nstreams = [{}]\n",
         toml_string(name),
