@@ -77,9 +77,9 @@ fn load_times() {
     let runtime = Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cache = ComponentCache::new(dir.path(), &runtime.engine);
-    println!("\nPlugin load (read + compile or cache + link), example plugins");
+    println!("\nPlugin load (read + compile or cache + link), example plugins (Rust, then Python and JavaScript)");
     println!("  {:<20} {:>10} {:>10} {:>10}", "plugin", "size KiB", "cold ms", "warm ms");
-    for name in ["payment", "shipping", "notification", "inventory", "audit", "behave"] {
+    for name in ["payment", "shipping", "notification", "inventory", "audit", "behave", "notify-py", "notify-js"] {
         let path = dist().join(format!("{name}.wasm"));
         let size = std::fs::metadata(&path).unwrap().len() / 1024;
         let t = Instant::now();

@@ -1,4 +1,5 @@
-//! The command line: `sluice run`, `publish`, `check`, `invoke`, `new`.
+//! The command line: `sluice run`, `publish`, `check`, `invoke`, `new`,
+//! `dlq`, `replay`, `status`.
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -95,6 +96,43 @@ pub enum Command {
         #[arg(long, default_value = "plugins")]
         dir: PathBuf,
     },
+    /// Dead-lettered events: list, show, send back, purge.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+    /// Deliver a time range of a stream again to one handler, and to no
+    /// other. Times: RFC 3339 (2026-11-22T10:00:00Z), relative (-1h, -15m,
+    /// now), or Unix milliseconds. Both ends are included.
+    ///
+    /// Example: sluice replay --stream orders --handler payment --from -2h --to -1h
+    Replay {
+        #[arg(long)]
+        stream: String,
+        #[arg(long)]
+        handler: String,
+        #[arg(long, allow_hyphen_values = true)]
+        from: String,
+        #[arg(long, default_value = "now", allow_hyphen_values = true)]
+        to: String,
+        /// Only count what would be delivered.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long, short, default_value = "config.toml", env = "SLUICE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Per handler and stream: group lag, pending entries and the oldest
+    /// one's age, consumers, dead-letter depth, plugin version; marks what
+    /// is falling behind.
+    ///
+    /// Example: sluice status --config config.toml
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, short, default_value = "config.toml", env = "SLUICE_CONFIG")]
+        config: PathBuf,
+    },
     /// Validate the config and load every plugin; exit 1 with the errors.
     ///
     /// Example: sluice check --config config.toml
@@ -108,4 +146,84 @@ pub enum Command {
 fn parse_field(s: &str) -> Result<(String, String), String> {
     let (k, v) = s.split_once('=').ok_or_else(|| format!("expected NAME=VALUE, got {s:?}"))?;
     Ok((k.to_owned(), v.to_owned()))
+}
+
+/// `sluice dlq ...`
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// A table of dead-lettered events: origin, handler, attempts, age,
+    /// plugin version, reason.
+    ///
+    /// Example: sluice dlq list --handler payment --since -1d --error-contains timeout
+    List {
+        #[command(flatten)]
+        filter: DlqFilter,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, short, default_value = "config.toml", env = "SLUICE_CONFIG")]
+        config: PathBuf,
+    },
+    /// One dead-lettered event in full. With --json, the event in the form
+    /// `sluice invoke --event` reads, so it can be saved and run offline.
+    ///
+    /// Example: sluice dlq show 1700000000000-0 --json > failed.json
+    Show {
+        /// Its id in the dead-letter stream.
+        id: String,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, short, default_value = "config.toml", env = "SLUICE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Send dead-lettered events back to the handler that failed them, and
+    /// only to it. Attempts start over; earlier reasons are kept on the
+    /// event (sluice.history). Each entry leaves the dead-letter stream in
+    /// the same step that queues it again.
+    ///
+    /// Example: sluice dlq redrive --handler payment --error-contains gateway --rate 50
+    Redrive {
+        #[command(flatten)]
+        filter: DlqFilter,
+        /// Only list what would be sent.
+        #[arg(long)]
+        dry_run: bool,
+        /// At most this many events.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// At most this many events per second.
+        #[arg(long)]
+        rate: Option<f64>,
+        #[arg(long, short, default_value = "config.toml", env = "SLUICE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Delete dead-lettered events for good.
+    ///
+    /// Example: sluice dlq purge --handler audit --yes
+    Purge {
+        #[command(flatten)]
+        filter: DlqFilter,
+        /// Really delete (without it, only count).
+        #[arg(long)]
+        yes: bool,
+        #[arg(long, short, default_value = "config.toml", env = "SLUICE_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+/// Which dead-lettered events a `dlq` command works on.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DlqFilter {
+    /// Failed by this handler.
+    #[arg(long)]
+    pub handler: Option<String>,
+    /// Originally read from this stream.
+    #[arg(long)]
+    pub stream: Option<String>,
+    /// Failed at or after this time (RFC 3339, -1h, or Unix ms).
+    #[arg(long, allow_hyphen_values = true)]
+    pub since: Option<String>,
+    /// Whose reason contains this text.
+    #[arg(long)]
+    pub error_contains: Option<String>,
 }

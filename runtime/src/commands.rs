@@ -4,7 +4,7 @@ use crate::cli::Command;
 use crate::config::Config;
 use crate::embedded::RedisTarget;
 use crate::publish::{NewEvent, publish};
-use crate::{host, offline, scaffold, wasm};
+use crate::{host, offline, ops, scaffold, wasm};
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -20,6 +20,11 @@ pub async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             publish_with(&config, &event).await?;
         }
         Command::Check { config } => check(&config)?,
+        Command::Dlq { command } => ops::command::dlq(command).await?,
+        Command::Replay { stream, handler, from, to, dry_run, config } => {
+            ops::command::replay(&config, &stream, &handler, (&from, &to), dry_run).await?;
+        }
+        Command::Status { json, config } => ops::command::status(&config, json).await?,
         Command::New { name, lang, dir } => {
             let project = scaffold::create(&name, lang, &dir)?;
             print!("{}", scaffold::next_steps(&name, &project));

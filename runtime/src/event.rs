@@ -13,6 +13,22 @@ pub mod field {
     pub const CAUSATION_ID: &str = "causation_id";
     /// Prefix of the fields Sluice adds to a dead-letter entry.
     pub const SLUICE_PREFIX: &str = "sluice.";
+    /// On a dead-letter entry, and on a copy in a handler's inbox: the
+    /// stream and id of the entry it stands for.
+    pub const ORIGIN_STREAM: &str = "sluice.origin_stream";
+    pub const ORIGIN_ID: &str = "sluice.origin_id";
+    /// Earlier failures of a redriven event, a JSON array; kept when it is
+    /// dead-lettered again.
+    pub const HISTORY: &str = "sluice.history";
+}
+
+/// Prefix of a handler's inbox: the stream `sluice dlq redrive` and `sluice
+/// replay` copy entries into, read by that handler alone.
+pub const INBOX_PREFIX: &str = "sluice:inbox:";
+
+/// The inbox stream of `handler`.
+pub fn inbox(handler: &str) -> String {
+    format!("{INBOX_PREFIX}{handler}")
 }
 
 /// One entry of a stream, as read: its id and its fields in stored order.
@@ -36,11 +52,25 @@ impl Entry {
         self.get(field::TYPE).map(|t| String::from_utf8_lossy(t).into_owned()).unwrap_or_default()
     }
 
-    /// The event a handler receives for this entry on delivery `attempt`.
+    /// The stream and id this entry stands for: its own, or for a copy in
+    /// an inbox, the original's (so handlers see, and key idempotency on,
+    /// the event they failed before).
+    pub fn origin(&self, stream: &str) -> (String, String) {
+        if stream.starts_with(INBOX_PREFIX)
+            && let (Some(s), Some(id)) = (self.get(field::ORIGIN_STREAM), self.get(field::ORIGIN_ID))
+        {
+            return (lossy(s), lossy(id));
+        }
+        (stream.to_owned(), self.id.clone())
+    }
+
+    /// The event a handler receives for this entry, read from `stream`, on
+    /// delivery `attempt`.
     pub fn to_event(&self, stream: &str, attempt: u32) -> Event {
+        let (stream, id) = self.origin(stream);
         Event {
-            stream: stream.to_owned(),
-            id: self.id.clone(),
+            stream,
+            id,
             event_type: self.event_type(),
             data: self.data(),
             fields: self.fields.iter().map(|(k, v)| (k.clone(), lossy(v))).collect(),
@@ -59,25 +89,22 @@ impl Entry {
             }
         }
     }
-
-    /// The entry's correlation id: its `correlation_id` field, else its own id.
-    pub fn correlation_id(&self) -> String {
-        self.get(field::CORRELATION_ID).map(lossy).unwrap_or_else(|| self.id.clone())
-    }
 }
 
 fn lossy(v: &[u8]) -> String {
     String::from_utf8_lossy(v).into_owned()
 }
 
-/// The fields of an entry `handler` publishes while handling `cause`.
-pub fn published_fields(p: &Publish, handler: &str, cause: &Entry) -> Vec<(String, Vec<u8>)> {
+/// The fields of an entry `handler` publishes while handling `cause`, the
+/// event with id `cause_id` (its own, or the original's for an inbox copy).
+pub fn published_fields(p: &Publish, handler: &str, cause: &Entry, cause_id: &str) -> Vec<(String, Vec<u8>)> {
+    let correlation = cause.get(field::CORRELATION_ID).map(lossy).unwrap_or_else(|| cause_id.to_owned());
     vec![
         (field::TYPE.into(), p.event_type.clone().into_bytes()),
         (field::DATA.into(), p.data.clone()),
         (field::SOURCE.into(), handler.as_bytes().to_vec()),
-        (field::CORRELATION_ID.into(), cause.correlation_id().into_bytes()),
-        (field::CAUSATION_ID.into(), cause.id.clone().into_bytes()),
+        (field::CORRELATION_ID.into(), correlation.into_bytes()),
+        (field::CAUSATION_ID.into(), cause_id.as_bytes().to_vec()),
     ]
 }
 
@@ -85,7 +112,9 @@ pub fn published_fields(p: &Publish, handler: &str, cause: &Entry) -> Vec<(Strin
 #[derive(Debug, Clone)]
 pub struct DeadLetterInfo<'a> {
     pub handler: &'a str,
+    /// The stream and id of the event (see [`Entry::origin`]).
     pub origin_stream: &'a str,
+    pub origin_id: &'a str,
     pub reason: &'a str,
     pub attempts: u32,
     pub plugin_version: &'a str,
@@ -94,16 +123,21 @@ pub struct DeadLetterInfo<'a> {
 }
 
 /// The fields of the dead-letter entry for `entry`: every original field
-/// (minus `sluice.*` ones from an earlier failure), then Sluice's own.
+/// (minus `sluice.*` ones from an earlier failure, except its history), then
+/// Sluice's own.
 pub fn dead_letter_fields(entry: &Entry, info: &DeadLetterInfo) -> Vec<(String, Vec<u8>)> {
-    let mut fields: Vec<(String, Vec<u8>)> =
-        entry.fields.iter().filter(|(k, _)| !k.starts_with(field::SLUICE_PREFIX)).cloned().collect();
+    let mut fields: Vec<(String, Vec<u8>)> = entry
+        .fields
+        .iter()
+        .filter(|(k, _)| !k.starts_with(field::SLUICE_PREFIX) || k == field::HISTORY)
+        .cloned()
+        .collect();
     let ours = [
         ("sluice.error", info.reason.to_owned()),
         ("sluice.handler", info.handler.to_owned()),
         ("sluice.attempts", info.attempts.to_string()),
-        ("sluice.origin_stream", info.origin_stream.to_owned()),
-        ("sluice.origin_id", entry.id.clone()),
+        (field::ORIGIN_STREAM, info.origin_stream.to_owned()),
+        (field::ORIGIN_ID, info.origin_id.to_owned()),
         ("sluice.failed_at", info.failed_at_ms.to_string()),
         ("sluice.plugin_version", info.plugin_version.to_owned()),
     ];
@@ -134,13 +168,23 @@ mod tests {
     #[test]
     fn publishes_carry_correlation_and_causation() {
         let p = Publish { stream: "o".into(), event_type: "x".into(), data: b"{}".to_vec() };
-        let fields = published_fields(&p, "h", &entry(&[("correlation_id", "c-9")]));
+        let fields = published_fields(&p, "h", &entry(&[("correlation_id", "c-9")]), "1-0");
         let e = Entry { id: "9-0".into(), fields };
         assert_eq!(e.get("correlation_id"), Some(&b"c-9"[..]));
         assert_eq!(e.get("causation_id"), Some(&b"1-0"[..]));
         assert_eq!(e.get("source"), Some(&b"h"[..]));
-        let uncorrelated = published_fields(&p, "h", &entry(&[]));
+        let uncorrelated = published_fields(&p, "h", &entry(&[]), "1-0");
         assert_eq!(uncorrelated[3].1, b"1-0");
+    }
+
+    #[test]
+    fn an_inbox_copy_stands_for_its_origin() {
+        let copy = entry(&[("type", "t"), (field::ORIGIN_STREAM, "orders"), (field::ORIGIN_ID, "7-0")]);
+        let e = copy.to_event(&inbox("h"), 1);
+        assert_eq!((e.stream.as_str(), e.id.as_str()), ("orders", "7-0"));
+        // Only in an inbox: elsewhere the fields are just fields.
+        let e = copy.to_event("orders:dlq", 1);
+        assert_eq!((e.stream.as_str(), e.id.as_str()), ("orders:dlq", "1-0"));
     }
 
     #[test]
@@ -149,6 +193,7 @@ mod tests {
         let info = DeadLetterInfo {
             handler: "h",
             origin_stream: "s",
+            origin_id: "1-0",
             reason: "new",
             attempts: 3,
             plugin_version: "v",

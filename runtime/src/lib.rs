@@ -15,6 +15,7 @@
 //! - [`embedded`]: the `redis-server` Sluice starts when no URL is configured.
 //! - [`offline`]: `sluice invoke`, one delivery without Redis.
 //! - [`scaffold`]: `sluice new`, a handler project to start from.
+//! - [`ops`]: `sluice dlq`, `replay`, `status`: operating a running system.
 //! - [`publish`], [`commands`], [`cli`], [`logging`]: the command line.
 
 pub mod backoff;
@@ -29,6 +30,7 @@ pub mod event_json;
 pub mod host;
 pub mod logging;
 pub mod offline;
+pub mod ops;
 pub mod publish;
 pub mod reload;
 pub mod scaffold;

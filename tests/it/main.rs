@@ -20,6 +20,8 @@ mod cli;
 mod invoke;
 // `sluice new`: each language's project builds and runs.
 mod scaffold;
+// Operating: dead-letter list/show/redrive/purge, replay, status.
+mod operate;
 // Hot reload of plugins and config while serving.
 mod reload;
 // The compiled-component cache.

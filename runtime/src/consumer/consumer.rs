@@ -22,12 +22,22 @@ const THROTTLE_TIMEOUTS: u32 = 10;
 const THROTTLE_MIN: Duration = Duration::from_secs(1);
 const THROTTLE_MAX: Duration = Duration::from_secs(60);
 
+/// The streams a handler's consumer reads: its configured ones, then its
+/// inbox, where `sluice dlq redrive` and `sluice replay` put events for it
+/// alone.
+pub fn read_streams(handler: &Handler) -> Vec<String> {
+    let mut streams = handler.streams.clone();
+    streams.push(crate::event::inbox(&handler.name));
+    streams
+}
+
 /// Everything one handler's tasks share.
 pub struct Consumer {
     /// The handler as configured now (swapped by [`Consumer::update`]).
     pub(super) binding: ArcSwap<Binding>,
-    /// The handler's name, streams and group: fixed for a consumer's life
-    /// (a reload that changes the streams or group replaces the consumer).
+    /// The handler's name, streams (its own, then its inbox, see
+    /// [`read_streams`]) and group: fixed for a consumer's life (a reload
+    /// that changes the streams or group replaces the consumer).
     pub(super) handler_name: String,
     pub(super) streams: Vec<String>,
     pub(super) group: String,
@@ -62,7 +72,7 @@ impl Consumer {
         let binding = binding.with_kv(redis.conn.clone());
         Arc::new(Consumer {
             handler_name: binding.handler.name.clone(),
-            streams: binding.handler.streams.clone(),
+            streams: read_streams(&binding.handler),
             group: binding.handler.group.clone(),
             committer: Committer::start(redis.conn.clone(), binding.handler.group.clone()),
             binding: ArcSwap::from_pointee(binding),
@@ -85,7 +95,7 @@ impl Consumer {
     /// Whether `handler` can be served by swapping this consumer's binding
     /// (same streams and group), rather than by a new consumer.
     pub fn can_update_to(&self, handler: &Handler) -> bool {
-        handler.streams == self.streams && handler.group == self.group
+        read_streams(handler) == self.streams && handler.group == self.group
     }
 
     /// Serves new deliveries with `binding`; running ones finish on the old

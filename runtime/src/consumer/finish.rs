@@ -79,16 +79,18 @@ impl Consumer {
     }
 
     async fn dead_letter(&self, d: &Delivery, reason: &str, b: &Binding) {
-        let target = b.handler.dead_letter_stream(&d.stream);
+        let (origin_stream, origin_id) = d.entry.origin(&d.stream);
+        let target = b.handler.dead_letter_stream(&origin_stream);
         let info = DeadLetterInfo {
             handler: &self.handler_name,
-            origin_stream: &d.stream,
+            origin_stream: &origin_stream,
+            origin_id: &origin_id,
             reason,
             attempts: d.attempt,
             plugin_version: &b.plugin.version,
             failed_at_ms: unix_ms(),
         };
-        match self.commit("dead-letter", Commit::dead_letter(&target, &d.entry, &info)).await {
+        match self.commit("dead-letter", Commit::dead_letter(&target, &d.stream, &d.entry, &info)).await {
             Committed::Done => error!(dead_letter = %target, "dead-lettered after {} attempt(s): {reason}", d.attempt),
             Committed::Refused(why) => error!(
                 "cannot dead-letter ({why}); the entry stays pending and is tried again after claim_idle_ms. Failure: {reason}"

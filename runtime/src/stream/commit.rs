@@ -51,19 +51,21 @@ impl Commit {
     /// Acknowledges `entry` of `stream` and applies `effects` (publishes,
     /// key-value writes) of `handler`.
     pub fn ack(stream: &str, entry: &Entry, handler: &str, effects: Effects) -> Commit {
-        let publishes = effects.publishes.iter().map(|p| xadd(&p.stream, event::published_fields(p, handler, entry)));
+        let cause_id = match effects.publishes.is_empty() {
+            true => String::new(),
+            false => entry.origin(stream).1,
+        };
+        let publishes =
+            effects.publishes.iter().map(|p| xadd(&p.stream, event::published_fields(p, handler, entry, &cause_id)));
         let kv = effects.kv.into_iter().map(|w| kv_write(handler, w));
         Commit { stream: stream.to_owned(), id: entry.id.clone(), writes: publishes.chain(kv).collect() }
     }
 
-    /// Copies `entry` to `dead_letter_stream` with the reason, and acknowledges it.
-    pub fn dead_letter(dead_letter_stream: &str, entry: &Entry, info: &DeadLetterInfo<'_>) -> Commit {
+    /// Copies `entry` of `stream` to `dead_letter_stream` with the reason,
+    /// and acknowledges it.
+    pub fn dead_letter(dead_letter_stream: &str, stream: &str, entry: &Entry, info: &DeadLetterInfo<'_>) -> Commit {
         let fields = event::dead_letter_fields(entry, info);
-        Commit {
-            stream: info.origin_stream.to_owned(),
-            id: entry.id.clone(),
-            writes: vec![xadd(dead_letter_stream, fields)],
-        }
+        Commit { stream: stream.to_owned(), id: entry.id.clone(), writes: vec![xadd(dead_letter_stream, fields)] }
     }
 }
 

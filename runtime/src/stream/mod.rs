@@ -6,6 +6,8 @@ mod commit;
 mod committer;
 mod conn;
 mod group;
+mod inbox;
+mod info;
 mod read;
 mod reply;
 
@@ -13,4 +15,6 @@ pub use commit::{Commit, CommitError, ack_unhandled, commit_batch, commit_one};
 pub use committer::Committer;
 pub use conn::{Redis, redact};
 pub use group::ensure_group;
+pub use inbox::{add_to_inbox, delete, move_to_inbox, range};
+pub use info::{GroupInfo, group_info, length};
 pub use read::{Delivery, Reader, autoclaim, claim, own_pending, unblock};

@@ -1,0 +1,112 @@
+//! Carrying out `sluice dlq`, `replay` and `status`: parse the arguments,
+//! open a session, print a table or JSON.
+
+use super::dlq::{self, Filter};
+use super::redrive::{self, Pace};
+use super::{Session, status, time};
+use crate::cli::{DlqCommand, DlqFilter};
+use anyhow::anyhow;
+use std::path::Path;
+
+/// Runs one `sluice dlq` subcommand.
+pub async fn dlq(command: DlqCommand) -> anyhow::Result<()> {
+    match command {
+        DlqCommand::List { filter, json, config } => {
+            let mut s = Session::open(&config).await?;
+            let found = dlq::list(&mut s, &filter_from(&filter)?).await?;
+            match json {
+                true => println!("{}", serde_json::to_string_pretty(&found)?),
+                false => print!("{}", dlq::table(&found)),
+            }
+            s.close().await;
+        }
+        DlqCommand::Show { id, json, config } => {
+            let mut s = Session::open(&config).await?;
+            let d = dlq::show(&mut s, &id).await?;
+            match json {
+                true => println!("{}", serde_json::to_string_pretty(&d.saved_event())?),
+                false => print!("{}", dlq::details(&d)),
+            }
+            s.close().await;
+        }
+        DlqCommand::Redrive { filter, dry_run, limit, rate, config } => {
+            let mut s = Session::open(&config).await?;
+            let found = dlq::list(&mut s, &filter_from(&filter)?).await?;
+            let done = redrive::redrive(&mut s, &found, Pace { dry_run, limit, rate }).await?;
+            report_redrive(&done, dry_run);
+            s.close().await;
+        }
+        DlqCommand::Purge { filter, yes, config } => {
+            let mut s = Session::open(&config).await?;
+            let found = dlq::list(&mut s, &filter_from(&filter)?).await?;
+            match yes {
+                true => println!("purged {} dead-letter entr(ies)", dlq::purge(&mut s, &found).await?),
+                false => println!("{} dead-letter entr(ies) match; add --yes to delete them", found.len()),
+            }
+            s.close().await;
+        }
+    }
+    Ok(())
+}
+
+/// Runs `sluice replay`.
+pub async fn replay(
+    config: &Path,
+    stream: &str,
+    handler: &str,
+    range: (&str, &str),
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    let now = time::now_ms();
+    let from = time::parse(range.0, now).map_err(|e| anyhow!("--from {e}"))?;
+    let to = time::parse(range.1, now).map_err(|e| anyhow!("--to {e}"))?;
+    let mut s = Session::open(config).await?;
+    let entries = redrive::replay(&mut s, stream, handler, (from, to), dry_run).await?;
+    let (first, last) = (entries.first().map(|e| e.id.as_str()), entries.last().map(|e| e.id.as_str()));
+    let span = match (first, last) {
+        (Some(a), Some(b)) => format!(" ({a} … {b})"),
+        _ => String::new(),
+    };
+    let verb = if dry_run { "would replay" } else { "replayed" };
+    println!(
+        "{verb} {} entr(ies) of {stream} to {handler}{span}, {} to {}",
+        entries.len(),
+        time::format(from),
+        time::format(to)
+    );
+    s.close().await;
+    Ok(())
+}
+
+/// Runs `sluice status`.
+pub async fn status(config: &Path, json: bool) -> anyhow::Result<()> {
+    let mut s = Session::open(config).await?;
+    let rows = status::status(&mut s).await?;
+    match json {
+        true => println!("{}", serde_json::to_string_pretty(&rows)?),
+        false => print!("{}", status::table(&rows)),
+    }
+    s.close().await;
+    Ok(())
+}
+
+fn filter_from(f: &DlqFilter) -> anyhow::Result<Filter> {
+    let since =
+        f.since.as_deref().map(|t| time::parse(t, time::now_ms())).transpose().map_err(|e| anyhow!("--since {e}"))?;
+    Ok(Filter { handler: f.handler.clone(), stream: f.stream.clone(), since, error_contains: f.error_contains.clone() })
+}
+
+fn report_redrive(done: &[redrive::Redriven], dry_run: bool) {
+    for r in done {
+        match (&r.inbox_id, dry_run) {
+            (_, true) => println!("would redrive {} to {}", r.dead_letter_id, r.handler),
+            (Some(id), false) => println!("redrove {} to {} (inbox entry {id})", r.dead_letter_id, r.handler),
+            (None, false) => println!("skipped {}: no longer in the dead-letter stream", r.dead_letter_id),
+        }
+    }
+    let sent = done.iter().filter(|r| r.inbox_id.is_some()).count();
+    match dry_run {
+        true => println!("{} entr(ies) would be redriven", done.len()),
+        false => println!("redrove {sent} entr(ies)"),
+    }
+}

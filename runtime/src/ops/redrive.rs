@@ -1,0 +1,101 @@
+//! Sending events back to one handler: dead-letter entries (`sluice dlq
+//! redrive`) or a time range of a stream (`sluice replay`). Both go through
+//! the handler's inbox, which only that handler reads, so the other
+//! handlers on the stream never see them again.
+
+use super::dlq::DeadLetter;
+use super::session::Session;
+use crate::event::{self, Entry, field};
+use crate::stream;
+use anyhow::bail;
+use std::time::Duration;
+
+/// How a redrive runs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Pace {
+    /// Only say what would be sent.
+    pub dry_run: bool,
+    /// At most this many entries.
+    pub limit: Option<usize>,
+    /// At most this many entries per second.
+    pub rate: Option<f64>,
+}
+
+/// What happened to one dead-letter entry.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Redriven {
+    pub dead_letter_id: String,
+    pub handler: String,
+    /// The new entry in the handler's inbox; `None` on a dry run, or when
+    /// the entry was gone (redriven or purged meanwhile).
+    pub inbox_id: Option<String>,
+}
+
+/// Moves each of `entries` (up to the limit, at the rate) into the inbox of
+/// the handler that failed it. Each move is one atomic script: the
+/// dead-letter entry is deleted together with its copy being added, so an
+/// interrupted redrive loses nothing and repeats nothing.
+pub async fn redrive(session: &mut Session, entries: &[DeadLetter], pace: Pace) -> anyhow::Result<Vec<Redriven>> {
+    for d in entries {
+        if session.config.handler(&d.handler).is_none() {
+            bail!(
+                "{} was failed by handler {:?}, which {} no longer configures: nothing would read it (filter with --handler)",
+                d.id,
+                d.handler,
+                session.config.path.display()
+            );
+        }
+    }
+    let gap = pace.rate.filter(|r| *r > 0.0).map(|r| Duration::from_secs_f64(1.0 / r));
+    let mut done = Vec::new();
+    for (i, d) in entries.iter().take(pace.limit.unwrap_or(usize::MAX)).enumerate() {
+        if let (Some(gap), true) = (gap, i > 0) {
+            tokio::time::sleep(gap).await;
+        }
+        let inbox_id = match pace.dry_run {
+            true => None,
+            false => {
+                let inbox = event::inbox(&d.handler);
+                stream::move_to_inbox(&mut session.conn, &d.dead_letter_stream, &d.id, &inbox, &d.inbox_fields())
+                    .await?
+            }
+        };
+        done.push(Redriven { dead_letter_id: d.id.clone(), handler: d.handler.clone(), inbox_id });
+    }
+    Ok(done)
+}
+
+/// Copies every entry of `stream` from `from` to `to` (Unix ms, inclusive)
+/// into `handler`'s inbox; returns the entries (all of them on a dry run).
+pub async fn replay(
+    session: &mut Session,
+    stream_name: &str,
+    handler: &str,
+    (from, to): (u64, u64),
+    dry_run: bool,
+) -> anyhow::Result<Vec<Entry>> {
+    let Some(h) = session.config.handler(handler) else {
+        bail!("{}: no handler {handler:?}", session.config.path.display());
+    };
+    if !h.streams.iter().any(|s| s == stream_name) {
+        bail!("handler {handler:?} does not read stream {stream_name:?} (it reads {})", h.streams.join(", "));
+    }
+    let entries = stream::range(&mut session.conn, stream_name, &from.to_string(), &to.to_string()).await?;
+    if !dry_run {
+        let inbox = event::inbox(handler);
+        for chunk in entries.chunks(500) {
+            let copies: Vec<_> = chunk.iter().map(|e| copy_fields(stream_name, e)).collect();
+            stream::add_to_inbox(&mut session.conn, &inbox, &copies).await?;
+        }
+    }
+    Ok(entries)
+}
+
+/// `entry`'s own fields and where it came from.
+fn copy_fields(stream: &str, entry: &Entry) -> Vec<(String, Vec<u8>)> {
+    let mut fields: Vec<_> =
+        entry.fields.iter().filter(|(k, _)| !k.starts_with(field::SLUICE_PREFIX)).cloned().collect();
+    fields.push((field::ORIGIN_STREAM.into(), stream.as_bytes().to_vec()));
+    fields.push((field::ORIGIN_ID.into(), entry.id.clone().into_bytes()));
+    fields
+}

@@ -1,0 +1,99 @@
+//! `sluice status`: for each handler and stream, how far its group has got
+//! and what has piled up.
+
+use super::session::Session;
+use super::time;
+use crate::consumer::read_streams;
+use crate::event::INBOX_PREFIX;
+use crate::stream;
+use crate::wasm::hex;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+/// A group this many entries behind the end of its stream is falling behind.
+pub const BEHIND_LAG: u64 = 1000;
+
+/// One handler on one stream.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub handler: String,
+    pub stream: String,
+    /// Whether the group exists (it is created when the handler first runs).
+    pub consuming: bool,
+    /// Entries not yet delivered to the handler.
+    pub lag: Option<u64>,
+    /// Delivered, not yet acknowledged (in flight or waiting to be retried).
+    pub pending: u64,
+    /// Age of the oldest pending entry, ms.
+    pub oldest_pending_ms: Option<u64>,
+    pub consumers: u64,
+    /// Entries in this stream's dead-letter stream (all handlers').
+    pub dead_letters: u64,
+    /// The plugin file's version now (first 12 hex digits of its SHA-256).
+    pub plugin_version: String,
+    /// Lag past [`BEHIND_LAG`], or an entry pending longer than `claim_idle_ms`.
+    pub behind: bool,
+}
+
+/// A row for every handler and stream of the config, its inbox included.
+pub async fn status(session: &mut Session) -> anyhow::Result<Vec<Row>> {
+    let now = time::now_ms();
+    let mut rows = Vec::new();
+    for h in &session.config.handlers {
+        let version = std::fs::read(&h.plugin).map(|b| hex(&Sha256::digest(&b))[..12].to_owned());
+        let version = version.unwrap_or_else(|_| "missing".into());
+        for s in read_streams(h) {
+            let info = stream::group_info(&mut session.conn, &s, &h.group).await?;
+            let dead_letters = match s.starts_with(INBOX_PREFIX) {
+                true => 0,
+                false => stream::length(&mut session.conn, &h.dead_letter_stream(&s)).await?,
+            };
+            let info_or_default = info.clone().unwrap_or_default();
+            let oldest = info_or_default.oldest_pending.as_deref().and_then(time::of_id).map(|t| now.saturating_sub(t));
+            let behind = info_or_default.lag.is_some_and(|l| l > BEHIND_LAG)
+                || oldest.is_some_and(|age| age > session.config.claim_idle_ms);
+            rows.push(Row {
+                handler: h.name.clone(),
+                stream: s,
+                consuming: info.is_some(),
+                lag: info_or_default.lag,
+                pending: info_or_default.pending,
+                oldest_pending_ms: oldest,
+                consumers: info_or_default.consumers,
+                dead_letters,
+                plugin_version: version.clone(),
+                behind,
+            });
+        }
+    }
+    Ok(rows)
+}
+
+/// The rows as a table; what is falling behind is marked.
+pub fn table(rows: &[Row]) -> String {
+    let mut out = format!(
+        "{:<16} {:<22} {:>7} {:>8} {:>7} {:>5} {:>5}  {:<12} {}\n",
+        "HANDLER", "STREAM", "LAG", "PENDING", "OLDEST", "CONS", "DLQ", "VERSION", "STATE"
+    );
+    for r in rows {
+        let oldest = r.oldest_pending_ms.map_or("-".into(), |ms| time::age(time::now_ms() - ms, time::now_ms()));
+        let state = match (r.consuming, r.behind) {
+            (false, _) => "no group yet (never run)",
+            (true, true) => "BEHIND",
+            (true, false) => "ok",
+        };
+        out.push_str(&format!(
+            "{:<16} {:<22} {:>7} {:>8} {:>7} {:>5} {:>5}  {:<12} {}\n",
+            r.handler,
+            r.stream,
+            r.lag.map_or("?".into(), |l| l.to_string()),
+            r.pending,
+            oldest,
+            r.consumers,
+            r.dead_letters,
+            r.plugin_version,
+            state
+        ));
+    }
+    out
+}

@@ -1,0 +1,78 @@
+//! Times on the command line: RFC 3339 (`2026-11-22T10:00:00Z`), relative
+//! to now (`-1h`, `-30m`, `now`), Unix milliseconds, or a stream id (whose
+//! first part is Unix milliseconds).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Now, in Unix milliseconds.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// `s` as Unix milliseconds, relative forms counted back from `now`.
+pub fn parse(s: &str, now: u64) -> Result<u64, String> {
+    let s = s.trim();
+    if s == "now" {
+        return Ok(now);
+    }
+    if let Some(ago) = s.strip_prefix('-') {
+        let d = humantime::parse_duration(ago).map_err(|e| format!("{s:?}: {e} (try -90s, -15m, -1h, -2d)"))?;
+        return Ok(now.saturating_sub(d.as_millis() as u64));
+    }
+    if let Some(ms) = s.split_once('-').map_or(Some(s), |(ms, seq)| seq.parse::<u64>().ok().map(|_| ms))
+        && let Ok(ms) = ms.parse::<u64>()
+    {
+        return Ok(ms);
+    }
+    let t = humantime::parse_rfc3339_weak(s)
+        .map_err(|e| format!("{s:?}: {e} (expected RFC 3339 like 2026-11-22T10:00:00Z, -1h, or Unix ms)"))?;
+    Ok(t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64))
+}
+
+/// `ms` as RFC 3339, to the second, UTC.
+pub fn format(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string()
+}
+
+/// How long ago `ms` was, short: `42s`, `5m`, `3h`, `2d`.
+pub fn age(ms: u64, now: u64) -> String {
+    let s = now.saturating_sub(ms) / 1000;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86400 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86400),
+    }
+}
+
+/// The Unix milliseconds in stream id `id`.
+pub fn of_id(id: &str) -> Option<u64> {
+    id.split('-').next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_800_000_000_000;
+
+    #[test]
+    fn every_form_parses() {
+        assert_eq!(parse("now", NOW), Ok(NOW));
+        assert_eq!(parse("-1h", NOW), Ok(NOW - 3_600_000));
+        assert_eq!(parse("-90s", NOW), Ok(NOW - 90_000));
+        assert_eq!(parse("1700000000000", NOW), Ok(1_700_000_000_000));
+        assert_eq!(parse("1700000000000-3", NOW), Ok(1_700_000_000_000));
+        assert_eq!(parse("2023-11-14T22:13:20Z", NOW), Ok(1_700_000_000_000));
+        assert_eq!(parse("2023-11-14T22:13:20.5Z", NOW), Ok(1_700_000_000_500));
+        assert!(parse("yesterday", NOW).unwrap_err().contains("RFC 3339"));
+        assert!(parse("-1 fortnight", NOW).is_err());
+    }
+
+    #[test]
+    fn ages_and_formats_read_well() {
+        assert_eq!(age(NOW - 5_000, NOW), "5s");
+        assert_eq!(age(NOW - 7_200_000, NOW), "2h");
+        assert_eq!(format(1_700_000_000_000), "2023-11-14T22:13:20Z");
+    }
+}

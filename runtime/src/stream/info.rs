@@ -1,0 +1,75 @@
+//! How far a consumer group has got: `XINFO GROUPS`, `XPENDING`, `XLEN`,
+//! for `sluice status` and the metrics.
+
+use super::reply::text;
+use redis::Value;
+use redis::aio::ConnectionLike;
+
+/// One group on one stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GroupInfo {
+    /// Entries not yet delivered to the group (`None` when Redis cannot tell,
+    /// e.g. after entries were deleted).
+    pub lag: Option<u64>,
+    /// Entries delivered and not yet acknowledged.
+    pub pending: u64,
+    /// Consumers known to the group.
+    pub consumers: u64,
+    /// The id of the oldest pending entry.
+    pub oldest_pending: Option<String>,
+}
+
+/// `group` on `stream`, or `None` when either does not exist yet.
+pub async fn group_info(
+    conn: &mut impl ConnectionLike,
+    stream: &str,
+    group: &str,
+) -> redis::RedisResult<Option<GroupInfo>> {
+    let groups: redis::RedisResult<Value> = redis::cmd("XINFO").arg("GROUPS").arg(stream).query_async(conn).await;
+    let groups = match groups {
+        Ok(v) => v,
+        Err(e) if e.to_string().contains("no such key") => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let Some(fields) =
+        as_list(&groups).iter().map(pairs).find(|f| get(f, "name").and_then(text).as_deref() == Some(group))
+    else {
+        return Ok(None);
+    };
+    let number = |k: &str| match get(&fields, k) {
+        Some(Value::Int(n)) => u64::try_from(*n).ok(),
+        _ => None,
+    };
+    let summary: Value = redis::cmd("XPENDING").arg(stream).arg(group).query_async(conn).await?;
+    let oldest = as_list(&summary).get(1).and_then(text);
+    Ok(Some(GroupInfo {
+        lag: number("lag"),
+        pending: number("pending").unwrap_or(0),
+        consumers: number("consumers").unwrap_or(0),
+        oldest_pending: oldest,
+    }))
+}
+
+/// The number of entries in `stream` (0 if it does not exist).
+pub async fn length(conn: &mut impl ConnectionLike, stream: &str) -> redis::RedisResult<u64> {
+    redis::cmd("XLEN").arg(stream).query_async(conn).await
+}
+
+fn as_list(v: &Value) -> &[Value] {
+    match v {
+        Value::Array(a) | Value::Set(a) => a,
+        _ => &[],
+    }
+}
+
+/// A RESP3 map or a RESP2 flat `[k, v, k, v]` array, as pairs.
+fn pairs(v: &Value) -> Vec<(String, Value)> {
+    match v {
+        Value::Map(m) => m.iter().filter_map(|(k, v)| Some((text(k)?, v.clone()))).collect(),
+        other => as_list(other).chunks_exact(2).filter_map(|kv| Some((text(&kv[0])?, kv[1].clone()))).collect(),
+    }
+}
+
+fn get<'a>(fields: &'a [(String, Value)], key: &str) -> Option<&'a Value> {
+    fields.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+}

@@ -1,0 +1,228 @@
+//! Operating Sluice: `dlq list/show/redrive/purge`, `replay` and `status`
+//! against a real Redis with real dead-lettered events.
+
+use crate::support::*;
+use serde_json::{Value, json};
+use std::process::{Command, Output};
+
+fn sluice(args: &[&str], config: &std::path::Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sluice")).args(args).arg("--config").arg(config).output().expect("run sluice")
+}
+
+fn ok(out: Output) -> String {
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    text
+}
+
+/// Handlers `a` and `b` on stream `in`, both publishing to `out` (with
+/// their name as `source`). The `config` action succeeds where the handler
+/// has the key, so `b` fails what `a` handles until `b_key` is set.
+fn two_handlers(b_key: bool) -> String {
+    let b_config = if b_key { "[handlers.b.config]\nkey = \"v\"\n" } else { "" };
+    format!(
+        "[handlers.a]\nplugin = \"behave.wasm\"\nstreams = [\"in\"]\npublish = [\"out\"]\nmax_attempts = 1\nconcurrency = 1\n[handlers.a.config]\nkey = \"v\"\n\
+         [handlers.b]\nplugin = \"behave.wasm\"\nstreams = [\"in\"]\npublish = [\"out\"]\nmax_attempts = 1\nconcurrency = 1\n{b_config}"
+    )
+}
+
+fn config_event(n: usize) -> Value {
+    json!({"action": "config", "key": "key", "n": n})
+}
+
+/// (source, causation_id) of each entry in `out`.
+async fn seen(conn: &mut redis::aio::MultiplexedConnection) -> Vec<(String, String)> {
+    entries(conn, "out").await.iter().map(|e| (field(e, "source"), field(e, "causation_id"))).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redrive_reaches_only_the_handler_that_failed_and_keeps_the_history() {
+    let redis = RedisServer::start();
+    let fx = Fixture::new(&redis, "", &two_handlers(false));
+    let mut conn = redis.conn().await;
+    let host = fx.start();
+    let ids = [send(&mut conn, "in", "t", config_event(1)).await, send(&mut conn, "in", "t", config_event(2)).await];
+    until_entries(&conn, "in:dlq", 2).await;
+    until_finished(&conn, "in", "a", 2).await;
+
+    // Still broken: the redriven events fail again, with their history.
+    let listed = ok(sluice(&["dlq", "list", "--handler", "b", "--json"], &fx.config_path));
+    let listed: Vec<Value> = serde_json::from_str(&listed).unwrap();
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[0]["event"]["id"], json!(ids[0]));
+    assert!(listed[0]["reason"].as_str().unwrap().contains("no config value key"), "{listed:?}");
+    ok(sluice(&["dlq", "redrive", "--handler", "b"], &fx.config_path));
+    let again = eventually(SOON, "both failed again", || {
+        let mut c = conn.clone();
+        async move {
+            let dl = entries(&mut c, "in:dlq").await;
+            (dl.len() == 2 && dl.iter().all(|e| e.map.contains_key("sluice.history"))).then_some(dl)
+        }
+    })
+    .await;
+    let history: Value = serde_json::from_str(&field(&again[0], "sluice.history")).unwrap();
+    assert_eq!(history.as_array().unwrap().len(), 1);
+    assert_eq!(history[0]["handler"], json!("b"));
+    assert_eq!(field(&again[0], "sluice.origin_id"), ids[0], "the dead letter names the original entry");
+    assert_eq!(field(&again[0], "sluice.attempts"), "1", "attempts start over");
+
+    // Fixed: the second redrive succeeds, for b alone.
+    host.stop().await;
+    fx.rewrite_handlers(&two_handlers(true));
+    let host = fx.start();
+    let out = ok(sluice(&["dlq", "redrive", "--stream", "in"], &fx.config_path));
+    assert!(out.contains("redrove 2 entr(ies)"), "{out}");
+    eventually(SOON, "b handled both", || {
+        let mut c = conn.clone();
+        async move { (seen(&mut c).await.iter().filter(|(s, _)| s == "b").count() == 2).then_some(()) }
+    })
+    .await;
+    host.stop().await;
+    let mut all = seen(&mut conn).await;
+    all.sort();
+    let mut expected: Vec<_> =
+        ["a", "b"].iter().flat_map(|h| ids.iter().map(|id| (h.to_string(), id.clone()))).collect();
+    expected.sort();
+    assert_eq!(all, expected, "a saw each event once; b's publishes name the original entries");
+    assert!(entries(&mut conn, "in:dlq").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_redrive_loses_nothing_and_repeats_nothing() {
+    let redis = RedisServer::start();
+    let fx = Fixture::new(&redis, "", &two_handlers(false));
+    let mut conn = redis.conn().await;
+    let host = fx.start();
+    for n in 0..12 {
+        send(&mut conn, "in", "t", config_event(n)).await;
+    }
+    until_entries(&conn, "in:dlq", 12).await;
+    host.stop().await;
+
+    // No host runs, so moved entries stay in the inbox to be counted.
+    let mut redrive = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["dlq", "redrive", "--rate", "20", "--config"])
+        .arg(&fx.config_path)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    until_entries(&conn, "sluice:inbox:b", 3).await;
+    redrive.kill().unwrap(); // SIGKILL, mid-way
+    redrive.wait().unwrap();
+    let moved = entries(&mut conn, "sluice:inbox:b").await.len();
+    let left = entries(&mut conn, "in:dlq").await.len();
+    assert!(moved < 12, "the redrive was interrupted before it finished ({moved} moved)");
+    assert_eq!(moved + left, 12, "every event is in exactly one place");
+
+    ok(sluice(&["dlq", "redrive"], &fx.config_path));
+    let inbox = entries(&mut conn, "sluice:inbox:b").await;
+    let mut origins: Vec<String> = inbox.iter().map(|e| field(e, "sluice.origin_id")).collect();
+    origins.sort();
+    origins.dedup();
+    assert_eq!((inbox.len(), origins.len()), (12, 12), "each event queued again exactly once");
+    assert!(entries(&mut conn, "in:dlq").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_delivers_exactly_the_time_range_to_one_handler() {
+    let redis = RedisServer::start();
+    let fx = Fixture::new(&redis, "", &two_handlers(true));
+    let mut conn = redis.conn().await;
+    for ms in [1000, 2000, 2000, 3000, 4000] {
+        let id = redis::cmd("XADD")
+            .arg("in")
+            .arg(format!("{ms}-*"))
+            .arg("type")
+            .arg("t")
+            .arg("data")
+            .arg(config_event(ms).to_string())
+            .query_async::<String>(&mut conn)
+            .await
+            .unwrap();
+        assert!(id.starts_with(&ms.to_string()));
+    }
+    let host = fx.start();
+    until_entries(&conn, "out", 10).await;
+    let dry = ok(sluice(
+        &["replay", "--stream", "in", "--handler", "b", "--from", "2000", "--to", "3000", "--dry-run"],
+        &fx.config_path,
+    ));
+    assert!(dry.contains("would replay 3 entr(ies)"), "{dry}");
+    let out = ok(sluice(
+        &["replay", "--stream", "in", "--handler", "b", "--from", "1970-01-01T00:00:02Z", "--to", "3000"],
+        &fx.config_path,
+    ));
+    assert!(out.contains("replayed 3 entr(ies) of in to b (2000-0 … 3000-0)"), "{out}");
+    until_entries(&conn, "out", 13).await;
+    host.stop().await;
+    let all = seen(&mut conn).await;
+    let replayed: Vec<&str> = all[10..]
+        .iter()
+        .map(|(s, id)| {
+            assert_eq!(s, "b");
+            id.as_str()
+        })
+        .collect();
+    assert_eq!(replayed, ["2000-0", "2000-1", "3000-0"]);
+
+    let refused = sluice(&["replay", "--stream", "other", "--handler", "a", "--from", "-1h"], &fx.config_path);
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("does not read stream \"other\""));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saved_dead_letter_runs_offline_to_the_same_reason() {
+    let redis = RedisServer::start();
+    let fx = Fixture::new(&redis, "", &two_handlers(false));
+    let mut conn = redis.conn().await;
+    let host = fx.start();
+    send(&mut conn, "in", "t", config_event(1)).await;
+    let dl = until_entries(&conn, "in:dlq", 1).await;
+    host.stop().await;
+    let shown = ok(sluice(&["dlq", "show", &dl[0].id], &fx.config_path));
+    assert!(shown.contains("handler      b") && shown.contains("\"action\": \"config\""), "{shown}");
+    let saved = ok(sluice(&["dlq", "show", &dl[0].id, "--json"], &fx.config_path));
+    let file = fx.dir.path().join("failed.json");
+    std::fs::write(&file, &saved).unwrap();
+    let offline = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["invoke", plugins_dir().join("behave.wasm").to_str().unwrap(), "--handler", "b", "--json", "--event"])
+        .arg(&file)
+        .arg("--config")
+        .arg(&fx.config_path)
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&offline.stdout).unwrap();
+    assert_eq!(report["reason"].as_str().unwrap(), field(&dl[0], "sluice.error"));
+
+    let recent = ok(sluice(&["dlq", "list", "--since", "-1h", "--error-contains", "no config value"], &fx.config_path));
+    assert!(recent.contains(&dl[0].id) && recent.ends_with("1 entry\n"), "{recent}");
+    let none = ok(sluice(&["dlq", "list", "--error-contains", "gateway"], &fx.config_path));
+    assert!(none.ends_with("0 entries\n"), "{none}");
+    let out = ok(sluice(&["dlq", "purge", "--handler", "b"], &fx.config_path));
+    assert!(out.contains("1 dead-letter entr(ies) match; add --yes"), "{out}");
+    ok(sluice(&["dlq", "purge", "--handler", "b", "--yes"], &fx.config_path));
+    assert!(entries(&mut conn, "in:dlq").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_lag_pending_and_dead_letters_per_handler() {
+    let redis = RedisServer::start();
+    let fx = Fixture::new(&redis, "", &two_handlers(false));
+    let mut conn = redis.conn().await;
+    let host = fx.start();
+    send(&mut conn, "in", "t", config_event(1)).await;
+    until_entries(&conn, "in:dlq", 1).await;
+    until_finished(&conn, "in", "a", 1).await;
+    host.stop().await;
+    send(&mut conn, "in", "t", config_event(2)).await; // not read yet: lag 1
+    let rows: Vec<Value> = serde_json::from_str(&ok(sluice(&["status", "--json"], &fx.config_path))).unwrap();
+    let row = |h: &str, s: &str| rows.iter().find(|r| r["handler"] == h && r["stream"] == s).unwrap().clone();
+    let a = row("a", "in");
+    assert_eq!(
+        (&a["consuming"], &a["lag"], &a["pending"], &a["dead_letters"]),
+        (&json!(true), &json!(1), &json!(0), &json!(1)),
+        "{a}"
+    );
+    assert_eq!(row("b", "sluice:inbox:b")["consuming"], json!(true));
+    let table = ok(sluice(&["status"], &fx.config_path));
+    assert!(table.lines().any(|l| l.starts_with("a ") && l.contains(" in ") && l.ends_with("ok")), "{table}");
+}
