@@ -7,6 +7,8 @@ use crate::embedded::RedisTarget;
 use crate::reload::{self, NewState};
 use crate::stream::{Redis, redact};
 use crate::wasm::{ComponentCache, Plugin, PluginError, Runtime};
+use crate::{admin, metrics};
+use arc_swap::ArcSwap;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
@@ -82,18 +84,37 @@ pub async fn run_with(config: Config, shutdown: impl Future<Output = ()>, option
     let redis = Redis::connect(target.url()).await;
     let result = match redis {
         Ok(redis) => {
+            let current = Arc::new(ArcSwap::from_pointee(config.clone()));
+            let admin = start_admin(&config, &current, &redis).await?;
             let mut fleet = Fleet::new(&config, redis);
             fleet.start_all(&config, plugins);
             info!(redis = %redact(target.url()), consumer = %config.consumer, handlers = config.handlers.len(), "sluice is running");
-            let reloader = Reloader { runtime, cache, config_path: config.path.clone(), options };
+            let reloader = Reloader { runtime, cache, config_path: config.path.clone(), options, current };
             reloader.serve(&mut fleet, &config, shutdown).await;
             fleet.stop_all().await;
+            admin.cancel();
             Ok(())
         }
         Err(e) => Err(e),
     };
     target.stop().await;
     result
+}
+
+/// Starts the admin listener if the config asks for one; cancel the token
+/// to stop it.
+async fn start_admin(
+    config: &Config,
+    current: &Arc<ArcSwap<Config>>,
+    redis: &Redis,
+) -> anyhow::Result<CancellationToken> {
+    let token = CancellationToken::new();
+    if let Some(addr) = config.admin {
+        let listener = admin::bind(addr).await?;
+        let state = admin::AdminState { config: current.clone(), conn: redis.conn.clone() };
+        tokio::spawn(admin::serve(listener, state, token.clone()));
+    }
+    Ok(token)
 }
 
 /// The consumers that are running, by handler name.
@@ -201,6 +222,8 @@ struct Reloader {
     cache: ComponentCache,
     config_path: PathBuf,
     options: RunOptions,
+    /// The config in force, for the admin listener.
+    current: Arc<ArcSwap<Config>>,
 }
 
 impl Reloader {
@@ -240,12 +263,15 @@ impl Reloader {
         let report = match prepared.and_then(|new| fixed.check(new)) {
             Ok(new) => {
                 fixed.warn_if_changed(&new.config);
+                self.current.store(Arc::new(new.config.clone()));
                 let versions = fleet.apply(new).await;
                 info!(versions = ?versions, "reloaded");
+                metrics::reloaded(true);
                 ReloadReport::Applied { versions }
             }
             Err(e) => {
                 error!("reload rejected, still serving the previous version: {e:#}");
+                metrics::reloaded(false);
                 ReloadReport::Rejected { error: format!("{e:#}") }
             }
         };

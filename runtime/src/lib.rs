@@ -12,12 +12,14 @@
 //! - [`consumer`]: one handler's read/deliver/commit loop.
 //! - [`host`]: `sluice run`: every consumer, reloads, and shutdown.
 //! - [`reload`]: watching for changes and building the new state to swap in.
+//! - [`metrics`], [`admin`]: Prometheus metrics, health and readiness over HTTP.
 //! - [`embedded`]: the `redis-server` Sluice starts when no URL is configured.
 //! - [`offline`]: `sluice invoke`, one delivery without Redis.
 //! - [`scaffold`]: `sluice new`, a handler project to start from.
 //! - [`ops`]: `sluice dlq`, `replay`, `status`: operating a running system.
 //! - [`publish`], [`commands`], [`cli`], [`logging`]: the command line.
 
+pub mod admin;
 pub mod backoff;
 pub mod cli;
 pub mod commands;
@@ -29,6 +31,7 @@ pub mod event;
 pub mod event_json;
 pub mod host;
 pub mod logging;
+pub mod metrics;
 pub mod offline;
 pub mod ops;
 pub mod publish;

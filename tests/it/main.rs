@@ -22,6 +22,8 @@ mod invoke;
 mod scaffold;
 // Operating: dead-letter list/show/redrive/purge, replay, status.
 mod operate;
+// The admin listener: metrics, health, readiness.
+mod admin;
 // Hot reload of plugins and config while serving.
 mod reload;
 // The compiled-component cache.

@@ -40,6 +40,9 @@ pub struct Config {
     /// How long an entry must sit unacknowledged with another consumer
     /// before this host claims it.
     pub claim_idle_ms: u64,
+    /// Where the admin listener serves `/metrics`, `/healthz` and `/readyz`;
+    /// `None`: no listener.
+    pub admin: Option<std::net::SocketAddr>,
     /// Every handler, sorted by name.
     pub handlers: Vec<Handler>,
 }

@@ -59,6 +59,7 @@ pub struct RawRedis {
 /// plugins = "plugins/dist"
 /// consumer = "host-a"
 /// claim_idle_ms = 30000
+/// admin = "127.0.0.1:9464"
 /// ```
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -66,6 +67,8 @@ pub struct RawHost {
     pub plugins: Option<String>,
     pub consumer: Option<String>,
     pub claim_idle_ms: Option<u64>,
+    /// Address of the admin listener (`/metrics`, `/healthz`, `/readyz`); absent: none.
+    pub admin: Option<String>,
 }
 
 /// The limits a handler runs under; `[defaults]` and each handler may set them.

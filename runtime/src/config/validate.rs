@@ -68,7 +68,8 @@ pub fn resolve(path: &Path, source: &str, raw: RawConfig) -> Result<Config, Conf
     check_shared_groups(&c, &handlers)?;
     check_total_concurrency(&c, &handlers)?;
     let source = Arc::from(source);
-    Ok(Config { path: path.to_owned(), source, redis_url, plugins_dir, consumer, claim_idle_ms, handlers })
+    let admin = raw.host.admin.as_deref().map(|a| admin_address(&c, a)).transpose()?;
+    Ok(Config { path: path.to_owned(), source, redis_url, plugins_dir, consumer, claim_idle_ms, admin, handlers })
 }
 
 /// The error for `handler`'s plugin file not existing, pointing at its
@@ -88,6 +89,12 @@ fn redis_url(c: &Checker, url: &str) -> Result<String, ConfigError> {
 }
 
 /// `hostname-pid`: unique per process, so two hosts never share pending entries.
+fn admin_address(c: &Checker, value: &str) -> Result<std::net::SocketAddr, ConfigError> {
+    value.parse().map_err(|_| {
+        c.invalid(&["host", "admin"], format!("expected an address like \"127.0.0.1:9464\", got {value:?}"))
+    })
+}
+
 fn default_consumer() -> String {
     let host = hostname::get().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "sluice".into());
     format!("{host}-{}", std::process::id())

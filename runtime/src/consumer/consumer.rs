@@ -3,6 +3,7 @@
 
 use super::Binding;
 use crate::config::Handler;
+use crate::metrics::HandlerMetrics;
 use crate::stream::{self, Committer, Redis};
 use arc_swap::ArcSwap;
 use std::future::Future;
@@ -54,6 +55,8 @@ pub struct Consumer {
     pub(super) concurrency: AtomicUsize,
     /// Whether the handler is running one event at a time after a timeout.
     pub(super) throttled: AtomicBool,
+    /// The handler's counters.
+    pub(super) metrics: HandlerMetrics,
     /// Deliveries and retry timers, waited for on shutdown.
     pub(super) tasks: TaskTracker,
     pub(super) shutdown: CancellationToken,
@@ -72,6 +75,7 @@ impl Consumer {
         let binding = binding.with_kv(redis.conn.clone());
         Arc::new(Consumer {
             handler_name: binding.handler.name.clone(),
+            metrics: HandlerMetrics::new(&binding.handler.name),
             streams: read_streams(&binding.handler),
             group: binding.handler.group.clone(),
             committer: Committer::start(redis.conn.clone(), binding.handler.group.clone()),

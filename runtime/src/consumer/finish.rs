@@ -32,7 +32,9 @@ impl Consumer {
             let decision = match dispatch::exhausted_before_delivery(d.attempt, limits) {
                 Some(decision) => decision,
                 None => {
+                    let started = std::time::Instant::now();
                     let outcome = b.plugin.invoke_isolated(&b.sandbox, d.entry.to_event(&d.stream, d.attempt)).await;
+                    self.metrics.handled(&outcome, started.elapsed());
                     if matches!(outcome, Outcome::Crash { timed_out: true, .. }) {
                         self.throttle(limits.timeout);
                     }
@@ -72,6 +74,7 @@ impl Consumer {
             }
             Decision::Retry { delay, reason } => {
                 warn!("attempt {} failed: {reason}; retrying in {} ms", d.attempt, delay.as_millis());
+                self.metrics.retried();
                 self.tasks.spawn(self.clone().retry_later(d, delay));
             }
             Decision::DeadLetter { reason } => self.dead_letter(&d, &reason, b).await,
@@ -91,7 +94,10 @@ impl Consumer {
             failed_at_ms: unix_ms(),
         };
         match self.commit("dead-letter", Commit::dead_letter(&target, &d.stream, &d.entry, &info)).await {
-            Committed::Done => error!(dead_letter = %target, "dead-lettered after {} attempt(s): {reason}", d.attempt),
+            Committed::Done => {
+                self.metrics.dead_lettered();
+                error!(dead_letter = %target, "dead-lettered after {} attempt(s): {reason}", d.attempt);
+            }
             Committed::Refused(why) => error!(
                 "cannot dead-letter ({why}); the entry stays pending and is tried again after claim_idle_ms. Failure: {reason}"
             ),

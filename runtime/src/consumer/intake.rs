@@ -148,8 +148,11 @@ impl Consumer {
         for s in &self.streams {
             let ids: Vec<String> = unwanted.iter().filter(|d| &d.stream == s).map(|d| d.entry.id.clone()).collect();
             let mut conn = self.redis.conn.clone();
-            if let Err(e) = stream::ack_unhandled(&mut conn, s, &self.group, &ids).await {
-                warn!(stream = %s, "acknowledging {} unwanted entries failed: {e}; they will come back", ids.len());
+            match stream::ack_unhandled(&mut conn, s, &self.group, &ids).await {
+                Ok(()) => self.metrics.skipped(ids.len() as u64),
+                Err(e) => {
+                    warn!(stream = %s, "acknowledging {} unwanted entries failed: {e}; they will come back", ids.len())
+                }
             }
         }
     }

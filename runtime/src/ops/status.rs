@@ -3,10 +3,12 @@
 
 use super::session::Session;
 use super::time;
+use crate::config::Config;
 use crate::consumer::read_streams;
 use crate::event::INBOX_PREFIX;
 use crate::stream;
 use crate::wasm::hex;
+use redis::aio::ConnectionLike;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -35,23 +37,28 @@ pub struct Row {
     pub behind: bool,
 }
 
-/// A row for every handler and stream of the config, its inbox included.
+/// A row for every handler and stream of the session's config, its inbox included.
 pub async fn status(session: &mut Session) -> anyhow::Result<Vec<Row>> {
+    Ok(rows(&mut session.conn, &session.config).await?)
+}
+
+/// A row for every handler and stream of `config`, its inbox included.
+pub async fn rows(conn: &mut impl ConnectionLike, config: &Config) -> redis::RedisResult<Vec<Row>> {
     let now = time::now_ms();
     let mut rows = Vec::new();
-    for h in &session.config.handlers {
+    for h in &config.handlers {
         let version = std::fs::read(&h.plugin).map(|b| hex(&Sha256::digest(&b))[..12].to_owned());
         let version = version.unwrap_or_else(|_| "missing".into());
         for s in read_streams(h) {
-            let info = stream::group_info(&mut session.conn, &s, &h.group).await?;
+            let info = stream::group_info(conn, &s, &h.group).await?;
             let dead_letters = match s.starts_with(INBOX_PREFIX) {
                 true => 0,
-                false => stream::length(&mut session.conn, &h.dead_letter_stream(&s)).await?,
+                false => stream::length(conn, &h.dead_letter_stream(&s)).await?,
             };
             let info_or_default = info.clone().unwrap_or_default();
             let oldest = info_or_default.oldest_pending.as_deref().and_then(time::of_id).map(|t| now.saturating_sub(t));
             let behind = info_or_default.lag.is_some_and(|l| l > BEHIND_LAG)
-                || oldest.is_some_and(|age| age > session.config.claim_idle_ms);
+                || oldest.is_some_and(|age| age > config.claim_idle_ms);
             rows.push(Row {
                 handler: h.name.clone(),
                 stream: s,

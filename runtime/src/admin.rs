@@ -1,0 +1,94 @@
+//! The admin listener (`[host] admin`): `/metrics` (Prometheus text),
+//! `/healthz` (the process is up) and `/readyz` (Redis answers and every
+//! handler's group exists on each of its streams).
+
+use crate::config::Config;
+use crate::{metrics, ops};
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use redis::aio::ConnectionManager;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+/// How long a scrape or readiness check waits for Redis.
+const REDIS_WAIT: Duration = Duration::from_secs(2);
+
+/// What the listener reads: the config in force (swapped on reload) and Redis.
+#[derive(Clone)]
+pub struct AdminState {
+    pub config: Arc<ArcSwap<Config>>,
+    pub conn: ConnectionManager,
+}
+
+/// Binds `addr` (failing now, not later, if it is taken).
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on [host] admin = \"{addr}\": {e}"))
+}
+
+/// Serves requests on `listener` until `shutdown` is cancelled.
+pub async fn serve(listener: TcpListener, state: AdminState, shutdown: CancellationToken) {
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, "admin listener: /metrics /healthz /readyz");
+    }
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => { debug!("admin accept: {e}"); continue }
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| respond(state.clone(), req));
+            let io = hyper_util::rt::TokioIo::new(stream);
+            if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await {
+                debug!("admin connection: {e}");
+            }
+        });
+    }
+}
+
+async fn respond(state: AdminState, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+    let (status, content_type, body) = match req.uri().path() {
+        "/metrics" => {
+            let rows = sample(&state).await.unwrap_or_default();
+            (StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", metrics::exposition(&rows))
+        }
+        "/healthz" => (StatusCode::OK, "text/plain", "ok\n".into()),
+        "/readyz" => match readiness(&state).await {
+            Ok(()) => (StatusCode::OK, "text/plain", "ready\n".into()),
+            Err(why) => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("not ready: {why}\n")),
+        },
+        _ => (StatusCode::NOT_FOUND, "text/plain", "not found: try /metrics, /healthz or /readyz\n".into()),
+    };
+    let response = Response::builder().status(status).header("content-type", content_type).body(Full::new(body.into()));
+    Ok(response.expect("a valid response"))
+}
+
+/// Every handler's rows from Redis, or why not.
+async fn sample(state: &AdminState) -> Result<Vec<ops::status::Row>, String> {
+    let config = state.config.load_full();
+    let mut conn = state.conn.clone();
+    match tokio::time::timeout(REDIS_WAIT, ops::status::rows(&mut conn, &config)).await {
+        Ok(Ok(rows)) => Ok(rows),
+        Ok(Err(e)) => Err(format!("Redis: {e}")),
+        Err(_) => Err(format!("Redis did not answer within {} ms", REDIS_WAIT.as_millis())),
+    }
+}
+
+/// Ready when Redis answers and every handler consumes every stream.
+async fn readiness(state: &AdminState) -> Result<(), String> {
+    let rows = sample(state).await?;
+    match rows.iter().find(|r| !r.consuming) {
+        Some(r) => Err(format!("handler {} is not consuming {} yet", r.handler, r.stream)),
+        None => Ok(()),
+    }
+}
