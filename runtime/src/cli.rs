@@ -10,6 +10,9 @@ use std::path::PathBuf;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Log lines for people (text) or machines (json, one object per line).
+    #[arg(long, global = true, value_enum, default_value = "text", env = "SLUICE_LOG_FORMAT")]
+    pub log_format: crate::logging::LogFormat,
 }
 
 /// What to do.

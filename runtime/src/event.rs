@@ -11,6 +11,8 @@ pub mod field {
     pub const SOURCE: &str = "source";
     pub const CORRELATION_ID: &str = "correlation_id";
     pub const CAUSATION_ID: &str = "causation_id";
+    /// W3C Trace Context: carried over, as a child, to what a handler publishes.
+    pub const TRACEPARENT: &str = "traceparent";
     /// Prefix of the fields Sluice adds to a dead-letter entry.
     pub const SLUICE_PREFIX: &str = "sluice.";
     /// On a dead-letter entry, and on a copy in a handler's inbox: the
@@ -99,13 +101,34 @@ fn lossy(v: &[u8]) -> String {
 /// event with id `cause_id` (its own, or the original's for an inbox copy).
 pub fn published_fields(p: &Publish, handler: &str, cause: &Entry, cause_id: &str) -> Vec<(String, Vec<u8>)> {
     let correlation = cause.get(field::CORRELATION_ID).map(lossy).unwrap_or_else(|| cause_id.to_owned());
-    vec![
+    let mut fields = vec![
         (field::TYPE.into(), p.event_type.clone().into_bytes()),
         (field::DATA.into(), p.data.clone()),
         (field::SOURCE.into(), handler.as_bytes().to_vec()),
         (field::CORRELATION_ID.into(), correlation.into_bytes()),
         (field::CAUSATION_ID.into(), cause_id.as_bytes().to_vec()),
-    ]
+    ];
+    if let Some(child) = cause.get(field::TRACEPARENT).and_then(child_traceparent) {
+        fields.push((field::TRACEPARENT.into(), child.into_bytes()));
+    }
+    fields
+}
+
+/// A W3C `traceparent` for a child of `parent` (`00-<trace-id>-<parent-id>-<flags>`):
+/// the same trace, a new random parent id. `None` if `parent` is not one.
+fn child_traceparent(parent: &[u8]) -> Option<String> {
+    let parent = std::str::from_utf8(parent).ok()?;
+    let parts: Vec<&str> = parent.split('-').collect();
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let [version, trace, span, flags] = parts.as_slice() else { return None };
+    if !(hex(version, 2) && *version != "ff" && hex(trace, 32) && hex(span, 16) && hex(flags, 2)) {
+        return None;
+    }
+    if trace.bytes().all(|b| b == b'0') {
+        return None;
+    }
+    let id: u64 = rand::random::<u64>().max(1);
+    Some(format!("00-{trace}-{id:016x}-{flags}"))
 }
 
 /// Why and where an event failed, recorded on its dead-letter entry.
@@ -175,6 +198,21 @@ mod tests {
         assert_eq!(e.get("source"), Some(&b"h"[..]));
         let uncorrelated = published_fields(&p, "h", &entry(&[]), "1-0");
         assert_eq!(uncorrelated[3].1, b"1-0");
+    }
+
+    #[test]
+    fn a_traceparent_continues_the_trace_with_a_new_parent() {
+        let p = Publish { stream: "o".into(), event_type: "x".into(), data: b"{}".to_vec() };
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let fields = published_fields(&p, "h", &entry(&[("traceparent", parent)]), "1-0");
+        let child = Entry { id: "2-0".into(), fields };
+        let child = std::str::from_utf8(child.get("traceparent").unwrap()).unwrap();
+        assert!(child.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && child.ends_with("-01"), "{child}");
+        assert_ne!(child, parent);
+        for bad in ["garbage", "00-00000000000000000000000000000000-00f067aa0ba902b7-01"] {
+            let fields = published_fields(&p, "h", &entry(&[("traceparent", bad)]), "1-0");
+            assert!(!fields.iter().any(|(k, _)| k == "traceparent"), "{bad}");
+        }
     }
 
     #[test]

@@ -1,10 +1,26 @@
-//! Log output: human-readable lines on stderr, filtered by `RUST_LOG`
-//! (default `info`).
+//! Log output on stderr, filtered by `RUST_LOG` (default `info`): lines for
+//! people, or one JSON object per line for machines (`--log-format json`).
+//! Lines about an event carry its span: handler, stream, entry id, attempt
+//! and correlation id.
 
 use tracing_subscriber::EnvFilter;
 
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, with the span fields.
+    Json,
+}
+
 /// Installs the global subscriber. Safe to call more than once.
-pub fn init() {
+pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).try_init(),
+    };
 }

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    sluice::logging::init();
+    sluice::logging::init(cli.log_format);
     let runtime = tokio::runtime::Runtime::new().expect("start tokio runtime");
     match runtime.block_on(commands::execute(cli.command)) {
         Ok(code) => code,

@@ -3,7 +3,7 @@
 
 use super::{Binding, Consumer};
 use crate::dispatch::{self, Decision};
-use crate::event::DeadLetterInfo;
+use crate::event::{DeadLetterInfo, field};
 use crate::stream::{self, Commit, CommitError, Delivery};
 use crate::wasm::Outcome;
 use futures::future::BoxFuture;
@@ -24,7 +24,9 @@ impl Consumer {
 
     /// Runs one delivery and carries out the decision.
     pub(super) async fn deliver(self: Arc<Self>, d: Delivery, permit: OwnedSemaphorePermit) {
-        let span = info_span!("event", handler = %self.handler_name, stream = %d.stream, id = %d.entry.id, attempt = d.attempt);
+        let correlation = d.entry.get(field::CORRELATION_ID).map(String::from_utf8_lossy);
+        let correlation_id = correlation.as_deref().unwrap_or(&d.entry.id);
+        let span = info_span!("event", handler = %self.handler_name, stream = %d.stream, id = %d.entry.id, attempt = d.attempt, correlation_id);
         async move {
             // The version this delivery runs on, even if a reload swaps it meanwhile.
             let b = self.binding.load_full();
