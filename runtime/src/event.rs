@@ -15,6 +15,13 @@ pub mod field {
     pub const TRACEPARENT: &str = "traceparent";
     /// Prefix of the fields Sluice adds to a dead-letter entry.
     pub const SLUICE_PREFIX: &str = "sluice.";
+    /// On a dead-letter entry: why, which handler, after how many
+    /// deliveries, when (Unix ms) and on which plugin version it failed.
+    pub const ERROR: &str = "sluice.error";
+    pub const HANDLER: &str = "sluice.handler";
+    pub const ATTEMPTS: &str = "sluice.attempts";
+    pub const FAILED_AT: &str = "sluice.failed_at";
+    pub const PLUGIN_VERSION: &str = "sluice.plugin_version";
     /// On a dead-letter entry, and on a copy in a handler's inbox: the
     /// stream and id of the entry it stands for.
     pub const ORIGIN_STREAM: &str = "sluice.origin_stream";
@@ -156,13 +163,13 @@ pub fn dead_letter_fields(entry: &Entry, info: &DeadLetterInfo) -> Vec<(String, 
         .cloned()
         .collect();
     let ours = [
-        ("sluice.error", info.reason.to_owned()),
-        ("sluice.handler", info.handler.to_owned()),
-        ("sluice.attempts", info.attempts.to_string()),
+        (field::ERROR, info.reason.to_owned()),
+        (field::HANDLER, info.handler.to_owned()),
+        (field::ATTEMPTS, info.attempts.to_string()),
         (field::ORIGIN_STREAM, info.origin_stream.to_owned()),
         (field::ORIGIN_ID, info.origin_id.to_owned()),
-        ("sluice.failed_at", info.failed_at_ms.to_string()),
-        ("sluice.plugin_version", info.plugin_version.to_owned()),
+        (field::FAILED_AT, info.failed_at_ms.to_string()),
+        (field::PLUGIN_VERSION, info.plugin_version.to_owned()),
     ];
     fields.extend(ours.into_iter().map(|(k, v)| (k.to_owned(), v.into_bytes())));
     fields

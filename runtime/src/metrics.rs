@@ -54,13 +54,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 
 impl Metrics {
     fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("sluice");
         let duration = Family::<ByHandler, Histogram>::new_with_constructor(|| {
             // 50 µs to about 13 s.
             Histogram::new(exponential_buckets(0.00005, 4.0, 10))
         });
-        let m = Metrics {
-            registry: Registry::default(),
+        let mut m = Metrics {
+            registry: Registry::with_prefix("sluice"),
             events: Family::default(),
             duration,
             retries: Family::default(),
@@ -70,31 +69,35 @@ impl Metrics {
             pending: Family::default(),
             dead_letter_depth: Family::default(),
         };
-        registry.register(
+        m.registry.register(
             "events",
             "Events handled, by handler and outcome (ok, retry, reject, crash, skipped)",
             m.events.clone(),
         );
-        registry.register("handler_duration_seconds", "Time one delivery took in the handler", m.duration.clone());
-        registry.register("retries", "Deliveries that will be tried again", m.retries.clone());
-        registry.register("dead_letters", "Events written to a dead-letter stream", m.dead_letters.clone());
-        registry.register("reloads", "Reloads of config and plugins, by result (applied, rejected)", m.reloads.clone());
-        registry.register(
+        m.registry.register("handler_duration_seconds", "Time one delivery took in the handler", m.duration.clone());
+        m.registry.register("retries", "Deliveries that will be tried again", m.retries.clone());
+        m.registry.register("dead_letters", "Events written to a dead-letter stream", m.dead_letters.clone());
+        m.registry.register(
+            "reloads",
+            "Reloads of config and plugins, by result (applied, rejected)",
+            m.reloads.clone(),
+        );
+        m.registry.register(
             "lag",
             "Entries not yet delivered to the handler's group (sampled from Redis)",
             m.lag.clone(),
         );
-        registry.register(
+        m.registry.register(
             "pending",
             "Entries delivered and not yet acknowledged (sampled from Redis)",
             m.pending.clone(),
         );
-        registry.register(
+        m.registry.register(
             "dead_letter_depth",
             "Entries in the stream's dead-letter stream (sampled from Redis)",
             m.dead_letter_depth.clone(),
         );
-        Metrics { registry, ..m }
+        m
     }
 }
 

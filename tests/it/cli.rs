@@ -2,6 +2,7 @@
 //! embedded Redis it starts itself, stopped with SIGTERM.
 
 use crate::support::*;
+use serde_json::json;
 use std::process::{Command, Output};
 
 fn sluice(args: &[&str], config: &std::path::Path) -> Output {
@@ -93,4 +94,29 @@ async fn run_starts_an_embedded_redis_and_stops_cleanly_on_sigterm() {
     assert_eq!(entries(&mut conn, "in").await.len(), 2, "both events survived the restarts");
     assert_eq!(entries(&mut conn, "out").await.len(), 1);
     embedded.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_the_event_span_with_its_correlation_id() {
+    let redis = RedisServer::start();
+    let fx = Fixture::new(&redis, "", "[handlers.h]\nplugin = \"behave.wasm\"\nstreams = [\"in\"]\n");
+    let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", "--log-format", "json", "--config"])
+        .arg(&fx.config_path)
+        .env("RUST_LOG", "warn")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut conn = redis.conn().await;
+    let data = json!({"action": "reject", "reason": "no"}).to_string();
+    let id = xadd(&mut conn, "in", &[("type", "t"), ("data", &data), ("correlation_id", "c-42")]).await;
+    until_entries(&conn, "in:dlq", 1).await;
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<serde_json::Value> =
+        stderr.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: not JSON: {l}"))).collect();
+    let dead = lines.iter().find(|l| l["fields"]["message"].as_str().is_some_and(|m| m.starts_with("dead-lettered")));
+    let span = &dead.unwrap_or_else(|| panic!("no dead-letter line in {stderr}"))["span"];
+    assert_eq!((&span["handler"], &span["id"], &span["correlation_id"]), (&json!("h"), &json!(id), &json!("c-42")));
 }

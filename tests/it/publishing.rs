@@ -122,3 +122,19 @@ async fn a_batched_commit_is_all_or_nothing_per_delivery() {
         "only the refused one is pending"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_traceparent_continues_the_trace_in_what_the_handler_publishes() {
+    let redis = RedisServer::start();
+    let fx = Fixture::new(&redis, "", HANDLER);
+    let host = fx.start();
+    let mut conn = redis.conn().await;
+    let data = publishing("ok", "out").to_string();
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    xadd(&mut conn, "in", &[("type", "t"), ("data", &data), ("traceparent", parent)]).await;
+    let out = until_entries(&conn, "out", 1).await;
+    host.stop().await;
+    let child = field(&out[0], "traceparent");
+    assert!(child.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && child.ends_with("-01"), "{child}");
+    assert_ne!(child, parent, "a new parent id");
+}

@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, debug, error_span, warn};
 
 /// Pause after a Redis error before trying again.
 pub(super) const ERROR_PAUSE: Duration = Duration::from_millis(500);
@@ -122,7 +122,8 @@ impl Consumer {
 
     /// Consumes until shutdown, then lets in-flight deliveries finish.
     pub async fn run(self: Arc<Self>) {
-        let span = info_span!("handler", handler = %self.handler_name);
+        // ERROR level: enabled whenever any line is (see the event span).
+        let span = error_span!("handler", handler = %self.handler_name);
         async {
             self.until_ready(|| self.ensure_groups()).await;
             self.recover_own().await;

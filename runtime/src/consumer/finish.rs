@@ -10,7 +10,7 @@ use futures::future::BoxFuture;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::OwnedSemaphorePermit;
-use tracing::{Instrument, debug, error, info_span, warn};
+use tracing::{Instrument, debug, error, error_span, warn};
 
 /// Tries of a commit before leaving the entry pending.
 const COMMIT_TRIES: u32 = 4;
@@ -26,7 +26,9 @@ impl Consumer {
     pub(super) async fn deliver(self: Arc<Self>, d: Delivery, permit: OwnedSemaphorePermit) {
         let correlation = d.entry.get(field::CORRELATION_ID).map(String::from_utf8_lossy);
         let correlation_id = correlation.as_deref().unwrap_or(&d.entry.id);
-        let span = info_span!("event", handler = %self.handler_name, stream = %d.stream, id = %d.entry.id, attempt = d.attempt, correlation_id);
+        // At ERROR level so that it is enabled whenever any line is: a
+        // RUST_LOG=warn host still says which event an error is about.
+        let span = error_span!("event", handler = %self.handler_name, stream = %d.stream, id = %d.entry.id, attempt = d.attempt, correlation_id);
         async move {
             // The version this delivery runs on, even if a reload swaps it meanwhile.
             let b = self.binding.load_full();

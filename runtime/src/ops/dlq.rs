@@ -46,11 +46,11 @@ impl DeadLetter {
         DeadLetter {
             dead_letter_stream: stream.to_owned(),
             id: entry.id.clone(),
-            handler: text("sluice.handler"),
-            plugin_version: text("sluice.plugin_version"),
-            attempts: text("sluice.attempts").parse().unwrap_or(0),
-            reason: text("sluice.error"),
-            failed_at: text("sluice.failed_at").parse().unwrap_or(0),
+            handler: text(field::HANDLER),
+            plugin_version: text(field::PLUGIN_VERSION),
+            attempts: text(field::ATTEMPTS).parse().unwrap_or(0),
+            reason: text(field::ERROR),
+            failed_at: text(field::FAILED_AT).parse().unwrap_or(0),
             history: serde_json::from_str(&text(field::HISTORY)).unwrap_or_default(),
             event: EventJson::from_entry(&origin_stream, &original, None),
             failure_fields: entry
@@ -134,9 +134,13 @@ pub async fn show(session: &mut Session, id: &str) -> anyhow::Result<DeadLetter>
 
 /// Deletes `entries` from their dead-letter streams; how many were there.
 pub async fn purge(session: &mut Session, entries: &[DeadLetter]) -> anyhow::Result<usize> {
-    let mut deleted = 0;
+    let mut by_stream: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
     for d in entries {
-        deleted += stream::delete(&mut session.conn, &d.dead_letter_stream, std::slice::from_ref(&d.id)).await?;
+        by_stream.entry(&d.dead_letter_stream).or_default().push(d.id.clone());
+    }
+    let mut deleted = 0;
+    for (dl, ids) in by_stream {
+        deleted += stream::delete(&mut session.conn, dl, &ids).await?;
     }
     Ok(deleted)
 }

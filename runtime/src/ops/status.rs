@@ -31,15 +31,26 @@ pub struct Row {
     pub consumers: u64,
     /// Entries in this stream's dead-letter stream (all handlers').
     pub dead_letters: u64,
-    /// The plugin file's version now (first 12 hex digits of its SHA-256).
-    pub plugin_version: String,
+    /// The plugin file's version now (first 12 hex digits of its SHA-256);
+    /// filled in by [`status`] only, so a metrics scrape reads no plugin files.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plugin_version: Option<String>,
     /// Lag past [`BEHIND_LAG`], or an entry pending longer than `claim_idle_ms`.
     pub behind: bool,
 }
 
-/// A row for every handler and stream of the session's config, its inbox included.
+/// A row for every handler and stream of the session's config, its inbox
+/// included, with the plugin versions on disk.
 pub async fn status(session: &mut Session) -> anyhow::Result<Vec<Row>> {
-    Ok(rows(&mut session.conn, &session.config).await?)
+    let mut rows = rows(&mut session.conn, &session.config).await?;
+    for h in &session.config.handlers {
+        let version = std::fs::read(&h.plugin).map(|b| hex(&Sha256::digest(&b))[..12].to_owned());
+        let version = version.unwrap_or_else(|_| "missing".into());
+        for r in rows.iter_mut().filter(|r| r.handler == h.name) {
+            r.plugin_version = Some(version.clone());
+        }
+    }
+    Ok(rows)
 }
 
 /// A row for every handler and stream of `config`, its inbox included.
@@ -47,28 +58,27 @@ pub async fn rows(conn: &mut impl ConnectionLike, config: &Config) -> redis::Red
     let now = time::now_ms();
     let mut rows = Vec::new();
     for h in &config.handlers {
-        let version = std::fs::read(&h.plugin).map(|b| hex(&Sha256::digest(&b))[..12].to_owned());
-        let version = version.unwrap_or_else(|_| "missing".into());
         for s in read_streams(h) {
             let info = stream::group_info(conn, &s, &h.group).await?;
             let dead_letters = match s.starts_with(INBOX_PREFIX) {
                 true => 0,
                 false => stream::length(conn, &h.dead_letter_stream(&s)).await?,
             };
-            let info_or_default = info.clone().unwrap_or_default();
-            let oldest = info_or_default.oldest_pending.as_deref().and_then(time::of_id).map(|t| now.saturating_sub(t));
-            let behind = info_or_default.lag.is_some_and(|l| l > BEHIND_LAG)
-                || oldest.is_some_and(|age| age > config.claim_idle_ms);
+            let consuming = info.is_some();
+            let info = info.unwrap_or_default();
+            let oldest = info.oldest_pending.as_deref().and_then(time::of_id).map(|t| now.saturating_sub(t));
+            let behind =
+                info.lag.is_some_and(|l| l > BEHIND_LAG) || oldest.is_some_and(|age| age > config.claim_idle_ms);
             rows.push(Row {
                 handler: h.name.clone(),
                 stream: s,
-                consuming: info.is_some(),
-                lag: info_or_default.lag,
-                pending: info_or_default.pending,
+                consuming,
+                lag: info.lag,
+                pending: info.pending,
                 oldest_pending_ms: oldest,
-                consumers: info_or_default.consumers,
+                consumers: info.consumers,
                 dead_letters,
-                plugin_version: version.clone(),
+                plugin_version: None,
                 behind,
             });
         }
@@ -98,7 +108,7 @@ pub fn table(rows: &[Row]) -> String {
             oldest,
             r.consumers,
             r.dead_letters,
-            r.plugin_version,
+            r.plugin_version.as_deref().unwrap_or("-"),
             state
         ));
     }
