@@ -31,7 +31,9 @@ pub enum Command {
         #[arg(long)]
         no_watch: bool,
     },
-    /// Add one event to a stream and print its entry id.
+    /// Add one event to a stream and print its entry id. An event whose data
+    /// fails the JSON Schema the config gives its type (`[schemas]`) is
+    /// refused with the validation error, and nothing is added.
     ///
     /// Example: sluice publish orders --type order.created --data '{"order_id":"o-1","total":42.5}'
     Publish {
@@ -46,7 +48,7 @@ pub enum Command {
         /// An extra field, e.g. --field correlation_id=c-1 (repeatable).
         #[arg(long = "field", short = 'f', value_parser = parse_field)]
         fields: Vec<(String, String)>,
-        /// The config file (for the Redis to use).
+        /// The config file (for the Redis to use, and the schemas).
         #[arg(long, short, default_value = "config.toml", env = "SLUICE_CONFIG")]
         config: PathBuf,
     },
@@ -56,7 +58,8 @@ pub enum Command {
     /// and what `run` would do with the entry. `kv.get` finds nothing.
     ///
     /// Exit code: 0 ok (or the type is not for this handler), 3 retry,
-    /// 4 reject, 5 trap or limit hit, 1 could not run.
+    /// 4 reject, 5 trap or limit hit, 6 invalid (the data fails its type's
+    /// schema, so the plugin did not run), 1 could not run.
     ///
     /// The event file (`sluice dlq show --json` prints the same form):
     ///   {"stream": "orders", "id": "1700000000000-0", "type": "order.created",

@@ -43,6 +43,9 @@ pub async fn execute(command: Command) -> anyhow::Result<ExitCode> {
 
 async fn publish_with(config_path: &Path, event: &NewEvent) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
+    if let Err(invalid) = config.schemas.check(&event.event_type, event.data.as_bytes()) {
+        anyhow::bail!("refused, nothing was published: {invalid}");
+    }
     let target = RedisTarget::resolve(config.redis_url.as_deref(), &config.state_dir()).await?;
     let result = publish(target.url(), event).await;
     target.stop().await;

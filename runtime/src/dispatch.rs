@@ -3,6 +3,7 @@
 
 use crate::backoff;
 use crate::config::Limits;
+use crate::schema::Invalid;
 use crate::wasm::{Effects, Outcome};
 use std::time::Duration;
 
@@ -35,6 +36,12 @@ pub fn decide(outcome: Outcome, attempt: u32, limits: &Limits, max_delay: Durati
         return Decision::DeadLetter { reason };
     }
     Decision::Retry { delay: backoff::delay(limits.backoff, attempt, max_delay), reason }
+}
+
+/// The decision for an event that fails its type's schema: dead-lettered at
+/// once, without running the plugin; no retry would make it valid.
+pub fn invalid(invalid: &Invalid) -> Decision {
+    Decision::DeadLetter { reason: invalid.to_string() }
 }
 
 /// The decision for an entry found already delivered `attempt - 1` times

@@ -229,8 +229,8 @@ struct Reloader {
 impl Reloader {
     /// Serves reloads until `shutdown` completes.
     async fn serve(&self, fleet: &mut Fleet, config: &Config, shutdown: impl Future<Output = ()>) {
-        let (_watcher, mut changes) = match self.options.watch {
-            true => match reload::watch(&config.path, &config.plugins_dir) {
+        let (mut watcher, mut changes) = match self.options.watch {
+            true => match reload::watch(config) {
                 Ok((w, rx)) => {
                     info!(config = %config.path.display(), plugins = %config.plugins_dir.display(), "watching for changes");
                     (Some(w), rx)
@@ -254,6 +254,9 @@ impl Reloader {
                     info!("SIGHUP: reloading");
                     self.reload(fleet, &fixed).await;
                 }
+            }
+            if let Some(w) = watcher.as_mut() {
+                w.follow_schemas(&self.current.load());
             }
         }
     }

@@ -5,6 +5,7 @@
 //! - [`config`]: the `config.toml` shape, defaults and validation.
 //! - [`event`]: stream entries, and the fields Sluice writes on publish and dead-letter.
 //! - [`event_json`]: an event as JSON, for `sluice invoke` and `sluice dlq show`.
+//! - [`schema`]: `[schemas]`, JSON Schemas that events of a type must satisfy.
 //! - [`stream`]: everything that speaks Redis: groups, reads, claims, commit transactions.
 //! - [`wasm`]: the engine, the one `bindgen!`, per-event stores, loading plugins.
 //! - [`dispatch`]: the delivery decision (ack, retry, dead-letter), in one place.
@@ -37,5 +38,6 @@ pub mod ops;
 pub mod publish;
 pub mod reload;
 pub mod scaffold;
+pub mod schema;
 pub mod stream;
 pub mod wasm;

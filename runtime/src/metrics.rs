@@ -71,7 +71,7 @@ impl Metrics {
         };
         m.registry.register(
             "events",
-            "Events handled, by handler and outcome (ok, retry, reject, crash, skipped)",
+            "Events handled, by handler and outcome (ok, retry, reject, crash, skipped, invalid)",
             m.events.clone(),
         );
         m.registry.register("handler_duration_seconds", "Time one delivery took in the handler", m.duration.clone());
@@ -110,6 +110,7 @@ pub struct HandlerMetrics {
     reject: Counter,
     crash: Counter,
     skipped: Counter,
+    invalid: Counter,
     retries: Counter,
     dead_letters: Counter,
     duration: Histogram,
@@ -127,6 +128,7 @@ impl HandlerMetrics {
             reject: outcome("reject"),
             crash: outcome("crash"),
             skipped: outcome("skipped"),
+            invalid: outcome("invalid"),
             retries: m.retries.get_or_create(&by).clone(),
             dead_letters: m.dead_letters.get_or_create(&by).clone(),
             duration: m.duration.get_or_create(&by).clone(),
@@ -149,6 +151,11 @@ impl HandlerMetrics {
     /// Counts entries acknowledged without a delivery (not for this handler).
     pub fn skipped(&self, n: u64) {
         self.skipped.inc_by(n);
+    }
+
+    /// Counts an event that failed its type's schema (the plugin did not run).
+    pub fn invalid(&self) {
+        self.invalid.inc();
     }
 
     /// Counts a delivery that will be tried again.

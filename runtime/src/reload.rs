@@ -7,9 +7,9 @@ use crate::consumer::Binding;
 use crate::wasm::{ComponentCache, Plugin, Runtime};
 use notify::{EventKind, RecursiveMode, Watcher as _};
 use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::warn;
@@ -18,34 +18,69 @@ use tracing::warn;
 /// write in several steps, and a half-written file must not be loaded.
 pub const DEBOUNCE: Duration = Duration::from_millis(100);
 
-/// Watches the config file and the plugins folder.
+/// Watches the config file, the plugins folder and the schema files.
 pub struct Watcher {
-    _inner: notify::RecommendedWatcher,
+    inner: notify::RecommendedWatcher,
+    relevant: Arc<RwLock<Relevant>>,
+    /// Every folder watched so far (never unwatched: a stale one only
+    /// costs an ignored event now and then).
+    folders: BTreeSet<PathBuf>,
 }
 
-/// Starts watching; the receiver yields once per burst of relevant changes.
-pub fn watch(config_path: &Path, plugins_dir: &Path) -> anyhow::Result<(Watcher, mpsc::Receiver<()>)> {
+/// Starts watching the config file, the plugins folder and every schema
+/// file `config` names; the receiver yields once per burst of relevant
+/// changes.
+pub fn watch(config: &Config) -> anyhow::Result<(Watcher, mpsc::Receiver<()>)> {
     let (raw_tx, raw_rx) = mpsc::channel(64);
-    let relevant = Relevant::new(config_path, plugins_dir);
-    let (config_dir, plugins_dir) = (relevant.config_dir.clone(), relevant.plugins_dir.clone());
-    let mut inner = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+    let relevant = Arc::new(RwLock::new(Relevant::new(&config.path, &config.plugins_dir)));
+    let seen = relevant.clone();
+    let inner = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(event) = res
             && !matches!(event.kind, EventKind::Access(_))
-            && event.paths.iter().any(|p| relevant.matches(p))
+            && event.paths.iter().any(|p| seen.read().expect("never poisoned").matches(p))
         {
             tracing::debug!(paths = ?event.paths, "change noticed");
             let _ = raw_tx.try_send(()); // full: a reload is already due
         }
     })?;
+    let mut watcher = Watcher { inner, relevant, folders: BTreeSet::new() };
+    let (config_dir, plugins_dir) = {
+        let r = watcher.relevant.read().expect("never poisoned");
+        (r.config_dir.clone(), r.plugins_dir.clone())
+    };
     // Watch folders, not files: editors save by writing a new file and
     // renaming it over the old one.
-    inner.watch(&config_dir, RecursiveMode::NonRecursive)?;
-    if plugins_dir.is_dir() && plugins_dir != config_dir {
-        inner.watch(&plugins_dir, RecursiveMode::NonRecursive)?;
+    watcher.watch_folder(&config_dir)?;
+    if plugins_dir.is_dir() {
+        watcher.watch_folder(&plugins_dir)?;
     }
+    watcher.follow_schemas(config);
     let (tx, rx) = mpsc::channel(1);
     tokio::spawn(debounce(raw_rx, tx));
-    Ok((Watcher { _inner: inner }, rx))
+    Ok((watcher, rx))
+}
+
+impl Watcher {
+    /// Watches the schema files `config` names, in place of earlier ones
+    /// (after a reload that changed `[schemas]`). A folder that cannot be
+    /// watched is warned about: its schemas then change on the next reload.
+    pub fn follow_schemas(&mut self, config: &Config) {
+        let files: BTreeSet<PathBuf> = config.schemas.files().map(absolute).collect();
+        for folder in files.iter().filter_map(|f| f.parent()) {
+            if let Err(e) = self.watch_folder(folder) {
+                warn!("cannot watch {} for schema changes: {e}", folder.display());
+            }
+        }
+        self.relevant.write().expect("never poisoned").schema_files = files;
+    }
+
+    fn watch_folder(&mut self, folder: &Path) -> notify::Result<()> {
+        if !self.folders.contains(folder) {
+            self.inner.watch(folder, RecursiveMode::NonRecursive)?;
+            self.folders.insert(folder.to_owned());
+        }
+        Ok(())
+    }
 }
 
 /// Which paths a reload cares about.
@@ -53,15 +88,17 @@ struct Relevant {
     config_dir: PathBuf,
     config_name: std::ffi::OsString,
     plugins_dir: PathBuf,
+    /// The schema files, each with its folder made absolute.
+    schema_files: BTreeSet<PathBuf>,
 }
 
 impl Relevant {
     fn new(config_path: &Path, plugins_dir: &Path) -> Relevant {
-        let abs = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_owned());
         Relevant {
-            config_dir: abs(crate::config::base_dir(config_path)),
+            config_dir: absolute(crate::config::base_dir(config_path)),
             config_name: config_path.file_name().unwrap_or_default().to_owned(),
-            plugins_dir: abs(plugins_dir),
+            plugins_dir: absolute(plugins_dir),
+            schema_files: BTreeSet::new(),
         }
     }
 
@@ -69,6 +106,20 @@ impl Relevant {
         let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else { return false };
         (dir == self.config_dir && name == self.config_name)
             || (dir == self.plugins_dir && path.extension().is_some_and(|e| e == "wasm"))
+            || self.schema_files.contains(path)
+    }
+}
+
+/// `path` with its folder canonical (symlinks resolved), as notify reports
+/// paths under a watched folder; as given when that folder does not exist.
+fn absolute(path: &Path) -> PathBuf {
+    let canonical = |p: &Path| p.canonicalize().ok();
+    if let Some(p) = canonical(path).filter(|p| p.is_dir()) {
+        return p;
+    }
+    match (path.parent().and_then(canonical), path.file_name()) {
+        (Some(dir), Some(name)) => dir.join(name),
+        _ => path.to_owned(),
     }
 }
 
@@ -148,24 +199,33 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn a_burst_of_writes_to_the_config_or_a_plugin_is_one_trigger() {
+    async fn a_burst_of_writes_to_the_config_a_plugin_or_a_schema_is_one_trigger() {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("config.toml");
         let plugins = dir.path().join("plugins");
-        std::fs::write(&config, "").unwrap();
+        let schemas = dir.path().join("schemas");
         std::fs::create_dir(&plugins).unwrap();
-        let (_w, mut rx) = watch(&config, &plugins).unwrap();
+        std::fs::create_dir(&schemas).unwrap();
+        std::fs::write(schemas.join("order.json"), "{}").unwrap();
+        let text = "[host]\nplugins = \"plugins\"\n[schemas]\n\"order.*\" = \"schemas/order.json\"\n";
+        std::fs::write(&config, text).unwrap();
+        let (_w, mut rx) = watch(&Config::load(&config).unwrap()).unwrap();
+        let noticed = async |rx: &mut mpsc::Receiver<()>, what: &str| {
+            let got = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
+            assert!(matches!(got, Ok(Some(()))), "{what} noticed");
+        };
         for i in 0..5 {
-            std::fs::write(&config, format!("# {i}")).unwrap();
+            std::fs::write(&config, format!("{text}# {i}")).unwrap();
         }
-        let got = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
-        assert!(matches!(got, Ok(Some(()))), "config write noticed");
+        noticed(&mut rx, "config write").await;
         assert!(tokio::time::timeout(DEBOUNCE * 3, rx.recv()).await.is_err(), "one trigger per burst");
         std::fs::write(plugins.join("x.wasm"), "x").unwrap();
-        let got = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
-        assert!(matches!(got, Ok(Some(()))), "plugin write noticed");
+        noticed(&mut rx, "plugin write").await;
+        std::fs::write(schemas.join("order.json"), "{\"type\": \"object\"}").unwrap();
+        noticed(&mut rx, "schema write").await;
         std::fs::write(plugins.join("notes.txt"), "x").unwrap();
         std::fs::write(dir.path().join("other.toml"), "x").unwrap();
+        std::fs::write(schemas.join("other.json"), "x").unwrap();
         assert!(tokio::time::timeout(DEBOUNCE * 3, rx.recv()).await.is_err(), "other files are ignored");
     }
 }

@@ -20,6 +20,8 @@ mod cli;
 mod invoke;
 // `sluice new`: each language's project builds and runs.
 mod scaffold;
+// `[schemas]`: invalid events refused on publish, dead-lettered before the plugin runs.
+mod schemas;
 // Operating: dead-letter list/show/redrive/purge, replay, status.
 mod operate;
 // The admin listener: metrics, health, readiness.

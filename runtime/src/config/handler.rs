@@ -1,9 +1,11 @@
 //! A handler binding as the host uses it: every default applied, globs compiled.
 
 use super::model::Isolation;
+use crate::schema::Schemas;
 use globset::GlobSet;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// One `[handlers.NAME]` table, resolved.
@@ -34,6 +36,9 @@ pub struct Handler {
     pub config: BTreeMap<String, String>,
     /// Fresh instance per delivery, or reused instances.
     pub isolation: Isolation,
+    /// The config's `[schemas]`: what the events it consumes and publishes
+    /// must satisfy.
+    pub schemas: Arc<Schemas>,
 }
 
 /// The limits and retry policy of one handler.

@@ -20,6 +20,7 @@ pub use model::{
 };
 pub use validate::MAX_TOTAL_CONCURRENCY;
 
+use crate::schema::Schemas;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -45,6 +46,8 @@ pub struct Config {
     pub admin: Option<std::net::SocketAddr>,
     /// Every handler, sorted by name.
     pub handlers: Vec<Handler>,
+    /// `[schemas]`, compiled; each handler holds the same set.
+    pub schemas: Arc<Schemas>,
 }
 
 impl Config {

@@ -39,6 +39,13 @@ pub struct RawConfig {
     /// `[handlers.NAME]`
     #[serde(default)]
     pub handlers: BTreeMap<String, RawHandler>,
+    /// `[schemas]`: event-type glob → JSON Schema file, relative to the config.
+    /// ```toml
+    /// [schemas]
+    /// "order.*" = "schemas/order.json"
+    /// ```
+    #[serde(default)]
+    pub schemas: BTreeMap<String, String>,
 }
 
 /// `[redis]`

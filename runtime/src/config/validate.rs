@@ -4,6 +4,7 @@ use super::error::{ConfigError, Location};
 use super::handler::{Handler, Limits};
 use super::model::*;
 use super::{Config, base_dir, env, locate};
+use crate::schema::Schemas;
 use globset::{Glob, GlobSetBuilder};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -60,16 +61,27 @@ pub fn resolve(path: &Path, source: &str, raw: RawConfig) -> Result<Config, Conf
     };
     let claim_idle_ms = raw.host.claim_idle_ms.unwrap_or(DEFAULT_CLAIM_IDLE_MS);
     check_limits(&c, &raw.defaults, &["defaults"])?;
+    let schemas = Arc::new(schemas(&c, &raw.schemas)?);
     let mut handlers = Vec::with_capacity(raw.handlers.len());
     for (name, h) in &raw.handlers {
-        handlers.push(handler(&c, name, h, &raw.defaults, &plugins_dir)?);
+        handlers.push(handler(&c, name, h, &raw.defaults, &plugins_dir, &schemas)?);
     }
     check_claim_idle(&c, claim_idle_ms, &handlers)?;
     check_shared_groups(&c, &handlers)?;
     check_total_concurrency(&c, &handlers)?;
     let source = Arc::from(source);
     let admin = raw.host.admin.as_deref().map(|a| admin_address(&c, a)).transpose()?;
-    Ok(Config { path: path.to_owned(), source, redis_url, plugins_dir, consumer, claim_idle_ms, admin, handlers })
+    Ok(Config {
+        path: path.to_owned(),
+        source,
+        redis_url,
+        plugins_dir,
+        consumer,
+        claim_idle_ms,
+        admin,
+        handlers,
+        schemas,
+    })
 }
 
 /// The error for `handler`'s plugin file not existing, pointing at its
@@ -88,13 +100,13 @@ fn redis_url(c: &Checker, url: &str) -> Result<String, ConfigError> {
     Ok(url)
 }
 
-/// `hostname-pid`: unique per process, so two hosts never share pending entries.
 fn admin_address(c: &Checker, value: &str) -> Result<std::net::SocketAddr, ConfigError> {
     value.parse().map_err(|_| {
         c.invalid(&["host", "admin"], format!("expected an address like \"127.0.0.1:9464\", got {value:?}"))
     })
 }
 
+/// `hostname-pid`: unique per process, so two hosts never share pending entries.
 fn default_consumer() -> String {
     let host = hostname::get().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "sluice".into());
     format!("{host}-{}", std::process::id())
@@ -191,6 +203,7 @@ fn handler(
     h: &RawHandler,
     defaults: &RawLimits,
     plugins_dir: &Path,
+    schemas: &Arc<Schemas>,
 ) -> Result<Handler, ConfigError> {
     let key = |k: &'static str| ["handlers", name, k];
     c.name(name, &["handlers", name], "a handler name")?;
@@ -232,6 +245,7 @@ fn handler(
         config: handler_config(c, name, &h.config)?,
         http: h.http.clone(),
         isolation: h.isolation,
+        schemas: schemas.clone(),
     })
 }
 
@@ -248,6 +262,11 @@ fn handler_config(
             Ok((k.clone(), value))
         })
         .collect()
+}
+
+/// `[schemas]`, each file read and compiled against the config's folder.
+fn schemas(c: &Checker, lines: &BTreeMap<String, String>) -> Result<Schemas, ConfigError> {
+    Schemas::compile(base_dir(c.path), lines).map_err(|e| c.invalid(&["schemas", &e.pattern], e.message))
 }
 
 fn globs(c: &Checker, name: &str, events: &[String]) -> Result<globset::GlobSet, ConfigError> {

@@ -35,15 +35,7 @@ impl Consumer {
             let limits = &b.handler.limits;
             let decision = match dispatch::exhausted_before_delivery(d.attempt, limits) {
                 Some(decision) => decision,
-                None => {
-                    let started = std::time::Instant::now();
-                    let outcome = b.plugin.invoke_isolated(&b.sandbox, d.entry.to_event(&d.stream, d.attempt)).await;
-                    self.metrics.handled(&outcome, started.elapsed());
-                    if matches!(outcome, Outcome::Crash { timed_out: true, .. }) {
-                        self.throttle(limits.timeout);
-                    }
-                    dispatch::decide(outcome, d.attempt, limits, self.max_retry_delay())
-                }
+                None => self.run_plugin(&d, &b).await,
             };
             // The permit covers the commit too: with `concurrency = 1` the
             // next event must see this one's state and publishes.
@@ -52,6 +44,24 @@ impl Consumer {
         }
         .instrument(span)
         .await
+    }
+
+    /// Checks the event against its type's schema, then runs the plugin on
+    /// it; the decision either way.
+    async fn run_plugin(self: &Arc<Self>, d: &Delivery, b: &Binding) -> Decision {
+        let limits = &b.handler.limits;
+        let event = d.entry.to_event(&d.stream, d.attempt);
+        if let Err(invalid) = b.handler.schemas.check(&event.event_type, &event.data) {
+            self.metrics.invalid();
+            return dispatch::invalid(&invalid);
+        }
+        let started = std::time::Instant::now();
+        let outcome = b.plugin.invoke_isolated(&b.sandbox, event).await;
+        self.metrics.handled(&outcome, started.elapsed());
+        if matches!(outcome, Outcome::Crash { timed_out: true, .. }) {
+            self.throttle(limits.timeout);
+        }
+        dispatch::decide(outcome, d.attempt, limits, self.max_retry_delay())
     }
 
     /// Retry delays stay under `claim_idle`, so a waiting retry is never

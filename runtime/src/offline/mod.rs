@@ -49,11 +49,14 @@ pub async fn invoke(invocation: &Invocation) -> anyhow::Result<Report> {
     if !handler.wants(&entry.event_type()) {
         return Ok(report.skipped());
     }
+    let delivered = entry.to_event(&event.stream, attempt);
+    if let Err(invalid) = handler.schemas.check(&delivered.event_type, &delivered.data) {
+        return Ok(report.invalid(dispatch::invalid(&invalid)));
+    }
     let capture = capture::Capture::default();
     let started = Instant::now();
     let sandbox = Sandbox::for_handler(&handler);
-    let outcome =
-        plugin.invoke(&sandbox, &entry.to_event(&event.stream, attempt)).with_subscriber(capture.dispatch()).await;
+    let outcome = plugin.invoke(&sandbox, &delivered).with_subscriber(capture.dispatch()).await;
     report.duration = started.elapsed();
     report.logs = capture.take();
     let max_delay =

@@ -24,6 +24,8 @@ pub enum Verdict {
     Crash,
     /// Its type matches none of the handler's `events`: not delivered.
     Skipped,
+    /// Its data fails its type's schema: dead-lettered, the plugin not run.
+    Invalid,
 }
 
 /// What `sluice run` would do with the entry.
@@ -144,6 +146,20 @@ impl Report {
             self.publishes = effects.publishes.into_iter().map(published).collect();
             self.kv_writes = effects.kv.into_iter().map(written).collect();
         }
+        self.act(decision);
+        self
+    }
+
+    /// The event fails its type's schema, so the plugin did not run;
+    /// `decision` is what `run` does about that.
+    pub fn invalid(mut self, decision: Decision) -> Report {
+        self.outcome = Verdict::Invalid;
+        self.act(decision);
+        self
+    }
+
+    /// Fills in what `run` would do.
+    fn act(&mut self, decision: Decision) {
         self.action = Some(match decision {
             Decision::Ack { .. } => Action::Ack,
             Decision::Retry { delay, .. } => {
@@ -156,17 +172,18 @@ impl Report {
                 Action::DeadLetter
             }
         });
-        self
     }
 
     /// The exit code `sluice invoke` ends with: 0 ok (or not for this
-    /// handler), 3 retry, 4 reject, 5 trap or limit.
+    /// handler), 3 retry, 4 reject, 5 trap or limit, 6 invalid (fails its
+    /// schema).
     pub fn exit_code(&self) -> u8 {
         match self.outcome {
             Verdict::Ok | Verdict::Skipped => 0,
             Verdict::Retry => 3,
             Verdict::Reject => 4,
             Verdict::Crash => 5,
+            Verdict::Invalid => 6,
         }
     }
 }
@@ -214,12 +231,16 @@ impl fmt::Display for Report {
                     self.events.join(", ")
                 );
             }
+            Verdict::Invalid => "invalid (the data fails its type's schema): the plugin did not run".to_owned(),
             Verdict::Ok => "ok".to_owned(),
             Verdict::Retry => "retry".to_owned(),
             Verdict::Reject => "reject".to_owned(),
             Verdict::Crash => "trap".to_owned(),
         };
-        writeln!(f, "result    {verdict} in {:.2} ms", self.duration.as_secs_f64() * 1000.0)?;
+        match self.outcome {
+            Verdict::Invalid => writeln!(f, "result    {verdict}")?,
+            _ => writeln!(f, "result    {verdict} in {:.2} ms", self.duration.as_secs_f64() * 1000.0)?,
+        }
         match self.action {
             Some(Action::Ack) => writeln!(
                 f,

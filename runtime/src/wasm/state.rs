@@ -9,6 +9,7 @@ use super::limits::{MAX_STDIO_BYTES, MAX_TABLE_ELEMENTS, Usage};
 use super::output::Captured;
 use super::reuse::InstancePool;
 use crate::config::{Handler, Isolation};
+use crate::schema::Schemas;
 use redis::aio::ConnectionManager;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -31,6 +32,8 @@ pub struct Grants {
     pub config: BTreeMap<String, String>,
     /// Hosts it may call over HTTP.
     pub http: HttpGrant,
+    /// What the events it publishes must satisfy.
+    pub schemas: Arc<Schemas>,
 }
 
 impl Grants {
@@ -42,6 +45,7 @@ impl Grants {
             memory_bytes: handler.limits.memory_bytes,
             config: handler.config.clone(),
             http: HttpGrant::new(handler.http.clone()),
+            schemas: handler.schemas.clone(),
         }
     }
 }
@@ -215,6 +219,9 @@ impl host::Host for EventState {
             )));
         }
         self.usage.publish(data.len() + event_type.len())?;
+        if let Err(invalid) = self.grants.schemas.check(&event_type, &data) {
+            return Ok(Err(invalid.to_string()));
+        }
         self.effects.publishes.push(Publish { stream, event_type, data });
         Ok(Ok(()))
     }
