@@ -114,6 +114,12 @@ async fn an_interrupted_redrive_loses_nothing_and_repeats_nothing() {
     assert!(moved < 12, "the redrive was interrupted before it finished ({moved} moved)");
     assert_eq!(moved + left, 12, "every event is in exactly one place");
 
+    // --limit moves that many and no more.
+    let limit = left.min(2);
+    ok(sluice(&["dlq", "redrive", "--limit", &limit.to_string()], &fx.config_path));
+    assert_eq!(entries(&mut conn, "in:dlq").await.len(), left - limit);
+    assert_eq!(entries(&mut conn, "sluice:inbox:b").await.len(), moved + limit);
+
     ok(sluice(&["dlq", "redrive"], &fx.config_path));
     let inbox = entries(&mut conn, "sluice:inbox:b").await;
     let mut origins: Vec<String> = inbox.iter().map(|e| field(e, "sluice.origin_id")).collect();
@@ -195,6 +201,10 @@ async fn a_saved_dead_letter_runs_offline_to_the_same_reason() {
 
     let recent = ok(sluice(&["dlq", "list", "--since", "-1h", "--error-contains", "no config value"], &fx.config_path));
     assert!(recent.contains(&dl[0].id) && recent.ends_with("1 entry\n"), "{recent}");
+    let since = ok(sluice(&["dlq", "list", "--since", "2000-01-01T00:00:00Z"], &fx.config_path));
+    assert!(since.ends_with("1 entry\n"), "{since}");
+    let future = ok(sluice(&["dlq", "list", "--since", "2999-01-01T00:00:00+02:00"], &fx.config_path));
+    assert!(future.ends_with("0 entries\n"), "{future}");
     let none = ok(sluice(&["dlq", "list", "--error-contains", "gateway"], &fx.config_path));
     assert!(none.ends_with("0 entries\n"), "{none}");
     let out = ok(sluice(&["dlq", "purge", "--handler", "b"], &fx.config_path));
@@ -225,4 +235,16 @@ async fn status_shows_lag_pending_and_dead_letters_per_handler() {
     assert_eq!(row("b", "sluice:inbox:b")["consuming"], json!(true));
     let table = ok(sluice(&["status"], &fx.config_path));
     assert!(table.lines().any(|l| l.starts_with("a ") && l.contains(" in ") && l.ends_with("ok")), "{table}");
+
+    // Past 1000 entries of lag, a group is falling behind.
+    let mut pipe = redis::pipe();
+    for n in 0..1000 {
+        pipe.cmd("XADD").arg("in").arg("*").arg("type").arg("t").arg("n").arg(n).ignore();
+    }
+    let () = pipe.query_async(&mut conn).await.unwrap();
+    let rows: Vec<Value> = serde_json::from_str(&ok(sluice(&["status", "--json"], &fx.config_path))).unwrap();
+    let a = rows.iter().find(|r| r["handler"] == "a" && r["stream"] == "in").unwrap();
+    assert_eq!((&a["lag"], &a["behind"]), (&json!(1001), &json!(true)), "{a}");
+    let table = ok(sluice(&["status"], &fx.config_path));
+    assert!(table.lines().any(|l| l.starts_with("a ") && l.contains(" in ") && l.ends_with("BEHIND")), "{table}");
 }

@@ -1,6 +1,6 @@
-//! Times on the command line: RFC 3339 (`2026-11-22T10:00:00Z`), relative
-//! to now (`-1h`, `-30m`, `now`), Unix milliseconds, or a stream id (whose
-//! first part is Unix milliseconds).
+//! Times on the command line: RFC 3339 (`2026-11-22T10:00:00Z`, or with an
+//! offset such as `+01:00`), relative to now (`-1h`, `-30m`, `now`), Unix
+//! milliseconds, or a stream id (whose first part is Unix milliseconds).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -24,9 +24,31 @@ pub fn parse(s: &str, now: u64) -> Result<u64, String> {
     {
         return Ok(ms);
     }
-    let t = humantime::parse_rfc3339_weak(s)
+    let (local, offset_ms) = utc_offset(s);
+    let t = humantime::parse_rfc3339_weak(local)
         .map_err(|e| format!("{s:?}: {e} (expected RFC 3339 like 2026-11-22T10:00:00Z, -1h, or Unix ms)"))?;
-    Ok(t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64))
+    let ms = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    Ok(ms.saturating_sub(offset_ms).max(0) as u64)
+}
+
+/// An RFC 3339 time split into its local part and its `+hh:mm`/`-hh:mm`
+/// offset from UTC in ms (humantime reads only `Z`); `(s, 0)` without one.
+fn utc_offset(s: &str) -> (&str, i64) {
+    let Some(split) = s.len().checked_sub(6).filter(|&i| s.len() > 19 && s.is_char_boundary(i)) else {
+        return (s, 0);
+    };
+    let (local, offset) = s.split_at(split);
+    let sign = match offset.as_bytes()[0] {
+        b'+' => 1,
+        b'-' => -1,
+        _ => return (s, 0),
+    };
+    let hours = offset.get(1..3).and_then(|h| h.parse::<i64>().ok());
+    let minutes = offset.get(4..).and_then(|m| m.parse::<i64>().ok());
+    match (hours, offset.as_bytes()[3], minutes) {
+        (Some(h), b':', Some(m)) if h < 24 && m < 60 => (local, sign * (h * 60 + m) * 60_000),
+        _ => (s, 0),
+    }
 }
 
 /// `ms` as RFC 3339, to the second, UTC.
@@ -65,6 +87,10 @@ mod tests {
         assert_eq!(parse("1700000000000-3", NOW), Ok(1_700_000_000_000));
         assert_eq!(parse("2023-11-14T22:13:20Z", NOW), Ok(1_700_000_000_000));
         assert_eq!(parse("2023-11-14T22:13:20.5Z", NOW), Ok(1_700_000_000_500));
+        assert_eq!(parse("2023-11-15T00:13:20+02:00", NOW), Ok(1_700_000_000_000));
+        assert_eq!(parse("2023-11-14T17:13:20.5-05:00", NOW), Ok(1_700_000_000_500));
+        assert_eq!(parse("2023-11-14T22:13:20+00:00", NOW), Ok(1_700_000_000_000));
+        assert!(parse("2023-11-14T22:13:20+25:00", NOW).is_err());
         assert!(parse("yesterday", NOW).unwrap_err().contains("RFC 3339"));
         assert!(parse("-1 fortnight", NOW).is_err());
     }
