@@ -12,6 +12,12 @@ pub fn dist() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("plugins/dist")
 }
 
+/// The `sluice` binary to run: this build's, or `SLUICE_BENCH_BIN` (to
+/// compare another build on the same machine, in alternating runs).
+fn binary() -> PathBuf {
+    std::env::var_os("SLUICE_BENCH_BIN").map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_sluice")), PathBuf::from)
+}
+
 /// A running `sluice run`, stopped with SIGTERM on [`Host::stop`].
 pub struct Host {
     child: Child,
@@ -44,7 +50,7 @@ impl Host {
         let config = dir.join("config.toml");
         let text = format!("[redis]\nurl = \"{redis_url}\"\n[host]\nplugins = \"{}\"\n{handlers}", plugins.display());
         std::fs::write(&config, text).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        let mut cmd = Command::new(binary());
         let log = dir.join("sluice.log");
         cmd.args(["run", "--no-watch", "--config"]).arg(&config).env_remove("RUST_LOG").stdin(Stdio::null());
         cmd.stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap());

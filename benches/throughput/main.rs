@@ -10,6 +10,8 @@
 //! - `run`: `sluice run` (the real binary) end to end with a trivial Rust
 //!   handler, fresh instance per event, with `RUST_BACKTRACE=1` and unset;
 //!   and the host's peak memory;
+//! - `schema`: the trivial handler with a JSON Schema on its events' type,
+//!   checked before each delivery;
 //! - `chain`: the same with a handler that publishes one event per input;
 //! - `beside`: the trivial handler beside one whose events spin to timeout;
 //! - `dispatch`: µs per dispatch (fresh instance + call + drop) per plugin;
@@ -18,7 +20,8 @@
 //!
 //! Environment: `SLUICE_BENCH_EVENTS` (default 20000), `SLUICE_BENCH_RATE`
 //! (latency's offered rate, default 10000/s), `SLUICE_BENCH_OUT` (where the
-//! JSON goes, default `target/bench/throughput.json`).
+//! JSON goes, default `target/bench/throughput.json`), `SLUICE_BENCH_BIN`
+//! (another `sluice` binary to run, e.g. an older build to compare with).
 
 mod dispatch;
 mod host;
@@ -40,6 +43,12 @@ use std::time::{Duration, Instant};
 const TRIVIAL: &str = r#"{"action":"ok","order_id":"o-1","total":42.5,"items":[{"sku":"mug","qty":2}]}"#;
 /// The chain's input: `behave` parses it and publishes one event to `out`.
 const CHAIN: &str = r#"{"action":"publish","order_id":"o-1","total":42.5,"publish":[{"stream":"out","type":"order.paid","data":{"order_id":"o-1"}}]}"#;
+/// A JSON Schema [`TRIVIAL`] satisfies, for the `schema` section: the shape
+/// of the demo's `order.created`.
+const ORDER_SCHEMA: &str = r#"{"type": "object", "required": ["order_id", "total", "items"], "properties": {
+    "order_id": {"type": "string", "minLength": 1}, "total": {"type": "number"},
+    "items": {"type": "array", "items": {"type": "object", "required": ["sku", "qty"],
+        "properties": {"sku": {"type": "string"}, "qty": {"type": "integer", "minimum": 1}}}}}}"#;
 /// Each event on `spin` loops until its 200 ms timeout, two at a time.
 const SPINNER: &str = "[handlers.spinner]\nplugin = \"behave.wasm\"\nstreams = [\"spin\"]\ntimeout_ms = 200\nmax_attempts = 1\nconcurrency = 2\n";
 /// Plugins whose dispatch is measured: label, file in `plugins/dist`, input.
@@ -69,6 +78,11 @@ fn main() {
             peak = peak.max(memory.peak);
         }
         report.add("sluice run, trivial Rust handler: host peak RSS", peak, "MiB");
+    }
+    if wanted("schema") {
+        let handlers = format!("[schemas]\n\"order.*\" = \"order.json\"\n{}", handler("bench", "behave.wasm", ""));
+        let (rate, _) = rt.block_on(end_to_end(n, &handlers, TRIVIAL, true));
+        report.rate("sluice run, trivial Rust handler, JSON Schema checked", rate, native);
     }
     if wanted("chain") {
         let handlers = handler("bench", "behave.wasm", "publish = [\"out\"]\n");
@@ -174,6 +188,7 @@ async fn end_to_end(n: usize, handlers: &str, payload: &str, backtrace: bool) ->
         streams.push("spin");
     }
     let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("order.json"), ORDER_SCHEMA).unwrap();
     let host = Host::start(dir.path(), &redis.url(), &dist(), handlers, backtrace, &streams).await;
     let started = Instant::now();
     load(&mut conn, "bench", payload, n).await;
