@@ -3,7 +3,7 @@
 //! its data kept there (AOF on), so a new user needs nothing else running.
 
 use anyhow::{Context, bail};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
@@ -123,7 +123,7 @@ pub enum RedisTarget {
 
 impl RedisTarget {
     /// Resolves the config's Redis, starting the embedded one if needed.
-    pub async fn resolve(redis_url: Option<&str>, state_dir: &PathBuf) -> anyhow::Result<RedisTarget> {
+    pub async fn resolve(redis_url: Option<&str>, state_dir: &Path) -> anyhow::Result<RedisTarget> {
         Ok(match redis_url {
             Some(url) => RedisTarget::External(url.to_owned()),
             None => RedisTarget::Embedded(EmbeddedRedis::ensure(state_dir).await?),

@@ -18,10 +18,10 @@ pub fn offset_of(source: &str, path: &[&str]) -> Option<usize> {
         }
         item = next;
         // An array element: index with the following path segment.
-        if let (Some(arr), Some(idx)) = (item.as_array(), path.get(depth + 1)) {
-            if let Some(v) = idx.parse::<usize>().ok().and_then(|i| arr.get(i)) {
-                return v.span().map(|s| s.start).or(best);
-            }
+        if let (Some(arr), Some(idx)) = (item.as_array(), path.get(depth + 1))
+            && let Some(v) = idx.parse::<usize>().ok().and_then(|i| arr.get(i))
+        {
+            return v.span().map(|s| s.start).or(best);
         }
     }
     best

@@ -80,6 +80,7 @@ fn spawn(port: u16, dir: &PathBuf, extra: &[&str]) -> Option<Child> {
         std::thread::sleep(Duration::from_millis(10));
     }
     let _ = child.kill();
+    let _ = child.wait();
     None
 }
 
