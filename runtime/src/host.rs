@@ -11,7 +11,7 @@ use crate::{admin, metrics};
 use arc_swap::ArcSwap;
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -249,15 +249,16 @@ impl Reloader {
         loop {
             tokio::select! {
                 _ = &mut shutdown => return,
-                Some(()) = changes.recv() => self.reload(fleet, &fixed).await,
-                Some(()) = next_signal(&mut hup) => {
-                    info!("SIGHUP: reloading");
-                    self.reload(fleet, &fixed).await;
-                }
+                Some(()) = changes.recv() => {}
+                Some(()) = next_signal(&mut hup) => info!("SIGHUP: reloading"),
             }
             if let Some(w) = watcher.as_mut() {
-                w.follow_schemas(&self.current.load());
+                // Before the schemas are read: an edit while they compile
+                // is then noticed, and so is a fix for a rejected config.
+                let serving = self.current.load().schemas.files().map(Path::to_owned).collect::<Vec<_>>();
+                w.follow_schemas(serving.into_iter().chain(reload::named_schema_files(&self.config_path)));
             }
+            self.reload(fleet, &fixed).await;
         }
     }
 

@@ -22,9 +22,6 @@ pub const DEBOUNCE: Duration = Duration::from_millis(100);
 pub struct Watcher {
     inner: notify::RecommendedWatcher,
     relevant: Arc<RwLock<Relevant>>,
-    /// Every folder watched so far (never unwatched: a stale one only
-    /// costs an ignored event now and then).
-    folders: BTreeSet<PathBuf>,
 }
 
 /// Starts watching the config file, the plugins folder and every schema
@@ -43,44 +40,53 @@ pub fn watch(config: &Config) -> anyhow::Result<(Watcher, mpsc::Receiver<()>)> {
             let _ = raw_tx.try_send(()); // full: a reload is already due
         }
     })?;
-    let mut watcher = Watcher { inner, relevant, folders: BTreeSet::new() };
+    let mut watcher = Watcher { inner, relevant };
     let (config_dir, plugins_dir) = {
         let r = watcher.relevant.read().expect("never poisoned");
         (r.config_dir.clone(), r.plugins_dir.clone())
     };
     // Watch folders, not files: editors save by writing a new file and
     // renaming it over the old one.
-    watcher.watch_folder(&config_dir)?;
-    if plugins_dir.is_dir() {
-        watcher.watch_folder(&plugins_dir)?;
+    watcher.inner.watch(&config_dir, RecursiveMode::NonRecursive)?;
+    if plugins_dir.is_dir() && plugins_dir != config_dir {
+        watcher.inner.watch(&plugins_dir, RecursiveMode::NonRecursive)?;
     }
-    watcher.follow_schemas(config);
+    watcher.follow_schemas(config.schemas.files().map(Path::to_owned));
     let (tx, rx) = mpsc::channel(1);
     tokio::spawn(debounce(raw_rx, tx));
     Ok((watcher, rx))
 }
 
 impl Watcher {
-    /// Watches the schema files `config` names, in place of earlier ones
-    /// (after a reload that changed `[schemas]`). A folder that cannot be
-    /// watched is warned about: its schemas then change on the next reload.
-    pub fn follow_schemas(&mut self, config: &Config) {
-        let files: BTreeSet<PathBuf> = config.schemas.files().map(absolute).collect();
-        for folder in files.iter().filter_map(|f| f.parent()) {
-            if let Err(e) = self.watch_folder(folder) {
+    /// Watches `files` (schema files), in place of those followed before.
+    /// Their folders are watched again each time: one deleted and made again
+    /// (a checkout, a deploy by rename) is a new folder to the kernel. A
+    /// folder that does not exist is warned about and tried again on the
+    /// next reload; its own creation triggers one when its parent is watched.
+    pub fn follow_schemas(&mut self, files: impl IntoIterator<Item = PathBuf>) {
+        let files: BTreeSet<PathBuf> = files.into_iter().map(|f| absolute(&f)).collect();
+        let folders: BTreeSet<PathBuf> = files.iter().filter_map(|f| f.parent()).map(Path::to_owned).collect();
+        for folder in &folders {
+            if let Err(e) = self.inner.watch(folder, RecursiveMode::NonRecursive) {
                 warn!("cannot watch {} for schema changes: {e}", folder.display());
             }
         }
-        self.relevant.write().expect("never poisoned").schema_files = files;
+        let mut relevant = self.relevant.write().expect("never poisoned");
+        relevant.schema_files = files;
+        relevant.schema_folders = folders;
     }
+}
 
-    fn watch_folder(&mut self, folder: &Path) -> notify::Result<()> {
-        if !self.folders.contains(folder) {
-            self.inner.watch(folder, RecursiveMode::NonRecursive)?;
-            self.folders.insert(folder.to_owned());
-        }
-        Ok(())
-    }
+/// The schema files the config at `config_path` names now, read leniently:
+/// a config that does not load (a schema file not written yet, say) still
+/// says which files its fix will come in. Empty when it cannot be read.
+pub fn named_schema_files(config_path: &Path) -> Vec<PathBuf> {
+    let Some(table) = std::fs::read_to_string(config_path).ok().and_then(|t| t.parse::<toml::Table>().ok()) else {
+        return Vec::new();
+    };
+    let base = crate::config::base_dir(config_path);
+    let lines = table.get("schemas").and_then(|s| s.as_table());
+    lines.into_iter().flatten().filter_map(|(_, file)| file.as_str()).map(|f| base.join(f)).collect()
 }
 
 /// Which paths a reload cares about.
@@ -90,6 +96,8 @@ struct Relevant {
     plugins_dir: PathBuf,
     /// The schema files, each with its folder made absolute.
     schema_files: BTreeSet<PathBuf>,
+    /// Their folders: made again, they are watched again on the reload it triggers.
+    schema_folders: BTreeSet<PathBuf>,
 }
 
 impl Relevant {
@@ -99,6 +107,7 @@ impl Relevant {
             config_name: config_path.file_name().unwrap_or_default().to_owned(),
             plugins_dir: absolute(plugins_dir),
             schema_files: BTreeSet::new(),
+            schema_folders: BTreeSet::new(),
         }
     }
 
@@ -107,6 +116,7 @@ impl Relevant {
         (dir == self.config_dir && name == self.config_name)
             || (dir == self.plugins_dir && path.extension().is_some_and(|e| e == "wasm"))
             || self.schema_files.contains(path)
+            || self.schema_folders.contains(path)
     }
 }
 
@@ -119,7 +129,7 @@ fn absolute(path: &Path) -> PathBuf {
     }
     match (path.parent().and_then(canonical), path.file_name()) {
         (Some(dir), Some(name)) => dir.join(name),
-        _ => path.to_owned(),
+        _ => std::path::absolute(path).unwrap_or_else(|_| path.to_owned()),
     }
 }
 
@@ -227,5 +237,45 @@ mod tests {
         std::fs::write(dir.path().join("other.toml"), "x").unwrap();
         std::fs::write(schemas.join("other.json"), "x").unwrap();
         assert!(tokio::time::timeout(DEBOUNCE * 3, rx.recv()).await.is_err(), "other files are ignored");
+    }
+
+    /// Waits for one trigger, then for quiet: nothing left over to be
+    /// taken for the next change's trigger.
+    async fn settle(rx: &mut mpsc::Receiver<()>, what: &str) {
+        let got = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
+        assert!(matches!(got, Ok(Some(()))), "{what} noticed");
+        while tokio::time::timeout(DEBOUNCE * 3, rx.recv()).await.is_ok() {}
+    }
+
+    #[tokio::test]
+    async fn followed_schemas_in_new_folders_and_remade_folders_are_watched() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.toml");
+        std::fs::write(&config, "").unwrap();
+        let (mut w, mut rx) = watch(&Config::load(&config).unwrap()).unwrap();
+        let folder = dir.path().join("more");
+        std::fs::create_dir(&folder).unwrap();
+        let file = folder.join("x.json");
+        w.follow_schemas([file.clone()]);
+        std::fs::write(&file, "{}").unwrap();
+        settle(&mut rx, "a write to a followed schema in a new folder").await;
+
+        std::fs::remove_dir_all(&folder).unwrap();
+        settle(&mut rx, "the schema folder removed").await;
+        std::fs::create_dir(&folder).unwrap();
+        settle(&mut rx, "the schema folder made again").await;
+        w.follow_schemas([file.clone()]); // as the host does before reloading
+        std::fs::write(&file, "{}").unwrap();
+        settle(&mut rx, "a write in the remade folder").await;
+    }
+
+    #[test]
+    fn named_schema_files_are_read_from_a_config_that_does_not_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.toml");
+        std::fs::write(&config, "[schemas]\n\"a.*\" = \"s/a.json\"\n[handlers.x]\nunknown = 1\n").unwrap();
+        assert_eq!(named_schema_files(&config), [dir.path().join("s/a.json")]);
+        std::fs::write(&config, "[schemas\n").unwrap();
+        assert!(named_schema_files(&config).is_empty());
     }
 }

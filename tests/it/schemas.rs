@@ -235,3 +235,31 @@ async fn editing_a_schema_file_reloads_it_and_a_broken_edit_keeps_the_old_one() 
     assert!(entries(&mut conn, "orders:dlq").await.is_empty());
     assert_eq!(kv_count(&mut conn, "schema_h").await.as_deref(), Some("2"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_named_before_its_file_exists_applies_once_the_file_is_written() {
+    let redis = RedisServer::start();
+    let fx = fixture(&redis, &handler("late_h"));
+    let mut conn = redis.conn().await;
+    let (host, mut reports) = fx.start_watching().await;
+    // The config names a schema file not written yet: rejected.
+    let text = std::fs::read_to_string(&fx.config_path).unwrap();
+    let more = SCHEMAS.replace("\n\n", "\n\"user.*\" = \"schemas/user.json\"\n\n");
+    std::fs::write(&fx.config_path, text.replace(SCHEMAS, &more)).unwrap();
+    match next_report(&mut reports).await {
+        ReloadReport::Rejected { error } => {
+            assert!(error.contains("cannot read schema file schemas/user.json"), "{error}")
+        }
+        other => panic!("expected a rejected reload, got {other:?}"),
+    }
+    // Writing the file is the fix: the config need not be touched again.
+    std::fs::write(fx.dir.path().join("schemas/user.json"), r#"{"required": ["user_id"]}"#).unwrap();
+    assert!(matches!(next_report(&mut reports).await, ReloadReport::Applied { .. }));
+    send(&mut conn, "orders", "user.created", json!({"action": "ok"})).await;
+    let dead = until_entries(&conn, "orders:dlq", 1).await;
+    host.stop().await;
+    assert_eq!(
+        field(&dead[0], "sluice.error"),
+        r#"invalid user.created event: "user_id" is a required property (schema schemas/user.json)"#
+    );
+}
