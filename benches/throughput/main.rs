@@ -198,6 +198,10 @@ async fn end_to_end(n: usize, handlers: &str, payload: &str, backtrace: bool) ->
     let rate = n as f64 / started.elapsed().as_secs_f64();
     let memory = host.memory();
     host.stop();
+    // Every event handled, none dead-lettered (by a schema, say): else the
+    // rate would count failures.
+    let dead: usize = conn.xlen("bench:dlq").await.unwrap();
+    assert_eq!(dead, 0, "{dead} events were dead-lettered; see the host's log");
     (rate, memory)
 }
 

@@ -38,6 +38,7 @@ struct Schema {
 pub struct SchemaError {
     /// The glob the line maps (its key in `[schemas]`).
     pub pattern: String,
+    /// What is wrong, naming the schema file as written in the config.
     pub message: String,
 }
 
@@ -200,6 +201,8 @@ mod tests {
         assert_eq!(bad.schema, "created.json");
         assert_eq!(bad.errors, r#""currency" is a required property"#);
         assert_eq!(s.check("order.paid", br#"{"order_id": "o-1", "total": 1}"#), Ok(()));
+        let bad = s.check("order.created", br#"{"currency": "EUR"}"#).unwrap_err();
+        assert_eq!(bad.schema, "order.json", "the second matching schema is checked too");
     }
 
     #[test]

@@ -203,6 +203,12 @@ async fn a_saved_dead_letter_runs_offline_to_the_same_reason() {
     assert!(recent.contains(&dl[0].id) && recent.ends_with("1 entry\n"), "{recent}");
     let since = ok(sluice(&["dlq", "list", "--since", "2000-01-01T00:00:00Z"], &fx.config_path));
     assert!(since.ends_with("1 entry\n"), "{since}");
+    // Half an hour ago, written at UTC+05:00: an offset read with the wrong
+    // sign would put it in the future, and list nothing.
+    let ago = sluice::ops::time::now_ms() - 30 * 60_000;
+    let local = sluice::ops::time::format(ago + 5 * 3_600_000).replace('Z', "+05:00");
+    let since = ok(sluice(&["dlq", "list", "--since", &local], &fx.config_path));
+    assert!(since.ends_with("1 entry\n"), "--since {local}: {since}");
     let future = ok(sluice(&["dlq", "list", "--since", "2999-01-01T00:00:00+02:00"], &fx.config_path));
     assert!(future.ends_with("0 entries\n"), "{future}");
     let none = ok(sluice(&["dlq", "list", "--error-contains", "gateway"], &fx.config_path));

@@ -38,15 +38,20 @@ fn utc_offset(s: &str) -> (&str, i64) {
         return (s, 0);
     };
     let (local, offset) = s.split_at(split);
-    let sign = match offset.as_bytes()[0] {
+    let b = offset.as_bytes();
+    let sign = match b[0] {
         b'+' => 1,
         b'-' => -1,
         _ => return (s, 0),
     };
-    let hours = offset.get(1..3).and_then(|h| h.parse::<i64>().ok());
-    let minutes = offset.get(4..).and_then(|m| m.parse::<i64>().ok());
-    match (hours, offset.as_bytes()[3], minutes) {
-        (Some(h), b':', Some(m)) if h < 24 && m < 60 => (local, sign * (h * 60 + m) * 60_000),
+    let digits = |r: std::ops::Range<usize>| {
+        b[r].iter().try_fold(0, |n, d| d.is_ascii_digit().then(|| n * 10 + i64::from(d - b'0')))
+    };
+    match (digits(1..3), b[3], digits(4..6)) {
+        // A `Z` before the offset would be read as UTC by humantime: refused.
+        (Some(h), b':', Some(m)) if h < 24 && m < 60 && !local.ends_with(['Z', 'z']) => {
+            (local, sign * (h * 60 + m) * 60_000)
+        }
         _ => (s, 0),
     }
 }
@@ -90,7 +95,9 @@ mod tests {
         assert_eq!(parse("2023-11-15T00:13:20+02:00", NOW), Ok(1_700_000_000_000));
         assert_eq!(parse("2023-11-14T17:13:20.5-05:00", NOW), Ok(1_700_000_000_500));
         assert_eq!(parse("2023-11-14T22:13:20+00:00", NOW), Ok(1_700_000_000_000));
-        assert!(parse("2023-11-14T22:13:20+25:00", NOW).is_err());
+        for malformed in ["+25:00", "+-1:00", "+01:-5", "+1:000", "Z+01:00"] {
+            assert!(parse(&format!("2023-11-14T22:13:20{malformed}"), NOW).is_err(), "{malformed}");
+        }
         assert!(parse("yesterday", NOW).unwrap_err().contains("RFC 3339"));
         assert!(parse("-1 fortnight", NOW).is_err());
     }
