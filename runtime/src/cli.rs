@@ -19,15 +19,15 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the host: consume every configured stream until SIGINT/SIGTERM.
-    /// Edits to the config and the plugins folder are applied live; SIGHUP
-    /// forces a reload.
+    /// Edits to the config, the plugins folder and the schema files are
+    /// applied live; SIGHUP forces a reload.
     ///
     /// Example: sluice run --config config.toml
     Run {
         /// The config file.
         #[arg(long, short, default_value = "config.toml", env = "SLUICE_CONFIG")]
         config: PathBuf,
-        /// Do not watch the config and plugins for changes (SIGHUP still reloads).
+        /// Do not watch the config, plugins and schemas for changes (SIGHUP still reloads).
         #[arg(long)]
         no_watch: bool,
     },
@@ -35,7 +35,7 @@ pub enum Command {
     /// fails the JSON Schema the config gives its type (`[schemas]`) is
     /// refused with the validation error, and nothing is added.
     ///
-    /// Example: sluice publish orders --type order.created --data '{"order_id":"o-1","total":42.5}'
+    /// Example: sluice publish orders --type order.created --data '{"order_id":"o-1","customer":"ada","total":42.5,"items":[{"sku":"mug","qty":2}]}'
     Publish {
         /// The stream to add to.
         stream: String,
@@ -63,7 +63,7 @@ pub enum Command {
     ///
     /// The event file (`sluice dlq show --json` prints the same form):
     ///   {"stream": "orders", "id": "1700000000000-0", "type": "order.created",
-    ///    "data": {"order_id": "o-1", "total": 42.5},
+    ///    "data": {"order_id": "o-1", "customer": "ada", "total": 42.5, "items": [{"sku": "mug", "qty": 2}]},
     ///    "fields": {"correlation_id": "c-1"}, "attempt": 1}
     /// `id`, `fields` and `attempt` are optional; `data` is any JSON value,
     /// or a string.

@@ -48,7 +48,7 @@ fn scaffold_builds_and_runs(name: &str, lang: &str) {
     let event = format!("plugins/{name}/event.json");
     let ran = sluice(dir.path(), &["invoke", &wasm, "--event", &event]);
     assert_eq!(ran.status.code(), Some(0), "{}", text(&ran));
-    assert!(text(&ran).contains("order.created 1700000000000-0 (attempt 1): 2 field(s)"), "{}", text(&ran));
+    assert!(text(&ran).contains("order.created 1700000000000-0 (attempt 1): 4 field(s)"), "{}", text(&ran));
 
     std::fs::write(dir.path().join("bad.json"), r#"{"stream": "orders", "type": "t", "data": [1, 2]}"#).unwrap();
     let bad = sluice(dir.path(), &["invoke", &wasm, "--event", "bad.json"]);
