@@ -83,6 +83,9 @@ fn main() {
         let handlers = format!("[schemas]\n\"order.*\" = \"order.json\"\n{}", handler("bench", "behave.wasm", ""));
         let (rate, _) = rt.block_on(end_to_end(n, &handlers, TRIVIAL, true));
         report.rate("sluice run, trivial Rust handler, JSON Schema checked", rate, native);
+        let (check, parse) = schema_check_cost();
+        report.add("schema check of one event (parse + match + validate)", check, "µs");
+        report.add("the same event parsed by serde_json alone (the floor)", parse, "µs");
     }
     if wanted("chain") {
         let handlers = handler("bench", "behave.wasm", "publish = [\"out\"]\n");
@@ -203,6 +206,28 @@ async fn end_to_end(n: usize, handlers: &str, payload: &str, backtrace: bool) ->
     let dead: usize = conn.xlen("bench:dlq").await.unwrap();
     assert_eq!(dead, 0, "{dead} events were dead-lettered; see the host's log");
     (rate, memory)
+}
+
+/// µs per [`TRIVIAL`] event for `Schemas::check` with [`ORDER_SCHEMA`],
+/// and for parsing it into a `serde_json::Value`, which the check does first.
+fn schema_check_cost() -> (f64, f64) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("order.json"), ORDER_SCHEMA).unwrap();
+    let lines = std::collections::BTreeMap::from([("order.*".to_owned(), "order.json".to_owned())]);
+    let schemas = sluice::schema::Schemas::compile(dir.path(), &lines).unwrap();
+    let per_event = |f: &dyn Fn()| {
+        let n = 200_000;
+        let started = Instant::now();
+        for _ in 0..n {
+            f();
+        }
+        started.elapsed().as_secs_f64() * 1e6 / n as f64
+    };
+    let check = per_event(&|| schemas.check("order.created", TRIVIAL.as_bytes()).expect("valid"));
+    let parse = per_event(&|| {
+        std::hint::black_box(serde_json::from_slice::<serde_json::Value>(TRIVIAL.as_bytes()).unwrap());
+    });
+    (check, parse)
 }
 
 /// The chain handler at `rate` events/s for 3 s (the first 0.5 s left
