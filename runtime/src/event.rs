@@ -35,6 +35,11 @@ pub mod field {
 /// replay` copy entries into, read by that handler alone.
 pub const INBOX_PREFIX: &str = "sluice:inbox:";
 
+/// Whether `stream` is a handler's inbox.
+pub fn is_inbox(stream: &str) -> bool {
+    stream.starts_with(INBOX_PREFIX)
+}
+
 /// The inbox stream of `handler`.
 pub fn inbox(handler: &str) -> String {
     format!("{INBOX_PREFIX}{handler}")
@@ -65,7 +70,7 @@ impl Entry {
     /// an inbox, the original's (so handlers see, and key idempotency on,
     /// the event they failed before).
     pub fn origin(&self, stream: &str) -> (String, String) {
-        if stream.starts_with(INBOX_PREFIX)
+        if is_inbox(stream)
             && let (Some(s), Some(id)) = (self.get(field::ORIGIN_STREAM), self.get(field::ORIGIN_ID))
         {
             return (lossy(s), lossy(id));

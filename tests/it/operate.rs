@@ -85,6 +85,9 @@ async fn redrive_reaches_only_the_handler_that_failed_and_keeps_the_history() {
     expected.sort();
     assert_eq!(all, expected, "a saw each event once; b's publishes name the original entries");
     assert!(entries(&mut conn, "in:dlq").await.is_empty());
+    // Each copy was deleted when b was done with it: dead-lettered again the
+    // first time, acknowledged the second.
+    assert!(entries(&mut conn, "sluice:inbox:b").await.is_empty(), "handled inbox copies are deleted");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -170,6 +173,7 @@ async fn replay_delivers_exactly_the_time_range_to_one_handler() {
         })
         .collect();
     assert_eq!(replayed, ["2000-0", "2000-1", "3000-0"]);
+    assert!(entries(&mut conn, "sluice:inbox:b").await.is_empty(), "handled inbox copies are deleted");
 
     let refused = sluice(&["replay", "--stream", "other", "--handler", "a", "--from", "-1h"], &fx.config_path);
     assert!(String::from_utf8_lossy(&refused.stderr).contains("does not read stream \"other\""));

@@ -10,7 +10,8 @@
 -- then, per delivery:
 --   KEYS       the stream its entry was read from, then the key of each write
 --   ARGV       the entry id, the number of writes, then per write: kind
---              ("xadd", "set" or "del"), argument count, arguments
+--              ("xadd", "set", "del", or "xdel" for an inbox entry done
+--              with), argument count, arguments
 --
 -- Returns, per delivery in order:
 --   1  committed;
@@ -55,6 +56,8 @@ while a <= #ARGV do
         redis.call('XADD', w[2], '*', unpack(w[3]))
       elseif w[1] == 'set' then
         redis.call('SET', w[2], unpack(w[3]))
+      elseif w[1] == 'xdel' then
+        redis.call('XDEL', w[2], unpack(w[3]))
       else
         redis.call('DEL', w[2])
       end

@@ -58,19 +58,28 @@ impl Commit {
         let publishes =
             effects.publishes.iter().map(|p| xadd(&p.stream, event::published_fields(p, handler, entry, &cause_id)));
         let kv = effects.kv.into_iter().map(|w| kv_write(handler, w));
-        Commit { stream: stream.to_owned(), id: entry.id.clone(), writes: publishes.chain(kv).collect() }
+        let writes = publishes.chain(kv).chain(delete_if_inbox(stream, &entry.id)).collect();
+        Commit { stream: stream.to_owned(), id: entry.id.clone(), writes }
     }
 
     /// Copies `entry` of `stream` to `dead_letter_stream` with the reason,
     /// and acknowledges it.
     pub fn dead_letter(dead_letter_stream: &str, stream: &str, entry: &Entry, info: &DeadLetterInfo<'_>) -> Commit {
         let fields = event::dead_letter_fields(entry, info);
-        Commit { stream: stream.to_owned(), id: entry.id.clone(), writes: vec![xadd(dead_letter_stream, fields)] }
+        let writes = std::iter::once(xadd(dead_letter_stream, fields)).chain(delete_if_inbox(stream, &entry.id));
+        Commit { stream: stream.to_owned(), id: entry.id.clone(), writes: writes.collect() }
     }
 }
 
+/// For an entry of a handler's inbox, its deletion, in the same commit as
+/// its ack: an inbox copy is done with once its handler is, and the
+/// original stays in its own stream. Other streams keep their entries.
+fn delete_if_inbox(stream: &str, id: &str) -> Option<Write> {
+    event::is_inbox(stream).then(|| Write { kind: "xdel", key: stream.to_owned(), args: vec![id.as_bytes().to_vec()] })
+}
+
 /// Acknowledges entries the handler does not want (their type does not match
-/// its `events` globs), without running it.
+/// its `events` globs), without running it; inbox copies are deleted too.
 pub async fn ack_unhandled(
     conn: &mut impl ConnectionLike,
     stream: &str,
@@ -80,7 +89,12 @@ pub async fn ack_unhandled(
     if ids.is_empty() {
         return Ok(());
     }
-    redis::cmd("XACK").arg(stream).arg(group).arg(ids).exec_async(conn).await
+    let mut pipe = redis::pipe();
+    pipe.atomic().cmd("XACK").arg(stream).arg(group).arg(ids).ignore();
+    if event::is_inbox(stream) {
+        pipe.cmd("XDEL").arg(stream).arg(ids).ignore();
+    }
+    pipe.exec_async(conn).await
 }
 
 /// Runs `commits` (entries read through `group`) in one script. On success,
