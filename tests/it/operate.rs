@@ -258,3 +258,25 @@ async fn status_shows_lag_pending_and_dead_letters_per_handler() {
     let table = ok(sluice(&["status"], &fx.config_path));
     assert!(table.lines().any(|l| l.starts_with("a ") && l.contains(" in ") && l.ends_with("BEHIND")), "{table}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_entries_leave_the_inbox_whether_handled_or_not_wanted() {
+    let redis = RedisServer::start();
+    let c = "[handlers.c]\nplugin = \"behave.wasm\"\nstreams = [\"in\"]\nevents = [\"t\"]\n";
+    let fx = Fixture::new(&redis, "", c);
+    let mut conn = redis.conn().await;
+    send(&mut conn, "in", "t", json!({"action": "ok"})).await;
+    send(&mut conn, "in", "not-for-c", json!({"action": "ok"})).await;
+    let host = fx.start();
+    until_finished(&conn, "in", "c", 2).await;
+    let out =
+        ok(sluice(&["replay", "--stream", "in", "--handler", "c", "--from", "0", "--to", "now"], &fx.config_path));
+    assert!(out.contains("replayed 2 entr(ies)"), "{out}");
+    eventually(SOON, "the inbox emptied", || {
+        let mut c = conn.clone();
+        async move { entries(&mut c, "sluice:inbox:c").await.is_empty().then_some(()) }
+    })
+    .await;
+    host.stop().await;
+    assert_eq!(pending(&mut conn, "sluice:inbox:c", "c").await, 0);
+}

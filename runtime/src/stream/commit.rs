@@ -89,11 +89,12 @@ pub async fn ack_unhandled(
     if ids.is_empty() {
         return Ok(());
     }
+    if !event::is_inbox(stream) {
+        return redis::cmd("XACK").arg(stream).arg(group).arg(ids).exec_async(conn).await;
+    }
     let mut pipe = redis::pipe();
     pipe.atomic().cmd("XACK").arg(stream).arg(group).arg(ids).ignore();
-    if event::is_inbox(stream) {
-        pipe.cmd("XDEL").arg(stream).arg(ids).ignore();
-    }
+    pipe.cmd("XDEL").arg(stream).arg(ids).ignore();
     pipe.exec_async(conn).await
 }
 
