@@ -185,7 +185,8 @@ pub enum DlqCommand {
     /// Send dead-lettered events back to the handler that failed them, and
     /// only to it. Attempts start over; earlier reasons are kept on the
     /// event (sluice.history). Each entry leaves the dead-letter stream in
-    /// the same step that queues it again.
+    /// the same step that queues it again. Entries whose data still fails
+    /// its type's JSON Schema are left, and counted.
     ///
     /// Example: sluice dlq redrive --handler payment --error-contains gateway --rate 50
     Redrive {

@@ -210,6 +210,12 @@ async fn editing_a_schema_file_reloads_it_and_a_broken_edit_keeps_the_old_one() 
     let lots = || counted(json!({"order_id": "o-1", "total": "lots"}));
     send(&mut conn, "orders", "order.created", lots()).await;
     until_entries(&conn, "orders:dlq", 1).await;
+    // Sent back while the schema still refuses it: left where it is.
+    let out = sluice(&["dlq", "redrive", "--handler", "schema_h"], &fx);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && stdout.contains("redrove 0 entr(ies)"), "{stdout}");
+    assert!(stdout.contains("left 1 entr(ies) whose data still fails its type's schema"), "{stdout}");
+    assert_eq!(entries(&mut conn, "orders:dlq").await.len(), 1);
 
     // A broken edit is rejected, naming the file; the old schema still applies.
     write_schema(&fx, "{\"type\": ");

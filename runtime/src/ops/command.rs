@@ -98,15 +98,22 @@ fn filter_from(f: &DlqFilter) -> anyhow::Result<Filter> {
 
 fn report_redrive(done: &[redrive::Redriven], dry_run: bool) {
     for r in done {
-        match (&r.inbox_id, dry_run) {
-            (_, true) => println!("would redrive {} to {}", r.dead_letter_id, r.handler),
-            (Some(id), false) => println!("redrove {} to {} (inbox entry {id})", r.dead_letter_id, r.handler),
-            (None, false) => println!("skipped {}: no longer in the dead-letter stream", r.dead_letter_id),
+        match (&r.inbox_id, &r.still_invalid, dry_run) {
+            (_, Some(why), _) => println!("left {}: still {why}", r.dead_letter_id),
+            (_, None, true) => println!("would redrive {} to {}", r.dead_letter_id, r.handler),
+            (Some(id), None, false) => println!("redrove {} to {} (inbox entry {id})", r.dead_letter_id, r.handler),
+            (None, None, false) => println!("skipped {}: no longer in the dead-letter stream", r.dead_letter_id),
         }
     }
+    let invalid = done.iter().filter(|r| r.still_invalid.is_some()).count();
     let sent = done.iter().filter(|r| r.inbox_id.is_some()).count();
     match dry_run {
-        true => println!("{} entr(ies) would be redriven", done.len()),
+        true => println!("{} entr(ies) would be redriven", done.len() - invalid),
         false => println!("redrove {sent} entr(ies)"),
+    }
+    if invalid > 0 {
+        println!(
+            "left {invalid} entr(ies) whose data still fails its type's schema: the handler would dead-letter them again at once. Fix the schema, then redrive again"
+        );
     }
 }

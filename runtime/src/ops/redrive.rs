@@ -26,15 +26,20 @@ pub struct Pace {
 pub struct Redriven {
     pub dead_letter_id: String,
     pub handler: String,
-    /// The new entry in the handler's inbox; `None` on a dry run, or when
-    /// the entry was gone (redriven or purged meanwhile).
+    /// The new entry in the handler's inbox; `None` on a dry run, when the
+    /// entry was gone (redriven or purged meanwhile), or when it was left.
     pub inbox_id: Option<String>,
+    /// Why it was left where it is: its data still fails its type's schema,
+    /// so the handler would dead-letter it again at once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub still_invalid: Option<String>,
 }
 
 /// Moves each of `entries` (up to the limit, at the rate) into the inbox of
 /// the handler that failed it. Each move is one atomic script: the
 /// dead-letter entry is deleted together with its copy being added, so an
-/// interrupted redrive loses nothing and repeats nothing.
+/// interrupted redrive loses nothing and repeats nothing. Entries whose data
+/// still fails its type's schema are left, and reported.
 pub async fn redrive(session: &mut Session, entries: &[DeadLetter], pace: Pace) -> anyhow::Result<Vec<Redriven>> {
     for d in entries {
         if session.config.handler(&d.handler).is_none() {
@@ -47,11 +52,20 @@ pub async fn redrive(session: &mut Session, entries: &[DeadLetter], pace: Pace) 
         }
     }
     let gap = pace.rate.filter(|r| *r > 0.0).map(|r| Duration::from_secs_f64(1.0 / r));
-    let mut done = Vec::new();
-    for (i, d) in entries.iter().take(pace.limit.unwrap_or(usize::MAX)).enumerate() {
-        if let (Some(gap), true) = (gap, i > 0) {
+    let (mut done, mut sent) = (Vec::new(), 0);
+    for d in entries {
+        if sent == pace.limit.unwrap_or(usize::MAX) {
+            break;
+        }
+        if let Err(invalid) = still_valid(session, d) {
+            let (dead_letter_id, handler) = (d.id.clone(), d.handler.clone());
+            done.push(Redriven { dead_letter_id, handler, inbox_id: None, still_invalid: Some(invalid) });
+            continue;
+        }
+        if let (Some(gap), true) = (gap, sent > 0) {
             tokio::time::sleep(gap).await;
         }
+        sent += 1;
         let inbox_id = match pace.dry_run {
             true => None,
             false => {
@@ -60,9 +74,15 @@ pub async fn redrive(session: &mut Session, entries: &[DeadLetter], pace: Pace) 
                     .await?
             }
         };
-        done.push(Redriven { dead_letter_id: d.id.clone(), handler: d.handler.clone(), inbox_id });
+        done.push(Redriven { dead_letter_id: d.id.clone(), handler: d.handler.clone(), inbox_id, still_invalid: None });
     }
     Ok(done)
+}
+
+/// Whether `d`'s data, as its handler would see it, passes its type's schema.
+fn still_valid(session: &Session, d: &DeadLetter) -> Result<(), String> {
+    let event = d.event.to_entry().to_event(&d.event.stream, 1);
+    session.config.schemas.check(&event.event_type, &event.data).map_err(|invalid| invalid.to_string())
 }
 
 /// Copies every entry of `stream` from `from` to `to` (Unix ms, inclusive)
