@@ -66,6 +66,12 @@ impl Entry {
         self.get(field::TYPE).map(|t| String::from_utf8_lossy(t).into_owned()).unwrap_or_default()
     }
 
+    /// Its fields without those Sluice added (`sluice.*`): the event as its
+    /// producer wrote it.
+    pub fn own_fields(&self) -> Vec<(String, Vec<u8>)> {
+        self.fields.iter().filter(|(k, _)| !k.starts_with(field::SLUICE_PREFIX)).cloned().collect()
+    }
+
     /// The stream and id this entry stands for: its own, or for a copy in
     /// an inbox, the original's (so handlers see, and key idempotency on,
     /// the event they failed before).

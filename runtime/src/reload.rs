@@ -6,7 +6,6 @@ use crate::config::Config;
 use crate::consumer::Binding;
 use crate::wasm::{ComponentCache, Plugin, Runtime};
 use notify::{EventKind, RecursiveMode, Watcher as _};
-use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -194,7 +193,7 @@ async fn plugin_for(
     bytes: Vec<u8>,
     loaded: &[Arc<Plugin>],
 ) -> anyhow::Result<Arc<Plugin>> {
-    let digest = crate::wasm::hex(&Sha256::digest(&bytes));
+    let digest = crate::wasm::digest(&bytes);
     if let Some(p) = loaded.iter().find(|p| p.digest == digest) {
         return Ok(p.clone());
     }

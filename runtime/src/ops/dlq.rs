@@ -39,10 +39,7 @@ impl DeadLetter {
     pub fn from_entry(stream: &str, entry: &Entry) -> DeadLetter {
         let text = |k: &str| entry.get(k).map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
         let origin_stream = text(field::ORIGIN_STREAM);
-        let original = Entry {
-            id: text(field::ORIGIN_ID),
-            fields: entry.fields.iter().filter(|(k, _)| !k.starts_with(field::SLUICE_PREFIX)).cloned().collect(),
-        };
+        let original = Entry { id: text(field::ORIGIN_ID), fields: entry.own_fields() };
         DeadLetter {
             dead_letter_stream: stream.to_owned(),
             id: entry.id.clone(),

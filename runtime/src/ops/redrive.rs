@@ -113,8 +113,7 @@ pub async fn replay(
 
 /// `entry`'s own fields and where it came from.
 fn copy_fields(stream: &str, entry: &Entry) -> Vec<(String, Vec<u8>)> {
-    let mut fields: Vec<_> =
-        entry.fields.iter().filter(|(k, _)| !k.starts_with(field::SLUICE_PREFIX)).cloned().collect();
+    let mut fields = entry.own_fields();
     fields.push((field::ORIGIN_STREAM.into(), stream.as_bytes().to_vec()));
     fields.push((field::ORIGIN_ID.into(), entry.id.clone().into_bytes()));
     fields

@@ -5,12 +5,11 @@ use super::session::Session;
 use super::time;
 use crate::config::Config;
 use crate::consumer::read_streams;
-use crate::event::INBOX_PREFIX;
+use crate::event;
 use crate::stream;
-use crate::wasm::hex;
+use crate::wasm;
 use redis::aio::ConnectionLike;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 /// A group this many entries behind the end of its stream is falling behind.
 pub const BEHIND_LAG: u64 = 1000;
@@ -44,7 +43,7 @@ pub struct Row {
 pub async fn status(session: &mut Session) -> anyhow::Result<Vec<Row>> {
     let mut rows = rows(&mut session.conn, &session.config).await?;
     for h in &session.config.handlers {
-        let version = std::fs::read(&h.plugin).map(|b| hex(&Sha256::digest(&b))[..12].to_owned());
+        let version = std::fs::read(&h.plugin).map(|b| wasm::version(&wasm::digest(&b)));
         let version = version.unwrap_or_else(|_| "missing".into());
         for r in rows.iter_mut().filter(|r| r.handler == h.name) {
             r.plugin_version = Some(version.clone());
@@ -60,7 +59,7 @@ pub async fn rows(conn: &mut impl ConnectionLike, config: &Config) -> redis::Red
     for h in &config.handlers {
         for s in read_streams(h) {
             let info = stream::group_info(conn, &s, &h.group).await?;
-            let dead_letters = match s.starts_with(INBOX_PREFIX) {
+            let dead_letters = match event::is_inbox(&s) {
                 true => 0,
                 false => stream::length(conn, &h.dead_letter_stream(&s)).await?,
             };

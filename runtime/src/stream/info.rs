@@ -1,7 +1,7 @@
 //! How far a consumer group has got: `XINFO GROUPS`, `XPENDING`, `XLEN`,
 //! for `sluice status` and the metrics.
 
-use super::reply::text;
+use super::reply::{items, text};
 use redis::Value;
 use redis::aio::ConnectionLike;
 
@@ -32,7 +32,7 @@ pub async fn group_info(
         Err(e) => return Err(e),
     };
     let Some(fields) =
-        as_list(&groups).iter().map(pairs).find(|f| get(f, "name").and_then(text).as_deref() == Some(group))
+        items(&groups).iter().map(pairs).find(|f| get(f, "name").and_then(text).as_deref() == Some(group))
     else {
         return Ok(None);
     };
@@ -41,7 +41,7 @@ pub async fn group_info(
         _ => None,
     };
     let summary: Value = redis::cmd("XPENDING").arg(stream).arg(group).query_async(conn).await?;
-    let oldest = as_list(&summary).get(1).and_then(text);
+    let oldest = items(&summary).get(1).and_then(text);
     Ok(Some(GroupInfo {
         lag: number("lag"),
         pending: number("pending").unwrap_or(0),
@@ -55,18 +55,11 @@ pub async fn length(conn: &mut impl ConnectionLike, stream: &str) -> redis::Redi
     redis::cmd("XLEN").arg(stream).query_async(conn).await
 }
 
-fn as_list(v: &Value) -> &[Value] {
-    match v {
-        Value::Array(a) | Value::Set(a) => a,
-        _ => &[],
-    }
-}
-
 /// A RESP3 map or a RESP2 flat `[k, v, k, v]` array, as pairs.
 fn pairs(v: &Value) -> Vec<(String, Value)> {
     match v {
         Value::Map(m) => m.iter().filter_map(|(k, v)| Some((text(k)?, v.clone()))).collect(),
-        other => as_list(other).chunks_exact(2).filter_map(|kv| Some((text(&kv[0])?, kv[1].clone()))).collect(),
+        other => items(other).chunks_exact(2).filter_map(|kv| Some((text(&kv[0])?, kv[1].clone()))).collect(),
     }
 }
 

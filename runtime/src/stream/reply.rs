@@ -22,7 +22,8 @@ fn bytes(v: &Value) -> Option<Vec<u8>> {
     }
 }
 
-fn items(v: &Value) -> &[Value] {
+/// The elements of an array or set reply; empty for anything else.
+pub(super) fn items(v: &Value) -> &[Value] {
     match v {
         Value::Array(a) | Value::Set(a) => a,
         _ => &[],

@@ -20,5 +20,5 @@ pub use engine::Runtime;
 pub use executor::Executor;
 pub use http::HttpGrant;
 pub use invoke::Outcome;
-pub use plugin::{Plugin, PluginError};
+pub use plugin::{Plugin, PluginError, digest, version};
 pub use state::{Grants, Sandbox};

@@ -31,6 +31,16 @@ pub enum PluginError {
     WrongWorld { path: PathBuf, reason: String },
 }
 
+/// The SHA-256 of a plugin file's bytes, hex: tells whether a file changed.
+pub fn digest(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+/// The version a plugin with `digest` goes by: its first 12 hex digits.
+pub fn version(digest: &str) -> String {
+    digest[..12].to_owned()
+}
+
 /// A compiled, pre-instantiated handler plugin, ready to run events. The
 /// same `Plugin` serves every handler that uses the same file contents.
 pub struct Plugin {
@@ -64,7 +74,7 @@ impl Plugin {
         bytes: &[u8],
     ) -> Result<Plugin, PluginError> {
         let path = path.to_owned();
-        let digest = hex(&Sha256::digest(bytes));
+        let digest = digest(bytes);
         let compiled = match cache {
             Some(cache) => cache.load(&runtime.engine, bytes, &digest),
             None => Component::new(&runtime.engine, bytes).map(|c| (c, Source::Compiled)),
@@ -77,7 +87,7 @@ impl Plugin {
             .map_err(|e| PluginError::Link { path: path.clone(), reason: format!("{e:#}") })?;
         let pre = PluginPre::new(instance_pre)
             .map_err(|e| PluginError::WrongWorld { path: path.clone(), reason: format!("{e:#}") })?;
-        Ok(Plugin { version: digest[..12].to_owned(), digest, path, source, pre, executor: runtime.executor.clone() })
+        Ok(Plugin { version: version(&digest), digest, path, source, pre, executor: runtime.executor.clone() })
     }
 
     /// Where this plugin's deliveries run.
