@@ -12,7 +12,7 @@ use std::time::Instant;
 pub struct Cost {
     /// `Plugin::invoke` in the calling task: store, instantiate, call, drop.
     pub direct: f64,
-    /// `Plugin::invoke_isolated` on the wasm executor, as the host runs each
+    /// `Plugin::invoke` on the wasm executor, as the host runs each
     /// delivery: the same, plus the panic guard, the span and the log capture.
     pub isolated: f64,
 }
@@ -38,12 +38,12 @@ pub async fn cost(plugins: &Path, plugin: &str, payload: &str, iterations: u32, 
     };
     let event = entry.to_event("bench", 1);
     for _ in 0..20 {
-        let outcome = plugin.invoke(&sandbox, &event).await;
+        let outcome = plugin.invoke_in_place(&sandbox, &event).await;
         assert!(matches!(outcome, Outcome::Success { .. }), "{plugin:?}: {outcome:?}", plugin = plugin.path);
     }
     let started = Instant::now();
     for _ in 0..iterations {
-        plugin.invoke(&sandbox, &event).await;
+        plugin.invoke_in_place(&sandbox, &event).await;
     }
     let direct = per_call(started, iterations);
     let (done, isolated) = tokio::sync::oneshot::channel();
@@ -51,7 +51,7 @@ pub async fn cost(plugins: &Path, plugin: &str, payload: &str, iterations: u32, 
     executor.spawn(async move {
         let started = Instant::now();
         for _ in 0..iterations {
-            plugin.invoke_isolated(&sandbox, event.clone()).await;
+            plugin.invoke(&sandbox, event.clone()).await;
         }
         let _ = done.send(per_call(started, iterations));
     });

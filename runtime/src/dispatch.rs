@@ -1,17 +1,85 @@
-//! The delivery decision: what happens to an entry after a delivery. Every
-//! rule about acks, retries and dead-letters lives here and nowhere else.
+//! The delivery decision, in one place: whether an entry is delivered at all
+//! (its type, its attempts, its schema) and, once its handler has run, what
+//! becomes of it (acknowledged with its effects, tried again after a delay,
+//! or dead-lettered with a reason). `sluice run` ([`crate::consumer`]) and
+//! `sluice invoke` ([`crate::offline`]) both go through [`turn`], so they
+//! cannot disagree.
+//!
+//! The vocabulary: the handler's call comes to an [`Outcome`]; a turn ends
+//! in a [`Verdict`] (the outcome, or the rule that settled the entry before
+//! the plugin ran), and the verdict leads to a [`Decision`]. Metrics, logs
+//! and `sluice invoke` name them by [`Verdict::label`] and
+//! [`Decision::label`].
 
-use crate::backoff;
-use crate::config::Limits;
-use crate::schema::Invalid;
+use crate::config::Handler;
+use crate::retry::RetryPolicy;
+use crate::stream::Delivery;
+use crate::wasm::bindings::Event;
 use crate::wasm::{Effects, Outcome};
+use std::future::Future;
 use std::time::Duration;
 
-/// What to do with an entry after one delivery.
+/// How one turn of an entry ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The handler returned ok.
+    Ok,
+    /// The handler asked to be tried again.
+    Retry,
+    /// The handler rejected the event for good.
+    Reject,
+    /// The handler trapped or hit a limit.
+    Crash,
+    /// Not delivered: its type matches none of the handler's `events`.
+    Skipped,
+    /// Not delivered: its data fails its type's JSON Schema.
+    Invalid,
+    /// Not delivered: its last attempt was made already and never finished
+    /// (the host stopped or crashed during it).
+    Exhausted,
+}
+
+impl Verdict {
+    /// The verdict of a handler's `outcome`.
+    pub fn of(outcome: &Outcome) -> Verdict {
+        match outcome {
+            Outcome::Success { .. } => Verdict::Ok,
+            Outcome::Retry { .. } => Verdict::Retry,
+            Outcome::Reject { .. } => Verdict::Reject,
+            Outcome::Crash { .. } => Verdict::Crash,
+        }
+    }
+
+    /// Its name in metrics (`outcome="..."`), logs and `sluice invoke`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Verdict::Ok => "ok",
+            Verdict::Retry => "retry",
+            Verdict::Reject => "reject",
+            Verdict::Crash => "crash",
+            Verdict::Skipped => "skipped",
+            Verdict::Invalid => "invalid",
+            Verdict::Exhausted => "exhausted",
+        }
+    }
+
+    /// Every verdict, for metrics that list each one.
+    pub const ALL: [Verdict; 7] = [
+        Verdict::Ok,
+        Verdict::Retry,
+        Verdict::Reject,
+        Verdict::Crash,
+        Verdict::Skipped,
+        Verdict::Invalid,
+        Verdict::Exhausted,
+    ];
+}
+
+/// What happens to an entry after its turn.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
-    /// Acknowledge it, committing its publishes and key-value writes in the
-    /// same transaction.
+    /// Acknowledge it, committing its publishes and key-value writes (none
+    /// when it was not delivered) in the same transaction.
     Ack { effects: Effects },
     /// Leave it pending and deliver it again after `delay`.
     Retry { delay: Duration, reason: String },
@@ -19,56 +87,111 @@ pub enum Decision {
     DeadLetter { reason: String },
 }
 
+impl Decision {
+    /// Its name in logs and `sluice invoke` (`action`).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Decision::Ack { .. } => "ack",
+            Decision::Retry { .. } => "retry",
+            Decision::DeadLetter { .. } => "dead-letter",
+        }
+    }
+}
+
+/// One turn of an entry: how it ended and what happens next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Turn {
+    pub verdict: Verdict,
+    pub decision: Decision,
+}
+
+/// Before the plugin runs: the event to deliver, or the turn that settles
+/// the entry without running it.
+#[derive(Debug)]
+pub enum Admission {
+    /// Run the handler on this event.
+    Deliver(Event),
+    /// Do not run it.
+    Settled(Turn),
+}
+
+/// Whether `handler` gets delivery `d`: not if its type is not wanted
+/// (acknowledged as it is), not if its last attempt was made already and
+/// never finished, not if its data fails its type's schema (both
+/// dead-lettered).
+pub fn admit(handler: &Handler, d: &Delivery) -> Admission {
+    let settled = |verdict, decision| Admission::Settled(Turn { verdict, decision });
+    if !handler.wants(&d.entry.event_type()) {
+        return settled(Verdict::Skipped, Decision::Ack { effects: Effects::default() });
+    }
+    if d.attempt > handler.retry.max_attempts {
+        let reason = format!(
+            "gave up after {} attempts; the last one never finished (the host stopped or crashed while handling it)",
+            d.attempt - 1
+        );
+        return settled(Verdict::Exhausted, Decision::DeadLetter { reason });
+    }
+    let event = d.entry.to_event(&d.stream, d.attempt);
+    if let Err(invalid) = handler.schemas.check(&event.event_type, &event.data) {
+        // No retry would make it valid.
+        return settled(Verdict::Invalid, Decision::DeadLetter { reason: invalid.to_string() });
+    }
+    Admission::Deliver(event)
+}
+
 /// The decision for `outcome` of delivery number `attempt`. Retry delays are
 /// capped at `max_delay` (so a waiting retry is never mistaken for an
 /// abandoned entry by other hosts).
-pub fn decide(outcome: Outcome, attempt: u32, limits: &Limits, max_delay: Duration) -> Decision {
+pub fn decide(outcome: Outcome, attempt: u32, policy: &RetryPolicy, max_delay: Duration) -> Decision {
     let reason = match outcome {
         Outcome::Success { effects } => return Decision::Ack { effects },
         Outcome::Reject { reason } => return Decision::DeadLetter { reason },
-        Outcome::Retry { reason, delay: Some(delay) } if attempt < limits.max_attempts => {
+        Outcome::Retry { reason, delay: Some(delay) } if attempt < policy.max_attempts => {
             return Decision::Retry { delay: delay.min(max_delay), reason };
         }
         Outcome::Retry { reason, .. } | Outcome::Crash { reason, .. } => reason,
     };
-    if attempt >= limits.max_attempts {
+    if attempt >= policy.max_attempts {
         let reason = format!("{reason} (gave up after {attempt} attempts)");
         return Decision::DeadLetter { reason };
     }
-    Decision::Retry { delay: backoff::delay(limits.backoff, attempt, max_delay), reason }
+    Decision::Retry { delay: policy.delay(attempt, max_delay), reason }
 }
 
-/// The decision for an event that fails its type's schema: dead-lettered at
-/// once, without running the plugin; no retry would make it valid.
-pub fn invalid(invalid: &Invalid) -> Decision {
-    Decision::DeadLetter { reason: invalid.to_string() }
+/// One whole turn of delivery `d` to `handler`: [`admit`], then `run` the
+/// handler on the event, then [`decide`]. `max_delay` caps retry delays.
+pub async fn turn<F, Fut>(handler: &Handler, d: &Delivery, max_delay: Duration, run: F) -> Turn
+where
+    F: FnOnce(Event) -> Fut,
+    Fut: Future<Output = Outcome>,
+{
+    match admit(handler, d) {
+        Admission::Settled(turn) => turn,
+        Admission::Deliver(event) => {
+            let outcome = run(event).await;
+            let verdict = Verdict::of(&outcome);
+            Turn { verdict, decision: decide(outcome, d.attempt, &handler.retry, max_delay) }
+        }
+    }
 }
 
-/// The decision for an entry found already delivered `attempt - 1` times
-/// whose last delivery never finished (the host stopped or crashed during
-/// it): give up if that used the last attempt, else deliver it.
-pub fn exhausted_before_delivery(attempt: u32, limits: &Limits) -> Option<Decision> {
-    (attempt > limits.max_attempts).then(|| Decision::DeadLetter {
-        reason: format!(
-            "gave up after {} attempts; the last one never finished (the host stopped or crashed while handling it)",
-            attempt - 1
-        ),
-    })
+/// The decision when Redis refused to commit a successful delivery's output
+/// (a publish target that is not a stream, say): a failed attempt, like a
+/// trap.
+pub fn commit_refused(why: &str, attempt: u32, policy: &RetryPolicy, max_delay: Duration) -> Decision {
+    let reason = format!("cannot commit the handler's output: {why}");
+    decide(Outcome::Crash { reason, timed_out: false }, attempt, policy, max_delay)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
+    use crate::event::Entry;
+    use std::path::Path;
 
-    fn limits(max_attempts: u32) -> Limits {
-        Limits {
-            timeout: Duration::from_secs(1),
-            memory_bytes: 1 << 20,
-            max_attempts,
-            backoff: Duration::from_millis(100),
-            concurrency: 1,
-            fuel: None,
-        }
+    fn policy(max_attempts: u32) -> RetryPolicy {
+        RetryPolicy { max_attempts, backoff: Duration::from_millis(100) }
     }
     const MAX: Duration = Duration::from_secs(10);
 
@@ -78,41 +201,95 @@ mod tests {
 
     #[test]
     fn success_acks_with_its_publishes() {
-        let d = decide(Outcome::Success { effects: Effects::default() }, 1, &limits(3), MAX);
+        let d = decide(Outcome::Success { effects: Effects::default() }, 1, &policy(3), MAX);
         assert_eq!(d, Decision::Ack { effects: Effects::default() });
     }
 
     #[test]
     fn reject_dead_letters_at_once() {
-        let d = decide(Outcome::Reject { reason: "bad".into() }, 1, &limits(3), MAX);
+        let d = decide(Outcome::Reject { reason: "bad".into() }, 1, &policy(3), MAX);
         assert_eq!(d, Decision::DeadLetter { reason: "bad".into() });
     }
 
     #[test]
     fn retry_backs_off_until_the_last_attempt() {
-        assert!(matches!(decide(retry(None), 2, &limits(3), MAX), Decision::Retry { .. }));
-        let last = decide(retry(None), 3, &limits(3), MAX);
+        assert!(matches!(decide(retry(None), 2, &policy(3), MAX), Decision::Retry { .. }));
+        let last = decide(retry(None), 3, &policy(3), MAX);
         assert_eq!(last, Decision::DeadLetter { reason: "flaky (gave up after 3 attempts)".into() });
     }
 
     #[test]
     fn crash_counts_as_a_failed_attempt() {
         let crash = || Outcome::Crash { reason: "timeout after 1000 ms".into(), timed_out: true };
-        assert!(matches!(decide(crash(), 1, &limits(2), MAX), Decision::Retry { .. }));
-        assert!(matches!(decide(crash(), 2, &limits(2), MAX), Decision::DeadLetter { .. }));
+        assert!(matches!(decide(crash(), 1, &policy(2), MAX), Decision::Retry { .. }));
+        assert!(matches!(decide(crash(), 2, &policy(2), MAX), Decision::DeadLetter { .. }));
+    }
+
+    #[test]
+    fn a_refused_commit_is_a_failed_attempt() {
+        assert!(matches!(commit_refused("x holds a string", 1, &policy(2), MAX), Decision::Retry { .. }));
+        let last = commit_refused("x holds a string", 2, &policy(2), MAX);
+        let reason = "cannot commit the handler's output: x holds a string (gave up after 2 attempts)";
+        assert_eq!(last, Decision::DeadLetter { reason: reason.into() });
     }
 
     #[test]
     fn handler_delay_is_honoured_but_capped() {
-        let d = decide(retry(Some(50)), 1, &limits(3), MAX);
+        let d = decide(retry(Some(50)), 1, &policy(3), MAX);
         assert_eq!(d, Decision::Retry { delay: Duration::from_millis(50), reason: "flaky".into() });
-        let d = decide(retry(Some(999_999)), 1, &limits(3), MAX);
+        let d = decide(retry(Some(999_999)), 1, &policy(3), MAX);
         assert_eq!(d, Decision::Retry { delay: MAX, reason: "flaky".into() });
     }
 
+    fn handler(extra: &str) -> Handler {
+        let toml = format!(
+            "[handlers.h]\nplugin = \"/nonexistent.wasm\"\nstreams = [\"s\"]\nevents = [\"order.*\"]\nmax_attempts = 3\n{extra}"
+        );
+        Config::parse_unchecked(Path::new("test.toml"), &toml).unwrap().handlers.remove(0)
+    }
+
+    fn delivery(event_type: &str, attempt: u32) -> Delivery {
+        let fields = vec![("type".to_owned(), event_type.as_bytes().to_vec()), ("data".to_owned(), b"{}".to_vec())];
+        Delivery { stream: "s".into(), entry: Entry { id: "1-0".into(), fields }, attempt }
+    }
+
+    fn settled(a: Admission) -> Option<Verdict> {
+        match a {
+            Admission::Settled(t) => Some(t.verdict),
+            Admission::Deliver(_) => None,
+        }
+    }
+
     #[test]
-    fn an_unfinished_last_attempt_is_dead_lettered() {
-        assert!(exhausted_before_delivery(3, &limits(3)).is_none());
-        assert!(exhausted_before_delivery(4, &limits(3)).is_some());
+    fn admission_skips_unwanted_types_and_settles_an_unfinished_last_attempt() {
+        let h = handler("");
+        assert_eq!(settled(admit(&h, &delivery("user.created", 1))), Some(Verdict::Skipped));
+        assert_eq!(settled(admit(&h, &delivery("order.created", 3))), None, "the last attempt is delivered");
+        assert_eq!(settled(admit(&h, &delivery("order.created", 4))), Some(Verdict::Exhausted));
+        // Unwanted comes first: an unwanted entry is acknowledged whatever its count.
+        assert_eq!(settled(admit(&h, &delivery("user.created", 9))), Some(Verdict::Skipped));
+    }
+
+    #[tokio::test]
+    async fn a_settled_turn_never_runs_the_handler() {
+        let h = handler("");
+        let turn = turn(&h, &delivery("order.created", 4), MAX, |_| async { panic!("must not run") }).await;
+        assert_eq!(turn.verdict, Verdict::Exhausted);
+        assert!(
+            matches!(turn.decision, Decision::DeadLetter { reason } if reason.starts_with("gave up after 3 attempts"))
+        );
+    }
+
+    #[test]
+    fn all_lists_every_verdict_in_order() {
+        for (i, v) in Verdict::ALL.iter().enumerate() {
+            assert_eq!(*v as usize, i, "metrics index counters by `verdict as usize`");
+        }
+    }
+
+    #[test]
+    fn labels_are_distinct() {
+        let labels: std::collections::BTreeSet<_> = Verdict::ALL.iter().map(|v| v.label()).collect();
+        assert_eq!(labels.len(), Verdict::ALL.len());
     }
 }

@@ -1,5 +1,6 @@
-//! Stream entries as the host sees them, and the fields Sluice writes:
-//! what a handler receives, what it publishes, what a dead-letter holds.
+//! Stream entries as the host sees them: what a handler receives, and the
+//! fields Sluice writes on what it publishes. Dead-letter and inbox entries
+//! have their own format, in [`crate::dead_letter`].
 
 use crate::wasm::Publish;
 use crate::wasm::bindings::Event;
@@ -13,36 +14,6 @@ pub mod field {
     pub const CAUSATION_ID: &str = "causation_id";
     /// W3C Trace Context: carried over, as a child, to what a handler publishes.
     pub const TRACEPARENT: &str = "traceparent";
-    /// Prefix of the fields Sluice adds to a dead-letter entry.
-    pub const SLUICE_PREFIX: &str = "sluice.";
-    /// On a dead-letter entry: why, which handler, after how many
-    /// deliveries, when (Unix ms) and on which plugin version it failed.
-    pub const ERROR: &str = "sluice.error";
-    pub const HANDLER: &str = "sluice.handler";
-    pub const ATTEMPTS: &str = "sluice.attempts";
-    pub const FAILED_AT: &str = "sluice.failed_at";
-    pub const PLUGIN_VERSION: &str = "sluice.plugin_version";
-    /// On a dead-letter entry, and on a copy in a handler's inbox: the
-    /// stream and id of the entry it stands for.
-    pub const ORIGIN_STREAM: &str = "sluice.origin_stream";
-    pub const ORIGIN_ID: &str = "sluice.origin_id";
-    /// Earlier failures of a redriven event, a JSON array; kept when it is
-    /// dead-lettered again.
-    pub const HISTORY: &str = "sluice.history";
-}
-
-/// Prefix of a handler's inbox: the stream `sluice dlq redrive` and `sluice
-/// replay` copy entries into, read by that handler alone.
-pub const INBOX_PREFIX: &str = "sluice:inbox:";
-
-/// Whether `stream` is a handler's inbox.
-pub fn is_inbox(stream: &str) -> bool {
-    stream.starts_with(INBOX_PREFIX)
-}
-
-/// The inbox stream of `handler`.
-pub fn inbox(handler: &str) -> String {
-    format!("{INBOX_PREFIX}{handler}")
 }
 
 /// One entry of a stream, as read: its id and its fields in stored order.
@@ -66,28 +37,10 @@ impl Entry {
         self.get(field::TYPE).map(|t| String::from_utf8_lossy(t).into_owned()).unwrap_or_default()
     }
 
-    /// Its fields without those Sluice added (`sluice.*`): the event as its
-    /// producer wrote it.
-    pub fn own_fields(&self) -> Vec<(String, Vec<u8>)> {
-        self.fields.iter().filter(|(k, _)| !k.starts_with(field::SLUICE_PREFIX)).cloned().collect()
-    }
-
-    /// The stream and id this entry stands for: its own, or for a copy in
-    /// an inbox, the original's (so handlers see, and key idempotency on,
-    /// the event they failed before).
-    pub fn origin(&self, stream: &str) -> (String, String) {
-        if is_inbox(stream)
-            && let (Some(s), Some(id)) = (self.get(field::ORIGIN_STREAM), self.get(field::ORIGIN_ID))
-        {
-            return (lossy(s), lossy(id));
-        }
-        (stream.to_owned(), self.id.clone())
-    }
-
     /// The event a handler receives for this entry, read from `stream`, on
     /// delivery `attempt`.
     pub fn to_event(&self, stream: &str, attempt: u32) -> Event {
-        let (stream, id) = self.origin(stream);
+        let (stream, id) = crate::dead_letter::origin(stream, self);
         Event {
             stream,
             id,
@@ -111,7 +64,8 @@ impl Entry {
     }
 }
 
-fn lossy(v: &[u8]) -> String {
+/// `v` as text, invalid UTF-8 replaced.
+pub fn lossy(v: &[u8]) -> String {
     String::from_utf8_lossy(v).into_owned()
 }
 
@@ -147,43 +101,6 @@ fn child_traceparent(parent: &[u8]) -> Option<String> {
     }
     let id: u64 = rand::random::<u64>().max(1);
     Some(format!("00-{trace}-{id:016x}-{flags}"))
-}
-
-/// Why and where an event failed, recorded on its dead-letter entry.
-#[derive(Debug, Clone)]
-pub struct DeadLetterInfo<'a> {
-    pub handler: &'a str,
-    /// The stream and id of the event (see [`Entry::origin`]).
-    pub origin_stream: &'a str,
-    pub origin_id: &'a str,
-    pub reason: &'a str,
-    pub attempts: u32,
-    pub plugin_version: &'a str,
-    /// Unix time in milliseconds.
-    pub failed_at_ms: u64,
-}
-
-/// The fields of the dead-letter entry for `entry`: every original field
-/// (minus `sluice.*` ones from an earlier failure, except its history), then
-/// Sluice's own.
-pub fn dead_letter_fields(entry: &Entry, info: &DeadLetterInfo) -> Vec<(String, Vec<u8>)> {
-    let mut fields: Vec<(String, Vec<u8>)> = entry
-        .fields
-        .iter()
-        .filter(|(k, _)| !k.starts_with(field::SLUICE_PREFIX) || k == field::HISTORY)
-        .cloned()
-        .collect();
-    let ours = [
-        (field::ERROR, info.reason.to_owned()),
-        (field::HANDLER, info.handler.to_owned()),
-        (field::ATTEMPTS, info.attempts.to_string()),
-        (field::ORIGIN_STREAM, info.origin_stream.to_owned()),
-        (field::ORIGIN_ID, info.origin_id.to_owned()),
-        (field::FAILED_AT, info.failed_at_ms.to_string()),
-        (field::PLUGIN_VERSION, info.plugin_version.to_owned()),
-    ];
-    fields.extend(ours.into_iter().map(|(k, v)| (k.to_owned(), v.into_bytes())));
-    fields
 }
 
 #[cfg(test)]
@@ -231,33 +148,5 @@ mod tests {
             let fields = published_fields(&p, "h", &entry(&[("traceparent", bad)]), "1-0");
             assert!(!fields.iter().any(|(k, _)| k == "traceparent"), "{bad}");
         }
-    }
-
-    #[test]
-    fn an_inbox_copy_stands_for_its_origin() {
-        let copy = entry(&[("type", "t"), (field::ORIGIN_STREAM, "orders"), (field::ORIGIN_ID, "7-0")]);
-        let e = copy.to_event(&inbox("h"), 1);
-        assert_eq!((e.stream.as_str(), e.id.as_str()), ("orders", "7-0"));
-        // Only in an inbox: elsewhere the fields are just fields.
-        let e = copy.to_event("orders:dlq", 1);
-        assert_eq!((e.stream.as_str(), e.id.as_str()), ("orders:dlq", "1-0"));
-    }
-
-    #[test]
-    fn dead_letter_replaces_earlier_sluice_fields() {
-        let e = entry(&[("type", "t"), ("sluice.error", "old")]);
-        let info = DeadLetterInfo {
-            handler: "h",
-            origin_stream: "s",
-            origin_id: "1-0",
-            reason: "new",
-            attempts: 3,
-            plugin_version: "v",
-            failed_at_ms: 5,
-        };
-        let fields = dead_letter_fields(&e, &info);
-        let errors: Vec<_> = fields.iter().filter(|(k, _)| k == "sluice.error").collect();
-        assert_eq!(errors.len(), 1);
-        assert_eq!(errors[0].1, b"new");
     }
 }

@@ -81,7 +81,7 @@ pub async fn run_with(config: Config, shutdown: impl Future<Output = ()>, option
         tokio::task::spawn_blocking(move || load_plugins(&runtime, &cache, &config)).await??
     };
     let target = RedisTarget::resolve(config.redis_url.as_deref(), &config.state_dir()).await?;
-    let redis = Redis::connect(target.url()).await;
+    let redis = Redis::connect(target.url()).await.map_err(anyhow::Error::from);
     let result = match redis {
         Ok(redis) => {
             let current = Arc::new(ArcSwap::from_pointee(config.clone()));

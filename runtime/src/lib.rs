@@ -3,13 +3,15 @@
 //!
 //! # Layout
 //! - [`config`]: the `config.toml` shape, defaults and validation.
-//! - [`event`]: stream entries, and the fields Sluice writes on publish and dead-letter.
+//! - [`limits`]: every limit a handler runs under, with its default and range.
+//! - [`event`]: stream entries, and the fields Sluice writes on publish.
+//! - [`dead_letter`]: the dead-letter and inbox entry format, written and read.
 //! - [`event_json`]: an event as JSON, for `sluice invoke` and `sluice dlq show`.
 //! - [`schema`]: `[schemas]`, JSON Schemas that events of a type must satisfy.
 //! - [`stream`]: everything that speaks Redis: groups, reads, claims, commit transactions.
 //! - [`wasm`]: the engine, the one `bindgen!`, per-event stores, loading plugins.
-//! - [`dispatch`]: the delivery decision (ack, retry, dead-letter), in one place.
-//! - [`backoff`]: retry delays.
+//! - [`dispatch`]: the delivery decision (skip, ack, retry, dead-letter), in one place.
+//! - [`retry`]: the retry policy: attempts and backoff.
 //! - [`consumer`]: one handler's read/deliver/commit loop.
 //! - [`host`]: `sluice run`: every consumer, reloads, and shutdown.
 //! - [`reload`]: watching for changes and building the new state to swap in.
@@ -21,22 +23,24 @@
 //! - [`publish`], [`commands`], [`cli`], [`logging`]: the command line.
 
 pub mod admin;
-pub mod backoff;
 pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod consumer;
+pub mod dead_letter;
 pub mod dispatch;
 pub mod embedded;
 pub mod event;
 pub mod event_json;
 pub mod host;
+pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod offline;
 pub mod ops;
 pub mod publish;
 pub mod reload;
+pub mod retry;
 pub mod scaffold;
 pub mod schema;
 pub mod stream;

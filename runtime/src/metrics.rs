@@ -3,6 +3,7 @@
 //! durations, retries, dead letters, reloads, and gauges sampled from Redis
 //! when scraped.
 
+use crate::dispatch::Verdict;
 use crate::ops::status::Row;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -14,7 +15,7 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct Outcome {
+struct ByVerdict {
     handler: String,
     outcome: &'static str,
 }
@@ -38,10 +39,12 @@ struct ByResult {
 /// Every metric the host keeps.
 struct Metrics {
     registry: Registry,
-    events: Family<Outcome, Counter>,
+    events: Family<ByVerdict, Counter>,
     duration: Family<ByHandler, Histogram>,
     retries: Family<ByHandler, Counter>,
     dead_letters: Family<ByHandler, Counter>,
+    already_finished: Family<ByHandler, Counter>,
+    claim_failures: Family<ByHandler, Counter>,
     reloads: Family<ByResult, Counter>,
     lag: Family<ByStream, Gauge>,
     pending: Family<ByStream, Gauge>,
@@ -64,6 +67,8 @@ impl Metrics {
             duration,
             retries: Family::default(),
             dead_letters: Family::default(),
+            already_finished: Family::default(),
+            claim_failures: Family::default(),
             reloads: Family::default(),
             lag: Family::default(),
             pending: Family::default(),
@@ -71,12 +76,22 @@ impl Metrics {
         };
         m.registry.register(
             "events",
-            "Events handled, by handler and outcome (ok, retry, reject, crash, skipped, invalid)",
+            "Events handled, by handler and outcome (ok, retry, reject, crash, skipped, invalid, exhausted)",
             m.events.clone(),
         );
         m.registry.register("handler_duration_seconds", "Time one delivery took in the handler", m.duration.clone());
         m.registry.register("retries", "Deliveries that will be tried again", m.retries.clone());
         m.registry.register("dead_letters", "Events written to a dead-letter stream", m.dead_letters.clone());
+        m.registry.register(
+            "commits_already_finished",
+            "Commits that found their entry finished by another consumer (it was taken over); nothing was written",
+            m.already_finished.clone(),
+        );
+        m.registry.register(
+            "claim_failures",
+            "Failed scans for entries abandoned by other consumers (XAUTOCLAIM)",
+            m.claim_failures.clone(),
+        );
         m.registry.register(
             "reloads",
             "Reloads of config and plugins, by result (applied, rejected)",
@@ -105,14 +120,12 @@ impl Metrics {
 /// allocates nothing.
 #[derive(Clone)]
 pub struct HandlerMetrics {
-    ok: Counter,
-    retry: Counter,
-    reject: Counter,
-    crash: Counter,
-    skipped: Counter,
-    invalid: Counter,
+    /// One counter per [`Verdict`], in [`Verdict::ALL`] order.
+    verdicts: [Counter; Verdict::ALL.len()],
     retries: Counter,
     dead_letters: Counter,
+    already_finished: Counter,
+    claim_failures: Counter,
     duration: Histogram,
 }
 
@@ -120,42 +133,27 @@ impl HandlerMetrics {
     /// The counters of `handler`.
     pub fn new(handler: &str) -> HandlerMetrics {
         let m = &*METRICS;
-        let outcome = |outcome| m.events.get_or_create(&Outcome { handler: handler.to_owned(), outcome }).clone();
+        let verdict =
+            |v: Verdict| m.events.get_or_create(&ByVerdict { handler: handler.to_owned(), outcome: v.label() }).clone();
         let by = ByHandler { handler: handler.to_owned() };
         HandlerMetrics {
-            ok: outcome("ok"),
-            retry: outcome("retry"),
-            reject: outcome("reject"),
-            crash: outcome("crash"),
-            skipped: outcome("skipped"),
-            invalid: outcome("invalid"),
+            verdicts: Verdict::ALL.map(verdict),
             retries: m.retries.get_or_create(&by).clone(),
             dead_letters: m.dead_letters.get_or_create(&by).clone(),
+            already_finished: m.already_finished.get_or_create(&by).clone(),
+            claim_failures: m.claim_failures.get_or_create(&by).clone(),
             duration: m.duration.get_or_create(&by).clone(),
         }
     }
 
-    /// Counts one delivery's outcome and how long it took.
-    pub fn handled(&self, outcome: &crate::wasm::Outcome, took: Duration) {
-        use crate::wasm::Outcome::*;
-        let counter = match outcome {
-            Success { .. } => &self.ok,
-            Retry { .. } => &self.retry,
-            Reject { .. } => &self.reject,
-            Crash { .. } => &self.crash,
-        };
-        counter.inc();
+    /// Counts how one turn of an entry ended.
+    pub fn counted(&self, verdict: Verdict) {
+        self.verdicts[verdict as usize].inc();
+    }
+
+    /// Records how long one delivery took in the handler.
+    pub fn took(&self, took: Duration) {
         self.duration.observe(took.as_secs_f64());
-    }
-
-    /// Counts entries acknowledged without a delivery (not for this handler).
-    pub fn skipped(&self, n: u64) {
-        self.skipped.inc_by(n);
-    }
-
-    /// Counts an event that failed its type's schema (the plugin did not run).
-    pub fn invalid(&self) {
-        self.invalid.inc();
     }
 
     /// Counts a delivery that will be tried again.
@@ -166,6 +164,16 @@ impl HandlerMetrics {
     /// Counts an event written to a dead-letter stream.
     pub fn dead_lettered(&self) {
         self.dead_letters.inc();
+    }
+
+    /// Counts a commit whose entry another consumer had finished.
+    pub fn already_finished(&self) {
+        self.already_finished.inc();
+    }
+
+    /// Counts a failed scan for abandoned entries.
+    pub fn claim_failed(&self) {
+        self.claim_failures.inc();
     }
 }
 

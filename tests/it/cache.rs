@@ -16,7 +16,7 @@ fn entries_in(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 /// Runs `plugin` on an `ok` event and checks it works.
 async fn assert_runs(plugin: &Plugin, handler: &Handler) {
     let entry = sluice::event::Entry { id: "1-0".into(), fields: vec![("data".into(), b"{}".to_vec())] };
-    let outcome = plugin.invoke(&Sandbox::for_handler(handler), &entry.to_event("s", 1)).await;
+    let outcome = plugin.invoke_in_place(&Sandbox::for_handler(handler), &entry.to_event("s", 1)).await;
     assert!(matches!(outcome, Outcome::Success { .. }), "{outcome:?}");
 }
 

@@ -12,7 +12,7 @@ fn shipped_config_parses_and_every_plugin_exists() {
     let names: Vec<_> = config.handlers.iter().map(|h| h.name.as_str()).collect();
     assert_eq!(names, ["audit", "inventory", "notification", "payment", "shipping"]);
     let payment = config.handler("payment").unwrap();
-    assert_eq!(payment.limits.max_attempts, 3);
+    assert_eq!(payment.retry.max_attempts, 3);
     assert!(payment.may_publish("payments"));
     assert_eq!(payment.dead_letter_stream("orders"), "orders:dlq");
     assert!(config.redis_url.is_none(), "the example uses the embedded Redis");

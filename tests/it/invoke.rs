@@ -159,3 +159,88 @@ async fn invoke_decides_what_run_does_with_the_same_events() {
     assert_eq!(offline_dead, dead, "the same reasons, in the same order");
     assert_eq!(field(&published[0], "data"), r#"{"n":1}"#);
 }
+
+/// The same event files, each with its attempt number, through `sluice
+/// invoke` and through `sluice run`: every turn comes to the same verdict.
+/// Both go through `dispatch::turn`; this pins that they cannot drift (an
+/// attempt past `max_attempts` used to run the plugin offline).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_and_invoke_decide_alike_on_the_same_event_files() {
+    let redis = RedisServer::start();
+    let schemas = "[schemas]\n\"checked\" = \"order.json\"\n\n";
+    let handlers = "[handlers.h]\nplugin = \"behave.wasm\"\nstreams = [\"in\"]\nevents = [\"t\", \"checked\"]\npublish = [\"out\"]\nmax_attempts = 3\nbackoff_ms = 1\nconcurrency = 1\n";
+    let fx = Fixture::new(&redis, "consumer = \"host-a\"", &format!("{schemas}{handlers}"));
+    std::fs::write(fx.dir.path().join("order.json"), r#"{"type": "object", "required": ["total"]}"#).unwrap();
+    let published = json!({"action": "publish", "publish": [{"stream": "out", "type": "done", "data": {"n": 1}}]});
+    // (type, data, attempt), those delivered before first (they are read
+    // first); the retry is run from its first attempt, so its last turn
+    // (attempt 3) is the one compared.
+    let cases = [
+        ("t", json!({"action": "ok"}), 4),
+        ("t", json!({"action": "trap"}), 3),
+        ("t", published, 1),
+        ("t", json!({"action": "reject", "reason": "bad order"}), 1),
+        ("other", json!({"action": "trap"}), 1),
+        ("checked", json!({"action": "ok"}), 1),
+        ("t", json!({"action": "retry"}), 1),
+    ];
+    let config = fx.config_path.display().to_string();
+    let mut conn = redis.conn().await;
+    sluice::stream::ensure_group(&mut conn, "in", "h").await.unwrap();
+    let mut offline = Vec::new();
+    for (event_type, data, attempt) in &cases {
+        let file = json!({"stream": "in", "type": event_type, "data": data, "attempt": attempt});
+        let last = json!({"stream": "in", "type": event_type, "data": data, "attempt": 3});
+        let (_, first) = invoke("behave.wasm", &file, &["--config", &config]);
+        let (_, end) =
+            invoke("behave.wasm", if data["action"] == "retry" { &last } else { &file }, &["--config", &config]);
+        offline.push((first["action"].clone(), end["outcome"].clone(), end["reason"].clone()));
+        // The same entry in Redis, delivered `attempt - 1` times already to
+        // this host's consumer name, as if an earlier run died handling it.
+        let id = send(&mut conn, "in", event_type, data.clone()).await;
+        for _ in 1..*attempt {
+            predeliver(&mut conn, &id).await;
+        }
+    }
+    let actions: Vec<&str> = offline.iter().map(|(a, _, _)| a.as_str().unwrap()).collect();
+    assert_eq!(actions, ["dead-letter", "dead-letter", "ack", "dead-letter", "ack", "dead-letter", "retry"]);
+    let outcomes: Vec<&str> = offline.iter().map(|(_, o, _)| o.as_str().unwrap()).collect();
+    assert_eq!(outcomes, ["exhausted", "crash", "ok", "reject", "skipped", "invalid", "retry"]);
+
+    let host = fx.start();
+    until_finished(&conn, "in", "h", cases.len()).await;
+    host.stop().await;
+    let dead = entries(&mut conn, "in:dlq").await;
+    let run_reasons: Vec<String> = dead.iter().map(|e| field(e, "sluice.error")).collect();
+    let offline_reasons: Vec<String> = offline
+        .iter()
+        .filter(|(a, _, r)| a == "dead-letter" || (a == "retry" && r.is_string()))
+        .map(|(_, _, r)| r.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(run_reasons, offline_reasons, "the same reasons, in the same order");
+    let out = entries(&mut conn, "out").await;
+    assert_eq!(out.len(), 1, "only the acknowledged delivery published");
+    assert_eq!(pending(&mut conn, "in", "h").await, 0);
+}
+
+/// Delivers entry `id` of `in` once more to consumer `host-a` of group `h`,
+/// leaving it pending: a read the first time (`id` must be the oldest entry
+/// not yet read), then a claim, which counts as a delivery.
+async fn predeliver(conn: &mut redis::aio::MultiplexedConnection, id: &str) {
+    let pending: Vec<(String, String, u64, u64)> =
+        redis::cmd("XPENDING").arg("in").arg("h").arg(id).arg(id).arg(1).query_async(conn).await.unwrap();
+    let cmd = match pending.is_empty() {
+        true => redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg("h")
+            .arg("host-a")
+            .arg("COUNT")
+            .arg(1)
+            .arg("STREAMS")
+            .arg("in")
+            .arg(">")
+            .clone(),
+        false => redis::cmd("XCLAIM").arg("in").arg("h").arg("host-a").arg(0).arg(id).clone(),
+    };
+    let _: redis::Value = cmd.query_async(conn).await.unwrap();
+}

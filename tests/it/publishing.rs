@@ -85,7 +85,7 @@ async fn a_batched_commit_is_all_or_nothing_per_delivery() {
     // One script finishes several deliveries: a refused one (its target is
     // not a stream) writes nothing and stays pending, while the others in the
     // same batch commit, and one already committed writes nothing twice.
-    use sluice::stream::{Commit, CommitError, commit_batch};
+    use sluice::stream::{Commit, Committed, commit_batch};
     use sluice::wasm::{Effects, Publish};
     let redis = RedisServer::start();
     let mut conn = redis.conn().await;
@@ -109,8 +109,9 @@ async fn a_batched_commit_is_all_or_nothing_per_delivery() {
         Commit::ack("in", &entry(&ids[0]), "h", to("out")), // a repeat of the first
     ];
     let results = commit_batch(&mut conn, "g", &commits).await.unwrap();
-    assert!(results[0].is_ok() && results[2].is_ok() && results[3].is_ok(), "{results:?}");
-    assert!(matches!(&results[1], Err(CommitError::WrongType(why)) if why.contains("not-a-stream")), "{results:?}");
+    assert_eq!((&results[0], &results[2]), (&Committed::Done, &Committed::Done), "{results:?}");
+    assert_eq!(results[3], Committed::AlreadyFinished, "the repeat writes nothing: {results:?}");
+    assert!(matches!(&results[1], Committed::Refused(why) if why.contains("not-a-stream")), "{results:?}");
     let out = entries(&mut conn, "out").await;
     let causes: Vec<String> = out.iter().map(|e| field(e, "causation_id")).collect();
     assert_eq!(causes, [ids[0].clone(), ids[2].clone()], "each committed delivery published once");

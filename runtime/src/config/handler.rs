@@ -1,12 +1,13 @@
 //! A handler binding as the host uses it: every default applied, globs compiled.
 
 use super::model::Isolation;
+use crate::limits::Limits;
+use crate::retry::RetryPolicy;
 use crate::schema::Schemas;
 use globset::GlobSet;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// One `[handlers.NAME]` table, resolved.
 #[derive(Debug, Clone)]
@@ -30,6 +31,8 @@ pub struct Handler {
     pub dead_letter: Option<String>,
     /// What each delivery runs under.
     pub limits: Limits,
+    /// How often a failed event is delivered again, and when.
+    pub retry: RetryPolicy,
     /// Hosts it may call over HTTP (`host` or `host:port`); empty: none.
     pub http: Vec<String>,
     /// `[handlers.NAME.config]`, with `${ENV}` expanded: what `config.get` returns.
@@ -39,23 +42,6 @@ pub struct Handler {
     /// The config's `[schemas]`: what the events it consumes and publishes
     /// must satisfy.
     pub schemas: Arc<Schemas>,
-}
-
-/// The limits and retry policy of one handler.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// How long one delivery may run before it is stopped.
-    pub timeout: Duration,
-    /// Cap on linear memory, in bytes.
-    pub memory_bytes: usize,
-    /// Deliveries before an event is dead-lettered.
-    pub max_attempts: u32,
-    /// First retry delay; doubled each attempt, with jitter.
-    pub backoff: Duration,
-    /// Events in flight at once.
-    pub concurrency: usize,
-    /// Wasm fuel per delivery (a deterministic CPU budget); `None`: unlimited.
-    pub fuel: Option<u64>,
 }
 
 impl Handler {

@@ -13,12 +13,8 @@ pub mod model;
 mod validate;
 
 pub use error::ConfigError;
-pub use handler::{Handler, Limits};
-pub use model::{
-    DEFAULT_BACKOFF_MS, DEFAULT_CLAIM_IDLE_MS, DEFAULT_CONCURRENCY, DEFAULT_MAX_ATTEMPTS, DEFAULT_MEMORY_MB,
-    DEFAULT_PLUGINS_DIR, DEFAULT_TIMEOUT_MS, Isolation, REUSE_MAX_DELIVERIES,
-};
-pub use validate::MAX_TOTAL_CONCURRENCY;
+pub use handler::Handler;
+pub use model::{DEFAULT_CLAIM_IDLE_MS, DEFAULT_PLUGINS_DIR, Isolation};
 
 use crate::schema::Schemas;
 use std::path::{Path, PathBuf};
@@ -75,7 +71,8 @@ impl Config {
         Ok(config)
     }
 
-    fn parse_unchecked(path: &Path, source: &str) -> Result<Config, ConfigError> {
+    /// [`Config::parse`] without checking that plugin files exist.
+    pub fn parse_unchecked(path: &Path, source: &str) -> Result<Config, ConfigError> {
         let raw: model::RawConfig =
             toml::from_str(source).map_err(|err| ConfigError::parse(path, source, err.span(), err.message()))?;
         validate::resolve(path, source, raw)

@@ -1,24 +1,15 @@
 //! The TOML shape of `config.toml`, exactly as users write it.
 //!
 //! Every table rejects unknown keys so a typo is an error, not a silently
-//! ignored setting. Defaults are the named constants below; the shipped
-//! `config.toml` documents each key.
+//! ignored setting. Defaults are the named constants below, and for the
+//! limits and the retry policy in [`crate::limits`] and [`crate::retry`];
+//! the shipped `config.toml` documents each key.
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
 /// Default `[host] plugins`: the folder of `*.wasm` files, relative to the config.
 pub const DEFAULT_PLUGINS_DIR: &str = "plugins/dist";
-/// Default `timeout_ms`: how long one delivery may run.
-pub const DEFAULT_TIMEOUT_MS: u64 = 2_000;
-/// Default `memory_mb`: the cap on a handler instance's linear memory.
-pub const DEFAULT_MEMORY_MB: u64 = 64;
-/// Default `max_attempts`: deliveries before an event is dead-lettered.
-pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
-/// Default `backoff_ms`: the first retry delay (it doubles each attempt).
-pub const DEFAULT_BACKOFF_MS: u64 = 200;
-/// Default `concurrency`: events of one handler in flight at once.
-pub const DEFAULT_CONCURRENCY: u32 = 16;
 /// Default `[host] claim_idle_ms`: how long another consumer's entry must sit
 /// unacknowledged before this host takes it over.
 pub const DEFAULT_CLAIM_IDLE_MS: u64 = 30_000;
@@ -78,7 +69,8 @@ pub struct RawHost {
     pub admin: Option<String>,
 }
 
-/// The limits a handler runs under; `[defaults]` and each handler may set them.
+/// The limits and retry policy a handler runs under; `[defaults]` and each
+/// handler may set them (ranges and defaults: [`crate::limits`], [`crate::retry`]).
 /// ```toml
 /// [defaults]
 /// timeout_ms = 2000
@@ -178,13 +170,10 @@ pub enum Isolation {
     /// survives from one event to the next.
     #[default]
     PerEvent,
-    /// An instance serves up to [`REUSE_MAX_DELIVERIES`] deliveries, one at a
+    /// An instance serves up to [`crate::limits::REUSE_MAX_DELIVERIES`] deliveries, one at a
     /// time, and is discarded after any trap or limit hit, on reload, and at
     /// that count. Its memory (globals, caches, leaks) carries over between
     /// those deliveries. For languages whose instances are costly to start
     /// (Python, JavaScript).
     Reuse,
 }
-
-/// Deliveries one reused instance serves before it is replaced.
-pub const REUSE_MAX_DELIVERIES: u32 = 1_000;

@@ -1,25 +1,16 @@
 //! Turning a parsed [`RawConfig`] into a [`Config`]: every check in one place.
 
 use super::error::{ConfigError, Location};
-use super::handler::{Handler, Limits};
+use super::handler::Handler;
 use super::model::*;
 use super::{Config, base_dir, env, locate};
+use crate::limits::{self, Limits, MAX_TOTAL_CONCURRENCY};
+use crate::retry::{self, RetryPolicy};
 use crate::schema::Schemas;
 use globset::{Glob, GlobSetBuilder};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
-
-/// Most memory one handler instance may be given, in MiB.
-pub const MAX_MEMORY_MB: u64 = 4_096;
-/// Longest `timeout_ms` accepted: ten minutes.
-pub const MAX_TIMEOUT_MS: u64 = 600_000;
-/// Most events one handler may have in flight.
-pub const MAX_CONCURRENCY: u32 = 512;
-/// Most events all handlers together may have in flight: the size of the
-/// host's instance pool.
-pub const MAX_TOTAL_CONCURRENCY: usize = 512;
 
 /// Collects the context every check needs to point at the right line.
 struct Checker<'a> {
@@ -151,50 +142,22 @@ fn check_total_concurrency(c: &Checker, handlers: &[Handler]) -> Result<(), Conf
     )
 }
 
+/// Checks every limit and retry setting of `l`, a table at `table`.
 fn check_limits(c: &Checker, l: &RawLimits, table: &[&str]) -> Result<(), ConfigError> {
-    let key = |k: &'static str| [table, &[k]].concat();
-    if let Some(v) = l.timeout_ms {
-        c.ensure(
-            (1..=MAX_TIMEOUT_MS).contains(&v),
-            &key("timeout_ms"),
-            format!("must be between 1 and {MAX_TIMEOUT_MS}, got {v}"),
-        )?;
-    }
-    if let Some(v) = l.memory_mb {
-        c.ensure(
-            (1..=MAX_MEMORY_MB).contains(&v),
-            &key("memory_mb"),
-            format!("must be between 1 and {MAX_MEMORY_MB}, got {v}"),
-        )?;
-    }
-    if let Some(v) = l.max_attempts {
-        c.ensure(v >= 1, &key("max_attempts"), "must be at least 1")?;
-    }
-    if let Some(v) = l.backoff_ms {
-        c.ensure(v <= 3_600_000, &key("backoff_ms"), format!("must be at most 3600000 (an hour), got {v}"))?;
-    }
-    if let Some(v) = l.fuel {
-        c.ensure(v >= 1, &key("fuel"), "must be at least 1")?;
-    }
-    if let Some(v) = l.concurrency {
-        c.ensure(
-            (1..=MAX_CONCURRENCY).contains(&v),
-            &key("concurrency"),
-            format!("must be between 1 and {MAX_CONCURRENCY}, got {v}"),
-        )?;
+    let settings = [
+        (&limits::TIMEOUT_MS, l.timeout_ms),
+        (&limits::MEMORY_MB, l.memory_mb),
+        (&retry::MAX_ATTEMPTS, l.max_attempts.map(u64::from)),
+        (&retry::BACKOFF_MS, l.backoff_ms),
+        (&limits::FUEL, l.fuel),
+        (&limits::CONCURRENCY, l.concurrency.map(u64::from)),
+    ];
+    for (setting, value) in settings {
+        if let Some(v) = value {
+            setting.check(v).map_err(|e| c.invalid(&[table, &[setting.key]].concat(), e))?;
+        }
     }
     Ok(())
-}
-
-fn limits(l: &RawLimits) -> Limits {
-    Limits {
-        timeout: Duration::from_millis(l.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS)),
-        memory_bytes: (l.memory_mb.unwrap_or(DEFAULT_MEMORY_MB) << 20) as usize,
-        max_attempts: l.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
-        backoff: Duration::from_millis(l.backoff_ms.unwrap_or(DEFAULT_BACKOFF_MS)),
-        concurrency: l.concurrency.unwrap_or(DEFAULT_CONCURRENCY) as usize,
-        fuel: l.fuel,
-    }
 }
 
 fn handler(
@@ -208,6 +171,7 @@ fn handler(
     let key = |k: &'static str| ["handlers", name, k];
     c.name(name, &["handlers", name], "a handler name")?;
     check_limits(c, &h.limits(), &["handlers", name])?;
+    let l = h.limits().or(defaults);
     let plugin = plugins_dir.join(&h.plugin);
     c.ensure(!h.streams.is_empty(), &key("streams"), "list at least one stream to consume")?;
     for (i, s) in h.streams.iter().enumerate() {
@@ -241,7 +205,8 @@ fn handler(
         publish: h.publish.clone(),
         group,
         dead_letter: h.dead_letter.clone(),
-        limits: limits(&h.limits().or(defaults)),
+        limits: Limits::from_settings(l.timeout_ms, l.memory_mb, l.fuel, l.concurrency),
+        retry: RetryPolicy::from_settings(l.max_attempts, l.backoff_ms),
         config: handler_config(c, name, &h.config)?,
         http: h.http.clone(),
         isolation: h.isolation,

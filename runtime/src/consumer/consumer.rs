@@ -28,7 +28,7 @@ const THROTTLE_MAX: Duration = Duration::from_secs(60);
 /// alone.
 pub fn read_streams(handler: &Handler) -> Vec<String> {
     let mut streams = handler.streams.clone();
-    streams.push(crate::event::inbox(&handler.name));
+    streams.push(crate::dead_letter::inbox(&handler.name));
     streams
 }
 
@@ -139,11 +139,11 @@ impl Consumer {
     }
 
     /// Retries `step` until it succeeds or shutdown begins.
-    pub(super) async fn until_ready<F: Future<Output = anyhow::Result<()>>>(&self, step: impl Fn() -> F) {
+    pub(super) async fn until_ready<F: Future<Output = Result<(), stream::Error>>>(&self, step: impl Fn() -> F) {
         while !self.shutdown.is_cancelled() {
             match step().await {
                 Ok(()) => return,
-                Err(e) => warn!("{e:#}; trying again"),
+                Err(e) => warn!("{e}; trying again"),
             }
             self.pause(ERROR_PAUSE).await;
         }
@@ -162,7 +162,7 @@ impl Consumer {
         tokio::select! { _ = tokio::time::sleep(d) => {}, _ = self.shutdown.cancelled() => {} }
     }
 
-    pub(super) async fn ensure_groups(&self) -> anyhow::Result<()> {
+    pub(super) async fn ensure_groups(&self) -> Result<(), stream::Error> {
         let mut conn = self.redis.conn.clone();
         for s in &self.streams {
             stream::ensure_group(&mut conn, s, &self.group).await?;

@@ -1,14 +1,16 @@
-//! Running one delivery and finishing it: the decision carried out as a
-//! commit, a retry timer, or a dead-letter.
+//! Running one delivery and finishing it: the turn ([`dispatch::turn`]) on
+//! the wasm executor, then its decision carried out as a commit, a retry
+//! timer, or a dead-letter.
 
 use super::{Binding, Consumer};
-use crate::dispatch::{self, Decision};
-use crate::event::{DeadLetterInfo, field};
-use crate::stream::{self, Commit, CommitError, Delivery};
-use crate::wasm::Outcome;
+use crate::dead_letter::{self, Failure};
+use crate::dispatch::{self, Decision, Verdict};
+use crate::event::field;
+use crate::stream::{self, Commit, Committed, Delivery};
+use crate::wasm::{Outcome, bindings::Event};
 use futures::future::BoxFuture;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{Instrument, debug, error, error_span, warn};
 
@@ -22,7 +24,7 @@ impl Consumer {
         executor.spawn(self.tasks.track_future(self.clone().deliver(d, permit)));
     }
 
-    /// Runs one delivery and carries out the decision.
+    /// Runs one turn of `d` and carries out its decision.
     pub(super) async fn deliver(self: Arc<Self>, d: Delivery, permit: OwnedSemaphorePermit) {
         let correlation = d.entry.get(field::CORRELATION_ID).map(String::from_utf8_lossy);
         let correlation_id = correlation.as_deref().unwrap_or(&d.entry.id);
@@ -32,36 +34,30 @@ impl Consumer {
         async move {
             // The version this delivery runs on, even if a reload swaps it meanwhile.
             let b = self.binding.load_full();
-            let limits = &b.handler.limits;
-            let decision = match dispatch::exhausted_before_delivery(d.attempt, limits) {
-                Some(decision) => decision,
-                None => self.run_plugin(&d, &b).await,
-            };
+            let turn = dispatch::turn(&b.handler, &d, self.max_retry_delay(), |event| self.run_plugin(&b, event)).await;
+            self.metrics.counted(turn.verdict);
+            if turn.verdict == Verdict::Skipped {
+                debug!("not for this handler: acknowledged without a delivery");
+            }
             // The permit covers the commit too: with `concurrency = 1` the
             // next event must see this one's state and publishes.
-            self.carry_out(d, decision, &b).await;
+            self.carry_out(d, turn.decision, &b).await;
             drop(permit);
         }
         .instrument(span)
         .await
     }
 
-    /// Checks the event against its type's schema, then runs the plugin on
-    /// it; the decision either way.
-    async fn run_plugin(self: &Arc<Self>, d: &Delivery, b: &Binding) -> Decision {
-        let limits = &b.handler.limits;
-        let event = d.entry.to_event(&d.stream, d.attempt);
-        if let Err(invalid) = b.handler.schemas.check(&event.event_type, &event.data) {
-            self.metrics.invalid();
-            return dispatch::invalid(&invalid);
-        }
-        let started = std::time::Instant::now();
-        let outcome = b.plugin.invoke_isolated(&b.sandbox, event).await;
-        self.metrics.handled(&outcome, started.elapsed());
+    /// Runs the plugin on `event`, timed; throttles the handler if it ran
+    /// out of time.
+    async fn run_plugin(self: &Arc<Self>, b: &Binding, event: Event) -> Outcome {
+        let started = Instant::now();
+        let outcome = b.plugin.invoke(&b.sandbox, event).await;
+        self.metrics.took(started.elapsed());
         if matches!(outcome, Outcome::Crash { timed_out: true, .. }) {
-            self.throttle(limits.timeout);
+            self.throttle(b.handler.limits.timeout);
         }
-        dispatch::decide(outcome, d.attempt, limits, self.max_retry_delay())
+        outcome
     }
 
     /// Retry delays stay under `claim_idle`, so a waiting retry is never
@@ -75,15 +71,15 @@ impl Consumer {
             Decision::Ack { effects } => {
                 let (publishes, kv_writes) = (effects.publishes.len(), effects.kv.len());
                 match self.commit("ack", Commit::ack(&d.stream, &d.entry, &self.handler_name, effects)).await {
-                    Committed::Done => debug!(publishes, kv_writes, "handled"),
+                    Some(Committed::Done) => debug!(publishes, kv_writes, "handled"),
+                    Some(Committed::AlreadyFinished) => self.already_finished(),
                     // The handler's output cannot be written: a failed attempt.
-                    Committed::Refused(why) => {
-                        let reason = format!("cannot commit the handler's output: {why}");
-                        let outcome = Outcome::Crash { reason, timed_out: false };
-                        let decision = dispatch::decide(outcome, d.attempt, &b.handler.limits, self.max_retry_delay());
+                    Some(Committed::Refused(why)) => {
+                        let policy = &b.handler.retry;
+                        let decision = dispatch::commit_refused(&why, d.attempt, policy, self.max_retry_delay());
                         Box::pin(self.carry_out(d, decision, b)).await;
                     }
-                    Committed::GaveUp => {}
+                    None => {}
                 }
             }
             Decision::Retry { delay, reason } => {
@@ -96,9 +92,9 @@ impl Consumer {
     }
 
     async fn dead_letter(&self, d: &Delivery, reason: &str, b: &Binding) {
-        let (origin_stream, origin_id) = d.entry.origin(&d.stream);
+        let (origin_stream, origin_id) = dead_letter::origin(&d.stream, &d.entry);
         let target = b.handler.dead_letter_stream(&origin_stream);
-        let info = DeadLetterInfo {
+        let failure = Failure {
             handler: &self.handler_name,
             origin_stream: &origin_stream,
             origin_id: &origin_id,
@@ -107,29 +103,40 @@ impl Consumer {
             plugin_version: &b.plugin.version,
             failed_at_ms: unix_ms(),
         };
-        match self.commit("dead-letter", Commit::dead_letter(&target, &d.stream, &d.entry, &info)).await {
-            Committed::Done => {
+        match self.commit("dead-letter", Commit::dead_letter(&target, &d.stream, &d.entry, &failure)).await {
+            Some(Committed::Done) => {
                 self.metrics.dead_lettered();
                 error!(dead_letter = %target, "dead-lettered after {} attempt(s): {reason}", d.attempt);
             }
-            Committed::Refused(why) => error!(
+            Some(Committed::AlreadyFinished) => self.already_finished(),
+            Some(Committed::Refused(why)) => error!(
                 "cannot dead-letter ({why}); the entry stays pending and is tried again after claim_idle_ms. Failure: {reason}"
             ),
-            Committed::GaveUp => {}
+            None => {}
         }
     }
 
+    /// Another consumer took the entry over and finished it first (this
+    /// host was presumed dead: paused, or cut off from Redis past
+    /// `claim_idle_ms`). This delivery's output was not written.
+    fn already_finished(&self) {
+        self.metrics.already_finished();
+        warn!(
+            group = %self.group,
+            "the entry was finished by another consumer meanwhile (it was taken over after claim_idle_ms); this delivery's output was not written"
+        );
+    }
+
     /// Runs a commit (in the consumer's next batch), trying again on Redis
-    /// errors. Gives up after [`COMMIT_TRIES`]: the entry stays pending and
-    /// is claimed again later, so nothing is lost (at worst it is handled
-    /// twice).
-    async fn commit(&self, what: &str, commit: Commit) -> Committed {
+    /// errors. Gives up (`None`) after [`COMMIT_TRIES`]: the entry stays
+    /// pending and is claimed again later, so nothing is lost (at worst it
+    /// is handled twice).
+    async fn commit(&self, what: &str, commit: Commit) -> Option<Committed> {
         let commit = Arc::new(commit);
         let mut wait = Duration::from_millis(100);
         for attempt in 1..=COMMIT_TRIES {
             match self.committer.commit(commit.clone()).await {
-                Ok(()) => return Committed::Done,
-                Err(CommitError::WrongType(why)) => return Committed::Refused(why),
+                Ok(committed) => return Some(committed),
                 Err(e) if attempt == COMMIT_TRIES => {
                     error!("{what} failed: {e}; the entry stays pending and will be delivered again");
                 }
@@ -140,7 +147,7 @@ impl Consumer {
                 }
             }
         }
-        Committed::GaveUp
+        None
     }
 
     /// After `delay`, takes the entry back (a new delivery in Redis's count)
@@ -167,16 +174,6 @@ impl Consumer {
             }
         })
     }
-}
-
-/// What became of a commit.
-enum Committed {
-    Done,
-    /// Redis refused it as a whole (nothing written), e.g. a target key
-    /// that is not a stream.
-    Refused(String),
-    /// Redis kept failing; the entry stays pending.
-    GaveUp,
 }
 
 fn unix_ms() -> u64 {

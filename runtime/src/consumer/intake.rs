@@ -1,10 +1,11 @@
 //! Taking entries in: this consumer's own leftovers, new entries, and
 //! entries abandoned by dead consumers; each spawned as a delivery when a
-//! permit is free.
+//! permit is free. (Whether it is delivered at all is the delivery
+//! decision's to say, in [`crate::dispatch`].)
 
 use super::Consumer;
 use super::consumer::ERROR_PAUSE;
-use crate::stream::{self, Delivery, Reader};
+use crate::stream::{self, Delivery, Error, Reader};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
@@ -73,7 +74,7 @@ impl Consumer {
             };
             let room = (self.permits.available_permits() + 1).min(READ_BATCH);
             match self.read_until_cancelled(r, room).await {
-                Ok(found) => self.dispatch(found, permit).await,
+                Ok(found) => self.hand_out(found, permit).await,
                 Err(e) => {
                     drop(permit);
                     self.read_failed(e, &mut reader).await;
@@ -82,15 +83,15 @@ impl Consumer {
         }
     }
 
-    async fn connect_reader(&self) -> anyhow::Result<Reader> {
+    async fn connect_reader(&self) -> Result<Reader, Error> {
         let conn = self.redis.blocking_connection(READ_BLOCK).await?;
-        Ok(Reader::new(conn, &self.group, &self.name, &self.streams).await?)
+        Reader::new(conn, &self.group, &self.name, &self.streams).await
     }
 
     /// One blocking read. On shutdown the block is interrupted (`CLIENT
     /// UNBLOCK`) rather than abandoned, so whatever it already took is still
     /// dispatched and nothing is left pending unseen.
-    async fn read_until_cancelled(&self, r: &mut Reader, room: usize) -> redis::RedisResult<Vec<Delivery>> {
+    async fn read_until_cancelled(&self, r: &mut Reader, room: usize) -> Result<Vec<Delivery>, Error> {
         let client_id = r.client_id;
         let read = r.read_new(room, READ_BLOCK);
         tokio::pin!(read);
@@ -114,8 +115,8 @@ impl Consumer {
         }
     }
 
-    async fn read_failed(&self, e: redis::RedisError, reader: &mut Option<Reader>) {
-        if e.code() == Some("NOGROUP") {
+    async fn read_failed(&self, e: Error, reader: &mut Option<Reader>) {
+        if e.is_no_group() {
             // The stream or group went away (deleted, or Redis lost its data).
             warn!("consumer group missing; creating it again");
             self.until_ready(|| self.ensure_groups()).await;
@@ -126,13 +127,10 @@ impl Consumer {
         }
     }
 
-    /// Acks at once what the handler does not want; spawns the rest.
-    async fn dispatch(self: &Arc<Self>, found: Vec<Delivery>, permit: OwnedSemaphorePermit) {
-        let (wanted, unwanted): (Vec<_>, Vec<_>) =
-            found.into_iter().partition(|d| self.binding.load().handler.wants(&d.entry.event_type()));
-        self.ack_unwanted(unwanted).await;
+    /// Spawns a delivery for each of `found`, read with `permit` in hand.
+    async fn hand_out(self: &Arc<Self>, found: Vec<Delivery>, permit: OwnedSemaphorePermit) {
         let mut first = Some(permit);
-        for d in wanted {
+        for d in found {
             // Not cancelled by shutdown: these entries are already read (and
             // pending with this consumer), and the read asked for only as
             // many as there were permits, so they start soon.
@@ -144,29 +142,12 @@ impl Consumer {
         }
     }
 
-    async fn ack_unwanted(&self, unwanted: Vec<Delivery>) {
-        for s in &self.streams {
-            let ids: Vec<String> = unwanted.iter().filter(|d| &d.stream == s).map(|d| d.entry.id.clone()).collect();
-            let mut conn = self.redis.conn.clone();
-            match stream::ack_unhandled(&mut conn, s, &self.group, &ids).await {
-                Ok(()) => self.metrics.skipped(ids.len() as u64),
-                Err(e) => {
-                    warn!(stream = %s, "acknowledging {} unwanted entries failed: {e}; they will come back", ids.len())
-                }
-            }
-        }
-    }
-
     /// Spawns a delivery for each of `found`, as permits allow.
     async fn spawn_all(self: &Arc<Self>, found: Vec<Delivery>) {
         for d in found {
             // Left pending if shutdown comes first: delivered again later.
             let Some(permit) = self.permit().await else { return };
-            if self.binding.load().handler.wants(&d.entry.event_type()) {
-                self.spawn_delivery(d, permit);
-            } else {
-                self.ack_unwanted(vec![d]).await;
-            }
+            self.spawn_delivery(d, permit);
         }
     }
 
@@ -205,7 +186,12 @@ impl Consumer {
                     }
                     cursor = next;
                 }
-                Err(e) => return debug!("{e:#}"),
+                Err(e) => {
+                    // A host that cannot take over abandoned entries leaves
+                    // them stuck: the operator must hear of it.
+                    self.metrics.claim_failed();
+                    return warn!(stream = %s, group = %self.group, "cannot take over entries abandoned by other consumers: {e}; trying again in {} ms", (self.claim_idle / 2).as_millis());
+                }
             }
         }
     }

@@ -9,9 +9,10 @@ mod report;
 pub use capture::LogLine;
 pub use report::Report;
 
-use crate::config::{Config, Handler};
+use crate::config::{Config, DEFAULT_CLAIM_IDLE_MS, Handler};
 use crate::dispatch;
 use crate::event_json::EventJson;
+use crate::stream::Delivery;
 use crate::wasm::{self, ComponentCache, Plugin, Sandbox};
 use anyhow::{Context, bail};
 use std::path::{Path, PathBuf};
@@ -43,26 +44,20 @@ pub async fn invoke(invocation: &Invocation) -> anyhow::Result<Report> {
     let runtime = wasm::Runtime::new()?;
     let cache = cache_dir(config.as_ref()).map(|dir| ComponentCache::new(dir, &runtime.engine));
     let plugin = Plugin::load(&runtime, cache.as_ref(), &invocation.plugin)?;
-    let entry = event.to_entry();
-    let attempt = event.attempt();
-    let mut report = Report::new(&handler, &plugin, &event, attempt);
-    if !handler.wants(&entry.event_type()) {
-        return Ok(report.skipped());
-    }
-    let delivered = entry.to_event(&event.stream, attempt);
-    if let Err(invalid) = handler.schemas.check(&delivered.event_type, &delivered.data) {
-        return Ok(report.invalid(dispatch::invalid(&invalid)));
-    }
+    let delivery = Delivery { stream: event.stream.clone(), entry: event.to_entry(), attempt: event.attempt() };
+    let max_delay = Duration::from_millis(config.as_ref().map_or(DEFAULT_CLAIM_IDLE_MS, |c| c.claim_idle_ms)) / 2;
     let capture = capture::Capture::default();
-    let started = Instant::now();
     let sandbox = Sandbox::for_handler(&handler);
-    let outcome = plugin.invoke(&sandbox, &delivered).with_subscriber(capture.dispatch()).await;
-    report.duration = started.elapsed();
-    report.logs = capture.take();
-    let max_delay =
-        Duration::from_millis(config.as_ref().map_or(crate::config::DEFAULT_CLAIM_IDLE_MS, |c| c.claim_idle_ms)) / 2;
-    let decision = dispatch::decide(outcome.clone(), attempt, &handler.limits, max_delay);
-    Ok(report.finish(outcome, decision))
+    let mut duration = Duration::ZERO;
+    // The same turn as `sluice run`: admitted, run, decided by `dispatch`.
+    let turn = dispatch::turn(&handler, &delivery, max_delay, async |event| {
+        let started = Instant::now();
+        let outcome = plugin.invoke_in_place(&sandbox, &event).with_subscriber(capture.dispatch()).await;
+        duration = started.elapsed();
+        outcome
+    })
+    .await;
+    Ok(Report::new(&handler, &plugin, &event, delivery.attempt, turn, duration, capture.take()))
 }
 
 /// The handler to run as: from the config, or the defaults.

@@ -3,39 +3,12 @@
 
 use super::capture::LogLine;
 use crate::config::Handler;
-use crate::dispatch::Decision;
+use crate::dispatch::{Decision, Turn, Verdict};
 use crate::event_json::EventJson;
-use crate::wasm::{KvWrite, Outcome, Plugin};
+use crate::wasm::{KvWrite, Plugin};
 use serde::Serialize;
 use std::fmt;
 use std::time::Duration;
-
-/// What the handler returned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Verdict {
-    /// `handle` returned ok.
-    Ok,
-    /// `handle` asked to be tried again.
-    Retry,
-    /// `handle` rejected the event.
-    Reject,
-    /// It trapped or hit a limit.
-    Crash,
-    /// Its type matches none of the handler's `events`: not delivered.
-    Skipped,
-    /// Its data fails its type's schema: dead-lettered, the plugin not run.
-    Invalid,
-}
-
-/// What `sluice run` would do with the entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Action {
-    Ack,
-    Retry,
-    DeadLetter,
-}
 
 /// A publish the handler made, as it would be written.
 #[derive(Debug, Clone, Serialize)]
@@ -68,13 +41,16 @@ pub struct Report {
     pub event_type: String,
     pub attempt: u32,
     pub max_attempts: u32,
+    /// How the turn ended ([`Verdict::label`]): the handler's outcome, or
+    /// `skipped`, `invalid` or `exhausted` when the plugin did not run.
+    #[serde(serialize_with = "label")]
     pub outcome: Verdict,
-    /// The handler's reason (retry, reject) or the trap or limit (crash).
+    /// The handler's reason (retry, reject), the trap or limit (crash), or
+    /// why it was dead-lettered without running.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    /// What `run` would do; absent when skipped.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub action: Option<Action>,
+    /// What `run` would do ([`Decision::label`]).
+    pub action: &'static str,
     /// For `retry`: the delay before the next delivery.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_in_ms: Option<u64>,
@@ -88,11 +64,13 @@ pub struct Report {
     /// How long the delivery took (instantiate + call).
     #[serde(rename = "duration_ms", serialize_with = "millis")]
     pub duration: Duration,
-    /// Where `run` would dead-letter this entry.
-    #[serde(skip)]
-    dead_letter_target: String,
+    /// The handler's `events` globs, for the skipped message.
     #[serde(skip)]
     events: Vec<String>,
+}
+
+fn label<S: serde::Serializer>(v: &Verdict, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(v.label())
 }
 
 fn millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -100,83 +78,57 @@ fn millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
 }
 
 impl Report {
-    /// A report for `event` on `handler`, before it runs.
-    pub fn new(handler: &Handler, plugin: &Plugin, event: &EventJson, attempt: u32) -> Report {
-        let entry = event.to_entry();
-        Report {
+    /// The report of `turn`, one turn of `event` on `handler`, which took
+    /// `duration` in the handler and logged `logs`.
+    pub fn new(
+        handler: &Handler,
+        plugin: &Plugin,
+        event: &EventJson,
+        attempt: u32,
+        turn: Turn,
+        duration: Duration,
+        logs: Vec<LogLine>,
+    ) -> Report {
+        let mut report = Report {
             handler: handler.name.clone(),
             plugin: plugin.path.display().to_string(),
             plugin_version: plugin.version.clone(),
             stream: event.stream.clone(),
-            id: entry.id,
+            id: event.to_entry().id,
             event_type: event.event_type.clone(),
             attempt,
-            max_attempts: handler.limits.max_attempts,
-            outcome: Verdict::Skipped,
+            max_attempts: handler.retry.max_attempts,
+            outcome: turn.verdict,
             reason: None,
-            action: None,
+            action: turn.decision.label(),
             retry_in_ms: None,
             dead_letter_stream: None,
-            logs: Vec::new(),
+            logs,
             publishes: Vec::new(),
             kv_writes: Vec::new(),
-            duration: Duration::ZERO,
-            dead_letter_target: handler.dead_letter_stream(&event.stream),
+            duration,
             events: handler.events.clone(),
-        }
-    }
-
-    /// The event's type matches none of the handler's globs.
-    pub fn skipped(mut self) -> Report {
-        self.outcome = Verdict::Skipped;
-        self
-    }
-
-    /// Fills in the outcome and what `run` would do about it.
-    pub fn finish(mut self, outcome: Outcome, decision: Decision) -> Report {
-        let (verdict, reason, effects) = match outcome {
-            Outcome::Success { effects } => (Verdict::Ok, None, Some(effects)),
-            Outcome::Retry { reason, .. } => (Verdict::Retry, Some(reason), None),
-            Outcome::Reject { reason } => (Verdict::Reject, Some(reason), None),
-            Outcome::Crash { reason, .. } => (Verdict::Crash, Some(reason), None),
         };
-        self.outcome = verdict;
-        self.reason = reason;
-        if let Some(effects) = effects {
-            self.publishes = effects.publishes.into_iter().map(published).collect();
-            self.kv_writes = effects.kv.into_iter().map(written).collect();
-        }
-        self.act(decision);
-        self
-    }
-
-    /// The event fails its type's schema, so the plugin did not run;
-    /// `decision` is what `run` does about that.
-    pub fn invalid(mut self, decision: Decision) -> Report {
-        self.outcome = Verdict::Invalid;
-        self.act(decision);
-        self
-    }
-
-    /// Fills in what `run` would do.
-    fn act(&mut self, decision: Decision) {
-        self.action = Some(match decision {
-            Decision::Ack { .. } => Action::Ack,
-            Decision::Retry { delay, .. } => {
-                self.retry_in_ms = Some(delay.as_millis() as u64);
-                Action::Retry
+        match turn.decision {
+            Decision::Ack { effects } => {
+                report.publishes = effects.publishes.into_iter().map(published).collect();
+                report.kv_writes = effects.kv.into_iter().map(written).collect();
+            }
+            Decision::Retry { delay, reason } => {
+                report.retry_in_ms = Some(delay.as_millis() as u64);
+                report.reason = Some(reason);
             }
             Decision::DeadLetter { reason } => {
-                self.dead_letter_stream = Some(self.dead_letter_target.clone());
-                self.reason = Some(reason);
-                Action::DeadLetter
+                report.dead_letter_stream = Some(handler.dead_letter_stream(&event.stream));
+                report.reason = Some(reason);
             }
-        });
+        }
+        report
     }
 
     /// The exit code `sluice invoke` ends with: 0 ok (or not for this
     /// handler), 3 retry, 4 reject, 5 trap or limit, 6 invalid (fails its
-    /// schema).
+    /// schema), 7 exhausted (its last attempt was made already).
     pub fn exit_code(&self) -> u8 {
         match self.outcome {
             Verdict::Ok | Verdict::Skipped => 0,
@@ -184,6 +136,7 @@ impl Report {
             Verdict::Reject => 4,
             Verdict::Crash => 5,
             Verdict::Invalid => 6,
+            Verdict::Exhausted => 7,
         }
     }
 }
@@ -231,36 +184,34 @@ impl fmt::Display for Report {
                     self.events.join(", ")
                 );
             }
-            Verdict::Invalid => "invalid (the data fails its type's schema): the plugin did not run".to_owned(),
-            Verdict::Ok => "ok".to_owned(),
-            Verdict::Retry => "retry".to_owned(),
-            Verdict::Reject => "reject".to_owned(),
-            Verdict::Crash => "trap".to_owned(),
+            Verdict::Invalid => "invalid (the data fails its type's schema): the plugin did not run",
+            Verdict::Exhausted => "exhausted (its last attempt was made already): the plugin did not run",
+            Verdict::Crash => "trap",
+            other => other.label(),
         };
         match self.outcome {
-            Verdict::Invalid => writeln!(f, "result    {verdict}")?,
+            Verdict::Invalid | Verdict::Exhausted => writeln!(f, "result    {verdict}")?,
             _ => writeln!(f, "result    {verdict} in {:.2} ms", self.duration.as_secs_f64() * 1000.0)?,
         }
         match self.action {
-            Some(Action::Ack) => writeln!(
+            "ack" => writeln!(
                 f,
                 "run would acknowledge the entry and commit {} publish(es) and {} key-value write(s) with it",
                 self.publishes.len(),
                 self.kv_writes.len()
             ),
-            Some(Action::Retry) => writeln!(
+            "retry" => writeln!(
                 f,
                 "run would deliver it again in {} ms (attempt {} of {}): {reason}",
                 self.retry_in_ms.unwrap_or(0),
                 self.attempt + 1,
                 self.max_attempts
             ),
-            Some(Action::DeadLetter) => writeln!(
+            _ => writeln!(
                 f,
                 "run would dead-letter it to {}: {reason}",
                 self.dead_letter_stream.as_deref().unwrap_or("?")
             ),
-            None => Ok(()),
         }
     }
 }

@@ -3,88 +3,8 @@
 
 use super::session::Session;
 use super::time;
-use crate::event::{Entry, field};
-use crate::event_json::EventJson;
+pub use crate::dead_letter::DeadLetter;
 use crate::stream;
-use serde::Serialize;
-use serde_json::Value;
-
-/// One dead-letter entry, read back.
-#[derive(Debug, Clone, Serialize)]
-pub struct DeadLetter {
-    /// The dead-letter stream and the entry's id there.
-    pub dead_letter_stream: String,
-    pub id: String,
-    /// The handler that failed it, and the version of its plugin then.
-    pub handler: String,
-    pub plugin_version: String,
-    /// Deliveries before it was given up.
-    pub attempts: u32,
-    /// Why: the reject reason, or the last failure.
-    pub reason: String,
-    /// When it failed, Unix ms.
-    pub failed_at: u64,
-    /// Earlier failures, for an event that was redriven before.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub history: Vec<Value>,
-    /// The event as the handler saw it (the form `sluice invoke` reads).
-    pub event: EventJson,
-    /// The `sluice.*` fields, as stored.
-    #[serde(skip)]
-    failure_fields: Vec<(String, String)>,
-}
-
-impl DeadLetter {
-    /// Reads the `sluice.*` fields of `entry` of `stream`.
-    pub fn from_entry(stream: &str, entry: &Entry) -> DeadLetter {
-        let text = |k: &str| entry.get(k).map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
-        let origin_stream = text(field::ORIGIN_STREAM);
-        let original = Entry { id: text(field::ORIGIN_ID), fields: entry.own_fields() };
-        DeadLetter {
-            dead_letter_stream: stream.to_owned(),
-            id: entry.id.clone(),
-            handler: text(field::HANDLER),
-            plugin_version: text(field::PLUGIN_VERSION),
-            attempts: text(field::ATTEMPTS).parse().unwrap_or(0),
-            reason: text(field::ERROR),
-            failed_at: text(field::FAILED_AT).parse().unwrap_or(0),
-            history: serde_json::from_str(&text(field::HISTORY)).unwrap_or_default(),
-            event: EventJson::from_entry(&origin_stream, &original, None),
-            failure_fields: entry
-                .fields
-                .iter()
-                .filter(|(k, _)| k.starts_with(field::SLUICE_PREFIX))
-                .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
-                .collect(),
-        }
-    }
-
-    /// The event with its `sluice.*` fields too: what `dlq show --json`
-    /// prints, to save and run offline with `sluice invoke --event`.
-    pub fn saved_event(&self) -> EventJson {
-        let mut event = self.event.clone();
-        event.fields.extend(self.failure_fields.iter().cloned());
-        event
-    }
-
-    /// The original entry's fields plus where it came from and its failures
-    /// so far (this one last): what a redrive puts in the handler's inbox.
-    pub fn inbox_fields(&self) -> Vec<(String, Vec<u8>)> {
-        let mut history = self.history.clone();
-        history.push(serde_json::json!({
-            "reason": self.reason,
-            "handler": self.handler,
-            "attempts": self.attempts,
-            "failed_at": self.failed_at,
-            "plugin_version": self.plugin_version,
-        }));
-        let mut fields = self.event.to_entry().fields;
-        fields.push((field::ORIGIN_STREAM.into(), self.event.stream.clone().into_bytes()));
-        fields.push((field::ORIGIN_ID.into(), self.event.id.clone().unwrap_or_default().into_bytes()));
-        fields.push((field::HISTORY.into(), Value::Array(history).to_string().into_bytes()));
-        fields
-    }
-}
 
 /// Which dead-letter entries a command works on.
 #[derive(Debug, Clone, Default)]

@@ -5,7 +5,8 @@
 
 use super::dlq::DeadLetter;
 use super::session::Session;
-use crate::event::{self, Entry, field};
+use crate::dead_letter::{self, replay_fields};
+use crate::event::Entry;
 use crate::stream;
 use anyhow::bail;
 use std::time::Duration;
@@ -69,7 +70,7 @@ pub async fn redrive(session: &mut Session, entries: &[DeadLetter], pace: Pace) 
         let inbox_id = match pace.dry_run {
             true => None,
             false => {
-                let inbox = event::inbox(&d.handler);
+                let inbox = dead_letter::inbox(&d.handler);
                 stream::move_to_inbox(&mut session.conn, &d.dead_letter_stream, &d.id, &inbox, &d.inbox_fields())
                     .await?
             }
@@ -102,19 +103,11 @@ pub async fn replay(
     }
     let entries = stream::range(&mut session.conn, stream_name, &from.to_string(), &to.to_string()).await?;
     if !dry_run {
-        let inbox = event::inbox(handler);
+        let inbox = dead_letter::inbox(handler);
         for chunk in entries.chunks(500) {
-            let copies: Vec<_> = chunk.iter().map(|e| copy_fields(stream_name, e)).collect();
+            let copies: Vec<_> = chunk.iter().map(|e| replay_fields(stream_name, e)).collect();
             stream::add_to_inbox(&mut session.conn, &inbox, &copies).await?;
         }
     }
     Ok(entries)
-}
-
-/// `entry`'s own fields and where it came from.
-fn copy_fields(stream: &str, entry: &Entry) -> Vec<(String, Vec<u8>)> {
-    let mut fields = entry.own_fields();
-    fields.push((field::ORIGIN_STREAM.into(), stream.as_bytes().to_vec()));
-    fields.push((field::ORIGIN_ID.into(), entry.id.clone().into_bytes()));
-    fields
 }

@@ -5,7 +5,7 @@ use super::session::Session;
 use super::time;
 use crate::config::Config;
 use crate::consumer::read_streams;
-use crate::event;
+use crate::dead_letter;
 use crate::stream;
 use crate::wasm;
 use redis::aio::ConnectionLike;
@@ -53,13 +53,13 @@ pub async fn status(session: &mut Session) -> anyhow::Result<Vec<Row>> {
 }
 
 /// A row for every handler and stream of `config`, its inbox included.
-pub async fn rows(conn: &mut impl ConnectionLike, config: &Config) -> redis::RedisResult<Vec<Row>> {
+pub async fn rows(conn: &mut impl ConnectionLike, config: &Config) -> Result<Vec<Row>, stream::Error> {
     let now = time::now_ms();
     let mut rows = Vec::new();
     for h in &config.handlers {
         for s in read_streams(h) {
             let info = stream::group_info(conn, &s, &h.group).await?;
-            let dead_letters = match event::is_inbox(&s) {
+            let dead_letters = match dead_letter::is_inbox(&s) {
                 true => 0,
                 false => stream::length(conn, &h.dead_letter_stream(&s)).await?,
             };

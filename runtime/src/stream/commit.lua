@@ -1,25 +1,54 @@
 -- Finishes a batch of deliveries. Each is all or nothing on its own: it
--- checks that every stream it will write is a stream (or absent) before
--- writing anything, then applies its writes and acknowledges its entry.
--- (MULTI/EXEC would not do: Redis does not roll back a transaction when one
--- of its commands fails, so an XADD refused with WRONGTYPE would still let
--- the XACK through and lose the write.) One script per batch instead of one
--- per delivery: Redis's cost per call, not per write, dominates.
+-- checks every write before writing anything (its kind is known, and a
+-- stream it adds to is a stream or absent), then applies its writes and
+-- acknowledges its entry. (MULTI/EXEC would not do: Redis does not roll back
+-- a transaction when one of its commands fails, so an XADD refused with
+-- WRONGTYPE would still let the XACK through and lose the write.) One script
+-- per batch instead of one per delivery: Redis's cost per call, not per
+-- write, dominates.
 --
 -- ARGV[1]      the consumer group
 -- then, per delivery:
 --   KEYS       the stream its entry was read from, then the key of each write
---   ARGV       the entry id, the number of writes, then per write: kind
---              ("xadd", "set", "del", or "xdel" for an inbox entry done
---              with), argument count, arguments
+--   ARGV       the entry id, the number of writes, then per write: its kind
+--              (one of WRITES below; stream::commit::Write on the Rust
+--              side), argument count, arguments
 --
 -- Returns, per delivery in order:
---   1  committed;
---   0  the entry was no longer pending (an earlier try of this same commit
---      went through, or another consumer took the entry over): nothing is
---      written, so a retried commit can never publish twice;
---   a "SLUICE_WRONGTYPE ..." string: a target is not a stream; nothing of
---      this delivery was written and its entry is still pending.
+--   1            done: written and acknowledged;
+--   0            already finished: the entry was no longer pending in the
+--                group, so nothing was written. Either an earlier try of this
+--                same commit went through (its reply was lost), or the entry
+--                was taken over by another consumer, which finished it
+--                first. A commit for an entry that another consumer has
+--                taken over but not yet finished is still written: whichever
+--                consumer commits first wins, and the other gets 0, so an
+--                entry's output is never written twice;
+--   {-1, reason} refused: a write cannot be applied (a target holds
+--                something other than a stream, or a write kind this script
+--                does not know); nothing of this delivery was written and its
+--                entry is still pending.
+local WRITES = {
+  xadd = function(key, args) redis.call('XADD', key, '*', unpack(args)) end,
+  set = function(key, args) redis.call('SET', key, unpack(args)) end,
+  del = function(key, args) redis.call('DEL', key) end,
+  xdel = function(key, args) redis.call('XDEL', key, unpack(args)) end,
+}
+
+-- Why `kind` to `key` cannot be applied, or nil.
+local function refusal(kind, key)
+  if not WRITES[kind] then
+    return 'unknown write kind ' .. kind
+  end
+  if kind == 'xadd' then
+    local t = redis.call('TYPE', key)['ok']
+    if t ~= 'none' and t ~= 'stream' then
+      return key .. ' holds a ' .. t .. ', not a stream'
+    end
+  end
+  return nil
+end
+
 local group = ARGV[1]
 local results = {}
 local k, a = 1, 2
@@ -34,17 +63,12 @@ while a <= #ARGV do
       args[i] = ARGV[a + 1 + i]
     end
     a = a + 2 + argc
-    if kind == 'xadd' and not refused then
-      local t = redis.call('TYPE', KEYS[k])['ok']
-      if t ~= 'none' and t ~= 'stream' then
-        refused = 'SLUICE_WRONGTYPE ' .. KEYS[k] .. ' holds a ' .. t .. ', not a stream'
-      end
-    end
+    refused = refused or refusal(kind, KEYS[k])
     writes[w] = { kind, KEYS[k], args }
     k = k + 1
   end
   if refused then
-    results[#results + 1] = refused
+    results[#results + 1] = { -1, refused }
   elseif count == 0 then
     -- Nothing to write, so nothing to protect from a repeat: just the ack.
     results[#results + 1] = redis.call('XACK', origin, group, id)
@@ -52,15 +76,7 @@ while a <= #ARGV do
     results[#results + 1] = 0
   else
     for _, w in ipairs(writes) do
-      if w[1] == 'xadd' then
-        redis.call('XADD', w[2], '*', unpack(w[3]))
-      elseif w[1] == 'set' then
-        redis.call('SET', w[2], unpack(w[3]))
-      elseif w[1] == 'xdel' then
-        redis.call('XDEL', w[2], unpack(w[3]))
-      else
-        redis.call('DEL', w[2])
-      end
+      WRITES[w[1]](w[2], w[3])
     end
     results[#results + 1] = redis.call('XACK', origin, group, id)
   end

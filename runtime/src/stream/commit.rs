@@ -1,32 +1,33 @@
-//! The transaction that finishes deliveries: a Lua script (`commit.lua`)
-//! that, for each delivery of a batch, writes what it produced (publishes,
-//! key-value writes, or the dead-letter copy) and acknowledges its entry, all
-//! or nothing per delivery.
+//! The commit protocol: the transaction that finishes deliveries. A Lua
+//! script (`commit.lua`) that, for each delivery of a batch, writes what it
+//! produced (publishes, key-value writes, or the dead-letter copy) and
+//! acknowledges its entry, all or nothing per delivery. The writes are typed
+//! here ([`WriteKind`]), the script refuses any kind it does not know, and
+//! each delivery's result is one of three values ([`Committed`]).
 
-use crate::event::{self, DeadLetterInfo, Entry};
+use super::error::{Context, Error};
+use crate::dead_letter::{self, Failure};
+use crate::event::{self, Entry};
 use crate::wasm::{Effects, KvWrite, kv_key};
+use redis::Value;
 use redis::aio::ConnectionLike;
 use std::sync::LazyLock;
 
 static COMMIT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("commit.lua")));
 
-/// Why a commit did not happen.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum CommitError {
-    /// A target key holds something other than a stream: nothing was
-    /// written and the entry is still pending. Trying again will not help
-    /// until someone fixes the key.
-    #[error("{0}")]
-    WrongType(String),
-    /// Redis could not be reached or failed; nothing was written.
-    #[error("{0}")]
-    Redis(String),
-}
-
-impl From<redis::RedisError> for CommitError {
-    fn from(e: redis::RedisError) -> Self {
-        CommitError::Redis(e.to_string())
-    }
+/// What became of one delivery's commit, when Redis ran the script.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Committed {
+    /// Its writes landed and its entry was acknowledged.
+    Done,
+    /// Its entry was no longer pending: an earlier try of the same commit
+    /// went through, or another consumer took the entry over and finished
+    /// it first. Nothing was written.
+    AlreadyFinished,
+    /// A write cannot be applied (a target holds something other than a
+    /// stream); nothing was written and the entry is still pending. Trying
+    /// again will not help until someone fixes the key.
+    Refused(String),
 }
 
 /// What finishing one delivery writes: its entry's ack, and before it the
@@ -39,10 +40,35 @@ pub struct Commit {
     writes: Vec<Write>,
 }
 
+/// The kinds of write a commit makes, each one command in the script.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteKind {
+    /// `XADD key * field value ...`: a publish, or a dead-letter copy.
+    Xadd,
+    /// `SET key value [PX ms]`: a key-value write.
+    Set,
+    /// `DEL key`: a key-value delete.
+    Del,
+    /// `XDEL key id`: an inbox entry done with.
+    Xdel,
+}
+
+impl WriteKind {
+    /// Its name in the script's arguments (`WRITES` in `commit.lua`).
+    fn wire(self) -> &'static str {
+        match self {
+            WriteKind::Xadd => "xadd",
+            WriteKind::Set => "set",
+            WriteKind::Del => "del",
+            WriteKind::Xdel => "xdel",
+        }
+    }
+}
+
 /// One write of a commit.
 #[derive(Debug)]
 struct Write {
-    kind: &'static str,
+    kind: WriteKind,
     key: String,
     args: Vec<Vec<u8>>,
 }
@@ -53,7 +79,7 @@ impl Commit {
     pub fn ack(stream: &str, entry: &Entry, handler: &str, effects: Effects) -> Commit {
         let cause_id = match effects.publishes.is_empty() {
             true => String::new(),
-            false => entry.origin(stream).1,
+            false => dead_letter::origin(stream, entry).1,
         };
         let publishes =
             effects.publishes.iter().map(|p| xadd(&p.stream, event::published_fields(p, handler, entry, &cause_id)));
@@ -62,12 +88,17 @@ impl Commit {
         Commit { stream: stream.to_owned(), id: entry.id.clone(), writes }
     }
 
-    /// Copies `entry` of `stream` to `dead_letter_stream` with the reason,
-    /// and acknowledges it.
-    pub fn dead_letter(dead_letter_stream: &str, stream: &str, entry: &Entry, info: &DeadLetterInfo<'_>) -> Commit {
-        let fields = event::dead_letter_fields(entry, info);
+    /// Copies `entry` of `stream`, which failed with `failure`, to
+    /// `dead_letter_stream`, and acknowledges it.
+    pub fn dead_letter(dead_letter_stream: &str, stream: &str, entry: &Entry, failure: &Failure<'_>) -> Commit {
+        let fields = dead_letter::fields(entry, failure);
         let writes = std::iter::once(xadd(dead_letter_stream, fields)).chain(delete_if_inbox(stream, &entry.id));
         Commit { stream: stream.to_owned(), id: entry.id.clone(), writes: writes.collect() }
+    }
+
+    /// The entry it finishes: its stream and id.
+    pub fn entry(&self) -> (&str, &str) {
+        (&self.stream, &self.id)
     }
 }
 
@@ -75,70 +106,66 @@ impl Commit {
 /// its ack: an inbox copy is done with once its handler is, and the
 /// original stays in its own stream. Other streams keep their entries.
 fn delete_if_inbox(stream: &str, id: &str) -> Option<Write> {
-    event::is_inbox(stream).then(|| Write { kind: "xdel", key: stream.to_owned(), args: vec![id.as_bytes().to_vec()] })
+    dead_letter::is_inbox(stream).then(|| Write {
+        kind: WriteKind::Xdel,
+        key: stream.to_owned(),
+        args: vec![id.as_bytes().to_vec()],
+    })
 }
 
-/// Acknowledges entries the handler does not want (their type does not match
-/// its `events` globs), without running it; inbox copies are deleted too.
-pub async fn ack_unhandled(
-    conn: &mut impl ConnectionLike,
-    stream: &str,
-    group: &str,
-    ids: &[String],
-) -> redis::RedisResult<()> {
-    if ids.is_empty() {
-        return Ok(());
-    }
-    if !event::is_inbox(stream) {
-        return redis::cmd("XACK").arg(stream).arg(group).arg(ids).exec_async(conn).await;
-    }
-    let mut pipe = redis::pipe();
-    pipe.atomic().cmd("XACK").arg(stream).arg(group).arg(ids).ignore();
-    pipe.cmd("XDEL").arg(stream).arg(ids).ignore();
-    pipe.exec_async(conn).await
-}
-
-/// Runs `commits` (entries read through `group`) in one script. On success,
-/// one result per commit, in order: `Ok` when committed or no longer pending,
-/// `Err(WrongType)` when refused. A Redis error means nothing was written.
+/// Runs `commits` (entries read through `group`) in one script. One result
+/// per commit, in order; an error means nothing was written.
 pub async fn commit_batch<'a>(
     conn: &mut impl ConnectionLike,
     group: &str,
     commits: impl IntoIterator<Item = &'a Commit>,
-) -> redis::RedisResult<Vec<Result<(), CommitError>>> {
+) -> Result<Vec<Committed>, Error> {
     let mut call = COMMIT.prepare_invoke();
     call.arg(group);
+    let mut count = 0;
     for c in commits {
+        count += 1;
         call.key(&c.stream).arg(&c.id).arg(c.writes.len());
         for w in &c.writes {
-            call.key(&w.key).arg(w.kind).arg(w.args.len());
+            call.key(&w.key).arg(w.kind.wire()).arg(w.args.len());
             for a in &w.args {
                 call.arg(a.as_slice());
             }
         }
     }
-    let replies: Vec<redis::Value> = call.invoke_async(conn).await?;
-    Ok(replies.into_iter().map(result).collect())
+    let what = || format!("commit of {count} deliveries through group {group}");
+    let replies: Vec<Value> = call.invoke_async(conn).await.context(what)?;
+    if replies.len() != count {
+        return Err(Error::reply(what(), &Value::Array(replies)));
+    }
+    replies.iter().map(|r| result(r).ok_or_else(|| Error::reply(what(), r))).collect()
 }
 
 /// Runs one commit on its own; see [`commit_batch`].
-pub async fn commit_one(conn: &mut impl ConnectionLike, group: &str, commit: Commit) -> Result<(), CommitError> {
+pub async fn commit_one(conn: &mut impl ConnectionLike, group: &str, commit: Commit) -> Result<Committed, Error> {
     let mut results = commit_batch(conn, group, [&commit]).await?;
-    results.pop().expect("one result per commit")
+    Ok(results.pop().expect("one result per commit"))
 }
 
-fn result(reply: redis::Value) -> Result<(), CommitError> {
+/// One delivery's result as the script returns it (see `commit.lua`);
+/// `None` for anything else.
+fn result(reply: &Value) -> Option<Committed> {
     match reply {
-        redis::Value::BulkString(b) => {
-            Err(CommitError::WrongType(String::from_utf8_lossy(&b).trim_start_matches("SLUICE_WRONGTYPE ").to_owned()))
-        }
-        _ => Ok(()),
+        Value::Int(1) => Some(Committed::Done),
+        Value::Int(0) => Some(Committed::AlreadyFinished),
+        Value::Array(parts) => match parts.as_slice() {
+            [Value::Int(-1), Value::BulkString(reason)] => {
+                Some(Committed::Refused(String::from_utf8_lossy(reason).into_owned()))
+            }
+            _ => None,
+        },
+        _ => None,
     }
 }
 
 fn xadd(stream: &str, fields: Vec<(String, Vec<u8>)>) -> Write {
     let args = fields.into_iter().flat_map(|(k, v)| [k.into_bytes(), v]).collect();
-    Write { kind: "xadd", key: stream.to_owned(), args }
+    Write { kind: WriteKind::Xadd, key: stream.to_owned(), args }
 }
 
 fn kv_write(handler: &str, w: KvWrite) -> Write {
@@ -148,8 +175,31 @@ fn kv_write(handler: &str, w: KvWrite) -> Write {
             if let Some(ms) = ttl_ms {
                 args.extend([b"PX".to_vec(), ms.to_string().into_bytes()]);
             }
-            Write { kind: "set", key: kv_key(handler, &key), args }
+            Write { kind: WriteKind::Set, key: kv_key(handler, &key), args }
         }
-        KvWrite::Delete { key } => Write { kind: "del", key: kv_key(handler, &key), args: vec![] },
+        KvWrite::Delete { key } => Write { kind: WriteKind::Del, key: kv_key(handler, &key), args: vec![] },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_write_kind_is_one_the_script_knows() {
+        let script = include_str!("commit.lua");
+        for kind in [WriteKind::Xadd, WriteKind::Set, WriteKind::Del, WriteKind::Xdel] {
+            assert!(script.contains(&format!("  {} = function(key, args)", kind.wire())), "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn the_three_results_parse_and_anything_else_is_refused() {
+        assert_eq!(result(&Value::Int(1)), Some(Committed::Done));
+        assert_eq!(result(&Value::Int(0)), Some(Committed::AlreadyFinished));
+        let refused = Value::Array(vec![Value::Int(-1), Value::BulkString(b"x holds a string".to_vec())]);
+        assert_eq!(result(&refused), Some(Committed::Refused("x holds a string".into())));
+        assert_eq!(result(&Value::BulkString(b"SLUICE_WRONGTYPE x".to_vec())), None);
+        assert_eq!(result(&Value::Int(2)), None);
     }
 }

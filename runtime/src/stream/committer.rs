@@ -3,7 +3,8 @@
 //! one batch is in flight the next gathers, so under load each call to Redis
 //! finishes many deliveries, and a lone delivery is sent at once.
 
-use super::commit::{Commit, CommitError, commit_batch};
+use super::commit::{Commit, Committed, commit_batch};
+use super::error::Error;
 use redis::aio::ConnectionManager;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
@@ -20,7 +21,7 @@ pub struct Committer {
 
 struct Job {
     commit: Arc<Commit>,
-    reply: oneshot::Sender<Result<(), CommitError>>,
+    reply: oneshot::Sender<Result<Committed, Error>>,
 }
 
 impl Committer {
@@ -32,10 +33,11 @@ impl Committer {
     }
 
     /// Commits `commit` in the next batch; see [`commit_batch`] for the result.
-    pub async fn commit(&self, commit: Arc<Commit>) -> Result<(), CommitError> {
-        let stopped = || CommitError::Redis("the committer stopped".into());
+    pub async fn commit(&self, commit: Arc<Commit>) -> Result<Committed, Error> {
+        let (stream, id) = commit.entry();
+        let stopped = || Error::new(format!("commit of {stream} {id}"), super::ErrorKind::Stopped);
         let (reply, answer) = oneshot::channel();
-        self.tx.send(Job { commit, reply }).map_err(|_| stopped())?;
+        self.tx.send(Job { commit: commit.clone(), reply }).map_err(|_| stopped())?;
         answer.await.unwrap_or_else(|_| Err(stopped()))
     }
 }
@@ -46,18 +48,14 @@ async fn run(mut conn: ConnectionManager, group: String, mut rx: mpsc::Unbounded
         match commit_batch(&mut conn, &group, jobs.iter().map(|j| &*j.commit)).await {
             Ok(results) => {
                 for (job, result) in jobs.drain(..).zip(results) {
-                    let _ = job.reply.send(result);
+                    let _ = job.reply.send(Ok(result));
                 }
             }
             Err(e) => {
-                let e = CommitError::from(e);
                 for job in jobs.drain(..) {
                     let _ = job.reply.send(Err(e.clone()));
                 }
             }
         }
-        // Any job left had no result (never expected): its caller sees the
-        // committer stop and tries again, which the script makes safe.
-        jobs.clear();
     }
 }

@@ -1,7 +1,7 @@
 //! Redis connections by role: a shared, auto-reconnecting one for commands
 //! and a dedicated one per blocking reader.
 
-use anyhow::Context;
+use super::error::{Context, Error};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Client};
 use std::time::Duration;
@@ -22,29 +22,28 @@ pub struct Redis {
 
 impl Redis {
     /// Connects to `url`.
-    pub async fn connect(url: &str) -> anyhow::Result<Redis> {
-        let client = Client::open(url).context("invalid Redis URL")?;
+    pub async fn connect(url: &str) -> Result<Redis, Error> {
+        let what = || format!("connecting to Redis at {}", redact(url));
+        let client = Client::open(url).context(what)?;
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(COMMAND_TIMEOUT))
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_number_of_retries(3);
-        let conn = ConnectionManager::new_with_config(client.clone(), config)
-            .await
-            .with_context(|| format!("cannot connect to Redis at {}", redact(url)))?;
+        let conn = ConnectionManager::new_with_config(client.clone(), config).await.context(what)?;
         Ok(Redis { client, conn })
     }
 
     /// A connection of its own for `XREADGROUP BLOCK block`: its response
     /// timeout is the block plus [`COMMAND_TIMEOUT`] (the default 500 ms would
     /// cut every blocking read; none at all would hang on a dead connection).
-    pub async fn blocking_connection(&self, block: Duration) -> anyhow::Result<MultiplexedConnection> {
+    pub async fn blocking_connection(&self, block: Duration) -> Result<MultiplexedConnection, Error> {
         let config = AsyncConnectionConfig::new()
             .set_response_timeout(Some(block + COMMAND_TIMEOUT))
             .set_connection_timeout(Some(CONNECT_TIMEOUT));
         self.client
             .get_multiplexed_async_connection_with_config(&config)
             .await
-            .context("cannot open a reader connection to Redis")
+            .context(|| "opening a reader connection to Redis".into())
     }
 }
 

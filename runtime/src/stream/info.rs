@@ -1,6 +1,7 @@
 //! How far a consumer group has got: `XINFO GROUPS`, `XPENDING`, `XLEN`,
 //! for `sluice status` and the metrics.
 
+use super::error::{Context, Error};
 use super::reply::{items, text};
 use redis::Value;
 use redis::aio::ConnectionLike;
@@ -20,15 +21,16 @@ pub struct GroupInfo {
 }
 
 /// `group` on `stream`, or `None` when either does not exist yet.
-pub async fn group_info(
-    conn: &mut impl ConnectionLike,
-    stream: &str,
-    group: &str,
-) -> redis::RedisResult<Option<GroupInfo>> {
-    let groups: redis::RedisResult<Value> = redis::cmd("XINFO").arg("GROUPS").arg(stream).query_async(conn).await;
+pub async fn group_info(conn: &mut impl ConnectionLike, stream: &str, group: &str) -> Result<Option<GroupInfo>, Error> {
+    let groups: Result<Value, Error> = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(stream)
+        .query_async(conn)
+        .await
+        .context(|| format!("XINFO GROUPS on stream {stream}"));
     let groups = match groups {
         Ok(v) => v,
-        Err(e) if e.to_string().contains("no such key") => return Ok(None),
+        Err(e) if e.is_no_such_key() => return Ok(None),
         Err(e) => return Err(e),
     };
     let Some(fields) =
@@ -40,7 +42,12 @@ pub async fn group_info(
         Some(Value::Int(n)) => u64::try_from(*n).ok(),
         _ => None,
     };
-    let summary: Value = redis::cmd("XPENDING").arg(stream).arg(group).query_async(conn).await?;
+    let summary: Value = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg(group)
+        .query_async(conn)
+        .await
+        .context(|| format!("XPENDING on stream {stream} group {group}"))?;
     let oldest = items(&summary).get(1).and_then(text);
     Ok(Some(GroupInfo {
         lag: number("lag"),
@@ -51,8 +58,8 @@ pub async fn group_info(
 }
 
 /// The number of entries in `stream` (0 if it does not exist).
-pub async fn length(conn: &mut impl ConnectionLike, stream: &str) -> redis::RedisResult<u64> {
-    redis::cmd("XLEN").arg(stream).query_async(conn).await
+pub async fn length(conn: &mut impl ConnectionLike, stream: &str) -> Result<u64, Error> {
+    redis::cmd("XLEN").arg(stream).query_async(conn).await.context(|| format!("XLEN on stream {stream}"))
 }
 
 /// A RESP3 map or a RESP2 flat `[k, v, k, v]` array, as pairs.

@@ -3,9 +3,9 @@
 //! consumers with `XAUTOCLAIM`. Each comes with its attempt number, which is
 //! Redis's delivery count, so it survives restarts.
 
+use super::error::{Context, Error};
 use super::reply;
 use crate::event::Entry;
-use anyhow::Context;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -40,8 +40,8 @@ impl Reader {
         group: &str,
         consumer: &str,
         streams: &[String],
-    ) -> redis::RedisResult<Reader> {
-        let client_id = redis::cmd("CLIENT").arg("ID").query_async(&mut conn).await?;
+    ) -> Result<Reader, Error> {
+        let client_id = redis::cmd("CLIENT").arg("ID").query_async(&mut conn).await.context(|| "CLIENT ID".into())?;
         Ok(Reader {
             conn,
             client_id,
@@ -53,7 +53,7 @@ impl Reader {
 
     /// Up to `count` never-delivered entries across all streams, waiting at
     /// most `block` for the first one.
-    pub async fn read_new(&mut self, count: usize, block: Duration) -> redis::RedisResult<Vec<Delivery>> {
+    pub async fn read_new(&mut self, count: usize, block: Duration) -> Result<Vec<Delivery>, Error> {
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP").arg(&self.group).arg(&self.consumer);
         cmd.arg("COUNT").arg(count).arg("BLOCK").arg(block.as_millis() as u64);
@@ -61,7 +61,8 @@ impl Reader {
         for _ in &self.streams {
             cmd.arg(">");
         }
-        let value: redis::Value = cmd.query_async(&mut self.conn).await?;
+        let what = || format!("XREADGROUP on streams {} group {}", self.streams.join(", "), self.group);
+        let value: redis::Value = cmd.query_async(&mut self.conn).await.context(what)?;
         let deliveries = reply::read_reply(&value)
             .into_iter()
             .flat_map(|(stream, entries)| {
@@ -86,7 +87,7 @@ async fn pending_rows(
     end: &str,
     consumer: &str,
     count: usize,
-) -> redis::RedisResult<Vec<PendingRow>> {
+) -> Result<Vec<PendingRow>, Error> {
     let value: redis::Value = redis::cmd("XPENDING")
         .arg(stream)
         .arg(group)
@@ -95,7 +96,8 @@ async fn pending_rows(
         .arg(count.clamp(1, PAGE))
         .arg(consumer)
         .query_async(conn)
-        .await?;
+        .await
+        .context(|| format!("XPENDING on stream {stream} group {group}"))?;
     let rows = match value {
         redis::Value::Array(rows) => rows,
         _ => vec![],
@@ -125,7 +127,7 @@ pub async fn claim(
     consumer: &str,
     min_idle: Duration,
     ids: &[String],
-) -> redis::RedisResult<Vec<Entry>> {
+) -> Result<Vec<Entry>, Error> {
     let value: redis::Value = redis::cmd("XCLAIM")
         .arg(stream)
         .arg(group)
@@ -133,7 +135,8 @@ pub async fn claim(
         .arg(min_idle.as_millis() as u64)
         .arg(ids)
         .query_async(conn)
-        .await?;
+        .await
+        .context(|| format!("XCLAIM on stream {stream} group {group}"))?;
     Ok(reply::entries(&value))
 }
 
@@ -148,17 +151,13 @@ pub async fn own_pending(
     consumer: &str,
     after: &str,
     count: usize,
-) -> anyhow::Result<(Vec<Delivery>, Option<String>)> {
-    let rows = pending_rows(conn, stream, group, after, "+", consumer, count)
-        .await
-        .with_context(|| format!("XPENDING on stream {stream} group {group}"))?;
+) -> Result<(Vec<Delivery>, Option<String>), Error> {
+    let rows = pending_rows(conn, stream, group, after, "+", consumer, count).await?;
     let Some(last) = rows.last() else { return Ok((vec![], None)) };
     let next = (rows.len() == count).then(|| format!("({}", last.id));
     let counts: HashMap<String, u32> = rows.iter().map(|r| (r.id.clone(), r.delivered)).collect();
     let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
-    let entries = claim(conn, stream, group, consumer, Duration::ZERO, &ids)
-        .await
-        .with_context(|| format!("XCLAIM on stream {stream} group {group}"))?;
+    let entries = claim(conn, stream, group, consumer, Duration::ZERO, &ids).await?;
     let deliveries = entries
         .into_iter()
         .map(|entry| {
@@ -181,7 +180,7 @@ pub async fn autoclaim(
     min_idle: Duration,
     cursor: &str,
     count: usize,
-) -> anyhow::Result<(Vec<Delivery>, String)> {
+) -> Result<(Vec<Delivery>, String), Error> {
     let value: redis::Value = redis::cmd("XAUTOCLAIM")
         .arg(stream)
         .arg(group)
@@ -192,7 +191,7 @@ pub async fn autoclaim(
         .arg(count.clamp(1, PAGE))
         .query_async(conn)
         .await
-        .with_context(|| format!("XAUTOCLAIM on stream {stream} group {group}"))?;
+        .context(|| format!("XAUTOCLAIM on stream {stream} group {group}"))?;
     let redis::Value::Array(parts) = &value else {
         return Ok((vec![], "0-0".into()));
     };
@@ -210,13 +209,11 @@ async fn with_attempts(
     group: &str,
     consumer: &str,
     entries: Vec<Entry>,
-) -> anyhow::Result<Vec<Delivery>> {
+) -> Result<Vec<Delivery>, Error> {
     let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
         return Ok(vec![]);
     };
-    let rows = pending_rows(conn, stream, group, &first.id, &last.id, consumer, PAGE)
-        .await
-        .with_context(|| format!("XPENDING on stream {stream} group {group}"))?;
+    let rows = pending_rows(conn, stream, group, &first.id, &last.id, consumer, PAGE).await?;
     let counts: HashMap<String, u32> = rows.into_iter().map(|r| (r.id, r.delivered)).collect();
     Ok(entries
         .into_iter()
@@ -229,6 +226,11 @@ async fn with_attempts(
 
 /// Makes the blocked read of client `client_id` return at once, as if its
 /// block had timed out.
-pub async fn unblock(conn: &mut impl ConnectionLike, client_id: i64) -> redis::RedisResult<()> {
-    redis::cmd("CLIENT").arg("UNBLOCK").arg(client_id).exec_async(conn).await
+pub async fn unblock(conn: &mut impl ConnectionLike, client_id: i64) -> Result<(), Error> {
+    redis::cmd("CLIENT")
+        .arg("UNBLOCK")
+        .arg(client_id)
+        .exec_async(conn)
+        .await
+        .context(|| format!("CLIENT UNBLOCK {client_id}"))
 }

@@ -1,9 +1,10 @@
 //! The one wasmtime `Engine` and `Linker` a host uses, and the epoch ticker
 //! that makes per-event deadlines work.
 
-use super::bindings::Plugin as PluginWorld;
+use super::bindings::Handler;
 use super::executor::Executor;
 use super::state::EventState;
+use crate::limits::{POOL_INSTANCES, POOL_MAX_MEMORY};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -15,12 +16,6 @@ use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAlloc
 /// resolution of `timeout_ms`.
 pub const EPOCH_TICK: Duration = Duration::from_millis(2);
 
-/// Instances that may be alive at once across all handlers (the sum of their
-/// `concurrency`, which is usually far less). Each memory slot reserves
-/// virtual address space for [`POOL_MAX_MEMORY`], so this is kept modest.
-const POOL_INSTANCES: u32 = crate::config::MAX_TOTAL_CONCURRENCY as u32;
-/// Largest linear memory the pool reserves room for (the largest `memory_mb`).
-const POOL_MAX_MEMORY: usize = 4 << 30;
 /// Linear memory, per pool slot, that is reset in place (only the pages a
 /// delivery touched, found with `PAGEMAP_SCAN` where the kernel has it)
 /// instead of being handed back with `madvise`. Each `madvise` flushes the
@@ -51,7 +46,7 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
-        PluginWorld::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+        Handler::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
         let ticker = Ticker::start(engine.clone());
         let executor = Executor::new()?;
         Ok(Runtime { engine, linker: Arc::new(linker), executor, _ticker: Arc::new(ticker) })

@@ -47,12 +47,12 @@ impl std::fmt::Display for DeadlineExceeded {
 impl std::error::Error for DeadlineExceeded {}
 
 impl Plugin {
-    /// Runs `handle(event)` once in a fresh instance, under `sandbox`, on the
-    /// wasm executor (see [`super::executor`]).
-    pub async fn invoke_isolated(self: &Arc<Self>, sandbox: &Sandbox, event: Event) -> Outcome {
+    /// Runs `handle(event)` once under `sandbox` on the wasm executor (see
+    /// [`super::executor`]); see [`Plugin::invoke_in_place`].
+    pub async fn invoke(self: &Arc<Self>, sandbox: &Sandbox, event: Event) -> Outcome {
         let (plugin, sandbox) = (self.clone(), sandbox.clone());
         // Keep the event's span (handler, stream, id) on the plugin's log lines.
-        let run = async move { plugin.invoke(&sandbox, &event).await }.instrument(tracing::Span::current());
+        let run = async move { plugin.invoke_in_place(&sandbox, &event).await }.instrument(tracing::Span::current());
         match self.executor.run(run).await {
             Some(outcome) => outcome,
             None => Outcome::Crash { reason: "the host panicked while running the handler".into(), timed_out: false },
@@ -60,8 +60,9 @@ impl Plugin {
     }
 
     /// Runs `handle(event)` once under `sandbox`, in the current task: in a
-    /// fresh instance, or in a reused one when the sandbox keeps a pool.
-    pub async fn invoke(&self, sandbox: &Sandbox, event: &Event) -> Outcome {
+    /// fresh instance, or in a reused one when the sandbox keeps a pool
+    /// (`isolation = "reuse"`).
+    pub async fn invoke_in_place(&self, sandbox: &Sandbox, event: &Event) -> Outcome {
         match &sandbox.pool {
             None => {
                 let mut store = self.new_store(sandbox);

@@ -8,11 +8,11 @@ mod engine;
 mod executor;
 mod http;
 mod invoke;
-pub mod limits;
 mod output;
 mod plugin;
 mod reuse;
 mod state;
+mod usage;
 
 pub use cache::{ComponentCache, Source, hex};
 pub use effects::{Effects, KvWrite, Publish, kv_key};

@@ -1,7 +1,7 @@
 //! A guest's stdout/stderr: counted against a per-delivery limit, the start
 //! kept in memory and logged by the host afterwards.
 
-use super::limits::LimitExceeded;
+use super::usage::LimitExceeded;
 use bytes::Bytes;
 use std::sync::{Arc, Mutex};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};

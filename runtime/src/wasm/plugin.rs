@@ -1,7 +1,7 @@
 //! Loading a plugin file: compile it, check it is a Sluice handler, and
 //! pre-instantiate it against the linker so each event only instantiates.
 
-use super::bindings::PluginPre;
+use super::bindings::HandlerPre;
 use super::cache::{ComponentCache, Source, hex};
 use super::engine::Runtime;
 use super::executor::Executor;
@@ -53,7 +53,7 @@ pub struct Plugin {
     pub digest: String,
     /// Whether it came from the compiled-component cache.
     pub source: Source,
-    pub(super) pre: PluginPre<EventState>,
+    pub(super) pre: HandlerPre<EventState>,
     /// Where its deliveries run.
     pub(super) executor: Executor,
 }
@@ -85,7 +85,7 @@ impl Plugin {
             .linker
             .instantiate_pre(&component)
             .map_err(|e| PluginError::Link { path: path.clone(), reason: format!("{e:#}") })?;
-        let pre = PluginPre::new(instance_pre)
+        let pre = HandlerPre::new(instance_pre)
             .map_err(|e| PluginError::WrongWorld { path: path.clone(), reason: format!("{e:#}") })?;
         Ok(Plugin { version: version(&digest), digest, path, source, pre, executor: runtime.executor.clone() })
     }

@@ -2,16 +2,16 @@
 //! plugin, each serving deliveries one at a time until it traps, hits a
 //! limit, or reaches [`REUSE_MAX_DELIVERIES`].
 
-use super::bindings::Plugin as PluginInstance;
+use super::bindings::Handler;
 use super::state::EventState;
-use crate::config::REUSE_MAX_DELIVERIES;
+use crate::limits::REUSE_MAX_DELIVERIES;
 use std::sync::Mutex;
 use wasmtime::Store;
 
 /// An instance between deliveries, with its store.
 pub struct Warm {
     pub store: Store<EventState>,
-    pub instance: PluginInstance,
+    pub instance: Handler,
     /// The plugin version it was made from.
     pub digest: String,
     /// Deliveries it has served.

@@ -1,31 +1,13 @@
-//! Per-delivery output limits: what one delivery may log, print, publish and
-//! write to its key-value state. Passing one stops the delivery with a reason
-//! that names the limit.
+//! Counting one delivery's output against the caps in [`crate::limits`]:
+//! what it may log, publish and write to its key-value state. Passing one
+//! stops the delivery with a reason that names the limit.
 
-/// Log lines (`host.log`) per delivery.
-pub const MAX_LOG_LINES: usize = 1_000;
-/// Bytes of log messages per delivery.
-pub const MAX_LOG_BYTES: usize = 1 << 20;
-/// Publishes per delivery.
-pub const MAX_PUBLISHES: usize = 1_024;
-/// Bytes of published data per delivery.
-pub const MAX_PUBLISH_BYTES: usize = 16 << 20;
-/// Key-value writes (`set`, `delete`) per delivery.
-pub const MAX_KV_WRITES: usize = 1_000;
-/// Length of a key-value key, in bytes.
-pub const MAX_KV_KEY: usize = 512;
-/// Size of a key-value value, in bytes.
-pub const MAX_KV_VALUE: usize = 1 << 20;
-/// Bytes of key-value writes (keys and values) per delivery.
-pub const MAX_KV_BYTES: usize = 16 << 20;
-/// Longest key-value TTL, in milliseconds (a year).
-pub const MAX_KV_TTL_MS: u64 = 365 * 24 * 3600 * 1000;
-/// Bytes a delivery may write to stdout, and separately to stderr.
-pub const MAX_STDIO_BYTES: usize = 1 << 20;
-/// Table elements an instance may grow a table to.
-pub const MAX_TABLE_ELEMENTS: usize = 100_000;
+use crate::limits::{
+    MAX_KV_BYTES, MAX_KV_KEY, MAX_KV_TTL_MS, MAX_KV_VALUE, MAX_KV_WRITES, MAX_LOG_BYTES, MAX_LOG_LINES,
+    MAX_PUBLISH_BYTES, MAX_PUBLISHES,
+};
 
-/// Counts one delivery's output against the limits above.
+/// Counts one delivery's output against the caps.
 #[derive(Debug, Default)]
 pub struct Usage {
     log_lines: usize,

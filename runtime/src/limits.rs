@@ -1,0 +1,162 @@
+//! Every limit a handler runs under, in one place: each setting with its
+//! default and its range, the caps on what one delivery may output, and the
+//! host-wide pool sizes derived from them. `config` validates against these,
+//! `wasm` enforces them. The retry policy (attempts, backoff) is not a limit:
+//! it lives in [`crate::retry`].
+//!
+//! | limit | key | default | range |
+//! |---|---|---|---|
+//! | time per delivery | `timeout_ms` | 2000 | 1 to 600 000 |
+//! | linear memory | `memory_mb` | 64 | 1 to 4096 |
+//! | CPU, deterministically | `fuel` | none | 1 and up |
+//! | events in flight, per handler | `concurrency` | 16 | 1 to 512 |
+//! | events in flight, all handlers | (sum of `concurrency`) | | up to 512 |
+//! | log lines / bytes per delivery | | 1000 / 1 MiB | |
+//! | stdout, stderr per delivery | | 1 MiB each | |
+//! | publishes per delivery | | 1024 events / 16 MiB | |
+//! | kv writes per delivery | | 1000 / 16 MiB; keys 512 B, values 1 MiB, TTL 1 ms to a year | |
+//! | table elements | | 100 000 | |
+//! | deliveries per reused instance | | 1000 | |
+
+use std::time::Duration;
+
+/// A numeric setting a handler (or `[defaults]`) may give: its key, default
+/// and accepted range. Validation and defaults both read it, so they cannot
+/// drift apart.
+#[derive(Debug, Clone, Copy)]
+pub struct Setting {
+    /// The config key, e.g. `timeout_ms`.
+    pub key: &'static str,
+    /// The value when neither the handler nor `[defaults]` sets one.
+    pub default: Option<u64>,
+    /// The smallest value accepted.
+    pub min: u64,
+    /// The largest value accepted (`u64::MAX`: unbounded).
+    pub max: u64,
+    /// Said after the maximum in errors, e.g. ` (an hour)`.
+    pub max_note: &'static str,
+}
+
+impl Setting {
+    /// Whether `value` is in range; the error says the range.
+    pub fn check(&self, value: u64) -> Result<(), String> {
+        if (self.min..=self.max).contains(&value) {
+            return Ok(());
+        }
+        Err(match (self.min, self.max) {
+            (min, u64::MAX) => format!("must be at least {min}"),
+            (0, max) => format!("must be at most {max}{}, got {value}", self.max_note),
+            (min, max) => format!("must be between {min} and {max}, got {value}"),
+        })
+    }
+
+    /// `value`, or the default.
+    pub fn or_default(&self, value: Option<u64>) -> Option<u64> {
+        value.or(self.default)
+    }
+}
+
+/// `timeout_ms`: how long one delivery may run before it is stopped.
+pub const TIMEOUT_MS: Setting = Setting { key: "timeout_ms", default: Some(2_000), min: 1, max: 600_000, max_note: "" };
+/// `memory_mb`: the cap on a handler instance's linear memory, in MiB.
+pub const MEMORY_MB: Setting = Setting { key: "memory_mb", default: Some(64), min: 1, max: 4_096, max_note: "" };
+/// `fuel`: a deterministic CPU budget per delivery, in wasm fuel units; none by default.
+pub const FUEL: Setting = Setting { key: "fuel", default: None, min: 1, max: u64::MAX, max_note: "" };
+/// `concurrency`: events of one handler in flight at once.
+pub const CONCURRENCY: Setting = Setting { key: "concurrency", default: Some(16), min: 1, max: 512, max_note: "" };
+
+/// Most events all handlers together may have in flight: the size of the
+/// host's instance pool.
+pub const MAX_TOTAL_CONCURRENCY: usize = 512;
+
+/// Log lines (`host.log`) per delivery.
+pub const MAX_LOG_LINES: usize = 1_000;
+/// Bytes of log messages per delivery.
+pub const MAX_LOG_BYTES: usize = 1 << 20;
+/// Publishes per delivery.
+pub const MAX_PUBLISHES: usize = 1_024;
+/// Bytes of published data per delivery.
+pub const MAX_PUBLISH_BYTES: usize = 16 << 20;
+/// Key-value writes (`set`, `delete`) per delivery.
+pub const MAX_KV_WRITES: usize = 1_000;
+/// Length of a key-value key, in bytes.
+pub const MAX_KV_KEY: usize = 512;
+/// Size of a key-value value, in bytes.
+pub const MAX_KV_VALUE: usize = 1 << 20;
+/// Bytes of key-value writes (keys and values) per delivery.
+pub const MAX_KV_BYTES: usize = 16 << 20;
+/// Longest key-value TTL, in milliseconds (a year).
+pub const MAX_KV_TTL_MS: u64 = 365 * 24 * 3600 * 1000;
+/// Bytes a delivery may write to stdout, and separately to stderr.
+pub const MAX_STDIO_BYTES: usize = 1 << 20;
+/// Table elements an instance may grow a table to.
+pub const MAX_TABLE_ELEMENTS: usize = 100_000;
+/// Deliveries one reused instance (`isolation = "reuse"`) serves before it
+/// is replaced.
+pub const REUSE_MAX_DELIVERIES: u32 = 1_000;
+
+/// Component instances the pooling allocator keeps room for: every event
+/// that may be in flight at once.
+pub const POOL_INSTANCES: u32 = MAX_TOTAL_CONCURRENCY as u32;
+/// Largest linear memory the pool reserves address space for: the largest
+/// `memory_mb`.
+pub const POOL_MAX_MEMORY: usize = (MEMORY_MB.max as usize) << 20;
+
+/// The limits one handler's deliveries run under, every default applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// How long one delivery may run before it is stopped.
+    pub timeout: Duration,
+    /// Cap on linear memory, in bytes.
+    pub memory_bytes: usize,
+    /// Wasm fuel per delivery (a deterministic CPU budget); `None`: unlimited.
+    pub fuel: Option<u64>,
+    /// Events in flight at once.
+    pub concurrency: usize,
+}
+
+impl Limits {
+    /// The limits from the values a handler (or its defaults) set; `None`
+    /// takes each setting's default. The values must already be checked.
+    pub fn from_settings(
+        timeout_ms: Option<u64>,
+        memory_mb: Option<u64>,
+        fuel: Option<u64>,
+        concurrency: Option<u32>,
+    ) -> Limits {
+        let value = |s: &Setting, v: Option<u64>| s.or_default(v).expect("a setting with a default");
+        Limits {
+            timeout: Duration::from_millis(value(&TIMEOUT_MS, timeout_ms)),
+            memory_bytes: (value(&MEMORY_MB, memory_mb) << 20) as usize,
+            fuel: FUEL.or_default(fuel),
+            concurrency: value(&CONCURRENCY, concurrency.map(u64::from)) as usize,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits::from_settings(None, None, None, None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_name_their_range() {
+        assert_eq!(TIMEOUT_MS.check(0).unwrap_err(), "must be between 1 and 600000, got 0");
+        assert!(TIMEOUT_MS.check(600_000).is_ok());
+        assert_eq!(FUEL.check(0).unwrap_err(), "must be at least 1");
+        let backoff = Setting { key: "b", default: Some(1), min: 0, max: 10, max_note: " (ten)" };
+        assert_eq!(backoff.check(11).unwrap_err(), "must be at most 10 (ten), got 11");
+    }
+
+    #[test]
+    fn defaults_apply_where_nothing_is_set() {
+        let l = Limits::default();
+        assert_eq!((l.timeout, l.memory_bytes, l.fuel, l.concurrency), (Duration::from_secs(2), 64 << 20, None, 16));
+        assert_eq!(POOL_MAX_MEMORY, 4 << 30);
+    }
+}

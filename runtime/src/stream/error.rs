@@ -1,0 +1,77 @@
+//! The one error type of everything that speaks Redis: which command failed
+//! on which key, and why. Callers match on its kind ([`Error::is_no_group`],
+//! ...), never on its text.
+
+use std::fmt;
+
+/// A Redis command that failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{what}: {kind}")]
+pub struct Error {
+    /// The command and its key, e.g. `XAUTOCLAIM on stream orders group payment`.
+    pub what: String,
+    /// Why.
+    pub kind: ErrorKind,
+}
+
+/// Why a Redis command failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ErrorKind {
+    /// Redis answered with an error, or could not be reached.
+    #[error("{0}")]
+    Redis(#[from] redis::RedisError),
+    /// The reply did not have the shape Sluice expects.
+    #[error("unexpected reply: {0}")]
+    Reply(String),
+    /// The task that sends these commands stopped (the host is shutting down).
+    #[error("stopped")]
+    Stopped,
+}
+
+impl Error {
+    /// An error of `what` (the command and its key).
+    pub fn new(what: impl fmt::Display, kind: impl Into<ErrorKind>) -> Error {
+        Error { what: what.to_string(), kind: kind.into() }
+    }
+
+    /// A reply of an unexpected shape from `what`.
+    pub fn reply(what: impl fmt::Display, reply: &redis::Value) -> Error {
+        Error::new(what, ErrorKind::Reply(format!("{reply:?}")))
+    }
+
+    /// The Redis error behind it, if Redis answered or the connection failed.
+    pub fn redis(&self) -> Option<&redis::RedisError> {
+        match &self.kind {
+            ErrorKind::Redis(e) => Some(e),
+            ErrorKind::Reply(_) | ErrorKind::Stopped => None,
+        }
+    }
+
+    /// The error code Redis answered with (`NOGROUP`, `NOPERM`, ...).
+    pub fn code(&self) -> Option<&str> {
+        self.redis().and_then(|e| e.code())
+    }
+
+    /// The stream or its consumer group does not exist (deleted, or Redis
+    /// lost its data).
+    pub fn is_no_group(&self) -> bool {
+        self.code() == Some("NOGROUP")
+    }
+
+    /// The key does not exist (`XINFO` on a missing stream).
+    pub fn is_no_such_key(&self) -> bool {
+        self.redis().is_some_and(|e| e.code() == Some("ERR") && e.detail() == Some("no such key"))
+    }
+}
+
+/// Names the command and key of a failed Redis call.
+pub trait Context<T> {
+    /// The error, if any, as an [`Error`] of `what`.
+    fn context(self, what: impl FnOnce() -> String) -> Result<T, Error>;
+}
+
+impl<T> Context<T> for redis::RedisResult<T> {
+    fn context(self, what: impl FnOnce() -> String) -> Result<T, Error> {
+        self.map_err(|e| Error::new(what(), e))
+    }
+}
