@@ -11,7 +11,8 @@ mod redis_server;
 
 use redis_server::RedisServer;
 use sluice::config::Config;
-use sluice::host::{ReloadReport, RunOptions};
+use sluice::host::RunOptions;
+use sluice::reload::ReloadReport;
 use sluice::wasm::{ComponentCache, Plugin, Runtime};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

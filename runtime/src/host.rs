@@ -1,22 +1,22 @@
 //! `sluice run`: load every plugin, connect to Redis, run one consumer per
-//! handler, apply reloads, and on shutdown drain in-flight work.
+//! handler (the [`Fleet`]), serve reloads ([`crate::reload`] changes the
+//! fleet), and on shutdown drain in-flight work.
 
 use crate::config::Config;
 use crate::consumer::{Binding, Consumer};
 use crate::embedded::RedisTarget;
-use crate::reload::{self, NewState};
+use crate::reload::{ReloadReport, Reloader};
 use crate::stream::{Redis, redact};
 use crate::wasm::{ComponentCache, Plugin, PluginError, Runtime};
-use crate::{admin, metrics};
+use crate::admin;
 use arc_swap::ArcSwap;
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::info;
 
 /// Plugins that failed to load, one error each.
 #[derive(Debug, thiserror::Error)]
@@ -31,18 +31,6 @@ pub struct RunOptions {
     pub watch: bool,
     /// Receives the result of every reload (for tests and tooling).
     pub reports: Option<mpsc::UnboundedSender<ReloadReport>>,
-}
-
-/// What became of one reload.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ReloadReport {
-    /// The host is serving and watching (sent once, first): each handler
-    /// with its plugin version.
-    Started { versions: BTreeMap<String, String> },
-    /// The new state is serving: each handler with its plugin version.
-    Applied { versions: BTreeMap<String, String> },
-    /// The change was rejected; the running state keeps serving.
-    Rejected { error: String },
 }
 
 /// The compiled-component cache for `config`, under `.sluice/cache/`.
@@ -89,7 +77,8 @@ pub async fn run_with(config: Config, shutdown: impl Future<Output = ()>, option
             let mut fleet = Fleet::new(&config, redis);
             fleet.start_all(&config, plugins);
             info!(redis = %redact(target.url()), consumer = %config.consumer, handlers = config.handlers.len(), "sluice is running");
-            let reloader = Reloader { runtime, cache, config_path: config.path.clone(), options, current };
+            let (watch, reports, config_path) = (options.watch, options.reports, config.path.clone());
+            let reloader = Reloader { runtime, cache, config_path, watch, reports, current };
             reloader.serve(&mut fleet, &config, shutdown).await;
             fleet.stop_all().await;
             admin.cancel();
@@ -118,7 +107,7 @@ async fn start_admin(
 }
 
 /// The consumers that are running, by handler name.
-struct Fleet {
+pub(crate) struct Fleet {
     redis: Redis,
     consumer_name: String,
     claim_idle: Duration,
@@ -150,7 +139,8 @@ impl Fleet {
         }
     }
 
-    fn start(&mut self, binding: Binding) {
+    /// Starts a consumer for `binding`.
+    pub(crate) fn start(&mut self, binding: Binding) {
         let h = &binding.handler;
         info!(handler = %h.name, plugin = %binding.plugin.file_name(), version = %binding.plugin.version, streams = ?h.streams, "handler started");
         let name = h.name.clone();
@@ -161,49 +151,32 @@ impl Fleet {
         self.running.insert(name, Running { consumer, token, task });
     }
 
+    /// The names of the running handlers.
+    pub(crate) fn names(&self) -> impl Iterator<Item = &String> {
+        self.running.keys()
+    }
+
+    /// The consumer of handler `name`, if it runs.
+    pub(crate) fn consumer(&self, name: &str) -> Option<&Arc<Consumer>> {
+        self.running.get(name).map(|r| &r.consumer)
+    }
+
     /// The bindings serving now.
-    fn bindings(&self) -> BTreeMap<String, Arc<Binding>> {
+    pub(crate) fn bindings(&self) -> BTreeMap<String, Arc<Binding>> {
         self.running.iter().map(|(n, r)| (n.clone(), r.consumer.binding())).collect()
     }
 
     /// Each running handler's plugin version.
-    fn versions(&self) -> BTreeMap<String, String> {
+    pub(crate) fn versions(&self) -> BTreeMap<String, String> {
         self.running.iter().map(|(n, r)| (n.clone(), r.consumer.binding().plugin.version.clone())).collect()
     }
 
     /// Stops `name`'s consumer and waits for it to drain.
-    async fn stop(&mut self, name: &str) {
+    pub(crate) async fn stop(&mut self, name: &str) {
         if let Some(r) = self.running.remove(name) {
             r.token.cancel();
             let _ = r.task.await;
         }
-    }
-
-    /// Makes the running consumers match `new`, handler by handler.
-    async fn apply(&mut self, new: NewState) -> BTreeMap<String, String> {
-        let gone: Vec<String> = self.running.keys().filter(|n| !new.bindings.contains_key(*n)).cloned().collect();
-        for name in gone {
-            // Drained before anything starts: a new handler with the same
-            // group would take back this one's in-flight entries.
-            info!(handler = %name, "handler removed from the config; stopping it (its group stays in Redis)");
-            self.stop(&name).await;
-        }
-        let mut versions = BTreeMap::new();
-        for (name, binding) in new.bindings {
-            versions.insert(name.clone(), binding.plugin.version.clone());
-            match self.running.get(&name) {
-                Some(r) if r.consumer.can_update_to(&binding.handler) => r.consumer.update(binding),
-                Some(_) => {
-                    // Drain first: the new consumer takes back this consumer
-                    // name's pending entries, which must not still be in flight.
-                    info!(handler = %name, "streams or group changed; restarting the handler");
-                    self.stop(&name).await;
-                    self.start(binding);
-                }
-                None => self.start(binding),
-            }
-        }
-        versions
     }
 
     async fn stop_all(mut self) {
@@ -213,130 +186,5 @@ impl Fleet {
             let _ = r.task.await;
         }
         info!("stopped");
-    }
-}
-
-/// Turns file changes and SIGHUP into reloads.
-struct Reloader {
-    runtime: Runtime,
-    cache: ComponentCache,
-    config_path: PathBuf,
-    options: RunOptions,
-    /// The config in force, for the admin listener.
-    current: Arc<ArcSwap<Config>>,
-}
-
-impl Reloader {
-    /// Serves reloads until `shutdown` completes.
-    async fn serve(&self, fleet: &mut Fleet, config: &Config, shutdown: impl Future<Output = ()>) {
-        let (mut watcher, mut changes) = match self.options.watch {
-            true => match reload::watch(config) {
-                Ok((w, rx)) => {
-                    info!(config = %config.path.display(), plugins = %config.plugins_dir.display(), "watching for changes");
-                    (Some(w), rx)
-                }
-                Err(e) => {
-                    warn!("cannot watch for changes ({e:#}); reload with SIGHUP");
-                    (None, mpsc::channel(1).1)
-                }
-            },
-            false => (None, mpsc::channel(1).1),
-        };
-        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-        tokio::pin!(shutdown);
-        let fixed = HostSettings::of(config);
-        self.report(ReloadReport::Started { versions: fleet.versions() });
-        loop {
-            tokio::select! {
-                _ = &mut shutdown => return,
-                Some(()) = changes.recv() => {}
-                Some(()) = next_signal(&mut hup) => info!("SIGHUP: reloading"),
-            }
-            if let Some(w) = watcher.as_mut() {
-                // Before the schemas are read: an edit while they compile
-                // is then noticed, and so is a fix for a rejected config.
-                let serving = self.current.load().schemas.files().map(Path::to_owned).collect::<Vec<_>>();
-                w.follow_schemas(serving.into_iter().chain(reload::named_schema_files(&self.config_path)));
-            }
-            self.reload(fleet, &fixed).await;
-        }
-    }
-
-    async fn reload(&self, fleet: &mut Fleet, fixed: &HostSettings) {
-        let prepared = reload::prepare(&self.runtime, &self.cache, &self.config_path, &fleet.bindings()).await;
-        let report = match prepared.and_then(|new| fixed.check(new)) {
-            Ok(new) => {
-                fixed.warn_if_changed(&new.config);
-                self.current.store(Arc::new(new.config.clone()));
-                let versions = fleet.apply(new).await;
-                info!(versions = ?versions, "reloaded");
-                metrics::reloaded(true);
-                ReloadReport::Applied { versions }
-            }
-            Err(e) => {
-                error!("reload rejected, still serving the previous version: {e:#}");
-                metrics::reloaded(false);
-                ReloadReport::Rejected { error: format!("{e:#}") }
-            }
-        };
-        self.report(report);
-    }
-
-    fn report(&self, report: ReloadReport) {
-        if let Some(tx) = &self.options.reports {
-            let _ = tx.send(report);
-        }
-    }
-}
-
-/// The next delivery of `signal`; never, without one.
-async fn next_signal(signal: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
-    match signal {
-        Some(s) => s.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Settings that only take effect on restart.
-struct HostSettings {
-    redis_url: Option<String>,
-    consumer: String,
-    claim_idle_ms: u64,
-    plugins_dir: PathBuf,
-}
-
-impl HostSettings {
-    fn of(c: &Config) -> HostSettings {
-        HostSettings {
-            redis_url: c.redis_url.clone(),
-            consumer: c.consumer.clone(),
-            claim_idle_ms: c.claim_idle_ms,
-            plugins_dir: c.plugins_dir.clone(),
-        }
-    }
-
-    /// Rejects a new state the running host cannot honour: a timeout that
-    /// reaches the claim_idle it runs with (a changed claim_idle applies only
-    /// on restart).
-    fn check(&self, new: NewState) -> anyhow::Result<NewState> {
-        let claim_idle = Duration::from_millis(self.claim_idle_ms);
-        if let Some(h) = new.config.handlers.iter().find(|h| h.limits.timeout >= claim_idle) {
-            anyhow::bail!(
-                "handlers.{}.timeout_ms must stay below the running host's claim_idle_ms ({}); restart to change claim_idle_ms",
-                h.name,
-                self.claim_idle_ms
-            );
-        }
-        Ok(new)
-    }
-
-    fn warn_if_changed(&self, c: &Config) {
-        let changed = self.redis_url != c.redis_url
-            || self.consumer != c.consumer
-            || self.claim_idle_ms != c.claim_idle_ms
-            || self.plugins_dir != c.plugins_dir;
-        if changed {
-            warn!("[redis] and [host] changes take effect on restart; handlers were reloaded");
-        }
     }
 }

@@ -5,7 +5,7 @@
 
 use crate::support::*;
 use serde_json::json;
-use sluice::host::ReloadReport;
+use sluice::reload::ReloadReport;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedReceiver;

@@ -4,7 +4,7 @@
 
 use crate::support::*;
 use serde_json::{Value, json};
-use sluice::host::ReloadReport;
+use sluice::reload::ReloadReport;
 use std::process::{Command, Output};
 use tokio::sync::mpsc::UnboundedReceiver;
 

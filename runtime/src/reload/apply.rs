@@ -1,0 +1,185 @@
+//! Applying reloads to the running host: the loop that turns file changes
+//! and SIGHUP into reloads, the settings a reload cannot change, and the
+//! swap, handler by handler.
+
+use super::prepare::NewState;
+use crate::config::Config;
+use crate::host::Fleet;
+use crate::metrics;
+use crate::wasm::{ComponentCache, Runtime};
+use arc_swap::ArcSwap;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+
+/// What became of one reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadReport {
+    /// The host is serving and watching (sent once, first): each handler
+    /// with its plugin version.
+    Started { versions: BTreeMap<String, String> },
+    /// The new state is serving: each handler with its plugin version.
+    Applied { versions: BTreeMap<String, String> },
+    /// The change was rejected; the running state keeps serving.
+    Rejected { error: String },
+}
+
+/// Turns file changes and SIGHUP into reloads.
+pub(crate) struct Reloader {
+    pub runtime: Runtime,
+    pub cache: ComponentCache,
+    pub config_path: PathBuf,
+    /// Watch for changes (SIGHUP reloads either way).
+    pub watch: bool,
+    /// Where every reload's result is sent.
+    pub reports: Option<mpsc::UnboundedSender<ReloadReport>>,
+    /// The config in force, for the admin listener.
+    pub current: Arc<ArcSwap<Config>>,
+}
+
+impl Reloader {
+    /// Serves reloads until `shutdown` completes.
+    pub async fn serve(&self, fleet: &mut Fleet, config: &Config, shutdown: impl Future<Output = ()>) {
+        let (mut watcher, mut changes) = match self.watch {
+            true => match super::watch(config) {
+                Ok((w, rx)) => {
+                    info!(config = %config.path.display(), plugins = %config.plugins_dir.display(), "watching for changes");
+                    (Some(w), rx)
+                }
+                Err(e) => {
+                    warn!("cannot watch for changes ({e:#}); reload with SIGHUP");
+                    (None, mpsc::channel(1).1)
+                }
+            },
+            false => (None, mpsc::channel(1).1),
+        };
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        tokio::pin!(shutdown);
+        let fixed = HostSettings::of(config);
+        self.report(ReloadReport::Started { versions: fleet.versions() });
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => return,
+                Some(()) = changes.recv() => {}
+                Some(()) = next_signal(&mut hup) => info!("SIGHUP: reloading"),
+            }
+            if let Some(w) = watcher.as_mut() {
+                // Before the schemas are read: an edit while they compile
+                // is then noticed, and so is a fix for a rejected config.
+                let serving = self.current.load().schemas.files().map(Path::to_owned).collect::<Vec<_>>();
+                w.follow_schemas(serving.into_iter().chain(super::named_schema_files(&self.config_path)));
+            }
+            self.reload(fleet, &fixed).await;
+        }
+    }
+
+    async fn reload(&self, fleet: &mut Fleet, fixed: &HostSettings) {
+        let prepared = super::prepare(&self.runtime, &self.cache, &self.config_path, &fleet.bindings()).await;
+        let report = match prepared.and_then(|new| fixed.check(new)) {
+            Ok(new) => {
+                fixed.warn_if_changed(&new.config);
+                self.current.store(Arc::new(new.config.clone()));
+                let versions = apply(fleet, new).await;
+                info!(versions = ?versions, "reloaded");
+                metrics::reloaded(true);
+                ReloadReport::Applied { versions }
+            }
+            Err(e) => {
+                error!("reload rejected, still serving the previous version: {e:#}");
+                metrics::reloaded(false);
+                ReloadReport::Rejected { error: format!("{e:#}") }
+            }
+        };
+        self.report(report);
+    }
+
+    fn report(&self, report: ReloadReport) {
+        if let Some(tx) = &self.reports {
+            let _ = tx.send(report);
+        }
+    }
+}
+
+/// The next delivery of `signal`; never, without one.
+async fn next_signal(signal: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match signal {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Settings that only take effect on restart.
+struct HostSettings {
+    redis_url: Option<String>,
+    consumer: String,
+    claim_idle_ms: u64,
+    plugins_dir: PathBuf,
+}
+
+impl HostSettings {
+    fn of(c: &Config) -> HostSettings {
+        HostSettings {
+            redis_url: c.redis_url.clone(),
+            consumer: c.consumer.clone(),
+            claim_idle_ms: c.claim_idle_ms,
+            plugins_dir: c.plugins_dir.clone(),
+        }
+    }
+
+    /// Rejects a new state the running host cannot honour: a timeout that
+    /// reaches the claim_idle it runs with (a changed claim_idle applies only
+    /// on restart).
+    fn check(&self, new: NewState) -> anyhow::Result<NewState> {
+        let claim_idle = Duration::from_millis(self.claim_idle_ms);
+        if let Some(h) = new.config.handlers.iter().find(|h| h.limits.timeout >= claim_idle) {
+            anyhow::bail!(
+                "handlers.{}.timeout_ms must stay below the running host's claim_idle_ms ({}); restart to change claim_idle_ms",
+                h.name,
+                self.claim_idle_ms
+            );
+        }
+        Ok(new)
+    }
+
+    fn warn_if_changed(&self, c: &Config) {
+        let changed = self.redis_url != c.redis_url
+            || self.consumer != c.consumer
+            || self.claim_idle_ms != c.claim_idle_ms
+            || self.plugins_dir != c.plugins_dir;
+        if changed {
+            warn!("[redis] and [host] changes take effect on restart; handlers were reloaded");
+        }
+    }
+}
+
+/// Makes `fleet`'s consumers match `new`, handler by handler; each
+/// handler's plugin version now.
+async fn apply(fleet: &mut Fleet, new: NewState) -> BTreeMap<String, String> {
+    let gone: Vec<String> = fleet.names().filter(|n| !new.bindings.contains_key(*n)).cloned().collect();
+    for name in gone {
+        // Drained before anything starts: a new handler with the same
+        // group would take back this one's in-flight entries.
+        info!(handler = %name, "handler removed from the config; stopping it (its group stays in Redis)");
+        fleet.stop(&name).await;
+    }
+    let mut versions = BTreeMap::new();
+    for (name, binding) in new.bindings {
+        versions.insert(name.clone(), binding.plugin.version.clone());
+        match fleet.consumer(&name) {
+            Some(c) if c.can_update_to(&binding.handler) => c.update(binding),
+            Some(_) => {
+                // Drain first: the new consumer takes back this consumer
+                // name's pending entries, which must not still be in flight.
+                info!(handler = %name, "streams or group changed; restarting the handler");
+                fleet.stop(&name).await;
+                fleet.start(binding);
+            }
+            None => fleet.start(binding),
+        }
+    }
+    versions
+}

@@ -1,0 +1,65 @@
+//! Building the complete new state a change describes (config validated,
+//! every changed plugin compiled and linked) before anything is swapped.
+
+use crate::config::Config;
+use crate::consumer::Binding;
+use crate::wasm::{ComponentCache, Plugin, Runtime};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use tracing::warn;
+
+/// A complete, validated state, ready to be swapped in.
+pub struct NewState {
+    pub config: Config,
+    /// One per handler, by name.
+    pub bindings: BTreeMap<String, Binding>,
+}
+
+/// Builds the state `config_path` describes now. Plugins whose contents did
+/// not change are reused; changed ones are compiled (or loaded from the
+/// cache). A plugin file that was deleted keeps its loaded version, with a
+/// warning. Any error rejects the whole change.
+pub async fn prepare(
+    runtime: &Runtime,
+    cache: &ComponentCache,
+    config_path: &Path,
+    current: &BTreeMap<String, Arc<Binding>>,
+) -> anyhow::Result<NewState> {
+    let config = Config::load_unchecked(config_path)?;
+    let loaded: Vec<Arc<Plugin>> = current.values().map(|b| b.plugin.clone()).collect();
+    let mut bindings = BTreeMap::new();
+    for handler in &config.handlers {
+        let plugin = match std::fs::read(&handler.plugin) {
+            Ok(bytes) => plugin_for(runtime, cache, &handler.plugin, bytes, &loaded).await?,
+            Err(_) => match current.get(&handler.name).filter(|b| b.plugin.path == handler.plugin) {
+                Some(b) => {
+                    warn!(handler = %handler.name, "plugin file {} is gone; still serving the loaded version {}", handler.plugin.display(), b.plugin.version);
+                    b.plugin.clone()
+                }
+                None => return Err(config.plugin_missing(handler).into()),
+            },
+        };
+        bindings.insert(handler.name.clone(), Binding::new(handler.clone(), plugin));
+    }
+    Ok(NewState { config, bindings })
+}
+
+/// The plugin whose file holds `bytes`: an already loaded one with the same
+/// contents, else compiled now (on a blocking thread: it can take seconds).
+async fn plugin_for(
+    runtime: &Runtime,
+    cache: &ComponentCache,
+    path: &Path,
+    bytes: Vec<u8>,
+    loaded: &[Arc<Plugin>],
+) -> anyhow::Result<Arc<Plugin>> {
+    let digest = crate::wasm::digest(&bytes);
+    if let Some(p) = loaded.iter().find(|p| p.digest == digest) {
+        return Ok(p.clone());
+    }
+    let (runtime, cache, path) = (runtime.clone(), cache.clone(), path.to_owned());
+    let plugin =
+        tokio::task::spawn_blocking(move || Plugin::from_bytes(&runtime, Some(&cache), &path, &bytes)).await??;
+    Ok(Arc::new(plugin))
+}
