@@ -2,13 +2,13 @@
 //! handler (the [`Fleet`]), serve reloads ([`crate::reload`] changes the
 //! fleet), and on shutdown drain in-flight work.
 
+use crate::admin;
 use crate::config::Config;
 use crate::consumer::{Binding, Consumer};
 use crate::embedded::RedisTarget;
 use crate::reload::{ReloadReport, Reloader};
 use crate::stream::{Redis, redact};
 use crate::wasm::{ComponentCache, Plugin, PluginError, Runtime};
-use crate::admin;
 use arc_swap::ArcSwap;
 use std::collections::BTreeMap;
 use std::future::Future;

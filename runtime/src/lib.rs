@@ -20,11 +20,11 @@
 //! - [`offline`]: `sluice invoke`, one delivery without Redis.
 //! - [`scaffold`]: `sluice new`, a handler project to start from.
 //! - [`ops`]: `sluice dlq`, `replay`, `status`: operating a running system.
-//! - [`publish`], [`commands`], [`cli`], [`logging`]: the command line.
+//! - [`cli`]: the command line: arguments, what each subcommand does.
+//! - [`publish`], [`logging`]: `sluice publish`; log output.
 
 pub mod admin;
 pub mod cli;
-pub mod commands;
 pub mod config;
 pub mod consumer;
 pub mod dead_letter;

@@ -3,14 +3,13 @@
 
 use clap::Parser;
 use sluice::cli::Cli;
-use sluice::commands;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     sluice::logging::init(cli.log_format);
     let runtime = tokio::runtime::Runtime::new().expect("start tokio runtime");
-    match runtime.block_on(commands::execute(cli.command)) {
+    match runtime.block_on(sluice::cli::execute(cli.command)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -121,3 +121,31 @@ async fn json_logs_carry_the_event_span_with_its_correlation_id() {
     let span = &dead.unwrap_or_else(|| panic!("no dead-letter line in {stderr}"))["span"];
     assert_eq!((&span["handler"], &span["id"], &span["correlation_id"]), (&json!("h"), &json!(id), &json!("c-42")));
 }
+
+/// Whether a server answers on the embedded Redis socket under `dir`.
+async fn embedded_answers(dir: &std::path::Path) -> bool {
+    let socket = dir.join(".sluice/redis.sock").canonicalize();
+    let Ok(socket) = socket else { return false };
+    let Ok(client) = redis::Client::open(format!("redis+unix://{}", socket.display())) else { return false };
+    match client.get_multiplexed_async_connection().await {
+        Ok(mut conn) => redis::cmd("PING").query_async::<String>(&mut conn).await.is_ok(),
+        Err(_) => false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_commands_stop_the_embedded_redis_they_start_even_when_they_fail() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = embedded_config(dir.path());
+    let commands: [(&[&str], bool); 4] = [
+        (&["status"], true),
+        (&["dlq", "list"], true),
+        (&["dlq", "show", "1-1"], false),
+        (&["replay", "--stream", "elsewhere", "--handler", "h", "--from", "-1h"], false),
+    ];
+    for (args, succeeds) in commands {
+        let out = sluice(args, &config);
+        assert_eq!(out.status.success(), succeeds, "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(!embedded_answers(dir.path()).await, "{args:?} left the embedded redis-server running");
+    }
+}

@@ -1,7 +1,6 @@
 //! Operator commands on a running system's Redis: dead letters (`sluice
 //! dlq`), replay, and status.
 
-pub mod command;
 pub mod dlq;
 pub mod redrive;
 mod session;

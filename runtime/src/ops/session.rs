@@ -1,5 +1,6 @@
 //! What every operator command starts from: the config and a connection to
-//! its Redis (the embedded one is started if it is not running).
+//! its Redis (the embedded one is started if it is not running, and stopped
+//! again when the command ends, on every path).
 
 use crate::config::Config;
 use crate::embedded::RedisTarget;
@@ -11,17 +12,26 @@ use std::path::Path;
 pub struct Session {
     pub config: Config,
     pub conn: MultiplexedConnection,
-    target: RedisTarget,
 }
 
 impl Session {
-    /// Loads `config_path` and connects.
-    pub async fn open(config_path: &Path) -> anyhow::Result<Session> {
+    /// Loads `config_path`, connects, runs `work` on the session, and closes
+    /// it whatever `work` returns: an embedded Redis this command started is
+    /// stopped on errors too.
+    pub async fn with<T>(
+        config_path: &Path,
+        work: impl AsyncFnOnce(&mut Session) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
         let config = Config::load_unchecked(config_path)?;
         let target = RedisTarget::resolve(config.redis_url.as_deref(), &config.state_dir()).await?;
-        let client = redis::Client::open(target.url())?;
-        let conn = client.get_multiplexed_async_connection().await.context("cannot connect to Redis")?;
-        Ok(Session { config, conn, target })
+        let result = async {
+            let client = redis::Client::open(target.url())?;
+            let conn = client.get_multiplexed_async_connection().await.context("cannot connect to Redis")?;
+            work(&mut Session { config, conn }).await
+        }
+        .await;
+        target.stop().await;
+        result
     }
 
     /// Every dead-letter stream the config's handlers write to, once each.
@@ -31,10 +41,5 @@ impl Session {
         all.sort();
         all.dedup();
         all
-    }
-
-    /// Stops the embedded Redis if this command started it.
-    pub async fn close(self) {
-        self.target.stop().await;
     }
 }

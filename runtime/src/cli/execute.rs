@@ -1,10 +1,11 @@
 //! What each subcommand does, on top of the library.
 
-use crate::cli::Command;
+use super::Command;
+use super::operate;
 use crate::config::Config;
 use crate::embedded::RedisTarget;
 use crate::publish::{NewEvent, publish};
-use crate::{host, offline, ops, scaffold, wasm};
+use crate::{host, offline, scaffold, wasm};
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -13,24 +14,24 @@ pub async fn execute(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run { config, no_watch } => {
             let options = host::RunOptions { watch: !no_watch, reports: None };
-            host::run_with(Config::load(&config)?, shutdown_signal(), options).await?;
+            host::run_with(Config::load(&config.path())?, shutdown_signal(), options).await?;
         }
         Command::Publish { stream, event_type, data, fields, config } => {
             let event = NewEvent { stream, event_type, data, fields };
-            publish_with(&config, &event).await?;
+            publish_with(&config.path(), &event).await?;
         }
-        Command::Check { config } => check(&config)?,
-        Command::Dlq { command } => ops::command::dlq(command).await?,
+        Command::Check { config } => check(&config.path())?,
+        Command::Dlq { command } => operate::dlq(command).await?,
         Command::Replay { stream, handler, from, to, dry_run, config } => {
-            ops::command::replay(&config, &stream, &handler, (&from, &to), dry_run).await?;
+            operate::replay(&config.path(), &stream, &handler, (&from, &to), dry_run).await?;
         }
-        Command::Status { json, config } => ops::command::status(&config, json).await?,
+        Command::Status { json, config } => operate::status(&config.path(), json).await?,
         Command::New { name, lang, dir } => {
             let project = scaffold::create(&name, lang, &dir)?;
             print!("{}", scaffold::next_steps(&name, &project));
         }
         Command::Invoke { plugin, event, config, handler, json } => {
-            let report = offline::invoke(&offline::Invocation { plugin, event, config, handler }).await?;
+            let report = offline::invoke(&offline::Invocation { plugin, event, config: config.given, handler }).await?;
             match json {
                 true => println!("{}", serde_json::to_string_pretty(&report)?),
                 false => print!("{report}"),

@@ -1,8 +1,27 @@
-//! The command line: `sluice run`, `publish`, `check`, `invoke`, `new`,
-//! `dlq`, `replay`, `status`.
+//! The arguments of every subcommand: `sluice run`, `publish`, `check`,
+//! `invoke`, `new`, `dlq`, `replay`, `status`.
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
+
+/// The config file used when `--config` and `SLUICE_CONFIG` are both absent.
+pub const DEFAULT_CONFIG: &str = "config.toml";
+
+/// `--config FILE`: declared once, flattened into every subcommand that
+/// reads a config.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConfigArg {
+    /// The config file [default: config.toml; `invoke` runs without one]
+    #[arg(long = "config", short = 'c', env = "SLUICE_CONFIG", value_name = "FILE")]
+    pub given: Option<PathBuf>,
+}
+
+impl ConfigArg {
+    /// The config file: the one given, or [`DEFAULT_CONFIG`].
+    pub fn path(&self) -> PathBuf {
+        self.given.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG))
+    }
+}
 
 /// Sluice: Redis Streams events handled by sandboxed WebAssembly plugins.
 #[derive(Debug, Parser)]
@@ -24,9 +43,8 @@ pub enum Command {
     ///
     /// Example: sluice run --config config.toml
     Run {
-        /// The config file.
-        #[arg(long, short, default_value = "config.toml", env = "SLUICE_CONFIG")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
         /// Do not watch the config, plugins and schemas for changes (SIGHUP still reloads).
         #[arg(long)]
         no_watch: bool,
@@ -48,9 +66,8 @@ pub enum Command {
         /// An extra field, e.g. --field correlation_id=c-1 (repeatable).
         #[arg(long = "field", short = 'f', value_parser = parse_field)]
         fields: Vec<(String, String)>,
-        /// The config file (for the Redis to use, and the schemas).
-        #[arg(long, short, default_value = "config.toml", env = "SLUICE_CONFIG")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Run a handler once on one event, offline (no Redis), under the same
     /// sandbox and limits as `run`. Prints the verdict, what the handler
@@ -59,7 +76,9 @@ pub enum Command {
     ///
     /// Exit code: 0 ok (or the type is not for this handler), 3 retry,
     /// 4 reject, 5 trap or limit hit, 6 invalid (the data fails its type's
-    /// schema, so the plugin did not run), 1 could not run.
+    /// schema, so the plugin did not run), 7 exhausted (its attempt is past
+    /// max_attempts: its last attempt was made already, so the plugin did
+    /// not run), 1 could not run.
     ///
     /// The event file (`sluice dlq show --json` prints the same form):
     ///   {"stream": "orders", "id": "1700000000000-0", "type": "order.created",
@@ -68,6 +87,10 @@ pub enum Command {
     /// `id`, `fields` and `attempt` are optional; `data` is any JSON value,
     /// or a string.
     ///
+    /// With --config, the handler's limits, grants and settings come from
+    /// that config; without it, default limits, no publish grants, no
+    /// settings.
+    ///
     /// Example: sluice invoke plugins/dist/payment.wasm --event order.json --config config.toml
     Invoke {
         /// The plugin (`.wasm` component).
@@ -75,10 +98,8 @@ pub enum Command {
         /// The event file.
         #[arg(long, short)]
         event: PathBuf,
-        /// Take the handler's limits, grants and settings from this config.
-        /// Without it: default limits, no publish grants, no settings.
-        #[arg(long, short, env = "SLUICE_CONFIG")]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigArg,
         /// The config's handler to run as (default: the one whose plugin is PLUGIN).
         #[arg(long = "handler", short = 'H')]
         handler: Option<String>,
@@ -124,8 +145,8 @@ pub enum Command {
         /// Only count what would be delivered.
         #[arg(long)]
         dry_run: bool,
-        #[arg(long, short, default_value = "config.toml", env = "SLUICE_CONFIG")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Per handler and stream: group lag, pending entries and the oldest
     /// one's age, consumers, dead-letter depth, plugin version; marks what
@@ -136,16 +157,15 @@ pub enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
-        #[arg(long, short, default_value = "config.toml", env = "SLUICE_CONFIG")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Validate the config and load every plugin; exit 1 with the errors.
     ///
     /// Example: sluice check --config config.toml
     Check {
-        /// The config file.
-        #[arg(long, short, default_value = "config.toml", env = "SLUICE_CONFIG")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
 }
 
@@ -167,8 +187,8 @@ pub enum DlqCommand {
         /// Print JSON.
         #[arg(long)]
         json: bool,
-        #[arg(long, short, default_value = "config.toml", env = "SLUICE_CONFIG")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// One dead-lettered event in full. With --json, the event in the form
     /// `sluice invoke --event` reads, so it can be saved and run offline.
@@ -179,8 +199,8 @@ pub enum DlqCommand {
         id: String,
         #[arg(long)]
         json: bool,
-        #[arg(long, short, default_value = "config.toml", env = "SLUICE_CONFIG")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Send dead-lettered events back to the handler that failed them, and
     /// only to it. Attempts start over; earlier reasons are kept on the
@@ -201,8 +221,8 @@ pub enum DlqCommand {
         /// At most this many events per second.
         #[arg(long)]
         rate: Option<f64>,
-        #[arg(long, short, default_value = "config.toml", env = "SLUICE_CONFIG")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Delete dead-lettered events for good.
     ///
@@ -213,8 +233,8 @@ pub enum DlqCommand {
         /// Really delete (without it, only count).
         #[arg(long)]
         yes: bool,
-        #[arg(long, short, default_value = "config.toml", env = "SLUICE_CONFIG")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
 }
 

@@ -1,10 +1,10 @@
 //! Carrying out `sluice dlq`, `replay` and `status`: parse the arguments,
-//! open a session, print a table or JSON.
+//! open a session (closed on every path), print a table or JSON.
 
-use super::dlq::{self, Filter};
-use super::redrive::{self, Pace};
-use super::{Session, status, time};
-use crate::cli::{DlqCommand, DlqFilter};
+use super::{DlqCommand, DlqFilter};
+use crate::ops::dlq::{self, Filter};
+use crate::ops::redrive::{self, Pace};
+use crate::ops::{Session, status, time};
 use anyhow::anyhow;
 use std::path::Path;
 
@@ -12,38 +12,44 @@ use std::path::Path;
 pub async fn dlq(command: DlqCommand) -> anyhow::Result<()> {
     match command {
         DlqCommand::List { filter, json, config } => {
-            let mut s = Session::open(&config).await?;
-            let found = dlq::list(&mut s, &filter_from(&filter)?).await?;
+            let filter = filter_from(&filter)?;
+            let found = Session::with(&config.path(), async |s| dlq::list(s, &filter).await).await?;
             match json {
                 true => println!("{}", serde_json::to_string_pretty(&found)?),
                 false => print!("{}", dlq::table(&found)),
             }
-            s.close().await;
         }
         DlqCommand::Show { id, json, config } => {
-            let mut s = Session::open(&config).await?;
-            let d = dlq::show(&mut s, &id).await?;
+            let d = Session::with(&config.path(), async |s| dlq::show(s, &id).await).await?;
             match json {
                 true => println!("{}", serde_json::to_string_pretty(&d.saved_event())?),
                 false => print!("{}", dlq::details(&d)),
             }
-            s.close().await;
         }
         DlqCommand::Redrive { filter, dry_run, limit, rate, config } => {
-            let mut s = Session::open(&config).await?;
-            let found = dlq::list(&mut s, &filter_from(&filter)?).await?;
-            let done = redrive::redrive(&mut s, &found, Pace { dry_run, limit, rate }).await?;
+            let filter = filter_from(&filter)?;
+            let done = Session::with(&config.path(), async |s| {
+                let found = dlq::list(s, &filter).await?;
+                redrive::redrive(s, &found, Pace { dry_run, limit, rate }).await
+            })
+            .await?;
             report_redrive(&done, dry_run);
-            s.close().await;
         }
         DlqCommand::Purge { filter, yes, config } => {
-            let mut s = Session::open(&config).await?;
-            let found = dlq::list(&mut s, &filter_from(&filter)?).await?;
-            match yes {
-                true => println!("purged {} dead-letter entr(ies)", dlq::purge(&mut s, &found).await?),
-                false => println!("{} dead-letter entr(ies) match; add --yes to delete them", found.len()),
+            let filter = filter_from(&filter)?;
+            let (found, purged) = Session::with(&config.path(), async |s| {
+                let found = dlq::list(s, &filter).await?;
+                let purged = match yes {
+                    true => Some(dlq::purge(s, &found).await?),
+                    false => None,
+                };
+                Ok((found.len(), purged))
+            })
+            .await?;
+            match purged {
+                Some(n) => println!("purged {n} dead-letter entr(ies)"),
+                None => println!("{found} dead-letter entr(ies) match; add --yes to delete them"),
             }
-            s.close().await;
         }
     }
     Ok(())
@@ -60,8 +66,8 @@ pub async fn replay(
     let now = time::now_ms();
     let from = time::parse(range.0, now).map_err(|e| anyhow!("--from {e}"))?;
     let to = time::parse(range.1, now).map_err(|e| anyhow!("--to {e}"))?;
-    let mut s = Session::open(config).await?;
-    let entries = redrive::replay(&mut s, stream, handler, (from, to), dry_run).await?;
+    let entries =
+        Session::with(config, async |s| redrive::replay(s, stream, handler, (from, to), dry_run).await).await?;
     let (first, last) = (entries.first().map(|e| e.id.as_str()), entries.last().map(|e| e.id.as_str()));
     let span = match (first, last) {
         (Some(a), Some(b)) => format!(" ({a} … {b})"),
@@ -74,19 +80,16 @@ pub async fn replay(
         time::format(from),
         time::format(to)
     );
-    s.close().await;
     Ok(())
 }
 
 /// Runs `sluice status`.
 pub async fn status(config: &Path, json: bool) -> anyhow::Result<()> {
-    let mut s = Session::open(config).await?;
-    let rows = status::status(&mut s).await?;
+    let rows = Session::with(config, async |s| status::status(s).await).await?;
     match json {
         true => println!("{}", serde_json::to_string_pretty(&rows)?),
         false => print!("{}", status::table(&rows)),
     }
-    s.close().await;
     Ok(())
 }
 
