@@ -23,7 +23,9 @@ const REDIS_WAIT: Duration = Duration::from_secs(2);
 /// What the listener reads: the config in force (swapped on reload) and Redis.
 #[derive(Clone)]
 pub struct AdminState {
+    /// The config in force, swapped on reload.
     pub config: Arc<ArcSwap<Config>>,
+    /// The connection scrapes and readiness checks use.
     pub conn: ConnectionManager,
 }
 

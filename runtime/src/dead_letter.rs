@@ -22,16 +22,21 @@ use serde_json::Value;
 pub mod field {
     /// Prefix of every field Sluice adds to a dead-letter or inbox entry.
     pub const SLUICE_PREFIX: &str = "sluice.";
-    /// On a dead-letter entry: why, which handler, after how many
-    /// deliveries, when (Unix ms) and on which plugin version it failed.
+    /// On a dead-letter entry: why it failed (the reject reason, or the last failure).
     pub const ERROR: &str = "sluice.error";
+    /// On a dead-letter entry: the handler that failed it.
     pub const HANDLER: &str = "sluice.handler";
+    /// On a dead-letter entry: deliveries before it was given up.
     pub const ATTEMPTS: &str = "sluice.attempts";
+    /// On a dead-letter entry: when it failed, Unix ms.
     pub const FAILED_AT: &str = "sluice.failed_at";
+    /// On a dead-letter entry: the version of the handler's plugin when it failed.
     pub const PLUGIN_VERSION: &str = "sluice.plugin_version";
-    /// On a dead-letter entry, and on an inbox entry: the stream and id of
-    /// the entry it stands for.
+    /// On a dead-letter entry, and on an inbox entry: the stream of the entry
+    /// it stands for.
     pub const ORIGIN_STREAM: &str = "sluice.origin_stream";
+    /// On a dead-letter entry, and on an inbox entry: the id of the entry it
+    /// stands for, in that stream.
     pub const ORIGIN_ID: &str = "sluice.origin_id";
     /// Earlier failures of a redriven event, a JSON array; kept when it is
     /// dead-lettered again.
@@ -73,12 +78,17 @@ pub fn origin(stream: &str, entry: &Entry) -> (String, String) {
 /// Why and where an event failed: what its dead-letter entry records.
 #[derive(Debug, Clone)]
 pub struct Failure<'a> {
+    /// The handler that failed it.
     pub handler: &'a str,
-    /// The stream and id of the event (see [`origin`]).
+    /// The stream of the event (see [`origin`]).
     pub origin_stream: &'a str,
+    /// The event's id in that stream.
     pub origin_id: &'a str,
+    /// Why: the reject reason, or the last failure.
     pub reason: &'a str,
+    /// Deliveries before it was given up.
     pub attempts: u32,
+    /// The version of the handler's plugin.
     pub plugin_version: &'a str,
     /// Unix time in milliseconds.
     pub failed_at_ms: u64,
@@ -110,11 +120,13 @@ pub fn fields(entry: &Entry, failure: &Failure) -> Vec<(String, Vec<u8>)> {
 /// One dead-letter entry, read back.
 #[derive(Debug, Clone, Serialize)]
 pub struct DeadLetter {
-    /// The dead-letter stream and the entry's id there.
+    /// The dead-letter stream.
     pub dead_letter_stream: String,
+    /// The entry's id there.
     pub id: String,
-    /// The handler that failed it, and the version of its plugin then.
+    /// The handler that failed it.
     pub handler: String,
+    /// The version of its plugin then.
     pub plugin_version: String,
     /// Deliveries before it was given up.
     pub attempts: u32,

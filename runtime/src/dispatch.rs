@@ -80,11 +80,22 @@ impl Verdict {
 pub enum Decision {
     /// Acknowledge it, committing its publishes and key-value writes (none
     /// when it was not delivered) in the same transaction.
-    Ack { effects: Effects },
+    Ack {
+        /// The publishes and key-value writes to commit with the ack.
+        effects: Effects,
+    },
     /// Leave it pending and deliver it again after `delay`.
-    Retry { delay: Duration, reason: String },
+    Retry {
+        /// How long to wait before the next delivery.
+        delay: Duration,
+        /// Why it failed this time.
+        reason: String,
+    },
     /// Write it to the dead-letter stream and acknowledge it, in one transaction.
-    DeadLetter { reason: String },
+    DeadLetter {
+        /// Why it is given up: recorded as `sluice.error`.
+        reason: String,
+    },
 }
 
 impl Decision {
@@ -101,7 +112,9 @@ impl Decision {
 /// One turn of an entry: how it ended and what happens next.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Turn {
+    /// How it ended.
     pub verdict: Verdict,
+    /// What happens to the entry next.
     pub decision: Decision,
 }
 

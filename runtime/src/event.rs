@@ -7,10 +7,16 @@ use crate::wasm::bindings::Event;
 
 /// Field names Sluice gives meaning to (CloudEvents-like).
 pub mod field {
+    /// The event type, which handlers' `events` globs and `[schemas]` match.
     pub const TYPE: &str = "type";
+    /// The payload, JSON by convention.
     pub const DATA: &str = "data";
+    /// On a published event: the handler that published it.
     pub const SOURCE: &str = "source";
+    /// The conversation an event belongs to: carried over to what a handler
+    /// publishes, or the cause's id when the cause has none.
     pub const CORRELATION_ID: &str = "correlation_id";
+    /// On a published event: the id of the event whose handling published it.
     pub const CAUSATION_ID: &str = "causation_id";
     /// W3C Trace Context: carried over, as a child, to what a handler publishes.
     pub const TRACEPARENT: &str = "traceparent";

@@ -1,5 +1,5 @@
 //! `sluice run`: load every plugin, connect to Redis, run one consumer per
-//! handler (the [`Fleet`]), serve reloads ([`crate::reload`] changes the
+//! handler (the `Fleet`), serve reloads ([`crate::reload`] changes the
 //! fleet), and on shutdown drain in-flight work.
 
 use crate::admin;

@@ -23,6 +23,8 @@
 //! - [`cli`]: the command line: arguments, what each subcommand does.
 //! - [`publish`], [`logging`]: `sluice publish`; log output.
 
+#![warn(missing_docs)]
+
 pub mod admin;
 pub mod cli;
 pub mod config;

@@ -6,8 +6,11 @@ use anyhow::Context;
 /// One event to add.
 #[derive(Debug, Clone)]
 pub struct NewEvent {
+    /// The stream to add it to.
     pub stream: String,
+    /// Its `type` field.
     pub event_type: String,
+    /// Its `data` field, JSON by convention.
     pub data: String,
     /// Extra fields (`correlation_id`, ...), in order.
     pub fields: Vec<(String, String)>,

@@ -8,8 +8,11 @@ use std::path::{Path, PathBuf};
 /// The languages `sluice new` knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Language {
+    /// Rust, built for wasm32-wasip2 with cargo.
     Rust,
+    /// Python, built with componentize-py.
     Python,
+    /// JavaScript, built with componentize-js.
     Js,
 }
 

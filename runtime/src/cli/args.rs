@@ -27,6 +27,7 @@ impl ConfigArg {
 #[derive(Debug, Parser)]
 #[command(version, about)]
 pub struct Cli {
+    /// The subcommand to run.
     #[command(subcommand)]
     pub command: Command,
     /// Log lines for people (text) or machines (json, one object per line).
@@ -43,6 +44,7 @@ pub enum Command {
     ///
     /// Example: sluice run --config config.toml
     Run {
+        /// The config file.
         #[command(flatten)]
         config: ConfigArg,
         /// Do not watch the config, plugins and schemas for changes (SIGHUP still reloads).
@@ -66,6 +68,7 @@ pub enum Command {
         /// An extra field, e.g. --field correlation_id=c-1 (repeatable).
         #[arg(long = "field", short = 'f', value_parser = parse_field)]
         fields: Vec<(String, String)>,
+        /// The config file.
         #[command(flatten)]
         config: ConfigArg,
     },
@@ -98,6 +101,7 @@ pub enum Command {
         /// The event file.
         #[arg(long, short)]
         event: PathBuf,
+        /// The config file.
         #[command(flatten)]
         config: ConfigArg,
         /// The config's handler to run as (default: the one whose plugin is PLUGIN).
@@ -125,6 +129,7 @@ pub enum Command {
     },
     /// Dead-lettered events: list, show, send back, purge.
     Dlq {
+        /// What to do with them.
         #[command(subcommand)]
         command: DlqCommand,
     },
@@ -134,17 +139,22 @@ pub enum Command {
     ///
     /// Example: sluice replay --stream orders --handler payment --from -2h --to -1h
     Replay {
+        /// The stream to read the range from (one the handler reads).
         #[arg(long)]
         stream: String,
+        /// The handler to deliver to.
         #[arg(long)]
         handler: String,
+        /// Start of the range (RFC 3339, -2h, or Unix ms).
         #[arg(long, allow_hyphen_values = true)]
         from: String,
+        /// End of the range (RFC 3339, -1h, now, or Unix ms).
         #[arg(long, default_value = "now", allow_hyphen_values = true)]
         to: String,
         /// Only count what would be delivered.
         #[arg(long)]
         dry_run: bool,
+        /// The config file.
         #[command(flatten)]
         config: ConfigArg,
     },
@@ -157,6 +167,7 @@ pub enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// The config file.
         #[command(flatten)]
         config: ConfigArg,
     },
@@ -164,6 +175,7 @@ pub enum Command {
     ///
     /// Example: sluice check --config config.toml
     Check {
+        /// The config file.
         #[command(flatten)]
         config: ConfigArg,
     },
@@ -182,11 +194,13 @@ pub enum DlqCommand {
     ///
     /// Example: sluice dlq list --handler payment --since -1d --error-contains timeout
     List {
+        /// Which dead-lettered events.
         #[command(flatten)]
         filter: DlqFilter,
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// The config file.
         #[command(flatten)]
         config: ConfigArg,
     },
@@ -197,8 +211,10 @@ pub enum DlqCommand {
     Show {
         /// Its id in the dead-letter stream.
         id: String,
+        /// Print the event as JSON, the form `sluice invoke --event` reads.
         #[arg(long)]
         json: bool,
+        /// The config file.
         #[command(flatten)]
         config: ConfigArg,
     },
@@ -210,6 +226,7 @@ pub enum DlqCommand {
     ///
     /// Example: sluice dlq redrive --handler payment --error-contains gateway --rate 50
     Redrive {
+        /// Which dead-lettered events.
         #[command(flatten)]
         filter: DlqFilter,
         /// Only list what would be sent.
@@ -221,6 +238,7 @@ pub enum DlqCommand {
         /// At most this many events per second.
         #[arg(long)]
         rate: Option<f64>,
+        /// The config file.
         #[command(flatten)]
         config: ConfigArg,
     },
@@ -228,11 +246,13 @@ pub enum DlqCommand {
     ///
     /// Example: sluice dlq purge --handler audit --yes
     Purge {
+        /// Which dead-lettered events.
         #[command(flatten)]
         filter: DlqFilter,
         /// Really delete (without it, only count).
         #[arg(long)]
         yes: bool,
+        /// The config file.
         #[command(flatten)]
         config: ConfigArg,
     },

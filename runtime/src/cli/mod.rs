@@ -1,6 +1,6 @@
-//! The command line: what each argument means ([`args`]), what each
+//! The command line: what each argument means (`args`), what each
 //! subcommand does ([`execute`]), and how the operator commands print
-//! ([`operate`]). `main.rs` parses, then calls [`execute`].
+//! (`operate`). `main.rs` parses, then calls [`execute`].
 
 mod args;
 mod execute;

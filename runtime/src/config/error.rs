@@ -9,7 +9,9 @@ pub enum ConfigError {
     /// The file could not be read at all.
     #[error("{}: cannot read config: {source}", path.display())]
     Read {
+        /// The config file.
         path: PathBuf,
+        /// Why it could not be read.
         #[source]
         source: std::io::Error,
     },
@@ -17,18 +19,22 @@ pub enum ConfigError {
     /// (unknown key, wrong type, missing key).
     #[error("{at}: {}{message}", key.as_ref().map(|k| format!("{k}: ")).unwrap_or_default())]
     Parse {
+        /// Where in the file.
         at: Location,
         /// The dotted key at that place, when there is one.
         key: Option<String>,
+        /// What the TOML parser said is wrong.
         message: String,
     },
     /// The file parses but a value is wrong (a missing plugin file, a bad
     /// glob, an unset environment variable, ...).
     #[error("{at}: {key}: {message}")]
     Invalid {
+        /// Where the value is, or just the file when the key is absent.
         at: Location,
         /// The dotted key path, e.g. `handlers.payment.plugin`.
         key: String,
+        /// What is wrong with the value.
         message: String,
     },
 }

@@ -62,8 +62,12 @@ pub struct RawRedis {
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawHost {
+    /// The folder of `*.wasm` plugins, relative to the config; absent: [`DEFAULT_PLUGINS_DIR`].
     pub plugins: Option<String>,
+    /// This host's consumer name in every group; absent: `hostname-pid`.
     pub consumer: Option<String>,
+    /// How long another consumer's entry must sit unacknowledged before this
+    /// host takes it over; absent: [`DEFAULT_CLAIM_IDLE_MS`].
     pub claim_idle_ms: Option<u64>,
     /// Address of the admin listener (`/metrics`, `/healthz`, `/readyz`); absent: none.
     pub admin: Option<String>,
@@ -82,11 +86,17 @@ pub struct RawHost {
 #[derive(Debug, Deserialize, Default, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct RawLimits {
+    /// Time per delivery ([`crate::limits::TIMEOUT_MS`]).
     pub timeout_ms: Option<u64>,
+    /// Linear memory cap, in MiB ([`crate::limits::MEMORY_MB`]).
     pub memory_mb: Option<u64>,
+    /// Deliveries before an event is dead-lettered ([`crate::retry::MAX_ATTEMPTS`]).
     pub max_attempts: Option<u32>,
+    /// First retry delay, doubled each attempt ([`crate::retry::BACKOFF_MS`]).
     pub backoff_ms: Option<u64>,
+    /// Events in flight at once ([`crate::limits::CONCURRENCY`]).
     pub concurrency: Option<u32>,
+    /// Wasm fuel per delivery, a deterministic CPU budget ([`crate::limits::FUEL`]).
     pub fuel: Option<u64>,
 }
 
@@ -108,12 +118,18 @@ pub struct RawLimits {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawHandler {
+    /// The plugin file, relative to the plugins folder.
     pub plugin: String,
+    /// Streams the handler consumes.
     pub streams: Vec<String>,
+    /// Globs of the event types it wants; absent: every type.
     pub events: Option<Vec<String>>,
+    /// Streams it may publish to; empty: none.
     #[serde(default)]
     pub publish: Vec<String>,
+    /// The consumer group it reads through; absent: the handler's name.
     pub group: Option<String>,
+    /// One dead-letter stream for all its streams; absent: `<stream>:dlq`.
     pub dead_letter: Option<String>,
     /// Hosts the handler may call over HTTP: `host` or `host:port`.
     #[serde(default)]
@@ -126,11 +142,17 @@ pub struct RawHandler {
     pub isolation: Isolation,
     // The limits are spelled out rather than flattened: serde cannot combine
     // `flatten` with `deny_unknown_fields`.
+    /// Time per delivery ([`crate::limits::TIMEOUT_MS`]).
     pub timeout_ms: Option<u64>,
+    /// Linear memory cap, in MiB ([`crate::limits::MEMORY_MB`]).
     pub memory_mb: Option<u64>,
+    /// Deliveries before an event is dead-lettered ([`crate::retry::MAX_ATTEMPTS`]).
     pub max_attempts: Option<u32>,
+    /// First retry delay, doubled each attempt ([`crate::retry::BACKOFF_MS`]).
     pub backoff_ms: Option<u64>,
+    /// Events in flight at once ([`crate::limits::CONCURRENCY`]).
     pub concurrency: Option<u32>,
+    /// Wasm fuel per delivery, a deterministic CPU budget ([`crate::limits::FUEL`]).
     pub fuel: Option<u64>,
 }
 

@@ -7,8 +7,11 @@ use std::sync::Arc;
 /// One handler as it runs now: its config, its plugin and its sandbox.
 /// Swapped whole on reload; a delivery keeps the one it started with.
 pub struct Binding {
+    /// The handler's config, every default applied.
     pub handler: Handler,
+    /// The compiled plugin it runs.
     pub plugin: Arc<Plugin>,
+    /// What its deliveries run under: grants, time limit, key-value store.
     pub sandbox: Sandbox,
 }
 

@@ -13,6 +13,7 @@ pub struct LogLine {
     pub source: &'static str,
     /// `trace` … `error`.
     pub level: String,
+    /// The text of the line.
     pub message: String,
 }
 

@@ -32,14 +32,22 @@ pub struct Written {
 /// Everything about one offline delivery.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    /// The handler it ran as.
     pub handler: String,
+    /// The plugin file.
     pub plugin: String,
+    /// The plugin's version (the start of its SHA-256).
     pub plugin_version: String,
+    /// The stream the event was (or would be) read from.
     pub stream: String,
+    /// The event's entry id, a stand-in when the event file gives none.
     pub id: String,
+    /// The event type.
     #[serde(rename = "type")]
     pub event_type: String,
+    /// Which delivery this was.
     pub attempt: u32,
+    /// Deliveries before the event is dead-lettered.
     pub max_attempts: u32,
     /// How the turn ended ([`Verdict::label`]): the handler's outcome, or
     /// `skipped`, `invalid` or `exhausted` when the plugin did not run.
@@ -57,9 +65,11 @@ pub struct Report {
     /// For `dead-letter`: where, and with what `sluice.error`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dead_letter_stream: Option<String>,
+    /// What the handler logged, through `host.log`, stdout and stderr.
     pub logs: Vec<LogLine>,
     /// Committed with the ack if it succeeds; nothing is committed otherwise.
     pub publishes: Vec<Published>,
+    /// Committed with the ack, like the publishes.
     pub kv_writes: Vec<Written>,
     /// How long the delivery took (instantiate + call).
     #[serde(rename = "duration_ms", serialize_with = "millis")]

@@ -25,7 +25,9 @@ pub struct Pace {
 /// What happened to one dead-letter entry.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Redriven {
+    /// Its id in the dead-letter stream.
     pub dead_letter_id: String,
+    /// The handler that failed it, whose inbox it goes to.
     pub handler: String,
     /// The new entry in the handler's inbox; `None` on a dry run, when the
     /// entry was gone (redriven or purged meanwhile), or when it was left.

@@ -10,7 +10,9 @@ use std::path::Path;
 
 /// A loaded config and a connection to its Redis.
 pub struct Session {
+    /// The config, validated (its plugin files need not exist).
     pub config: Config,
+    /// The connection to the config's Redis.
     pub conn: MultiplexedConnection,
 }
 

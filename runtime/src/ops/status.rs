@@ -17,7 +17,9 @@ pub const BEHIND_LAG: u64 = 1000;
 /// One handler on one stream.
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
+    /// The handler.
     pub handler: String,
+    /// A stream it reads, or its inbox.
     pub stream: String,
     /// Whether the group exists (it is created when the handler first runs).
     pub consuming: bool,
@@ -27,6 +29,7 @@ pub struct Row {
     pub pending: u64,
     /// Age of the oldest pending entry, ms.
     pub oldest_pending_ms: Option<u64>,
+    /// Consumers known to the handler's group on this stream.
     pub consumers: u64,
     /// Entries in this stream's dead-letter stream (all handlers').
     pub dead_letters: u64,

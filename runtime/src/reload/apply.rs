@@ -21,11 +21,20 @@ use tracing::{error, info, warn};
 pub enum ReloadReport {
     /// The host is serving and watching (sent once, first): each handler
     /// with its plugin version.
-    Started { versions: BTreeMap<String, String> },
+    Started {
+        /// Handler name → plugin version.
+        versions: BTreeMap<String, String>,
+    },
     /// The new state is serving: each handler with its plugin version.
-    Applied { versions: BTreeMap<String, String> },
+    Applied {
+        /// Handler name → plugin version.
+        versions: BTreeMap<String, String>,
+    },
     /// The change was rejected; the running state keeps serving.
-    Rejected { error: String },
+    Rejected {
+        /// Why the change was rejected.
+        error: String,
+    },
 }
 
 /// Turns file changes and SIGHUP into reloads.

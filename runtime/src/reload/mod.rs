@@ -1,7 +1,7 @@
 //! Hot reload, in one place: noticing a change ([`watch`]), building the
 //! complete new state before anything is swapped ([`prepare`]), and
 //! swapping it in, handler by handler, while in-flight deliveries finish on
-//! the old one ([`apply`]). [`crate::host`] holds the fleet of consumers and
+//! the old one (`apply`). [`crate::host`] holds the fleet of consumers and
 //! `run`; this module changes it.
 
 mod apply;

@@ -11,6 +11,7 @@ use tracing::warn;
 
 /// A complete, validated state, ready to be swapped in.
 pub struct NewState {
+    /// The new config, validated.
     pub config: Config,
     /// One per handler, by name.
     pub bindings: BTreeMap<String, Binding>,

@@ -34,7 +34,7 @@ impl Redis {
     }
 
     /// A connection of its own for `XREADGROUP BLOCK block`: its response
-    /// timeout is the block plus [`COMMAND_TIMEOUT`] (the default 500 ms would
+    /// timeout is the block plus `COMMAND_TIMEOUT` (the default 500 ms would
     /// cut every blocking read; none at all would hang on a dead connection).
     pub async fn blocking_connection(&self, block: Duration) -> Result<MultiplexedConnection, Error> {
         let config = AsyncConnectionConfig::new()

@@ -18,6 +18,7 @@ const PAGE: usize = 100;
 pub struct Delivery {
     /// The stream it was read from.
     pub stream: String,
+    /// The entry itself.
     pub entry: Entry,
     /// 1 on first delivery; Redis's delivery count.
     pub attempt: u32,

@@ -3,6 +3,8 @@
 //! generated world type is named [`Handler`] here, and its pre-instantiated
 //! form [`HandlerPre`]: `Plugin` means a loaded plugin file ([`super::Plugin`]).
 
+// Generated code cannot carry doc comments; `wit/plugin.wit` documents the contract.
+#[allow(missing_docs)]
 mod generated {
     wasmtime::component::bindgen!({
         path: "wit",

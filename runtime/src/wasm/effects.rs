@@ -16,14 +16,28 @@ pub struct Publish {
 /// `sluice:kv:<handler>:` prefix when committing).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KvWrite {
-    Set { key: String, value: Vec<u8>, ttl_ms: Option<u64> },
-    Delete { key: String },
+    /// `kv.set`: store `value` under `key`.
+    Set {
+        /// The handler's key.
+        key: String,
+        /// The value to store.
+        value: Vec<u8>,
+        /// When it expires, in ms from the commit; `None`: never.
+        ttl_ms: Option<u64>,
+    },
+    /// `kv.delete`: remove `key`.
+    Delete {
+        /// The handler's key.
+        key: String,
+    },
 }
 
 /// Everything a successful delivery commits along with its ack.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Effects {
+    /// The events it published, in order.
     pub publishes: Vec<Publish>,
+    /// Its key-value writes, in order.
     pub kv: Vec<KvWrite>,
 }
 

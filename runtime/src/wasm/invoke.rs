@@ -20,14 +20,26 @@ use wasmtime::{Store, UpdateDeadline};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// `handle` returned ok.
-    Success { effects: Effects },
+    Success {
+        /// What it publishes and writes, committed with the ack.
+        effects: Effects,
+    },
     /// `handle` asked to be tried again.
-    Retry { reason: String, delay: Option<Duration> },
+    Retry {
+        /// Why the attempt failed.
+        reason: String,
+        /// The delay the handler asked for; `None`: the backoff decides.
+        delay: Option<Duration>,
+    },
     /// `handle` rejected the event for good.
-    Reject { reason: String },
+    Reject {
+        /// Why it was rejected.
+        reason: String,
+    },
     /// The handler did not return: it trapped, ran out of time or memory, or
     /// could not be instantiated. Treated like a retry.
     Crash {
+        /// The trap, the limit hit, or why it could not be instantiated.
         reason: String,
         /// It ran until its deadline (so it burned CPU the whole time).
         timed_out: bool,
@@ -48,7 +60,7 @@ impl std::error::Error for DeadlineExceeded {}
 
 impl Plugin {
     /// Runs `handle(event)` once under `sandbox` on the wasm executor (see
-    /// [`super::executor`]); see [`Plugin::invoke_in_place`].
+    /// [`super::Executor`]); see [`Plugin::invoke_in_place`].
     pub async fn invoke(self: &Arc<Self>, sandbox: &Sandbox, event: Event) -> Outcome {
         let (plugin, sandbox) = (self.clone(), sandbox.clone());
         // Keep the event's span (handler, stream, id) on the plugin's log lines.

@@ -16,19 +16,36 @@ pub enum PluginError {
     /// The file could not be read.
     #[error("{}: cannot read plugin: {source}", path.display())]
     Read {
+        /// The plugin file.
         path: PathBuf,
+        /// Why it could not be read.
         #[source]
         source: std::io::Error,
     },
     /// Not a WebAssembly component, or it does not compile.
     #[error("{}: not a valid WebAssembly component: {reason}", path.display())]
-    Compile { path: PathBuf, reason: String },
+    Compile {
+        /// The plugin file.
+        path: PathBuf,
+        /// What the compiler said.
+        reason: String,
+    },
     /// It imports something the host does not provide.
     #[error("{}: imports something Sluice does not provide: {reason}", path.display())]
-    Link { path: PathBuf, reason: String },
+    Link {
+        /// The plugin file.
+        path: PathBuf,
+        /// The linker's error, naming the import.
+        reason: String,
+    },
     /// It does not export `sluice:plugin/handler@0.1.0`.
     #[error("{}: not a Sluice handler (it must export sluice:plugin/handler@0.1.0): {reason}", path.display())]
-    WrongWorld { path: PathBuf, reason: String },
+    WrongWorld {
+        /// The plugin file.
+        path: PathBuf,
+        /// Why its exports do not match the handler interface.
+        reason: String,
+    },
 }
 
 /// The SHA-256 of a plugin file's bytes, hex: tells whether a file changed.

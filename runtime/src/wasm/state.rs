@@ -55,6 +55,7 @@ impl Grants {
 /// its key-value store. Built once per handler (and per reload).
 #[derive(Clone)]
 pub struct Sandbox {
+    /// What the handler is allowed.
     pub grants: Arc<Grants>,
     /// How long one delivery may run.
     pub timeout: Duration,
