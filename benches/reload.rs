@@ -8,6 +8,9 @@
 #[path = "../tests/it/support/redis_server.rs"]
 #[allow(dead_code)]
 mod redis_server;
+#[path = "../tests/it/support/tls.rs"]
+#[allow(dead_code)]
+mod tls;
 
 use redis_server::RedisServer;
 use sluice::config::Config;

@@ -31,6 +31,9 @@ mod report;
 #[path = "../../tests/it/support/redis_server.rs"]
 #[allow(dead_code)]
 mod redis_server;
+#[path = "../../tests/it/support/tls.rs"]
+#[allow(dead_code)]
+mod tls;
 
 use host::{Host, Memory, acked, dist};
 use redis::AsyncCommands;

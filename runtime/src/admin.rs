@@ -3,13 +3,13 @@
 //! handler's group exists on each of its streams).
 
 use crate::config::Config;
+use crate::stream::Conn;
 use crate::{metrics, ops};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
-use redis::aio::ConnectionManager;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +26,7 @@ pub struct AdminState {
     /// The config in force, swapped on reload.
     pub config: Arc<ArcSwap<Config>>,
     /// The connection scrapes and readiness checks use.
-    pub conn: ConnectionManager,
+    pub conn: Conn,
 }
 
 /// Binds `addr` (failing now, not later, if it is taken).

@@ -52,9 +52,13 @@ pub fn is_inbox(stream: &str) -> bool {
     stream.starts_with(INBOX_PREFIX)
 }
 
-/// The inbox stream of `handler`.
-pub fn inbox(handler: &str) -> String {
-    format!("{INBOX_PREFIX}{handler}")
+/// The inbox stream of `handler`: `sluice:inbox:<handler>`; with a hash
+/// `tag` (in a cluster), `sluice:inbox:<tag>:<handler>`.
+pub fn inbox(handler: &str, tag: Option<&str>) -> String {
+    match tag {
+        Some(tag) => format!("{INBOX_PREFIX}{tag}:{handler}"),
+        None => format!("{INBOX_PREFIX}{handler}"),
+    }
 }
 
 /// `entry`'s fields without those Sluice added (`sluice.*`): the event as
@@ -250,7 +254,7 @@ mod tests {
             &stored("9-0", fields(&original, &failure("first", ("orders", "7-0")))),
         );
         let copy = stored("11-0", first.inbox_fields());
-        assert_eq!(origin(&inbox("pay"), &copy), ("orders".to_owned(), "7-0".to_owned()));
+        assert_eq!(origin(&inbox("pay", None), &copy), ("orders".to_owned(), "7-0".to_owned()));
         assert_eq!(origin("elsewhere", &copy), ("elsewhere".to_owned(), "11-0".to_owned()), "only in an inbox");
 
         let again = stored("12-0", fields(&copy, &failure("second", ("orders", "7-0"))));
@@ -267,7 +271,7 @@ mod tests {
     fn a_replayed_copy_stands_for_its_origin() {
         let original = entry("7-0", &[("type", "t"), ("data", "{}"), ("sluice.error", "stale")]);
         let copy = stored("11-0", replay_fields("orders", &original));
-        assert_eq!(origin(&inbox("audit"), &copy), ("orders".to_owned(), "7-0".to_owned()));
+        assert_eq!(origin(&inbox("audit", None), &copy), ("orders".to_owned(), "7-0".to_owned()));
         assert_eq!(own_fields(&copy), own_fields(&original));
     }
 }

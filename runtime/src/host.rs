@@ -68,19 +68,26 @@ pub async fn run_with(config: Config, shutdown: impl Future<Output = ()>, option
         let (runtime, cache, config) = (runtime.clone(), cache.clone(), config.clone());
         tokio::task::spawn_blocking(move || load_plugins(&runtime, &cache, &config)).await??
     };
-    let target = RedisTarget::resolve(config.redis_url.as_deref(), &config.state_dir()).await?;
-    let redis = Redis::connect(target.url()).await.map_err(anyhow::Error::from);
+    let target = RedisTarget::resolve(config.redis.url.as_deref(), &config.state_dir()).await?;
+    let redis = Redis::connect(target.url(), &config.redis).await.map_err(anyhow::Error::from);
     let result = match redis {
         Ok(redis) => {
             let current = Arc::new(ArcSwap::from_pointee(config.clone()));
             let admin = start_admin(&config, &current, &redis).await?;
+            ensure_groups(&redis, &config).await?;
+            let upkeep_token = CancellationToken::new();
+            let upkeep = crate::upkeep::Upkeep::new(redis.clone(), current.clone(), config.consumer.clone());
+            let upkeep = tokio::spawn(upkeep.run(upkeep_token.clone()));
             let mut fleet = Fleet::new(&config, redis);
             fleet.start_all(&config, plugins);
+            fleet.ensure_relays(&config);
             info!(redis = %redact(target.url()), consumer = %config.consumer, handlers = config.handlers.len(), "sluice is running");
             let (watch, reports, config_path) = (options.watch, options.reports, config.path.clone());
             let reloader = Reloader { runtime, cache, config_path, watch, reports, current };
             reloader.serve(&mut fleet, &config, shutdown).await;
             fleet.stop_all().await;
+            upkeep_token.cancel();
+            let _ = upkeep.await;
             admin.cancel();
             Ok(())
         }
@@ -88,6 +95,28 @@ pub async fn run_with(config: Config, shutdown: impl Future<Output = ()>, option
     };
     target.stop().await;
     result
+}
+
+/// Creates every handler's groups before anything runs, so that a Redis user
+/// without a permission Sluice needs stops the host at once with Redis's
+/// NOPERM error (naming the command), rather than retrying forever. Other
+/// errors are left to each consumer, which tries again.
+async fn ensure_groups(redis: &Redis, config: &Config) -> anyhow::Result<()> {
+    let mut conn = redis.conn.clone();
+    for h in &config.handlers {
+        for s in h.read_streams() {
+            match crate::stream::ensure_group(&mut conn, &s, &h.group).await {
+                Err(e) if e.is_no_permission() => {
+                    anyhow::bail!(
+                        "{e} (handler {}; the Redis user needs the rule in docs/operating.md, ACL users)",
+                        h.name
+                    )
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Starts the admin listener if the config asks for one; cancel the token
@@ -114,6 +143,8 @@ pub(crate) struct Fleet {
     /// Parent of every consumer's token: cancelled on shutdown.
     shutdown: CancellationToken,
     running: BTreeMap<String, Running>,
+    /// In a cluster, the relay of each outbox, by outbox key.
+    relays: BTreeMap<String, tokio::task::JoinHandle<()>>,
 }
 
 struct Running {
@@ -130,12 +161,28 @@ impl Fleet {
             claim_idle: Duration::from_millis(config.claim_idle_ms),
             shutdown: CancellationToken::new(),
             running: BTreeMap::new(),
+            relays: BTreeMap::new(),
         }
     }
 
     fn start_all(&mut self, config: &Config, plugins: Vec<Arc<Plugin>>) {
         for (handler, plugin) in config.handlers.iter().zip(plugins) {
             self.start(Binding::new(handler.clone(), plugin));
+        }
+    }
+
+    /// In a cluster, runs a relay for the outbox of every stream `config`'s
+    /// handlers read (one started earlier keeps running).
+    pub(crate) fn ensure_relays(&mut self, config: &Config) {
+        if !self.redis.is_cluster() {
+            return;
+        }
+        for s in config.handlers.iter().flat_map(|h| h.read_streams()) {
+            let outbox = crate::stream::outbox(&s);
+            if !self.relays.contains_key(&outbox) {
+                let relay = crate::stream::Relay::new(outbox.clone(), self.consumer_name.clone(), self.redis.clone());
+                self.relays.insert(outbox, tokio::spawn(relay.run(self.shutdown.child_token())));
+            }
         }
     }
 
@@ -184,6 +231,9 @@ impl Fleet {
         self.shutdown.cancel();
         for (_, r) in std::mem::take(&mut self.running) {
             let _ = r.task.await;
+        }
+        for (_, relay) in std::mem::take(&mut self.relays) {
+            let _ = relay.await;
         }
         info!("stopped");
     }

@@ -16,6 +16,7 @@
 //! - [`host`]: `sluice run`: every consumer, reloads, and shutdown.
 //! - [`reload`]: watching for changes and building the new state to swap in.
 //! - [`metrics`], [`admin`]: Prometheus metrics, health and readiness over HTTP.
+//! - [`upkeep`]: trimming bounded streams and forgetting idle consumers, one host at a time.
 //! - [`embedded`]: the `redis-server` Sluice starts when no URL is configured.
 //! - [`offline`]: `sluice invoke`, one delivery without Redis.
 //! - [`scaffold`]: `sluice new`, a handler project to start from.
@@ -46,4 +47,5 @@ pub mod retry;
 pub mod scaffold;
 pub mod schema;
 pub mod stream;
+pub mod upkeep;
 pub mod wasm;

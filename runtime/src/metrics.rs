@@ -32,6 +32,22 @@ struct ByStream {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByStreamOnly {
+    stream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByGroup {
+    group: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HeldBack {
+    stream: String,
+    group: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ByResult {
     result: &'static str,
 }
@@ -44,8 +60,13 @@ struct Metrics {
     retries: Family<ByHandler, Counter>,
     dead_letters: Family<ByHandler, Counter>,
     already_finished: Family<ByHandler, Counter>,
+    ownership_lost: Family<ByHandler, Counter>,
     claim_failures: Family<ByHandler, Counter>,
     reloads: Family<ByResult, Counter>,
+    trimmed: Family<ByStreamOnly, Counter>,
+    stream_length: Family<ByStreamOnly, Gauge>,
+    over_bound: Family<HeldBack, Gauge>,
+    consumers_forgotten: Family<ByGroup, Counter>,
     lag: Family<ByStream, Gauge>,
     pending: Family<ByStream, Gauge>,
     dead_letter_depth: Family<ByStream, Gauge>,
@@ -68,8 +89,13 @@ impl Metrics {
             retries: Family::default(),
             dead_letters: Family::default(),
             already_finished: Family::default(),
+            ownership_lost: Family::default(),
             claim_failures: Family::default(),
             reloads: Family::default(),
+            trimmed: Family::default(),
+            stream_length: Family::default(),
+            over_bound: Family::default(),
+            consumers_forgotten: Family::default(),
             lag: Family::default(),
             pending: Family::default(),
             dead_letter_depth: Family::default(),
@@ -88,6 +114,11 @@ impl Metrics {
             m.already_finished.clone(),
         );
         m.registry.register(
+            "ownership_lost",
+            "Deliveries whose entry another consumer took over meanwhile (this host was presumed dead); their output was not written",
+            m.ownership_lost.clone(),
+        );
+        m.registry.register(
             "claim_failures",
             "Failed scans for entries abandoned by other consumers (XAUTOCLAIM)",
             m.claim_failures.clone(),
@@ -96,6 +127,22 @@ impl Metrics {
             "reloads",
             "Reloads of config and plugins, by result (applied, rejected)",
             m.reloads.clone(),
+        );
+        m.registry.register("trimmed", "Entries removed from a stream to keep it within its bound", m.trimmed.clone());
+        m.registry.register(
+            "stream_length",
+            "Entries in a bounded stream, after its last trim",
+            m.stream_length.clone(),
+        );
+        m.registry.register(
+            "stream_over_bound",
+            "1 while a group that has not yet read or acknowledged entries keeps a stream over its bound",
+            m.over_bound.clone(),
+        );
+        m.registry.register(
+            "consumers_forgotten",
+            "Consumers deleted from their group after being idle with nothing pending",
+            m.consumers_forgotten.clone(),
         );
         m.registry.register(
             "lag",
@@ -125,6 +172,7 @@ pub struct HandlerMetrics {
     retries: Counter,
     dead_letters: Counter,
     already_finished: Counter,
+    ownership_lost: Counter,
     claim_failures: Counter,
     duration: Histogram,
 }
@@ -141,6 +189,7 @@ impl HandlerMetrics {
             retries: m.retries.get_or_create(&by).clone(),
             dead_letters: m.dead_letters.get_or_create(&by).clone(),
             already_finished: m.already_finished.get_or_create(&by).clone(),
+            ownership_lost: m.ownership_lost.get_or_create(&by).clone(),
             claim_failures: m.claim_failures.get_or_create(&by).clone(),
             duration: m.duration.get_or_create(&by).clone(),
         }
@@ -171,10 +220,43 @@ impl HandlerMetrics {
         self.already_finished.inc();
     }
 
+    /// Counts a delivery whose entry another consumer took over meanwhile.
+    pub fn ownership_lost(&self) {
+        self.ownership_lost.inc();
+    }
+
     /// Counts a failed scan for abandoned entries.
     pub fn claim_failed(&self) {
         self.claim_failures.inc();
     }
+}
+
+/// Records a trim of `stream`: `removed` entries, `length` left, and the
+/// group that keeps it over its bound, if one does.
+pub fn stream_trimmed(stream: &str, removed: u64, length: u64, held_back_by: Option<&str>) {
+    let m = &*METRICS;
+    let by = ByStreamOnly { stream: stream.to_owned() };
+    m.trimmed.get_or_create(&by).inc_by(removed);
+    m.stream_length.get_or_create(&by).set(length as i64);
+    // One series per group that has held it back: 1 for the one that does
+    // now, 0 for the others (a family cannot list its series, so they are
+    // remembered here).
+    let held = |group: &str| HeldBack { stream: stream.to_owned(), group: group.to_owned() };
+    let mut known = HELD.lock().expect("never poisoned");
+    if let Some(g) = held_back_by {
+        known.insert((stream.to_owned(), g.to_owned()));
+    }
+    for (_, g) in known.iter().filter(|(s, _)| s == stream) {
+        m.over_bound.get_or_create(&held(g)).set(i64::from(held_back_by == Some(g.as_str())));
+    }
+}
+
+/// The (stream, group) pairs that have held a stream over its bound.
+static HELD: LazyLock<std::sync::Mutex<std::collections::BTreeSet<(String, String)>>> = LazyLock::new(Default::default);
+
+/// Counts a consumer deleted from `group` for being idle with nothing pending.
+pub fn consumer_forgotten(group: &str) {
+    METRICS.consumers_forgotten.get_or_create(&ByGroup { group: group.to_owned() }).inc();
 }
 
 /// Counts a reload, applied or rejected.

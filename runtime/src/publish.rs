@@ -16,15 +16,13 @@ pub struct NewEvent {
     pub fields: Vec<(String, String)>,
 }
 
-/// Adds `event` with `XADD` and returns the new entry's id.
-pub async fn publish(url: &str, event: &NewEvent) -> anyhow::Result<String> {
-    let client = redis::Client::open(url)?;
-    let mut conn = client.get_multiplexed_async_connection().await.context("cannot connect to Redis")?;
+/// Adds `event` with `XADD` on `conn` and returns the new entry's id.
+pub async fn publish(conn: &mut impl redis::aio::ConnectionLike, event: &NewEvent) -> anyhow::Result<String> {
     let mut cmd = redis::cmd("XADD");
     cmd.arg(&event.stream).arg("*");
     cmd.arg(field::TYPE).arg(&event.event_type).arg(field::DATA).arg(&event.data);
     for (k, v) in &event.fields {
         cmd.arg(k).arg(v);
     }
-    cmd.query_async(&mut conn).await.with_context(|| format!("XADD to stream {}", event.stream))
+    cmd.query_async(conn).await.with_context(|| format!("XADD to stream {}", event.stream))
 }

@@ -3,23 +3,8 @@
 
 use crate::support::*;
 use serde_json::json;
-use std::io::{Read, Write};
 
-/// A port nothing listens on now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// (status code, body) of `GET path`.
-fn get(port: u16, path: &str) -> (u16, String) {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
-    let mut reply = String::new();
-    s.read_to_string(&mut reply).unwrap();
-    let code = reply.split(' ').nth(1).unwrap().parse().unwrap();
-    let body = reply.split_once("\r\n\r\n").unwrap().1.to_owned();
-    (code, body)
-}
+use crate::support::http_get as get;
 
 /// The samples of an exposition, checked line by line against the text
 /// format: `# TYPE`/`# HELP`/`# UNIT` comments, `name{labels} value`
@@ -94,7 +79,7 @@ async fn readyz_says_what_is_not_ready() {
         config: std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(
             Fixture::new(&redis, "", "[handlers.z]\nplugin = \"behave.wasm\"\nstreams = [\"zs\"]\n").config(),
         )),
-        conn: redis::aio::ConnectionManager::new(redis::Client::open(redis.url()).unwrap()).await.unwrap(),
+        conn: sluice::stream::Redis::connect(&redis.url(), &Default::default()).await.unwrap().conn,
     };
     let token = tokio_util::sync::CancellationToken::new();
     let listener = sluice::admin::bind(format!("127.0.0.1:{port}").parse().unwrap()).await.unwrap();

@@ -15,7 +15,7 @@ fn shipped_config_parses_and_every_plugin_exists() {
     assert_eq!(payment.retry.max_attempts, 3);
     assert!(payment.may_publish("payments"));
     assert_eq!(payment.dead_letter_stream("orders"), "orders:dlq");
-    assert!(config.redis_url.is_none(), "the example uses the embedded Redis");
+    assert!(config.redis.url.is_none(), "the example uses the embedded Redis");
 }
 
 /// Parses `body` (after a valid `[host]` pointing at the built plugins) as
@@ -78,7 +78,7 @@ fn unset_env_var_in_redis_url_is_named_and_set_one_expands() {
         plugins_dir().display()
     );
     let config = Config::parse(Path::new("ok.toml"), &text).unwrap();
-    assert_eq!(config.redis_url.as_deref(), Some("redis://:pw@127.0.0.1:1"));
+    assert_eq!(config.redis.url.as_deref(), Some("redis://:pw@127.0.0.1:1"));
 }
 
 #[test]

@@ -38,3 +38,9 @@ mod hostile;
 mod webhook;
 // Python and JavaScript handlers; instance reuse.
 mod languages;
+// TLS to Redis: a private CA, mutual TLS, and an error line for each mistake.
+mod tls;
+// A Redis ACL user with the least Sluice needs runs the whole path.
+mod acl;
+// Redis Cluster: the demo chain, a redrive, a slot moved and a failover under load.
+mod cluster;

@@ -104,7 +104,7 @@ async fn an_interrupted_redrive_loses_nothing_and_repeats_nothing() {
 
     // No host runs, so moved entries stay in the inbox to be counted.
     let mut redrive = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["dlq", "redrive", "--rate", "20", "--config"])
+        .args(["dlq", "redrive", "--rate", "5", "--config"])
         .arg(&fx.config_path)
         .stdout(std::process::Stdio::null())
         .spawn()

@@ -103,12 +103,12 @@ async fn a_batched_commit_is_all_or_nothing_per_delivery() {
     };
     let entry = |id: &String| sluice::event::Entry { id: id.clone(), fields: vec![("type".into(), b"t".to_vec())] };
     let commits = [
-        Commit::ack("in", &entry(&ids[0]), "h", to("out")),
-        Commit::ack("in", &entry(&ids[1]), "h", to("not-a-stream")),
-        Commit::ack("in", &entry(&ids[2]), "h", to("out")),
-        Commit::ack("in", &entry(&ids[0]), "h", to("out")), // a repeat of the first
+        Commit::ack("in", &entry(&ids[0]), "h", "sluice:kv:h:", to("out")),
+        Commit::ack("in", &entry(&ids[1]), "h", "sluice:kv:h:", to("not-a-stream")),
+        Commit::ack("in", &entry(&ids[2]), "h", "sluice:kv:h:", to("out")),
+        Commit::ack("in", &entry(&ids[0]), "h", "sluice:kv:h:", to("out")), // a repeat of the first
     ];
-    let results = commit_batch(&mut conn, "g", &commits).await.unwrap();
+    let results = commit_batch(&mut conn, "g", "c", &commits).await.unwrap();
     assert_eq!((&results[0], &results[2]), (&Committed::Done, &Committed::Done), "{results:?}");
     assert_eq!(results[3], Committed::AlreadyFinished, "the repeat writes nothing: {results:?}");
     assert!(matches!(&results[1], Committed::Refused(why) if why.contains("not-a-stream")), "{results:?}");

@@ -123,7 +123,7 @@ async fn a_redis_restart_loses_nothing() {
         send(&mut conn, "in", "t", busy(5)).await;
     }
     until_entries(&conn, "out", 10).await;
-    redis.restart(&aof);
+    redis.restart();
     let mut conn = redis.conn().await;
     for _ in 0..50 {
         send(&mut conn, "in", "t", busy(5)).await;

@@ -102,8 +102,8 @@ async fn a_commit_retried_after_it_went_through_writes_nothing_twice() {
         kv: vec![KvWrite::Set { key: "k".into(), value: b"v".to_vec(), ttl_ms: None }],
     };
     for _ in 0..2 {
-        let commit = sluice::stream::Commit::ack("in", &entry, "h", effects.clone());
-        sluice::stream::commit_one(&mut conn, "g", commit).await.unwrap();
+        let commit = sluice::stream::Commit::ack("in", &entry, "h", "sluice:kv:h:", effects.clone());
+        sluice::stream::commit_one(&mut conn, "g", "c", commit).await.unwrap();
     }
     assert_eq!(entries(&mut conn, "out").await.len(), 1, "published once");
     assert_eq!(pending(&mut conn, "in", "g").await, 0);

@@ -171,13 +171,34 @@ pub enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
-    /// Validate the config and load every plugin; exit 1 with the errors.
+    /// Print the Redis ACL rule for the user Sluice runs as: the least
+    /// commands it needs, on the keys this config names. Replace PASSWORD,
+    /// run it as an admin, and put the user in [redis] url
+    /// (rediss://sluice:PASSWORD@host:port). docs/operating.md says why each
+    /// command is needed.
+    ///
+    /// Example: sluice acl --config config.toml
+    Acl {
+        /// The user's name.
+        #[arg(long, default_value = "sluice")]
+        user: String,
+        /// The config file.
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Validate the config, load every plugin and connect to Redis; exit 1
+    /// with the errors (a bad TLS certificate or password shows here, before
+    /// `run`). For a Redis Cluster, says which handlers commit in one script
+    /// and which through an outbox.
     ///
     /// Example: sluice check --config config.toml
     Check {
         /// The config file.
         #[command(flatten)]
         config: ConfigArg,
+        /// Do not connect to Redis.
+        #[arg(long)]
+        offline: bool,
     },
 }
 

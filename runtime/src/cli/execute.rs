@@ -5,6 +5,7 @@ use super::operate;
 use crate::config::Config;
 use crate::embedded::RedisTarget;
 use crate::publish::{NewEvent, publish};
+use crate::stream::Redis;
 use crate::{host, offline, scaffold, wasm};
 use std::path::Path;
 use std::process::ExitCode;
@@ -20,7 +21,10 @@ pub async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             let event = NewEvent { stream, event_type, data, fields };
             publish_with(&config.path(), &event).await?;
         }
-        Command::Check { config } => check(&config.path())?,
+        Command::Check { config, offline } => check(&config.path(), offline).await?,
+        Command::Acl { user, config } => {
+            println!("{}", crate::stream::acl::rule(&Config::load_unchecked(&config.path())?, &user));
+        }
         Command::Dlq { command } => operate::dlq(command).await?,
         Command::Replay { stream, handler, from, to, dry_run, config } => {
             operate::replay(&config.path(), &stream, &handler, (&from, &to), dry_run).await?;
@@ -47,14 +51,16 @@ async fn publish_with(config_path: &Path, event: &NewEvent) -> anyhow::Result<()
     if let Err(invalid) = config.schemas.check(&event.event_type, event.data.as_bytes()) {
         anyhow::bail!("refused, nothing was published: {invalid}");
     }
-    let target = RedisTarget::resolve(config.redis_url.as_deref(), &config.state_dir()).await?;
-    let result = publish(target.url(), event).await;
+    let target = RedisTarget::resolve(config.redis.url.as_deref(), &config.state_dir()).await?;
+    let result = async { publish(&mut Redis::connect(target.url(), &config.redis).await?.conn, event).await }.await;
     target.stop().await;
     println!("{}", result?);
     Ok(())
 }
 
-fn check(config_path: &Path) -> anyhow::Result<()> {
+/// `sluice check`: the config, every plugin, and (unless `offline`) the
+/// connection to Redis; in a cluster, how each handler's deliveries commit.
+async fn check(config_path: &Path, offline: bool) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
     let runtime = wasm::Runtime::new()?;
     let plugins = host::load_plugins(&runtime, &host::cache_for(&config, &runtime), &config)?;
@@ -62,6 +68,22 @@ fn check(config_path: &Path) -> anyhow::Result<()> {
         println!("ok  {:<16} {} ({})  streams: {}", h.name, p.file_name(), p.version, h.streams.join(", "));
     }
     println!("{}: {} handler(s), all plugins load", config_path.display(), plugins.len());
+    if let (Some(url), false) = (&config.redis.url, offline) {
+        let redis = Redis::connect(url, &config.redis).await?;
+        let kind = if redis.is_cluster() { "a Redis Cluster" } else { "Redis" };
+        println!("ok  connected to {kind} at {}", redis.shown());
+    }
+    if config.redis.cluster {
+        for h in &config.handlers {
+            match h.cross_slot_writes().as_slice() {
+                [] => println!("one script   {:<16} every write of a delivery shares its stream's slot", h.name),
+                away => {
+                    let each: Vec<String> = away.iter().map(|(s, t)| format!("{s} -> {}", t.join(", "))).collect();
+                    println!("via outbox   {:<16} {}", h.name, each.join("; "));
+                }
+            }
+        }
+    }
     Ok(())
 }
 

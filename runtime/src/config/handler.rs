@@ -29,6 +29,14 @@ pub struct Handler {
     pub group: String,
     /// One dead-letter stream for all streams, or `None` for `<stream>:dlq`.
     pub dead_letter: Option<String>,
+    /// Its inbox: the stream `sluice dlq redrive` and `sluice replay` put
+    /// events in for it alone ([`crate::dead_letter::inbox`]).
+    pub inbox: String,
+    /// What its key-value keys start with ([`crate::wasm::kv_prefix`]).
+    pub kv_prefix: String,
+    /// Whether Redis is a cluster: its default dead-letter streams are then
+    /// named to share their stream's slot.
+    pub cluster: bool,
     /// What each delivery runs under.
     pub limits: Limits,
     /// How often a failed event is delivered again, and when.
@@ -55,11 +63,41 @@ impl Handler {
         self.publish.iter().any(|s| s == stream)
     }
 
-    /// The dead-letter stream for events read from `stream`.
+    /// The dead-letter stream for events read from `stream`: `dead_letter`,
+    /// or `<stream>:dlq`; in a cluster, `{<stream>}:dlq` for a stream without
+    /// a hash tag, so that it shares the stream's slot.
     pub fn dead_letter_stream(&self, stream: &str) -> String {
         match &self.dead_letter {
             Some(dl) => dl.clone(),
+            None if self.cluster && crate::stream::slot::hash_tag(stream).is_none() => {
+                format!("{}:dlq", crate::stream::slot::tag_for(stream))
+            }
             None => format!("{stream}:dlq"),
         }
+    }
+
+    /// In a cluster: for each stream it reads whose deliveries may write to
+    /// another slot, those targets (they go through the stream's outbox,
+    /// see `stream::relay`). Empty: every delivery commits in one script.
+    pub fn cross_slot_writes(&self) -> Vec<(String, Vec<String>)> {
+        use crate::stream::slot;
+        let kv = format!("{}*", self.kv_prefix);
+        self.read_streams()
+            .into_iter()
+            .filter_map(|s| {
+                let dead_letters = match s == self.inbox {
+                    true => self.streams.iter().map(|t| self.dead_letter_stream(t)).collect(),
+                    false => vec![self.dead_letter_stream(&s)],
+                };
+                let targets = self.publish.iter().cloned().chain(dead_letters).chain([kv.clone()]);
+                let away: Vec<String> = targets.filter(|t| slot::of(t) != slot::of(&s)).collect();
+                (!away.is_empty()).then_some((s, away))
+            })
+            .collect()
+    }
+
+    /// Its own streams, then its inbox: what its consumer reads.
+    pub fn read_streams(&self) -> Vec<String> {
+        self.streams.iter().cloned().chain([self.inbox.clone()]).collect()
     }
 }

@@ -10,15 +10,35 @@ mod error;
 mod handler;
 mod locate;
 pub mod model;
+mod streams;
 mod validate;
 
 pub use error::ConfigError;
 pub use handler::Handler;
-pub use model::{DEFAULT_CLAIM_IDLE_MS, DEFAULT_PLUGINS_DIR, Isolation};
+pub use model::{DEFAULT_CLAIM_IDLE_MS, DEFAULT_FORGET_CONSUMERS_AFTER_MS, DEFAULT_PLUGINS_DIR, Isolation};
+pub use streams::StreamRules;
 
 use crate::schema::Schemas;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+/// `[redis]`, resolved: where Redis is and how to reach it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RedisSettings {
+    /// The URL with `${ENV}` expanded; `None` means the embedded server
+    /// under `.sluice/`.
+    pub url: Option<String>,
+    /// Whether `url` is one seed node of a Redis Cluster (the other nodes
+    /// are discovered). Sluice then names its own keys so that one script
+    /// can finish a delivery wherever the streams allow (docs/delivery.md).
+    pub cluster: bool,
+    /// The CA to trust for `rediss://` instead of the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// The client certificate for mutual TLS (always with `key_file`).
+    pub cert_file: Option<PathBuf>,
+    /// The client certificate's private key (always with `cert_file`).
+    pub key_file: Option<PathBuf>,
+}
 
 /// A loaded, validated configuration with every default applied.
 #[derive(Debug, Clone)]
@@ -27,8 +47,8 @@ pub struct Config {
     pub path: PathBuf,
     /// Its text, to point at keys in later errors.
     source: Arc<str>,
-    /// Where Redis is: `None` means the embedded server under `.sluice/`.
-    pub redis_url: Option<String>,
+    /// Where Redis is and how to reach it.
+    pub redis: RedisSettings,
     /// The folder holding the `*.wasm` plugins, already resolved against the
     /// config file's folder.
     pub plugins_dir: PathBuf,
@@ -42,6 +62,11 @@ pub struct Config {
     pub admin: Option<std::net::SocketAddr>,
     /// Every handler, sorted by name.
     pub handlers: Vec<Handler>,
+    /// `[streams]`: how much of each stream to keep.
+    pub streams: Arc<StreamRules>,
+    /// How long a consumer with nothing pending must be idle before a live
+    /// host deletes it from its group.
+    pub forget_consumers_after_ms: u64,
     /// `[schemas]`, compiled; each handler holds the same set.
     pub schemas: Arc<Schemas>,
 }

@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 
 /// Default `[host] plugins`: the folder of `*.wasm` files, relative to the config.
 pub const DEFAULT_PLUGINS_DIR: &str = "plugins/dist";
+/// Default `[host] forget_consumers_after_ms`: an hour.
+pub const DEFAULT_FORGET_CONSUMERS_AFTER_MS: u64 = 3_600_000;
 /// Default `[host] claim_idle_ms`: how long another consumer's entry must sit
 /// unacknowledged before this host takes it over.
 pub const DEFAULT_CLAIM_IDLE_MS: u64 = 30_000;
@@ -37,18 +39,51 @@ pub struct RawConfig {
     /// ```
     #[serde(default)]
     pub schemas: BTreeMap<String, String>,
+    /// `[streams."NAME"]`: per stream (a name or a glob), how much to keep.
+    #[serde(default)]
+    pub streams: BTreeMap<String, RawStream>,
+}
+
+/// `[streams."NAME"]`: a stream name or glob, and its retention.
+/// ```toml
+/// [streams."orders"]
+/// max_len = 1000000
+/// max_age_ms = 604800000
+/// ```
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawStream {
+    /// Keep at most this many entries.
+    pub max_len: Option<u64>,
+    /// And none older than this, in milliseconds.
+    pub max_age_ms: Option<u64>,
 }
 
 /// `[redis]`
 /// ```toml
 /// [redis]
-/// url = "redis://:${REDIS_PASSWORD}@127.0.0.1:6379"
+/// url = "rediss://sluice:${REDIS_PASSWORD}@cache.example.com:6380"
+/// cluster = false
+/// ca_file = "certs/ca.pem"
+/// cert_file = "certs/client.pem"
+/// key_file = "certs/client.key"
 /// ```
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawRedis {
-    /// Absent: Sluice starts and owns a local `redis-server`.
+    /// `redis://`, `rediss://` (TLS) or `redis+unix://`, with
+    /// `user:password@` for an ACL user. Absent: Sluice starts and owns a
+    /// local `redis-server`.
     pub url: Option<String>,
+    /// Whether `url` is one seed node of a Redis Cluster.
+    #[serde(default)]
+    pub cluster: bool,
+    /// For `rediss://`: the CA to trust instead of the system roots.
+    pub ca_file: Option<String>,
+    /// For mutual TLS: the client certificate, with `key_file`.
+    pub cert_file: Option<String>,
+    /// For mutual TLS: the client certificate's private key, with `cert_file`.
+    pub key_file: Option<String>,
 }
 
 /// `[host]`
@@ -58,6 +93,7 @@ pub struct RawRedis {
 /// consumer = "host-a"
 /// claim_idle_ms = 30000
 /// admin = "127.0.0.1:9464"
+/// forget_consumers_after_ms = 3600000
 /// ```
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -71,6 +107,10 @@ pub struct RawHost {
     pub claim_idle_ms: Option<u64>,
     /// Address of the admin listener (`/metrics`, `/healthz`, `/readyz`); absent: none.
     pub admin: Option<String>,
+    /// How long a consumer with nothing pending must have been idle before
+    /// a live host deletes it from its group; absent:
+    /// [`DEFAULT_FORGET_CONSUMERS_AFTER_MS`].
+    pub forget_consumers_after_ms: Option<u64>,
 }
 
 /// The limits and retry policy a handler runs under; `[defaults]` and each

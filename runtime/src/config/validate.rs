@@ -3,13 +3,15 @@
 use super::error::{ConfigError, Location};
 use super::handler::Handler;
 use super::model::*;
-use super::{Config, base_dir, env, locate};
+use super::{Config, RedisSettings, StreamRules, base_dir, env, locate};
 use crate::limits::{self, Limits, MAX_TOTAL_CONCURRENCY};
 use crate::retry::{self, RetryPolicy};
 use crate::schema::Schemas;
+use crate::stream::retention::Retention;
 use globset::{Glob, GlobSetBuilder};
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// Collects the context every check needs to point at the right line.
@@ -41,7 +43,7 @@ impl Checker<'_> {
 /// Checks `raw` and applies every default.
 pub fn resolve(path: &Path, source: &str, raw: RawConfig) -> Result<Config, ConfigError> {
     let c = Checker { path, source };
-    let redis_url = raw.redis.url.as_deref().map(|u| redis_url(&c, u)).transpose()?;
+    let redis = redis(&c, &raw.redis)?;
     let plugins_dir = base_dir(path).join(raw.host.plugins.as_deref().unwrap_or(DEFAULT_PLUGINS_DIR));
     let consumer = match raw.host.consumer {
         Some(name) => {
@@ -55,23 +57,32 @@ pub fn resolve(path: &Path, source: &str, raw: RawConfig) -> Result<Config, Conf
     let schemas = Arc::new(schemas(&c, &raw.schemas)?);
     let mut handlers = Vec::with_capacity(raw.handlers.len());
     for (name, h) in &raw.handlers {
-        handlers.push(handler(&c, name, h, &raw.defaults, &plugins_dir, &schemas)?);
+        handlers.push(handler(&c, name, h, &raw.defaults, &plugins_dir, &schemas, redis.cluster)?);
     }
     check_claim_idle(&c, claim_idle_ms, &handlers)?;
     check_shared_groups(&c, &handlers)?;
     check_total_concurrency(&c, &handlers)?;
     let source = Arc::from(source);
     let admin = raw.host.admin.as_deref().map(|a| admin_address(&c, a)).transpose()?;
+    let streams = Arc::new(stream_rules(&c, &raw.streams)?);
+    let forget_consumers_after_ms = raw.host.forget_consumers_after_ms.unwrap_or(DEFAULT_FORGET_CONSUMERS_AFTER_MS);
+    c.ensure(
+        forget_consumers_after_ms >= claim_idle_ms,
+        &["host", "forget_consumers_after_ms"],
+        format!("must be at least claim_idle_ms ({claim_idle_ms}): a consumer is only forgotten once nothing of it can be claimed"),
+    )?;
     Ok(Config {
         path: path.to_owned(),
         source,
-        redis_url,
+        redis,
         plugins_dir,
         consumer,
         claim_idle_ms,
         admin,
         handlers,
         schemas,
+        streams,
+        forget_consumers_after_ms,
     })
 }
 
@@ -83,11 +94,62 @@ pub fn plugin_missing(config: &Config, handler: &Handler) -> ConfigError {
     c.invalid(&["handlers", &handler.name, "plugin"], message)
 }
 
+/// `[redis]`: the URL parses, TLS files go with `rediss://` and exist,
+/// a client certificate comes with its key, a cluster has a seed URL.
+fn redis(c: &Checker, raw: &RawRedis) -> Result<RedisSettings, ConfigError> {
+    let key = |k: &'static str| ["redis", k];
+    let url = raw.url.as_deref().map(|u| redis_url(c, u)).transpose()?;
+    // Never echo the URL's password.
+    let shown = url.as_deref().map(crate::stream::redact).unwrap_or_else(|| "the embedded Redis".to_owned());
+    let tls = url.as_deref().is_some_and(|u| u.starts_with("rediss://"));
+    let file = |k: &'static str, value: &Option<String>| -> Result<Option<PathBuf>, ConfigError> {
+        let Some(value) = value else { return Ok(None) };
+        let what = format!("{k} is for rediss:// URLs, and the url is {shown}");
+        c.ensure(tls, &key(k), what)?;
+        let path = base_dir(c.path).join(env::expand(value).map_err(|e| c.invalid(&key(k), e))?);
+        match std::fs::read(&path) {
+            Ok(_) => Ok(Some(path)),
+            Err(e) => Err(c.invalid(&key(k), format!("cannot read {} (for {shown}): {e}", path.display()))),
+        }
+    };
+    let settings = RedisSettings {
+        url,
+        cluster: raw.cluster,
+        ca_file: file("ca_file", &raw.ca_file)?,
+        cert_file: file("cert_file", &raw.cert_file)?,
+        key_file: file("key_file", &raw.key_file)?,
+    };
+    let pair = match (&settings.cert_file, &settings.key_file) {
+        (Some(_), None) => Some(("cert_file", "key_file")),
+        (None, Some(_)) => Some(("key_file", "cert_file")),
+        _ => None,
+    };
+    if let Some((given, missing)) = pair {
+        let message = format!("{given} needs {missing}: set both for mutual TLS, or neither");
+        return Err(c.invalid(&key(given), message));
+    }
+    if settings.cluster {
+        let seed = settings.url.as_deref().is_some_and(|u| !u.starts_with("redis+unix") && !u.starts_with("unix"));
+        c.ensure(
+            seed,
+            &key("cluster"),
+            "cluster = true needs a url: redis:// or rediss:// of one node of the cluster",
+        )?;
+    }
+    Ok(settings)
+}
+
 fn redis_url(c: &Checker, url: &str) -> Result<String, ConfigError> {
     let key = ["redis", "url"];
     let url = env::expand(url).map_err(|e| c.invalid(&key, e))?;
     // Never echo the URL: it may hold a password.
-    redis::parse_redis_url(&url).ok_or_else(|| c.invalid(&key, "not a valid redis:// or rediss:// URL"))?;
+    let parsed =
+        redis::parse_redis_url(&url).ok_or_else(|| c.invalid(&key, "not a valid redis:// or rediss:// URL"))?;
+    c.ensure(
+        parsed.fragment().is_none(),
+        &key,
+        "a URL fragment (#insecure) is not accepted: TLS hostname verification is always on",
+    )?;
     Ok(url)
 }
 
@@ -167,6 +229,7 @@ fn handler(
     defaults: &RawLimits,
     plugins_dir: &Path,
     schemas: &Arc<Schemas>,
+    cluster: bool,
 ) -> Result<Handler, ConfigError> {
     let key = |k: &'static str| ["handlers", name, k];
     c.name(name, &["handlers", name], "a handler name")?;
@@ -196,7 +259,13 @@ fn handler(
         c.name(dl, &key("dead_letter"), "dead_letter")?;
         c.ensure(!h.streams.contains(dl), &key("dead_letter"), "must not be one of the streams the handler consumes")?;
     }
+    // In a cluster, the handler's own keys share its first stream's slot, so
+    // that one script can commit its deliveries (docs/delivery.md).
+    let tag = cluster.then(|| crate::stream::slot::tag_for(&h.streams[0]));
     Ok(Handler {
+        inbox: crate::dead_letter::inbox(name, tag.as_deref()),
+        kv_prefix: crate::wasm::kv_prefix(name, tag.as_deref()),
+        cluster,
         name: name.to_owned(),
         plugin,
         streams: h.streams.clone(),
@@ -227,6 +296,25 @@ fn handler_config(
             Ok((k.clone(), value))
         })
         .collect()
+}
+
+/// `[streams."NAME"]`: globs compiled, bounds checked.
+fn stream_rules(c: &Checker, raw: &BTreeMap<String, RawStream>) -> Result<StreamRules, ConfigError> {
+    let mut rules = Vec::with_capacity(raw.len());
+    for (pattern, s) in raw {
+        let key = |k: &'static str| ["streams", pattern.as_str(), k];
+        let glob = Glob::new(pattern)
+            .map_err(|e| c.invalid(&["streams", pattern], format!("bad glob {pattern:?}: {}", e.kind())))?;
+        if let Some(n) = s.max_len {
+            c.ensure(n >= 1, &key("max_len"), "must be at least 1 (leave it out to keep every entry)")?;
+        }
+        if let Some(ms) = s.max_age_ms {
+            c.ensure(ms >= 1, &key("max_age_ms"), "must be at least 1 (leave it out to keep entries of any age)")?;
+        }
+        let retention = Retention { max_len: s.max_len, max_age: s.max_age_ms.map(std::time::Duration::from_millis) };
+        rules.push((pattern.clone(), glob.compile_matcher(), retention));
+    }
+    Ok(StreamRules::new(rules))
 }
 
 /// `[schemas]`, each file read and compiled against the config's folder.

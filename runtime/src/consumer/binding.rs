@@ -23,7 +23,7 @@ impl Binding {
     }
 
     /// This binding with its key-value reads going to `conn`.
-    pub(super) fn with_kv(self, conn: redis::aio::ConnectionManager) -> Binding {
+    pub(super) fn with_kv(self, conn: crate::stream::Conn) -> Binding {
         Binding { sandbox: self.sandbox.with_kv(conn), ..self }
     }
 }

@@ -23,21 +23,12 @@ const THROTTLE_TIMEOUTS: u32 = 10;
 const THROTTLE_MIN: Duration = Duration::from_secs(1);
 const THROTTLE_MAX: Duration = Duration::from_secs(60);
 
-/// The streams a handler's consumer reads: its configured ones, then its
-/// inbox, where `sluice dlq redrive` and `sluice replay` put events for it
-/// alone.
-pub fn read_streams(handler: &Handler) -> Vec<String> {
-    let mut streams = handler.streams.clone();
-    streams.push(crate::dead_letter::inbox(&handler.name));
-    streams
-}
-
 /// Everything one handler's tasks share.
 pub struct Consumer {
     /// The handler as configured now (swapped by [`Consumer::update`]).
     pub(super) binding: ArcSwap<Binding>,
     /// The handler's name, streams (its own, then its inbox, see
-    /// [`read_streams`]) and group: fixed for a consumer's life (a reload
+    /// [`Handler::read_streams`]) and group: fixed for a consumer's life (a reload
     /// that changes the streams or group replaces the consumer).
     pub(super) handler_name: String,
     pub(super) streams: Vec<String>,
@@ -76,9 +67,9 @@ impl Consumer {
         Arc::new(Consumer {
             handler_name: binding.handler.name.clone(),
             metrics: HandlerMetrics::new(&binding.handler.name),
-            streams: read_streams(&binding.handler),
+            streams: binding.handler.read_streams(),
             group: binding.handler.group.clone(),
-            committer: Committer::start(redis.conn.clone(), binding.handler.group.clone()),
+            committer: Committer::start(redis.conn.clone(), binding.handler.group.clone(), name.clone()),
             binding: ArcSwap::from_pointee(binding),
             redis,
             name,
@@ -91,6 +82,19 @@ impl Consumer {
         })
     }
 
+    /// The streams each read loop reads: all together on one server; in a
+    /// cluster, those of each slot together.
+    fn read_groups(&self) -> Vec<Vec<String>> {
+        if !self.redis.is_cluster() {
+            return vec![self.streams.clone()];
+        }
+        let mut by_slot: std::collections::BTreeMap<u16, Vec<String>> = Default::default();
+        for s in &self.streams {
+            by_slot.entry(stream::slot::of(s)).or_default().push(s.clone());
+        }
+        by_slot.into_values().collect()
+    }
+
     /// The binding new deliveries use.
     pub fn binding(&self) -> Arc<Binding> {
         self.binding.load_full()
@@ -99,7 +103,7 @@ impl Consumer {
     /// Whether `handler` can be served by swapping this consumer's binding
     /// (same streams and group), rather than by a new consumer.
     pub fn can_update_to(&self, handler: &Handler) -> bool {
-        read_streams(handler) == self.streams && handler.group == self.group
+        handler.read_streams() == self.streams && handler.group == self.group
     }
 
     /// Serves new deliveries with `binding`; running ones finish on the old
@@ -128,7 +132,14 @@ impl Consumer {
             self.until_ready(|| self.ensure_groups()).await;
             self.recover_own().await;
             let claimer = tokio::spawn(self.clone().claim_loop().in_current_span());
-            self.clone().read_loop().await;
+            let readers: Vec<_> = self
+                .read_groups()
+                .into_iter()
+                .map(|streams| tokio::spawn(self.clone().read_loop(streams).in_current_span()))
+                .collect();
+            for reader in readers {
+                let _ = reader.await;
+            }
             let _ = claimer.await;
             self.tasks.close();
             self.tasks.wait().await;

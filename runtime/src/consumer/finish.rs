@@ -70,9 +70,13 @@ impl Consumer {
         match decision {
             Decision::Ack { effects } => {
                 let (publishes, kv_writes) = (effects.publishes.len(), effects.kv.len());
-                match self.commit("ack", Commit::ack(&d.stream, &d.entry, &self.handler_name, effects)).await {
+                match self
+                    .commit("ack", Commit::ack(&d.stream, &d.entry, &self.handler_name, &b.handler.kv_prefix, effects))
+                    .await
+                {
                     Some(Committed::Done) => debug!(publishes, kv_writes, "handled"),
                     Some(Committed::AlreadyFinished) => self.already_finished(),
+                    Some(Committed::TakenOver(by)) => self.taken_over(&by),
                     // The handler's output cannot be written: a failed attempt.
                     Some(Committed::Refused(why)) => {
                         let policy = &b.handler.retry;
@@ -109,6 +113,7 @@ impl Consumer {
                 error!(dead_letter = %target, "dead-lettered after {} attempt(s): {reason}", d.attempt);
             }
             Some(Committed::AlreadyFinished) => self.already_finished(),
+            Some(Committed::TakenOver(by)) => self.taken_over(&by),
             Some(Committed::Refused(why)) => error!(
                 "cannot dead-letter ({why}); the entry stays pending and is tried again after claim_idle_ms. Failure: {reason}"
             ),
@@ -127,16 +132,37 @@ impl Consumer {
         );
     }
 
+    /// Another consumer took the entry over while this host worked on it:
+    /// this host was presumed dead (paused, or cut off from Redis, past
+    /// `claim_idle_ms`). It leaves the entry to its new owner.
+    fn taken_over(&self, by: &str) {
+        self.metrics.ownership_lost();
+        warn!(
+            group = %self.group,
+            owner = by,
+            "this host lost the entry to consumer {by}, which took it over after claim_idle_ms (this host was presumed dead); not committing: {by} will"
+        );
+    }
+
     /// Runs a commit (in the consumer's next batch), trying again on Redis
     /// errors. Gives up (`None`) after [`COMMIT_TRIES`]: the entry stays
     /// pending and is claimed again later, so nothing is lost (at worst it
     /// is handled twice).
     async fn commit(&self, what: &str, commit: Commit) -> Option<Committed> {
-        let commit = Arc::new(commit);
+        let commit = Arc::new(match self.redis.is_cluster() {
+            true => commit.routed_for_cluster(),
+            false => commit,
+        });
         let mut wait = Duration::from_millis(100);
         for attempt in 1..=COMMIT_TRIES {
             match self.committer.commit(commit.clone()).await {
                 Ok(committed) => return Some(committed),
+                Err(e) if e.is_no_permission() => {
+                    error!(
+                        "{what} refused: {e}; the Redis user needs the rule in docs/operating.md (ACL users). The entry stays pending"
+                    );
+                    break;
+                }
                 Err(e) if attempt == COMMIT_TRIES => {
                     error!("{what} failed: {e}; the entry stays pending and will be delivered again");
                 }

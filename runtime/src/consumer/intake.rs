@@ -56,14 +56,16 @@ impl Consumer {
         Some(room)
     }
 
-    /// Reads new entries while there is room for them, until shutdown.
-    pub(super) async fn read_loop(self: Arc<Self>) {
+    /// Reads new entries of `streams` while there is room for them, until
+    /// shutdown. One server: one loop reads every stream. A cluster: one
+    /// loop per slot, since one read can only name keys of one slot.
+    pub(super) async fn read_loop(self: Arc<Self>, streams: Vec<String>) {
         let mut reader: Option<Reader> = None;
         while !self.shutdown.is_cancelled() {
             let Some(permit) = self.permit().await else { break };
             let r = match reader.as_mut() {
                 Some(r) => r,
-                None => match self.connect_reader().await {
+                None => match self.connect_reader(&streams).await {
                     Ok(r) => reader.insert(r),
                     Err(e) => {
                         warn!("{e:#}; trying again");
@@ -83,18 +85,20 @@ impl Consumer {
         }
     }
 
-    async fn connect_reader(&self) -> Result<Reader, Error> {
+    async fn connect_reader(&self, streams: &[String]) -> Result<Reader, Error> {
         let conn = self.redis.blocking_connection(READ_BLOCK).await?;
-        Reader::new(conn, &self.group, &self.name, &self.streams).await
+        Reader::new(conn, &self.group, &self.name, streams).await
     }
 
     /// One blocking read. On shutdown the block is interrupted (`CLIENT
     /// UNBLOCK`) rather than abandoned, so whatever it already took is still
-    /// dispatched and nothing is left pending unseen.
+    /// dispatched and nothing is left pending unseen. (In a cluster it runs
+    /// to the end of its block.)
     async fn read_until_cancelled(&self, r: &mut Reader, room: usize) -> Result<Vec<Delivery>, Error> {
         let client_id = r.client_id;
         let read = r.read_new(room, READ_BLOCK);
         tokio::pin!(read);
+        let Some(client_id) = client_id else { return read.await };
         tokio::select! {
             result = &mut read => result,
             _ = self.shutdown.cancelled() => {

@@ -19,4 +19,4 @@ mod finish;
 mod intake;
 
 pub use binding::Binding;
-pub use consumer::{Consumer, read_streams};
+pub use consumer::Consumer;

@@ -5,7 +5,7 @@
 
 use super::dlq::DeadLetter;
 use super::session::Session;
-use crate::dead_letter::{self, replay_fields};
+use crate::dead_letter::replay_fields;
 use crate::event::Entry;
 use crate::stream;
 use anyhow::bail;
@@ -72,9 +72,8 @@ pub async fn redrive(session: &mut Session, entries: &[DeadLetter], pace: Pace) 
         let inbox_id = match pace.dry_run {
             true => None,
             false => {
-                let inbox = dead_letter::inbox(&d.handler);
-                stream::move_to_inbox(&mut session.conn, &d.dead_letter_stream, &d.id, &inbox, &d.inbox_fields())
-                    .await?
+                let inbox = &session.config.handler(&d.handler).expect("checked above").inbox;
+                stream::move_to_inbox(&mut session.conn, &d.dead_letter_stream, &d.id, inbox, &d.inbox_fields()).await?
             }
         };
         done.push(Redriven { dead_letter_id: d.id.clone(), handler: d.handler.clone(), inbox_id, still_invalid: None });
@@ -105,10 +104,9 @@ pub async fn replay(
     }
     let entries = stream::range(&mut session.conn, stream_name, &from.to_string(), &to.to_string()).await?;
     if !dry_run {
-        let inbox = dead_letter::inbox(handler);
         for chunk in entries.chunks(500) {
             let copies: Vec<_> = chunk.iter().map(|e| replay_fields(stream_name, e)).collect();
-            stream::add_to_inbox(&mut session.conn, &inbox, &copies).await?;
+            stream::add_to_inbox(&mut session.conn, &h.inbox, &copies).await?;
         }
     }
     Ok(entries)

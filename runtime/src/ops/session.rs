@@ -4,8 +4,7 @@
 
 use crate::config::Config;
 use crate::embedded::RedisTarget;
-use anyhow::Context;
-use redis::aio::MultiplexedConnection;
+use crate::stream::{Conn, Redis};
 use std::path::Path;
 
 /// A loaded config and a connection to its Redis.
@@ -13,7 +12,7 @@ pub struct Session {
     /// The config, validated (its plugin files need not exist).
     pub config: Config,
     /// The connection to the config's Redis.
-    pub conn: MultiplexedConnection,
+    pub conn: Conn,
 }
 
 impl Session {
@@ -25,10 +24,9 @@ impl Session {
         work: impl AsyncFnOnce(&mut Session) -> anyhow::Result<T>,
     ) -> anyhow::Result<T> {
         let config = Config::load_unchecked(config_path)?;
-        let target = RedisTarget::resolve(config.redis_url.as_deref(), &config.state_dir()).await?;
+        let target = RedisTarget::resolve(config.redis.url.as_deref(), &config.state_dir()).await?;
         let result = async {
-            let client = redis::Client::open(target.url())?;
-            let conn = client.get_multiplexed_async_connection().await.context("cannot connect to Redis")?;
+            let conn = Redis::connect(target.url(), &config.redis).await?.conn;
             work(&mut Session { config, conn }).await
         }
         .await;

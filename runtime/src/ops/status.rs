@@ -4,7 +4,6 @@
 use super::session::Session;
 use super::time;
 use crate::config::Config;
-use crate::consumer::read_streams;
 use crate::dead_letter;
 use crate::stream;
 use crate::wasm;
@@ -60,7 +59,7 @@ pub async fn rows(conn: &mut impl ConnectionLike, config: &Config) -> Result<Vec
     let now = time::now_ms();
     let mut rows = Vec::new();
     for h in &config.handlers {
-        for s in read_streams(h) {
+        for s in h.read_streams() {
             let info = stream::group_info(conn, &s, &h.group).await?;
             let dead_letters = match dead_letter::is_inbox(&s) {
                 true => 0,

@@ -92,7 +92,9 @@ impl Reloader {
             Ok(new) => {
                 fixed.warn_if_changed(&new.config);
                 self.current.store(Arc::new(new.config.clone()));
+                let config = new.config.clone();
                 let versions = apply(fleet, new).await;
+                fleet.ensure_relays(&config);
                 info!(versions = ?versions, "reloaded");
                 metrics::reloaded(true);
                 ReloadReport::Applied { versions }
@@ -123,7 +125,7 @@ async fn next_signal(signal: &mut Option<tokio::signal::unix::Signal>) -> Option
 
 /// Settings that only take effect on restart.
 struct HostSettings {
-    redis_url: Option<String>,
+    redis: crate::config::RedisSettings,
     consumer: String,
     claim_idle_ms: u64,
     plugins_dir: PathBuf,
@@ -132,7 +134,7 @@ struct HostSettings {
 impl HostSettings {
     fn of(c: &Config) -> HostSettings {
         HostSettings {
-            redis_url: c.redis_url.clone(),
+            redis: c.redis.clone(),
             consumer: c.consumer.clone(),
             claim_idle_ms: c.claim_idle_ms,
             plugins_dir: c.plugins_dir.clone(),
@@ -155,7 +157,7 @@ impl HostSettings {
     }
 
     fn warn_if_changed(&self, c: &Config) {
-        let changed = self.redis_url != c.redis_url
+        let changed = self.redis != c.redis
             || self.consumer != c.consumer
             || self.claim_idle_ms != c.claim_idle_ms
             || self.plugins_dir != c.plugins_dir;

@@ -8,6 +8,7 @@
 -- write, dominates.
 --
 -- ARGV[1]      the consumer group
+-- ARGV[2]      the consumer committing (this host's name in the group)
 -- then, per delivery:
 --   KEYS       the stream its entry was read from, then the key of each write
 --   ARGV       the entry id, the number of writes, then per write: its kind
@@ -20,10 +21,12 @@
 --                group, so nothing was written. Either an earlier try of this
 --                same commit went through (its reply was lost), or the entry
 --                was taken over by another consumer, which finished it
---                first. A commit for an entry that another consumer has
---                taken over but not yet finished is still written: whichever
---                consumer commits first wins, and the other gets 0, so an
---                entry's output is never written twice;
+--                first;
+--   {-2, owner}  taken over: the entry is pending with another consumer,
+--                which took it over (after claim_idle_ms, this host being
+--                presumed dead) and will finish it; nothing was written. So
+--                only the entry's owner ever commits it, and its output is
+--                never written twice;
 --   {-1, reason} refused: a write cannot be applied (a target holds
 --                something other than a stream, or a write kind this script
 --                does not know); nothing of this delivery was written and its
@@ -49,9 +52,9 @@ local function refusal(kind, key)
   return nil
 end
 
-local group = ARGV[1]
+local group, consumer = ARGV[1], ARGV[2]
 local results = {}
-local k, a = 1, 2
+local k, a = 1, 3
 while a <= #ARGV do
   local origin, id, count = KEYS[k], ARGV[a], tonumber(ARGV[a + 1])
   k, a = k + 1, a + 2
@@ -67,13 +70,13 @@ while a <= #ARGV do
     writes[w] = { kind, KEYS[k], args }
     k = k + 1
   end
+  local pending = redis.call('XPENDING', origin, group, id, id, 1)[1]
   if refused then
     results[#results + 1] = { -1, refused }
-  elseif count == 0 then
-    -- Nothing to write, so nothing to protect from a repeat: just the ack.
-    results[#results + 1] = redis.call('XACK', origin, group, id)
-  elseif #redis.call('XPENDING', origin, group, id, id, 1) == 0 then
+  elseif not pending then
     results[#results + 1] = 0
+  elseif pending[2] ~= consumer then
+    results[#results + 1] = { -2, pending[2] }
   else
     for _, w in ipairs(writes) do
       WRITES[w[1]](w[2], w[3])

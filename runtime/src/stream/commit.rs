@@ -4,11 +4,17 @@
 //! acknowledges its entry, all or nothing per delivery. The writes are typed
 //! here ([`WriteKind`]), the script refuses any kind it does not know, and
 //! each delivery's result is one of three values ([`Committed`]).
+//!
+//! In a Redis Cluster one script can only touch keys of one slot. A write
+//! whose key is in another slot than the entry's stream goes, in the same
+//! script, to the stream's outbox ([`Commit::routed_for_cluster`]), and
+//! [`super::relay`] moves it to its target exactly once.
 
 use super::error::{Context, Error};
+use super::slot;
 use crate::dead_letter::{self, Failure};
 use crate::event::{self, Entry};
-use crate::wasm::{Effects, KvWrite, kv_key};
+use crate::wasm::{Effects, KvWrite};
 use redis::Value;
 use redis::aio::ConnectionLike;
 use std::sync::LazyLock;
@@ -28,6 +34,10 @@ pub enum Committed {
     /// stream); nothing was written and the entry is still pending. Trying
     /// again will not help until someone fixes the key.
     Refused(String),
+    /// The entry is pending with another consumer, named here, which took
+    /// it over (this host was presumed dead: paused, or cut off, past
+    /// `claim_idle_ms`) and will finish it. Nothing was written.
+    TakenOver(String),
 }
 
 /// What finishing one delivery writes: its entry's ack, and before it the
@@ -54,14 +64,23 @@ pub enum WriteKind {
 }
 
 impl WriteKind {
-    /// Its name in the script's arguments (`WRITES` in `commit.lua`).
-    fn wire(self) -> &'static str {
+    /// Every kind.
+    pub const ALL: [WriteKind; 4] = [WriteKind::Xadd, WriteKind::Set, WriteKind::Del, WriteKind::Xdel];
+
+    /// Its name in the scripts' arguments (`WRITES` in `commit.lua` and
+    /// `relay.lua`).
+    pub fn wire(self) -> &'static str {
         match self {
             WriteKind::Xadd => "xadd",
             WriteKind::Set => "set",
             WriteKind::Del => "del",
             WriteKind::Xdel => "xdel",
         }
+    }
+
+    /// The kind named `wire`.
+    pub fn from_wire(wire: &str) -> Option<WriteKind> {
+        WriteKind::ALL.into_iter().find(|k| k.wire() == wire)
     }
 }
 
@@ -73,17 +92,29 @@ struct Write {
     args: Vec<Vec<u8>>,
 }
 
+impl Write {
+    /// This write as an entry of `outbox` (see [`Relayed::parse`]).
+    fn into_outbox(self, outbox: &str) -> Write {
+        let mut args =
+            vec![b"kind".to_vec(), self.kind.wire().as_bytes().to_vec(), b"key".to_vec(), self.key.into_bytes()];
+        for a in self.args {
+            args.extend([b"a".to_vec(), a]);
+        }
+        Write { kind: WriteKind::Xadd, key: outbox.to_owned(), args }
+    }
+}
+
 impl Commit {
     /// Acknowledges `entry` of `stream` and applies `effects` (publishes,
-    /// key-value writes) of `handler`.
-    pub fn ack(stream: &str, entry: &Entry, handler: &str, effects: Effects) -> Commit {
+    /// key-value writes under `kv_prefix`) of `handler`.
+    pub fn ack(stream: &str, entry: &Entry, handler: &str, kv_prefix: &str, effects: Effects) -> Commit {
         let cause_id = match effects.publishes.is_empty() {
             true => String::new(),
             false => dead_letter::origin(stream, entry).1,
         };
         let publishes =
             effects.publishes.iter().map(|p| xadd(&p.stream, event::published_fields(p, handler, entry, &cause_id)));
-        let kv = effects.kv.into_iter().map(|w| kv_write(handler, w));
+        let kv = effects.kv.into_iter().map(|w| kv_write(kv_prefix, w));
         let writes = publishes.chain(kv).chain(delete_if_inbox(stream, &entry.id)).collect();
         Commit { stream: stream.to_owned(), id: entry.id.clone(), writes }
     }
@@ -100,6 +131,66 @@ impl Commit {
     pub fn entry(&self) -> (&str, &str) {
         (&self.stream, &self.id)
     }
+
+    /// This commit for a Redis Cluster: every write whose key is not in
+    /// the slot of the entry's stream becomes an entry of that stream's
+    /// outbox, written in the same script as the ack, so the commit stays
+    /// atomic in one slot.
+    pub fn routed_for_cluster(mut self) -> Commit {
+        let home = slot::of(&self.stream);
+        if self.writes.iter().all(|w| slot::of(&w.key) == home) {
+            return self;
+        }
+        let outbox = outbox(&self.stream);
+        self.writes = self
+            .writes
+            .into_iter()
+            .map(|w| if slot::of(&w.key) == home { w } else { w.into_outbox(&outbox) })
+            .collect();
+        self
+    }
+
+    /// Whether every write is in the slot of the entry's stream (the
+    /// one-script path in a cluster; always, on one server).
+    pub fn in_one_slot(&self) -> bool {
+        let home = slot::of(&self.stream);
+        self.writes.iter().all(|w| slot::of(&w.key) == home)
+    }
+}
+
+/// The outbox of `stream` in a Redis Cluster: a stream of Sluice's own in
+/// the same slot, holding writes to other slots until they are relayed.
+pub fn outbox(stream: &str) -> String {
+    format!("sluice:outbox:{}", slot::tag_for(stream))
+}
+
+/// A write waiting in an outbox: what to do, to which key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Relayed {
+    /// The write's kind.
+    pub kind: WriteKind,
+    /// Its target key.
+    pub key: String,
+    /// Its arguments.
+    pub args: Vec<Vec<u8>>,
+}
+
+impl Relayed {
+    /// The write an outbox entry holds (`kind`, `key`, then `a` per
+    /// argument); `None` if it holds something else.
+    pub fn parse(entry: &Entry) -> Option<Relayed> {
+        let mut fields = entry.fields.iter();
+        let kind = match fields.next()? {
+            (k, v) if k == "kind" => WriteKind::from_wire(std::str::from_utf8(v).ok()?)?,
+            _ => return None,
+        };
+        let key = match fields.next()? {
+            (k, v) if k == "key" => String::from_utf8(v.clone()).ok()?,
+            _ => return None,
+        };
+        let args = fields.map(|(k, v)| (k == "a").then(|| v.clone())).collect::<Option<Vec<_>>>()?;
+        Some(Relayed { kind, key, args })
+    }
 }
 
 /// For an entry of a handler's inbox, its deletion, in the same commit as
@@ -113,15 +204,17 @@ fn delete_if_inbox(stream: &str, id: &str) -> Option<Write> {
     })
 }
 
-/// Runs `commits` (entries read through `group`) in one script. One result
-/// per commit, in order; an error means nothing was written.
+/// Runs `commits` (entries read through `group` by `consumer`) in one
+/// script. One result per commit, in order; an error means nothing was
+/// written.
 pub async fn commit_batch<'a>(
     conn: &mut impl ConnectionLike,
     group: &str,
+    consumer: &str,
     commits: impl IntoIterator<Item = &'a Commit>,
 ) -> Result<Vec<Committed>, Error> {
     let mut call = COMMIT.prepare_invoke();
-    call.arg(group);
+    call.arg(group).arg(consumer);
     let mut count = 0;
     for c in commits {
         count += 1;
@@ -142,8 +235,13 @@ pub async fn commit_batch<'a>(
 }
 
 /// Runs one commit on its own; see [`commit_batch`].
-pub async fn commit_one(conn: &mut impl ConnectionLike, group: &str, commit: Commit) -> Result<Committed, Error> {
-    let mut results = commit_batch(conn, group, [&commit]).await?;
+pub async fn commit_one(
+    conn: &mut impl ConnectionLike,
+    group: &str,
+    consumer: &str,
+    commit: Commit,
+) -> Result<Committed, Error> {
+    let mut results = commit_batch(conn, group, consumer, [&commit]).await?;
     Ok(results.pop().expect("one result per commit"))
 }
 
@@ -157,6 +255,9 @@ fn result(reply: &Value) -> Option<Committed> {
             [Value::Int(-1), Value::BulkString(reason)] => {
                 Some(Committed::Refused(String::from_utf8_lossy(reason).into_owned()))
             }
+            [Value::Int(-2), Value::BulkString(owner)] => {
+                Some(Committed::TakenOver(String::from_utf8_lossy(owner).into_owned()))
+            }
             _ => None,
         },
         _ => None,
@@ -168,16 +269,16 @@ fn xadd(stream: &str, fields: Vec<(String, Vec<u8>)>) -> Write {
     Write { kind: WriteKind::Xadd, key: stream.to_owned(), args }
 }
 
-fn kv_write(handler: &str, w: KvWrite) -> Write {
+fn kv_write(kv_prefix: &str, w: KvWrite) -> Write {
     match w {
         KvWrite::Set { key, value, ttl_ms } => {
             let mut args = vec![value];
             if let Some(ms) = ttl_ms {
                 args.extend([b"PX".to_vec(), ms.to_string().into_bytes()]);
             }
-            Write { kind: WriteKind::Set, key: kv_key(handler, &key), args }
+            Write { kind: WriteKind::Set, key: format!("{kv_prefix}{key}"), args }
         }
-        KvWrite::Delete { key } => Write { kind: WriteKind::Del, key: kv_key(handler, &key), args: vec![] },
+        KvWrite::Delete { key } => Write { kind: WriteKind::Del, key: format!("{kv_prefix}{key}"), args: vec![] },
     }
 }
 
@@ -188,9 +289,29 @@ mod tests {
     #[test]
     fn every_write_kind_is_one_the_script_knows() {
         let script = include_str!("commit.lua");
-        for kind in [WriteKind::Xadd, WriteKind::Set, WriteKind::Del, WriteKind::Xdel] {
+        for kind in WriteKind::ALL {
             assert!(script.contains(&format!("  {} = function(key, args)", kind.wire())), "{kind:?}");
         }
+    }
+
+    #[test]
+    fn a_write_to_another_slot_goes_through_the_outbox_and_reads_back() {
+        let entry = Entry { id: "1-0".into(), fields: vec![("type".into(), b"t".to_vec())] };
+        let publish =
+            |stream: &str| crate::wasm::Publish { stream: stream.into(), event_type: "x".into(), data: b"{}".to_vec() };
+        let effects = Effects { publishes: vec![publish("{shop}:payments"), publish("elsewhere")], kv: vec![] };
+        let commit = Commit::ack("{shop}:orders", &entry, "h", "sluice:kv:{shop}:h:", effects);
+        assert!(!commit.in_one_slot());
+        let routed = commit.routed_for_cluster();
+        assert!(routed.in_one_slot(), "{routed:?}");
+        let keys: Vec<&str> = routed.writes.iter().map(|w| w.key.as_str()).collect();
+        assert_eq!(keys, ["{shop}:payments", "sluice:outbox:{shop}"]);
+        let queued = &routed.writes[1];
+        let fields =
+            queued.args.chunks(2).map(|kv| (String::from_utf8(kv[0].clone()).unwrap(), kv[1].clone())).collect();
+        let relayed = Relayed::parse(&Entry { id: "2-0".into(), fields }).unwrap();
+        assert_eq!((relayed.kind, relayed.key.as_str()), (WriteKind::Xadd, "elsewhere"));
+        assert_eq!(relayed.args[..2], [b"type".to_vec(), b"x".to_vec()]);
     }
 
     #[test]
@@ -199,6 +320,8 @@ mod tests {
         assert_eq!(result(&Value::Int(0)), Some(Committed::AlreadyFinished));
         let refused = Value::Array(vec![Value::Int(-1), Value::BulkString(b"x holds a string".to_vec())]);
         assert_eq!(result(&refused), Some(Committed::Refused("x holds a string".into())));
+        let taken = Value::Array(vec![Value::Int(-2), Value::BulkString(b"host-b".to_vec())]);
+        assert_eq!(result(&taken), Some(Committed::TakenOver("host-b".into())));
         assert_eq!(result(&Value::BulkString(b"SLUICE_WRONGTYPE x".to_vec())), None);
         assert_eq!(result(&Value::Int(2)), None);
     }

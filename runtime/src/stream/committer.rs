@@ -1,11 +1,14 @@
 //! Batching commits: deliveries hand their [`Commit`] to a consumer's
-//! `Committer`, whose task sends whatever has gathered as one script. While
-//! one batch is in flight the next gathers, so under load each call to Redis
-//! finishes many deliveries, and a lone delivery is sent at once.
+//! `Committer`, whose task sends whatever has gathered as one script (in a
+//! Redis Cluster, one script per slot, sent together). While one batch is in
+//! flight the next gathers, so under load each call to Redis finishes many
+//! deliveries, and a lone delivery is sent at once.
 
 use super::commit::{Commit, Committed, commit_batch};
+use super::conn::Conn;
 use super::error::Error;
-use redis::aio::ConnectionManager;
+use super::slot;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
@@ -25,10 +28,10 @@ struct Job {
 }
 
 impl Committer {
-    /// Starts the task that commits, through `group`, on `conn`.
-    pub fn start(conn: ConnectionManager, group: String) -> Committer {
+    /// Starts the task that commits, through `group` as `consumer`, on `conn`.
+    pub fn start(conn: Conn, group: String, consumer: String) -> Committer {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(conn, group, rx));
+        tokio::spawn(run(conn, Who { group, consumer }, rx));
         Committer { tx }
     }
 
@@ -42,20 +45,48 @@ impl Committer {
     }
 }
 
-async fn run(mut conn: ConnectionManager, group: String, mut rx: mpsc::UnboundedReceiver<Job>) {
+/// Whose commits these are: a group, and this host's consumer in it.
+struct Who {
+    group: String,
+    consumer: String,
+}
+
+async fn run(conn: Conn, who: Who, mut rx: mpsc::UnboundedReceiver<Job>) {
     let mut jobs = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut jobs, MAX_BATCH).await > 0 {
-        match commit_batch(&mut conn, &group, jobs.iter().map(|j| &*j.commit)).await {
-            Ok(results) => {
-                for (job, result) in jobs.drain(..).zip(results) {
-                    let _ = job.reply.send(Ok(result));
-                }
+        match &conn {
+            Conn::Cluster(_) => commit_by_slot(&conn, &who, &mut jobs).await,
+            _ => commit_together(conn.clone(), &who, &mut jobs).await,
+        }
+    }
+}
+
+/// Commits every job in one script and answers each.
+async fn commit_together(mut conn: Conn, who: &Who, jobs: &mut Vec<Job>) {
+    match commit_batch(&mut conn, &who.group, &who.consumer, jobs.iter().map(|j| &*j.commit)).await {
+        Ok(results) => {
+            for (job, result) in jobs.drain(..).zip(results) {
+                let _ = job.reply.send(Ok(result));
             }
-            Err(e) => {
-                for job in jobs.drain(..) {
-                    let _ = job.reply.send(Err(e.clone()));
-                }
+        }
+        Err(e) => {
+            for job in jobs.drain(..) {
+                let _ = job.reply.send(Err(e.clone()));
             }
         }
     }
+}
+
+/// Commits the jobs in one script per slot of their streams (a cluster
+/// script touches one slot), all at once.
+async fn commit_by_slot(conn: &Conn, who: &Who, jobs: &mut Vec<Job>) {
+    let mut by_slot: BTreeMap<u16, Vec<Job>> = BTreeMap::new();
+    for job in jobs.drain(..) {
+        by_slot.entry(slot::of(job.commit.entry().0)).or_default().push(job);
+    }
+    let batches = by_slot.into_values().map(|mut batch| {
+        let conn = conn.clone();
+        async move { commit_together(conn, who, &mut batch).await }
+    });
+    futures::future::join_all(batches).await;
 }

@@ -1,50 +1,292 @@
-//! Redis connections by role: a shared, auto-reconnecting one for commands
-//! and a dedicated one per blocking reader.
+//! Reaching Redis: one server or a Redis Cluster, over plain TCP, TLS
+//! (server-authenticated or mutual, with the system roots or a private CA)
+//! or a Unix socket, as an ACL user or the default one. Connections by role:
+//! a shared, auto-reconnecting one for commands, and a dedicated one per
+//! blocking reader. Failures to connect are explained in one line that names
+//! the URL (password masked).
 
 use super::error::{Context, Error};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::{AsyncConnectionConfig, Client};
+use crate::config::RedisSettings;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
+use redis::{AsyncConnectionConfig, Client, ClientTlsConfig, Cmd, Pipeline, RedisFuture, TlsCertificates, Value};
 use std::time::Duration;
 
 /// Response timeout for ordinary commands (acks, publishes, claims).
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connection timeout for every connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a cluster command is retried (after MOVED, ASK, TRYAGAIN, or a
+/// node that went away) before it fails.
+const CLUSTER_RETRIES: u32 = 16;
 
-/// A Redis server: a client to open connections with, and one shared
+/// A connection to Redis, whichever kind: every command in `stream` goes
+/// through one of these.
+#[derive(Clone)]
+pub enum Conn {
+    /// One server, multiplexed and auto-reconnecting.
+    Managed(ConnectionManager),
+    /// One server, a connection of its own (a blocking reader).
+    Dedicated(MultiplexedConnection),
+    /// A Redis Cluster: each command goes to the node serving its keys'
+    /// slot; MOVED, ASK and TRYAGAIN are followed, and the topology is
+    /// refreshed when it changes (resharding, failover).
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Managed(c) => c.req_packed_command(cmd),
+            Conn::Dedicated(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Managed(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Dedicated(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Managed(c) => c.get_db(),
+            Conn::Dedicated(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// How to open connections: to one server, or to a cluster.
+#[derive(Clone)]
+// One per host, built once: its size does not matter.
+#[allow(clippy::large_enum_variant)]
+enum Connector {
+    Single(Client),
+    Cluster(Box<ClusterConnector>),
+}
+
+/// What opening cluster connections takes: a client for ordinary ones, and
+/// the seed and certificates to build clients with longer timeouts.
+#[derive(Clone)]
+struct ClusterConnector {
+    client: ClusterClient,
+    url: String,
+    certs: Option<TlsCertificates>,
+}
+
+/// A Redis deployment: how to open connections to it, and one shared
 /// connection for everything that does not block.
 #[derive(Clone)]
 pub struct Redis {
-    client: Client,
-    /// Multiplexed and auto-reconnecting; used by every task concurrently.
-    pub conn: ConnectionManager,
+    connector: Connector,
+    /// `url`, password masked, for messages.
+    shown: String,
+    /// Shared by every task; reconnects on its own.
+    pub conn: Conn,
 }
 
 impl Redis {
-    /// Connects to `url`.
-    pub async fn connect(url: &str) -> Result<Redis, Error> {
-        let what = || format!("connecting to Redis at {}", redact(url));
-        let client = Client::open(url).context(what)?;
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(COMMAND_TIMEOUT))
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_number_of_retries(3);
-        let conn = ConnectionManager::new_with_config(client.clone(), config).await.context(what)?;
-        Ok(Redis { client, conn })
+    /// Connects to the Redis at `url` (from `[redis] url`, or the embedded
+    /// server's) as `settings` say: one server or a cluster seed, TLS
+    /// certificates. Fails with one line naming the URL and the reason.
+    pub async fn connect(url: &str, settings: &RedisSettings) -> Result<Redis, Error> {
+        let shown = redact(url);
+        let what = || format!("connecting to Redis at {shown}");
+        let certs = certificates(settings).map_err(|e| Error::new(what(), e))?;
+        let (connector, conn) = match settings.cluster {
+            false => {
+                let client = match certs {
+                    Some(certs) => Client::build_with_tls(url, certs),
+                    None => Client::open(url),
+                }
+                .context(what)?;
+                let config = ConnectionManagerConfig::new()
+                    .set_response_timeout(Some(COMMAND_TIMEOUT))
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_number_of_retries(1);
+                let conn = ConnectionManager::new_with_config(client.clone(), config)
+                    .await
+                    .map_err(|e| explained(what(), e))?;
+                (Connector::Single(client), Conn::Managed(conn))
+            }
+            true => {
+                let client = cluster_client(url, certs.clone(), COMMAND_TIMEOUT).context(what)?;
+                let conn = client.get_async_connection().await.map_err(|e| explained(what(), e))?;
+                (
+                    Connector::Cluster(Box::new(ClusterConnector { client, url: url.to_owned(), certs })),
+                    Conn::Cluster(conn),
+                )
+            }
+        };
+        let mut redis = Redis { connector, shown, conn };
+        redis.ping().await?;
+        Ok(redis)
     }
 
-    /// A connection of its own for `XREADGROUP BLOCK block`: its response
-    /// timeout is the block plus `COMMAND_TIMEOUT` (the default 500 ms would
-    /// cut every blocking read; none at all would hang on a dead connection).
-    pub async fn blocking_connection(&self, block: Duration) -> Result<MultiplexedConnection, Error> {
-        let config = AsyncConnectionConfig::new()
-            .set_response_timeout(Some(block + COMMAND_TIMEOUT))
-            .set_connection_timeout(Some(CONNECT_TIMEOUT));
-        self.client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-            .context(|| "opening a reader connection to Redis".into())
+    /// Whether this is a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.connector, Connector::Cluster(_))
     }
+
+    /// The URL, password masked.
+    pub fn shown(&self) -> &str {
+        &self.shown
+    }
+
+    /// `PING`, on the shared connection: fails with the reason (a wrong
+    /// password, a user without the permission, a dead server).
+    pub async fn ping(&mut self) -> Result<(), Error> {
+        let what = || format!("PING to Redis at {}", self.shown);
+        let reply: Result<String, redis::RedisError> = redis::cmd("PING").query_async(&mut self.conn).await;
+        reply.map(drop).map_err(|e| explained(what(), e))
+    }
+
+    /// A connection of its own for blocking reads of up to `block`: its
+    /// response timeout is the block plus the command timeout (the default
+    /// 500 ms would cut every blocking read; none at all would hang on a
+    /// dead connection).
+    pub async fn blocking_connection(&self, block: Duration) -> Result<Conn, Error> {
+        let what = || format!("opening a reader connection to Redis at {}", self.shown);
+        match &self.connector {
+            Connector::Single(client) => {
+                let config = AsyncConnectionConfig::new()
+                    .set_response_timeout(Some(block + COMMAND_TIMEOUT))
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT));
+                let conn = client.get_multiplexed_async_connection_with_config(&config).await.context(what)?;
+                Ok(Conn::Dedicated(conn))
+            }
+            Connector::Cluster(c) => {
+                let client = cluster_client(&c.url, c.certs.clone(), block + COMMAND_TIMEOUT).context(what)?;
+                Ok(Conn::Cluster(client.get_async_connection().await.context(what)?))
+            }
+        }
+    }
+
+    /// A fresh cluster client's connection, or a new multiplexed one: for a
+    /// caller that wants a connection of its own without blocking reads.
+    pub async fn own_connection(&self) -> Result<Conn, Error> {
+        let what = || format!("opening a connection to Redis at {}", self.shown);
+        match &self.connector {
+            Connector::Single(client) => {
+                Ok(Conn::Dedicated(client.get_multiplexed_async_connection().await.context(what)?))
+            }
+            Connector::Cluster(c) => Ok(Conn::Cluster(c.client.get_async_connection().await.context(what)?)),
+        }
+    }
+}
+
+/// A client of the cluster `url` is a seed node of, whose commands wait up
+/// to `response_timeout`.
+fn cluster_client(
+    url: &str,
+    certs: Option<TlsCertificates>,
+    response_timeout: Duration,
+) -> Result<ClusterClient, redis::RedisError> {
+    let mut builder = ClusterClientBuilder::new([url])
+        .retries(CLUSTER_RETRIES)
+        .connection_timeout(CONNECT_TIMEOUT)
+        .response_timeout(response_timeout);
+    if let Some(certs) = certs {
+        builder = builder.certs(certs);
+    }
+    builder.build()
+}
+
+/// The certificates `settings` name, read from their files; `None` when
+/// there are none (a `rediss://` URL then trusts the system roots).
+fn certificates(settings: &RedisSettings) -> Result<Option<TlsCertificates>, redis::RedisError> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| {
+            redis::RedisError::from(std::io::Error::new(e.kind(), format!("cannot read {}: {e}", path.display())))
+        })
+    };
+    let root_cert = settings.ca_file.as_deref().map(read).transpose()?;
+    let client_tls = match (&settings.cert_file, &settings.key_file) {
+        (Some(cert), Some(key)) => Some(ClientTlsConfig { client_cert: read(cert)?, client_key: read(key)? }),
+        _ => None,
+    };
+    Ok((root_cert.is_some() || client_tls.is_some()).then_some(TlsCertificates { client_tls, root_cert }))
+}
+
+/// A connection failure of `what`, with its cause said plainly where Sluice
+/// can tell it (a TLS problem, a refused login) and Redis's own words after.
+fn explained(what: String, e: redis::RedisError) -> Error {
+    // A plain-text server waits for more of the "command" a TLS hello looks
+    // like, so the handshake times out.
+    if what.contains("rediss://") && e.is_timeout() {
+        let why = "no TLS answer in time: is this a plain-text port (use redis:// for it), or is the host unreachable?";
+        return Error::new(format!("{what}: {why}"), e);
+    }
+    match explanation(&e) {
+        Some(why) => Error::new(format!("{what}: {why}"), e),
+        None => Error::new(what, e),
+    }
+}
+
+/// What a connection failure means, when it is one a user can fix.
+fn explanation(e: &redis::RedisError) -> Option<&'static str> {
+    use rustls::{AlertDescription, CertificateError, Error as Tls};
+    if let Some(code) = e.code() {
+        return match code {
+            "WRONGPASS" => Some("the user name or password is wrong"),
+            "NOAUTH" => Some("the server requires a password: put user:password in the URL"),
+            "NOPERM" => Some("the user lacks a permission Sluice needs (docs/operating.md, ACL users)"),
+            _ => None,
+        };
+    }
+    if let Some(tls) = find::<Tls>(e) {
+        return Some(match tls {
+            Tls::InvalidCertificate(CertificateError::UnknownIssuer | CertificateError::BadSignature) => {
+                "the server's TLS certificate is not signed by a CA Sluice trusts (ca_file, or the system roots)"
+            }
+            Tls::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            ) => "the server's TLS certificate is not for this host name (hostname verification is always on)",
+            Tls::InvalidCertificate(CertificateError::Expired | CertificateError::ExpiredContext { .. }) => {
+                "the server's TLS certificate has expired"
+            }
+            Tls::InvalidCertificate(_) => "the server's TLS certificate is not valid",
+            Tls::InvalidMessage(_) | Tls::InappropriateMessage { .. } => {
+                "the server did not answer in TLS: is this a plain-text port? (use redis:// for it)"
+            }
+            Tls::AlertReceived(AlertDescription::CertificateRequired | AlertDescription::BadCertificate) => {
+                "the server wants a client certificate it trusts (cert_file and key_file)"
+            }
+            Tls::AlertReceived(AlertDescription::UnknownCA) => {
+                "the server does not trust the client certificate (cert_file): its CA did not sign it"
+            }
+            _ => "the TLS handshake failed",
+        });
+    }
+    None
+}
+
+/// The first error of type `T` among `err` and its causes, looking inside
+/// the wrappers redis-rs and std use (an `Arc` of an error, an `io::Error`
+/// around another), whose `source()` skips what they wrap.
+fn find<'a, T: std::error::Error + 'static>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a T> {
+    type Shared = std::sync::Arc<dyn std::error::Error + Send + Sync>;
+    if let Some(found) = err.downcast_ref::<T>() {
+        return Some(found);
+    }
+    if let Some(found) = err.downcast_ref::<Shared>().and_then(|inner| find::<T>(inner.as_ref())) {
+        return Some(found);
+    }
+    let io = err.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref());
+    if let Some(found) = io.and_then(|inner| find::<T>(inner)) {
+        return Some(found);
+    }
+    err.source().and_then(find::<T>)
 }
 
 /// `url` without its password, for messages.
@@ -55,5 +297,19 @@ pub fn redact(url: &str) -> String {
             u.to_string()
         }
         _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_masked() {
+        assert_eq!(
+            redact("rediss://sluice:s3cret@cache.example.com:6380"),
+            "rediss://sluice:***@cache.example.com:6380"
+        );
+        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
     }
 }

@@ -58,6 +58,11 @@ impl Error {
         self.code() == Some("NOGROUP")
     }
 
+    /// The Redis user may not run this command on this key (an ACL rule).
+    pub fn is_no_permission(&self) -> bool {
+        self.code() == Some("NOPERM")
+    }
+
     /// The key does not exist (`XINFO` on a missing stream).
     pub fn is_no_such_key(&self) -> bool {
         self.redis().is_some_and(|e| e.code() == Some("ERR") && e.detail() == Some("no such key"))

@@ -36,8 +36,16 @@ pub async fn range(conn: &mut impl ConnectionLike, stream: &str, start: &str, en
     }
 }
 
-/// Moves entry `id` of `dead_letter` into `inbox` as an entry with `fields`,
-/// in one script. `None` if the entry was no longer there.
+/// How long the marker of a cross-slot redrive lives: far longer than any
+/// redrive that was interrupted between its two steps takes to be run again.
+const REDRIVE_MARKER_TTL_MS: u64 = 7 * 24 * 3600 * 1000;
+
+/// Moves entry `id` of `dead_letter` into `inbox` as an entry with `fields`.
+/// `None` if the entry was no longer there. In one script when both streams
+/// share a slot (always, on one server); in a cluster where they do not,
+/// the copy is added at most once (a marker beside the inbox remembers it)
+/// and the dead-letter entry deleted after, so an interrupted redrive run
+/// again neither loses nor doubles it.
 pub async fn move_to_inbox(
     conn: &mut impl ConnectionLike,
     dead_letter: &str,
@@ -45,6 +53,9 @@ pub async fn move_to_inbox(
     inbox: &str,
     fields: &[(String, Vec<u8>)],
 ) -> Result<Option<String>, Error> {
+    if super::slot::of(dead_letter) != super::slot::of(inbox) {
+        return move_across_slots(conn, dead_letter, id, inbox, fields).await;
+    }
     static SCRIPT: std::sync::LazyLock<redis::Script> =
         std::sync::LazyLock::new(|| redis::Script::new(include_str!("copy.lua")));
     let mut invocation = SCRIPT.key(dead_letter);
@@ -53,6 +64,31 @@ pub async fn move_to_inbox(
         invocation.arg(k).arg(v);
     }
     invocation.invoke_async(conn).await.context(|| format!("moving {dead_letter} {id} to {inbox}"))
+}
+
+/// [`move_to_inbox`] between two slots of a cluster.
+async fn move_across_slots(
+    conn: &mut impl ConnectionLike,
+    dead_letter: &str,
+    id: &str,
+    inbox: &str,
+    fields: &[(String, Vec<u8>)],
+) -> Result<Option<String>, Error> {
+    static SCRIPT: std::sync::LazyLock<redis::Script> =
+        std::sync::LazyLock::new(|| redis::Script::new(include_str!("copy_once.lua")));
+    if range(conn, dead_letter, id, id).await?.is_empty() {
+        return Ok(None);
+    }
+    let marker = format!("sluice:redriven:{}:{dead_letter}:{id}", super::slot::tag_for(inbox));
+    let mut invocation = SCRIPT.key(&marker);
+    invocation.key(inbox).arg(REDRIVE_MARKER_TTL_MS);
+    for (k, v) in fields {
+        invocation.arg(k).arg(v);
+    }
+    let copy: String =
+        invocation.invoke_async(conn).await.context(|| format!("copying {dead_letter} {id} to {inbox}"))?;
+    delete(conn, dead_letter, &[id.to_owned()]).await?;
+    Ok(Some(copy))
 }
 
 /// Adds entries with `fields` to `inbox`, in one round trip; their ids.

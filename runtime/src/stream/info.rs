@@ -63,7 +63,7 @@ pub async fn length(conn: &mut impl ConnectionLike, stream: &str) -> Result<u64,
 }
 
 /// A RESP3 map or a RESP2 flat `[k, v, k, v]` array, as pairs.
-fn pairs(v: &Value) -> Vec<(String, Value)> {
+pub(super) fn pairs(v: &Value) -> Vec<(String, Value)> {
     match v {
         Value::Map(m) => m.iter().filter_map(|(k, v)| Some((text(k)?, v.clone()))).collect(),
         other => items(other).chunks_exact(2).filter_map(|kv| Some((text(&kv[0])?, kv[1].clone()))).collect(),

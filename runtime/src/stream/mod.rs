@@ -2,21 +2,29 @@
 //! groups, reading and claiming entries, and the transactions that
 //! acknowledge or dead-letter them.
 
+pub mod acl;
 mod commit;
 mod committer;
 mod conn;
 mod error;
 mod group;
+pub mod hygiene;
 mod inbox;
 mod info;
+mod lease;
 mod read;
+mod relay;
 mod reply;
+pub mod retention;
+pub mod slot;
 
-pub use commit::{Commit, Committed, WriteKind, commit_batch, commit_one};
+pub use commit::{Commit, Committed, Relayed, WriteKind, commit_batch, commit_one, outbox};
 pub use committer::Committer;
-pub use conn::{Redis, redact};
+pub use conn::{Conn, Redis, redact};
 pub use error::{Context, Error, ErrorKind};
 pub use group::ensure_group;
 pub use inbox::{add_to_inbox, delete, move_to_inbox, range};
 pub use info::{GroupInfo, group_info, length};
+pub use lease::Lease;
 pub use read::{Delivery, Reader, autoclaim, claim, own_pending, unblock};
+pub use relay::Relay;

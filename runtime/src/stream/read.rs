@@ -3,10 +3,11 @@
 //! consumers with `XAUTOCLAIM`. Each comes with its attempt number, which is
 //! Redis's delivery count, so it survives restarts.
 
+use super::conn::Conn;
 use super::error::{Context, Error};
 use super::reply;
 use crate::event::Entry;
-use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::aio::ConnectionLike;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -26,9 +27,11 @@ pub struct Delivery {
 
 /// A consumer's blocking reader of new entries, on a connection of its own.
 pub struct Reader {
-    conn: MultiplexedConnection,
-    /// The connection's `CLIENT ID`, to interrupt a blocked read.
-    pub client_id: i64,
+    conn: Conn,
+    /// The connection's `CLIENT ID`, to interrupt a blocked read; `None` in
+    /// a cluster, where a read's connection is one per node (a shutdown then
+    /// waits for the block to end).
+    pub client_id: Option<i64>,
     group: String,
     consumer: String,
     streams: Vec<String>,
@@ -36,13 +39,11 @@ pub struct Reader {
 
 impl Reader {
     /// A reader for `consumer` of `group` on `streams`.
-    pub async fn new(
-        mut conn: MultiplexedConnection,
-        group: &str,
-        consumer: &str,
-        streams: &[String],
-    ) -> Result<Reader, Error> {
-        let client_id = redis::cmd("CLIENT").arg("ID").query_async(&mut conn).await.context(|| "CLIENT ID".into())?;
+    pub async fn new(mut conn: Conn, group: &str, consumer: &str, streams: &[String]) -> Result<Reader, Error> {
+        let client_id = match conn {
+            Conn::Cluster(_) => None,
+            _ => Some(redis::cmd("CLIENT").arg("ID").query_async(&mut conn).await.context(|| "CLIENT ID".into())?),
+        };
         Ok(Reader {
             conn,
             client_id,

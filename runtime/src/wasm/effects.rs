@@ -41,7 +41,11 @@ pub struct Effects {
     pub kv: Vec<KvWrite>,
 }
 
-/// The Redis key of handler `handler`'s key `key`.
-pub fn kv_key(handler: &str, key: &str) -> String {
-    format!("sluice:kv:{handler}:{key}")
+/// What handler `handler`'s key-value keys start with: `sluice:kv:<handler>:`;
+/// with a hash `tag` (in a cluster), `sluice:kv:<tag>:<handler>:`.
+pub fn kv_prefix(handler: &str, tag: Option<&str>) -> String {
+    match tag {
+        Some(tag) => format!("sluice:kv:{tag}:{handler}:"),
+        None => format!("sluice:kv:{handler}:"),
+    }
 }

@@ -15,7 +15,7 @@ mod state;
 mod usage;
 
 pub use cache::{ComponentCache, Source, hex};
-pub use effects::{Effects, KvWrite, Publish, kv_key};
+pub use effects::{Effects, KvWrite, Publish, kv_prefix};
 pub use engine::Runtime;
 pub use executor::Executor;
 pub use http::HttpGrant;

@@ -3,7 +3,7 @@
 
 use super::bindings::sluice::plugin::host::{self, Level};
 use super::bindings::sluice::plugin::{config, kv, types};
-use super::effects::{Effects, KvWrite, Publish, kv_key};
+use super::effects::{Effects, KvWrite, Publish};
 use super::http::HttpGrant;
 use super::output::Captured;
 use super::reuse::InstancePool;
@@ -11,7 +11,7 @@ use super::usage::Usage;
 use crate::config::{Handler, Isolation};
 use crate::limits::{MAX_STDIO_BYTES, MAX_TABLE_ELEMENTS};
 use crate::schema::Schemas;
-use redis::aio::ConnectionManager;
+use crate::stream::Conn;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,8 +23,10 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 /// What a handler is allowed: fixed per handler, shared by its deliveries.
 #[derive(Debug)]
 pub struct Grants {
-    /// The handler's name, for messages and its key-value prefix.
+    /// The handler's name, for messages.
     pub handler: String,
+    /// What its key-value keys start with.
+    pub kv_prefix: String,
     /// Streams it may publish to.
     pub publish: Vec<String>,
     /// Linear memory cap, in bytes.
@@ -42,6 +44,7 @@ impl Grants {
     pub fn for_handler(handler: &Handler) -> Grants {
         Grants {
             handler: handler.name.clone(),
+            kv_prefix: handler.kv_prefix.clone(),
             publish: handler.publish.clone(),
             memory_bytes: handler.limits.memory_bytes,
             config: handler.config.clone(),
@@ -62,7 +65,7 @@ pub struct Sandbox {
     /// Fuel per delivery; `None`: unlimited.
     pub fuel: Option<u64>,
     /// Where `kv.get` reads; `None` offline (reads then find nothing).
-    pub kv: Option<ConnectionManager>,
+    pub kv: Option<Conn>,
     /// Idle instances kept for reuse (`isolation = "reuse"`); `None`: a
     /// fresh instance per delivery.
     pub pool: Option<Arc<InstancePool>>,
@@ -77,7 +80,7 @@ impl Sandbox {
     }
 
     /// This sandbox with key-value reads from `conn`.
-    pub fn with_kv(mut self, conn: ConnectionManager) -> Sandbox {
+    pub fn with_kv(mut self, conn: Conn) -> Sandbox {
         self.kv = Some(conn);
         self
     }
@@ -89,7 +92,7 @@ pub struct EventState {
     wasi: WasiCtx,
     table: ResourceTable,
     grants: Arc<Grants>,
-    kv: Option<ConnectionManager>,
+    kv: Option<Conn>,
     http: WasiHttpCtx,
     http_grant: HttpGrant,
     /// Output counted against the per-delivery limits.
@@ -237,7 +240,7 @@ impl kv::Host for EventState {
         }
         let Some(conn) = self.kv.as_mut() else { return Ok(Ok(None)) };
         let value: redis::RedisResult<Option<Vec<u8>>> =
-            redis::cmd("GET").arg(kv_key(&self.grants.handler, &key)).query_async(conn).await;
+            redis::cmd("GET").arg(format!("{}{key}", self.grants.kv_prefix)).query_async(conn).await;
         Ok(value.map_err(|e| format!("kv unavailable: {e}")))
     }
 

@@ -3,7 +3,6 @@
 
 use super::{RedisServer, plugins_dir};
 use redis::AsyncCommands;
-use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamId, StreamRangeReply};
 use sluice::config::Config;
 use sluice::host::RunOptions;
@@ -28,9 +27,18 @@ impl Fixture {
     }
 
     fn write(dir: tempfile::TempDir, redis: &RedisServer, plugins: &str, host: &str, handlers: &str) -> Fixture {
+        Self::write_with(dir, &format!("url = \"{}\"", redis.url()), plugins, host, handlers)
+    }
+
+    /// A config whose `[redis]` table holds `redis` (its keys as TOML), with
+    /// `[host]` keys `host` and the given handler tables.
+    pub fn with_redis(redis: &str, host: &str, handlers: &str) -> Fixture {
+        Self::write_with(tempfile::tempdir().unwrap(), redis, &plugins_dir().display().to_string(), host, handlers)
+    }
+
+    fn write_with(dir: tempfile::TempDir, redis: &str, plugins: &str, host: &str, handlers: &str) -> Fixture {
         let config_path = dir.path().join("config.toml");
-        let text =
-            format!("[redis]\nurl = \"{}\"\n\n[host]\nplugins = \"{plugins}\"\n{host}\n\n{handlers}\n", redis.url());
+        let text = format!("[redis]\n{redis}\n\n[host]\nplugins = \"{plugins}\"\n{host}\n\n{handlers}\n");
         std::fs::write(&config_path, text).unwrap();
         Fixture { dir, config_path }
     }
@@ -139,18 +147,24 @@ impl RunningHost {
     }
 }
 
+/// What the helpers below talk to Redis through: one server's connection
+/// or a cluster's.
+pub trait Conn: redis::aio::ConnectionLike + Clone + Send + Sync {}
+
+impl<T: redis::aio::ConnectionLike + Clone + Send + Sync> Conn for T {}
+
 /// Adds an entry with `fields` to `stream`.
-pub async fn xadd(conn: &mut MultiplexedConnection, stream: &str, fields: &[(&str, &str)]) -> String {
+pub async fn xadd(conn: &mut impl Conn, stream: &str, fields: &[(&str, &str)]) -> String {
     conn.xadd(stream, "*", fields).await.unwrap()
 }
 
 /// Adds a `behave` event: type `event_type`, data `data` (JSON).
-pub async fn send(conn: &mut MultiplexedConnection, stream: &str, event_type: &str, data: serde_json::Value) -> String {
+pub async fn send(conn: &mut impl Conn, stream: &str, event_type: &str, data: serde_json::Value) -> String {
     xadd(conn, stream, &[("type", event_type), ("data", &data.to_string())]).await
 }
 
 /// Every entry of `stream`.
-pub async fn entries(conn: &mut MultiplexedConnection, stream: &str) -> Vec<StreamId> {
+pub async fn entries(conn: &mut impl Conn, stream: &str) -> Vec<StreamId> {
     let reply: StreamRangeReply = conn.xrange_all(stream).await.unwrap();
     reply.ids
 }
@@ -162,7 +176,7 @@ pub fn field(entry: &StreamId, name: &str) -> String {
 
 /// How many entries of `stream` are pending in `group` (0 if the group does
 /// not exist yet).
-pub async fn pending(conn: &mut MultiplexedConnection, stream: &str, group: &str) -> usize {
+pub async fn pending(conn: &mut impl Conn, stream: &str, group: &str) -> usize {
     let v: redis::RedisResult<redis::Value> = redis::cmd("XPENDING").arg(stream).arg(group).query_async(conn).await;
     match v {
         Ok(redis::Value::Array(parts)) => match parts.first() {
@@ -175,7 +189,7 @@ pub async fn pending(conn: &mut MultiplexedConnection, stream: &str, group: &str
 
 /// How many entries `group` has finished with: those up to its last
 /// delivered id, minus those still pending.
-pub async fn finished(conn: &mut MultiplexedConnection, stream: &str, group: &str) -> usize {
+pub async fn finished(conn: &mut impl Conn, stream: &str, group: &str) -> usize {
     let groups: redis::RedisResult<redis::streams::StreamInfoGroupsReply> = conn.xinfo_groups(stream).await;
     let Ok(groups) = groups else { return 0 }; // the host has not created the stream yet
     let Some(g) = groups.groups.iter().find(|g| g.name == group) else { return 0 };
@@ -184,7 +198,7 @@ pub async fn finished(conn: &mut MultiplexedConnection, stream: &str, group: &st
 }
 
 /// Waits until `group` has finished `n` entries of `stream`.
-pub async fn until_finished(conn: &MultiplexedConnection, stream: &str, group: &str, n: usize) {
+pub async fn until_finished(conn: &impl Conn, stream: &str, group: &str, n: usize) {
     let what = format!("{n} entries of {stream} finished by {group}");
     super::eventually(super::SOON, &what, || {
         let mut c = conn.clone();
@@ -194,7 +208,7 @@ pub async fn until_finished(conn: &MultiplexedConnection, stream: &str, group: &
 }
 
 /// Waits until `stream` holds at least `n` entries and returns them all.
-pub async fn until_entries(conn: &MultiplexedConnection, stream: &str, n: usize) -> Vec<StreamId> {
+pub async fn until_entries(conn: &impl Conn, stream: &str, n: usize) -> Vec<StreamId> {
     super::eventually(super::SOON, &format!("{n} entries in {stream}"), || {
         let mut c = conn.clone();
         async move {
@@ -206,7 +220,7 @@ pub async fn until_entries(conn: &MultiplexedConnection, stream: &str, n: usize)
 }
 
 /// Waits until exactly `n` entries of `stream` are pending in `group`.
-pub async fn until_pending(conn: &MultiplexedConnection, stream: &str, group: &str, n: usize) {
+pub async fn until_pending(conn: &impl Conn, stream: &str, group: &str, n: usize) {
     let what = format!("{n} entries of {stream} pending in {group}");
     super::eventually(super::SOON, &what, || {
         let mut c = conn.clone();
@@ -217,7 +231,7 @@ pub async fn until_pending(conn: &MultiplexedConnection, stream: &str, group: &s
 
 /// Reads every new entry of `stream` as consumer `c` of `group`, leaving
 /// them pending: a delivery in progress, as a host would have it.
-pub async fn read_pending(conn: &mut MultiplexedConnection, stream: &str, group: &str) {
+pub async fn read_pending(conn: &mut impl Conn, stream: &str, group: &str) {
     let _: redis::Value = redis::cmd("XREADGROUP")
         .arg("GROUP")
         .arg(group)

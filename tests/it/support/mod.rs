@@ -1,13 +1,17 @@
 //! Test support: a real redis-server per test, the plugins built once, a
 //! config written per test, and polling against a deadline.
 
+mod cluster;
 mod host;
 mod redis_server;
+mod tls;
 
+pub use cluster::Cluster;
 pub use host::{
     Fixture, entries, field, finished, pending, read_pending, send, until_entries, until_finished, until_pending, xadd,
 };
-pub use redis_server::RedisServer;
+pub use redis_server::{RedisServer, free_port};
+pub use tls::Pki;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -51,6 +55,18 @@ where
 
 /// The default deadline for something that should happen quickly.
 pub const SOON: Duration = Duration::from_secs(15);
+
+/// (status code, body) of `GET path` from `127.0.0.1:port`.
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    let code = reply.split(' ').nth(1).unwrap().parse().unwrap();
+    let body = reply.split_once("\r\n\r\n").unwrap().1.to_owned();
+    (code, body)
+}
 
 /// Sends the host's log to the test's captured output (shown when it fails).
 pub fn log_to_test_output() {

@@ -1,0 +1,104 @@
+//! The least a Redis ACL user needs to run Sluice: the commands in
+//! [`COMMANDS`] (those Sluice sends, and those its scripts call), on the
+//! keys a config names ([`key_patterns`]). `sluice acl` prints the rule to
+//! paste; docs/operating.md shows it for the shipped config, and a test
+//! checks the two agree and runs everything as a user made from the rule.
+
+use crate::config::Config;
+use std::collections::BTreeSet;
+
+/// Every command Sluice runs, with the reason. Subcommands are written
+/// `command|subcommand`, as `ACL SETUSER` takes them.
+pub const COMMANDS: &[(&str, &str)] = &[
+    ("ping", "checking the connection"),
+    ("client|id", "naming a reader's connection, to interrupt its blocking read on shutdown"),
+    ("client|unblock", "interrupting a blocking read on shutdown"),
+    ("xgroup|create", "creating each handler's consumer group"),
+    ("xgroup|delconsumer", "forgetting consumers left behind by stopped hosts (forget_consumers_after_ms)"),
+    ("xreadgroup", "reading new entries"),
+    (
+        "xpending",
+        "taking back this host's own entries after a restart, and checking, in the commit, that an entry is still pending",
+    ),
+    ("xclaim", "taking entries back for a retry"),
+    ("xautoclaim", "taking over entries abandoned by dead hosts"),
+    ("xack", "acknowledging entries (in the commit)"),
+    ("xadd", "publishing, dead-lettering, `sluice publish`, redrive and replay"),
+    ("xdel", "deleting inbox entries once handled, redriven dead letters, and `dlq purge`"),
+    ("xrange", "`sluice dlq`, replay, redrive"),
+    ("xlen", "`sluice status` and the metrics"),
+    ("xinfo|groups", "`sluice status`, the metrics, readiness, and trimming (each group's progress)"),
+    ("xinfo|consumers", "finding consumers left behind by stopped hosts"),
+    ("xtrim", "keeping streams within their `[streams]` bounds"),
+    ("type", "refusing a commit whose target is not a stream (in the commit)"),
+    ("get", "kv.get, and leases"),
+    ("set", "kv.set (in the commit), and leases"),
+    ("del", "kv.delete (in the commit)"),
+    ("hget", "the relay's marks (Redis Cluster)"),
+    ("hset", "the relay's marks (Redis Cluster)"),
+    ("evalsha", "running the commit, redrive, relay and lease scripts"),
+    ("script|load", "loading those scripts"),
+    ("cluster|slots", "learning a Redis Cluster's layout"),
+];
+
+/// The key patterns `config` needs: every stream its handlers read,
+/// publish to or dead-letter into, and Sluice's own keys (`sluice:*`:
+/// inboxes, kv, outboxes, leases). Glob characters in a name are escaped.
+pub fn key_patterns(config: &Config) -> Vec<String> {
+    let mut keys = BTreeSet::new();
+    for h in &config.handlers {
+        for s in &h.streams {
+            keys.insert(escape(s));
+            keys.insert(escape(&h.dead_letter_stream(s)));
+        }
+        keys.extend(h.publish.iter().map(|p| escape(p)));
+    }
+    let own = "sluice:*".to_owned();
+    keys.retain(|k| !k.starts_with("sluice:"));
+    std::iter::once(own).chain(keys).collect()
+}
+
+/// The `ACL SETUSER` line for user `user` of `config`, with `PASSWORD` to
+/// replace: on, no keys or channels but its own, no commands but
+/// [`COMMANDS`].
+pub fn rule(config: &Config, user: &str) -> String {
+    let keys: Vec<String> = key_patterns(config).iter().map(|k| format!("~{k}")).collect();
+    let commands: Vec<String> = COMMANDS.iter().map(|(c, _)| format!("+{c}")).collect();
+    format!("ACL SETUSER {user} on >PASSWORD resetkeys resetchannels {} -@all {}", keys.join(" "), commands.join(" "))
+}
+
+/// `name` as an ACL key pattern that matches it alone.
+fn escape(name: &str) -> String {
+    name.chars().fold(String::new(), |mut out, c| {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+        out
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_characters_in_names_are_escaped() {
+        assert_eq!(escape("orders.*"), "orders.\\*");
+        assert_eq!(escape("{shop}:orders"), "{shop}:orders");
+    }
+
+    #[test]
+    fn the_rule_names_every_stream_and_only_sluices_own_keys_beyond() {
+        let toml = "[handlers.p]\nplugin = \"/p.wasm\"\nstreams = [\"orders\"]\npublish = [\"payments\"]\n[handlers.a]\nplugin = \"/a.wasm\"\nstreams = [\"orders\", \"payments\"]\ndead_letter = \"all:dlq\"\n";
+        let config = Config::parse_unchecked(std::path::Path::new("c.toml"), toml).unwrap();
+        assert_eq!(key_patterns(&config), ["sluice:*", "all:dlq", "orders", "orders:dlq", "payments"]);
+        let rule = rule(&config, "sluice");
+        assert!(
+            rule.starts_with("ACL SETUSER sluice on >PASSWORD resetkeys resetchannels ~sluice:* ~all:dlq"),
+            "{rule}"
+        );
+        assert!(rule.contains(" -@all +ping +client|id "), "{rule}");
+        assert!(!rule.contains("setinfo"), "Redis 7.0 does not know CLIENT SETINFO: {rule}");
+    }
+}

@@ -1,0 +1,128 @@
+//! Upkeep for a deployment that runs for months, done by one host at a time
+//! (a short lease in Redis, so that N hosts do not do it N times): every few
+//! seconds, each stream with a `[streams]` bound is trimmed without losing
+//! what a group still needs ([`crate::stream::retention`]); every minute,
+//! consumers that left their groups are forgotten
+//! ([`crate::stream::hygiene`]). Both log what an operator must know and
+//! count it in metrics.
+
+use crate::config::Config;
+use crate::metrics;
+use crate::stream::{Lease, Redis, hygiene, retention};
+use arc_swap::ArcSwap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// How often streams are trimmed.
+pub const TRIM_EVERY: Duration = Duration::from_secs(5);
+/// How often idle consumers are looked for.
+const FORGET_EVERY: Duration = Duration::from_secs(60);
+/// How long the upkeep lease lasts without renewal.
+const LEASE_TTL: Duration = Duration::from_secs(15);
+/// How often a stream held over its bound by the same group is warned about.
+const WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// The upkeep task of one host.
+pub struct Upkeep {
+    redis: Redis,
+    /// The config in force (swapped on reload).
+    config: Arc<ArcSwap<Config>>,
+    lease: Lease,
+    /// This host's consumer name, never forgotten.
+    me: String,
+    /// When each (stream, group) holding a stream over its bound was last warned about.
+    warned: BTreeMap<(String, String), Instant>,
+    last_forget: Option<Instant>,
+}
+
+impl Upkeep {
+    /// Upkeep for the streams of `config`, by this host (`me`, its consumer name).
+    pub fn new(redis: Redis, config: Arc<ArcSwap<Config>>, me: String) -> Upkeep {
+        let lease = Lease::new("sluice:upkeep-lease".into(), me.clone(), LEASE_TTL);
+        Upkeep { redis, config, lease, me, warned: BTreeMap::new(), last_forget: None }
+    }
+
+    /// Runs until `shutdown` is cancelled.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        loop {
+            tokio::select! { _ = tokio::time::sleep(TRIM_EVERY) => {}, _ = shutdown.cancelled() => return }
+            match self.lease.hold(&mut self.redis.conn).await {
+                Ok(true) => self.round().await,
+                Ok(false) => {}
+                Err(e) => warn!("upkeep (trimming streams, forgetting idle consumers) cannot take its lease: {e}"),
+            }
+        }
+    }
+
+    /// One round: trim every bounded stream, and now and then forget idle consumers.
+    async fn round(&mut self) {
+        let config = self.config.load_full();
+        for (stream, bound) in bounded_streams(&config) {
+            self.trim(&stream, &bound).await;
+        }
+        if self.last_forget.is_none_or(|t| t.elapsed() >= FORGET_EVERY) {
+            self.last_forget = Some(Instant::now());
+            self.forget(&config).await;
+        }
+    }
+
+    async fn trim(&mut self, stream: &str, bound: &retention::Retention) {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        match retention::trim(&mut self.redis.conn, stream, bound, now).await {
+            Ok(t) => {
+                metrics::stream_trimmed(stream, t.removed, t.length, t.held_back_by.as_deref());
+                if let Some(group) = t.held_back_by {
+                    let key = (stream.to_owned(), group);
+                    if self.warned.get(&key).is_none_or(|at| at.elapsed() >= WARN_EVERY) {
+                        self.warned.insert(key.clone(), Instant::now());
+                        warn!(stream, group = %key.1, length = t.length, "stream {stream} stays over its bound ({}): group {} has not yet read or acknowledged the entries the bound would remove, so they are kept", describe(bound), key.1);
+                    }
+                }
+            }
+            Err(e) => warn!(stream, "cannot trim stream {stream}: {e}"),
+        }
+    }
+
+    async fn forget(&mut self, config: &Config) {
+        let idle = Duration::from_millis(config.forget_consumers_after_ms);
+        for h in &config.handlers {
+            for stream in h.read_streams() {
+                match hygiene::forget_idle(&mut self.redis.conn, &stream, &h.group, &self.me, idle).await {
+                    Ok(gone) => {
+                        for c in gone {
+                            metrics::consumer_forgotten(&h.group);
+                            info!(stream, group = %h.group, consumer = %c.name, "forgot consumer {} of group {} on {stream}: idle {} s with nothing pending", c.name, h.group, c.idle.as_secs());
+                        }
+                    }
+                    Err(e) => warn!(stream, group = %h.group, "cannot look for idle consumers: {e}"),
+                }
+            }
+        }
+    }
+}
+
+/// Every stream `config` knows (those its handlers read, publish to and
+/// dead-letter into, and their inboxes) that a `[streams]` table bounds,
+/// with its bound.
+pub fn bounded_streams(config: &Config) -> Vec<(String, retention::Retention)> {
+    let mut names = BTreeSet::new();
+    for h in &config.handlers {
+        for s in &h.streams {
+            names.insert(s.clone());
+            names.insert(h.dead_letter_stream(s));
+        }
+        names.insert(h.inbox.clone());
+        names.extend(h.publish.iter().cloned());
+    }
+    names.into_iter().filter_map(|s| config.streams.retention(&s).map(|r| (s, r))).collect()
+}
+
+/// `bound` in words, for the log.
+fn describe(bound: &retention::Retention) -> String {
+    let len = bound.max_len.map(|n| format!("max_len {n}"));
+    let age = bound.max_age.map(|a| format!("max_age_ms {}", a.as_millis()));
+    len.into_iter().chain(age).collect::<Vec<_>>().join(", ")
+}

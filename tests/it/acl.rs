@@ -1,0 +1,138 @@
+//! Sluice as a Redis ACL user with the least it needs: a user made from the
+//! rule `sluice acl` prints (the one docs/operating.md shows) runs the whole
+//! path. Anything the rule lacks shows as Redis's own NOPERM entry in
+//! `ACL LOG`, which names the command and key, and fails the test.
+
+use crate::support::*;
+use serde_json::{Value, json};
+use sluice::config::Config;
+use std::process::Command;
+
+/// The `ACL LOG` entries of `conn`'s server, one line each: every command
+/// or key a user was refused, with the reason, the object and the user.
+async fn denied(conn: &mut redis::aio::MultiplexedConnection) -> Vec<String> {
+    fn text(v: &redis::Value) -> String {
+        match v {
+            redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+            redis::Value::SimpleString(s) => s.clone(),
+            redis::Value::Int(n) => n.to_string(),
+            redis::Value::Double(d) => d.to_string(),
+            redis::Value::Array(items) | redis::Value::Set(items) => {
+                items.iter().map(text).collect::<Vec<_>>().join(" ")
+            }
+            redis::Value::Map(pairs) => {
+                pairs.iter().map(|(k, v)| format!("{}={}", text(k), text(v))).collect::<Vec<_>>().join(" ")
+            }
+            other => format!("{other:?}"),
+        }
+    }
+    let log: Vec<redis::Value> = redis::cmd("ACL").arg("LOG").query_async(conn).await.unwrap();
+    log.iter().map(text).collect()
+}
+
+/// Polls `check` until it returns `Some`; after [`SOON`], fails with what
+/// Redis refused the ACL user meanwhile (its NOPERM errors, naming the
+/// command and key).
+async fn until<T>(
+    conn: &mut redis::aio::MultiplexedConnection,
+    what: &str,
+    check: impl AsyncFn(&mut redis::aio::MultiplexedConnection) -> Option<T>,
+) -> T {
+    let deadline = std::time::Instant::now() + SOON;
+    loop {
+        if let Some(v) = check(conn).await {
+            return v;
+        }
+        if std::time::Instant::now() > deadline {
+            panic!("timed out waiting for: {what}; refused by Redis: {:#?}", denied(conn).await);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}
+
+fn sluice(args: &[&str], fx: &Fixture) -> String {
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_sluice")).args(args).arg("--config").arg(&fx.config_path).output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "sluice {args:?} as the ACL user failed:\n{stdout}{stderr}");
+    stdout.into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_rule_is_enough_for_the_whole_path() {
+    let redis = RedisServer::start();
+    let admin = free_port();
+    let url = format!("redis://sluice:s3cret@127.0.0.1:{}", redis.port);
+    // Claims, trimming and consumer hygiene run too.
+    let handlers = "[streams.\"out\"]\nmax_len = 1\n[handlers.h]\nplugin = \"behave.wasm\"\nstreams = [\"in\"]\npublish = [\"out\"]\nmax_attempts = 2\nbackoff_ms = 10\ntimeout_ms = 500\n";
+    let host_keys = format!("admin = \"127.0.0.1:{admin}\"\nclaim_idle_ms = 1000\nforget_consumers_after_ms = 1000");
+    let fx = Fixture::with_redis(&format!("url = \"{url}\""), &host_keys, handlers);
+    let rule = sluice(&["acl", "--user", "sluice"], &fx);
+    let mut root = redis.conn().await;
+    let words: Vec<String> = rule.trim().replace(">PASSWORD", ">s3cret").split(' ').map(String::from).collect();
+    let _: () = redis::cmd(&words[0]).arg(&words[1..]).query_async(&mut root).await.unwrap();
+    let _: () = redis::cmd("ACL").arg("LOG").arg("RESET").query_async(&mut root).await.unwrap();
+    // A consumer a stopped host left behind.
+    sluice::stream::ensure_group(&mut root, "in", "h").await.unwrap();
+    let _: i64 =
+        redis::cmd("XGROUP").arg("CREATECONSUMER").arg("in").arg("h").arg("gone").query_async(&mut root).await.unwrap();
+    assert!(Config::load(&fx.config_path).unwrap().redis.url.unwrap().starts_with("redis://sluice:"));
+
+    let host = fx.start();
+    let publish = json!({"action": "publish", "publish": [{"stream": "out", "type": "done", "data": {}}]});
+    let events = [
+        publish,
+        json!({"action": "kv_incr", "key": "k", "out": "out"}),
+        json!({"action": "fail_until", "n": 2, "delay_ms": 10}),
+        json!({"action": "reject", "reason": "no"}),
+    ];
+    for data in &events {
+        send(&mut root, "in", "t", data.clone()).await;
+    }
+    let why = |log: &[String]| format!("refused by Redis: {log:#?}");
+    until(&mut root, "every event handled as the ACL user", async |c| {
+        (finished(c, "in", "h").await == 4 && entries(c, "in:dlq").await.len() == 1).then_some(())
+    })
+    .await;
+    assert_eq!(entries(&mut root, "out").await.len(), 2, "{}", why(&denied(&mut root).await));
+    let (code, body) = http_get(admin, "/readyz");
+    assert_eq!(code, 200, "{body}");
+    let (code, metrics) = http_get(admin, "/metrics");
+    assert!(code == 200 && metrics.contains("sluice_pending"), "{metrics}");
+
+    assert!(sluice(&["status"], &fx).contains("ok"));
+    assert!(sluice(&["dlq", "list"], &fx).contains("1 entry"));
+    sluice(&["dlq", "redrive", "--handler", "h"], &fx);
+    sluice(&["replay", "--stream", "in", "--handler", "h", "--from", "-1h"], &fx);
+    let replayed = until(&mut root, "the redrive and the replay handled", async |c| {
+        let dead = entries(c, "in:dlq").await;
+        let history = dead.len() == 2 && dead.iter().any(|e| e.map.contains_key("sluice.history"));
+        let inbox_done = entries(c, "sluice:inbox:h").await.is_empty();
+        (history && inbox_done).then_some(dead)
+    })
+    .await;
+    until(&mut root, "out trimmed to its bound, and the idle consumer forgotten", async |c| {
+        let consumers = sluice::stream::hygiene::consumers(c, "in", "h").await.unwrap();
+        (entries(c, "out").await.len() == 1 && !consumers.iter().any(|c| c.name == "gone")).then_some(())
+    })
+    .await;
+    host.stop().await;
+    let shown: Vec<Value> = serde_json::from_str(&sluice(&["dlq", "list", "--json"], &fx)).unwrap();
+    assert_eq!(shown.len(), replayed.len());
+    let refused = denied(&mut root).await;
+    assert!(refused.is_empty(), "{}", why(&refused));
+}
+
+#[test]
+fn operating_md_shows_the_rule_for_the_shipped_config() {
+    let config = Config::load_unchecked(&repo().join("config.toml")).unwrap();
+    let rule = sluice::stream::acl::rule(&config, "sluice");
+    let doc = std::fs::read_to_string(repo().join("docs/operating.md")).unwrap();
+    assert!(
+        doc.contains(&rule),
+        "docs/operating.md must show, verbatim, what `sluice acl` prints for config.toml:\n{rule}"
+    );
+    for (command, _) in sluice::stream::acl::COMMANDS {
+        assert!(doc.contains(&format!("`{command}`")), "docs/operating.md should say why Sluice needs `{command}`");
+    }
+}

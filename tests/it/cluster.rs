@@ -1,0 +1,175 @@
+//! Redis Cluster: a 3-master, 3-replica cluster of the test's own, with the
+//! streams on different masters. The demo chain and a redrive run on it;
+//! moving a slot under load and failing a master over under load lose no
+//! event and publish none twice.
+
+use crate::support::*;
+use redis::cluster_async::ClusterConnection;
+use serde_json::json;
+use std::collections::BTreeMap;
+
+const CHAIN: &str = "[handlers.payment]\nplugin = \"payment.wasm\"\nstreams = [\"orders\"]\nevents = [\"order.created\"]\npublish = [\"payments\"]\nmax_attempts = 2\nbackoff_ms = 10\n\
+[handlers.shipping]\nplugin = \"shipping.wasm\"\nstreams = [\"payments\"]\nevents = [\"payment.processed\"]\npublish = [\"shipments\"]\n\
+[handlers.notification]\nplugin = \"notification.wasm\"\nstreams = [\"shipments\"]\nevents = [\"order.shipped\"]\n";
+
+fn fixture(cluster: &Cluster, host: &str, handlers: &str) -> Fixture {
+    Fixture::with_redis(&format!("url = \"{}\"\ncluster = true", cluster.url()), host, handlers)
+}
+
+fn order(n: usize, total: f64) -> serde_json::Value {
+    json!({"order_id": format!("o-{n}"), "customer": "ada", "total": total, "items": [{"sku": "mug", "qty": 1}]})
+}
+
+/// Each value of `field` in `entries`' JSON data, with how often it occurs.
+fn counted(entries: &[redis::streams::StreamId], key: &str) -> BTreeMap<String, usize> {
+    let mut seen = BTreeMap::new();
+    for e in entries {
+        let data: serde_json::Value = serde_json::from_str(&field(e, "data")).unwrap();
+        *seen.entry(data[key].to_string()).or_default() += 1;
+    }
+    seen
+}
+
+/// (lost, duplicated): of the `expected` values, how many never appear in
+/// `seen`, and how many appear more than once.
+fn losses(seen: &BTreeMap<String, usize>, expected: impl IntoIterator<Item = String>) -> (usize, usize) {
+    let expected: Vec<String> = expected.into_iter().collect();
+    let lost = expected.iter().filter(|k| !seen.contains_key(*k)).count();
+    let duplicated = seen.values().filter(|n| **n > 1).count();
+    (lost, duplicated)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_chain_and_a_redrive_run_with_the_streams_on_different_masters() {
+    let cluster = Cluster::start();
+    let masters: std::collections::BTreeSet<u16> =
+        ["orders", "payments", "shipments"].iter().map(|s| cluster.master_of(s)).collect();
+    assert!(masters.len() >= 2, "the streams live on different masters");
+    let fx = fixture(&cluster, "", CHAIN);
+    let check = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["check", "--config"])
+        .arg(&fx.config_path)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{said}{}", String::from_utf8_lossy(&check.stderr));
+    assert!(said.contains("connected to a Redis Cluster"), "{said}");
+    assert!(said.contains("via outbox   payment          orders -> payments"), "{said}");
+
+    let host = fx.start();
+    let mut conn = cluster.conn().await;
+    let orders = 40;
+    for n in 0..orders {
+        let total = if n % 10 == 9 { -1.0 } else { 10.0 + n as f64 };
+        send(&mut conn, "orders", "order.created", order(n, total)).await;
+    }
+    let good = orders - orders / 10;
+    let shipments = until_entries(&conn, "shipments", good).await;
+    until_finished(&conn, "shipments", "notification", good).await;
+    let seen = counted(&shipments, "order_id");
+    let expected = (0..orders).filter(|n| n % 10 != 9).map(|n| format!("\"o-{n}\""));
+    assert_eq!(losses(&seen, expected), (0, 0), "lost, duplicated: {seen:?}");
+    let dead = until_entries(&conn, "{orders}:dlq", orders / 10).await;
+    assert!(field(&dead[0], "sluice.error").contains("total"), "{:?}", dead[0]);
+
+    // The refused orders go back to payment alone, fail again, and keep
+    // their history.
+    let redrive = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["dlq", "redrive", "--handler", "payment", "--config"])
+        .arg(&fx.config_path)
+        .output()
+        .unwrap();
+    assert!(redrive.status.success(), "{}", String::from_utf8_lossy(&redrive.stderr));
+    eventually(SOON, "the redriven orders dead-lettered again", || {
+        let mut c = conn.clone();
+        async move {
+            let dead = entries(&mut c, "{orders}:dlq").await;
+            (dead.len() == orders / 10 && dead.iter().all(|e| e.map.contains_key("sluice.history"))).then_some(())
+        }
+    })
+    .await;
+    host.stop().await;
+    assert_eq!(entries(&mut conn, "shipments").await.len(), good, "nothing shipped twice");
+    assert!(entries(&mut conn, "sluice:outbox:{orders}").await.is_empty(), "the outbox was relayed");
+}
+
+/// Each event of the load publishes its number to `out`.
+fn numbered(n: usize) -> serde_json::Value {
+    json!({"action": "publish", "publish": [{"stream": "out", "type": "n", "data": {"n": n}}]})
+}
+
+/// Runs numbered events through a host, published steadily for about three
+/// seconds, while `fault` happens midway (once a third are handled), then
+/// checks every number reached `out` once.
+async fn under_load(cluster: &Cluster, fault: impl FnOnce(&Cluster)) {
+    let handlers = "[handlers.h]\nplugin = \"behave.wasm\"\nstreams = [\"in\"]\npublish = [\"out\"]\nconcurrency = 8\n";
+    let fx = fixture(cluster, "claim_idle_ms = 5000", handlers);
+    let host = fx.start();
+    let mut conn = cluster.conn().await;
+    let load = 1500;
+    let mut producer = conn.clone();
+    let published = tokio::spawn(async move {
+        for n in 0..load {
+            // A producer retries when the cluster redirects it past its
+            // client's retries (while a slot moves, nodes briefly disagree);
+            // a redirected write was not applied, so it is not a duplicate.
+            let fields = [("type", "t".to_owned()), ("data", numbered(n).to_string())];
+            loop {
+                let added: redis::RedisResult<String> =
+                    redis::AsyncCommands::xadd(&mut producer, "in", "*", &fields).await;
+                match added {
+                    Ok(_) => break,
+                    Err(e) if e.redirect_node().is_some() || e.code() == Some("TRYAGAIN") => {
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await
+                    }
+                    Err(e) => panic!("publishing {n}: {e}"),
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    });
+    eventually(SOON, "a third of the load handled", || {
+        let mut c = conn.clone();
+        async move { (entries(&mut c, "out").await.len() >= load / 3).then_some(()) }
+    })
+    .await;
+    // On this thread, which the host's other workers can spare meanwhile.
+    tokio::task::block_in_place(|| fault(cluster));
+    assert!(!published.is_finished(), "the fault came while events were still being published");
+    published.await.unwrap();
+    let out = eventually(std::time::Duration::from_secs(60), "the whole load handled", || {
+        let mut c: ClusterConnection = conn.clone();
+        async move {
+            let out = entries(&mut c, "out").await;
+            (out.len() >= load && finished(&mut c, "in", "h").await == load).then_some(out)
+        }
+    })
+    .await;
+    host.stop().await;
+    let seen = counted(&out, "n");
+    assert_eq!(losses(&seen, (0..load).map(|n| n.to_string())), (0, 0), "lost, duplicated");
+    assert_eq!(entries(&mut conn, "out").await.len(), load, "no publish twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moving_the_streams_slot_under_load_loses_and_duplicates_nothing() {
+    let cluster = Cluster::start();
+    under_load(&cluster, |c| {
+        let slot = c.slot_of("in");
+        let to = c.masters().into_iter().find(|m| *m != c.master_of("in")).unwrap();
+        c.move_slot(slot, to);
+        assert_eq!(c.master_of("in"), to, "the slot moved");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_the_streams_master_over_under_load_loses_and_duplicates_nothing() {
+    let cluster = Cluster::start();
+    under_load(&cluster, |c| {
+        let old = c.master_of("in");
+        let new = c.failover(old);
+        assert_eq!(c.master_of("in"), new, "the replica took over");
+    })
+    .await;
+}

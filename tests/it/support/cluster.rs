@@ -1,0 +1,225 @@
+//! A Redis Cluster of a test's own: three masters and three replicas
+//! (`redis-server --cluster-enabled yes` six times, then `redis-cli --cluster
+//! create`), on free ports whose cluster-bus ports (port + 10000) are free
+//! too. Killed on drop.
+
+use super::redis_server::{RedisServer, free_port};
+use redis::cluster_async::ClusterConnection;
+use std::net::TcpListener;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// A running cluster.
+pub struct Cluster {
+    /// Every node, masters first as created (their roles change on failover).
+    pub nodes: Vec<RedisServer>,
+}
+
+impl Cluster {
+    /// Starts six nodes and joins them: three masters, each with a replica.
+    pub fn start() -> Cluster {
+        let nodes: Vec<RedisServer> = (0..6).map(|_| node()).collect();
+        let addresses: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .expect("redis-cli must be installed: apt-get install -y redis-server");
+        assert!(out.status.success(), "cluster create failed: {}", String::from_utf8_lossy(&out.stdout));
+        let cluster = Cluster { nodes };
+        cluster.until_settled();
+        cluster
+    }
+
+    /// `redis://127.0.0.1:PORT` of one node: the seed Sluice discovers the rest from.
+    pub fn url(&self) -> String {
+        self.nodes[0].url()
+    }
+
+    /// A cluster connection, following redirections.
+    pub async fn conn(&self) -> ClusterConnection {
+        let urls: Vec<String> = self.nodes.iter().map(|n| n.url()).collect();
+        redis::cluster::ClusterClientBuilder::new(urls)
+            .retries(10)
+            .build()
+            .unwrap()
+            .get_async_connection()
+            .await
+            .expect("connect to the test cluster")
+    }
+
+    /// Runs `redis-cli -p PORT ARGS...` and returns its output.
+    pub fn cli(&self, port: u16, args: &[&str]) -> String {
+        let out = Command::new("redis-cli").args(["-p", &port.to_string()]).args(args).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The lines of `CLUSTER NODES` as one node sees them.
+    fn nodes_view(&self, port: u16) -> Vec<NodeLine> {
+        self.cli(port, &["CLUSTER", "NODES"]).lines().filter_map(NodeLine::parse).collect()
+    }
+
+    /// The port of the master serving `key`'s slot.
+    pub fn master_of(&self, key: &str) -> u16 {
+        let slot: u16 = self.cli(self.nodes[0].port, &["CLUSTER", "KEYSLOT", key]).trim().parse().unwrap();
+        let view = self.nodes_view(self.nodes[0].port);
+        view.iter()
+            .find(|n| n.master && n.slots.iter().any(|(a, b)| (*a..=*b).contains(&slot)))
+            .map(|n| n.port)
+            .unwrap_or_else(|| panic!("no master for slot {slot}"))
+    }
+
+    /// The ports of the masters.
+    pub fn masters(&self) -> Vec<u16> {
+        self.nodes_view(self.nodes[0].port).iter().filter(|n| n.master).map(|n| n.port).collect()
+    }
+
+    /// Fails `master` over to its replica (`CLUSTER FAILOVER` on the
+    /// replica, which waits for it to catch up first) and waits until the
+    /// cluster agrees. Returns the new master's port.
+    pub fn failover(&self, master: u16) -> u16 {
+        let view = self.nodes_view(master);
+        let id = &view.iter().find(|n| n.port == master).unwrap().id;
+        let replica = view.iter().find(|n| n.master_id.as_deref() == Some(id)).expect("a replica").port;
+        assert_eq!(self.cli(replica, &["CLUSTER", "FAILOVER"]).trim(), "OK");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            let promoted =
+                self.nodes.iter().all(|n| self.nodes_view(n.port).iter().any(|l| l.port == replica && l.master));
+            if promoted {
+                self.until_settled();
+                return replica;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("replica {replica} of {master} was not promoted within 20 s");
+    }
+
+    /// The slot of `key` (`CLUSTER KEYSLOT`).
+    pub fn slot_of(&self, key: &str) -> u16 {
+        self.cli(self.nodes[0].port, &["CLUSTER", "KEYSLOT", key]).trim().parse().unwrap()
+    }
+
+    /// Moves slot `slot`, with its keys, to master `to`, as `redis-cli
+    /// --cluster reshard` does: the slot is marked importing and migrating,
+    /// its keys are moved with MIGRATE (clients meanwhile get ASK, and
+    /// TRYAGAIN for scripts whose keys are split), then every master is
+    /// told its new owner (clients get MOVED). Waits until the cluster agrees.
+    pub fn move_slot(&self, slot: u16, to: u16) {
+        let from = self.masters().into_iter().find(|m| self.serves(*m, slot)).expect("a master serves the slot");
+        let id = |port: u16| self.nodes_view(port).into_iter().find(|n| n.port == port).unwrap().id;
+        let (from_id, to_id, slot) = (id(from), id(to), slot.to_string());
+        assert_eq!(self.cli(to, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id]).trim(), "OK");
+        assert_eq!(self.cli(from, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id]).trim(), "OK");
+        loop {
+            let keys = self.cli(from, &["CLUSTER", "GETKEYSINSLOT", &slot, "100"]);
+            let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
+            if keys.is_empty() {
+                break;
+            }
+            let port = to.to_string();
+            let mut args = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+            args.extend(keys);
+            let out = self.cli(from, &args);
+            assert!(out.trim() == "OK" || out.trim() == "NOKEY", "MIGRATE: {out}");
+        }
+        // The new owner first, then the old one (which then redirects to
+        // it), then the rest, as redis-cli does.
+        let rest = self.masters().into_iter().filter(|m| *m != to && *m != from);
+        for master in [to, from].into_iter().chain(rest) {
+            assert_eq!(self.cli(master, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]).trim(), "OK");
+        }
+        self.until_settled();
+    }
+
+    /// Whether master `port` serves `slot`.
+    fn serves(&self, port: u16, slot: u16) -> bool {
+        let view = self.nodes_view(port);
+        view.iter().any(|n| n.port == port && n.slots.iter().any(|(a, b)| (*a..=*b).contains(&slot)))
+    }
+
+    /// Waits until every node says the cluster is ok, with every slot
+    /// served and every node known.
+    fn until_settled(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let ok = self.nodes.iter().all(|n| {
+                let info = self.cli(n.port, &["CLUSTER", "INFO"]);
+                info.contains("cluster_state:ok")
+                    && info.contains("cluster_slots_ok:16384")
+                    && info.contains(&format!("cluster_known_nodes:{}", self.nodes.len()))
+            });
+            let check = Command::new("redis-cli")
+                .args(["--cluster", "check", &format!("127.0.0.1:{}", self.nodes[0].port)])
+                .output()
+                .is_ok_and(|o| o.status.success() && !String::from_utf8_lossy(&o.stdout).contains("[ERR]"));
+            if ok && check {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("the cluster did not settle within 30 s");
+    }
+}
+
+/// One node, not yet joined.
+fn node() -> RedisServer {
+    RedisServer::start_on(bus_free_port, "redis", |port| {
+        let args = [
+            "--port",
+            &port.to_string(),
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            "2000",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ];
+        args.iter().map(|s| s.to_string()).collect()
+    })
+}
+
+/// A free port whose cluster-bus port (port + 10000) is free too.
+fn bus_free_port() -> u16 {
+    loop {
+        let port = free_port();
+        if port < 55_535 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// One line of `CLUSTER NODES`.
+struct NodeLine {
+    id: String,
+    port: u16,
+    master: bool,
+    /// For a replica, its master's id.
+    master_id: Option<String>,
+    /// Slot ranges served, inclusive.
+    slots: Vec<(u16, u16)>,
+}
+
+impl NodeLine {
+    fn parse(line: &str) -> Option<NodeLine> {
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        let port = parts.get(1)?.split(['@', ':']).nth(1)?.parse().ok()?;
+        let master = parts.get(2)?.contains("master");
+        let master_id = parts.get(3).filter(|m| **m != "-").map(|m| m.to_string());
+        let slots = parts
+            .iter()
+            .skip(8)
+            .filter(|s| !s.starts_with('['))
+            .filter_map(|s| match s.split_once('-') {
+                Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?)),
+                None => s.parse().ok().map(|n| (n, n)),
+            })
+            .collect();
+        Some(NodeLine { id: parts[0].to_owned(), port, master, master_id, slots })
+    }
+}
