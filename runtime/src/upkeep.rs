@@ -48,7 +48,14 @@ impl Upkeep {
     /// Runs until `shutdown` is cancelled.
     pub async fn run(mut self, shutdown: CancellationToken) {
         loop {
-            tokio::select! { _ = tokio::time::sleep(TRIM_EVERY) => {}, _ = shutdown.cancelled() => return }
+            tokio::select! {
+                _ = tokio::time::sleep(TRIM_EVERY) => {}
+                _ = shutdown.cancelled() => {
+                    // Another host takes over at once, not when it expires.
+                    let _ = self.lease.release(&mut self.redis.conn).await;
+                    return;
+                }
+            }
             match self.lease.hold(&mut self.redis.conn).await {
                 Ok(true) => self.round().await,
                 Ok(false) => {}

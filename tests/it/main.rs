@@ -14,6 +14,8 @@ mod routing;
 mod publishing;
 // Restarts, SIGKILL mid-batch, a second host claiming a dead host's events, shutdown.
 mod recovery;
+// Bounded streams trimmed without losing what a group needs; idle consumers forgotten.
+mod upkeep;
 // The `sluice` binary: check, publish, the embedded Redis.
 mod cli;
 // `sluice invoke`: one delivery offline; its verdict is what `run` would do.

@@ -32,6 +32,14 @@ pub struct Row {
     pub consumers: u64,
     /// Entries in this stream's dead-letter stream (all handlers').
     pub dead_letters: u64,
+    /// Entries in the stream now.
+    pub length: u64,
+    /// Its `[streams]` bound: at most this many entries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_len: Option<u64>,
+    /// Its `[streams]` bound: none older than this, in ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_age_ms: Option<u64>,
     /// The plugin file's version now (first 12 hex digits of its SHA-256);
     /// filled in by [`status`] only, so a metrics scrape reads no plugin files.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -67,6 +75,8 @@ pub async fn rows(conn: &mut impl ConnectionLike, config: &Config) -> Result<Vec
             };
             let consuming = info.is_some();
             let info = info.unwrap_or_default();
+            let length = stream::length(conn, &s).await?;
+            let bound = config.streams.retention(&s).unwrap_or_default();
             let oldest = info.oldest_pending.as_deref().and_then(time::of_id).map(|t| now.saturating_sub(t));
             let behind =
                 info.lag.is_some_and(|l| l > BEHIND_LAG) || oldest.is_some_and(|age| age > config.claim_idle_ms);
@@ -79,6 +89,9 @@ pub async fn rows(conn: &mut impl ConnectionLike, config: &Config) -> Result<Vec
                 oldest_pending_ms: oldest,
                 consumers: info.consumers,
                 dead_letters,
+                length,
+                max_len: bound.max_len,
+                max_age_ms: bound.max_age.map(|a| a.as_millis() as u64),
                 plugin_version: None,
                 behind,
             });
@@ -87,11 +100,12 @@ pub async fn rows(conn: &mut impl ConnectionLike, config: &Config) -> Result<Vec
     Ok(rows)
 }
 
-/// The rows as a table; what is falling behind is marked.
+/// The rows as a table; what is falling behind is marked. `LENGTH` is the
+/// stream's, with its `[streams]` bound after the slash (`-`: none).
 pub fn table(rows: &[Row]) -> String {
     let mut out = format!(
-        "{:<16} {:<22} {:>7} {:>8} {:>7} {:>5} {:>5}  {:<12} {}\n",
-        "HANDLER", "STREAM", "LAG", "PENDING", "OLDEST", "CONS", "DLQ", "VERSION", "STATE"
+        "{:<16} {:<22} {:>7} {:>8} {:>7} {:>5} {:>5} {:>17}  {:<12} {}\n",
+        "HANDLER", "STREAM", "LAG", "PENDING", "OLDEST", "CONS", "DLQ", "LENGTH/BOUND", "VERSION", "STATE"
     );
     for r in rows {
         let oldest = r.oldest_pending_ms.map_or("-".into(), |ms| time::age(time::now_ms() - ms, time::now_ms()));
@@ -100,8 +114,13 @@ pub fn table(rows: &[Row]) -> String {
             (true, true) => "BEHIND",
             (true, false) => "ok",
         };
+        let len = r.max_len.map(|n| n.to_string());
+        let age =
+            r.max_age_ms.map(|ms| format!("{}", humantime::format_duration(std::time::Duration::from_millis(ms))));
+        let bound = len.into_iter().chain(age).collect::<Vec<_>>().join(",");
+        let length = format!("{}/{}", r.length, if bound.is_empty() { "-" } else { &bound });
         out.push_str(&format!(
-            "{:<16} {:<22} {:>7} {:>8} {:>7} {:>5} {:>5}  {:<12} {}\n",
+            "{:<16} {:<22} {:>7} {:>8} {:>7} {:>5} {:>5} {:>17}  {:<12} {}\n",
             r.handler,
             r.stream,
             r.lag.map_or("?".into(), |l| l.to_string()),
@@ -109,6 +128,7 @@ pub fn table(rows: &[Row]) -> String {
             oldest,
             r.consumers,
             r.dead_letters,
+            length,
             r.plugin_version.as_deref().unwrap_or("-"),
             state
         ));

@@ -11,6 +11,7 @@ use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 static TAKE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("lease.lua")));
+static RELEASE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("release.lua")));
 
 /// One lease, as its would-be holder sees it.
 #[derive(Debug)]
@@ -47,6 +48,19 @@ impl Lease {
             .context(|| format!("taking the lease {}", self.key))?;
         self.held_until = (held == 1).then_some(now + self.ttl);
         Ok(held == 1)
+    }
+
+    /// Gives the lease back if this host holds it, so that another host can
+    /// take it at once (on shutdown) rather than when it expires.
+    pub async fn release(&mut self, conn: &mut impl ConnectionLike) -> Result<(), Error> {
+        self.held_until = None;
+        let _: i64 = RELEASE
+            .key(&self.key)
+            .arg(&self.holder)
+            .invoke_async(conn)
+            .await
+            .context(|| format!("giving back the lease {}", self.key))?;
+        Ok(())
     }
 
     /// Forgets that it was held, so the next [`Lease::hold`] asks Redis.

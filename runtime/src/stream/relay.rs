@@ -47,6 +47,12 @@ impl Relay {
     /// Relays until `shutdown` is cancelled. Failures are warned about and
     /// tried again: an outbox entry leaves only once its write has landed.
     pub async fn run(mut self, shutdown: CancellationToken) {
+        self.relay_until(&shutdown).await;
+        // Another host takes over at once, not when it expires.
+        let _ = self.lease.release(&mut self.redis.conn).await;
+    }
+
+    async fn relay_until(&mut self, shutdown: &CancellationToken) {
         while !shutdown.is_cancelled() {
             let pause = match self.step().await {
                 Ok(true) => continue,
