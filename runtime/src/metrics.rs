@@ -100,66 +100,30 @@ impl Metrics {
             pending: Family::default(),
             dead_letter_depth: Family::default(),
         };
-        m.registry.register(
-            "events",
-            "Events handled, by handler and outcome (ok, retry, reject, crash, skipped, invalid, exhausted)",
-            m.events.clone(),
-        );
-        m.registry.register("handler_duration_seconds", "Time one delivery took in the handler", m.duration.clone());
-        m.registry.register("retries", "Deliveries that will be tried again", m.retries.clone());
-        m.registry.register("dead_letters", "Events written to a dead-letter stream", m.dead_letters.clone());
-        m.registry.register(
-            "commits_already_finished",
-            "Commits that found their entry finished by another consumer (it was taken over); nothing was written",
-            m.already_finished.clone(),
-        );
-        m.registry.register(
-            "ownership_lost",
-            "Deliveries whose entry another consumer took over meanwhile (this host was presumed dead); their output was not written",
-            m.ownership_lost.clone(),
-        );
-        m.registry.register(
-            "claim_failures",
-            "Failed scans for entries abandoned by other consumers (XAUTOCLAIM)",
-            m.claim_failures.clone(),
-        );
-        m.registry.register(
-            "reloads",
-            "Reloads of config and plugins, by result (applied, rejected)",
-            m.reloads.clone(),
-        );
-        m.registry.register("trimmed", "Entries removed from a stream to keep it within its bound", m.trimmed.clone());
-        m.registry.register(
-            "stream_length",
-            "Entries in a bounded stream, after its last trim",
-            m.stream_length.clone(),
-        );
-        m.registry.register(
-            "stream_over_bound",
-            "1 while a group that has not yet read or acknowledged entries keeps a stream over its bound",
-            m.over_bound.clone(),
-        );
-        m.registry.register(
-            "consumers_forgotten",
-            "Consumers deleted from their group after being idle with nothing pending",
-            m.consumers_forgotten.clone(),
-        );
-        m.registry.register(
-            "lag",
-            "Entries not yet delivered to the handler's group (sampled from Redis)",
-            m.lag.clone(),
-        );
-        m.registry.register(
-            "pending",
-            "Entries delivered and not yet acknowledged (sampled from Redis)",
-            m.pending.clone(),
-        );
-        m.registry.register(
-            "dead_letter_depth",
-            "Entries in the stream's dead-letter stream (sampled from Redis)",
-            m.dead_letter_depth.clone(),
-        );
+        m.register_all();
         m
+    }
+
+    /// Registers every family: one line per metric, its name, what it
+    /// counts, its family.
+    #[rustfmt::skip]
+    fn register_all(&mut self) {
+        let r = &mut self.registry;
+        r.register("events", "Events handled, by handler and outcome (ok, retry, reject, crash, skipped, invalid, exhausted)", self.events.clone());
+        r.register("handler_duration_seconds", "Time one delivery took in the handler", self.duration.clone());
+        r.register("retries", "Deliveries that will be tried again", self.retries.clone());
+        r.register("dead_letters", "Events written to a dead-letter stream", self.dead_letters.clone());
+        r.register("commits_already_finished", "Commits that found their entry finished by another consumer (it was taken over); nothing was written", self.already_finished.clone());
+        r.register("ownership_lost", "Deliveries whose entry another consumer took over meanwhile (this host was presumed dead); their output was not written", self.ownership_lost.clone());
+        r.register("claim_failures", "Failed scans for entries abandoned by other consumers (XAUTOCLAIM)", self.claim_failures.clone());
+        r.register("reloads", "Reloads of config and plugins, by result (applied, rejected)", self.reloads.clone());
+        r.register("trimmed", "Entries removed from a stream to keep it within its bound", self.trimmed.clone());
+        r.register("stream_length", "Entries in a bounded stream, after its last trim", self.stream_length.clone());
+        r.register("stream_over_bound", "1 while a group that has not yet read or acknowledged entries keeps a stream over its bound", self.over_bound.clone());
+        r.register("consumers_forgotten", "Consumers deleted from their group after being idle with nothing pending", self.consumers_forgotten.clone());
+        r.register("lag", "Entries not yet delivered to the handler's group (sampled from Redis)", self.lag.clone());
+        r.register("pending", "Entries delivered and not yet acknowledged (sampled from Redis)", self.pending.clone());
+        r.register("dead_letter_depth", "Entries in the stream's dead-letter stream (sampled from Redis)", self.dead_letter_depth.clone());
     }
 }
 

@@ -236,29 +236,11 @@ fn handler(
     check_limits(c, &h.limits(), &["handlers", name])?;
     let l = h.limits().or(defaults);
     let plugin = plugins_dir.join(&h.plugin);
-    c.ensure(!h.streams.is_empty(), &key("streams"), "list at least one stream to consume")?;
-    for (i, s) in h.streams.iter().enumerate() {
-        c.name(s, &["handlers", name, "streams", &i.to_string()], "a stream name")?;
-    }
-    for (i, s) in h.publish.iter().enumerate() {
-        c.name(s, &["handlers", name, "publish", &i.to_string()], "a stream name")?;
-    }
-    for (i, host) in h.http.iter().enumerate() {
-        let ok = !host.is_empty() && !host.contains(['/', ' ', '*']);
-        c.ensure(
-            ok,
-            &["handlers", name, "http", &i.to_string()],
-            format!("expected a host or host:port, got {host:?}"),
-        )?;
-    }
+    check_names(c, name, h)?;
     let events = h.events.clone().unwrap_or_else(|| vec!["*".to_owned()]);
     let event_filter = globs(c, name, &events)?;
     let group = h.group.clone().unwrap_or_else(|| name.to_owned());
     c.name(&group, &key("group"), "group")?;
-    if let Some(dl) = &h.dead_letter {
-        c.name(dl, &key("dead_letter"), "dead_letter")?;
-        c.ensure(!h.streams.contains(dl), &key("dead_letter"), "must not be one of the streams the handler consumes")?;
-    }
     // In a cluster, the handler's own keys share its first stream's slot, so
     // that one script can commit its deliveries (docs/delivery.md).
     let tag = cluster.then(|| crate::stream::slot::tag_for(&h.streams[0]));
@@ -281,6 +263,30 @@ fn handler(
         isolation: h.isolation,
         schemas: schemas.clone(),
     })
+}
+
+/// The streams a handler names (read, published to, dead-lettered into) and
+/// its HTTP hosts are well formed.
+fn check_names(c: &Checker, name: &str, h: &RawHandler) -> Result<(), ConfigError> {
+    let key = |k: &'static str| ["handlers", name, k];
+    let at = |k: &'static str, i: usize| ["handlers".to_owned(), name.to_owned(), k.to_owned(), i.to_string()];
+    c.ensure(!h.streams.is_empty(), &key("streams"), "list at least one stream to consume")?;
+    for (k, list) in [("streams", &h.streams), ("publish", &h.publish)] {
+        for (i, s) in list.iter().enumerate() {
+            let path = at(k, i);
+            c.name(s, &path.each_ref().map(String::as_str), "a stream name")?;
+        }
+    }
+    for (i, host) in h.http.iter().enumerate() {
+        let ok = !host.is_empty() && !host.contains(['/', ' ', '*']);
+        let path = at("http", i);
+        c.ensure(ok, &path.each_ref().map(String::as_str), format!("expected a host or host:port, got {host:?}"))?;
+    }
+    if let Some(dl) = &h.dead_letter {
+        c.name(dl, &key("dead_letter"), "dead_letter")?;
+        c.ensure(!h.streams.contains(dl), &key("dead_letter"), "must not be one of the streams the handler consumes")?;
+    }
+    Ok(())
 }
 
 /// The handler's config table with `${ENV}` expanded; an unset variable is
