@@ -46,3 +46,5 @@ mod tls;
 mod acl;
 // Redis Cluster: the demo chain, a redrive, a slot moved and a failover under load.
 mod cluster;
+// The fault audit, short: kills, a pause, Redis restarts, network faults, a failover, two hosts.
+mod faults;

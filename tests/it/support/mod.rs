@@ -1,8 +1,12 @@
 //! Test support: a real redis-server per test, the plugins built once, a
-//! config written per test, and polling against a deadline.
+//! config written per test, and polling against a deadline; a TCP proxy for
+//! network faults, and the fault audit (`audit`) shared with
+//! `benches/faults.rs`.
 
+pub mod audit;
 mod cluster;
 mod host;
+mod proxy;
 mod redis_server;
 mod tls;
 
@@ -10,6 +14,7 @@ pub use cluster::Cluster;
 pub use host::{
     Fixture, entries, field, finished, pending, read_pending, send, until_entries, until_finished, until_pending, xadd,
 };
+pub use proxy::Proxy;
 pub use redis_server::{RedisServer, free_port};
 pub use tls::Pki;
 
