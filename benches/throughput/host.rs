@@ -2,7 +2,7 @@
 //! the benchmark's own, so its memory is its own and its environment (e.g.
 //! `RUST_BACKTRACE`) can differ between runs.
 
-use redis::aio::MultiplexedConnection;
+use redis::aio::ConnectionLike;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -47,8 +47,18 @@ impl Host {
         backtrace: bool,
         streams: &[&str],
     ) -> Host {
+        let mut conn = redis::Client::open(redis_url).unwrap().get_multiplexed_async_connection().await.unwrap();
+        let setup = Setup { redis: &format!("url = \"{redis_url}\""), host: "", plugins, handlers, backtrace };
+        Host::start_with(dir, &setup, streams, &mut conn).await
+    }
+
+    /// [`Host::start`] with `[redis]` keys and `[host]` keys of its own
+    /// (a cluster, a consumer name, an admin port), watching for the groups
+    /// on `conn`.
+    pub async fn start_with(dir: &Path, setup: &Setup<'_>, streams: &[&str], conn: &mut impl ConnectionLike) -> Host {
+        let Setup { redis, host, plugins, handlers, backtrace } = *setup;
         let config = dir.join("config.toml");
-        let text = format!("[redis]\nurl = \"{redis_url}\"\n[host]\nplugins = \"{}\"\n{handlers}", plugins.display());
+        let text = format!("[redis]\n{redis}\n[host]\nplugins = \"{}\"\n{host}\n{handlers}", plugins.display());
         std::fs::write(&config, text).unwrap();
         let mut cmd = Command::new(binary());
         let log = dir.join("sluice.log");
@@ -61,9 +71,8 @@ impl Host {
         }
         let child = cmd.spawn().expect("spawn sluice");
         let host = Host { child, log };
-        let mut conn = redis::Client::open(redis_url).unwrap().get_multiplexed_async_connection().await.unwrap();
         for s in streams {
-            while !group_exists(&mut conn, s).await {
+            while !group_exists(conn, s).await {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
@@ -80,6 +89,11 @@ impl Host {
         Memory { now: mib(kib("VmRSS:")), peak: mib(kib("VmHWM:")) }
     }
 
+    /// CPU time it has used so far (user and system), in seconds.
+    pub fn cpu(&self) -> f64 {
+        cpu_seconds(self.child.id())
+    }
+
     /// SIGTERM, then waits for it to drain and exit.
     pub fn stop(mut self) {
         let pid = self.child.id().to_string();
@@ -92,8 +106,32 @@ impl Host {
     }
 }
 
+/// What a host runs with, beyond its folder.
+#[derive(Clone, Copy)]
+pub struct Setup<'a> {
+    /// The `[redis]` keys, as TOML.
+    pub redis: &'a str,
+    /// Extra `[host]` keys, as TOML.
+    pub host: &'a str,
+    /// The plugins folder.
+    pub plugins: &'a Path,
+    /// The `[handlers...]` tables.
+    pub handlers: &'a str,
+    /// Whether `RUST_BACKTRACE=1`.
+    pub backtrace: bool,
+}
+
+/// CPU time process `pid` has used (user and system), in seconds.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // After the command name in parentheses: fields 14 and 15 are utime and stime.
+    let fields: Vec<&str> = stat.rsplit_once(") ").map(|(_, rest)| rest.split(' ').collect()).unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 /// Whether `stream` has a consumer group yet.
-pub async fn group_exists(conn: &mut MultiplexedConnection, stream: &str) -> bool {
+pub async fn group_exists(conn: &mut impl ConnectionLike, stream: &str) -> bool {
     redis::cmd("XINFO")
         .arg("GROUPS")
         .arg(stream)
@@ -104,7 +142,7 @@ pub async fn group_exists(conn: &mut MultiplexedConnection, stream: &str) -> boo
 }
 
 /// Entries of `stream` its first group read and acknowledged.
-pub async fn acked(conn: &mut MultiplexedConnection, stream: &str) -> usize {
+pub async fn acked(conn: &mut impl ConnectionLike, stream: &str) -> usize {
     let groups: redis::streams::StreamInfoGroupsReply =
         redis::cmd("XINFO").arg("GROUPS").arg(stream).query_async(conn).await.unwrap();
     let g = &groups.groups[0];

@@ -16,7 +16,12 @@
 //! - `beside`: the trivial handler beside one whose events spin to timeout;
 //! - `dispatch`: µs per dispatch (fresh instance + call + drop) per plugin;
 //! - `latency`: publish → commit p50/p99 at a fixed offered rate;
-//! - `idle`: resident memory of a host with 10 Rust plugins loaded, idle.
+//! - `idle`: resident memory of a host with 10 Rust plugins loaded, idle;
+//! - `cluster`: the publishing handler on a 3-master Redis Cluster, with the
+//!   streams in one slot (one script per commit) and in two (an outbox and
+//!   its relay), against the same on one `redis-server`;
+//! - `hosts`: 1, 2 and 3 `sluice run` hosts sharing the group on one Redis:
+//!   throughput, CPU per event, and how evenly the work was split.
 //!
 //! Environment: `SLUICE_BENCH_EVENTS` (default 20000), `SLUICE_BENCH_RATE`
 //! (latency's offered rate, default 10000/s), `SLUICE_BENCH_OUT` (where the
@@ -28,6 +33,9 @@ mod host;
 mod latency;
 mod report;
 
+#[path = "../../tests/it/support/cluster.rs"]
+#[allow(dead_code)]
+mod cluster;
 #[path = "../../tests/it/support/redis_server.rs"]
 #[allow(dead_code)]
 mod redis_server;
@@ -35,7 +43,7 @@ mod redis_server;
 #[allow(dead_code)]
 mod tls;
 
-use host::{Host, Memory, acked, dist};
+use host::{Host, Memory, Setup, acked, dist};
 use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
 use redis_server::RedisServer;
@@ -128,6 +136,31 @@ fn main() {
             report.add(format!("idle host, 10 Rust plugins loaded ({cache}): RSS"), memory.now, "MiB");
         }
     }
+    if wanted("cluster") {
+        let chain = |input: &str, output: &str| {
+            format!(
+                "[handlers.bench]\nplugin = \"behave.wasm\"\nstreams = [\"{input}\"]\npublish = [\"{output}\"]\nconcurrency = 64\n"
+            )
+        };
+        let single = rt.block_on(on_cluster(None, n, &chain("bench", "out"), "bench", "out"));
+        report.rate("one redis-server: handler publishing one event per input", single.acked, native);
+        let c = cluster::Cluster::start();
+        let one = rt.block_on(on_cluster(Some(&c), n, &chain("{b}:bench", "{b}:out"), "{b}:bench", "{b}:out"));
+        report.rate("Redis Cluster, streams in one slot: one script per commit", one.acked, native);
+        let cross = rt.block_on(on_cluster(Some(&c), n, &chain("bench", "out"), "bench", "out"));
+        report.rate("Redis Cluster, streams in two slots: outbox, acked", cross.acked, native);
+        report.rate("Redis Cluster, streams in two slots: outbox, relayed to out", cross.landed, native);
+        report.add("  one slot over one redis-server", one.acked / single.acked, "ratio");
+        report.add("  two slots (acked) over one redis-server", cross.acked / single.acked, "ratio");
+    }
+    if wanted("hosts") {
+        for hosts in 1..=3 {
+            let r = rt.block_on(many_hosts(n, hosts));
+            report.rate(format!("{hosts} host(s) sharing the group: throughput"), r.rate, native);
+            report.add(format!("{hosts} host(s): CPU per event, hosts + redis-server"), r.cpu_us, "µs");
+            report.add(format!("{hosts} host(s): share of the busiest / the idlest host"), r.spread, "ratio");
+        }
+    }
     report.print(&format!("Sluice throughput, {n} events per run, Redis on the same machine"));
     let meta = serde_json::json!({
         "events": n,
@@ -147,7 +180,7 @@ fn handler(name: &str, plugin: &str, extra: &str) -> String {
 }
 
 /// Adds `n` entries with `payload` to `stream`, 1000 per pipeline.
-async fn load(conn: &mut MultiplexedConnection, stream: &str, payload: &str, n: usize) {
+async fn load(conn: &mut impl redis::aio::ConnectionLike, stream: &str, payload: &str, n: usize) {
     for start in (0..n).step_by(1_000) {
         let mut pipe = redis::pipe();
         for _ in start..n.min(start + 1_000) {
@@ -278,6 +311,106 @@ async fn native_chain(url: String) {
         }
         let () = pipe.query_async(&mut conn).await.unwrap();
     }
+}
+
+/// What a run on a cluster measured, in events/s: until every input was
+/// acknowledged, and until every output landed.
+struct ClusterRate {
+    acked: f64,
+    landed: f64,
+}
+
+/// The publishing handler (`handlers`, reading `input`, writing `output`)
+/// on `cluster`, or on a fresh `redis-server` when `None`: `n` events.
+async fn on_cluster(
+    cluster: Option<&cluster::Cluster>,
+    n: usize,
+    handlers: &str,
+    input: &str,
+    output: &str,
+) -> ClusterRate {
+    let server = cluster.is_none().then(RedisServer::start);
+    let (redis, mut conn) = match (cluster, &server) {
+        (Some(c), _) => {
+            (format!("url = \"{}\"\ncluster = true", c.url()), sluice::stream::Conn::Cluster(c.conn().await))
+        }
+        (None, Some(s)) => (format!("url = \"{}\"", s.url()), sluice::stream::Conn::Dedicated(s.conn().await)),
+        _ => unreachable!(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let setup = Setup { redis: &redis, host: "", plugins: &dist(), handlers, backtrace: true };
+    let host = Host::start_with(dir.path(), &setup, &[input], &mut conn).await;
+    let started = Instant::now();
+    load(&mut conn, input, CHAIN.replace("\"out\"", &format!("{output:?}")).as_str(), n).await;
+    while acked(&mut conn, input).await < n {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let acked = n as f64 / started.elapsed().as_secs_f64();
+    loop {
+        let len: usize = conn.xlen(output).await.unwrap();
+        if len >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let landed = n as f64 / started.elapsed().as_secs_f64();
+    host.stop();
+    let len: usize = conn.xlen(output).await.unwrap();
+    assert_eq!(len, n, "every event published once");
+    ClusterRate { acked, landed }
+}
+
+/// What a run of several hosts measured.
+struct HostsRun {
+    /// Events per second, all hosts together.
+    rate: f64,
+    /// CPU time of the hosts and of redis-server, per event, in µs.
+    cpu_us: f64,
+    /// The busiest host's share over the idlest's (1: perfectly even).
+    spread: f64,
+}
+
+/// `hosts` `sluice run` processes sharing group `bench` on one Redis, each
+/// with its own consumer name and admin port: `n` trivial events.
+async fn many_hosts(n: usize, hosts: usize) -> HostsRun {
+    let redis = RedisServer::start();
+    let mut conn = redis.conn().await;
+    let dirs: Vec<tempfile::TempDir> = (0..hosts).map(|_| tempfile::tempdir().unwrap()).collect();
+    let ports: Vec<u16> = (0..hosts).map(|_| redis_server::free_port()).collect();
+    let handlers = handler("bench", "behave.wasm", "");
+    let url = format!("url = \"{}\"", redis.url());
+    let mut running = Vec::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        let host_keys = format!("consumer = \"host-{i}\"\nadmin = \"127.0.0.1:{}\"", ports[i]);
+        let setup = Setup { redis: &url, host: &host_keys, plugins: &dist(), handlers: &handlers, backtrace: true };
+        running.push(Host::start_with(dir.path(), &setup, &["bench"], &mut conn).await);
+    }
+    let cpu = |running: &[Host]| running.iter().map(Host::cpu).sum::<f64>() + host::cpu_seconds(redis.pid());
+    let before = cpu(&running);
+    let started = Instant::now();
+    load(&mut conn, "bench", TRIVIAL, n).await;
+    while acked(&mut conn, "bench").await < n {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    let cpu_us = (cpu(&running) - before) * 1e6 / n as f64;
+    let shares: Vec<f64> = ports.iter().map(|p| handled_by(*p)).collect();
+    for h in running {
+        h.stop();
+    }
+    let (most, least) = shares.iter().fold((0.0f64, f64::MAX), |(hi, lo), s| (hi.max(*s), lo.min(*s)));
+    HostsRun { rate, cpu_us, spread: if least > 0.0 { most / least } else { f64::INFINITY } }
+}
+
+/// Events handled ok by the host whose admin listener is on `port`.
+fn handled_by(port: u16) -> f64 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let series = r#"sluice_events_total{handler="bench",outcome="ok"} "#;
+    text.lines().find_map(|l| l.strip_prefix(series)).and_then(|v| v.parse().ok()).unwrap_or(0.0)
 }
 
 /// A host with `count` distinct Rust plugins, one handler each, idle for a

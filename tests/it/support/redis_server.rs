@@ -109,6 +109,12 @@ impl RedisServer {
         self.child = spawn(self.port, self.dir.path(), &self.args, self.scheme).expect("restart redis-server");
     }
 
+    /// Its process id (benches/throughput reads its CPU time).
+    #[allow(dead_code)]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Kills the server (SIGKILL) and waits for it to go.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
