@@ -144,6 +144,21 @@ async fn connections_reset_under_load_lose_and_duplicate_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_read_by_a_reply_a_reset_lost_are_taken_back_at_once() {
+    // A read whose reply dies with its connection leaves its entries pending
+    // with a live host that never saw them. The host takes them back when it
+    // reconnects, not claim_idle_ms later (30 s here, past the deadline).
+    let plan = Plan {
+        claim_idle: Duration::from_secs(30),
+        drain: Duration::from_secs(10),
+        ..short(Fault::Reset { times: 3 })
+    };
+    let a = audit::run(&plan).await;
+    assert_whole(&a, plan.events);
+    assert!(a.connections_reset > 0, "the hosts' connections were reset: {}", a.summary());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_two_second_stall_loses_and_duplicates_nothing() {
     // Longer than claim_idle_ms: on resume the hosts may take each other's
     // entries over, and only one commit of each may write.

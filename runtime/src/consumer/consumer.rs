@@ -50,6 +50,14 @@ pub struct Consumer {
     pub(super) metrics: HandlerMetrics,
     /// Deliveries and retry timers, waited for on shutdown.
     pub(super) tasks: TaskTracker,
+    /// The entries (stream, id) this consumer is delivering or waiting to
+    /// retry: pending with it in Redis, but not to be taken back from there
+    /// again (as after a reconnect, which takes back the rest).
+    pub(super) held: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
+    /// Set when a reply from Redis may have been lost (a read, a claim or a
+    /// commit failed): entries may be pending here that nothing handles.
+    /// The read loop then takes them back ([`Consumer::recover_own`]).
+    pub(super) orphans: AtomicBool,
     pub(super) shutdown: CancellationToken,
 }
 
@@ -78,6 +86,8 @@ impl Consumer {
             concurrency: AtomicUsize::new(concurrency),
             throttled: AtomicBool::new(false),
             tasks: TaskTracker::new(),
+            held: Default::default(),
+            orphans: AtomicBool::new(false),
             shutdown,
         })
     }
@@ -158,6 +168,22 @@ impl Consumer {
             }
             self.pause(ERROR_PAUSE).await;
         }
+    }
+
+    /// Marks entry `id` of `stream` as being handled here; `false` if it
+    /// already was (then it must not be delivered again).
+    pub(super) fn hold(&self, stream: &str, id: &str) -> bool {
+        self.held.lock().expect("never poisoned").insert((stream.to_owned(), id.to_owned()))
+    }
+
+    /// Whether entry `id` of `stream` is being handled here.
+    pub(super) fn holds(&self, stream: &str, id: &str) -> bool {
+        self.held.lock().expect("never poisoned").contains(&(stream.to_owned(), id.to_owned()))
+    }
+
+    /// Entry `id` of `stream` is done with here (finished, or left to Redis).
+    pub(super) fn release(&self, stream: &str, id: &str) {
+        self.held.lock().expect("never poisoned").remove(&(stream.to_owned(), id.to_owned()));
     }
 
     /// One permit to run an event, or `None` if shutdown begins first.

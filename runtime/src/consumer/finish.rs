@@ -20,6 +20,9 @@ const COMMIT_TRIES: u32 = 4;
 impl Consumer {
     /// Starts a delivery on the wasm executor, tracked for shutdown.
     pub(super) fn spawn_delivery(self: &Arc<Self>, d: Delivery, permit: OwnedSemaphorePermit) {
+        if !self.hold(&d.stream, &d.entry.id) {
+            return; // already being handled here
+        }
         let executor = self.binding.load().plugin.executor().clone();
         executor.spawn(self.tasks.track_future(self.clone().deliver(d, permit)));
     }
@@ -41,7 +44,10 @@ impl Consumer {
             }
             // The permit covers the commit too: with `concurrency = 1` the
             // next event must see this one's state and publishes.
-            self.carry_out(d, turn.decision, &b).await;
+            let (stream, id) = (d.stream.clone(), d.entry.id.clone());
+            if !self.carry_out(d, turn.decision, &b).await {
+                self.release(&stream, &id);
+            }
             drop(permit);
         }
         .instrument(span)
@@ -66,7 +72,9 @@ impl Consumer {
         self.claim_idle / 2
     }
 
-    async fn carry_out(self: &Arc<Self>, d: Delivery, decision: Decision, b: &Binding) {
+    /// Carries out `decision` for `d`; `true` when a retry of it was
+    /// scheduled (it stays held here until then).
+    async fn carry_out(self: &Arc<Self>, d: Delivery, decision: Decision, b: &Binding) -> bool {
         match decision {
             Decision::Ack { effects } => {
                 let (publishes, kv_writes) = (effects.publishes.len(), effects.kv.len());
@@ -81,17 +89,22 @@ impl Consumer {
                     Some(Committed::Refused(why)) => {
                         let policy = &b.handler.retry;
                         let decision = dispatch::commit_refused(&why, d.attempt, policy, self.max_retry_delay());
-                        Box::pin(self.carry_out(d, decision, b)).await;
+                        return Box::pin(self.carry_out(d, decision, b)).await;
                     }
                     None => {}
                 }
+                false
             }
             Decision::Retry { delay, reason } => {
                 warn!("attempt {} failed: {reason}; retrying in {} ms", d.attempt, delay.as_millis());
                 self.metrics.retried();
                 self.tasks.spawn(self.clone().retry_later(d, delay));
+                true
             }
-            Decision::DeadLetter { reason } => self.dead_letter(&d, &reason, b).await,
+            Decision::DeadLetter { reason } => {
+                self.dead_letter(&d, &reason, b).await;
+                false
+            }
         }
     }
 
@@ -154,8 +167,14 @@ impl Consumer {
             false => commit,
         });
         let mut wait = Duration::from_millis(100);
+        // Whether an earlier try may have gone through (its reply was lost).
+        let mut unsure = false;
         for attempt in 1..=COMMIT_TRIES {
             match self.committer.commit(commit.clone()).await {
+                Ok(Committed::AlreadyFinished) if unsure => {
+                    debug!("{what}: an earlier try went through (its reply was lost)");
+                    return Some(Committed::Done);
+                }
                 Ok(committed) => return Some(committed),
                 Err(e) if e.is_no_permission() => {
                     error!(
@@ -165,9 +184,11 @@ impl Consumer {
                 }
                 Err(e) if attempt == COMMIT_TRIES => {
                     error!("{what} failed: {e}; the entry stays pending and will be delivered again");
+                    self.orphans.store(true, std::sync::atomic::Ordering::SeqCst);
                 }
                 Err(e) => {
                     warn!("{what} failed: {e}; trying again");
+                    unsure = true;
                     tokio::time::sleep(wait).await;
                     wait *= 3;
                 }
@@ -182,10 +203,12 @@ impl Consumer {
     fn retry_later(self: Arc<Self>, d: Delivery, delay: Duration) -> BoxFuture<'static, ()> {
         Box::pin(async move {
             self.pause(delay).await;
-            let Some(permit) = self.permit().await else { return };
-            if self.shutdown.is_cancelled() {
-                return; // still pending: delivered again after a restart
-            }
+            // Still pending if this ends early: delivered again after a
+            // restart, or taken back after a reconnect.
+            let permit = match self.permit().await {
+                Some(p) if !self.shutdown.is_cancelled() => p,
+                _ => return self.release(&d.stream, &d.entry.id),
+            };
             let mut conn = self.redis.conn.clone();
             let ids = [d.entry.id.clone()];
             match stream::claim(&mut conn, &d.stream, &self.group, &self.name, delay, &ids).await {
@@ -193,9 +216,14 @@ impl Consumer {
                     let next = Delivery { stream: d.stream, entry: claimed.remove(0), attempt: d.attempt + 1 };
                     self.deliver(next, permit).await;
                 }
-                Ok(_) => debug!(id = %d.entry.id, "entry taken over or deleted before its retry"),
+                Ok(_) => {
+                    debug!(id = %d.entry.id, "entry taken over or deleted before its retry");
+                    self.release(&d.stream, &d.entry.id);
+                }
                 Err(e) => {
-                    warn!(id = %d.entry.id, "claiming for retry failed: {e}; it will be claimed after claim_idle_ms")
+                    warn!(id = %d.entry.id, "claiming for retry failed: {e}; taking it back shortly");
+                    self.release(&d.stream, &d.entry.id);
+                    self.orphans.store(true, std::sync::atomic::Ordering::SeqCst);
                 }
             }
         })

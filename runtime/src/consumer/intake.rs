@@ -7,6 +7,7 @@ use super::Consumer;
 use super::consumer::ERROR_PAUSE;
 use crate::stream::{self, Delivery, Error, Reader};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, info, warn};
@@ -18,19 +19,22 @@ const READ_BATCH: usize = 256;
 const READ_BLOCK: Duration = Duration::from_millis(1_000);
 
 impl Consumer {
-    /// Delivers again what this consumer left pending in an earlier run.
-    /// Pages by free permits: a claimed entry that waited past claim_idle
-    /// would be claimed again elsewhere.
+    /// Delivers again what is pending with this consumer and not being
+    /// handled here: left by an earlier run under the same name, or read by
+    /// a reply that a lost connection never brought. Pages by free permits:
+    /// a claimed entry that waited past claim_idle would be claimed again
+    /// elsewhere.
     pub(super) async fn recover_own(self: &Arc<Self>) {
         for s in &self.streams {
             let mut after = "-".to_owned();
             loop {
                 let Some(room) = self.room().await else { return };
                 let mut conn = self.redis.conn.clone();
-                match stream::own_pending(&mut conn, s, &self.group, &self.name, &after, room).await {
+                let skip = |id: &str| self.holds(s, id);
+                match stream::own_pending(&mut conn, s, &self.group, &self.name, (&after, room), skip).await {
                     Ok((found, next)) => {
                         if !found.is_empty() {
-                            info!(stream = %s, count = found.len(), "taking back entries left pending by an earlier run");
+                            info!(stream = %s, count = found.len(), "taking back entries pending with this consumer (an earlier run, or a lost reply)");
                         }
                         self.spawn_all(found).await;
                         match next {
@@ -39,8 +43,11 @@ impl Consumer {
                         }
                     }
                     Err(e) => {
-                        warn!("{e:#}; they will be claimed after claim_idle_ms");
-                        break;
+                        // Tried again on the read loop's next turn.
+                        warn!("{e:#}; taking back this consumer's pending entries again shortly");
+                        self.orphans.store(true, Ordering::SeqCst);
+                        self.pause(ERROR_PAUSE).await;
+                        return;
                     }
                 }
             }
@@ -62,6 +69,12 @@ impl Consumer {
     pub(super) async fn read_loop(self: Arc<Self>, streams: Vec<String>) {
         let mut reader: Option<Reader> = None;
         while !self.shutdown.is_cancelled() {
+            // A reply lost with its connection (a read's, a claim's) left
+            // entries pending here that nothing handles: take them back now
+            // rather than after claim_idle_ms.
+            if self.orphans.swap(false, Ordering::SeqCst) {
+                self.recover_own().await;
+            }
             let Some(permit) = self.permit().await else { break };
             let r = match reader.as_mut() {
                 Some(r) => r,
@@ -127,6 +140,7 @@ impl Consumer {
         } else {
             warn!("reading from Redis failed: {e}; reconnecting");
             *reader = None;
+            self.orphans.store(true, Ordering::SeqCst);
             self.pause(ERROR_PAUSE).await;
         }
     }
@@ -164,6 +178,9 @@ impl Consumer {
             if self.shutdown.is_cancelled() {
                 return;
             }
+            // Entries pending here that nothing handles (a lost reply that
+            // no error reported): taken back before others' are taken over.
+            self.recover_own().await;
             for s in &self.streams {
                 self.claim_stream(s).await;
             }

@@ -143,20 +143,25 @@ pub async fn claim(
 }
 
 /// Up to `count` entries still pending for `consumer` itself on `stream`
-/// (left over by an earlier run under the same name) after id `after` (`-`
-/// to start), claimed again as fresh deliveries; and the cursor for the next
-/// page, `None` when there is no more.
+/// (left over by an earlier run under the same name, or read by a reply
+/// that was lost) after id `after` (`-` to start), except those `skip`
+/// says it is handling already, claimed again as fresh deliveries; and the
+/// cursor for the next page, `None` when there is no more.
 pub async fn own_pending(
     conn: &mut impl ConnectionLike,
     stream: &str,
     group: &str,
     consumer: &str,
-    after: &str,
-    count: usize,
+    (after, count): (&str, usize),
+    skip: impl Fn(&str) -> bool,
 ) -> Result<(Vec<Delivery>, Option<String>), Error> {
-    let rows = pending_rows(conn, stream, group, after, "+", consumer, count).await?;
+    let mut rows = pending_rows(conn, stream, group, after, "+", consumer, count).await?;
     let Some(last) = rows.last() else { return Ok((vec![], None)) };
     let next = (rows.len() == count).then(|| format!("({}", last.id));
+    rows.retain(|r| !skip(&r.id));
+    if rows.is_empty() {
+        return Ok((vec![], next));
+    }
     let counts: HashMap<String, u32> = rows.iter().map(|r| (r.id.clone(), r.delivered)).collect();
     let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
     let entries = claim(conn, stream, group, consumer, Duration::ZERO, &ids).await?;

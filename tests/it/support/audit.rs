@@ -44,6 +44,9 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(5);
 /// How often the group's progress is looked at.
 const WATCH_EVERY: Duration = Duration::from_millis(10);
 
+/// How long a [`Fault::Reset`] holds the bytes in transit before resetting.
+const RESET_HOLD: Duration = Duration::from_millis(300);
+
 /// One fault, injected on its own while the load runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
@@ -66,7 +69,9 @@ pub enum Fault {
     /// again on the same port and data folder.
     RedisRestart(Fsync),
     /// Every connection between the hosts and Redis reset (RST) by the
-    /// proxy, at `times` random moments.
+    /// proxy, at `times` random moments; each time after holding the bytes
+    /// in transit for a moment, so that replies Redis has sent (entries it
+    /// delivered, commits it applied) are lost with the connections.
     Reset {
         /// How many resets.
         times: usize,
@@ -790,7 +795,10 @@ async fn inject(
             for at in moments {
                 tokio::time::sleep_until(started + at).await;
                 struck.held += holding(probe, None).await;
+                proxy(redis).stall();
+                tokio::time::sleep(RESET_HOLD).await;
                 struck.reset += proxy(redis).reset();
+                proxy(redis).resume();
                 mark();
             }
             notes.push(format!("{} connections reset", struck.reset));
