@@ -173,3 +173,36 @@ async fn failing_the_streams_master_over_under_load_loses_and_duplicates_nothing
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_repeats_its_writes_lands_each_once() {
+    // A relay interrupted between writing and deleting from the outbox
+    // writes again what it wrote. Here it may never delete (its user lacks
+    // XDEL), so it repeats every round: the marks beside the target must
+    // make each write land exactly once, in order.
+    let redis = RedisServer::start();
+    let mut root = redis.conn().await;
+    let rule = "ACL SETUSER relayer on >pw ~* &* +@all -xdel";
+    let words: Vec<&str> = rule.split(' ').collect();
+    let _: () = redis::cmd(words[0]).arg(&words[1..]).query_async(&mut root).await.unwrap();
+    let outbox = sluice::stream::outbox("in");
+    for n in 0..50 {
+        let data = format!("{{\"n\":{n}}}");
+        let fields = [("kind", "xadd"), ("key", "out"), ("a", "type"), ("a", "n"), ("a", "data"), ("a", data.as_str())];
+        let _: String = redis::AsyncCommands::xadd(&mut root, &outbox, "*", &fields).await.unwrap();
+    }
+    let url = format!("redis://relayer:pw@127.0.0.1:{}", redis.port);
+    let as_relayer = sluice::stream::Redis::connect(&url, &Default::default()).await.unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let relay = tokio::spawn(sluice::stream::Relay::new(outbox.clone(), "h".into(), as_relayer).run(stop.clone()));
+    let out = until_entries(&root, "out", 50).await;
+    // Rounds go on: each finds the same 50 entries still in the outbox.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    stop.cancel();
+    relay.await.unwrap();
+    assert_eq!(entries(&mut root, &outbox).await.len(), 50, "the relay could not delete, so it repeated");
+    let landed = entries(&mut root, "out").await;
+    let numbers: Vec<String> = landed.iter().map(|e| field(e, "data")).collect();
+    let expected: Vec<String> = (0..50).map(|n| format!("{{\"n\":{n}}}")).collect();
+    assert_eq!(numbers, expected, "each write once, in order ({} at first sight)", out.len());
+}

@@ -1,13 +1,15 @@
--- Applies one write from an outbox to its target, exactly once: a mark
--- beside the target (a hash in the target's slot, one field per outbox)
--- holds the id of the last outbox entry applied there, and an entry at or
--- before it is skipped. Outbox entries are relayed in id order, so a write
--- repeated by a relay that was interrupted, or by one that lost its lease
--- to another host, finds itself marked and writes nothing.
+-- Applies writes from one outbox to one target, in order, each exactly once:
+-- a mark beside the target (a hash in the target's slot, one field per
+-- outbox and target) holds the id of the last outbox entry applied there,
+-- and an entry at or before it is skipped. A relay sends a target's writes
+-- in outbox order, so a write repeated by a relay that was interrupted, or
+-- by one that lost its lease to another host, finds itself marked and
+-- writes nothing. (Writes to different targets may land in any order.)
 -- KEYS[1] the mark, KEYS[2] the target
--- ARGV[1] the outbox, ARGV[2] the outbox entry id, ARGV[3] the write's kind
---         ("xadd", "set" or "del"; stream::commit::WriteKind), ARGV[4..] its arguments
--- Returns 1 when applied, 0 when it had been already.
+-- ARGV[1] the mark's field (outbox|target), ARGV[2] the number of writes,
+--         then per write: the outbox entry id, its kind ("xadd", "set" or
+--         "del"; stream::commit::WriteKind), its argument count, its arguments
+-- Returns how many were applied (the rest had been already).
 local WRITES = {
   xadd = function(key, args) redis.call('XADD', key, '*', unpack(args)) end,
   set = function(key, args) redis.call('SET', key, unpack(args)) end,
@@ -22,14 +24,26 @@ local function after(a, b)
   return ams > bms or (ams == bms and aseq > bseq)
 end
 
-local write = WRITES[ARGV[3]]
-if not write then
-  return redis.error_reply('unknown write kind ' .. ARGV[3])
-end
 local last = redis.call('HGET', KEYS[1], ARGV[1])
-if last and not after(ARGV[2], last) then
-  return 0
+local applied, a = 0, 3
+for _ = 1, tonumber(ARGV[2]) do
+  local id, kind, argc = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
+  local args = {}
+  for i = 1, argc do
+    args[i] = ARGV[a + 2 + i]
+  end
+  a = a + 3 + argc
+  local write = WRITES[kind]
+  if not write then
+    return redis.error_reply('unknown write kind ' .. kind)
+  end
+  if not last or after(id, last) then
+    write(KEYS[2], args)
+    -- Marked at once: a script that fails further on keeps what it wrote
+    -- (Redis does not roll back), and a repeat must skip it.
+    redis.call('HSET', KEYS[1], ARGV[1], id)
+    last = id
+    applied = applied + 1
+  end
 end
-write(KEYS[2], { unpack(ARGV, 4) })
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-return 1
+return applied

@@ -76,11 +76,16 @@ impl Relay {
             return Ok(false);
         }
         let waiting = self.read().await?;
-        let mut done = Vec::with_capacity(waiting.len());
-        for entry in &waiting {
-            self.apply(entry).await?;
-            done.push(entry.id.clone());
+        let batches = self.by_target(&waiting)?;
+        // One script per target, all in one pipeline; one at a time if that
+        // fails (the script not loaded on a node yet, say), which also loads
+        // it. Marks make a repeat of what went through write nothing.
+        if self.apply_all(&batches).await.is_err() {
+            for batch in &batches {
+                self.apply(batch).await?;
+            }
         }
+        let done: Vec<String> = waiting.iter().map(|e| e.id.clone()).collect();
         if !done.is_empty() {
             super::inbox::delete(&mut self.redis.conn, &self.outbox, &done).await?;
             debug!(outbox = %self.outbox, count = done.len(), "relayed");
@@ -108,20 +113,65 @@ impl Relay {
         Ok(reply::read_reply(&reply).into_iter().flat_map(|(_, entries)| entries).collect())
     }
 
-    /// Applies the write in outbox entry `entry` to its target, unless it
-    /// was already.
-    async fn apply(&mut self, entry: &Entry) -> Result<(), Error> {
-        let what = || format!("relaying outbox {} entry {}", self.outbox, entry.id);
-        let Some(write) = Relayed::parse(entry) else {
-            return Err(Error::reply(what(), &redis::Value::Nil));
-        };
-        let mark = format!("sluice:relayed:{}", slot::tag_for(&write.key));
-        let mut call = APPLY.key(&mark);
-        call.key(&write.key).arg(&self.outbox).arg(&entry.id).arg(write.kind.wire());
-        for a in &write.args {
-            call.arg(a.as_slice());
+    /// The writes of `entries` grouped by target, each group in outbox order.
+    fn by_target(&self, entries: &[Entry]) -> Result<Vec<Batch>, Error> {
+        let mut batches: Vec<Batch> = Vec::new();
+        for entry in entries {
+            let write = Relayed::parse(entry).ok_or_else(|| {
+                Error::reply(format!("relaying outbox {} entry {}", self.outbox, entry.id), &redis::Value::Nil)
+            })?;
+            match batches.iter_mut().find(|b| b.target == write.key) {
+                Some(b) => b.writes.push((entry.id.clone(), write)),
+                None => batches.push(Batch { target: write.key.clone(), writes: vec![(entry.id.clone(), write)] }),
+            }
         }
-        let _applied: i64 = call.invoke_async(&mut self.redis.conn).await.context(what)?;
-        Ok(())
+        Ok(batches)
     }
+
+    /// The script call that applies `batch`.
+    fn call(&self, batch: &Batch) -> redis::Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(APPLY.get_hash()).arg(2).arg(format!("sluice:relayed:{}", slot::tag_for(&batch.target)));
+        cmd.arg(&batch.target).arg(format!("{}|{}", self.outbox, batch.target)).arg(batch.writes.len());
+        for (id, write) in &batch.writes {
+            cmd.arg(id).arg(write.kind.wire()).arg(write.args.len());
+            for a in &write.args {
+                cmd.arg(a.as_slice());
+            }
+        }
+        cmd
+    }
+
+    /// Applies every batch in one pipeline.
+    async fn apply_all(&mut self, batches: &[Batch]) -> Result<(), Error> {
+        if batches.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for batch in batches {
+            pipe.add_command(self.call(batch)).ignore();
+        }
+        let what = || format!("relaying outbox {} to {} targets", self.outbox, batches.len());
+        pipe.exec_async(&mut self.redis.conn).await.context(what)
+    }
+
+    /// Applies one batch, loading the script where Redis does not have it.
+    async fn apply(&mut self, batch: &Batch) -> Result<(), Error> {
+        let what = || format!("relaying outbox {} to {}", self.outbox, batch.target);
+        let reply: Result<i64, redis::RedisError> = self.call(batch).query_async(&mut self.redis.conn).await;
+        match reply {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                let _: String = APPLY.prepare_invoke().load_async(&mut self.redis.conn).await.context(what)?;
+                let _: i64 = self.call(batch).query_async(&mut self.redis.conn).await.context(what)?;
+                Ok(())
+            }
+            other => other.map(drop).context(what),
+        }
+    }
+}
+
+/// The writes one target gets from one round, in outbox order.
+struct Batch {
+    target: String,
+    writes: Vec<(String, Relayed)>,
 }
