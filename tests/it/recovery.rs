@@ -1,7 +1,8 @@
 //! Nothing is lost across restarts, crashes and takeovers: attempts are
 //! counted by Redis, a SIGKILLed host's entries are delivered again, a
-//! second host claims a dead host's entries, shutdown drains, and a Redis
-//! restart is ridden out.
+//! second host claims a dead host's entries, three hosts share every group
+//! and take a killed one's entries within a scan, shutdown drains, and a
+//! Redis restart is ridden out.
 
 use crate::support::*;
 use redis::aio::MultiplexedConnection;
@@ -97,6 +98,104 @@ async fn a_second_host_claims_a_dead_hosts_entries() {
     wait_finished(&conn, 40, Duration::from_secs(30)).await;
     survivor.stop().await;
     assert_every_input_handled(&mut conn).await;
+}
+
+/// `sluice run` processes, killed when dropped, so a failing test leaves
+/// none behind.
+struct Hosts(Vec<std::process::Child>);
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        for host in &mut self.0 {
+            let _ = host.kill();
+            let _ = host.wait();
+        }
+    }
+}
+
+/// Entries of `group` pending under `consumer`.
+async fn pending_with(conn: &mut MultiplexedConnection, group: &str, consumer: &str) -> usize {
+    let rows: Vec<redis::Value> = redis::cmd("XPENDING")
+        .arg("in")
+        .arg(group)
+        .arg("-")
+        .arg("+")
+        .arg(1000)
+        .arg(consumer)
+        .query_async(conn)
+        .await
+        .unwrap();
+    rows.len()
+}
+
+/// The consumers `group` knows (none before the group exists).
+async fn consumers(conn: &mut MultiplexedConnection, group: &str) -> Vec<String> {
+    let reply: redis::RedisResult<redis::streams::StreamInfoConsumersReply> =
+        redis::AsyncCommands::xinfo_consumers(conn, "in", group).await;
+    reply.map(|r| r.consumers.into_iter().map(|c| c.name).collect()).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hosts_share_every_group_and_take_a_killed_hosts_entries_within_a_scan() {
+    const CLAIM_IDLE: Duration = Duration::from_millis(2000);
+    let redis = RedisServer::start();
+    // Two groups on one stream, both in every host.
+    let handlers = format!(
+        "{}\n[handlers.g]\nplugin = \"behave.wasm\"\nstreams = [\"in\"]\npublish = [\"out\"]\nconcurrency = 4\ntimeout_ms = 500\n",
+        behave("concurrency = 4\ntimeout_ms = 500")
+    );
+    let host = |name: &str| format!("consumer = \"{name}\"\nclaim_idle_ms = {}", CLAIM_IDLE.as_millis());
+    let fixtures: Vec<Fixture> = ["a", "b", "c"].iter().map(|n| Fixture::new(&redis, &host(n), &handlers)).collect();
+    let mut conn = redis.conn().await;
+    let mut hosts = Hosts(fixtures.iter().map(|f| f.spawn_binary()).collect());
+    for _ in 0..120 {
+        send(&mut conn, "in", "t", busy(40)).await;
+    }
+    // Every host reads in every group.
+    for group in ["h", "g"] {
+        eventually(Duration::from_secs(20), &format!("three consumers in group {group}"), || {
+            let mut c = conn.clone();
+            async move { (consumers(&mut c, group).await.len() == 3).then_some(()) }
+        })
+        .await;
+    }
+    // Kill host a while it holds entries.
+    eventually(Duration::from_secs(20), "host a holding entries", || {
+        let mut c = conn.clone();
+        async move { (pending_with(&mut c, "h", "a").await + pending_with(&mut c, "g", "a").await > 0).then_some(()) }
+    })
+    .await;
+    hosts.0[0].kill().unwrap();
+    let killed = std::time::Instant::now();
+    hosts.0[0].wait().unwrap();
+    let left = pending_with(&mut conn, "h", "a").await + pending_with(&mut conn, "g", "a").await;
+    assert!(left > 0, "the killed host left entries pending");
+    // Its entries go idle for claim_idle_ms; a scan every claim_idle_ms / 2
+    // finds them. One second more for a busy machine.
+    let bound = CLAIM_IDLE + CLAIM_IDLE / 2 + Duration::from_secs(1);
+    eventually(bound * 2, "the killed host's entries taken over", || {
+        let mut c = conn.clone();
+        async move { (pending_with(&mut c, "h", "a").await + pending_with(&mut c, "g", "a").await == 0).then_some(()) }
+    })
+    .await;
+    let took = killed.elapsed();
+    assert!(took <= bound, "the {left} entries of the killed host were taken over after {took:?}, more than {bound:?}");
+    for group in ["h", "g"] {
+        eventually(Duration::from_secs(30), &format!("group {group} finished"), || {
+            let mut c = conn.clone();
+            async move {
+                (finished(&mut c, "in", group).await == 120 && pending(&mut c, "in", group).await == 0).then_some(())
+            }
+        })
+        .await;
+    }
+    drop(hosts);
+    // Each input was published for by both groups.
+    let outputs = entries(&mut conn, "out").await;
+    for input in entries(&mut conn, "in").await {
+        let n = outputs.iter().filter(|o| field(o, "causation_id") == input.id).count();
+        assert!(n >= 2, "input {} handled by {n} of the 2 groups", input.id);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
