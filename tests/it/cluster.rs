@@ -178,8 +178,9 @@ async fn failing_the_streams_master_over_under_load_loses_and_duplicates_nothing
 async fn a_relay_that_repeats_its_writes_lands_each_once() {
     // A relay interrupted between writing and deleting from the outbox
     // writes again what it wrote. Here it may never delete (its user lacks
-    // XDEL), so it repeats every round: the marks beside the target must
-    // make each write land exactly once, in order.
+    // XDEL), so it repeats every round: the marks in the targets' slots must
+    // make each write land exactly once, in order, however many targets
+    // (two streams and ten kv keys, in several slots) and rounds there are.
     let redis = RedisServer::start();
     let mut root = redis.conn().await;
     let rule = "ACL SETUSER relayer on >pw ~* &* +@all -xdel";
@@ -188,21 +189,46 @@ async fn a_relay_that_repeats_its_writes_lands_each_once() {
     let outbox = sluice::stream::outbox("in");
     for n in 0..50 {
         let data = format!("{{\"n\":{n}}}");
-        let fields = [("kind", "xadd"), ("key", "out"), ("a", "type"), ("a", "n"), ("a", "data"), ("a", data.as_str())];
+        let stream = if n % 2 == 0 { "out" } else { "side" };
+        let fields =
+            [("kind", "xadd"), ("key", stream), ("a", "type"), ("a", "n"), ("a", "data"), ("a", data.as_str())];
+        let _: String = redis::AsyncCommands::xadd(&mut root, &outbox, "*", &fields).await.unwrap();
+        let (key, value) = (format!("k{}", n % 10), n.to_string());
+        let fields = [("kind", "set"), ("key", key.as_str()), ("a", value.as_str())];
         let _: String = redis::AsyncCommands::xadd(&mut root, &outbox, "*", &fields).await.unwrap();
     }
     let url = format!("redis://relayer:pw@127.0.0.1:{}", redis.port);
     let as_relayer = sluice::stream::Redis::connect(&url, &Default::default()).await.unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
     let relay = tokio::spawn(sluice::stream::Relay::new(outbox.clone(), "h".into(), as_relayer).run(stop.clone()));
-    let out = until_entries(&root, "out", 50).await;
-    // Rounds go on: each finds the same 50 entries still in the outbox.
+    until_entries(&root, "out", 25).await;
+    until_entries(&root, "side", 25).await;
+    // Rounds go on: each finds the same 100 entries still in the outbox.
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     stop.cancel();
     relay.await.unwrap();
-    assert_eq!(entries(&mut root, &outbox).await.len(), 50, "the relay could not delete, so it repeated");
-    let landed = entries(&mut root, "out").await;
-    let numbers: Vec<String> = landed.iter().map(|e| field(e, "data")).collect();
-    let expected: Vec<String> = (0..50).map(|n| format!("{{\"n\":{n}}}")).collect();
-    assert_eq!(numbers, expected, "each write once, in order ({} at first sight)", out.len());
+    assert_eq!(entries(&mut root, &outbox).await.len(), 100, "the relay could not delete, so it repeated");
+    for (stream, first) in [("out", 0), ("side", 1)] {
+        let numbers: Vec<String> = entries(&mut root, stream).await.iter().map(|e| field(e, "data")).collect();
+        let expected: Vec<String> = (first..50).step_by(2).map(|n| format!("{{\"n\":{n}}}")).collect();
+        assert_eq!(numbers, expected, "each write to {stream} once, in order");
+    }
+    for k in 0..10 {
+        let value: String = redis::AsyncCommands::get(&mut root, format!("k{k}")).await.unwrap();
+        assert_eq!(value, (40 + k).to_string(), "k{k} holds its last write");
+    }
+    // One mark per slot written to, each with one field (this outbox): the
+    // marks do not grow with the number of keys.
+    let marks: Vec<String> = redis::AsyncCommands::keys(&mut root, "sluice:relayed:*").await.unwrap();
+    let slots: std::collections::HashSet<u16> = ["out", "side"]
+        .into_iter()
+        .map(String::from)
+        .chain((0..10).map(|k| format!("k{k}")))
+        .map(|k| sluice::stream::slot::of(&k))
+        .collect();
+    assert_eq!(marks.len(), slots.len(), "a mark per slot: {marks:?}");
+    for mark in marks {
+        let fields: Vec<String> = redis::AsyncCommands::hkeys(&mut root, &mark).await.unwrap();
+        assert_eq!(fields, std::slice::from_ref(&outbox), "{mark} has one field per outbox");
+    }
 }

@@ -1,9 +1,11 @@
 //! The relay of a Redis Cluster: moves the writes a commit put in a stream's
 //! outbox (those whose keys live in another slot, see [`super::commit`]) to
-//! their targets, in order, each exactly once. Every host runs a relay per
-//! outbox, and a lease lets one of them work at a time; a write repeated by
-//! a relay that was interrupted, or that lost its lease while paused, is
-//! recognised by the mark beside its target (`relay.lua`) and skipped.
+//! their targets, in outbox order within each slot, each exactly once. Every
+//! host runs a relay per outbox, and a lease lets one of them work at a
+//! time. A round sends one script per target slot, all at once; a write
+//! repeated by a relay that was interrupted, or that lost its lease while
+//! paused, is recognised by the mark in its target's slot (`relay.lua`) and
+//! skipped.
 
 use super::commit::Relayed;
 use super::conn::{Conn, Redis};
@@ -11,6 +13,7 @@ use super::error::{Context, Error};
 use super::lease::Lease;
 use super::{reply, slot};
 use crate::event::Entry;
+use std::collections::BTreeMap;
 use std::sync::LazyLock;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -76,15 +79,11 @@ impl Relay {
             return Ok(false);
         }
         let waiting = self.read().await?;
-        let batches = self.by_target(&waiting)?;
-        // One script per target, all in one pipeline; one at a time if that
-        // fails (the script not loaded on a node yet, say), which also loads
-        // it. Marks make a repeat of what went through write nothing.
-        if self.apply_all(&batches).await.is_err() {
-            for batch in &batches {
-                self.apply(batch).await?;
-            }
-        }
+        // One script per slot, all at once; marks make a repeat of what
+        // went through write nothing.
+        let batches = self.by_slot(&waiting)?;
+        let applied = futures::future::join_all(batches.iter().map(|b| self.apply(b))).await;
+        applied.into_iter().collect::<Result<Vec<()>, Error>>()?;
         let done: Vec<String> = waiting.iter().map(|e| e.id.clone()).collect();
         if !done.is_empty() {
             super::inbox::delete(&mut self.redis.conn, &self.outbox, &done).await?;
@@ -113,28 +112,35 @@ impl Relay {
         Ok(reply::read_reply(&reply).into_iter().flat_map(|(_, entries)| entries).collect())
     }
 
-    /// The writes of `entries` grouped by target, each group in outbox order.
-    fn by_target(&self, entries: &[Entry]) -> Result<Vec<Batch>, Error> {
-        let mut batches: Vec<Batch> = Vec::new();
+    /// The writes of `entries` grouped by the slot of their target, each
+    /// group in outbox order.
+    fn by_slot(&self, entries: &[Entry]) -> Result<Vec<Batch>, Error> {
+        let mut batches: BTreeMap<u16, Batch> = BTreeMap::new();
         for entry in entries {
             let write = Relayed::parse(entry).ok_or_else(|| {
                 Error::reply(format!("relaying outbox {} entry {}", self.outbox, entry.id), &redis::Value::Nil)
             })?;
-            match batches.iter_mut().find(|b| b.target == write.key) {
-                Some(b) => b.writes.push((entry.id.clone(), write)),
-                None => batches.push(Batch { target: write.key.clone(), writes: vec![(entry.id.clone(), write)] }),
-            }
+            let batch = batches.entry(slot::of(&write.key)).or_insert_with_key(|s| Batch::new(*s));
+            let target = match batch.targets.iter().position(|t| *t == write.key) {
+                Some(i) => i,
+                None => {
+                    batch.targets.push(write.key.clone());
+                    batch.targets.len() - 1
+                }
+            };
+            batch.writes.push((entry.id.clone(), target, write));
         }
-        Ok(batches)
+        Ok(batches.into_values().collect())
     }
 
     /// The script call that applies `batch`.
     fn call(&self, batch: &Batch) -> redis::Cmd {
         let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(APPLY.get_hash()).arg(2).arg(format!("sluice:relayed:{}", slot::tag_for(&batch.target)));
-        cmd.arg(&batch.target).arg(format!("{}|{}", self.outbox, batch.target)).arg(batch.writes.len());
-        for (id, write) in &batch.writes {
-            cmd.arg(id).arg(write.kind.wire()).arg(write.args.len());
+        cmd.arg(APPLY.get_hash()).arg(1 + batch.targets.len()).arg(&batch.mark).arg(&batch.targets);
+        cmd.arg(&self.outbox).arg(batch.writes.len());
+        for (id, target, write) in &batch.writes {
+            // KEYS[1] is the mark: targets start at KEYS[2] (Lua counts from 1).
+            cmd.arg(id).arg(target + 2).arg(write.kind.wire()).arg(write.args.len());
             for a in &write.args {
                 cmd.arg(a.as_slice());
             }
@@ -142,27 +148,15 @@ impl Relay {
         cmd
     }
 
-    /// Applies every batch in one pipeline.
-    async fn apply_all(&mut self, batches: &[Batch]) -> Result<(), Error> {
-        if batches.is_empty() {
-            return Ok(());
-        }
-        let mut pipe = redis::pipe();
-        for batch in batches {
-            pipe.add_command(self.call(batch)).ignore();
-        }
-        let what = || format!("relaying outbox {} to {} targets", self.outbox, batches.len());
-        pipe.exec_async(&mut self.redis.conn).await.context(what)
-    }
-
     /// Applies one batch, loading the script where Redis does not have it.
-    async fn apply(&mut self, batch: &Batch) -> Result<(), Error> {
-        let what = || format!("relaying outbox {} to {}", self.outbox, batch.target);
-        let reply: Result<i64, redis::RedisError> = self.call(batch).query_async(&mut self.redis.conn).await;
+    async fn apply(&self, batch: &Batch) -> Result<(), Error> {
+        let what = || format!("relaying outbox {} to {}", self.outbox, batch.targets.join(", "));
+        let mut conn = self.redis.conn.clone();
+        let reply: Result<i64, redis::RedisError> = self.call(batch).query_async(&mut conn).await;
         match reply {
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                let _: String = APPLY.prepare_invoke().load_async(&mut self.redis.conn).await.context(what)?;
-                let _: i64 = self.call(batch).query_async(&mut self.redis.conn).await.context(what)?;
+                let _: String = APPLY.prepare_invoke().load_async(&mut conn).await.context(what)?;
+                let _: i64 = self.call(batch).query_async(&mut conn).await.context(what)?;
                 Ok(())
             }
             other => other.map(drop).context(what),
@@ -170,8 +164,18 @@ impl Relay {
     }
 }
 
-/// The writes one target gets from one round, in outbox order.
+/// The writes to the targets of one slot from one round, in outbox order.
 struct Batch {
-    target: String,
-    writes: Vec<(String, Relayed)>,
+    /// The slot's mark: `sluice:relayed:{<a tag of the slot>}`.
+    mark: String,
+    /// The keys written, each once.
+    targets: Vec<String>,
+    /// The outbox entry id, its target (an index in `targets`) and the write.
+    writes: Vec<(String, usize, Relayed)>,
+}
+
+impl Batch {
+    fn new(slot: u16) -> Batch {
+        Batch { mark: format!("sluice:relayed:{}", slot::slot_tag(slot)), targets: vec![], writes: vec![] }
+    }
 }

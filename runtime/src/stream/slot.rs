@@ -28,7 +28,12 @@ pub fn tag_for(key: &str) -> String {
     if of(&candidate) == of(key) {
         return candidate;
     }
-    let slot = of(key);
+    slot_tag(of(key))
+}
+
+/// The `{tag}` of `slot` that Sluice names its per-slot keys with: the first
+/// decimal number in that slot.
+pub fn slot_tag(slot: u16) -> String {
     (0u32..)
         .map(|n| n.to_string())
         .find(|n| of(n) == slot)
@@ -69,5 +74,12 @@ mod tests {
         }
         assert_eq!(tag_for("orders"), "{orders}");
         assert_eq!(tag_for("{shop}:orders"), "{shop}");
+    }
+
+    #[test]
+    fn every_slot_has_a_tag() {
+        for slot in [0, 1, 866, 12182, SLOTS - 1] {
+            assert_eq!(of(&slot_tag(slot)), slot);
+        }
     }
 }
