@@ -140,7 +140,8 @@ impl Consumer {
         let span = error_span!("handler", handler = %self.handler_name);
         async {
             self.until_ready(|| self.ensure_groups()).await;
-            self.recover_own().await;
+            // Nothing read yet: all that is pending here is left over.
+            self.recover_own(Duration::ZERO).await;
             let claimer = tokio::spawn(self.clone().claim_loop().in_current_span());
             let readers: Vec<_> = self
                 .read_groups()

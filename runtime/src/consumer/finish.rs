@@ -188,7 +188,7 @@ impl Consumer {
                 }
                 Err(e) => {
                     warn!("{what} failed: {e}; trying again");
-                    unsure = true;
+                    unsure |= e.reply_lost();
                     tokio::time::sleep(wait).await;
                     wait *= 3;
                 }

@@ -12,6 +12,11 @@ use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, info, warn};
 
+/// How long an entry of this consumer's must have waited since it was
+/// delivered before, once reading has started, it is taken for one whose
+/// reply was lost. Lost replies are noticed by an error, and the entries
+/// are taken back after the [`ERROR_PAUSE`] that follows it.
+const RECOVER_MIN_IDLE: Duration = ERROR_PAUSE;
 /// Most entries one `XREADGROUP` asks for.
 const READ_BATCH: usize = 256;
 /// How long one blocking read waits; also the longest a shutdown waits for
@@ -23,15 +28,17 @@ impl Consumer {
     /// handled here: left by an earlier run under the same name, or read by
     /// a reply that a lost connection never brought. Pages by free permits:
     /// a claimed entry that waited past claim_idle would be claimed again
-    /// elsewhere.
-    pub(super) async fn recover_own(self: &Arc<Self>) {
+    /// elsewhere. `min_idle` spares entries delivered more recently: once
+    /// reading has started, a read's reply may be on its way, its entries
+    /// not yet held by the delivery that will handle them.
+    pub(super) async fn recover_own(self: &Arc<Self>, min_idle: Duration) {
         for s in &self.streams {
             let mut after = "-".to_owned();
             loop {
                 let Some(room) = self.room().await else { return };
                 let mut conn = self.redis.conn.clone();
                 let skip = |id: &str| self.holds(s, id);
-                match stream::own_pending(&mut conn, s, &self.group, &self.name, (&after, room), skip).await {
+                match stream::own_pending(&mut conn, s, &self.group, &self.name, (&after, room), min_idle, skip).await {
                     Ok((found, next)) => {
                         if !found.is_empty() {
                             info!(stream = %s, count = found.len(), "taking back entries pending with this consumer (an earlier run, or a lost reply)");
@@ -73,7 +80,7 @@ impl Consumer {
             // entries pending here that nothing handles: take them back now
             // rather than after claim_idle_ms.
             if self.orphans.swap(false, Ordering::SeqCst) {
-                self.recover_own().await;
+                self.recover_own(RECOVER_MIN_IDLE).await;
             }
             let Some(permit) = self.permit().await else { break };
             let r = match reader.as_mut() {
@@ -180,7 +187,7 @@ impl Consumer {
             }
             // Entries pending here that nothing handles (a lost reply that
             // no error reported): taken back before others' are taken over.
-            self.recover_own().await;
+            self.recover_own(RECOVER_MIN_IDLE).await;
             for s in &self.streams {
                 self.claim_stream(s).await;
             }

@@ -63,6 +63,18 @@ impl Error {
         self.code() == Some("NOPERM")
     }
 
+    /// Whether the command may have run although this error came back: the
+    /// connection failed or timed out before its reply arrived, or the
+    /// reply made no sense. Not when Redis answered with an error code
+    /// (`LOADING`, `TRYAGAIN`, `NOPERM`, ...) or the sender had stopped.
+    pub fn reply_lost(&self) -> bool {
+        match &self.kind {
+            ErrorKind::Redis(e) => e.code().is_none(),
+            ErrorKind::Reply(_) => true,
+            ErrorKind::Stopped => false,
+        }
+    }
+
     /// The key does not exist (`XINFO` on a missing stream).
     pub fn is_no_such_key(&self) -> bool {
         self.redis().is_some_and(|e| e.code() == Some("ERR") && e.detail() == Some("no such key"))

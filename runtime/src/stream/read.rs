@@ -145,14 +145,16 @@ pub async fn claim(
 /// Up to `count` entries still pending for `consumer` itself on `stream`
 /// (left over by an earlier run under the same name, or read by a reply
 /// that was lost) after id `after` (`-` to start), except those `skip`
-/// says it is handling already, claimed again as fresh deliveries; and the
-/// cursor for the next page, `None` when there is no more.
+/// says it is handling already and those delivered less than `min_idle`
+/// ago, claimed again as fresh deliveries; and the cursor for the next
+/// page, `None` when there is no more.
 pub async fn own_pending(
     conn: &mut impl ConnectionLike,
     stream: &str,
     group: &str,
     consumer: &str,
     (after, count): (&str, usize),
+    min_idle: Duration,
     skip: impl Fn(&str) -> bool,
 ) -> Result<(Vec<Delivery>, Option<String>), Error> {
     let mut rows = pending_rows(conn, stream, group, after, "+", consumer, count).await?;
@@ -164,7 +166,7 @@ pub async fn own_pending(
     }
     let counts: HashMap<String, u32> = rows.iter().map(|r| (r.id.clone(), r.delivered)).collect();
     let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
-    let entries = claim(conn, stream, group, consumer, Duration::ZERO, &ids).await?;
+    let entries = claim(conn, stream, group, consumer, min_idle, &ids).await?;
     let deliveries = entries
         .into_iter()
         .map(|entry| {
