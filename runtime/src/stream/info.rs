@@ -20,19 +20,24 @@ pub struct GroupInfo {
     pub oldest_pending: Option<String>,
 }
 
-/// `group` on `stream`, or `None` when either does not exist yet.
-pub async fn group_info(conn: &mut impl ConnectionLike, stream: &str, group: &str) -> Result<Option<GroupInfo>, Error> {
+/// The `XINFO GROUPS` reply of `stream`, or `None` when it does not exist.
+pub(super) async fn groups(conn: &mut impl ConnectionLike, stream: &str) -> Result<Option<Value>, Error> {
     let groups: Result<Value, Error> = redis::cmd("XINFO")
         .arg("GROUPS")
         .arg(stream)
         .query_async(conn)
         .await
         .context(|| format!("XINFO GROUPS on stream {stream}"));
-    let groups = match groups {
-        Ok(v) => v,
-        Err(e) if e.is_no_such_key() => return Ok(None),
-        Err(e) => return Err(e),
-    };
+    match groups {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.is_no_such_key() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// `group` on `stream`, or `None` when either does not exist yet.
+pub async fn group_info(conn: &mut impl ConnectionLike, stream: &str, group: &str) -> Result<Option<GroupInfo>, Error> {
+    let Some(groups) = groups(conn, stream).await? else { return Ok(None) };
     let Some(fields) =
         items(&groups).iter().map(pairs).find(|f| get(f, "name").and_then(text).as_deref() == Some(group))
     else {

@@ -92,17 +92,7 @@ pub async fn trim(
 /// The floor of `stream` over all its groups; `Some` with an empty group
 /// when the stream exists but no group reads it, `None` when it does not exist.
 async fn floor(conn: &mut impl ConnectionLike, stream: &str) -> Result<Option<Floor>, Error> {
-    let groups: Result<Value, Error> = redis::cmd("XINFO")
-        .arg("GROUPS")
-        .arg(stream)
-        .query_async(conn)
-        .await
-        .context(|| format!("XINFO GROUPS on stream {stream}"));
-    let groups = match groups {
-        Ok(v) => v,
-        Err(e) if e.is_no_such_key() => return Ok(None),
-        Err(e) => return Err(e),
-    };
+    let Some(groups) = super::info::groups(conn, stream).await? else { return Ok(None) };
     let mut lowest: Option<Floor> = None;
     let mut needed = 0;
     for g in items(&groups) {
