@@ -1,9 +1,16 @@
-//! Log output on stderr, filtered by `RUST_LOG` (default `info`): lines for
-//! people, or one JSON object per line for machines (`--log-format json`).
+//! Log output on stderr, filtered by `RUST_LOG` (default [`DEFAULT_FILTER`]):
+//! lines for people, or one JSON object per line for machines
+//! (`--log-format json`).
 //! Lines about an event carry its span: handler, stream, entry id, attempt
 //! and correlation id.
 
 use tracing_subscriber::EnvFilter;
+
+/// The filter without `RUST_LOG`: Sluice's lines from `info` up, and only
+/// errors of the `redis` crate, whose connection warnings Sluice reports
+/// itself with what they mean (one line for a connection that cannot be
+/// made, a warning naming the stream and group for a failing command).
+pub const DEFAULT_FILTER: &str = "info,redis=error";
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -17,7 +24,7 @@ pub enum LogFormat {
 
 /// Installs the global subscriber. Safe to call more than once.
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),

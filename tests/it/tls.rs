@@ -130,3 +130,37 @@ fn tls_settings_are_checked_with_the_config() {
     let err = sluice::config::Config::load(&fx.config_path).unwrap_err().to_string();
     assert!(err.contains("redis.cert_file: cert_file needs key_file"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_in_tls_runs_the_whole_path() {
+    // Managed clusters (ElastiCache and the like with cluster mode and
+    // encryption in transit) speak only TLS, and announce the nodes that a
+    // client must then verify too.
+    let pki = Pki::generate();
+    let cluster = Cluster::start_tls(&pki);
+    // A CA that did not sign the nodes' certificates: the same one line as
+    // for one server.
+    let keys = format!("{}cluster = true\n", tls_redis(&cluster.url(), &pki, "other-ca.pem", false));
+    let line = failure(&Fixture::with_redis(&keys, "", HANDLER));
+    assert!(line.contains(&cluster.url()) && line.contains("not signed by a CA Sluice trusts"), "{line}");
+    let keys = format!("{}cluster = true\n", tls_redis(&cluster.url(), &pki, "ca.pem", false));
+    let fx = Fixture::with_redis(&keys, "", HANDLER);
+    let checked = sluice(&["check"], &fx);
+    assert!(checked.status.success(), "check: {}", String::from_utf8_lossy(&checked.stderr));
+    let host = fx.start();
+    let n = 20;
+    for i in 0..n {
+        let data = json!({"action": "publish", "publish": [{"stream": "out", "type": "done", "data": {"n": i}}]});
+        let published = sluice(&["publish", "in", "--type", "t", "--data", &data.to_string()], &fx);
+        assert!(published.status.success(), "publish: {}", String::from_utf8_lossy(&published.stderr));
+    }
+    let out_master = cluster.master_of("out");
+    eventually(std::time::Duration::from_secs(30), &format!("{n} entries in out"), || {
+        let len = cluster.cli(out_master, &["XLEN", "out"]);
+        std::future::ready((len.trim() == n.to_string()).then_some(()))
+    })
+    .await;
+    host.stop().await;
+    let in_master = cluster.master_of("in");
+    assert_eq!(cluster.cli(in_master, &["XPENDING", "in", "h"]).lines().next().map(str::trim), Some("0"));
+}

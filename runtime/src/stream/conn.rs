@@ -121,7 +121,10 @@ impl Redis {
             }
             true => {
                 let client = cluster_client(url, certs.clone(), COMMAND_TIMEOUT).context(what)?;
-                let conn = client.get_async_connection().await.map_err(|e| explained(what(), e))?;
+                let conn = match client.get_async_connection().await {
+                    Ok(conn) => conn,
+                    Err(e) => return Err(explained(what(), seed_error(url, certs).await.unwrap_or(e))),
+                };
                 (
                     Connector::Cluster(Box::new(ClusterConnector { client, url: url.to_owned(), certs })),
                     Conn::Cluster(conn),
@@ -200,6 +203,22 @@ fn cluster_client(
         builder = builder.certs(certs);
     }
     builder.build()
+}
+
+/// Why the seed node `url` of a cluster refuses a connection of its own,
+/// if it does. The cluster client reports only the text of its nodes'
+/// errors; this one keeps their causes (a TLS alert, a certificate
+/// problem), for [`explained`].
+async fn seed_error(url: &str, certs: Option<TlsCertificates>) -> Option<redis::RedisError> {
+    let client = match certs {
+        Some(certs) => Client::build_with_tls(url, certs),
+        None => Client::open(url),
+    };
+    let connected = match client {
+        Ok(client) => tokio::time::timeout(CONNECT_TIMEOUT, client.get_multiplexed_async_connection()).await.ok()?,
+        Err(e) => Err(e),
+    };
+    connected.err()
 }
 
 /// The certificates `settings` name, read from their files; `None` when

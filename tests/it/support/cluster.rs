@@ -1,9 +1,11 @@
 //! A Redis Cluster of a test's own: three masters and three replicas
 //! (`redis-server --cluster-enabled yes` six times, then `redis-cli --cluster
 //! create`), on free ports whose cluster-bus ports (port + 10000) are free
-//! too. Killed on drop.
+//! too; in plain text, or all in TLS (clients, replication and the bus).
+//! Killed on drop.
 
 use super::redis_server::{RedisServer, free_port};
+use super::tls::Pki;
 use redis::cluster_async::ClusterConnection;
 use std::net::TcpListener;
 use std::process::Command;
@@ -13,21 +15,43 @@ use std::time::{Duration, Instant};
 pub struct Cluster {
     /// Every node, masters first as created (their roles change on failover).
     pub nodes: Vec<RedisServer>,
+    /// What `redis-cli` needs to reach the nodes: `--tls --cacert …` for TLS.
+    cli_tls: Vec<String>,
 }
 
 impl Cluster {
     /// Starts six nodes and joins them: three masters, each with a replica.
     pub fn start() -> Cluster {
-        let nodes: Vec<RedisServer> = (0..6).map(|_| node()).collect();
+        Self::join((0..6).map(|_| node(&[])).collect(), vec![])
+    }
+
+    /// [`Cluster::start`], every node speaking only TLS with `pki`'s
+    /// server certificate (for `localhost` and 127.0.0.1), to clients, to its
+    /// replica and on the cluster bus.
+    #[allow(dead_code)]
+    pub fn start_tls(pki: &Pki) -> Cluster {
+        let mut tls: Vec<String> =
+            ["--tls-cluster", "yes", "--tls-replication", "yes", "--tls-auth-clients", "no"].map(String::from).into();
+        for (flag, file) in
+            [("--tls-cert-file", "server.pem"), ("--tls-key-file", "server.key"), ("--tls-ca-cert-file", "ca.pem")]
+        {
+            tls.extend([flag.to_owned(), pki.file(file)]);
+        }
+        let nodes = (0..6).map(|_| node(&tls)).collect();
+        Self::join(nodes, vec!["--tls".to_owned(), "--cacert".to_owned(), pki.file("ca.pem")])
+    }
+
+    fn join(nodes: Vec<RedisServer>, cli_tls: Vec<String>) -> Cluster {
         let addresses: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
         let out = Command::new("redis-cli")
+            .args(&cli_tls)
             .args(["--cluster", "create"])
             .args(&addresses)
             .args(["--cluster-replicas", "1", "--cluster-yes"])
             .output()
             .expect("redis-cli must be installed: apt-get install -y redis-server");
         assert!(out.status.success(), "cluster create failed: {}", String::from_utf8_lossy(&out.stdout));
-        let cluster = Cluster { nodes };
+        let cluster = Cluster { nodes, cli_tls };
         cluster.until_settled();
         cluster
     }
@@ -51,7 +75,8 @@ impl Cluster {
 
     /// Runs `redis-cli -p PORT ARGS...` and returns its output.
     pub fn cli(&self, port: u16, args: &[&str]) -> String {
-        let out = Command::new("redis-cli").args(["-p", &port.to_string()]).args(args).output().unwrap();
+        let out =
+            Command::new("redis-cli").args(&self.cli_tls).args(["-p", &port.to_string()]).args(args).output().unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -151,6 +176,7 @@ impl Cluster {
                     && info.contains(&format!("cluster_known_nodes:{}", self.nodes.len()))
             });
             let check = Command::new("redis-cli")
+                .args(&self.cli_tls)
                 .args(["--cluster", "check", &format!("127.0.0.1:{}", self.nodes[0].port)])
                 .output()
                 .is_ok_and(|o| o.status.success() && !String::from_utf8_lossy(&o.stdout).contains("[ERR]"));
@@ -163,12 +189,17 @@ impl Cluster {
     }
 }
 
-/// One node, not yet joined.
-fn node() -> RedisServer {
-    RedisServer::start_on(bus_free_port, "redis", |port| {
+/// One node, not yet joined; TLS only when `tls` holds its arguments.
+fn node(tls: &[String]) -> RedisServer {
+    let scheme = if tls.is_empty() { "redis" } else { "rediss" };
+    RedisServer::start_on(bus_free_port, scheme, |port| {
+        let port = port.to_string();
+        let (plain, secure) = if tls.is_empty() { (port.as_str(), "0") } else { ("0", port.as_str()) };
         let args = [
             "--port",
-            &port.to_string(),
+            plain,
+            "--tls-port",
+            secure,
             "--cluster-enabled",
             "yes",
             "--cluster-config-file",
@@ -180,7 +211,7 @@ fn node() -> RedisServer {
             "--appendonly",
             "no",
         ];
-        args.iter().map(|s| s.to_string()).collect()
+        args.iter().map(|s| s.to_string()).chain(tls.iter().cloned()).collect()
     })
 }
 
