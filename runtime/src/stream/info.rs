@@ -47,13 +47,7 @@ pub async fn group_info(conn: &mut impl ConnectionLike, stream: &str, group: &st
         Some(Value::Int(n)) => u64::try_from(*n).ok(),
         _ => None,
     };
-    let summary: Value = redis::cmd("XPENDING")
-        .arg(stream)
-        .arg(group)
-        .query_async(conn)
-        .await
-        .context(|| format!("XPENDING on stream {stream} group {group}"))?;
-    let oldest = items(&summary).get(1).and_then(text);
+    let oldest = oldest_pending(conn, stream, group).await?;
     Ok(Some(GroupInfo {
         lag: number("lag"),
         pending: number("pending").unwrap_or(0),
@@ -77,4 +71,19 @@ pub(super) fn pairs(v: &Value) -> Vec<(String, Value)> {
 
 fn get<'a>(fields: &'a [(String, Value)], key: &str) -> Option<&'a Value> {
     fields.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+}
+
+/// The id of `group`'s oldest pending entry on `stream`.
+pub(super) async fn oldest_pending(
+    conn: &mut impl ConnectionLike,
+    stream: &str,
+    group: &str,
+) -> Result<Option<String>, Error> {
+    let summary: Value = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg(group)
+        .query_async(conn)
+        .await
+        .context(|| format!("XPENDING on stream {stream} group {group}"))?;
+    Ok(items(&summary).get(1).and_then(text))
 }

@@ -109,7 +109,7 @@ async fn floor(conn: &mut impl ConnectionLike, stream: &str) -> Result<Option<Fl
         needed = needed.max(number("lag").unwrap_or(u64::MAX).saturating_add(pending));
         let id = match pending {
             0 => next_id(&last),
-            _ => oldest_pending(conn, stream, &name).await?.unwrap_or_else(|| next_id(&last)),
+            _ => super::info::oldest_pending(conn, stream, &name).await?.unwrap_or_else(|| next_id(&last)),
         };
         if lowest.as_ref().is_none_or(|f| before(&id, &f.id)) {
             lowest = Some(Floor { id, group: name, needed: 0 });
@@ -118,17 +118,6 @@ async fn floor(conn: &mut impl ConnectionLike, stream: &str) -> Result<Option<Fl
     let mut floor = lowest.unwrap_or(Floor { id: String::new(), group: String::new(), needed: 0 });
     floor.needed = needed;
     Ok(Some(floor))
-}
-
-/// The id of `group`'s oldest pending entry on `stream`.
-async fn oldest_pending(conn: &mut impl ConnectionLike, stream: &str, group: &str) -> Result<Option<String>, Error> {
-    let summary: Value = redis::cmd("XPENDING")
-        .arg(stream)
-        .arg(group)
-        .query_async(conn)
-        .await
-        .context(|| format!("XPENDING on stream {stream} group {group}"))?;
-    Ok(items(&summary).get(1).and_then(text))
 }
 
 /// The smallest id after `id` (`ms-seq`): what `XTRIM MINID` must keep for
