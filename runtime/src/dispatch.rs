@@ -263,7 +263,7 @@ mod tests {
 
     fn delivery(event_type: &str, attempt: u32) -> Delivery {
         let fields = vec![("type".to_owned(), event_type.as_bytes().to_vec()), ("data".to_owned(), b"{}".to_vec())];
-        Delivery { stream: "s".into(), entry: Entry { id: "1-0".into(), fields }, attempt }
+        Delivery { stream: "s".into(), entry: Entry { id: "1-0".into(), fields }, attempt, key: None }
     }
 
     fn settled(a: Admission) -> Option<Verdict> {

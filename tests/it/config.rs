@@ -132,3 +132,10 @@ fn total_concurrency_must_fit_the_instance_pool() {
     );
     assert!(err.contains("concurrency adds up to 800"), "{err}");
 }
+
+#[test]
+fn a_bad_order_by_names_its_line_and_says_what_it_takes() {
+    let err = error_of("[handlers.a]\nplugin = \"behave.wasm\"\nstreams = [\"s\"]\norder_by = \"data.\"\n");
+    assert!(err.starts_with("bad.toml:6:12: handlers.a.order_by:"), "{err}");
+    assert!(err.contains("\"data.KEY\""), "{err}");
+}

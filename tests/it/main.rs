@@ -46,5 +46,7 @@ mod tls;
 mod acl;
 // Redis Cluster: the demo chain, a redrive, a slot moved and a failover under load.
 mod cluster;
+// order_by: one key at a time in stream order, across retries, dead letters, hosts and a kill.
+mod ordering;
 // The fault audit, short: kills, a pause, Redis restarts, network faults, a failover, two hosts.
 mod faults;

@@ -20,6 +20,7 @@
 //! | `config`     | `key`                               | publishes `config` `{key: value}` to `out`; rejects if unset  |
 //! | `log`        | `message`                           | logs `message` at info and prints it to stdout, then `Ok`     |
 //! | `count`      | `out`                               | adds 1 to a counter in the instance's memory and publishes `count` `{n}` to `out` (1 every time in a fresh instance) |
+//! | `ledger`     | `account`, `seq`, `amount`, `fail`?, `delay_ms`?, `out`? | `Err(retry)` while `attempt <= fail`; else adds `amount` to kv `balance:<account>`, sets kv `seq:<account>` to `seq`, and publishes `entry` `{account, seq, after, balance}` to `out`, `after` being the `seq` it replaced (to check order) |
 //!
 //! Any other `action` is rejected with `unknown action <action>`.
 
@@ -113,9 +114,30 @@ impl Guest for Behave {
                 let out = data["out"].as_str().unwrap_or("out");
                 publish_each(&serde_json::json!({ "publish": [{"stream": out, "type": "count", "data": {"n": n}}] }))
             }
+            "ledger" => ledger(&data, event.attempt, delay_ms),
             other => Err(Failure::Reject(format!("unknown action {other}"))),
         }
     }
+}
+
+/// `ledger`: one posting to an account's balance, in kv (see the table).
+fn ledger(data: &Value, attempt: u32, delay_ms: Option<u64>) -> Result<(), Failure> {
+    let account = match &data["account"] {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    if u64::from(attempt) <= data["fail"].as_u64().unwrap_or(0) {
+        return Err(retry(format!("posting to {account} failed on attempt {attempt}"), delay_ms));
+    }
+    let (seq_key, balance_key) = (format!("seq:{account}"), format!("balance:{account}"));
+    let after = kv_number(&seq_key)?;
+    let balance = kv_number(&balance_key)? + data["amount"].as_u64().unwrap_or(0);
+    let seq = data["seq"].as_u64().unwrap_or(0);
+    kv::set(&seq_key, seq.to_string().as_bytes(), None);
+    kv::set(&balance_key, balance.to_string().as_bytes(), None);
+    let entry = serde_json::json!({"account": account, "seq": seq, "after": after, "balance": balance});
+    let out = data["out"].as_str().unwrap_or("out");
+    publish_each(&serde_json::json!({ "publish": [{"stream": out, "type": "entry", "data": entry}] }))
 }
 
 /// Publishes each item of `data.publish` (`{stream, type, data}`, `data` sent

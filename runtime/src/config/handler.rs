@@ -47,6 +47,8 @@ pub struct Handler {
     pub config: BTreeMap<String, String>,
     /// Fresh instance per delivery, or reused instances.
     pub isolation: Isolation,
+    /// What orders its events by key, if anything (`order_by`).
+    pub order_by: Option<crate::stream::order::OrderBy>,
     /// The config's `[schemas]`: what the events it consumes and publishes
     /// must satisfy.
     pub schemas: Arc<Schemas>,

@@ -152,6 +152,7 @@ pub struct RawLimits {
 /// timeout_ms = 500
 /// http = ["api.example.com"]
 /// isolation = "per-event"
+/// order_by = "data.order_id"
 /// [handlers.payment.config]
 /// gateway_key = "${GATEWAY_KEY}"
 /// ```
@@ -180,6 +181,10 @@ pub struct RawHandler {
     /// Fresh instance per delivery (the default) or reused instances.
     #[serde(default)]
     pub isolation: Isolation,
+    /// What orders its events: an entry field, or `data.KEY` for a
+    /// top-level key of the JSON data ([`crate::stream::order`]); absent:
+    /// no order across concurrent deliveries.
+    pub order_by: Option<String>,
     // The limits are spelled out rather than flattened: serde cannot combine
     // `flatten` with `deny_unknown_fields`.
     /// Time per delivery ([`crate::limits::TIMEOUT_MS`]).

@@ -7,6 +7,7 @@ use super::{Config, RedisSettings, StreamRules, base_dir, env, locate};
 use crate::limits::{self, Limits, MAX_TOTAL_CONCURRENCY};
 use crate::retry::{self, RetryPolicy};
 use crate::schema::Schemas;
+use crate::stream::order::OrderBy;
 use crate::stream::retention::Retention;
 use globset::{Glob, GlobSetBuilder};
 use std::collections::BTreeMap;
@@ -261,6 +262,7 @@ fn handler(
         config: handler_config(c, name, &h.config)?,
         http: h.http.clone(),
         isolation: h.isolation,
+        order_by: h.order_by.as_deref().map(OrderBy::parse).transpose().map_err(|e| c.invalid(&key("order_by"), e))?,
         schemas: schemas.clone(),
     })
 }

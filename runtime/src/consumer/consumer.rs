@@ -58,6 +58,12 @@ pub struct Consumer {
     /// commit failed): entries may be pending here that nothing handles.
     /// The read loop then takes them back ([`Consumer::recover_own`]).
     pub(super) orphans: AtomicBool,
+    /// How its events are ordered by key, if they are (`order_by`): fixed
+    /// for a consumer's life, like its streams.
+    pub(super) ordering: Option<stream::order::Ordering>,
+    /// The keys (stream, key) this consumer serves: it holds their leases
+    /// and is delivering, or waiting to retry, their first entries.
+    pub(super) serving: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
     pub(super) shutdown: CancellationToken,
 }
 
@@ -72,7 +78,11 @@ impl Consumer {
     ) -> Arc<Consumer> {
         let concurrency = binding.handler.limits.concurrency;
         let binding = binding.with_kv(redis.conn.clone());
+        let ordering = (binding.handler.order_by.clone())
+            .map(|by| stream::order::Ordering::new(by, &binding.handler.group, &name, claim_idle));
         Arc::new(Consumer {
+            ordering,
+            serving: Default::default(),
             handler_name: binding.handler.name.clone(),
             metrics: HandlerMetrics::new(&binding.handler.name),
             streams: binding.handler.read_streams(),
@@ -111,9 +121,11 @@ impl Consumer {
     }
 
     /// Whether `handler` can be served by swapping this consumer's binding
-    /// (same streams and group), rather than by a new consumer.
+    /// (same streams, group and `order_by`), rather than by a new consumer.
     pub fn can_update_to(&self, handler: &Handler) -> bool {
-        handler.read_streams() == self.streams && handler.group == self.group
+        handler.read_streams() == self.streams
+            && handler.group == self.group
+            && handler.order_by == self.ordering.as_ref().map(|o| o.by.clone())
     }
 
     /// Serves new deliveries with `binding`; running ones finish on the old
@@ -146,7 +158,10 @@ impl Consumer {
             let readers: Vec<_> = self
                 .read_groups()
                 .into_iter()
-                .map(|streams| tokio::spawn(self.clone().read_loop(streams).in_current_span()))
+                .map(|streams| match self.ordering.clone() {
+                    Some(order) => tokio::spawn(self.clone().ordered_read_loop(order, streams).in_current_span()),
+                    None => tokio::spawn(self.clone().read_loop(streams).in_current_span()),
+                })
                 .collect();
             for reader in readers {
                 let _ = reader.await;

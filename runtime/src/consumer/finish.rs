@@ -20,15 +20,38 @@ const COMMIT_TRIES: u32 = 4;
 impl Consumer {
     /// Starts a delivery on the wasm executor, tracked for shutdown.
     pub(super) fn spawn_delivery(self: &Arc<Self>, d: Delivery, permit: OwnedSemaphorePermit) {
-        if !self.hold(&d.stream, &d.entry.id) {
+        if !self.take_up(&d) {
             return; // already being handled here
         }
         let executor = self.binding.load().plugin.executor().clone();
         executor.spawn(self.tasks.track_future(self.clone().deliver(d, permit)));
     }
 
-    /// Runs one turn of `d` and carries out its decision.
+    /// Marks `d` as handled here (and its key as served); `false` if it
+    /// already was, and must not be delivered again.
+    fn take_up(&self, d: &Delivery) -> bool {
+        if !self.hold(&d.stream, &d.entry.id) {
+            return false;
+        }
+        if let Some(key) = &d.key {
+            self.serve(&d.stream, key);
+        }
+        true
+    }
+
+    /// Runs `d`, and after it each next entry of its key that its commit
+    /// hands over (ordering by key), on the same permit.
     pub(super) async fn deliver(self: Arc<Self>, d: Delivery, permit: OwnedSemaphorePermit) {
+        let mut next = Some(d);
+        while let Some(d) = next.take() {
+            next = self.clone().deliver_one(d).await;
+        }
+        drop(permit);
+    }
+
+    /// Runs one turn of `d` and carries out its decision; returns the next
+    /// entry of its key to deliver, if its commit handed one over.
+    async fn deliver_one(self: Arc<Self>, d: Delivery) -> Option<Delivery> {
         let correlation = d.entry.get(field::CORRELATION_ID).map(String::from_utf8_lossy);
         let correlation_id = correlation.as_deref().unwrap_or(&d.entry.id);
         // At ERROR level so that it is enabled whenever any line is: a
@@ -44,11 +67,25 @@ impl Consumer {
             }
             // The permit covers the commit too: with `concurrency = 1` the
             // next event must see this one's state and publishes.
-            let (stream, id) = (d.stream.clone(), d.entry.id.clone());
-            if !self.carry_out(d, turn.decision, &b).await {
-                self.release(&stream, &id);
+            let (stream, id, key) = (d.stream.clone(), d.entry.id.clone(), d.key.clone());
+            let after = self.carry_out(d, turn.decision, &b).await;
+            if after == After::Retrying {
+                return None;
             }
-            drop(permit);
+            self.release(&stream, &id);
+            let next = match after {
+                After::Next(next) if !self.shutdown.is_cancelled() => next,
+                // Left pending, with its key: taken back on restart, or
+                // taken over once the lease runs out.
+                _ => {
+                    if let Some(key) = &key {
+                        self.unserve(&stream, key);
+                    }
+                    return None;
+                }
+            };
+            // Held already: another path took it up, and goes on with the key.
+            self.hold(&next.stream, &next.entry.id).then_some(*next)
         }
         .instrument(span)
         .await
@@ -72,17 +109,18 @@ impl Consumer {
         self.claim_idle / 2
     }
 
-    /// Carries out `decision` for `d`; `true` when a retry of it was
-    /// scheduled (it stays held here until then).
-    async fn carry_out(self: &Arc<Self>, d: Delivery, decision: Decision, b: &Binding) -> bool {
+    /// Carries out `decision` for `d`.
+    async fn carry_out(self: &Arc<Self>, d: Delivery, decision: Decision, b: &Binding) -> After {
         match decision {
             Decision::Ack { effects } => {
                 let (publishes, kv_writes) = (effects.publishes.len(), effects.kv.len());
-                match self
-                    .commit("ack", Commit::ack(&d.stream, &d.entry, &self.handler_name, &b.handler.kv_prefix, effects))
-                    .await
-                {
+                let commit = Commit::ack(&d.stream, &d.entry, &self.handler_name, &b.handler.kv_prefix, effects);
+                match self.commit("ack", self.in_key_order(commit, &d)).await {
                     Some(Committed::Done) => debug!(publishes, kv_writes, "handled"),
+                    Some(Committed::Next(next)) => {
+                        debug!(publishes, kv_writes, "handled; the next entry of its key follows");
+                        return After::Next(next);
+                    }
                     Some(Committed::AlreadyFinished) => self.already_finished(),
                     Some(Committed::TakenOver(by)) => self.taken_over(&by),
                     // The handler's output cannot be written: a failed attempt.
@@ -93,22 +131,27 @@ impl Consumer {
                     }
                     None => {}
                 }
-                false
+                After::Finished
             }
             Decision::Retry { delay, reason } => {
                 warn!("attempt {} failed: {reason}; retrying in {} ms", d.attempt, delay.as_millis());
                 self.metrics.retried();
                 self.tasks.spawn(self.clone().retry_later(d, delay));
-                true
+                After::Retrying
             }
-            Decision::DeadLetter { reason } => {
-                self.dead_letter(&d, &reason, b).await;
-                false
-            }
+            Decision::DeadLetter { reason } => self.dead_letter(&d, &reason, b).await,
         }
     }
 
-    async fn dead_letter(&self, d: &Delivery, reason: &str, b: &Binding) {
+    /// `commit` of `d`, moving its key on to its next entry if it has one.
+    fn in_key_order(&self, commit: Commit, d: &Delivery) -> Commit {
+        match &self.ordering {
+            Some(order) => commit.in_key_order(d.key.clone(), order.ttl_ms()),
+            None => commit,
+        }
+    }
+
+    async fn dead_letter(&self, d: &Delivery, reason: &str, b: &Binding) -> After {
         let (origin_stream, origin_id) = dead_letter::origin(&d.stream, &d.entry);
         let target = b.handler.dead_letter_stream(&origin_stream);
         let failure = Failure {
@@ -120,10 +163,14 @@ impl Consumer {
             plugin_version: &b.plugin.version,
             failed_at_ms: unix_ms(),
         };
-        match self.commit("dead-letter", Commit::dead_letter(&target, &d.stream, &d.entry, &failure)).await {
-            Some(Committed::Done) => {
+        let commit = Commit::dead_letter(&target, &d.stream, &d.entry, &failure);
+        match self.commit("dead-letter", self.in_key_order(commit, d)).await {
+            Some(done @ (Committed::Done | Committed::Next(_))) => {
                 self.metrics.dead_lettered();
                 error!(dead_letter = %target, "dead-lettered after {} attempt(s): {reason}", d.attempt);
+                if let Committed::Next(next) = done {
+                    return After::Next(next);
+                }
             }
             Some(Committed::AlreadyFinished) => self.already_finished(),
             Some(Committed::TakenOver(by)) => self.taken_over(&by),
@@ -132,6 +179,7 @@ impl Consumer {
             ),
             None => {}
         }
+        After::Finished
     }
 
     /// Another consumer took the entry over and finished it first (this
@@ -207,26 +255,49 @@ impl Consumer {
             // restart, or taken back after a reconnect.
             let permit = match self.permit().await {
                 Some(p) if !self.shutdown.is_cancelled() => p,
-                _ => return self.release(&d.stream, &d.entry.id),
+                _ => return self.let_go(&d),
             };
             let mut conn = self.redis.conn.clone();
             let ids = [d.entry.id.clone()];
             match stream::claim(&mut conn, &d.stream, &self.group, &self.name, delay, &ids).await {
                 Ok(mut claimed) if !claimed.is_empty() => {
-                    let next = Delivery { stream: d.stream, entry: claimed.remove(0), attempt: d.attempt + 1 };
+                    let next =
+                        Delivery { stream: d.stream, entry: claimed.remove(0), attempt: d.attempt + 1, key: d.key };
                     self.deliver(next, permit).await;
                 }
                 Ok(_) => {
                     debug!(id = %d.entry.id, "entry taken over or deleted before its retry");
-                    self.release(&d.stream, &d.entry.id);
+                    self.let_go(&d);
                 }
                 Err(e) => {
                     warn!(id = %d.entry.id, "claiming for retry failed: {e}; taking it back shortly");
-                    self.release(&d.stream, &d.entry.id);
+                    self.let_go(&d);
                     self.orphans.store(true, std::sync::atomic::Ordering::SeqCst);
                 }
             }
         })
+    }
+}
+
+/// What became of a delivery once its decision was carried out.
+#[derive(Debug, PartialEq, Eq)]
+enum After {
+    /// Finished, or left pending for later: nothing more to do here.
+    Finished,
+    /// A retry is scheduled; the entry (and its key) stay held here.
+    Retrying,
+    /// Finished, and the next entry of its key is this consumer's to
+    /// deliver now.
+    Next(Box<Delivery>),
+}
+
+impl Consumer {
+    /// `d` is no longer handled here, nor its key served: left pending.
+    fn let_go(&self, d: &Delivery) {
+        self.release(&d.stream, &d.entry.id);
+        if let Some(key) = &d.key {
+            self.unserve(&d.stream, key);
+        }
     }
 }
 

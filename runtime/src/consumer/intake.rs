@@ -16,12 +16,12 @@ use tracing::{debug, info, warn};
 /// delivered before, once reading has started, it is taken for one whose
 /// reply was lost. Lost replies are noticed by an error, and the entries
 /// are taken back after the [`ERROR_PAUSE`] that follows it.
-const RECOVER_MIN_IDLE: Duration = ERROR_PAUSE;
+pub(super) const RECOVER_MIN_IDLE: Duration = ERROR_PAUSE;
 /// Most entries one `XREADGROUP` asks for.
-const READ_BATCH: usize = 256;
+pub(super) const READ_BATCH: usize = 256;
 /// How long one blocking read waits; also the longest a shutdown waits for
 /// the reader to notice it.
-const READ_BLOCK: Duration = Duration::from_millis(1_000);
+pub(super) const READ_BLOCK: Duration = Duration::from_millis(1_000);
 
 impl Consumer {
     /// Delivers again what is pending with this consumer and not being
@@ -32,6 +32,9 @@ impl Consumer {
     /// reading has started, a read's reply may be on its way, its entries
     /// not yet held by the delivery that will handle them.
     pub(super) async fn recover_own(self: &Arc<Self>, min_idle: Duration) {
+        if let Some(order) = &self.ordering {
+            return self.take_pending_in_order(order, true, min_idle).await;
+        }
         for s in &self.streams {
             let mut after = "-".to_owned();
             loop {
@@ -63,7 +66,7 @@ impl Consumer {
 
     /// Waits until at least one permit is free and returns how many are;
     /// `None` on shutdown.
-    async fn room(&self) -> Option<usize> {
+    pub(super) async fn room(&self) -> Option<usize> {
         let permit = self.permit().await?;
         let room = self.permits.available_permits() + 1;
         drop(permit);
@@ -105,7 +108,7 @@ impl Consumer {
         }
     }
 
-    async fn connect_reader(&self, streams: &[String]) -> Result<Reader, Error> {
+    pub(super) async fn connect_reader(&self, streams: &[String]) -> Result<Reader, Error> {
         let conn = self.redis.blocking_connection(READ_BLOCK).await?;
         Reader::new(conn, &self.group, &self.name, streams).await
     }
@@ -139,7 +142,7 @@ impl Consumer {
         }
     }
 
-    async fn read_failed(&self, e: Error, reader: &mut Option<Reader>) {
+    pub(super) async fn read_failed(&self, e: Error, reader: &mut Option<Reader>) {
         if e.is_no_group() {
             // The stream or group went away (deleted, or Redis lost its data).
             warn!("consumer group missing; creating it again");
@@ -153,7 +156,7 @@ impl Consumer {
     }
 
     /// Spawns a delivery for each of `found`, read with `permit` in hand.
-    async fn hand_out(self: &Arc<Self>, found: Vec<Delivery>, permit: OwnedSemaphorePermit) {
+    pub(super) async fn hand_out(self: &Arc<Self>, found: Vec<Delivery>, permit: OwnedSemaphorePermit) {
         let mut first = Some(permit);
         for d in found {
             // Not cancelled by shutdown: these entries are already read (and
@@ -168,7 +171,7 @@ impl Consumer {
     }
 
     /// Spawns a delivery for each of `found`, as permits allow.
-    async fn spawn_all(self: &Arc<Self>, found: Vec<Delivery>) {
+    pub(super) async fn spawn_all(self: &Arc<Self>, found: Vec<Delivery>) {
         for d in found {
             // Left pending if shutdown comes first: delivered again later.
             let Some(permit) = self.permit().await else { return };
@@ -188,6 +191,11 @@ impl Consumer {
             // Entries pending here that nothing handles (a lost reply that
             // no error reported): taken back before others' are taken over.
             self.recover_own(RECOVER_MIN_IDLE).await;
+            if let Some(order) = &self.ordering {
+                self.renew_keys(order).await;
+                self.take_pending_in_order(order, false, self.claim_idle).await;
+                continue;
+            }
             for s in &self.streams {
                 self.claim_stream(s).await;
             }

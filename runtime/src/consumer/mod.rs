@@ -9,14 +9,16 @@
 //!
 //! Layout: [`Consumer`] and its life cycle in `consumer.rs`; taking entries
 //! in (reads, claims, recovery) in `intake.rs`; running a delivery and
-//! finishing it (commit, retry, dead-letter) in `finish.rs`; [`Binding`] in
-//! `binding.rs`.
+//! finishing it (commit, retry, dead-letter) in `finish.rs`; the same
+//! intake through key queues, for a handler with `order_by`, in
+//! `ordered.rs`; [`Binding`] in `binding.rs`.
 
 mod binding;
 #[allow(clippy::module_inception)]
 mod consumer;
 mod finish;
 mod intake;
+mod ordered;
 
 pub use binding::Binding;
 pub use consumer::Consumer;

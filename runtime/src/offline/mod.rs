@@ -44,7 +44,8 @@ pub async fn invoke(invocation: &Invocation) -> anyhow::Result<Report> {
     let runtime = wasm::Runtime::new()?;
     let cache = cache_dir(config.as_ref()).map(|dir| ComponentCache::new(dir, &runtime.engine));
     let plugin = Plugin::load(&runtime, cache.as_ref(), &invocation.plugin)?;
-    let delivery = Delivery { stream: event.stream.clone(), entry: event.to_entry(), attempt: event.attempt() };
+    let delivery =
+        Delivery { stream: event.stream.clone(), entry: event.to_entry(), attempt: event.attempt(), key: None };
     let max_delay = Duration::from_millis(config.as_ref().map_or(DEFAULT_CLAIM_IDLE_MS, |c| c.claim_idle_ms)) / 2;
     let capture = capture::Capture::default();
     let sandbox = Sandbox::for_handler(&handler);

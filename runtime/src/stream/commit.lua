@@ -10,10 +10,13 @@
 -- ARGV[1]      the consumer group
 -- ARGV[2]      the consumer committing (this host's name in the group)
 -- then, per delivery:
---   KEYS       the stream its entry was read from, then the key of each write
---   ARGV       the entry id, the number of writes, then per write: its kind
---              (one of WRITES below; stream::commit::Write on the Rust
---              side), argument count, arguments
+--   KEYS       the stream its entry was read from, then (ordered by key) its
+--              key's queue and lease, then the key of each write
+--   ARGV       the entry id, '1' if ordered by key (then the key and the
+--              lease's time to live in ms) or '0', the number of writes,
+--              then per write: its kind (one of WRITES below;
+--              stream::commit::Write on the Rust side), argument count,
+--              arguments
 --
 -- Returns, per delivery in order:
 --   1            done: written and acknowledged;
@@ -30,7 +33,12 @@
 --   {-1, reason} refused: a write cannot be applied (a target holds
 --                something other than a stream, or a write kind this script
 --                does not know); nothing of this delivery was written and its
---                entry is still pending.
+--                entry is still pending;
+--   {3, delivery} done (or already finished by an earlier try of this
+--                commit), and the entry was ordered by key: it leaves its
+--                key's queue, and the next entry of that key is now this
+--                consumer's to deliver (order_serve in order.lua). Without a
+--                next entry, the lease is given up and the result is 1 or 0.
 local WRITES = {
   xadd = function(key, args) redis.call('XADD', key, '*', unpack(args)) end,
   set = function(key, args) redis.call('SET', key, unpack(args)) end,
@@ -56,8 +64,17 @@ local group, consumer = ARGV[1], ARGV[2]
 local results = {}
 local k, a = 1, 3
 while a <= #ARGV do
-  local origin, id, count = KEYS[k], ARGV[a], tonumber(ARGV[a + 1])
-  k, a = k + 1, a + 2
+  local origin, id = KEYS[k], ARGV[a]
+  local order = nil
+  k, a = k + 1, a + 1
+  if ARGV[a] == '1' then
+    order = { q = KEYS[k], l = KEYS[k + 1], key = ARGV[a + 1], ttl = ARGV[a + 2] }
+    k, a = k + 2, a + 3
+  else
+    a = a + 1
+  end
+  local count = tonumber(ARGV[a])
+  a = a + 1
   local writes, refused = {}, nil
   for w = 1, count do
     local kind, argc = ARGV[a], tonumber(ARGV[a + 1])
@@ -73,15 +90,29 @@ while a <= #ARGV do
   local pending = redis.call('XPENDING', origin, group, id, id, 1)[1]
   if refused then
     results[#results + 1] = { -1, refused }
-  elseif not pending then
-    results[#results + 1] = 0
-  elseif pending[2] ~= consumer then
+  elseif pending and pending[2] ~= consumer then
     results[#results + 1] = { -2, pending[2] }
   else
-    for _, w in ipairs(writes) do
-      WRITES[w[1]](w[2], w[3])
+    local result = 0
+    if pending then
+      for _, w in ipairs(writes) do
+        WRITES[w[1]](w[2], w[3])
+      end
+      result = redis.call('XACK', origin, group, id)
     end
-    results[#results + 1] = redis.call('XACK', origin, group, id)
+    if order then
+      -- Finished (now, or by an earlier try whose reply was lost): the next
+      -- entry of its key goes on with this consumer, if it still holds the
+      -- key.
+      redis.call('ZREM', order.q, order_pad(id))
+      if redis.call('GET', order.l) == consumer then
+        local next = order_serve(origin, group, consumer, order.q, order.l, order.key, order.ttl)
+        if next then
+          result = { 3, next }
+        end
+      end
+    end
+    results[#results + 1] = result
   end
 end
 return results

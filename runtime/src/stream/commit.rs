@@ -11,7 +11,8 @@
 //! [`super::relay`] moves it to its target exactly once.
 
 use super::error::{Context, Error};
-use super::slot;
+use super::read::Delivery;
+use super::{order, slot};
 use crate::dead_letter::{self, Failure};
 use crate::event::{self, Entry};
 use crate::wasm::{Effects, KvWrite};
@@ -19,7 +20,8 @@ use redis::Value;
 use redis::aio::ConnectionLike;
 use std::sync::LazyLock;
 
-static COMMIT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("commit.lua")));
+static COMMIT: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(&[super::order::LIBRARY, include_str!("commit.lua")].concat()));
 
 /// What became of one delivery's commit, when Redis ran the script.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +40,10 @@ pub enum Committed {
     /// it over (this host was presumed dead: paused, or cut off, past
     /// `claim_idle_ms`) and will finish it. Nothing was written.
     TakenOver(String),
+    /// Done (as [`Committed::Done`]), and the entry was ordered by key: the
+    /// next entry of its key is now this consumer's to deliver
+    /// ([`super::order`]).
+    Next(Box<Delivery>),
 }
 
 /// What finishing one delivery writes: its entry's ack, and before it the
@@ -47,6 +53,9 @@ pub struct Commit {
     /// The stream the entry was read from.
     stream: String,
     id: String,
+    /// Its ordering key and the key lease's time to live in ms, when its
+    /// handler orders by key.
+    order: Option<(String, u64)>,
     writes: Vec<Write>,
 }
 
@@ -116,7 +125,7 @@ impl Commit {
             effects.publishes.iter().map(|p| xadd(&p.stream, event::published_fields(p, handler, entry, &cause_id)));
         let kv = effects.kv.into_iter().map(|w| kv_write(kv_prefix, w));
         let writes = publishes.chain(kv).chain(delete_if_inbox(stream, &entry.id)).collect();
-        Commit { stream: stream.to_owned(), id: entry.id.clone(), writes }
+        Commit { stream: stream.to_owned(), id: entry.id.clone(), order: None, writes }
     }
 
     /// Copies `entry` of `stream`, which failed with `failure`, to
@@ -124,7 +133,14 @@ impl Commit {
     pub fn dead_letter(dead_letter_stream: &str, stream: &str, entry: &Entry, failure: &Failure<'_>) -> Commit {
         let fields = dead_letter::fields(entry, failure);
         let writes = std::iter::once(xadd(dead_letter_stream, fields)).chain(delete_if_inbox(stream, &entry.id));
-        Commit { stream: stream.to_owned(), id: entry.id.clone(), writes: writes.collect() }
+        Commit { stream: stream.to_owned(), id: entry.id.clone(), order: None, writes: writes.collect() }
+    }
+
+    /// This commit for an entry ordered by `key` (`None`: it has none),
+    /// whose lease lasts `ttl_ms`: it also moves the key on to its next
+    /// entry ([`Committed::Next`]).
+    pub fn in_key_order(self, key: Option<String>, ttl_ms: u64) -> Commit {
+        Commit { order: key.map(|k| (k, ttl_ms)), ..self }
     }
 
     /// The entry it finishes: its stream and id.
@@ -218,7 +234,17 @@ pub async fn commit_batch<'a>(
     let mut count = 0;
     for c in commits {
         count += 1;
-        call.key(&c.stream).arg(&c.id).arg(c.writes.len());
+        call.key(&c.stream).arg(&c.id);
+        match &c.order {
+            Some((key, ttl_ms)) => {
+                let (queue, lease) = order::queue_and_lease(&order::prefix(group, &c.stream), key);
+                call.key(queue).key(lease).arg("1").arg(key).arg(ttl_ms);
+            }
+            None => {
+                call.arg("0");
+            }
+        }
+        call.arg(c.writes.len());
         for w in &c.writes {
             call.key(&w.key).arg(w.kind.wire()).arg(w.args.len());
             for a in &w.args {
@@ -258,6 +284,7 @@ fn result(reply: &Value) -> Option<Committed> {
             [Value::Int(-2), Value::BulkString(owner)] => {
                 Some(Committed::TakenOver(String::from_utf8_lossy(owner).into_owned()))
             }
+            [Value::Int(3), next] => order::delivery(next).map(|d| Committed::Next(Box::new(d))),
             _ => None,
         },
         _ => None,

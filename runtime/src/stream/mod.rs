@@ -12,6 +12,7 @@ pub mod hygiene;
 mod inbox;
 mod info;
 mod lease;
+pub mod order;
 mod read;
 mod relay;
 mod reply;

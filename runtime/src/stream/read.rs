@@ -15,7 +15,7 @@ use std::time::Duration;
 const PAGE: usize = 100;
 
 /// One entry to deliver, and which delivery this is.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
     /// The stream it was read from.
     pub stream: String,
@@ -23,6 +23,9 @@ pub struct Delivery {
     pub entry: Entry,
     /// 1 on first delivery; Redis's delivery count.
     pub attempt: u32,
+    /// Its ordering key, when its handler orders by key and it has one
+    /// ([`super::order`]).
+    pub key: Option<String>,
 }
 
 /// A consumer's blocking reader of new entries, on a connection of its own.
@@ -68,10 +71,24 @@ impl Reader {
         let deliveries = reply::read_reply(&value)
             .into_iter()
             .flat_map(|(stream, entries)| {
-                entries.into_iter().map(move |entry| Delivery { stream: stream.clone(), entry, attempt: 1 })
+                entries.into_iter().map(move |entry| Delivery { stream: stream.clone(), entry, attempt: 1, key: None })
             })
             .collect();
         Ok(deliveries)
+    }
+}
+
+impl Reader {
+    /// Waits until one of its streams has an entry after the id given for
+    /// it in `after` (in the streams' order), or `block` passes. Takes
+    /// nothing: for a consumer that reads by script ([`super::order`]).
+    pub async fn wait_for_new(&mut self, after: &[String], block: Duration) -> Result<(), Error> {
+        let mut cmd = redis::cmd("XREAD");
+        cmd.arg("COUNT").arg(1).arg("BLOCK").arg(block.as_millis() as u64).arg("STREAMS").arg(&self.streams);
+        cmd.arg(after);
+        let what = || format!("XREAD on streams {}", self.streams.join(", "));
+        let _: redis::Value = cmd.query_async(&mut self.conn).await.context(what)?;
+        Ok(())
     }
 }
 
@@ -171,7 +188,7 @@ pub async fn own_pending(
         .into_iter()
         .map(|entry| {
             let attempt = counts.get(&entry.id).copied().unwrap_or(0) + 1;
-            Delivery { stream: stream.to_owned(), entry, attempt }
+            Delivery { stream: stream.to_owned(), entry, attempt, key: None }
         })
         .collect();
     Ok((deliveries, next))
@@ -228,7 +245,7 @@ async fn with_attempts(
         .into_iter()
         .map(|entry| {
             let attempt = counts.get(&entry.id).copied().unwrap_or(1).max(1);
-            Delivery { stream: stream.to_owned(), entry, attempt }
+            Delivery { stream: stream.to_owned(), entry, attempt, key: None }
         })
         .collect())
 }

@@ -1,0 +1,160 @@
+//! Intake for a handler that orders by key (`order_by`): reading, taking
+//! back and taking over go through the key queues of
+//! [`crate::stream::order`], and this consumer keeps the set of keys it
+//! serves (to renew their leases, and so as not to take one twice). A key
+//! is served from the delivery that took it until its chain of deliveries
+//! ends (see `finish.rs`: each commit hands over the key's next entry).
+
+use super::Consumer;
+use super::consumer::ERROR_PAUSE;
+use crate::stream::order::{Ordering, Read};
+use crate::stream::{Error, Reader};
+use std::sync::Arc;
+use std::sync::atomic::Ordering as AtomicOrdering;
+use std::time::Duration;
+use tracing::{debug, info, warn};
+
+/// Entries one ordered read asks for, per free permit: most of them may go
+/// to the queues of keys already being served, which need no permit.
+const READ_PER_PERMIT: usize = 8;
+/// Pending entries looked at per page when taking back or taking over.
+const SCAN_PAGE: usize = 100;
+
+impl Consumer {
+    /// The keyed counterpart of `read_loop`: reads new entries of `streams`
+    /// through the key queues, and waits with a blocking `XREAD` (which takes
+    /// nothing) when there is nothing new.
+    pub(super) async fn ordered_read_loop(self: Arc<Self>, order: Ordering, streams: Vec<String>) {
+        let mut waiter: Option<Reader> = None;
+        while !self.shutdown.is_cancelled() {
+            if self.orphans.swap(false, AtomicOrdering::SeqCst) {
+                self.recover_own(super::intake::RECOVER_MIN_IDLE).await;
+            }
+            let Some(permit) = self.permit().await else { break };
+            let room = self.permits.available_permits() + 1;
+            let count = (room * READ_PER_PERMIT).min(super::intake::READ_BATCH);
+            match order.read(&mut self.redis.conn.clone(), &streams, count).await {
+                Ok(Read::Found(found)) => self.hand_out(found, permit).await,
+                Ok(Read::Idle(last)) => {
+                    drop(permit);
+                    self.wait_for_new(&mut waiter, &streams, &last).await;
+                }
+                Err(e) => {
+                    drop(permit);
+                    self.read_failed(e, &mut waiter).await;
+                }
+            }
+        }
+    }
+
+    /// Waits until one of `streams` has an entry after `last` (or the block
+    /// ends, or shutdown begins).
+    async fn wait_for_new(&self, waiter: &mut Option<Reader>, streams: &[String], last: &[String]) {
+        let r = match waiter {
+            Some(r) => r,
+            None => match self.connect_reader(streams).await {
+                Ok(r) => waiter.insert(r),
+                Err(e) => {
+                    warn!("{e:#}; trying again");
+                    return self.pause(ERROR_PAUSE).await;
+                }
+            },
+        };
+        let waited = tokio::select! {
+            result = r.wait_for_new(last, super::intake::READ_BLOCK) => Some(result),
+            _ = self.shutdown.cancelled() => None,
+        };
+        match waited {
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                warn!("waiting for new entries failed: {e}; reconnecting");
+                *waiter = None;
+                self.pause(ERROR_PAUSE).await;
+            }
+            // The wait is left blocked; its connection goes with it.
+            None => *waiter = None,
+        }
+    }
+
+    /// Takes pending entries through the key queues: this consumer's own
+    /// (`own`; left by an earlier run or a lost reply) delivered at least
+    /// `min_idle` ago, or anyone's idle that long whose key has no holder
+    /// (its host is gone).
+    pub(super) async fn take_pending_in_order(self: &Arc<Self>, order: &Ordering, own: bool, min_idle: Duration) {
+        for s in &self.streams {
+            let mut start = "-".to_owned();
+            loop {
+                if self.room().await.is_none() {
+                    return;
+                }
+                let (serving, held) = self.local_state(s);
+                let page = (start.as_str(), SCAN_PAGE);
+                let mut conn = self.redis.conn.clone();
+                match order.scan(&mut conn, s, own, min_idle, page, &serving, &held).await {
+                    Ok((found, next)) => {
+                        if !found.is_empty() {
+                            let what = if own {
+                                "taking back this consumer's pending entries"
+                            } else {
+                                "taking over entries of keys whose holder is gone"
+                            };
+                            info!(stream = %s, count = found.len(), "{what}, in key order");
+                        }
+                        self.spawn_all(found).await;
+                        match next {
+                            Some(n) => start = n,
+                            None => break,
+                        }
+                    }
+                    Err(e) => return self.scan_failed(s, own, e).await,
+                }
+            }
+        }
+    }
+
+    async fn scan_failed(&self, stream: &str, own: bool, e: Error) {
+        if own {
+            warn!("{e:#}; taking back this consumer's pending entries again shortly");
+            self.orphans.store(true, AtomicOrdering::SeqCst);
+            self.pause(ERROR_PAUSE).await;
+        } else {
+            self.metrics.claim_failed();
+            warn!(stream = %stream, group = %self.group, "cannot take over keys abandoned by other consumers: {e}; trying again in {} ms", (self.claim_idle / 2).as_millis());
+        }
+    }
+
+    /// Renews the leases of the keys this consumer serves.
+    pub(super) async fn renew_keys(&self, order: &Ordering) {
+        for s in &self.streams {
+            let (serving, _) = self.local_state(s);
+            if serving.is_empty() {
+                continue;
+            }
+            match order.renew(&mut self.redis.conn.clone(), s, &serving).await {
+                Ok(lost) if !lost.is_empty() => {
+                    debug!(stream = %s, ?lost, "keys taken over by another consumer (this host was presumed dead)")
+                }
+                Ok(_) => {}
+                Err(e) => warn!(stream = %s, group = %self.group, "renewing key leases failed: {e}"),
+            }
+        }
+    }
+
+    /// The keys this consumer serves on `stream`, and the ids it holds there.
+    fn local_state(&self, stream: &str) -> (Vec<String>, Vec<String>) {
+        let serving = self.serving.lock().expect("never poisoned");
+        let keys = serving.iter().filter(|(s, _)| s == stream).map(|(_, k)| k.clone()).collect();
+        let held = self.held.lock().expect("never poisoned");
+        (keys, held.iter().filter(|(s, _)| s == stream).map(|(_, id)| id.clone()).collect())
+    }
+
+    /// Key `key` of `stream` is served here from now on.
+    pub(super) fn serve(&self, stream: &str, key: &str) {
+        self.serving.lock().expect("never poisoned").insert((stream.to_owned(), key.to_owned()));
+    }
+
+    /// Key `key` of `stream` is no longer served here (its chain ended).
+    pub(super) fn unserve(&self, stream: &str, key: &str) {
+        self.serving.lock().expect("never poisoned").remove(&(stream.to_owned(), key.to_owned()));
+    }
+}

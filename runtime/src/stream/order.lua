@@ -1,0 +1,98 @@
+-- Ordering by key (stream/order.rs has the design): the functions that
+-- keep one key's queue and lease. Prepended to order_take.lua and to
+-- commit.lua, so that taking a key, and moving on to its next entry when
+-- one is finished, are each one atomic step.
+--
+-- Per (group, stream, key), under a prefix P that shares the stream's slot:
+--   P .. 'queue:' .. key  a sorted set of the key's pending entries, by id
+--                         (members are ids padded to sort as text; scores 0);
+--   P .. 'lease:' .. key  the consumer serving the key, with a time to live
+--                         that it renews while it does.
+-- The consumer holding the lease delivers the queue's first entry, and only
+-- that one; finishing it (commit.lua) removes it and hands over the next.
+
+-- An entry id padded to sort as text in id order ('12-3' sorts before '5-0'
+-- unpadded).
+local function order_pad(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return string.rep('0', 20 - #ms) .. ms .. '-' .. string.rep('0', 20 - #seq) .. seq
+end
+
+local function order_unpad(member)
+  local ms, seq = string.match(member, '^(%d+)-(%d+)$')
+  return (string.gsub(ms, '^0+(%d)', '%1')) .. '-' .. (string.gsub(seq, '^0+(%d)', '%1'))
+end
+
+-- The value of field `name` of `fields` (a flat list: field, value, ...).
+local function order_field(fields, name)
+  for i = 1, #fields, 2 do
+    if fields[i] == name then
+      return fields[i + 1]
+    end
+  end
+  return nil
+end
+
+-- An entry's ordering key, or nil when it has none. `by` is 'field' (the
+-- entry field `name`) or 'data' (the top-level key `name` of the JSON in the
+-- `data` field; without a `data` field, the entry's fields are its data, as
+-- a handler sees them). Strings are keys as they are; integral numbers in
+-- decimal; booleans as true/false; anything else is no key.
+local function order_key(fields, by, name)
+  if by == 'field' then
+    return order_field(fields, name)
+  end
+  local data = order_field(fields, 'data')
+  if not data then
+    return order_field(fields, name)
+  end
+  local ok, doc = pcall(cjson.decode, data)
+  if not ok or type(doc) ~= 'table' then
+    return nil
+  end
+  local v = doc[name]
+  local t = type(v)
+  if t == 'string' then
+    return v
+  elseif t == 'number' then
+    if v == math.floor(v) and math.abs(v) < 2 ^ 53 then
+      return string.format('%d', v)
+    end
+    return string.format('%.17g', v)
+  elseif t == 'boolean' then
+    return tostring(v)
+  end
+  return nil
+end
+
+-- Gives consumer `me` the first entry of queue `q` to deliver, renewing its
+-- lease `l` for `ttl` ms: claims it (JUSTID: no delivery is counted, as none
+-- happened) and returns {stream, id, fields, attempt, key}. Drops entries
+-- that are no longer pending or no longer in the stream. With the queue
+-- empty, gives the lease up and returns nil.
+local function order_serve(s, g, me, q, l, key, ttl)
+  while true do
+    local head = redis.call('ZRANGE', q, 0, 0)[1]
+    if not head then
+      if redis.call('GET', l) == me then
+        redis.call('DEL', l)
+      end
+      return nil
+    end
+    local id = order_unpad(head)
+    local row = redis.call('XPENDING', s, g, id, id, 1)[1]
+    local entry = row and redis.call('XRANGE', s, id, id)[1]
+    if entry then
+      if row[2] ~= me then
+        redis.call('XCLAIM', s, g, me, 0, id, 'JUSTID')
+      end
+      redis.call('SET', l, me, 'PX', ttl)
+      return { s, id, entry[2], row[4], key }
+    end
+    redis.call('ZREM', q, head)
+    if row then
+      -- Pending, but deleted from the stream: nothing to deliver.
+      redis.call('XACK', s, g, id)
+    end
+  end
+end

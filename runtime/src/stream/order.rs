@@ -1,0 +1,250 @@
+//! Ordering by key (`order_by`): the events of one key (an account, an
+//! order) are delivered one at a time, in stream order, by one consumer at
+//! a time across every host in the group; events of different keys run
+//! concurrently.
+//!
+//! Redis decides which consumer reads which entry, so the order is kept in
+//! Redis, per (group, stream, key), in the stream's slot:
+//! - a **queue**: a sorted set of the key's pending entries, by id;
+//! - a **lease**: the consumer serving the key, with a time to live of
+//!   `claim_idle_ms`, renewed while it serves it.
+//!
+//! The consumer holding a key's lease delivers the first entry of its queue,
+//! and only that one. Every step that changes who delivers what is one
+//! script, so no two consumers ever disagree:
+//! - *reading* (`order_take.lua`, `read`) reads new entries with
+//!   `XREADGROUP` and adds each keyed one to its key's queue; a key nobody
+//!   holds is taken, and its queue's first entry (which may be older than the
+//!   one just read, left by a crashed host) is claimed to deliver;
+//! - *finishing* (`commit.lua`) acknowledges the entry, removes it from its
+//!   queue, and claims the key's next entry for the same consumer, or gives
+//!   the lease up when the queue is empty. A retry is not a finish: the key
+//!   waits out the backoff with its entry;
+//! - *taking back* this consumer's own entries after a restart (`own`), and
+//!   *taking over* keys whose holder died (`idle`: an entry idle past
+//!   `claim_idle_ms` whose key has no lease) go through the same queue;
+//! - *renewing* the leases of the keys a consumer serves (`renew`).
+//!
+//! Entries without the key are delivered as they come. Costs and the
+//! reasoning are in docs/delivery.md ("Ordering by key").
+
+use super::error::{Context, Error};
+use super::read::Delivery;
+use super::reply;
+use super::slot;
+use crate::event::Entry;
+use redis::Value;
+use redis::aio::ConnectionLike;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+/// The order scripts' shared functions, followed by taking entries in.
+static TAKE: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(concat!(include_str!("order.lua"), include_str!("order_take.lua"))));
+
+/// The order functions, in front of the commit script (which moves a key on
+/// to its next entry).
+pub(super) const LIBRARY: &str = include_str!("order.lua");
+
+/// What an entry's ordering key is (`order_by`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OrderBy {
+    /// An entry field: `order_by = "account"`.
+    Field(String),
+    /// A top-level key of the entry's JSON data: `order_by = "data.account_id"`.
+    Data(String),
+}
+
+impl OrderBy {
+    /// `order_by` as written: `data.NAME` for a key of the data, else a
+    /// field name. The reason when it is neither.
+    pub fn parse(s: &str) -> Result<OrderBy, String> {
+        let bad = |why: &str| {
+            Err(format!(
+                "{why} (expected an entry field, like \"account\", or \"data.KEY\" for a top-level key of the JSON data)"
+            ))
+        };
+        if s.is_empty() {
+            return bad("is empty");
+        }
+        if s.chars().any(char::is_whitespace) {
+            return bad(&format!("{s:?} has whitespace"));
+        }
+        match s.strip_prefix("data.") {
+            Some("") => bad("names no key after \"data.\""),
+            Some(key) => Ok(OrderBy::Data(key.to_owned())),
+            None => Ok(OrderBy::Field(s.to_owned())),
+        }
+    }
+
+    /// The scripts' arguments for it: the kind and the name.
+    fn wire(&self) -> (&'static str, &str) {
+        match self {
+            OrderBy::Field(f) => ("field", f),
+            OrderBy::Data(k) => ("data", k),
+        }
+    }
+}
+
+impl std::fmt::Display for OrderBy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OrderBy::Field(name) => f.write_str(name),
+            OrderBy::Data(key) => write!(f, "data.{key}"),
+        }
+    }
+}
+
+/// What the keys of `group`'s queues and leases on `stream` start with: in
+/// the stream's slot, so that one script touches both.
+pub fn prefix(group: &str, stream: &str) -> String {
+    format!("sluice:order:{}:{group}:{stream}:", slot::tag_for(stream))
+}
+
+/// The queue and the lease of `key`, under `prefix`.
+pub(super) fn queue_and_lease(prefix: &str, key: &str) -> (String, String) {
+    (format!("{prefix}queue:{key}"), format!("{prefix}lease:{key}"))
+}
+
+/// What a read found.
+#[derive(Debug)]
+pub enum Read {
+    /// Entries to deliver now (possibly none: what was read waits in the
+    /// queues of keys others serve).
+    Found(Vec<Delivery>),
+    /// Nothing new: the id of each stream's last entry, to wait on.
+    Idle(Vec<String>),
+}
+
+/// One consumer's view of ordering: its group and name, the key, and the
+/// lease time.
+#[derive(Debug, Clone)]
+pub struct Ordering {
+    /// What the key is.
+    pub by: OrderBy,
+    group: String,
+    consumer: String,
+    /// How long a lease lasts unless renewed (`claim_idle_ms`).
+    ttl: Duration,
+}
+
+impl Ordering {
+    /// Ordering by `by` for `consumer` of `group`, leases lasting `ttl`.
+    pub fn new(by: OrderBy, group: &str, consumer: &str, ttl: Duration) -> Ordering {
+        Ordering { by, group: group.to_owned(), consumer: consumer.to_owned(), ttl }
+    }
+
+    /// The lease time, in ms, as the scripts take it.
+    pub fn ttl_ms(&self) -> u64 {
+        self.ttl.as_millis().max(1) as u64
+    }
+
+    fn invocation(&self, mode: &str) -> redis::ScriptInvocation<'static> {
+        let mut call = TAKE.prepare_invoke();
+        let (by, name) = self.by.wire();
+        call.arg(mode).arg(&self.group).arg(&self.consumer).arg(by).arg(name).arg(self.ttl_ms());
+        call
+    }
+
+    /// Reads up to `count` new entries of `streams` (one slot), queues the
+    /// keyed ones, and returns those to deliver now.
+    pub async fn read(&self, conn: &mut impl ConnectionLike, streams: &[String], count: usize) -> Result<Read, Error> {
+        let mut call = self.invocation("read");
+        call.arg(count);
+        for s in streams {
+            call.key(s).arg(prefix(&self.group, s));
+        }
+        let what = || format!("ordered read on streams {} group {}", streams.join(", "), self.group);
+        let reply: Value = call.invoke_async(conn).await.context(what)?;
+        let [found, last] = reply::items(&reply) else { return Err(Error::reply(what(), &reply)) };
+        match last {
+            Value::Nil => Ok(Read::Found(deliveries(found))),
+            ids => Ok(Read::Idle(reply::items(ids).iter().filter_map(reply::text).collect())),
+        }
+    }
+
+    /// One page of pending entries of `stream` to take: this consumer's own
+    /// (`own`: true; idle at least `min_idle`) or anyone's idle at least
+    /// `min_idle` (keys whose holder is gone). `serving`: the keys this
+    /// consumer serves now; `held`: the ids it is delivering. Returns what to
+    /// deliver and where the next page starts.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn scan(
+        &self,
+        conn: &mut impl ConnectionLike,
+        stream: &str,
+        own: bool,
+        min_idle: Duration,
+        (start, count): (&str, usize),
+        serving: &[String],
+        held: &[String],
+    ) -> Result<(Vec<Delivery>, Option<String>), Error> {
+        let mut call = self.invocation(if own { "own" } else { "idle" });
+        call.key(stream).arg(prefix(&self.group, stream)).arg(min_idle.as_millis() as u64).arg(start).arg(count.max(1));
+        call.arg(serving.len()).arg(serving).arg(held);
+        let what = || format!("taking pending entries of stream {stream} group {} in key order", self.group);
+        let reply: Value = call.invoke_async(conn).await.context(what)?;
+        let [found, next] = reply::items(&reply) else { return Err(Error::reply(what(), &reply)) };
+        Ok((deliveries(found), reply::text(next)))
+    }
+
+    /// Renews the leases of `keys` of `stream`; returns those this consumer
+    /// no longer holds.
+    pub async fn renew(
+        &self,
+        conn: &mut impl ConnectionLike,
+        stream: &str,
+        keys: &[String],
+    ) -> Result<Vec<String>, Error> {
+        let mut call = self.invocation("renew");
+        call.key(stream).arg(prefix(&self.group, stream)).arg(keys);
+        let what = || format!("renewing key leases on stream {stream} group {}", self.group);
+        let reply: Value = call.invoke_async(conn).await.context(what)?;
+        Ok(reply::items(&reply).iter().filter_map(reply::text).collect())
+    }
+}
+
+/// Deliveries as the scripts return them: `[stream, id, fields, attempt,
+/// key or nil]` each.
+fn deliveries(v: &Value) -> Vec<Delivery> {
+    reply::items(v).iter().filter_map(delivery).collect()
+}
+
+/// One delivery as the scripts return it; `None` for anything else.
+pub(super) fn delivery(v: &Value) -> Option<Delivery> {
+    let [stream, id, fields, attempt, key] = reply::items(v) else { return None };
+    let pair = Value::Array(vec![id.clone(), fields.clone()]);
+    let entry: Entry = reply::entry(&pair)?;
+    let attempt = match attempt {
+        Value::Int(n) => (*n).max(1) as u32,
+        _ => return None,
+    };
+    Some(Delivery { stream: reply::text(stream)?, entry, attempt, key: reply::text(key) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn order_by_names_a_field_or_a_data_key() {
+        assert_eq!(OrderBy::parse("account"), Ok(OrderBy::Field("account".into())));
+        assert_eq!(OrderBy::parse("data.account_id"), Ok(OrderBy::Data("account_id".into())));
+        assert_eq!(OrderBy::parse("data.a.b"), Ok(OrderBy::Data("a.b".into())));
+        assert_eq!(OrderBy::parse("data"), Ok(OrderBy::Field("data".into())));
+        for bad in ["", "data.", "my key"] {
+            let e = OrderBy::parse(bad).unwrap_err();
+            assert!(e.contains("expected an entry field"), "{bad:?}: {e}");
+        }
+        assert_eq!(OrderBy::parse("data.account_id").unwrap().to_string(), "data.account_id");
+    }
+
+    #[test]
+    fn queues_and_leases_share_their_streams_slot() {
+        for (group, stream) in [("ledger", "payments"), ("g", "{shop}:orders"), ("g", "x}{y")] {
+            let (q, l) = queue_and_lease(&prefix(group, stream), "acct-1");
+            assert_eq!(slot::of(&q), slot::of(stream), "{q}");
+            assert_eq!(slot::of(&l), slot::of(stream), "{l}");
+        }
+    }
+}

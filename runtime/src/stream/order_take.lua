@@ -1,0 +1,152 @@
+-- Taking entries in for a handler that orders by key (after order.lua).
+-- Every keyed entry seen goes into its key's queue; a key whose lease no
+-- one holds is taken, and its queue's first entry returned to deliver.
+-- Entries without a key are delivered as they come.
+--
+-- ARGV[1]   mode: 'read', 'own', 'idle' or 'renew'
+-- ARGV[2]   the group;  ARGV[3] this consumer
+-- ARGV[4]   'field' or 'data', ARGV[5] the field or data key (order_key)
+-- ARGV[6]   the lease's time to live, ms
+--
+-- read:  KEYS the streams; ARGV[7] how many entries to read; ARGV[8..] the
+--        key prefix of each stream. Reads new entries (XREADGROUP, which
+--        does not block in a script). Returns {deliveries, last}: `last`,
+--        when nothing was read, the id of each stream's last entry (to
+--        block on with XREAD), else false.
+-- own:   this consumer's pending entries (a restart, a lost reply);
+-- idle:  entries of any consumer idle at least the given time (dead hosts).
+--        KEYS[1] the stream; ARGV[7] its key prefix; ARGV[8] min idle ms;
+--        ARGV[9] where to start ('-' or '(id'); ARGV[10] page size;
+--        ARGV[11] n, then n keys this consumer is serving, then the ids it
+--        is delivering. A keyed entry's key is taken if no one holds it (or,
+--        in 'own', if this consumer holds it from before but is not serving
+--        it); an entry without a key is claimed (a delivery, counted).
+--        Returns {deliveries, next start or false}.
+-- renew: KEYS[1] the stream; ARGV[7] its key prefix; ARGV[8..] the keys
+--        this consumer serves. Renews their leases; returns those it lost.
+--
+-- A delivery is {stream, id, fields, attempt, key or false}.
+
+local mode, g, me, by, name, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+
+-- Adds entry `id` of `s` to its key's queue and, if `may_take` says the
+-- key's holder lets this consumer take it, takes it: the queue's first
+-- entry to deliver, or nil.
+local function enqueue(s, p, id, key, may_take)
+  local q, l = p .. 'queue:' .. key, p .. 'lease:' .. key
+  redis.call('ZADD', q, 0, order_pad(id))
+  if may_take(redis.call('GET', l)) then
+    return order_serve(s, g, me, q, l, key, ttl)
+  end
+  return nil
+end
+
+local function read()
+  local args = { 'XREADGROUP', 'GROUP', g, me, 'COUNT', ARGV[7], 'STREAMS' }
+  for i = 1, #KEYS do
+    args[#args + 1] = KEYS[i]
+  end
+  for i = 1, #KEYS do
+    args[#args + 1] = '>'
+  end
+  local prefix = {}
+  for i = 1, #KEYS do
+    prefix[KEYS[i]] = ARGV[7 + i]
+  end
+  local found, taken, out = redis.call(unpack(args)), {}, {}
+  if not found then
+    local last = {}
+    for i = 1, #KEYS do
+      local e = redis.call('XREVRANGE', KEYS[i], '+', '-', 'COUNT', 1)[1]
+      last[i] = e and e[1] or '0-0'
+    end
+    return { out, last }
+  end
+  local free = function(holder) return not holder end
+  for _, pair in ipairs(found) do
+    local s = pair[1]
+    for _, e in ipairs(pair[2]) do
+      local key = order_key(e[2], by, name)
+      if not key then
+        out[#out + 1] = { s, e[1], e[2], 1, false }
+      else
+        local d = enqueue(s, prefix[s], e[1], key, function(h) return not taken[key] and free(h) end)
+        taken[key] = true
+        if d then
+          out[#out + 1] = d
+        end
+      end
+    end
+  end
+  return { out, false }
+end
+
+local function scan()
+  local s, p, min_idle, start, count = KEYS[1], ARGV[7], ARGV[8], ARGV[9], tonumber(ARGV[10])
+  local n = tonumber(ARGV[11])
+  local serving, held = {}, {}
+  for i = 12, 11 + n do
+    serving[ARGV[i]] = true
+  end
+  for i = 12 + n, #ARGV do
+    held[ARGV[i]] = true
+  end
+  local rows
+  if mode == 'own' then
+    rows = redis.call('XPENDING', s, g, 'IDLE', min_idle, start, '+', count, me)
+  else
+    rows = redis.call('XPENDING', s, g, 'IDLE', min_idle, start, '+', count)
+  end
+  local may_take = function(key)
+    return function(holder)
+      if serving[key] then
+        return false
+      end
+      return not holder or (mode == 'own' and holder == me)
+    end
+  end
+  local out = {}
+  for _, row in ipairs(rows) do
+    local id = row[1]
+    local e = redis.call('XRANGE', s, id, id)[1]
+    local key = e and order_key(e[2], by, name)
+    if key then
+      local d = enqueue(s, p, id, key, may_take(key))
+      serving[key] = true
+      if d then
+        out[#out + 1] = d
+      end
+    elseif not held[id] then
+      -- No key (or deleted from the stream: XCLAIM then drops it).
+      local claimed = redis.call('XCLAIM', s, g, me, min_idle, id)[1]
+      if claimed and claimed[2] then
+        out[#out + 1] = { s, id, claimed[2], row[4] + 1, false }
+      end
+    end
+  end
+  local next = false
+  if #rows == count then
+    next = '(' .. rows[#rows][1]
+  end
+  return { out, next }
+end
+
+local function renew()
+  local s, p, lost = KEYS[1], ARGV[7], {}
+  for i = 8, #ARGV do
+    local l = p .. 'lease:' .. ARGV[i]
+    if redis.call('GET', l) == me then
+      redis.call('PEXPIRE', l, ttl)
+    else
+      lost[#lost + 1] = ARGV[i]
+    end
+  end
+  return lost
+end
+
+if mode == 'read' then
+  return read()
+elseif mode == 'renew' then
+  return renew()
+end
+return scan()

@@ -1,0 +1,152 @@
+//! `order_by`: the events of one key are handled one at a time, in stream
+//! order, across retries, dead letters, hosts and a kill; other keys flow.
+
+use crate::support::*;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use redis::aio::MultiplexedConnection;
+use serde_json::json;
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// The ledger postings committed to `out`, by account: (seq, after,
+/// balance) in the order committed.
+async fn postings(conn: &mut MultiplexedConnection) -> HashMap<String, Vec<(u64, u64, u64)>> {
+    let mut by_account: HashMap<String, Vec<(u64, u64, u64)>> = HashMap::new();
+    for e in entries(conn, "out").await {
+        let data: serde_json::Value = serde_json::from_str(&field(&e, "data")).unwrap();
+        let n = |k: &str| data[k].as_u64().unwrap();
+        by_account.entry(data["account"].as_str().unwrap().to_owned()).or_default().push((
+            n("seq"),
+            n("after"),
+            n("balance"),
+        ));
+    }
+    by_account
+}
+
+/// A ledger handler ordering by `order_by`, on stream `in`.
+fn ledger(order_by: &str, extra: &str) -> String {
+    format!(
+        "[handlers.h]\nplugin = \"behave.wasm\"\nstreams = [\"in\"]\npublish = [\"out\"]\norder_by = \"{order_by}\"\n{extra}\n"
+    )
+}
+
+struct Hosts(Vec<std::process::Child>);
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        for host in &mut self.0 {
+            let _ = host.kill();
+            let _ = host.wait();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_keys_keep_their_order_and_exact_balances_across_retries_and_a_killed_host() {
+    const KEYS: u64 = 100;
+    const PER_KEY: u64 = 200;
+    let redis = RedisServer::start();
+    let handlers = ledger("data.account", "concurrency = 64\nmax_attempts = 10\nbackoff_ms = 5\ntimeout_ms = 1000");
+    let host = |name: &str| format!("consumer = \"{name}\"\nclaim_idle_ms = 2500");
+    let fixtures: Vec<Fixture> = ["a", "b"].iter().map(|n| Fixture::new(&redis, &host(n), &handlers)).collect();
+    let mut conn = redis.conn().await;
+    let mut hosts = Hosts(fixtures.iter().map(|f| f.spawn_binary()).collect());
+    // Every key's events in sequence, the keys interleaved; about one
+    // posting in 30 fails once or twice before it succeeds.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(16);
+    let mut expected: HashMap<String, u64> = HashMap::new();
+    for seq in 1..=PER_KEY {
+        let mut pipe = redis::pipe();
+        let mut accounts: Vec<u64> = (0..KEYS).collect();
+        accounts.shuffle(&mut rng);
+        for a in accounts {
+            let account = format!("acct-{a}");
+            let amount = rng.random_range(1..100u64);
+            *expected.entry(account.clone()).or_default() += amount;
+            let fail = if rng.random_range(0..30) == 0 { rng.random_range(1..3u64) } else { 0 };
+            let data = json!({"action": "ledger", "account": account, "seq": seq, "amount": amount, "fail": fail, "delay_ms": 20});
+            pipe.cmd("XADD").arg("in").arg("*").arg("type").arg("posting").arg("data").arg(data.to_string());
+        }
+        let _: () = pipe.query_async(&mut conn).await.unwrap();
+    }
+    let total = (KEYS * PER_KEY) as usize;
+    // Kill host a midway, while it serves keys.
+    eventually(Duration::from_secs(60), "a quarter of the postings committed", || {
+        let mut c = conn.clone();
+        async move { (finished(&mut c, "in", "h").await >= total / 4).then_some(()) }
+    })
+    .await;
+    hosts.0[0].kill().unwrap();
+    hosts.0[0].wait().unwrap();
+    eventually(Duration::from_secs(120), "every posting committed", || {
+        let mut c = conn.clone();
+        async move { (finished(&mut c, "in", "h").await == total && pending(&mut c, "in", "h").await == 0).then_some(()) }
+    })
+    .await;
+    drop(hosts);
+    let by_account = postings(&mut conn).await;
+    assert_eq!(by_account.len(), KEYS as usize);
+    for (account, rows) in &by_account {
+        let seqs: Vec<u64> = rows.iter().map(|r| r.0).collect();
+        assert_eq!(seqs, (1..=PER_KEY).collect::<Vec<_>>(), "{account}: postings committed out of order, or twice");
+        for &(seq, after, _) in rows {
+            assert_eq!(after, seq - 1, "{account}: posting {seq} ran after posting {after}");
+        }
+        let balance: u64 =
+            redis::cmd("GET").arg(format!("sluice:kv:h:balance:{account}")).query_async(&mut conn).await.unwrap();
+        assert_eq!(balance, expected[account], "{account}: balance");
+        assert_eq!(rows.last().unwrap().2, expected[account], "{account}: last posting's balance");
+    }
+    // Nothing of the ordering is left behind once every key is done.
+    let left: Vec<String> = redis::cmd("KEYS").arg("sluice:order:*").query_async(&mut conn).await.unwrap();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_holds_back_only_its_key_and_a_dead_letter_unblocks_it() {
+    let redis = RedisServer::start();
+    let fx = Fixture::new(&redis, "claim_idle_ms = 5000", &ledger("account", "concurrency = 8\nmax_attempts = 2"));
+    let host = fx.start();
+    let mut conn = redis.conn().await;
+    let posting = |account: &str, seq: u64, fail: u64| {
+        json!({"action": "ledger", "account": account, "seq": seq, "amount": 1, "fail": fail, "delay_ms": 400})
+            .to_string()
+    };
+    // Key a: posting 2 always fails; after its one retry (400 ms later) it
+    // is dead-lettered. Key b's postings come after it in the stream. The
+    // key is the entry field `account`.
+    for (account, seq, fail) in
+        [("a", 1, 0), ("a", 2, 99), ("a", 3, 0), ("a", 4, 0)].into_iter().chain((1..=5).map(|seq| ("b", seq, 0)))
+    {
+        xadd(&mut conn, "in", &[("type", "posting"), ("account", account), ("data", &posting(account, seq, fail))])
+            .await;
+    }
+    until_finished(&conn, "in", "h", 9).await;
+    host.stop().await;
+    let dead = entries(&mut conn, "in:dlq").await;
+    assert_eq!(dead.len(), 1);
+    let dead_ms = ms(&dead[0].id);
+    let out = entries(&mut conn, "out").await;
+    let committed = |account: &str| -> Vec<(u64, u64, u64)> {
+        out.iter()
+            .filter_map(|e| {
+                let data: serde_json::Value = serde_json::from_str(&field(e, "data")).unwrap();
+                (data["account"] == account)
+                    .then(|| (data["seq"].as_u64().unwrap(), data["after"].as_u64().unwrap(), ms(&e.id)))
+            })
+            .collect()
+    };
+    let a = committed("a");
+    assert_eq!(a.iter().map(|r| (r.0, r.1)).collect::<Vec<_>>(), [(1, 0), (3, 1), (4, 3)], "{a:?}");
+    assert!(a[1].2 >= dead_ms, "posting a/3 ran before a/2 was dead-lettered: {a:?}, dead letter at {dead_ms}");
+    let b = committed("b");
+    assert_eq!(b.iter().map(|r| r.0).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+    assert!(b[4].2 < dead_ms, "key b waited for key a's retry: {b:?}, dead letter at {dead_ms}");
+}
+
+/// The milliseconds part of an entry id.
+fn ms(id: &str) -> u64 {
+    id.split('-').next().unwrap().parse().unwrap()
+}
