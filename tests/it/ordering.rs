@@ -72,14 +72,24 @@ async fn a_hundred_keys_keep_their_order_and_exact_balances_across_retries_and_a
         let _: () = pipe.query_async(&mut conn).await.unwrap();
     }
     let total = (KEYS * PER_KEY) as usize;
-    // Kill host a midway, while it serves keys.
-    eventually(Duration::from_secs(60), "a quarter of the postings committed", || {
-        let mut c = conn.clone();
-        async move { (finished(&mut c, "in", "h").await >= total / 4).then_some(()) }
-    })
-    .await;
+    // Kill host a once everything is read and a quarter committed: the keys
+    // it served, and the entries queued behind them, are left with a dead
+    // holder, and no new entry comes to take them: host b takes them over
+    // when their leases run out. Then host a comes back, and later host b
+    // is killed and restarted at once: it takes its own keys back.
+    progress(&conn, total, total / 4).await;
     hosts.0[0].kill().unwrap();
     hosts.0[0].wait().unwrap();
+    eventually(Duration::from_secs(60), "host a's entries taken over", || {
+        let mut c = conn.clone();
+        async move { (pending_with(&mut c, "a").await == 0).then_some(()) }
+    })
+    .await;
+    hosts.0[0] = fixtures[0].spawn_binary();
+    progress(&conn, total, total * 3 / 5).await;
+    hosts.0[1].kill().unwrap();
+    hosts.0[1].wait().unwrap();
+    hosts.0[1] = fixtures[1].spawn_binary();
     eventually(Duration::from_secs(120), "every posting committed", || {
         let mut c = conn.clone();
         async move { (finished(&mut c, "in", "h").await == total && pending(&mut c, "in", "h").await == 0).then_some(()) }
@@ -144,6 +154,34 @@ async fn a_retry_holds_back_only_its_key_and_a_dead_letter_unblocks_it() {
     let b = committed("b");
     assert_eq!(b.iter().map(|r| r.0).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
     assert!(b[4].2 < dead_ms, "key b waited for key a's retry: {b:?}, dead letter at {dead_ms}");
+}
+
+/// Waits until every one of the `total` entries of `in` has been read and
+/// `done` of them are finished.
+async fn progress(conn: &MultiplexedConnection, total: usize, done: usize) {
+    eventually(Duration::from_secs(60), &format!("all read, {done} committed"), || {
+        let mut c = conn.clone();
+        async move {
+            let (finished, pending) = (finished(&mut c, "in", "h").await, pending(&mut c, "in", "h").await);
+            (finished >= done && finished + pending == total).then_some(())
+        }
+    })
+    .await;
+}
+
+/// Entries of group `h` pending with `consumer`.
+async fn pending_with(conn: &mut MultiplexedConnection, consumer: &str) -> usize {
+    let rows: Vec<redis::Value> = redis::cmd("XPENDING")
+        .arg("in")
+        .arg("h")
+        .arg("-")
+        .arg("+")
+        .arg(100_000)
+        .arg(consumer)
+        .query_async(conn)
+        .await
+        .unwrap();
+    rows.len()
 }
 
 /// The milliseconds part of an entry id.
