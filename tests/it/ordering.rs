@@ -72,12 +72,17 @@ async fn a_hundred_keys_keep_their_order_and_exact_balances_across_retries_and_a
         let _: () = pipe.query_async(&mut conn).await.unwrap();
     }
     let total = (KEYS * PER_KEY) as usize;
-    // Kill host a once everything is read and a quarter committed: the keys
-    // it served, and the entries queued behind them, are left with a dead
-    // holder, and no new entry comes to take them: host b takes them over
-    // when their leases run out. Then host a comes back, and later host b
-    // is killed and restarted at once: it takes its own keys back.
-    progress(&conn, total, total / 4).await;
+    // Once everything is read, kill host b while it serves keys and start
+    // it again at once: it takes its own keys back (their leases are still
+    // its own). Later kill host a for good: the keys it served, and the
+    // entries queued behind them, are left with a dead holder and no new
+    // entry comes to pick them up: host b takes them over once their leases
+    // run out.
+    progress(&conn, total, total / 5, Some("b")).await;
+    hosts.0[1].kill().unwrap();
+    hosts.0[1].wait().unwrap();
+    hosts.0[1] = fixtures[1].spawn_binary();
+    progress(&conn, total, total / 2, Some("a")).await;
     hosts.0[0].kill().unwrap();
     hosts.0[0].wait().unwrap();
     eventually(Duration::from_secs(60), "host a's entries taken over", || {
@@ -85,11 +90,6 @@ async fn a_hundred_keys_keep_their_order_and_exact_balances_across_retries_and_a
         async move { (pending_with(&mut c, "a").await == 0).then_some(()) }
     })
     .await;
-    hosts.0[0] = fixtures[0].spawn_binary();
-    progress(&conn, total, total * 3 / 5).await;
-    hosts.0[1].kill().unwrap();
-    hosts.0[1].wait().unwrap();
-    hosts.0[1] = fixtures[1].spawn_binary();
     eventually(Duration::from_secs(120), "every posting committed", || {
         let mut c = conn.clone();
         async move { (finished(&mut c, "in", "h").await == total && pending(&mut c, "in", "h").await == 0).then_some(()) }
@@ -109,9 +109,10 @@ async fn a_hundred_keys_keep_their_order_and_exact_balances_across_retries_and_a
         assert_eq!(balance, expected[account], "{account}: balance");
         assert_eq!(rows.last().unwrap().2, expected[account], "{account}: last posting's balance");
     }
-    // Nothing of the ordering is left behind once every key is done.
+    // No queue, lease or waiting key is left behind once every key is done
+    // (only the one-entry wake-up stream stays).
     let left: Vec<String> = redis::cmd("KEYS").arg("sluice:order:*").query_async(&mut conn).await.unwrap();
-    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(left, ["sluice:order:{in}:h:in:wake"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,17 +157,53 @@ async fn a_retry_holds_back_only_its_key_and_a_dead_letter_unblocks_it() {
     assert!(b[4].2 < dead_ms, "key b waited for key a's retry: {b:?}, dead letter at {dead_ms}");
 }
 
-/// Waits until every one of the `total` entries of `in` has been read and
-/// `done` of them are finished.
-async fn progress(conn: &MultiplexedConnection, total: usize, done: usize) {
-    eventually(Duration::from_secs(60), &format!("all read, {done} committed"), || {
+/// Waits until every one of the `total` entries of `in` has been read, at
+/// least `done` of them are finished, and (if given) `holder` serves a key.
+async fn progress(conn: &MultiplexedConnection, total: usize, done: usize, holder: Option<&str>) {
+    eventually(Duration::from_secs(60), &format!("all read, {done} committed, {holder:?} serving keys"), || {
         let mut c = conn.clone();
         async move {
-            let (finished, pending) = (finished(&mut c, "in", "h").await, pending(&mut c, "in", "h").await);
-            (finished >= done && finished + pending == total).then_some(())
+            let (read, lag) = (group_field(&mut c, "entries-read").await, group_field(&mut c, "lag").await);
+            let finished = read.saturating_sub(pending(&mut c, "in", "h").await);
+            let serving = match holder {
+                Some(h) => leases_held(&mut c, h).await > 0,
+                None => true,
+            };
+            (read == total && lag == 0 && finished >= done && serving).then_some(())
         }
     })
     .await;
+}
+
+/// A number from `XINFO GROUPS in` for group `h` (0 before it exists).
+async fn group_field(conn: &mut MultiplexedConnection, name: &str) -> usize {
+    let groups: redis::RedisResult<Vec<Vec<redis::Value>>> =
+        redis::cmd("XINFO").arg("GROUPS").arg("in").query_async(conn).await;
+    for g in groups.unwrap_or_default() {
+        let text = |v: &redis::Value| match v {
+            redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+            _ => String::new(),
+        };
+        let fields: HashMap<String, &redis::Value> = g.chunks(2).map(|kv| (text(&kv[0]), &kv[1])).collect();
+        if fields.get("name").map(|v| text(v)).as_deref() == Some("h") {
+            return match fields.get(name) {
+                Some(redis::Value::Int(n)) => *n as usize,
+                _ => 0,
+            };
+        }
+    }
+    0
+}
+
+/// How many key leases `consumer` holds.
+async fn leases_held(conn: &mut MultiplexedConnection, consumer: &str) -> usize {
+    let leases: Vec<String> = redis::cmd("KEYS").arg("sluice:order:*lease*").query_async(conn).await.unwrap();
+    let mut held = 0;
+    for l in leases {
+        let h: Option<String> = redis::cmd("GET").arg(l).query_async(conn).await.unwrap();
+        held += usize::from(h.as_deref() == Some(consumer));
+    }
+    held
 }
 
 /// Entries of group `h` pending with `consumer`.

@@ -33,7 +33,7 @@ impl Consumer {
             let Some(permit) = self.permit().await else { break };
             let room = self.permits.available_permits() + 1;
             let count = (room * READ_PER_PERMIT).min(super::intake::READ_BATCH);
-            match order.read(&mut self.redis.conn.clone(), &streams, count).await {
+            match order.read(&mut self.redis.conn.clone(), &streams, count, room).await {
                 Ok(Read::Found(found)) => self.hand_out(found, permit).await,
                 Ok(Read::Idle(last)) => {
                     drop(permit);
@@ -47,9 +47,10 @@ impl Consumer {
         }
     }
 
-    /// Waits until one of `streams` has an entry after `last` (or the block
-    /// ends, or shutdown begins).
-    async fn wait_for_new(&self, waiter: &mut Option<Reader>, streams: &[String], last: &[String]) {
+    /// Waits until one of the streams in `last` (`streams`, and their wake-up
+    /// streams) has an entry after the id given (or the block ends, or
+    /// shutdown begins).
+    async fn wait_for_new(&self, waiter: &mut Option<Reader>, streams: &[String], last: &[(String, String)]) {
         let r = match waiter {
             Some(r) => r,
             None => match self.connect_reader(streams).await {

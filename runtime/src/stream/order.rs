@@ -112,8 +112,9 @@ pub enum Read {
     /// Entries to deliver now (possibly none: what was read waits in the
     /// queues of keys others serve).
     Found(Vec<Delivery>),
-    /// Nothing new: the id of each stream's last entry, to wait on.
-    Idle(Vec<String>),
+    /// Nothing new: (key, id) of each stream and wake-up stream to wait on
+    /// (`XREAD`) for an entry after `id`.
+    Idle(Vec<(String, String)>),
 }
 
 /// One consumer's view of ordering: its group and name, the key, and the
@@ -147,10 +148,17 @@ impl Ordering {
     }
 
     /// Reads up to `count` new entries of `streams` (one slot), queues the
-    /// keyed ones, and returns those to deliver now.
-    pub async fn read(&self, conn: &mut impl ConnectionLike, streams: &[String], count: usize) -> Result<Read, Error> {
+    /// keyed ones, takes at most `room` keys (first those left waiting by
+    /// others), and returns what to deliver now.
+    pub async fn read(
+        &self,
+        conn: &mut impl ConnectionLike,
+        streams: &[String],
+        count: usize,
+        room: usize,
+    ) -> Result<Read, Error> {
         let mut call = self.invocation("read");
-        call.arg(count);
+        call.arg(count).arg(room);
         for s in streams {
             call.key(s).arg(prefix(&self.group, s));
         }
@@ -159,7 +167,10 @@ impl Ordering {
         let [found, last] = reply::items(&reply) else { return Err(Error::reply(what(), &reply)) };
         match last {
             Value::Nil => Ok(Read::Found(deliveries(found))),
-            ids => Ok(Read::Idle(reply::items(ids).iter().filter_map(reply::text).collect())),
+            pairs => {
+                let texts: Vec<String> = reply::items(pairs).iter().filter_map(reply::text).collect();
+                Ok(Read::Idle(texts.chunks_exact(2).map(|p| (p[0].clone(), p[1].clone())).collect()))
+            }
         }
     }
 

@@ -8,10 +8,15 @@
 -- ARGV[4]   'field' or 'data', ARGV[5] the field or data key (order_key)
 -- ARGV[6]   the lease's time to live, ms
 --
--- read:  KEYS the streams; ARGV[7] how many entries to read; ARGV[8..] the
---        key prefix of each stream. Reads new entries (XREADGROUP, which
---        does not block in a script). Returns {deliveries, last}: `last`,
---        when nothing was read, the id of each stream's last entry (to
+-- read:  KEYS the streams; ARGV[7] how many entries to read; ARGV[8] how
+--        many keys this consumer has room to take; ARGV[9..] the key prefix
+--        of each stream. First takes keys left waiting for a holder, then
+--        reads new entries (XREADGROUP, which does not block in a script).
+--        A key nobody holds is taken while there is room; beyond that it is
+--        left waiting (in the set P .. 'waiting'), and a wake-up entry added
+--        to P .. 'wake' so that a consumer blocked on it takes it. Returns
+--        {deliveries, last}: `last`, when there was nothing, is a flat list
+--        of each stream and wake-up stream with the id of its last entry (to
 --        block on with XREAD), else false.
 -- own:   this consumer's pending entries (a restart, a lost reply);
 -- idle:  entries of any consumer idle at least the given time (dead hosts).
@@ -41,7 +46,35 @@ local function enqueue(s, p, id, key, may_take)
   return nil
 end
 
+-- The first entry of `key`'s queue to deliver, if no one holds the key.
+local function serve_if_free(s, p, key)
+  local q, l = p .. 'queue:' .. key, p .. 'lease:' .. key
+  if redis.call('GET', l) then
+    return nil
+  end
+  return order_serve(s, g, me, q, l, key, ttl)
+end
+
+-- Takes keys waiting for a holder (left by reads that had no room for
+-- them), up to `budget`; returns what to deliver and the budget left.
+local function take_waiting(s, p, budget, out)
+  local waiting = p .. 'waiting'
+  while budget > 0 do
+    local key = redis.call('SPOP', waiting)
+    if not key then
+      break
+    end
+    local d = serve_if_free(s, p, key)
+    if d then
+      out[#out + 1] = d
+      budget = budget - 1
+    end
+  end
+  return budget
+end
+
 local function read()
+  local budget = tonumber(ARGV[8])
   local args = { 'XREADGROUP', 'GROUP', g, me, 'COUNT', ARGV[7], 'STREAMS' }
   for i = 1, #KEYS do
     args[#args + 1] = KEYS[i]
@@ -49,34 +82,54 @@ local function read()
   for i = 1, #KEYS do
     args[#args + 1] = '>'
   end
-  local prefix = {}
+  local prefix, out = {}, {}
   for i = 1, #KEYS do
-    prefix[KEYS[i]] = ARGV[7 + i]
+    prefix[KEYS[i]] = ARGV[8 + i]
+    budget = take_waiting(KEYS[i], prefix[KEYS[i]], budget, out)
   end
-  local found, taken, out = redis.call(unpack(args)), {}, {}
-  if not found then
+  local found, taken, woken = redis.call(unpack(args)), {}, {}
+  if not found and #out == 0 then
+    -- Nothing new: wait (XREAD) on each stream and on its wake-up stream.
     local last = {}
     for i = 1, #KEYS do
-      local e = redis.call('XREVRANGE', KEYS[i], '+', '-', 'COUNT', 1)[1]
-      last[i] = e and e[1] or '0-0'
+      for _, k in ipairs({ KEYS[i], prefix[KEYS[i]] .. 'wake' }) do
+        local e = redis.call('XREVRANGE', k, '+', '-', 'COUNT', 1)[1]
+        last[#last + 1] = k
+        last[#last + 1] = e and e[1] or '0-0'
+      end
     end
     return { out, last }
   end
-  local free = function(holder) return not holder end
-  for _, pair in ipairs(found) do
+  for _, pair in ipairs(found or {}) do
     local s = pair[1]
     for _, e in ipairs(pair[2]) do
       local key = order_key(e[2], by, name)
       if not key then
         out[#out + 1] = { s, e[1], e[2], 1, false }
+        budget = budget - 1
       else
-        local d = enqueue(s, prefix[s], e[1], key, function(h) return not taken[key] and free(h) end)
+        local room = budget > 0
+        local d = enqueue(s, prefix[s], e[1], key, function(h)
+          if h or taken[key] then
+            return false
+          end
+          if not room then
+            -- No room here: the key waits for a consumer that has some.
+            redis.call('SADD', prefix[s] .. 'waiting', key)
+            woken[s] = true
+          end
+          return room
+        end)
         taken[key] = true
         if d then
           out[#out + 1] = d
+          budget = budget - 1
         end
       end
     end
+  end
+  for s in pairs(woken) do
+    redis.call('XADD', prefix[s] .. 'wake', 'MAXLEN', 1, '*', 'key', 'waiting')
   end
   return { out, false }
 end

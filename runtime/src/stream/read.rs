@@ -79,13 +79,14 @@ impl Reader {
 }
 
 impl Reader {
-    /// Waits until one of its streams has an entry after the id given for
-    /// it in `after` (in the streams' order), or `block` passes. Takes
-    /// nothing: for a consumer that reads by script ([`super::order`]).
-    pub async fn wait_for_new(&mut self, after: &[String], block: Duration) -> Result<(), Error> {
+    /// Waits until one of `after`'s streams (keys of one slot) has an entry
+    /// after the id given with it, or `block` passes. Takes nothing: for a
+    /// consumer that reads by script ([`super::order`]).
+    pub async fn wait_for_new(&mut self, after: &[(String, String)], block: Duration) -> Result<(), Error> {
         let mut cmd = redis::cmd("XREAD");
-        cmd.arg("COUNT").arg(1).arg("BLOCK").arg(block.as_millis() as u64).arg("STREAMS").arg(&self.streams);
-        cmd.arg(after);
+        cmd.arg("COUNT").arg(1).arg("BLOCK").arg(block.as_millis() as u64).arg("STREAMS");
+        cmd.arg(after.iter().map(|(k, _)| k).collect::<Vec<_>>())
+            .arg(after.iter().map(|(_, id)| id).collect::<Vec<_>>());
         let what = || format!("XREAD on streams {}", self.streams.join(", "));
         let _: redis::Value = cmd.query_async(&mut self.conn).await.context(what)?;
         Ok(())
