@@ -157,6 +157,40 @@ async fn a_retry_holds_back_only_its_key_and_a_dead_letter_unblocks_it() {
     assert!(b[4].2 < dead_ms, "key b waited for key a's retry: {b:?}, dead letter at {dead_ms}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_whose_host_died_with_all_its_entries_is_taken_over_in_order() {
+    let redis = RedisServer::start();
+    let handlers = ledger("data.account", "concurrency = 4\ntimeout_ms = 500");
+    let host = |name: &str| format!("consumer = \"{name}\"\nclaim_idle_ms = 1000");
+    let (fa, fb) = (Fixture::new(&redis, &host("a"), &handlers), Fixture::new(&redis, &host("b"), &handlers));
+    let mut conn = redis.conn().await;
+    let mut hosts = Hosts(vec![fa.spawn_binary()]);
+    for seq in 1..=20 {
+        let data = json!({"action": "ledger", "account": "k", "seq": seq, "amount": seq, "ms": 50});
+        send(&mut conn, "in", "posting", data).await;
+    }
+    // Host a has read all 20 and serves the key; it dies a few postings in.
+    eventually(Duration::from_secs(20), "host a holding every entry, some done", || {
+        let mut c = conn.clone();
+        async move {
+            (pending_with(&mut c, "a").await + finished(&mut c, "in", "h").await == 20
+                && finished(&mut c, "in", "h").await >= 3)
+                .then_some(())
+        }
+    })
+    .await;
+    hosts.0[0].kill().unwrap();
+    hosts.0[0].wait().unwrap();
+    assert!(pending_with(&mut conn, "a").await > 0);
+    // Host b reads nothing new: only the scan for keys without a holder
+    // finds these.
+    hosts.0.push(fb.spawn_binary());
+    until_finished(&conn, "in", "h", 20).await;
+    let rows = &postings(&mut conn).await["k"];
+    assert_eq!(rows.iter().map(|r| (r.0, r.1)).collect::<Vec<_>>(), (1..=20).map(|s| (s, s - 1)).collect::<Vec<_>>());
+    assert_eq!(rows.last().unwrap().2, 210);
+}
+
 /// Waits until every one of the `total` entries of `in` has been read, at
 /// least `done` of them are finished, and (if given) `holder` serves a key.
 async fn progress(conn: &MultiplexedConnection, total: usize, done: usize, holder: Option<&str>) {
@@ -206,19 +240,11 @@ async fn leases_held(conn: &mut MultiplexedConnection, consumer: &str) -> usize 
     held
 }
 
-/// Entries of group `h` pending with `consumer`.
+/// Entries of group `h` pending with `consumer` (0 before the group exists).
 async fn pending_with(conn: &mut MultiplexedConnection, consumer: &str) -> usize {
-    let rows: Vec<redis::Value> = redis::cmd("XPENDING")
-        .arg("in")
-        .arg("h")
-        .arg("-")
-        .arg("+")
-        .arg(100_000)
-        .arg(consumer)
-        .query_async(conn)
-        .await
-        .unwrap();
-    rows.len()
+    let rows: redis::RedisResult<Vec<redis::Value>> =
+        redis::cmd("XPENDING").arg("in").arg("h").arg("-").arg("+").arg(100_000).arg(consumer).query_async(conn).await;
+    rows.map_or(0, |r| r.len())
 }
 
 /// The milliseconds part of an entry id.

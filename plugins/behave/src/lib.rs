@@ -20,7 +20,7 @@
 //! | `config`     | `key`                               | publishes `config` `{key: value}` to `out`; rejects if unset  |
 //! | `log`        | `message`                           | logs `message` at info and prints it to stdout, then `Ok`     |
 //! | `count`      | `out`                               | adds 1 to a counter in the instance's memory and publishes `count` `{n}` to `out` (1 every time in a fresh instance) |
-//! | `ledger`     | `account`, `seq`, `amount`, `fail`?, `delay_ms`?, `out`? | `Err(retry)` while `attempt <= fail`; else adds `amount` to kv `balance:<account>`, sets kv `seq:<account>` to `seq`, and publishes `entry` `{account, seq, after, balance}` to `out`, `after` being the `seq` it replaced (to check order) |
+//! | `ledger`     | `account`, `seq`, `amount`, `fail`?, `delay_ms`?, `ms`?, `out`? | `Err(retry)` while `attempt <= fail`; else computes for `ms` milliseconds, adds `amount` to kv `balance:<account>`, sets kv `seq:<account>` to `seq`, and publishes `entry` `{account, seq, after, balance}` to `out`, `after` being the `seq` it replaced (to check order) |
 //!
 //! Any other `action` is rejected with `unknown action <action>`.
 
@@ -129,6 +129,7 @@ fn ledger(data: &Value, attempt: u32, delay_ms: Option<u64>) -> Result<(), Failu
     if u64::from(attempt) <= data["fail"].as_u64().unwrap_or(0) {
         return Err(retry(format!("posting to {account} failed on attempt {attempt}"), delay_ms));
     }
+    busy_for(data["ms"].as_u64().unwrap_or(0));
     let (seq_key, balance_key) = (format!("seq:{account}"), format!("balance:{account}"));
     let after = kv_number(&seq_key)?;
     let balance = kv_number(&balance_key)? + data["amount"].as_u64().unwrap_or(0);
