@@ -21,7 +21,10 @@
 //!   streams in one slot (one script per commit) and in two (an outbox and
 //!   its relay), against the same on one `redis-server`;
 //! - `hosts`: 1, 2 and 3 `sluice run` hosts sharing the group on one Redis:
-//!   throughput, CPU per event, and how evenly the work was split.
+//!   throughput, CPU per event, and how evenly the work was split;
+//! - `ordered`: the trivial handler with `order_by` over 100 keys and over 1
+//!   key, against the same events without it (`concurrency = 64`) and
+//!   with `concurrency = 1`.
 //!
 //! Environment: `SLUICE_BENCH_EVENTS` (default 20000), `SLUICE_BENCH_RATE`
 //! (latency's offered rate, default 10000/s), `SLUICE_BENCH_OUT` (where the
@@ -161,6 +164,25 @@ fn main() {
             report.add(format!("{hosts} host(s): share of the busiest / the idlest host"), r.spread, "ratio");
         }
     }
+    if wanted("ordered") {
+        let keyed = |keys: usize| {
+            move |i: usize| TRIVIAL.replace("\"order_id\":\"o-1\"", &format!("\"order_id\":\"o-{}\"", i % keys))
+        };
+        let run = |extra: &str, keys: usize| {
+            let handlers = handler("bench", "behave.wasm", extra).replace("concurrency = 64\n", "");
+            rt.block_on(end_to_end_with(n, &handlers, keyed(keys), true)).0
+        };
+        let unordered = run("concurrency = 64\n", 100);
+        report.rate("unordered, concurrency = 64 (100 keys in the data)", unordered, native);
+        let ordered = run("concurrency = 64\norder_by = \"data.order_id\"\n", 100);
+        report.rate("order_by over 100 keys, concurrency = 64", ordered, native);
+        report.add("  order_by over 100 keys / unordered", ordered / unordered, "ratio");
+        let one_key = run("concurrency = 64\norder_by = \"data.order_id\"\n", 1);
+        report.rate("order_by, every event of 1 key, concurrency = 64", one_key, native);
+        let serial = run("concurrency = 1\n", 1);
+        report.rate("unordered, concurrency = 1", serial, native);
+        report.add("  order_by over 1 key / concurrency = 1", one_key / serial, "ratio");
+    }
     report.print(&format!("Sluice throughput, {n} events per run, Redis on the same machine"));
     let meta = serde_json::json!({
         "events": n,
@@ -181,10 +203,21 @@ fn handler(name: &str, plugin: &str, extra: &str) -> String {
 
 /// Adds `n` entries with `payload` to `stream`, 1000 per pipeline.
 async fn load(conn: &mut impl redis::aio::ConnectionLike, stream: &str, payload: &str, n: usize) {
+    load_with(conn, stream, |_| payload.to_owned(), n).await
+}
+
+/// Adds `n` entries to `stream`, the `i`th with data `payload(i)`, 1000 per
+/// pipeline.
+async fn load_with(
+    conn: &mut impl redis::aio::ConnectionLike,
+    stream: &str,
+    payload: impl Fn(usize) -> String,
+    n: usize,
+) {
     for start in (0..n).step_by(1_000) {
         let mut pipe = redis::pipe();
-        for _ in start..n.min(start + 1_000) {
-            pipe.cmd("XADD").arg(stream).arg("*").arg("type").arg("order.created").arg("data").arg(payload).ignore();
+        for i in start..n.min(start + 1_000) {
+            pipe.cmd("XADD").arg(stream).arg("*").arg("type").arg("order.created").arg("data").arg(payload(i)).ignore();
         }
         let () = pipe.query_async(conn).await.unwrap();
     }
@@ -219,6 +252,16 @@ async fn read_group(conn: &mut MultiplexedConnection, stream: &str) -> redis::st
 /// XADD of `n` entries to `bench` until every one is acked, and the host's
 /// memory. With a `spinner` handler, its stream gets 200 spinning events first.
 async fn end_to_end(n: usize, handlers: &str, payload: &str, backtrace: bool) -> (f64, Memory) {
+    end_to_end_with(n, handlers, |_| payload.to_owned(), backtrace).await
+}
+
+/// [`end_to_end`] with the `i`th event's data `payload(i)`.
+async fn end_to_end_with(
+    n: usize,
+    handlers: &str,
+    payload: impl Fn(usize) -> String,
+    backtrace: bool,
+) -> (f64, Memory) {
     let redis = RedisServer::start();
     let mut conn = redis.conn().await;
     let mut streams = vec!["bench"];
@@ -230,7 +273,7 @@ async fn end_to_end(n: usize, handlers: &str, payload: &str, backtrace: bool) ->
     std::fs::write(dir.path().join("order.json"), ORDER_SCHEMA).unwrap();
     let host = Host::start(dir.path(), &redis.url(), &dist(), handlers, backtrace, &streams).await;
     let started = Instant::now();
-    load(&mut conn, "bench", payload, n).await;
+    load_with(&mut conn, "bench", payload, n).await;
     while acked(&mut conn, "bench").await < n {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }

@@ -64,7 +64,9 @@ async fn the_documented_rule_is_enough_for_the_whole_path() {
     let admin = free_port();
     let url = format!("redis://sluice:s3cret@127.0.0.1:{}", redis.port);
     // Claims, trimming and consumer hygiene run too.
-    let handlers = "[streams.\"out\"]\nmax_len = 1\n[handlers.h]\nplugin = \"behave.wasm\"\nstreams = [\"in\"]\npublish = [\"out\"]\nmax_attempts = 2\nbackoff_ms = 10\ntimeout_ms = 500\n";
+    // And a handler ordered by key, on a stream of its own.
+    let handlers = "[streams.\"out\"]\nmax_len = 1\n[handlers.h]\nplugin = \"behave.wasm\"\nstreams = [\"in\"]\npublish = [\"out\"]\nmax_attempts = 2\nbackoff_ms = 10\ntimeout_ms = 500\n\
+        [handlers.o]\nplugin = \"behave.wasm\"\nstreams = [\"in2\"]\npublish = [\"ledger\"]\norder_by = \"data.account\"\nmax_attempts = 2\nbackoff_ms = 10\ntimeout_ms = 500\n";
     let host_keys = format!("admin = \"127.0.0.1:{admin}\"\nclaim_idle_ms = 1000\nforget_consumers_after_ms = 1000");
     let fx = Fixture::with_redis(&format!("url = \"{url}\""), &host_keys, handlers);
     let rule = sluice(&["acl", "--user", "sluice"], &fx);
@@ -89,11 +91,18 @@ async fn the_documented_rule_is_enough_for_the_whole_path() {
     for data in &events {
         send(&mut root, "in", "t", data.clone()).await;
     }
+    let posting = |seq: u64, fail: u64| json!({"action": "ledger", "account": "k", "seq": seq, "amount": 1, "fail": fail, "out": "ledger"});
+    for data in [posting(1, 1), posting(2, 0), json!({"action": "reject", "account": "k"})] {
+        send(&mut root, "in2", "t", data).await;
+    }
     let why = |log: &[String]| format!("refused by Redis: {log:#?}");
     until(&mut root, "every event handled as the ACL user", async |c| {
-        (finished(c, "in", "h").await == 4 && entries(c, "in:dlq").await.len() == 1).then_some(())
+        let plain = finished(c, "in", "h").await == 4 && entries(c, "in:dlq").await.len() == 1;
+        let ordered = finished(c, "in2", "o").await == 3 && entries(c, "in2:dlq").await.len() == 1;
+        (plain && ordered).then_some(())
     })
     .await;
+    assert_eq!(entries(&mut root, "ledger").await.len(), 2, "{}", why(&denied(&mut root).await));
     assert_eq!(entries(&mut root, "out").await.len(), 2, "{}", why(&denied(&mut root).await));
     let (code, body) = http_get(admin, "/readyz");
     assert_eq!(code, 200, "{body}");
@@ -101,7 +110,8 @@ async fn the_documented_rule_is_enough_for_the_whole_path() {
     assert!(code == 200 && metrics.contains("sluice_pending"), "{metrics}");
 
     assert!(sluice(&["status"], &fx).contains("ok"));
-    assert!(sluice(&["dlq", "list"], &fx).contains("1 entry"));
+    let listed = sluice(&["dlq", "list"], &fx);
+    assert!(listed.contains("in:dlq") && listed.contains("in2:dlq"), "{listed}");
     sluice(&["dlq", "redrive", "--handler", "h"], &fx);
     sluice(&["replay", "--stream", "in", "--handler", "h", "--from", "-1h"], &fx);
     let replayed = until(&mut root, "the redrive and the replay handled", async |c| {
@@ -118,7 +128,7 @@ async fn the_documented_rule_is_enough_for_the_whole_path() {
     .await;
     host.stop().await;
     let shown: Vec<Value> = serde_json::from_str(&sluice(&["dlq", "list", "--json"], &fx)).unwrap();
-    assert_eq!(shown.len(), replayed.len());
+    assert_eq!(shown.len(), replayed.len() + entries(&mut root, "in2:dlq").await.len());
     let refused = denied(&mut root).await;
     assert!(refused.is_empty(), "{}", why(&refused));
 }

@@ -1,14 +1,15 @@
 //! Redis Cluster: a 3-master, 3-replica cluster of the test's own, with the
 //! streams on different masters. The demo chain and a redrive run on it;
 //! moving a slot under load and failing a master over under load lose no
-//! event and publish none twice.
+//! event and publish none twice. The payment handler orders by order id, so
+//! its key queues (in the orders stream's slot) move and fail over too.
 
 use crate::support::*;
 use redis::cluster_async::ClusterConnection;
 use serde_json::json;
 use std::collections::BTreeMap;
 
-const CHAIN: &str = "[handlers.payment]\nplugin = \"payment.wasm\"\nstreams = [\"orders\"]\nevents = [\"order.created\"]\npublish = [\"payments\"]\nmax_attempts = 2\nbackoff_ms = 10\n\
+const CHAIN: &str = "[handlers.payment]\nplugin = \"payment.wasm\"\nstreams = [\"orders\"]\nevents = [\"order.created\"]\npublish = [\"payments\"]\nmax_attempts = 2\nbackoff_ms = 10\norder_by = \"data.order_id\"\n\
 [handlers.shipping]\nplugin = \"shipping.wasm\"\nstreams = [\"payments\"]\nevents = [\"payment.processed\"]\npublish = [\"shipments\"]\n\
 [handlers.notification]\nplugin = \"notification.wasm\"\nstreams = [\"shipments\"]\nevents = [\"order.shipped\"]\n";
 

@@ -32,7 +32,7 @@ impl Consumer {
             }
             let Some(permit) = self.permit().await else { break };
             let room = self.permits.available_permits() + 1;
-            let count = (room * READ_PER_PERMIT).min(super::intake::READ_BATCH);
+            let count = super::intake::READ_BATCH;
             match order.read(&mut self.redis.conn.clone(), &streams, count, room).await {
                 Ok(Read::Found(found)) => self.hand_out(found, permit).await,
                 Ok(Read::Idle(last)) => {
