@@ -14,9 +14,6 @@ use std::sync::atomic::Ordering as AtomicOrdering;
 use std::time::Duration;
 use tracing::{debug, info, warn};
 
-/// Entries one ordered read asks for, per free permit: most of them may go
-/// to the queues of keys already being served, which need no permit.
-const READ_PER_PERMIT: usize = 8;
 /// Pending entries looked at per page when taking back or taking over.
 const SCAN_PAGE: usize = 100;
 
@@ -32,6 +29,8 @@ impl Consumer {
             }
             let Some(permit) = self.permit().await else { break };
             let room = self.permits.available_permits() + 1;
+            // A full batch: most of it may go to the queues of keys being
+            // served, which needs no permit.
             let count = super::intake::READ_BATCH;
             match order.read(&mut self.redis.conn.clone(), &streams, count, room).await {
                 Ok(Read::Found(found)) => self.hand_out(found, permit).await,

@@ -104,7 +104,7 @@ while a <= #ARGV do
       -- Finished (now, or by an earlier try whose reply was lost): the next
       -- entry of its key goes on with this consumer, if it still holds the
       -- key.
-      redis.call('ZREM', order.q, order_pad(id))
+      order_remove(order.q, id)
       if redis.call('GET', order.l) == consumer then
         local next = order_serve(origin, group, consumer, order.q, order.l, order.key, order.ttl)
         if next then

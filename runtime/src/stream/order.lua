@@ -4,23 +4,45 @@
 -- one is finished, are each one atomic step.
 --
 -- Per (group, stream, key), under a prefix P that shares the stream's slot:
---   P .. 'queue:' .. key  a sorted set of the key's pending entries, by id
---                         (members are ids padded to sort as text; scores 0);
+--   P .. 'queue:' .. key  a list of the key's pending entry ids, in id order;
 --   P .. 'lease:' .. key  the consumer serving the key, with a time to live
 --                         that it renews while it does.
 -- The consumer holding the lease delivers the queue's first entry, and only
 -- that one; finishing it (commit.lua) removes it and hands over the next.
 
--- An entry id padded to sort as text in id order ('12-3' sorts before '5-0'
--- unpadded).
-local function order_pad(id)
-  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
-  return string.rep('0', 20 - #ms) .. ms .. '-' .. string.rep('0', 20 - #seq) .. seq
+-- Whether entry id `a` comes before entry id `b` in their stream.
+local function order_before(a, b)
+  local ams, aseq = string.match(a, '^(%d+)-(%d+)$')
+  local bms, bseq = string.match(b, '^(%d+)-(%d+)$')
+  if ams ~= bms then
+    return tonumber(ams) < tonumber(bms)
+  end
+  return tonumber(aseq) < tonumber(bseq)
 end
 
-local function order_unpad(member)
-  local ms, seq = string.match(member, '^(%d+)-(%d+)$')
-  return (string.gsub(ms, '^0+(%d)', '%1')) .. '-' .. (string.gsub(seq, '^0+(%d)', '%1'))
+-- Adds entry `id` to queue `q`, in its place by id, unless it is there
+-- already. (A read appends instead: XREADGROUP hands entries out in id
+-- order.)
+local function order_insert(q, id)
+  if redis.call('LPOS', q, id) then
+    return
+  end
+  for _, queued in ipairs(redis.call('LRANGE', q, 0, -1)) do
+    if order_before(id, queued) then
+      redis.call('LINSERT', q, 'BEFORE', queued, id)
+      return
+    end
+  end
+  redis.call('RPUSH', q, id)
+end
+
+-- Removes entry `id` from queue `q` (usually its first).
+local function order_remove(q, id)
+  if redis.call('LINDEX', q, 0) == id then
+    redis.call('LPOP', q)
+  else
+    redis.call('LREM', q, 1, id)
+  end
 end
 
 -- The value of field `name` of `fields` (a flat list: field, value, ...).
@@ -72,14 +94,13 @@ end
 -- empty, gives the lease up and returns nil.
 local function order_serve(s, g, me, q, l, key, ttl)
   while true do
-    local head = redis.call('ZRANGE', q, 0, 0)[1]
-    if not head then
+    local id = redis.call('LINDEX', q, 0)
+    if not id then
       if redis.call('GET', l) == me then
         redis.call('DEL', l)
       end
       return nil
     end
-    local id = order_unpad(head)
     local row = redis.call('XPENDING', s, g, id, id, 1)[1]
     local entry = row and redis.call('XRANGE', s, id, id)[1]
     if entry then
@@ -89,7 +110,7 @@ local function order_serve(s, g, me, q, l, key, ttl)
       redis.call('SET', l, me, 'PX', ttl)
       return { s, id, entry[2], row[4], key }
     end
-    redis.call('ZREM', q, head)
+    redis.call('LPOP', q)
     if row then
       -- Pending, but deleted from the stream: nothing to deliver.
       redis.call('XACK', s, g, id)

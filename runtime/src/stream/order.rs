@@ -5,7 +5,7 @@
 //!
 //! Redis decides which consumer reads which entry, so the order is kept in
 //! Redis, per (group, stream, key), in the stream's slot:
-//! - a **queue**: a sorted set of the key's pending entries, by id;
+//! - a **queue**: a list of the key's pending entries, in id order;
 //! - a **lease**: the consumer serving the key, with a time to live of
 //!   `claim_idle_ms`, renewed while it serves it.
 //!

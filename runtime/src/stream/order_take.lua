@@ -34,12 +34,12 @@
 
 local mode, g, me, by, name, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 
--- Adds entry `id` of `s` to its key's queue and, if `may_take` says the
--- key's holder lets this consumer take it, takes it: the queue's first
--- entry to deliver, or nil.
+-- Adds entry `id` of `s`, pending from before, to its key's queue and, if
+-- `may_take` says the key's holder lets this consumer take it, takes it:
+-- the queue's first entry to deliver, or nil.
 local function enqueue(s, p, id, key, may_take)
   local q, l = p .. 'queue:' .. key, p .. 'lease:' .. key
-  redis.call('ZADD', q, 0, order_pad(id))
+  order_insert(q, id)
   if may_take(redis.call('GET', l)) then
     return order_serve(s, g, me, q, l, key, ttl)
   end
@@ -108,23 +108,22 @@ local function read()
         out[#out + 1] = { s, e[1], e[2], 1, false }
         budget = budget - 1
       else
-        local room = budget > 0
-        local d = enqueue(s, prefix[s], e[1], key, function(h)
-          if h or taken[key] then
-            return false
-          end
-          if not room then
+        local q, l = prefix[s] .. 'queue:' .. key, prefix[s] .. 'lease:' .. key
+        redis.call('RPUSH', q, e[1])
+        if not taken[q] and not redis.call('GET', l) then
+          if budget > 0 then
+            local d = order_serve(s, g, me, q, l, key, ttl)
+            if d then
+              out[#out + 1] = d
+              budget = budget - 1
+            end
+          else
             -- No room here: the key waits for a consumer that has some.
             redis.call('SADD', prefix[s] .. 'waiting', key)
             woken[s] = true
           end
-          return room
-        end)
-        taken[key] = true
-        if d then
-          out[#out + 1] = d
-          budget = budget - 1
         end
+        taken[q] = true
       end
     end
   end
