@@ -251,3 +251,17 @@ async fn pending_with(conn: &mut MultiplexedConnection, consumer: &str) -> usize
 fn ms(id: &str) -> u64 {
     id.split('-').next().unwrap().parse().unwrap()
 }
+
+#[test]
+fn check_says_what_a_handler_is_ordered_by() {
+    let redis = RedisServer::start();
+    let fx = Fixture::new(&redis, "", &ledger("data.account", ""));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["check", "--config"])
+        .arg(&fx.config_path)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(said.contains("streams: in  ordered by data.account"), "{said}");
+}

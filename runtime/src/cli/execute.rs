@@ -65,7 +65,8 @@ async fn check(config_path: &Path, offline: bool) -> anyhow::Result<()> {
     let runtime = wasm::Runtime::new()?;
     let plugins = host::load_plugins(&runtime, &host::cache_for(&config, &runtime), &config)?;
     for (h, p) in config.handlers.iter().zip(&plugins) {
-        println!("ok  {:<16} {} ({})  streams: {}", h.name, p.file_name(), p.version, h.streams.join(", "));
+        let ordered = h.order_by.as_ref().map(|by| format!("  ordered by {by}")).unwrap_or_default();
+        println!("ok  {:<16} {} ({})  streams: {}{ordered}", h.name, p.file_name(), p.version, h.streams.join(", "));
     }
     println!("{}: {} handler(s), all plugins load", config_path.display(), plugins.len());
     if let (Some(url), false) = (&config.redis.url, offline) {

@@ -15,7 +15,11 @@
 //! - *reading* (`order_take.lua`, `read`) reads new entries with
 //!   `XREADGROUP` and adds each keyed one to its key's queue; a key nobody
 //!   holds is taken, and its queue's first entry (which may be older than the
-//!   one just read, left by a crashed host) is claimed to deliver;
+//!   one just read, left by a crashed host) is claimed to deliver. A
+//!   consumer takes no more keys than it has free permits: the others wait
+//!   in a set (`P..waiting`) for a consumer with room, and a one-entry
+//!   wake-up stream (`P..wake`), which idle consumers block on beside the
+//!   source stream, tells them;
 //! - *finishing* (`commit.lua`) acknowledges the entry, removes it from its
 //!   queue, and claims the key's next entry for the same consumer, or gives
 //!   the lease up when the queue is empty. A retry is not a finish: the key
