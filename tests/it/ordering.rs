@@ -191,6 +191,69 @@ async fn a_key_whose_host_died_with_all_its_entries_is_taken_over_in_order() {
     assert_eq!(rows.last().unwrap().2, 210);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_that_kills_its_host_each_time_runs_out_of_attempts_and_frees_its_key() {
+    let redis = RedisServer::start();
+    let handlers = ledger("account", "max_attempts = 2\ntimeout_ms = 20000");
+    let fx = Fixture::new(&redis, "consumer = \"a\"\nclaim_idle_ms = 60000", &handlers);
+    let mut conn = redis.conn().await;
+    let posting =
+        |seq: u64, ms: u64| json!({"action": "ledger", "account": "k", "seq": seq, "amount": 1, "ms": ms}).to_string();
+    // Posting 1 runs long enough to be killed in, twice.
+    for (seq, ms) in [(1, 10_000), (2, 0)] {
+        xadd(&mut conn, "in", &[("type", "posting"), ("account", "k"), ("data", &posting(seq, ms))]).await;
+    }
+    let mut hosts = Hosts(vec![]);
+    for _ in 0..2 {
+        hosts.0.push(fx.spawn_binary());
+        until_pending(&conn, "in", "h", 2).await;
+        // Started: the host is computing posting 1 (nothing is finished).
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let host = hosts.0.last_mut().unwrap();
+        host.kill().unwrap();
+        host.wait().unwrap();
+    }
+    // Its third delivery would be past max_attempts: dead-lettered unrun,
+    // and posting 2 goes ahead.
+    hosts.0.push(fx.spawn_binary());
+    until_finished(&conn, "in", "h", 2).await;
+    let dead = entries(&mut conn, "in:dlq").await;
+    assert_eq!(dead.len(), 1);
+    assert!(field(&dead[0], "sluice.error").contains("attempt"), "{:?}", dead[0].map);
+    let rows = &postings(&mut conn).await["k"];
+    assert_eq!(rows.iter().map(|r| (r.0, r.1)).collect::<Vec<_>>(), [(2, 0)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_that_is_not_utf8_is_ordered_like_any_other() {
+    let redis = RedisServer::start();
+    let fx = Fixture::new(&redis, "", &ledger("account", "concurrency = 8\nbackoff_ms = 50"));
+    let host = fx.start();
+    let mut conn = redis.conn().await;
+    // The field holds bytes that are not UTF-8; the ledger sees its data's
+    // account. Posting 1 fails once; the others wait for it.
+    for seq in 1..=3u64 {
+        let data = json!({"action": "ledger", "account": "bin", "seq": seq, "amount": 1, "fail": u64::from(seq == 1)});
+        let _: String = redis::cmd("XADD")
+            .arg("in")
+            .arg("*")
+            .arg("type")
+            .arg("posting")
+            .arg("account")
+            .arg(&b"\xff\x00k"[..])
+            .arg("data")
+            .arg(data.to_string())
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    // Well within claim_idle_ms (30 s): no wait for a lease to run out.
+    until_finished(&conn, "in", "h", 3).await;
+    host.stop().await;
+    let rows = &postings(&mut conn).await["bin"];
+    assert_eq!(rows.iter().map(|r| (r.0, r.1)).collect::<Vec<_>>(), [(1, 0), (2, 1), (3, 2)]);
+}
+
 /// Waits until every one of the `total` entries of `in` has been read, at
 /// least `done` of them are finished, and (if given) `holder` serves a key.
 async fn progress(conn: &MultiplexedConnection, total: usize, done: usize, holder: Option<&str>) {

@@ -61,9 +61,11 @@ pub struct Consumer {
     /// How its events are ordered by key, if they are (`order_by`): fixed
     /// for a consumer's life, like its streams.
     pub(super) ordering: Option<stream::order::Ordering>,
-    /// The keys (stream, key) this consumer serves: it holds their leases
-    /// and is delivering, or waiting to retry, their first entries.
-    pub(super) serving: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
+    /// The keys (stream, key) this consumer serves, each with its number of
+    /// chains of deliveries here (one, but for a moment when one chain ends
+    /// as another takes the key again): it holds their leases and is
+    /// delivering, or waiting to deliver or retry, their first entries.
+    pub(super) serving: std::sync::Mutex<std::collections::HashMap<(String, Vec<u8>), usize>>,
     pub(super) shutdown: CancellationToken,
 }
 
@@ -155,6 +157,7 @@ impl Consumer {
             // Nothing read yet: all that is pending here is left over.
             self.recover_own(Duration::ZERO).await;
             let claimer = tokio::spawn(self.clone().claim_loop().in_current_span());
+            let renewer = self.ordering.clone().map(|o| tokio::spawn(self.clone().renew_loop(o).in_current_span()));
             let readers: Vec<_> = self
                 .read_groups()
                 .into_iter()
@@ -169,6 +172,10 @@ impl Consumer {
             let _ = claimer.await;
             self.tasks.close();
             self.tasks.wait().await;
+            if let (Some(renewer), Some(order)) = (renewer, &self.ordering) {
+                let _ = renewer.await;
+                self.release_keys(order).await;
+            }
             debug!("stopped");
         }
         .instrument(span)

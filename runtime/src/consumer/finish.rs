@@ -18,13 +18,17 @@ use tracing::{Instrument, debug, error, error_span, warn};
 const COMMIT_TRIES: u32 = 4;
 
 impl Consumer {
-    /// Starts a delivery on the wasm executor, tracked for shutdown.
-    pub(super) fn spawn_delivery(self: &Arc<Self>, d: Delivery, permit: OwnedSemaphorePermit) {
-        if !self.take_up(&d) {
-            return; // already being handled here
-        }
+    /// Starts a delivery of `d`, taken up already ([`Consumer::take_up_all`]),
+    /// on the wasm executor, tracked for shutdown.
+    pub(super) fn start_delivery(self: &Arc<Self>, d: Delivery, permit: OwnedSemaphorePermit) {
         let executor = self.binding.load().plugin.executor().clone();
         executor.spawn(self.tasks.track_future(self.clone().deliver(d, permit)));
+    }
+
+    /// Those of `found` not handled here already, now marked as handled here
+    /// (and their keys as served).
+    pub(super) fn take_up_all(&self, found: Vec<Delivery>) -> Vec<Delivery> {
+        found.into_iter().filter(|d| self.take_up(d)).collect()
     }
 
     /// Marks `d` as handled here (and its key as served); `false` if it
@@ -75,8 +79,9 @@ impl Consumer {
             self.release(&stream, &id);
             let next = match after {
                 After::Next(next) if !self.shutdown.is_cancelled() => next,
-                // Left pending, with its key: taken back on restart, or
-                // taken over once the lease runs out.
+                // Left pending, with its key still served here: its lease is
+                // given up when the consumer stops.
+                After::Next(_) => return None,
                 _ => {
                     if let Some(key) = &key {
                         self.unserve(&stream, key);
@@ -84,8 +89,15 @@ impl Consumer {
                     return None;
                 }
             };
-            // Held already: another path took it up, and goes on with the key.
-            self.hold(&next.stream, &next.entry.id).then_some(*next)
+            // Held already: another path took it up, and goes on with the
+            // key (and this chain's count of it ends).
+            if self.hold(&next.stream, &next.entry.id) {
+                return Some(*next);
+            }
+            if let Some(key) = &key {
+                self.unserve(&stream, key);
+            }
+            None
         }
         .instrument(span)
         .await
@@ -292,10 +304,12 @@ enum After {
 }
 
 impl Consumer {
-    /// `d` is no longer handled here, nor its key served: left pending.
-    fn let_go(&self, d: &Delivery) {
+    /// `d` is no longer handled here, nor its key served: left pending. (On
+    /// shutdown its key stays counted as served, so that its lease is given
+    /// up when the consumer stops.)
+    pub(super) fn let_go(&self, d: &Delivery) {
         self.release(&d.stream, &d.entry.id);
-        if let Some(key) = &d.key {
+        if let (Some(key), false) = (&d.key, self.shutdown.is_cancelled()) {
             self.unserve(&d.stream, key);
         }
     }

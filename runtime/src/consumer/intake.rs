@@ -157,6 +157,9 @@ impl Consumer {
 
     /// Spawns a delivery for each of `found`, read with `permit` in hand.
     pub(super) async fn hand_out(self: &Arc<Self>, found: Vec<Delivery>, permit: OwnedSemaphorePermit) {
+        // Held at once, not once a permit is free: nothing else here may
+        // take them up meanwhile (a recovery of this consumer's own).
+        let found = self.take_up_all(found);
         let mut first = Some(permit);
         for d in found {
             // Not cancelled by shutdown: these entries are already read (and
@@ -166,16 +169,22 @@ impl Consumer {
                 Some(p) => p,
                 None => self.permits.clone().acquire_owned().await.expect("semaphore never closed"),
             };
-            self.spawn_delivery(d, permit);
+            self.start_delivery(d, permit);
         }
     }
 
     /// Spawns a delivery for each of `found`, as permits allow.
     pub(super) async fn spawn_all(self: &Arc<Self>, found: Vec<Delivery>) {
-        for d in found {
-            // Left pending if shutdown comes first: delivered again later.
-            let Some(permit) = self.permit().await else { return };
-            self.spawn_delivery(d, permit);
+        let mut found = self.take_up_all(found).into_iter();
+        while let Some(d) = found.next() {
+            let Some(permit) = self.permit().await else {
+                // Left pending as shutdown begins: delivered again later.
+                for d in std::iter::once(d).chain(found) {
+                    self.let_go(&d);
+                }
+                return;
+            };
+            self.start_delivery(d, permit);
         }
     }
 
@@ -192,7 +201,6 @@ impl Consumer {
             // no error reported): taken back before others' are taken over.
             self.recover_own(RECOVER_MIN_IDLE).await;
             if let Some(order) = &self.ordering {
-                self.renew_keys(order).await;
                 self.take_pending_in_order(order, false, self.claim_idle).await;
                 continue;
             }

@@ -84,11 +84,9 @@ impl Consumer {
         for s in &self.streams {
             let mut start = "-".to_owned();
             loop {
-                if self.room().await.is_none() {
-                    return;
-                }
+                let Some(room) = self.room().await else { return };
                 let (serving, held) = self.local_state(s);
-                let page = (start.as_str(), SCAN_PAGE);
+                let page = (start.as_str(), SCAN_PAGE, room);
                 let mut conn = self.redis.conn.clone();
                 match order.scan(&mut conn, s, own, min_idle, page, &serving, &held).await {
                     Ok((found, next)) => {
@@ -123,38 +121,71 @@ impl Consumer {
         }
     }
 
-    /// Renews the leases of the keys this consumer serves.
-    pub(super) async fn renew_keys(&self, order: &Ordering) {
+    /// Renews the leases of the keys this consumer serves, every third of
+    /// their time to live, until shutdown. A task of its own: it must not
+    /// wait for permits, or a busy host would lose its keys.
+    pub(super) async fn renew_loop(self: Arc<Self>, order: Ordering) {
+        let every = (self.claim_idle / 3).max(Duration::from_millis(20));
+        loop {
+            self.pause(every).await;
+            if self.shutdown.is_cancelled() {
+                return;
+            }
+            for s in &self.streams {
+                let (serving, _) = self.local_state(s);
+                if serving.is_empty() {
+                    continue;
+                }
+                match order.renew(&mut self.redis.conn.clone(), s, &serving).await {
+                    Ok(0) => {}
+                    Ok(lost) => {
+                        warn!(stream = %s, group = %self.group, "{lost} key(s) taken over by another consumer: this host was presumed dead (slow, or cut off from Redis, past claim_idle_ms)")
+                    }
+                    Err(e) => {
+                        warn!(stream = %s, group = %self.group, "renewing key leases failed: {e}; trying again in {} ms", every.as_millis())
+                    }
+                }
+            }
+        }
+    }
+
+    /// On shutdown, gives up the leases of the keys still served here (their
+    /// entries stay pending): another host can take them at once.
+    pub(super) async fn release_keys(&self, order: &Ordering) {
         for s in &self.streams {
             let (serving, _) = self.local_state(s);
             if serving.is_empty() {
                 continue;
             }
-            match order.renew(&mut self.redis.conn.clone(), s, &serving).await {
-                Ok(lost) if !lost.is_empty() => {
-                    debug!(stream = %s, ?lost, "keys taken over by another consumer (this host was presumed dead)")
-                }
-                Ok(_) => {}
-                Err(e) => warn!(stream = %s, group = %self.group, "renewing key leases failed: {e}"),
+            if let Err(e) = order.release(&mut self.redis.conn.clone(), s, &serving).await {
+                debug!(stream = %s, "giving up key leases failed: {e}; they run out after claim_idle_ms");
             }
         }
+        self.serving.lock().expect("never poisoned").clear();
     }
 
     /// The keys this consumer serves on `stream`, and the ids it holds there.
-    fn local_state(&self, stream: &str) -> (Vec<String>, Vec<String>) {
+    fn local_state(&self, stream: &str) -> (Vec<Vec<u8>>, Vec<String>) {
         let serving = self.serving.lock().expect("never poisoned");
-        let keys = serving.iter().filter(|(s, _)| s == stream).map(|(_, k)| k.clone()).collect();
+        let keys = serving.keys().filter(|(s, _)| s == stream).map(|(_, k)| k.clone()).collect();
         let held = self.held.lock().expect("never poisoned");
         (keys, held.iter().filter(|(s, _)| s == stream).map(|(_, id)| id.clone()).collect())
     }
 
-    /// Key `key` of `stream` is served here from now on.
-    pub(super) fn serve(&self, stream: &str, key: &str) {
-        self.serving.lock().expect("never poisoned").insert((stream.to_owned(), key.to_owned()));
+    /// Key `key` of `stream` is served here by one more chain of deliveries.
+    pub(super) fn serve(&self, stream: &str, key: &[u8]) {
+        *self.serving.lock().expect("never poisoned").entry((stream.to_owned(), key.to_vec())).or_default() += 1;
     }
 
-    /// Key `key` of `stream` is no longer served here (its chain ended).
-    pub(super) fn unserve(&self, stream: &str, key: &str) {
-        self.serving.lock().expect("never poisoned").remove(&(stream.to_owned(), key.to_owned()));
+    /// A chain of deliveries of key `key` of `stream` ended here.
+    pub(super) fn unserve(&self, stream: &str, key: &[u8]) {
+        let mut serving = self.serving.lock().expect("never poisoned");
+        let k = (stream.to_owned(), key.to_vec());
+        if let Some(n) = serving.get_mut(&k) {
+            *n -= 1;
+            if *n == 0 {
+                serving.remove(&k);
+            }
+        }
     }
 }

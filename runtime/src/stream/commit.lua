@@ -102,11 +102,13 @@ while a <= #ARGV do
     end
     if order then
       -- Finished (now, or by an earlier try whose reply was lost): the next
-      -- entry of its key goes on with this consumer, if it still holds the
-      -- key.
+      -- entry of its key goes on with this consumer, unless another holds
+      -- the key now.
       order_remove(order.q, id)
-      if redis.call('GET', order.l) == consumer then
-        local next = order_serve(origin, group, consumer, order.q, order.l, order.key, order.ttl)
+      local holder = redis.call('GET', order.l)
+      -- A lapsed lease no one took is still this consumer's to use.
+      if holder == consumer or not holder then
+        local next = order_serve(origin, group, consumer, order.q, order.l, order.key, order.ttl, false)
         if next then
           result = { 3, next }
         end

@@ -55,7 +55,7 @@ pub struct Commit {
     id: String,
     /// Its ordering key and the key lease's time to live in ms, when its
     /// handler orders by key.
-    order: Option<(String, u64)>,
+    order: Option<(Vec<u8>, u64)>,
     writes: Vec<Write>,
 }
 
@@ -139,7 +139,7 @@ impl Commit {
     /// This commit for an entry ordered by `key` (`None`: it has none),
     /// whose lease lasts `ttl_ms`: it also moves the key on to its next
     /// entry ([`Committed::Next`]).
-    pub fn in_key_order(self, key: Option<String>, ttl_ms: u64) -> Commit {
+    pub fn in_key_order(self, key: Option<Vec<u8>>, ttl_ms: u64) -> Commit {
         Commit { order: key.map(|k| (k, ttl_ms)), ..self }
     }
 

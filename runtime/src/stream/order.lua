@@ -87,12 +87,15 @@ local function order_key(fields, by, name)
   return nil
 end
 
--- Gives consumer `me` the first entry of queue `q` to deliver, renewing its
--- lease `l` for `ttl` ms: claims it (JUSTID: no delivery is counted, as none
--- happened) and returns {stream, id, fields, attempt, key}. Drops entries
--- that are no longer pending or no longer in the stream. With the queue
--- empty, gives the lease up and returns nil.
-local function order_serve(s, g, me, q, l, key, ttl)
+-- Gives consumer `me` the first entry of queue `q` to deliver, setting its
+-- lease `l` for `ttl` ms, and returns {stream, id, fields, attempt, key}.
+-- `counted`: a takeover (after a restart, or from a host presumed dead),
+-- which counts as a delivery, as XAUTOCLAIM's would, so that an entry that
+-- kills its host each time still runs out of attempts; otherwise a hand-over
+-- (JUSTID: no delivery is counted, as none happened). Drops entries that are
+-- no longer pending or no longer in the stream. With the queue empty, gives
+-- the lease up and returns nil.
+local function order_serve(s, g, me, q, l, key, ttl, counted)
   while true do
     local id = redis.call('LINDEX', q, 0)
     if not id then
@@ -102,13 +105,18 @@ local function order_serve(s, g, me, q, l, key, ttl)
       return nil
     end
     local row = redis.call('XPENDING', s, g, id, id, 1)[1]
-    local entry = row and redis.call('XRANGE', s, id, id)[1]
-    if entry then
-      if row[2] ~= me then
+    local entry = nil
+    if row and counted then
+      entry = redis.call('XCLAIM', s, g, me, 0, id)[1]
+    elseif row then
+      entry = redis.call('XRANGE', s, id, id)[1]
+      if entry and row[2] ~= me then
         redis.call('XCLAIM', s, g, me, 0, id, 'JUSTID')
       end
+    end
+    if entry and entry[2] then
       redis.call('SET', l, me, 'PX', ttl)
-      return { s, id, entry[2], row[4], key }
+      return { s, id, entry[2], row[4] + (counted and 1 or 0), key }
     end
     redis.call('LPOP', q)
     if row then

@@ -106,8 +106,9 @@ pub fn prefix(group: &str, stream: &str) -> String {
 }
 
 /// The queue and the lease of `key`, under `prefix`.
-pub(super) fn queue_and_lease(prefix: &str, key: &str) -> (String, String) {
-    (format!("{prefix}queue:{key}"), format!("{prefix}lease:{key}"))
+pub(super) fn queue_and_lease(prefix: &str, key: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let named = |kind: &str| [prefix.as_bytes(), kind.as_bytes(), key].concat();
+    (named("queue:"), named("lease:"))
 }
 
 /// What a read found.
@@ -180,9 +181,10 @@ impl Ordering {
 
     /// One page of pending entries of `stream` to take: this consumer's own
     /// (`own`: true; idle at least `min_idle`) or anyone's idle at least
-    /// `min_idle` (keys whose holder is gone). `serving`: the keys this
-    /// consumer serves now; `held`: the ids it is delivering. Returns what to
-    /// deliver and where the next page starts.
+    /// `min_idle` (keys whose holder is gone); at most `count` looked at, and
+    /// the page ends once `room` are taken. `serving`: the keys this consumer
+    /// serves now; `held`: the ids it is delivering. Returns what to deliver
+    /// and where the next page starts.
     #[allow(clippy::too_many_arguments)]
     pub async fn scan(
         &self,
@@ -190,32 +192,37 @@ impl Ordering {
         stream: &str,
         own: bool,
         min_idle: Duration,
-        (start, count): (&str, usize),
-        serving: &[String],
+        (start, count, room): (&str, usize, usize),
+        serving: &[Vec<u8>],
         held: &[String],
     ) -> Result<(Vec<Delivery>, Option<String>), Error> {
         let mut call = self.invocation(if own { "own" } else { "idle" });
         call.key(stream).arg(prefix(&self.group, stream)).arg(min_idle.as_millis() as u64).arg(start).arg(count.max(1));
-        call.arg(serving.len()).arg(serving).arg(held);
+        call.arg(room.max(1)).arg(serving.len()).arg(serving).arg(held);
         let what = || format!("taking pending entries of stream {stream} group {} in key order", self.group);
         let reply: Value = call.invoke_async(conn).await.context(what)?;
         let [found, next] = reply::items(&reply) else { return Err(Error::reply(what(), &reply)) };
         Ok((deliveries(found), reply::text(next)))
     }
 
-    /// Renews the leases of `keys` of `stream`; returns those this consumer
-    /// no longer holds.
-    pub async fn renew(
-        &self,
-        conn: &mut impl ConnectionLike,
-        stream: &str,
-        keys: &[String],
-    ) -> Result<Vec<String>, Error> {
+    /// Renews the leases of `keys` of `stream` (taking back lapsed ones no
+    /// one took); returns how many this consumer lost to another.
+    pub async fn renew(&self, conn: &mut impl ConnectionLike, stream: &str, keys: &[Vec<u8>]) -> Result<usize, Error> {
         let mut call = self.invocation("renew");
         call.key(stream).arg(prefix(&self.group, stream)).arg(keys);
         let what = || format!("renewing key leases on stream {stream} group {}", self.group);
         let reply: Value = call.invoke_async(conn).await.context(what)?;
-        Ok(reply::items(&reply).iter().filter_map(reply::text).collect())
+        Ok(reply::items(&reply).len())
+    }
+
+    /// Gives up this consumer's leases of `keys` of `stream` (on shutdown, so
+    /// that another host may take them at once).
+    pub async fn release(&self, conn: &mut impl ConnectionLike, stream: &str, keys: &[Vec<u8>]) -> Result<(), Error> {
+        let mut call = self.invocation("release");
+        call.key(stream).arg(prefix(&self.group, stream)).arg(keys);
+        let what = || format!("giving up key leases on stream {stream} group {}", self.group);
+        let _: Value = call.invoke_async(conn).await.context(what)?;
+        Ok(())
     }
 }
 
@@ -234,7 +241,7 @@ pub(super) fn delivery(v: &Value) -> Option<Delivery> {
         Value::Int(n) => (*n).max(1) as u32,
         _ => return None,
     };
-    Some(Delivery { stream: reply::text(stream)?, entry, attempt, key: reply::text(key) })
+    Some(Delivery { stream: reply::text(stream)?, entry, attempt, key: reply::bytes(key) })
 }
 
 #[cfg(test)]
@@ -257,7 +264,8 @@ mod tests {
     #[test]
     fn queues_and_leases_share_their_streams_slot() {
         for (group, stream) in [("ledger", "payments"), ("g", "{shop}:orders"), ("g", "x}{y")] {
-            let (q, l) = queue_and_lease(&prefix(group, stream), "acct-1");
+            let (q, l) = queue_and_lease(&prefix(group, stream), b"acct-1");
+            let (q, l) = (String::from_utf8(q).unwrap(), String::from_utf8(l).unwrap());
             assert_eq!(slot::of(&q), slot::of(stream), "{q}");
             assert_eq!(slot::of(&l), slot::of(stream), "{l}");
         }

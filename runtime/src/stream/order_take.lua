@@ -22,28 +22,32 @@
 -- idle:  entries of any consumer idle at least the given time (dead hosts).
 --        KEYS[1] the stream; ARGV[7] its key prefix; ARGV[8] min idle ms;
 --        ARGV[9] where to start ('-' or '(id'); ARGV[10] page size;
---        ARGV[11] n, then n keys this consumer is serving, then the ids it
---        is delivering. A keyed entry's key is taken if no one holds it (or,
+--        ARGV[11] how many deliveries this consumer has room for (the page
+--        ends early when they are taken); ARGV[12] n, then n keys this
+--        consumer is serving, then the ids it is delivering. A keyed entry's key is taken if no one holds it (or,
 --        in 'own', if this consumer holds it from before but is not serving
 --        it); an entry without a key is claimed (a delivery, counted).
 --        Returns {deliveries, next start or false}.
 -- renew: KEYS[1] the stream; ARGV[7] its key prefix; ARGV[8..] the keys
---        this consumer serves. Renews their leases; returns those it lost.
+--        this consumer serves. Renews their leases (or takes a lapsed one
+--        back if no one else took it); returns those it lost.
+-- release: the same arguments; gives up those leases (shutdown).
 --
 -- A delivery is {stream, id, fields, attempt, key or false}.
 
 local mode, g, me, by, name, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 
--- Adds entry `id` of `s`, pending from before, to its key's queue and, if
--- `may_take` says the key's holder lets this consumer take it, takes it:
--- the queue's first entry to deliver, or nil.
-local function enqueue(s, p, id, key, may_take)
+-- Takes the key of entry `id` of `s`, pending from before, if `may_take`
+-- says its holder lets this consumer take it: adds the entry to the key's
+-- queue (in its place, if it is not there yet) and returns the queue's
+-- first entry to deliver (a takeover, counted), or nil.
+local function take_pending(s, p, id, key, may_take)
   local q, l = p .. 'queue:' .. key, p .. 'lease:' .. key
-  order_insert(q, id)
-  if may_take(redis.call('GET', l)) then
-    return order_serve(s, g, me, q, l, key, ttl)
+  if not may_take(redis.call('GET', l)) then
+    return nil
   end
-  return nil
+  order_insert(q, id)
+  return order_serve(s, g, me, q, l, key, ttl, true)
 end
 
 -- The first entry of `key`'s queue to deliver, if no one holds the key.
@@ -52,7 +56,7 @@ local function serve_if_free(s, p, key)
   if redis.call('GET', l) then
     return nil
   end
-  return order_serve(s, g, me, q, l, key, ttl)
+  return order_serve(s, g, me, q, l, key, ttl, false)
 end
 
 -- Takes keys waiting for a holder (left by reads that had no room for
@@ -112,7 +116,7 @@ local function read()
         redis.call('RPUSH', q, e[1])
         if not taken[q] and not redis.call('GET', l) then
           if budget > 0 then
-            local d = order_serve(s, g, me, q, l, key, ttl)
+            local d = order_serve(s, g, me, q, l, key, ttl, false)
             if d then
               out[#out + 1] = d
               budget = budget - 1
@@ -135,12 +139,12 @@ end
 
 local function scan()
   local s, p, min_idle, start, count = KEYS[1], ARGV[7], ARGV[8], ARGV[9], tonumber(ARGV[10])
-  local n = tonumber(ARGV[11])
+  local budget, n = tonumber(ARGV[11]), tonumber(ARGV[12])
   local serving, held = {}, {}
-  for i = 12, 11 + n do
+  for i = 13, 12 + n do
     serving[ARGV[i]] = true
   end
-  for i = 12 + n, #ARGV do
+  for i = 13 + n, #ARGV do
     held[ARGV[i]] = true
   end
   local rows
@@ -157,48 +161,81 @@ local function scan()
       return not holder or (mode == 'own' and holder == me)
     end
   end
-  local out = {}
-  for _, row in ipairs(rows) do
+  local out, next = {}, false
+  for i, row in ipairs(rows) do
+    if budget <= 0 then
+      -- Room for no more: the next page starts here.
+      next = i > 1 and ('(' .. rows[i - 1][1]) or start
+      break
+    end
     local id = row[1]
     local e = redis.call('XRANGE', s, id, id)[1]
     local key = e and order_key(e[2], by, name)
     if key then
-      local d = enqueue(s, p, id, key, may_take(key))
+      local d = take_pending(s, p, id, key, may_take(key))
       serving[key] = true
       if d then
         out[#out + 1] = d
+        budget = budget - 1
       end
     elseif not held[id] then
       -- No key (or deleted from the stream: XCLAIM then drops it).
       local claimed = redis.call('XCLAIM', s, g, me, min_idle, id)[1]
       if claimed and claimed[2] then
         out[#out + 1] = { s, id, claimed[2], row[4] + 1, false }
+        budget = budget - 1
       end
     end
   end
-  local next = false
-  if #rows == count then
+  if not next and #rows == count then
     next = '(' .. rows[#rows][1]
   end
   return { out, next }
+end
+
+-- Whether the first entry of queue `q` of `s` is pending with this consumer.
+local function owns_head(s, q)
+  local head = redis.call('LINDEX', q, 0)
+  local row = head and redis.call('XPENDING', s, g, head, head, 1)[1]
+  return row and row[2] == me
 end
 
 local function renew()
   local s, p, lost = KEYS[1], ARGV[7], {}
   for i = 8, #ARGV do
     local l = p .. 'lease:' .. ARGV[i]
-    if redis.call('GET', l) == me then
+    local holder = redis.call('GET', l)
+    if holder == me then
       redis.call('PEXPIRE', l, ttl)
-    else
+    elseif not holder and owns_head(s, p .. 'queue:' .. ARGV[i]) then
+      -- Lapsed (this host was slow to renew) and no one took it, while its
+      -- first entry is still this consumer's: ours again.
+      redis.call('SET', l, me, 'PX', ttl)
+    elseif holder then
       lost[#lost + 1] = ARGV[i]
     end
   end
   return lost
 end
 
+-- Gives up the leases of the keys in ARGV[8..] that this consumer holds
+-- (on shutdown: another host may take them at once).
+local function release()
+  local p = ARGV[7]
+  for i = 8, #ARGV do
+    local l = p .. 'lease:' .. ARGV[i]
+    if redis.call('GET', l) == me then
+      redis.call('DEL', l)
+    end
+  end
+  return {}
+end
+
 if mode == 'read' then
   return read()
 elseif mode == 'renew' then
   return renew()
+elseif mode == 'release' then
+  return release()
 end
 return scan()

@@ -24,8 +24,8 @@ pub struct Delivery {
     /// 1 on first delivery; Redis's delivery count.
     pub attempt: u32,
     /// Its ordering key, when its handler orders by key and it has one
-    /// ([`super::order`]).
-    pub key: Option<String>,
+    /// ([`super::order`]): bytes, as stored (a field need not be UTF-8).
+    pub key: Option<Vec<u8>>,
 }
 
 /// A consumer's blocking reader of new entries, on a connection of its own.

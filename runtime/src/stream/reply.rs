@@ -13,7 +13,8 @@ pub fn text(v: &Value) -> Option<String> {
     }
 }
 
-fn bytes(v: &Value) -> Option<Vec<u8>> {
+/// Bytes of a bulk or simple string (or an integer's digits).
+pub(super) fn bytes(v: &Value) -> Option<Vec<u8>> {
     match v {
         Value::BulkString(b) => Some(b.clone()),
         Value::SimpleString(s) => Some(s.clone().into_bytes()),
