@@ -36,7 +36,11 @@ impl Report {
         println!("{:<66} {:>12} {:<9} {:>6}", "what", "value", "unit", "ratio");
         for r in &self.rows {
             let ratio = r.ratio.map(|x| format!("{x:.2}")).unwrap_or_default();
-            let value = if r.value >= 100.0 { format!("{:.0}", r.value) } else { format!("{:.1}", r.value) };
+            let value = match r.value {
+                v if v >= 100.0 => format!("{v:.0}"),
+                v if r.unit == "ratio" => format!("{v:.2}"),
+                v => format!("{v:.1}"),
+            };
             println!("{:<66} {:>12} {:<9} {:>6}", r.what, value, r.unit, ratio);
         }
     }
