@@ -44,13 +44,13 @@ impl Drop for Hosts {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hundred_keys_keep_their_order_and_exact_balances_across_retries_and_a_killed_host() {
+async fn a_hundred_keys_keep_their_order_and_exact_balances_across_retries_hosts_and_kills() {
     const KEYS: u64 = 100;
     const PER_KEY: u64 = 200;
     let redis = RedisServer::start();
     let handlers = ledger("data.account", "concurrency = 64\nmax_attempts = 10\nbackoff_ms = 5\ntimeout_ms = 1000");
     let host = |name: &str| format!("consumer = \"{name}\"\nclaim_idle_ms = 2500");
-    let fixtures: Vec<Fixture> = ["a", "b"].iter().map(|n| Fixture::new(&redis, &host(n), &handlers)).collect();
+    let fixtures: Vec<Fixture> = ["a", "b", "c"].iter().map(|n| Fixture::new(&redis, &host(n), &handlers)).collect();
     let mut conn = redis.conn().await;
     let mut hosts = Hosts(fixtures.iter().map(|f| f.spawn_binary()).collect());
     // Every key's events in sequence, the keys interleaved; about one
@@ -72,22 +72,25 @@ async fn a_hundred_keys_keep_their_order_and_exact_balances_across_retries_and_a
         let _: () = pipe.query_async(&mut conn).await.unwrap();
     }
     let total = (KEYS * PER_KEY) as usize;
-    // Once everything is read, kill host b while it serves keys and start
+    // Once everything is read, kill a host while it serves keys and start
     // it again at once: it takes its own keys back (their leases are still
-    // its own). Later kill host a for good: the keys it served, and the
-    // entries queued behind them, are left with a dead holder and no new
-    // entry comes to pick them up: host b takes them over once their leases
-    // run out.
-    progress(&conn, total, total / 5, Some("b")).await;
-    hosts.0[1].kill().unwrap();
-    hosts.0[1].wait().unwrap();
-    hosts.0[1] = fixtures[1].spawn_binary();
-    progress(&conn, total, total / 2, Some("a")).await;
-    hosts.0[0].kill().unwrap();
-    hosts.0[0].wait().unwrap();
-    eventually(Duration::from_secs(60), "host a's entries taken over", || {
+    // its own). Later kill a host that serves keys for good: those keys,
+    // and the entries queued behind them, are left with a dead holder and no
+    // new entry comes to pick them up: the others take them over once their
+    // leases run out.
+    let names = ["a", "b", "c"];
+    let restarted = progress(&conn, total, total / 5, &names).await;
+    let i = names.iter().position(|n| *n == restarted).unwrap();
+    hosts.0[i].kill().unwrap();
+    hosts.0[i].wait().unwrap();
+    hosts.0[i] = fixtures[i].spawn_binary();
+    let killed = progress(&conn, total, total / 2, &names).await;
+    let i = names.iter().position(|n| *n == killed).unwrap();
+    hosts.0[i].kill().unwrap();
+    hosts.0[i].wait().unwrap();
+    eventually(Duration::from_secs(60), &format!("host {killed}'s entries taken over"), || {
         let mut c = conn.clone();
-        async move { (pending_with(&mut c, "a").await == 0).then_some(()) }
+        async move { (pending_with(&mut c, killed).await == 0).then_some(()) }
     })
     .await;
     eventually(Duration::from_secs(120), "every posting committed", || {
@@ -255,21 +258,26 @@ async fn a_key_that_is_not_utf8_is_ordered_like_any_other() {
 }
 
 /// Waits until every one of the `total` entries of `in` has been read, at
-/// least `done` of them are finished, and (if given) `holder` serves a key.
-async fn progress(conn: &MultiplexedConnection, total: usize, done: usize, holder: Option<&str>) {
-    eventually(Duration::from_secs(60), &format!("all read, {done} committed, {holder:?} serving keys"), || {
+/// least `done` of them are finished, and one of `hosts` serves a key;
+/// returns that host.
+async fn progress(conn: &MultiplexedConnection, total: usize, done: usize, hosts: &[&'static str]) -> &'static str {
+    eventually(Duration::from_secs(60), &format!("all read, {done} committed, a host serving keys"), || {
         let mut c = conn.clone();
         async move {
             let (read, lag) = (group_field(&mut c, "entries-read").await, group_field(&mut c, "lag").await);
             let finished = read.saturating_sub(pending(&mut c, "in", "h").await);
-            let serving = match holder {
-                Some(h) => leases_held(&mut c, h).await > 0,
-                None => true,
-            };
-            (read == total && lag == 0 && finished >= done && serving).then_some(())
+            if read != total || lag != 0 || finished < done {
+                return None;
+            }
+            for h in hosts {
+                if leases_held(&mut c, h).await > 0 {
+                    return Some(*h);
+                }
+            }
+            None
         }
     })
-    .await;
+    .await
 }
 
 /// A number from `XINFO GROUPS in` for group `h` (0 before it exists).
