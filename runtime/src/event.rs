@@ -20,6 +20,10 @@ pub mod field {
     pub const CAUSATION_ID: &str = "causation_id";
     /// W3C Trace Context: carried over, as a child, to what a handler publishes.
     pub const TRACEPARENT: &str = "traceparent";
+    /// On a request: the stream its reply goes to (`host.reply`).
+    pub const REPLY_TO: &str = "reply_to";
+    /// On a reply: the entry id of the request it answers.
+    pub const REQUEST_ID: &str = "request_id";
 }
 
 /// One entry of a stream, as read: its id and its fields in stored order.

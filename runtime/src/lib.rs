@@ -23,6 +23,7 @@
 //! - [`ops`]: `sluice dlq`, `replay`, `status`: operating a running system.
 //! - [`cli`]: the command line: arguments, what each subcommand does.
 //! - [`publish`], [`logging`]: `sluice publish`; log output.
+//! - [`request`]: request/reply over streams (`reply_to`, `host.reply`, `sluice request`).
 
 #![warn(missing_docs)]
 
@@ -43,6 +44,7 @@ pub mod offline;
 pub mod ops;
 pub mod publish;
 pub mod reload;
+pub mod request;
 pub mod retry;
 pub mod scaffold;
 pub mod schema;

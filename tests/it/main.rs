@@ -48,5 +48,7 @@ mod acl;
 mod cluster;
 // order_by: one key at a time in stream order, across retries, dead letters, hosts and a kill.
 mod ordering;
+// Request/reply: `sluice request`, `host.reply`, error replies, timeouts, reply streams' TTL.
+mod request;
 // The fault audit, short: kills, a pause, Redis restarts, network faults, a failover, two hosts.
 mod faults;

@@ -99,7 +99,7 @@ async fn a_batched_commit_is_all_or_nothing_per_delivery() {
     read_pending(&mut conn, "in", "g").await;
     let to = |stream: &str| Effects {
         publishes: vec![Publish { stream: stream.into(), event_type: "x".into(), data: b"{}".to_vec() }],
-        kv: vec![],
+        ..Default::default()
     };
     let entry = |id: &String| sluice::event::Entry { id: id.clone(), fields: vec![("type".into(), b"t".to_vec())] };
     let commits = [

@@ -100,6 +100,7 @@ async fn a_commit_retried_after_it_went_through_writes_nothing_twice() {
     let effects = Effects {
         publishes: vec![Publish { stream: "out".into(), event_type: "x".into(), data: b"{}".to_vec() }],
         kv: vec![KvWrite::Set { key: "k".into(), value: b"v".to_vec(), ttl_ms: None }],
+        ..Default::default()
     };
     for _ in 0..2 {
         let commit = sluice::stream::Commit::ack("in", &entry, "h", "sluice:kv:h:", effects.clone());

@@ -20,6 +20,7 @@
 //! | `config`     | `key`                               | publishes `config` `{key: value}` to `out`; rejects if unset  |
 //! | `log`        | `message`                           | logs `message` at info and prints it to stdout, then `Ok`     |
 //! | `count`      | `out`                               | adds 1 to a counter in the instance's memory and publishes `count` `{n}` to `out` (1 every time in a fresh instance) |
+//! | `reply`      | `type`?, `reply`                    | answers the request with `host.reply` (`type`, default `answer`; `reply` as JSON); a refused reply rejects with `reply refused: <reason>` |
 //! | `ledger`     | `account`, `seq`, `amount`, `fail`?, `delay_ms`?, `ms`?, `out`? | `Err(retry)` while `attempt <= fail`; else computes for `ms` milliseconds, adds `amount` to kv `balance:<account>`, sets kv `seq:<account>` to `seq`, and publishes `entry` `{account, seq, after, balance}` to `out`, `after` being the `seq` it replaced (to check order) |
 //!
 //! Any other `action` is rejected with `unknown action <action>`.
@@ -115,6 +116,11 @@ impl Guest for Behave {
                 publish_each(&serde_json::json!({ "publish": [{"stream": out, "type": "count", "data": {"n": n}}] }))
             }
             "ledger" => ledger(&data, event.attempt, delay_ms),
+            "reply" => {
+                let body = serde_json::to_vec(&data["reply"]).expect("a Value serializes");
+                sluice::plugin::host::reply(data["type"].as_str().unwrap_or("answer"), &body)
+                    .map_err(|r| Failure::Reject(format!("reply refused: {r}")))
+            }
             other => Err(Failure::Reject(format!("unknown action {other}"))),
         }
     }

@@ -72,6 +72,32 @@ pub enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Send a request and wait for its reply: publishes the event with a
+    /// `reply_to` field naming a fresh reply stream, prints the reply's data
+    /// when a handler answers (`host.reply`), and deletes the reply stream.
+    ///
+    /// Exit code: 0 answered, 1 no reply within the wait (or could not
+    /// send), 2 the request failed (it was dead-lettered; the reason is
+    /// printed).
+    Request {
+        /// The stream to send the request to.
+        stream: String,
+        /// The request's event type.
+        #[arg(long = "type", short = 't')]
+        event_type: String,
+        /// The request's data, JSON by convention.
+        #[arg(long, short, default_value = "{}")]
+        data: String,
+        /// An extra field, e.g. --field correlation_id=c-1 (repeatable).
+        #[arg(long = "field", short = 'f', value_parser = parse_field)]
+        fields: Vec<(String, String)>,
+        /// How long to wait for the reply, in ms.
+        #[arg(long = "timeout-ms", default_value_t = 5000)]
+        timeout_ms: u64,
+        /// The config file.
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Run a handler once on one event, offline (no Redis), under the same
     /// sandbox and limits as `run`. Prints the verdict, what the handler
     /// logged, the publishes and key-value writes it would have committed,

@@ -5,10 +5,12 @@ use super::operate;
 use crate::config::Config;
 use crate::embedded::RedisTarget;
 use crate::publish::{NewEvent, publish};
+use crate::request::{Answer, request};
 use crate::stream::Redis;
 use crate::{host, offline, scaffold, wasm};
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
 
 /// Runs one subcommand to completion; returns the exit code.
 pub async fn execute(command: Command) -> anyhow::Result<ExitCode> {
@@ -20,6 +22,10 @@ pub async fn execute(command: Command) -> anyhow::Result<ExitCode> {
         Command::Publish { stream, event_type, data, fields, config } => {
             let event = NewEvent { stream, event_type, data, fields };
             publish_with(&config.path(), &event).await?;
+        }
+        Command::Request { stream, event_type, data, fields, timeout_ms, config } => {
+            let event = NewEvent { stream, event_type, data, fields };
+            return request_with(&config.path(), &event, Duration::from_millis(timeout_ms)).await;
         }
         Command::Check { config, offline } => check(&config.path(), offline).await?,
         Command::Acl { user, config } => {
@@ -56,6 +62,36 @@ async fn publish_with(config_path: &Path, event: &NewEvent) -> anyhow::Result<()
     target.stop().await;
     println!("{}", result?);
     Ok(())
+}
+
+/// `sluice request`: sends `event` as a request and prints its answer.
+async fn request_with(config_path: &Path, event: &NewEvent, timeout: Duration) -> anyhow::Result<ExitCode> {
+    let config = Config::load(config_path)?;
+    if let Err(invalid) = config.schemas.check(&event.event_type, event.data.as_bytes()) {
+        anyhow::bail!("refused, nothing was sent: {invalid}");
+    }
+    let target = RedisTarget::resolve(config.redis.url.as_deref(), &config.state_dir()).await?;
+    let result = async { request(&Redis::connect(target.url(), &config.redis).await?, event, timeout).await }.await;
+    target.stop().await;
+    let (sent, answer) = result?;
+    match answer {
+        Answer::Reply { data, .. } => {
+            println!("{data}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Answer::Failed(reason) => {
+            eprintln!("error: request {} on stream {} failed: {reason}", sent.id, event.stream);
+            Ok(ExitCode::from(2))
+        }
+        Answer::TimedOut => anyhow::bail!(
+            "no reply to request {} on stream {} within {} ms (waited on stream {}; is a handler consuming {} and calling host.reply?)",
+            sent.id,
+            event.stream,
+            timeout.as_millis(),
+            sent.reply_to,
+            event.stream
+        ),
+    }
 }
 
 /// `sluice check`: the config, every plugin, and (unless `offline`) the

@@ -71,6 +71,9 @@ pub struct Report {
     pub publishes: Vec<Published>,
     /// Committed with the ack, like the publishes.
     pub kv_writes: Vec<Written>,
+    /// The reply to the request (`host.reply`), committed with the ack.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply: Option<Published>,
     /// How long the delivery took (instantiate + call).
     #[serde(rename = "duration_ms", serialize_with = "millis")]
     pub duration: Duration,
@@ -116,6 +119,7 @@ impl Report {
             logs,
             publishes: Vec::new(),
             kv_writes: Vec::new(),
+            reply: None,
             duration,
             events: handler.events.clone(),
         };
@@ -123,6 +127,7 @@ impl Report {
             Decision::Ack { effects } => {
                 report.publishes = effects.publishes.into_iter().map(published).collect();
                 report.kv_writes = effects.kv.into_iter().map(written).collect();
+                report.reply = effects.reply.map(published);
             }
             Decision::Retry { delay, reason } => {
                 report.retry_in_ms = Some(delay.as_millis() as u64);
@@ -177,6 +182,9 @@ impl fmt::Display for Report {
         }
         for p in &self.publishes {
             writeln!(f, "publish   {} {:?} {}", p.stream, p.event_type, p.data)?;
+        }
+        if let Some(r) = &self.reply {
+            writeln!(f, "reply     {} {:?} {}", r.stream, r.event_type, r.data)?;
         }
         for w in &self.kv_writes {
             match (&w.value, w.ttl_ms) {

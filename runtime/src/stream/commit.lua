@@ -43,6 +43,7 @@ local WRITES = {
   xadd = function(key, args) redis.call('XADD', key, '*', unpack(args)) end,
   set = function(key, args) redis.call('SET', key, unpack(args)) end,
   del = function(key, args) redis.call('DEL', key) end,
+  pexpire = function(key, args) redis.call('PEXPIRE', key, unpack(args)) end,
   xdel = function(key, args) redis.call('XDEL', key, unpack(args)) end,
 }
 

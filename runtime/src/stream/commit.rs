@@ -15,7 +15,7 @@ use super::read::Delivery;
 use super::{order, slot};
 use crate::dead_letter::{self, Failure};
 use crate::event::{self, Entry};
-use crate::wasm::{Effects, KvWrite};
+use crate::wasm::{Effects, KvWrite, Publish};
 use redis::Value;
 use redis::aio::ConnectionLike;
 use std::sync::LazyLock;
@@ -70,11 +70,14 @@ pub enum WriteKind {
     Del,
     /// `XDEL key id`: an inbox entry done with.
     Xdel,
+    /// `PEXPIRE key ms`: a reply stream's time to live.
+    Pexpire,
 }
 
 impl WriteKind {
     /// Every kind.
-    pub const ALL: [WriteKind; 4] = [WriteKind::Xadd, WriteKind::Set, WriteKind::Del, WriteKind::Xdel];
+    pub const ALL: [WriteKind; 5] =
+        [WriteKind::Xadd, WriteKind::Set, WriteKind::Del, WriteKind::Xdel, WriteKind::Pexpire];
 
     /// Its name in the scripts' arguments (`WRITES` in `commit.lua` and
     /// `relay.lua`).
@@ -84,6 +87,7 @@ impl WriteKind {
             WriteKind::Set => "set",
             WriteKind::Del => "del",
             WriteKind::Xdel => "xdel",
+            WriteKind::Pexpire => "pexpire",
         }
     }
 
@@ -124,7 +128,8 @@ impl Commit {
         let publishes =
             effects.publishes.iter().map(|p| xadd(&p.stream, event::published_fields(p, handler, entry, &cause_id)));
         let kv = effects.kv.into_iter().map(|w| kv_write(kv_prefix, w));
-        let writes = publishes.chain(kv).chain(delete_if_inbox(stream, &entry.id)).collect();
+        let reply = effects.reply.iter().flat_map(|r| reply_writes(r, handler, stream, entry));
+        let writes = publishes.chain(reply).chain(kv).chain(delete_if_inbox(stream, &entry.id)).collect();
         Commit { stream: stream.to_owned(), id: entry.id.clone(), order: None, writes }
     }
 
@@ -132,7 +137,10 @@ impl Commit {
     /// `dead_letter_stream`, and acknowledges it.
     pub fn dead_letter(dead_letter_stream: &str, stream: &str, entry: &Entry, failure: &Failure<'_>) -> Commit {
         let fields = dead_letter::fields(entry, failure);
-        let writes = std::iter::once(xadd(dead_letter_stream, fields)).chain(delete_if_inbox(stream, &entry.id));
+        let error = error_reply(entry, failure.reason);
+        let reply = error.iter().flat_map(|r| reply_writes(r, failure.handler, stream, entry));
+        let writes =
+            std::iter::once(xadd(dead_letter_stream, fields)).chain(reply).chain(delete_if_inbox(stream, &entry.id));
         Commit { stream: stream.to_owned(), id: entry.id.clone(), order: None, writes: writes.collect() }
     }
 
@@ -207,6 +215,41 @@ impl Relayed {
         let args = fields.map(|(k, v)| (k == "a").then(|| v.clone())).collect::<Option<Vec<_>>>()?;
         Some(Relayed { kind, key, args })
     }
+}
+
+/// How long a reply stream lives after its reply is written: a caller that
+/// vanished leaves nothing behind for longer.
+pub const REPLY_TTL_MS: u64 = 5 * 60 * 1000;
+
+/// The event type of the reply a failed request gets: its `data` is
+/// `{"error": reason}`.
+pub const ERROR_REPLY_TYPE: &str = "sluice.error";
+
+/// The writes of `reply` to a request, `entry` of `stream`: the reply entry
+/// (with `request_id`, and the fields of any publish) and its stream's time
+/// to live.
+fn reply_writes(reply: &Publish, handler: &str, stream: &str, entry: &Entry) -> [Write; 2] {
+    let (_, request_id) = dead_letter::origin(stream, entry);
+    let mut fields = event::published_fields(reply, handler, entry, &request_id);
+    fields.push((event::field::REQUEST_ID.into(), request_id.into_bytes()));
+    let expire = Write {
+        kind: WriteKind::Pexpire,
+        key: reply.stream.clone(),
+        args: vec![REPLY_TTL_MS.to_string().into_bytes()],
+    };
+    [xadd(&reply.stream, fields), expire]
+}
+
+/// The error reply to `entry`, if it is a request: it is dead-lettered for
+/// `reason`, and its caller hears so at once rather than waiting out its
+/// timeout.
+fn error_reply(entry: &Entry, reason: &str) -> Option<Publish> {
+    let reply_to = entry.get(event::field::REPLY_TO).filter(|v| !v.is_empty())?;
+    Some(Publish {
+        stream: String::from_utf8_lossy(reply_to).into_owned(),
+        event_type: ERROR_REPLY_TYPE.into(),
+        data: serde_json::json!({ "error": reason }).to_string().into_bytes(),
+    })
 }
 
 /// For an entry of a handler's inbox, its deletion, in the same commit as
@@ -326,7 +369,8 @@ mod tests {
         let entry = Entry { id: "1-0".into(), fields: vec![("type".into(), b"t".to_vec())] };
         let publish =
             |stream: &str| crate::wasm::Publish { stream: stream.into(), event_type: "x".into(), data: b"{}".to_vec() };
-        let effects = Effects { publishes: vec![publish("{shop}:payments"), publish("elsewhere")], kv: vec![] };
+        let effects =
+            Effects { publishes: vec![publish("{shop}:payments"), publish("elsewhere")], kv: vec![], reply: None };
         let commit = Commit::ack("{shop}:orders", &entry, "h", "sluice:kv:{shop}:h:", effects);
         assert!(!commit.in_one_slot());
         let routed = commit.routed_for_cluster();

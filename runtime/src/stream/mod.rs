@@ -19,7 +19,9 @@ mod reply;
 pub mod retention;
 pub mod slot;
 
-pub use commit::{Commit, Committed, Relayed, WriteKind, commit_batch, commit_one, outbox};
+pub use commit::{
+    Commit, Committed, ERROR_REPLY_TYPE, REPLY_TTL_MS, Relayed, WriteKind, commit_batch, commit_one, outbox,
+};
 pub use committer::Committer;
 pub use conn::{Conn, Redis, redact};
 pub use error::{Context, Error, ErrorKind};
@@ -29,3 +31,4 @@ pub use info::{GroupInfo, group_info, length};
 pub use lease::Lease;
 pub use read::{Delivery, Reader, autoclaim, claim, own_pending, unblock};
 pub use relay::Relay;
+pub use reply::read_reply;

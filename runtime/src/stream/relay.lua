@@ -17,6 +17,7 @@ local WRITES = {
   xadd = function(key, args) redis.call('XADD', key, '*', unpack(args)) end,
   set = function(key, args) redis.call('SET', key, unpack(args)) end,
   del = function(key, args) redis.call('DEL', key) end,
+  pexpire = function(key, args) redis.call('PEXPIRE', key, unpack(args)) end,
 }
 
 -- Whether stream id `a` ("ms-seq") comes after `b`.

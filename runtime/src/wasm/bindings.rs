@@ -17,6 +17,7 @@ mod generated {
             "sluice:plugin/kv.delete": trappable,
             "sluice:plugin/host.log": trappable,
             "sluice:plugin/host.publish": trappable,
+            "sluice:plugin/host.reply": trappable,
         },
         exports: { default: async },
     });

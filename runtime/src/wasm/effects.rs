@@ -39,6 +39,9 @@ pub struct Effects {
     pub publishes: Vec<Publish>,
     /// Its key-value writes, in order.
     pub kv: Vec<KvWrite>,
+    /// Its answer to the request it handled (`host.reply`): `stream` is the
+    /// request's `reply_to`.
+    pub reply: Option<Publish>,
 }
 
 /// What handler `handler`'s key-value keys start with: `sluice:kv:<handler>:`;

@@ -78,6 +78,7 @@ impl Plugin {
         match &sandbox.pool {
             None => {
                 let mut store = self.new_store(sandbox);
+                store.data_mut().reply_to = reply_to(event);
                 let result = async {
                     let instance = self.pre.instantiate_async(&mut store).await?;
                     instance.sluice_plugin_handler().call_handle(&mut store, event).await
@@ -106,6 +107,7 @@ impl Plugin {
                 }
             }
         };
+        warm.store.data_mut().reply_to = reply_to(&event);
         let call = warm.instance.sluice_plugin_handler().call_handle(&mut warm.store, event);
         let result = with_backstop(sandbox.timeout, call).await;
         warm.served += 1;
@@ -134,6 +136,16 @@ impl Plugin {
         });
         store
     }
+}
+
+/// The stream a request's reply goes to: its `reply_to` field, if it has one.
+fn reply_to(event: &Event) -> Option<String> {
+    event
+        .fields
+        .iter()
+        .find(|(k, _)| k == crate::event::field::REPLY_TO)
+        .map(|(_, v)| v.clone())
+        .filter(|v| !v.is_empty())
 }
 
 /// Gives a store its fuel and its first epoch deadline for one delivery.

@@ -106,6 +106,8 @@ pub struct EventState {
     pub effects: Effects,
     /// This delivery's own key-value writes, for read-your-writes.
     overlay: HashMap<String, Option<Vec<u8>>>,
+    /// The event's `reply_to` field: where `host.reply` writes.
+    pub reply_to: Option<String>,
     /// The guest's stdout and stderr.
     pub stdout: Captured,
     pub stderr: Captured,
@@ -141,6 +143,7 @@ impl EventState {
             memory_total: 0,
             effects: Effects::default(),
             overlay: HashMap::new(),
+            reply_to: None,
             stdout,
             stderr,
             last_stderr_line: None,
@@ -156,6 +159,7 @@ impl EventState {
         self.memory_denied = false;
         self.effects = Effects::default();
         self.overlay.clear();
+        self.reply_to = None;
         self.stdout.reset();
         self.stderr.reset();
         self.last_stderr_line = None;
@@ -228,6 +232,20 @@ impl host::Host for EventState {
             return Ok(Err(invalid.to_string()));
         }
         self.effects.publishes.push(Publish { stream, event_type, data });
+        Ok(Ok(()))
+    }
+
+    fn reply(&mut self, event_type: String, data: Vec<u8>) -> wasmtime::Result<Result<(), String>> {
+        let Some(stream) = self.reply_to.clone() else {
+            return Ok(Err(
+                "this event has no reply_to field: it is not a request, so there is no one to reply to".into()
+            ));
+        };
+        if self.effects.reply.is_some() {
+            return Ok(Err("this request was answered already: one reply per request".into()));
+        }
+        self.usage.publish(data.len() + event_type.len())?;
+        self.effects.reply = Some(Publish { stream, event_type, data });
         Ok(Ok(()))
     }
 }
