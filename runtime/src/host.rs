@@ -74,6 +74,7 @@ pub async fn run_with(config: Config, shutdown: impl Future<Output = ()>, option
         Ok(redis) => {
             let current = Arc::new(ArcSwap::from_pointee(config.clone()));
             let admin = start_admin(&config, &current, &redis).await?;
+            let ingress = start_ingress(&config, &current, &redis).await?;
             ensure_groups(&redis, &config).await?;
             let upkeep_token = CancellationToken::new();
             let upkeep = crate::upkeep::Upkeep::new(redis.clone(), current.clone(), config.consumer.clone());
@@ -89,6 +90,7 @@ pub async fn run_with(config: Config, shutdown: impl Future<Output = ()>, option
             upkeep_token.cancel();
             let _ = upkeep.await;
             admin.cancel();
+            ingress.cancel();
             Ok(())
         }
         Err(e) => Err(e),
@@ -131,6 +133,26 @@ async fn start_admin(
         let listener = admin::bind(addr).await?;
         let state = admin::AdminState { config: current.clone(), conn: redis.conn.clone() };
         tokio::spawn(admin::serve(listener, state, token.clone()));
+    }
+    Ok(token)
+}
+
+/// Starts the HTTP ingress if the config asks for one; cancel the token to
+/// stop it.
+async fn start_ingress(
+    config: &Config,
+    current: &Arc<ArcSwap<Config>>,
+    redis: &Redis,
+) -> anyhow::Result<CancellationToken> {
+    let token = CancellationToken::new();
+    if let Some(settings) = &config.ingress {
+        let listener = crate::ingress::bind(settings.addr).await?;
+        let state = crate::ingress::IngressState {
+            settings: Arc::new(settings.clone()),
+            config: current.clone(),
+            redis: redis.clone(),
+        };
+        tokio::spawn(crate::ingress::serve(listener, state, token.clone()));
     }
     Ok(token)
 }

@@ -24,6 +24,7 @@
 //! - [`cli`]: the command line: arguments, what each subcommand does.
 //! - [`publish`], [`logging`]: `sluice publish`; log output.
 //! - [`request`]: request/reply over streams (`reply_to`, `host.reply`, `sluice request`).
+//! - [`ingress`]: the HTTP ingress (`[host] ingress`): events and requests over HTTP.
 
 #![warn(missing_docs)]
 
@@ -37,6 +38,7 @@ pub mod embedded;
 pub mod event;
 pub mod event_json;
 pub mod host;
+pub mod ingress;
 pub mod limits;
 pub mod logging;
 pub mod metrics;

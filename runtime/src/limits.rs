@@ -68,6 +68,12 @@ pub const CONCURRENCY: Setting = Setting { key: "concurrency", default: Some(16)
 /// Most events all handlers together may have in flight: the size of the
 /// host's instance pool.
 pub const MAX_TOTAL_CONCURRENCY: usize = 512;
+/// Largest body the HTTP ingress takes (larger: 413).
+pub const MAX_INGRESS_BODY: usize = 1 << 20;
+/// Longest a request through the HTTP ingress may wait for its reply.
+pub const MAX_INGRESS_WAIT_MS: u64 = 60_000;
+/// How long a request through the HTTP ingress waits by default.
+pub const INGRESS_WAIT_MS: u64 = 5_000;
 
 /// Log lines (`host.log`) per delivery.
 pub const MAX_LOG_LINES: usize = 1_000;

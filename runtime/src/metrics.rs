@@ -52,6 +52,12 @@ struct ByResult {
     result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByRoute {
+    route: &'static str,
+    status: String,
+}
+
 /// Every metric the host keeps.
 struct Metrics {
     registry: Registry,
@@ -70,6 +76,7 @@ struct Metrics {
     lag: Family<ByStream, Gauge>,
     pending: Family<ByStream, Gauge>,
     dead_letter_depth: Family<ByStream, Gauge>,
+    ingress: Family<ByRoute, Counter>,
 }
 
 /// One registry per process, like Prometheus's default registry: a host is
@@ -99,6 +106,7 @@ impl Metrics {
             lag: Family::default(),
             pending: Family::default(),
             dead_letter_depth: Family::default(),
+            ingress: Family::default(),
         };
         m.register_all();
         m
@@ -124,6 +132,7 @@ impl Metrics {
         r.register("lag", "Entries not yet delivered to the handler's group (sampled from Redis)", self.lag.clone());
         r.register("pending", "Entries delivered and not yet acknowledged (sampled from Redis)", self.pending.clone());
         r.register("dead_letter_depth", "Entries in the stream's dead-letter stream (sampled from Redis)", self.dead_letter_depth.clone());
+        r.register("ingress_requests", "HTTP requests to the ingress, by route (events, requests, other) and status", self.ingress.clone());
     }
 }
 
@@ -221,6 +230,11 @@ static HELD: LazyLock<std::sync::Mutex<std::collections::BTreeSet<(String, Strin
 /// Counts a consumer deleted from `group` for being idle with nothing pending.
 pub fn consumer_forgotten(group: &str) {
     METRICS.consumers_forgotten.get_or_create(&ByGroup { group: group.to_owned() }).inc();
+}
+
+/// Counts an HTTP request to the ingress on `route`, answered with `status`.
+pub fn ingress_answered(route: &'static str, status: u16) {
+    METRICS.ingress.get_or_create(&ByRoute { route, status: status.to_string() }).inc();
 }
 
 /// Counts a reload, applied or rejected.

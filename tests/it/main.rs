@@ -50,5 +50,7 @@ mod cluster;
 mod ordering;
 // Request/reply: `sluice request`, `host.reply`, error replies, timeouts, reply streams' TTL.
 mod request;
+// The HTTP ingress: events and requests over real HTTP, and every bad input.
+mod ingress;
 // The fault audit, short: kills, a pause, Redis restarts, network faults, a failover, two hosts.
 mod faults;

@@ -60,6 +60,8 @@ pub struct Config {
     /// Where the admin listener serves `/metrics`, `/healthz` and `/readyz`;
     /// `None`: no listener.
     pub admin: Option<std::net::SocketAddr>,
+    /// The HTTP ingress, if the config asks for one.
+    pub ingress: Option<IngressSettings>,
     /// Every handler, sorted by name.
     pub handlers: Vec<Handler>,
     /// `[streams]`: how much of each stream to keep.
@@ -69,6 +71,20 @@ pub struct Config {
     pub forget_consumers_after_ms: u64,
     /// `[schemas]`, compiled; each handler holds the same set.
     pub schemas: Arc<Schemas>,
+}
+
+/// `[host] ingress`, `ingress_token`, `ingress_streams`, checked.
+#[derive(Debug, Clone)]
+pub struct IngressSettings {
+    /// Where it listens.
+    pub addr: std::net::SocketAddr,
+    /// The Bearer token it requires, `${ENV}` expanded; `None`: none (only
+    /// on loopback).
+    pub token: Option<String>,
+    /// The stream globs as written.
+    pub streams: Vec<String>,
+    /// `streams`, compiled.
+    pub allowed: globset::GlobSet,
 }
 
 impl Config {

@@ -107,6 +107,14 @@ pub struct RawHost {
     pub claim_idle_ms: Option<u64>,
     /// Address of the admin listener (`/metrics`, `/healthz`, `/readyz`); absent: none.
     pub admin: Option<String>,
+    /// Address of the HTTP ingress ([`crate::ingress`]); absent: none.
+    pub ingress: Option<String>,
+    /// The Bearer token the ingress requires; needed when it binds beyond
+    /// loopback.
+    pub ingress_token: Option<String>,
+    /// Globs of the only streams the ingress writes.
+    #[serde(default)]
+    pub ingress_streams: Vec<String>,
     /// How long a consumer with nothing pending must have been idle before
     /// a live host deletes it from its group; absent:
     /// [`DEFAULT_FORGET_CONSUMERS_AFTER_MS`].

@@ -46,6 +46,7 @@ pub fn resolve(path: &Path, source: &str, raw: RawConfig) -> Result<Config, Conf
     let c = Checker { path, source };
     let redis = redis(&c, &raw.redis)?;
     let plugins_dir = base_dir(path).join(raw.host.plugins.as_deref().unwrap_or(DEFAULT_PLUGINS_DIR));
+    let ingress = ingress(&c, &raw.host)?;
     let consumer = match raw.host.consumer {
         Some(name) => {
             c.name(&name, &["host", "consumer"], "consumer")?;
@@ -80,6 +81,7 @@ pub fn resolve(path: &Path, source: &str, raw: RawConfig) -> Result<Config, Conf
         consumer,
         claim_idle_ms,
         admin,
+        ingress,
         handlers,
         schemas,
         streams,
@@ -152,6 +154,56 @@ fn redis_url(c: &Checker, url: &str) -> Result<String, ConfigError> {
         "a URL fragment (#insecure) is not accepted: TLS hostname verification is always on",
     )?;
     Ok(url)
+}
+
+/// `[host] ingress*`: an address; a token (required beyond loopback, never
+/// empty); at least one stream glob. The token and streams need `ingress`.
+fn ingress(c: &Checker, host: &RawHost) -> Result<Option<super::IngressSettings>, ConfigError> {
+    let key = |k: &'static str| ["host", k];
+    let Some(value) = &host.ingress else {
+        let stray = if host.ingress_token.is_some() {
+            Some("ingress_token")
+        } else if host.ingress_streams.is_empty() {
+            None
+        } else {
+            Some("ingress_streams")
+        };
+        return match stray {
+            Some(k) => Err(c.invalid(&key(k), "needs [host] ingress (the address to listen on)")),
+            None => Ok(None),
+        };
+    };
+    let addr: std::net::SocketAddr = value.parse().map_err(|_| {
+        c.invalid(&key("ingress"), format!("expected an address like \"127.0.0.1:8080\", got {value:?}"))
+    })?;
+    let token = host
+        .ingress_token
+        .as_deref()
+        .map(|t| env::expand(t).map_err(|e| c.invalid(&key("ingress_token"), e)))
+        .transpose()?;
+    if let Some(t) = &token {
+        c.ensure(!t.is_empty(), &key("ingress_token"), "is empty (is its environment variable set to nothing?)")?;
+    }
+    c.ensure(
+        token.is_some() || addr.ip().is_loopback(),
+        &key("ingress"),
+        format!("{addr} is reachable beyond this machine: set ingress_token (a Bearer token every request must carry)"),
+    )?;
+    c.ensure(
+        !host.ingress_streams.is_empty(),
+        &key("ingress"),
+        "list the streams it may write in ingress_streams (globs, e.g. [\"orders\", \"users.*\"])",
+    )?;
+    let mut allowed = GlobSetBuilder::new();
+    for (i, pattern) in host.ingress_streams.iter().enumerate() {
+        let at = ["host".to_owned(), "ingress_streams".to_owned(), i.to_string()];
+        let glob = Glob::new(pattern).map_err(|e| {
+            c.invalid(&at.each_ref().map(String::as_str), format!("bad glob {pattern:?}: {}", e.kind()))
+        })?;
+        allowed.add(glob);
+    }
+    let allowed = allowed.build().map_err(|e| c.invalid(&key("ingress_streams"), e.to_string()))?;
+    Ok(Some(super::IngressSettings { addr, token, streams: host.ingress_streams.clone(), allowed }))
 }
 
 fn admin_address(c: &Checker, value: &str) -> Result<std::net::SocketAddr, ConfigError> {

@@ -16,7 +16,10 @@ pub const COMMANDS: &[(&str, &str)] = &[
     ("xgroup|create", "creating each handler's consumer group"),
     ("xgroup|delconsumer", "forgetting consumers left behind by stopped hosts (forget_consumers_after_ms)"),
     ("xreadgroup", "reading new entries"),
-    ("xread", "waiting for new entries, for a handler with `order_by` (it reads by script); `sluice request` waiting for its reply"),
+    (
+        "xread",
+        "waiting for new entries, for a handler with `order_by` (it reads by script); `sluice request` waiting for its reply",
+    ),
     ("xrevrange", "finding a stream's last entry, to wait for the next (`order_by`)"),
     (
         "xpending",
@@ -35,7 +38,10 @@ pub const COMMANDS: &[(&str, &str)] = &[
     ("type", "refusing a commit whose target is not a stream (in the commit)"),
     ("get", "kv.get, and leases (trimming's, and each key's with `order_by`)"),
     ("set", "kv.set (in the commit), and leases"),
-    ("del", "kv.delete (in the commit), giving up a key's lease (`order_by`), and `sluice request` deleting its reply stream"),
+    (
+        "del",
+        "kv.delete (in the commit), giving up a key's lease (`order_by`), and `sluice request` deleting its reply stream",
+    ),
     ("pexpire", "renewing a key's lease (`order_by`), and a reply stream's time to live (in the commit)"),
     ("rpush", "a key's queue of entries (`order_by`)"),
     ("lpop", "a key's queue of entries (`order_by`)"),

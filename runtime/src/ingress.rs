@@ -1,0 +1,327 @@
+//! The HTTP ingress (`[host] ingress`), for producers that do not speak
+//! Redis:
+//!
+//! - `POST /v1/streams/{stream}/events`, body `{"type": …, "data": …,
+//!   "fields": {…}}`: adds the event; 201 `{"id": …}`.
+//! - `POST /v1/streams/{stream}/requests?timeout_ms=5000`: sends it as a
+//!   request ([`crate::request`]); 200 `{"type": …, "data": …}` with the
+//!   reply, 502 `{"error": …}` when the request failed (it was
+//!   dead-lettered), 504 when no reply came in time.
+//!
+//! Refusals, each with `{"error": …}`: 400 malformed JSON or a body of the
+//! wrong shape, 401 without the Bearer token (when `ingress_token` is set),
+//! 403 a stream outside `ingress_streams`, 404/405 another path or method,
+//! 413 a body over [`MAX_INGRESS_BODY`], 422 data that fails its type's JSON
+//! Schema. An `X-Correlation-Id` header becomes the `correlation_id` field,
+//! a `traceparent` header the `traceparent` field, as `sluice publish
+//! --field` would write them; `sluice_ingress_requests_total` counts every
+//! answer by route and status.
+
+use crate::config::{Config, IngressSettings};
+use crate::event::field;
+use crate::limits::{INGRESS_WAIT_MS, MAX_INGRESS_BODY, MAX_INGRESS_WAIT_MS};
+use crate::metrics;
+use crate::publish::{NewEvent, publish};
+use crate::request::{Answer, request};
+use crate::stream::Redis;
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+/// What the ingress serves with: its settings, the config in force (for
+/// schemas; swapped on reload) and Redis.
+#[derive(Clone)]
+pub struct IngressState {
+    /// `[host] ingress*`, fixed at start.
+    pub settings: Arc<IngressSettings>,
+    /// The config in force: its `[schemas]` check what comes in.
+    pub config: Arc<ArcSwap<Config>>,
+    /// Where events go.
+    pub redis: Redis,
+}
+
+/// Binds `addr` (failing now, not later, if it is taken).
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on [host] ingress = \"{addr}\": {e}"))
+}
+
+/// Serves requests on `listener` until `shutdown` is cancelled.
+pub async fn serve(listener: TcpListener, state: IngressState, shutdown: CancellationToken) {
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, streams = ?state.settings.streams, "HTTP ingress: POST /v1/streams/{{stream}}/events and /requests");
+    }
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => { debug!("ingress accept: {e}"); continue }
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| respond(state.clone(), req));
+            let io = hyper_util::rt::TokioIo::new(stream);
+            if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await {
+                debug!("ingress connection: {e}");
+            }
+        });
+    }
+}
+
+/// An answer: its status and JSON body.
+struct Answered(StatusCode, Value);
+
+fn refuse(status: StatusCode, why: impl Into<String>) -> Answered {
+    Answered(status, json!({ "error": why.into() }))
+}
+
+async fn respond(
+    state: IngressState,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+    let route = route_of(req.uri().path());
+    let Answered(status, body) = match handle(&state, req).await {
+        Ok(answered) | Err(answered) => answered,
+    };
+    metrics::ingress_answered(route.map_or("other", |(_, r)| r.label()), status.as_u16());
+    let mut response = Response::builder().status(status).header("content-type", "application/json");
+    if status == StatusCode::UNAUTHORIZED {
+        response = response.header("www-authenticate", "Bearer");
+    }
+    Ok(response.body(Full::new(format!("{body}\n").into())).expect("a valid response"))
+}
+
+/// The two things one can post.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Events,
+    Requests,
+}
+
+impl Route {
+    fn label(self) -> &'static str {
+        match self {
+            Route::Events => "events",
+            Route::Requests => "requests",
+        }
+    }
+}
+
+/// The stream and route of `/v1/streams/{stream}/events|requests`.
+fn route_of(path: &str) -> Option<(String, Route)> {
+    let rest = path.strip_prefix("/v1/streams/")?;
+    let (stream, kind) = rest.rsplit_once('/')?;
+    let route = match kind {
+        "events" => Route::Events,
+        "requests" => Route::Requests,
+        _ => return None,
+    };
+    let stream = percent_decode(stream)?;
+    (!stream.is_empty()).then_some((stream, route))
+}
+
+/// `%XX` escapes decoded (a stream name may hold `/` or `:`); `None` if
+/// malformed or not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'%' => {
+                let hex = [bytes.next()?, bytes.next()?];
+                out.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
+            }
+            b => out.push(b),
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+async fn handle(state: &IngressState, req: Request<Incoming>) -> Result<Answered, Answered> {
+    let Some((stream, route)) = route_of(req.uri().path()) else {
+        return Err(refuse(
+            StatusCode::NOT_FOUND,
+            "not found: POST /v1/streams/{stream}/events or /v1/streams/{stream}/requests",
+        ));
+    };
+    if req.method() != Method::POST {
+        return Err(refuse(StatusCode::METHOD_NOT_ALLOWED, "only POST"));
+    }
+    authorize(&state.settings, &req)?;
+    if !state.settings.allowed.is_match(&stream) {
+        let allowed = state.settings.streams.join(", ");
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            format!("stream {stream:?} is not one the ingress writes ([host] ingress_streams: {allowed})"),
+        ));
+    }
+    let wait = wait_of(req.uri().query())?;
+    let headers = req.headers().clone();
+    let body = read_body(req.into_body()).await?;
+    let event = event_of(&stream, &body, &headers)?;
+    if let Err(invalid) = state.config.load().schemas.check(&event.event_type, event.data.as_bytes()) {
+        return Err(refuse(StatusCode::UNPROCESSABLE_ENTITY, invalid.to_string()));
+    }
+    match route {
+        Route::Events => {
+            let id = publish(&mut state.redis.conn.clone(), &event).await.map_err(unavailable)?;
+            Ok(Answered(StatusCode::CREATED, json!({ "id": id })))
+        }
+        Route::Requests => {
+            let (sent, answer) = request(&state.redis, &event, wait).await.map_err(unavailable)?;
+            Ok(match answer {
+                Answer::Reply { event_type, data } => {
+                    let data = serde_json::from_str(&data).unwrap_or(Value::String(data));
+                    Answered(StatusCode::OK, json!({ "id": sent.id, "type": event_type, "data": data }))
+                }
+                Answer::Failed(reason) => Answered(StatusCode::BAD_GATEWAY, json!({ "id": sent.id, "error": reason })),
+                Answer::TimedOut => Answered(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    json!({ "id": sent.id, "error": format!("no reply within {} ms", wait.as_millis()) }),
+                ),
+            })
+        }
+    }
+}
+
+/// 503 for Redis failing under a request.
+fn unavailable(e: anyhow::Error) -> Answered {
+    refuse(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}"))
+}
+
+/// Whether the request carries the Bearer token, when one is configured.
+fn authorize(settings: &IngressSettings, req: &Request<Incoming>) -> Result<(), Answered> {
+    let Some(token) = &settings.token else { return Ok(()) };
+    let given =
+        req.headers().get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(given) if same(given.as_bytes(), token.as_bytes()) => Ok(()),
+        Some(_) => Err(refuse(StatusCode::UNAUTHORIZED, "wrong Bearer token")),
+        None => Err(refuse(StatusCode::UNAUTHORIZED, "send the ingress token: Authorization: Bearer <ingress_token>")),
+    }
+}
+
+/// `a == b` in time that does not depend on where they differ.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `?timeout_ms=N`, bounded; the default otherwise.
+fn wait_of(query: Option<&str>) -> Result<Duration, Answered> {
+    let given = query.into_iter().flat_map(|q| q.split('&')).find_map(|kv| kv.strip_prefix("timeout_ms="));
+    let ms = match given {
+        None => INGRESS_WAIT_MS,
+        Some(v) => match v.parse::<u64>() {
+            Ok(ms) if (1..=MAX_INGRESS_WAIT_MS).contains(&ms) => ms,
+            _ => {
+                let why = format!("timeout_ms must be a number of ms from 1 to {MAX_INGRESS_WAIT_MS}, got {v:?}");
+                return Err(refuse(StatusCode::BAD_REQUEST, why));
+            }
+        },
+    };
+    Ok(Duration::from_millis(ms))
+}
+
+/// The body, up to [`MAX_INGRESS_BODY`] bytes.
+async fn read_body(body: Incoming) -> Result<Bytes, Answered> {
+    match Limited::new(body, MAX_INGRESS_BODY).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            Err(refuse(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is over {MAX_INGRESS_BODY} bytes")))
+        }
+        Err(e) => Err(refuse(StatusCode::BAD_REQUEST, format!("reading the body: {e}"))),
+    }
+}
+
+/// The event a body asks for: `type` (a string), `data` (any JSON; `{}`
+/// when absent) and `fields` (strings), with the correlation and trace
+/// headers as fields.
+fn event_of(stream: &str, body: &[u8], headers: &hyper::HeaderMap) -> Result<NewEvent, Answered> {
+    let bad = |why: String| refuse(StatusCode::BAD_REQUEST, why);
+    let value: Value = serde_json::from_slice(body).map_err(|e| bad(format!("the body is not JSON: {e}")))?;
+    let Some(event_type) = value.get("type").and_then(Value::as_str) else {
+        return Err(bad("the body needs \"type\": a string, the event type".into()));
+    };
+    let data = value.get("data").cloned().unwrap_or_else(|| json!({})).to_string();
+    let mut fields: BTreeMap<String, String> = match value.get("fields") {
+        None | Some(Value::Null) => BTreeMap::new(),
+        Some(f) => {
+            serde_json::from_value(f.clone()).map_err(|_| bad("\"fields\" must be an object of strings".into()))?
+        }
+    };
+    for reserved in [field::TYPE, field::DATA, field::REPLY_TO] {
+        if fields.contains_key(reserved) {
+            return Err(bad(format!("\"fields\" may not set {reserved:?}")));
+        }
+    }
+    for (header, name) in [("x-correlation-id", field::CORRELATION_ID), ("traceparent", field::TRACEPARENT)] {
+        if let Some(v) = headers.get(header).and_then(|v| v.to_str().ok()) {
+            fields.entry(name.to_owned()).or_insert_with(|| v.to_owned());
+        }
+    }
+    Ok(NewEvent {
+        stream: stream.to_owned(),
+        event_type: event_type.to_owned(),
+        data,
+        fields: fields.into_iter().collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_name_a_stream_and_what_to_do() {
+        assert_eq!(route_of("/v1/streams/orders/events"), Some(("orders".into(), Route::Events)));
+        assert_eq!(route_of("/v1/streams/users.created/requests"), Some(("users.created".into(), Route::Requests)));
+        assert_eq!(route_of("/v1/streams/%7Bshop%7D%3Aorders/events"), Some(("{shop}:orders".into(), Route::Events)));
+        for bad in [
+            "/v1/streams//events",
+            "/v1/streams/orders",
+            "/v1/streams/orders/other",
+            "/metrics",
+            "/v1/streams/%zz/events",
+        ] {
+            assert_eq!(route_of(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_wait_is_bounded() {
+        assert_eq!(wait_of(None).ok(), Some(Duration::from_millis(INGRESS_WAIT_MS)));
+        assert_eq!(wait_of(Some("timeout_ms=250")).ok(), Some(Duration::from_millis(250)));
+        for bad in ["timeout_ms=0", "timeout_ms=x", "timeout_ms=600001"] {
+            assert!(wait_of(Some(bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_body_becomes_an_event_and_headers_become_fields() {
+        let mut headers = hyper::HeaderMap::new();
+        headers.insert("x-correlation-id", "c-1".parse().unwrap());
+        let body = br#"{"type":"order.created","data":{"n":1},"fields":{"source":"web"}}"#;
+        let e = event_of("orders", body, &headers).ok().unwrap();
+        assert_eq!((e.event_type.as_str(), e.data.as_str()), ("order.created", r#"{"n":1}"#));
+        assert_eq!(e.fields, [("correlation_id".into(), "c-1".into()), ("source".into(), "web".into())]);
+        for bad in [
+            &b"{"[..],
+            br#"{"data":{}}"#,
+            br#"{"type":"t","fields":{"n":1}}"#,
+            br#"{"type":"t","fields":{"reply_to":"x"}}"#,
+        ] {
+            assert!(event_of("orders", bad, &headers).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+}
