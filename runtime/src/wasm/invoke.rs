@@ -107,7 +107,7 @@ impl Plugin {
                 }
             }
         };
-        warm.store.data_mut().reply_to = reply_to(&event);
+        warm.store.data_mut().reply_to = reply_to(event);
         let call = warm.instance.sluice_plugin_handler().call_handle(&mut warm.store, event);
         let result = with_backstop(sandbox.timeout, call).await;
         warm.served += 1;
