@@ -52,5 +52,7 @@ mod ordering;
 mod request;
 // The HTTP ingress: events and requests over real HTTP, and every bad input.
 mod ingress;
+// The seed documents' flows, run with the example plugins (docs/examples.md).
+mod examples;
 // The fault audit, short: kills, a pause, Redis restarts, network faults, a failover, two hosts.
 mod faults;
