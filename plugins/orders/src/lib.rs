@@ -7,8 +7,10 @@
 //! |---|---|---|
 //! | `orders.create` (request) | `{customer, total, items}` | creates order `o-<entry id>` (status `created`), publishes `order.created` to `orders` so the shop's chain takes it, replies `order` with the order |
 //! | `orders.status` (request) | `{order_id}` | replies `order` with the order, or `order.unknown` `{order_id}` |
-//! | `payment.processed` | `{order_id}` | sets the order's status to `paid` |
-//! | `order.shipped` | `{order_id, tracking_number}` | sets it to `shipped`, with the tracking number |
+//! | `payment.processed` | `{order_id}` | records that the order is paid |
+//! | `order.shipped` | `{order_id, tracking_number}` | records that it shipped, with the tracking number |
+//!
+//! An order's status is the furthest step recorded: `created`, `paid`, `shipped`.
 //!
 //! Idempotent: the order id comes from the request's entry id, so a request
 //! delivered twice creates the same order.
@@ -56,31 +58,35 @@ fn create(id: &str, data: &Value) -> Result<(), Failure> {
 
 fn status(data: &Value) -> Result<(), Failure> {
     let order_id = data["order_id"].as_str().unwrap_or_default();
-    match load(order_id)? {
-        Some(order) => reply("order", order.to_string().as_bytes()),
-        None => reply("order.unknown", json!({ "order_id": order_id }).to_string().as_bytes()),
+    let Some(mut order) = load(order_id)? else {
+        return reply("order.unknown", json!({ "order_id": order_id }).to_string().as_bytes()).map_err(Failure::Reject);
+    };
+    // The furthest step reached is the status.
+    for step in ["paid", "shipped"] {
+        if let Some(done) = get(&format!("{step}:{order_id}"))? {
+            order["status"] = json!(step);
+            if let Some(tracking) = done["detail"].as_str() {
+                order["tracking_number"] = json!(tracking);
+            }
+        }
     }
-    .map_err(Failure::Reject)
+    reply("order", order.to_string().as_bytes()).map_err(Failure::Reject)
 }
 
-/// The statuses in the order they happen.
-const STATUSES: [&str; 3] = ["created", "paid", "shipped"];
-
-/// Moves a known order forward to `status` (never back: payments and
-/// shipments are different streams, so their events may arrive in either
-/// order); events about other orders (placed without the gateway) are not
-/// this service's.
-fn advance(data: &Value, status: &str, tracking: Option<Value>) -> Result<(), Failure> {
+/// Records a step of a known order under a key of its own (`paid:<id>`,
+/// `shipped:<id>`), never rewriting the order: payments and shipments are
+/// different streams, so their events may be handled at the same time, and
+/// a read-modify-write of one record would lose one of them. (`order_by`
+/// orders the events of one stream.) Events about other orders (placed
+/// without the gateway) are not this service's.
+fn advance(data: &Value, step: &str, detail: Option<Value>) -> Result<(), Failure> {
     let order_id = data["order_id"].as_str().unwrap_or_default();
-    let Some(mut order) = load(order_id)? else { return Ok(()) };
-    let rank = |s: &str| STATUSES.iter().position(|x| *x == s).unwrap_or(0);
-    if rank(status) > rank(order["status"].as_str().unwrap_or_default()) {
-        order["status"] = json!(status);
+    if load(order_id)?.is_none() {
+        return Ok(());
     }
-    if let Some(t) = tracking {
-        order["tracking_number"] = t;
-    }
-    save(&order)
+    let value = json!({ "detail": detail }).to_string();
+    kv::set(&format!("{step}:{order_id}"), value.as_bytes(), None);
+    Ok(())
 }
 
 fn key(order_id: &str) -> String {
@@ -88,7 +94,12 @@ fn key(order_id: &str) -> String {
 }
 
 fn load(order_id: &str) -> Result<Option<Value>, Failure> {
-    let stored = kv::get(&key(order_id)).map_err(|e| Failure::Retry(RetryAfter { reason: e, delay_ms: None }))?;
+    get(&key(order_id))
+}
+
+/// The JSON stored under `key`; a kv error asks for a retry.
+fn get(key: &str) -> Result<Option<Value>, Failure> {
+    let stored = kv::get(key).map_err(|e| Failure::Retry(RetryAfter { reason: e, delay_ms: None }))?;
     Ok(stored.and_then(|v| serde_json::from_slice(&v).ok()))
 }
 
