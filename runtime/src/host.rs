@@ -147,11 +147,7 @@ async fn start_ingress(
     let token = CancellationToken::new();
     if let Some(settings) = &config.ingress {
         let listener = crate::ingress::bind(settings.addr).await?;
-        let state = crate::ingress::IngressState {
-            settings: Arc::new(settings.clone()),
-            config: current.clone(),
-            redis: redis.clone(),
-        };
+        let state = crate::ingress::IngressState::new(settings.clone(), current.clone(), redis.clone());
         tokio::spawn(crate::ingress::serve(listener, state, token.clone()));
     }
     Ok(token)

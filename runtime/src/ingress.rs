@@ -12,14 +12,19 @@
 //! wrong shape, 401 without the Bearer token (when `ingress_token` is set),
 //! 403 a stream outside `ingress_streams`, 404/405 another path or method,
 //! 413 a body over [`MAX_INGRESS_BODY`], 422 data that fails its type's JSON
-//! Schema. An `X-Correlation-Id` header becomes the `correlation_id` field,
+//! Schema, 503 when Redis fails or too many requests wait for replies. Sluice's
+//! own streams (`sluice:*`) and dead-letter streams are never written,
+//! whatever `ingress_streams` says. An `X-Correlation-Id` header becomes the `correlation_id` field,
 //! a `traceparent` header the `traceparent` field, as `sluice publish
 //! --field` would write them; `sluice_ingress_requests_total` counts every
 //! answer by route and status.
 
 use crate::config::{Config, IngressSettings};
 use crate::event::field;
-use crate::limits::{INGRESS_WAIT_MS, MAX_INGRESS_BODY, MAX_INGRESS_WAIT_MS};
+use crate::limits::{
+    INGRESS_READ_TIMEOUT_MS, INGRESS_WAIT_MS, MAX_INGRESS_BODY, MAX_INGRESS_CONNECTIONS, MAX_INGRESS_WAIT_MS,
+    MAX_INGRESS_WAITING,
+};
 use crate::metrics;
 use crate::publish::{NewEvent, publish};
 use crate::request::{Answer, request};
@@ -48,6 +53,16 @@ pub struct IngressState {
     pub config: Arc<ArcSwap<Config>>,
     /// Where events go.
     pub redis: Redis,
+    /// One permit per `/requests` call waiting for its reply.
+    pub waiting: Arc<tokio::sync::Semaphore>,
+}
+
+impl IngressState {
+    /// The ingress's state: `settings`, reading `config`, writing to `redis`.
+    pub fn new(settings: IngressSettings, config: Arc<ArcSwap<Config>>, redis: Redis) -> IngressState {
+        let waiting = Arc::new(tokio::sync::Semaphore::new(MAX_INGRESS_WAITING));
+        IngressState { settings: Arc::new(settings), config, redis, waiting }
+    }
 }
 
 /// Binds `addr` (failing now, not later, if it is taken).
@@ -60,21 +75,35 @@ pub async fn serve(listener: TcpListener, state: IngressState, shutdown: Cancell
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, streams = ?state.settings.streams, "HTTP ingress: POST /v1/streams/{{stream}}/events and /requests");
     }
+    let open = Arc::new(tokio::sync::Semaphore::new(MAX_INGRESS_CONNECTIONS));
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
-                Err(e) => { debug!("ingress accept: {e}"); continue }
+                Err(e) => {
+                    // Out of file descriptors, say: pause rather than spin.
+                    debug!("ingress accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
             },
             _ = shutdown.cancelled() => return,
         };
+        // Past the cap, a new connection is closed at once.
+        let Ok(slot) = open.clone().try_acquire_owned() else { continue };
         let state = state.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| respond(state.clone(), req));
             let io = hyper_util::rt::TokioIo::new(stream);
-            if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await {
+            let mut http = hyper::server::conn::http1::Builder::new();
+            // Without a timer hyper keeps no header timeout: a client that
+            // never finishes its headers would hold the connection forever.
+            http.timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_millis(INGRESS_READ_TIMEOUT_MS));
+            if let Err(e) = http.serve_connection(io, service).await {
                 debug!("ingress connection: {e}");
             }
+            drop(slot);
         });
     }
 }
@@ -159,6 +188,9 @@ async fn handle(state: &IngressState, req: Request<Incoming>) -> Result<Answered
         return Err(refuse(StatusCode::METHOD_NOT_ALLOWED, "only POST"));
     }
     authorize(&state.settings, &req)?;
+    if let Some(why) = reserved(&state.config.load(), &stream) {
+        return Err(refuse(StatusCode::FORBIDDEN, why));
+    }
     if !state.settings.allowed.is_match(&stream) {
         let allowed = state.settings.streams.join(", ");
         return Err(refuse(
@@ -179,6 +211,10 @@ async fn handle(state: &IngressState, req: Request<Incoming>) -> Result<Answered
             Ok(Answered(StatusCode::CREATED, json!({ "id": id })))
         }
         Route::Requests => {
+            let Ok(_waiting) = state.waiting.clone().try_acquire_owned() else {
+                let why = format!("{MAX_INGRESS_WAITING} requests are waiting for replies already; try again shortly");
+                return Err(refuse(StatusCode::SERVICE_UNAVAILABLE, why));
+            };
             let (sent, answer) = request(&state.redis, &event, wait).await.map_err(unavailable)?;
             Ok(match answer {
                 Answer::Reply { event_type, data } => {
@@ -192,6 +228,18 @@ async fn handle(state: &IngressState, req: Request<Incoming>) -> Result<Answered
                 ),
             })
         }
+    }
+}
+
+/// Why `stream` is never the ingress's to write, whatever the globs say:
+/// Sluice's own keys (inboxes, replies, kv) and dead-letter streams.
+fn reserved(config: &Config, stream: &str) -> Option<String> {
+    let dead_letter = stream.ends_with(":dlq")
+        || config.handlers.iter().any(|h| h.streams.iter().any(|s| h.dead_letter_stream(s) == stream));
+    match (stream.starts_with("sluice:"), dead_letter) {
+        (true, _) => Some(format!("stream {stream:?} is one of Sluice's own (sluice:*): the ingress never writes it")),
+        (_, true) => Some(format!("stream {stream:?} is a dead-letter stream: the ingress never writes it")),
+        _ => None,
     }
 }
 
@@ -233,9 +281,17 @@ fn wait_of(query: Option<&str>) -> Result<Duration, Answered> {
     Ok(Duration::from_millis(ms))
 }
 
-/// The body, up to [`MAX_INGRESS_BODY`] bytes.
+/// The body, up to [`MAX_INGRESS_BODY`] bytes, within
+/// [`INGRESS_READ_TIMEOUT_MS`].
 async fn read_body(body: Incoming) -> Result<Bytes, Answered> {
-    match Limited::new(body, MAX_INGRESS_BODY).collect().await {
+    let read = Limited::new(body, MAX_INGRESS_BODY).collect();
+    let Ok(read) = tokio::time::timeout(Duration::from_millis(INGRESS_READ_TIMEOUT_MS), read).await else {
+        return Err(refuse(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("the body did not arrive within {INGRESS_READ_TIMEOUT_MS} ms"),
+        ));
+    };
+    match read {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
             Err(refuse(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is over {MAX_INGRESS_BODY} bytes")))
@@ -260,10 +316,11 @@ fn event_of(stream: &str, body: &[u8], headers: &hyper::HeaderMap) -> Result<New
             serde_json::from_value(f.clone()).map_err(|_| bad("\"fields\" must be an object of strings".into()))?
         }
     };
-    for reserved in [field::TYPE, field::DATA, field::REPLY_TO] {
-        if fields.contains_key(reserved) {
-            return Err(bad(format!("\"fields\" may not set {reserved:?}")));
-        }
+    let sluices = |k: &str| {
+        [field::TYPE, field::DATA, field::REPLY_TO, field::REQUEST_ID].contains(&k) || k.starts_with("sluice.")
+    };
+    if let Some(k) = fields.keys().find(|k| sluices(k)) {
+        return Err(bad(format!("\"fields\" may not set {k:?}: Sluice sets it")));
     }
     for (header, name) in [("x-correlation-id", field::CORRELATION_ID), ("traceparent", field::TRACEPARENT)] {
         if let Some(v) = headers.get(header).and_then(|v| v.to_str().ok()) {

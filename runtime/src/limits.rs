@@ -74,6 +74,14 @@ pub const MAX_INGRESS_BODY: usize = 1 << 20;
 pub const MAX_INGRESS_WAIT_MS: u64 = 60_000;
 /// How long a request through the HTTP ingress waits by default.
 pub const INGRESS_WAIT_MS: u64 = 5_000;
+/// Connections the HTTP ingress keeps open at once; more are closed at once.
+pub const MAX_INGRESS_CONNECTIONS: usize = 256;
+/// Requests (`/requests`) waiting for their reply at once through the HTTP
+/// ingress (each holds a Redis connection); more get 503.
+pub const MAX_INGRESS_WAITING: usize = 64;
+/// How long the HTTP ingress waits for a request's headers, and then for its
+/// body.
+pub const INGRESS_READ_TIMEOUT_MS: u64 = 10_000;
 
 /// Log lines (`host.log`) per delivery.
 pub const MAX_LOG_LINES: usize = 1_000;

@@ -39,9 +39,15 @@ pub struct Sent {
     pub reply_to: String,
 }
 
+/// What every reply stream's name starts with. `host.reply` writes only to
+/// such a stream: `reply_to` comes from whoever produced the request, and a
+/// reply (with its time to live) must never land in, or expire, a stream
+/// that holds anything else.
+pub const REPLY_PREFIX: &str = "sluice:reply:";
+
 /// A fresh reply stream name, unique to one request.
 pub fn reply_stream() -> String {
-    format!("sluice:reply:{:016x}{:08x}", rand::random::<u64>(), std::process::id())
+    format!("{REPLY_PREFIX}{:016x}{:08x}", rand::random::<u64>(), std::process::id())
 }
 
 /// Sends `event` as a request and waits up to `timeout` for its answer;
@@ -53,9 +59,13 @@ pub async fn request(redis: &Redis, event: &NewEvent, timeout: Duration) -> anyh
     let mut conn = redis.conn.clone();
     let id = publish(&mut conn, &request).await?;
     let answer = wait(redis, &reply_to, timeout).await;
+    // A stream left behind expires anyway: its reply set its time to live.
     let deleted: redis::RedisResult<i64> = redis::cmd("DEL").arg(&reply_to).query_async(&mut conn).await;
-    deleted.with_context(|| format!("deleting reply stream {reply_to}"))?;
-    Ok((Sent { id, reply_to }, answer?))
+    if let Err(e) = deleted {
+        tracing::warn!("deleting reply stream {reply_to} failed: {e}; it expires in {} s", REPLY_TTL_MS / 1000);
+    }
+    let answer = answer.with_context(|| format!("request {id} was sent to stream {}, but", event.stream))?;
+    Ok((Sent { id, reply_to }, answer))
 }
 
 /// Waits up to `timeout` for the reply on `reply_to`.

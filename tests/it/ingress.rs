@@ -98,6 +98,14 @@ async fn events_and_requests_go_through_and_every_bad_input_is_refused() {
         (http(port, "POST", "/v1/streams/orders/events", &[], b"{}"), 401, "Bearer"),
         (http(port, "POST", "/v1/streams/orders/events", &[("Authorization", "Bearer nope")], b"{}"), 401, "wrong"),
         (post(port, "/v1/streams/payments/events", json!({"type": "t"})), 403, "ingress_streams"),
+        // Matched by users.*, but a dead-letter stream, or Sluice's own.
+        (post(port, "/v1/streams/users.created:dlq/events", json!({"type": "t"})), 403, "dead-letter"),
+        (post(port, "/v1/streams/sluice:reply:x/events", json!({"type": "t"})), 403, "Sluice's own"),
+        (
+            post(port, "/v1/streams/orders/events", json!({"type": "t", "fields": {"sluice.error": "x"}})),
+            400,
+            "Sluice sets it",
+        ),
         (post(port, "/v1/other", json!({})), 404, "not found"),
         (http(port, "GET", "/v1/streams/orders/events", &[("Authorization", &auth)], b""), 405, "POST"),
         (post(port, "/v1/streams/orders/events", json!({"type": "t", "data": "x".repeat(2 << 20)})), 413, "bytes"),
@@ -138,4 +146,12 @@ fn an_ingress_beyond_loopback_needs_a_token_and_its_keys_need_an_address() {
     assert!(err.contains("host.ingress_token") && err.contains("needs [host] ingress"), "{err}");
     let err = check("ingress = \"127.0.0.1:8080\"");
     assert!(err.contains("ingress_streams"), "{err}");
+    // Braces in a glob are a hash tag, as in the stream names, not a choice.
+    let text = format!(
+        "[host]\nplugins = \"{}\"\ningress = \"127.0.0.1:8080\"\ningress_streams = [\"{{shop}}:*\"]\n",
+        plugins_dir().display()
+    );
+    let config = sluice::config::Config::parse(std::path::Path::new("ok.toml"), &text).unwrap();
+    let allowed = &config.ingress.unwrap().allowed;
+    assert!(allowed.is_match("{shop}:orders") && !allowed.is_match("shop:orders"));
 }

@@ -82,13 +82,19 @@ async fn a_reply_needs_a_reply_to_and_a_reply_stream_expires() {
     let answer = json!({"action": "reply", "reply": {"n": 1}}).to_string();
     // Not a request: the reply is refused, and the handler rejects.
     xadd(&mut conn, "in", &[("type", "t"), ("data", &answer)]).await;
+    // A reply_to that is not a reply stream (here the handler's own input):
+    // refused, and nothing is written there or made to expire.
+    xadd(&mut conn, "in", &[("type", "t"), ("data", &answer), ("reply_to", "in")]).await;
     // A request whose caller is gone: its reply stays only for a while.
     let id = xadd(&mut conn, "in", &[("type", "t"), ("data", &answer), ("reply_to", "sluice:reply:gone")]).await;
-    until_finished(&conn, "in", "h", 2).await;
+    until_finished(&conn, "in", "h", 3).await;
     host.stop().await;
     let dead = entries(&mut conn, "in:dlq").await;
-    assert_eq!(dead.len(), 1);
+    assert_eq!(dead.len(), 2);
     assert!(field(&dead[0], "sluice.error").contains("no reply_to field"), "{:?}", dead[0].map);
+    assert!(field(&dead[1], "sluice.error").contains("is not a reply stream"), "{:?}", dead[1].map);
+    let ttl: i64 = redis::cmd("PTTL").arg("in").query_async(&mut conn).await.unwrap();
+    assert_eq!((entries(&mut conn, "in").await.len(), ttl), (3, -1), "nothing written to in, no expiry set");
     let replies = entries(&mut conn, "sluice:reply:gone").await;
     assert_eq!(replies.len(), 1);
     assert_eq!((field(&replies[0], "request_id"), field(&replies[0], "data")), (id, r#"{"n":1}"#.to_owned()));

@@ -153,6 +153,12 @@ pub enum Command {
         #[arg(long, default_value = "plugins")]
         dir: PathBuf,
     },
+    /// A handler's key-value state, read-only.
+    Kv {
+        /// What to read.
+        #[command(subcommand)]
+        command: KvCommand,
+    },
     /// Dead-lettered events: list, show, send back, purge.
     Dlq {
         /// What to do with them.
@@ -231,6 +237,24 @@ pub enum Command {
 fn parse_field(s: &str) -> Result<(String, String), String> {
     let (k, v) = s.split_once('=').ok_or_else(|| format!("expected NAME=VALUE, got {s:?}"))?;
     Ok((k.to_owned(), v.to_owned()))
+}
+
+/// `sluice kv ...`
+#[derive(Debug, Subcommand)]
+pub enum KvCommand {
+    /// Prints the value a handler stored under KEY (as `kv.get` in the
+    /// handler reads it); exits 1 when there is none.
+    ///
+    /// Example: sluice kv get profiles user:u-1
+    Get {
+        /// The handler whose state to read.
+        handler: String,
+        /// The key, as the handler names it.
+        key: String,
+        /// The config file.
+        #[command(flatten)]
+        config: ConfigArg,
+    },
 }
 
 /// `sluice dlq ...`

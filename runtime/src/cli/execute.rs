@@ -32,6 +32,11 @@ pub async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             println!("{}", crate::stream::acl::rule(&Config::load_unchecked(&config.path())?, &user));
         }
         Command::Dlq { command } => operate::dlq(command).await?,
+        Command::Kv { command } => {
+            if !operate::kv(command).await? {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
         Command::Replay { stream, handler, from, to, dry_run, config } => {
             operate::replay(&config.path(), &stream, &handler, (&from, &to), dry_run).await?;
         }

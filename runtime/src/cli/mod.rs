@@ -6,5 +6,5 @@ mod args;
 mod execute;
 mod operate;
 
-pub use args::{Cli, Command, ConfigArg, DEFAULT_CONFIG, DlqCommand, DlqFilter};
+pub use args::{Cli, Command, ConfigArg, DEFAULT_CONFIG, DlqCommand, DlqFilter, KvCommand};
 pub use execute::{execute, shutdown_signal};

@@ -1,7 +1,7 @@
-//! Carrying out `sluice dlq`, `replay` and `status`: parse the arguments,
-//! open a session (closed on every path), print a table or JSON.
+//! Carrying out `sluice dlq`, `replay`, `status` and `kv`: parse the
+//! arguments, open a session (closed on every path), print a table or JSON.
 
-use super::{DlqCommand, DlqFilter};
+use super::{DlqCommand, DlqFilter, KvCommand};
 use crate::ops::dlq::{self, Filter};
 use crate::ops::redrive::{self, Pace};
 use crate::ops::{Session, status, time};
@@ -81,6 +81,31 @@ pub async fn replay(
         time::format(to)
     );
     Ok(())
+}
+
+/// Runs one `sluice kv` subcommand; `false` when the key holds nothing.
+pub async fn kv(command: KvCommand) -> anyhow::Result<bool> {
+    let KvCommand::Get { handler, key, config } = command;
+    let value = Session::with(&config.path(), async |s| {
+        let Some(h) = s.config.handlers.iter().find(|h| h.name == handler) else {
+            let known: Vec<&str> = s.config.handlers.iter().map(|h| h.name.as_str()).collect();
+            anyhow::bail!("no handler {handler:?} in the config (handlers: {})", known.join(", "));
+        };
+        let full = format!("{}{key}", h.kv_prefix);
+        let value: Option<Vec<u8>> = redis::cmd("GET").arg(&full).query_async(&mut s.conn).await?;
+        Ok(value)
+    })
+    .await?;
+    match value {
+        Some(v) => {
+            println!("{}", String::from_utf8_lossy(&v));
+            Ok(true)
+        }
+        None => {
+            eprintln!("handler {handler} has nothing under {key:?}");
+            Ok(false)
+        }
+    }
 }
 
 /// Runs `sluice status`.

@@ -197,7 +197,10 @@ fn ingress(c: &Checker, host: &RawHost) -> Result<Option<super::IngressSettings>
     let mut allowed = GlobSetBuilder::new();
     for (i, pattern) in host.ingress_streams.iter().enumerate() {
         let at = ["host".to_owned(), "ingress_streams".to_owned(), i.to_string()];
-        let glob = Glob::new(pattern).map_err(|e| {
+        // Braces are hash tags in stream names ({shop}:orders), not glob
+        // alternatives.
+        let literal_braces = pattern.replace('{', "\\{").replace('}', "\\}");
+        let glob = Glob::new(&literal_braces).map_err(|e| {
             c.invalid(&at.each_ref().map(String::as_str), format!("bad glob {pattern:?}: {}", e.kind()))
         })?;
         allowed.add(glob);

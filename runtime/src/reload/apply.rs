@@ -129,6 +129,8 @@ struct HostSettings {
     consumer: String,
     claim_idle_ms: u64,
     plugins_dir: PathBuf,
+    /// The listeners, as written: address, token, streams.
+    listeners: String,
 }
 
 impl HostSettings {
@@ -138,6 +140,7 @@ impl HostSettings {
             consumer: c.consumer.clone(),
             claim_idle_ms: c.claim_idle_ms,
             plugins_dir: c.plugins_dir.clone(),
+            listeners: listeners(c),
         }
     }
 
@@ -160,11 +163,20 @@ impl HostSettings {
         let changed = self.redis != c.redis
             || self.consumer != c.consumer
             || self.claim_idle_ms != c.claim_idle_ms
-            || self.plugins_dir != c.plugins_dir;
+            || self.plugins_dir != c.plugins_dir
+            || self.listeners != listeners(c);
         if changed {
-            warn!("[redis] and [host] changes take effect on restart; handlers were reloaded");
+            warn!(
+                "[redis] and [host] changes (including admin and the ingress, its token and streams) take effect on restart; handlers were reloaded"
+            );
         }
     }
+}
+
+/// The admin and ingress settings of `c`, to notice a change.
+fn listeners(c: &Config) -> String {
+    let ingress = c.ingress.as_ref().map(|i| (i.addr, i.token.clone(), i.streams.clone()));
+    format!("{:?} {:?}", c.admin, ingress)
 }
 
 /// Makes `fleet`'s consumers match `new`, handler by handler; each

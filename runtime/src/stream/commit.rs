@@ -244,7 +244,8 @@ fn reply_writes(reply: &Publish, handler: &str, stream: &str, entry: &Entry) -> 
 /// `reason`, and its caller hears so at once rather than waiting out its
 /// timeout.
 fn error_reply(entry: &Entry, reason: &str) -> Option<Publish> {
-    let reply_to = entry.get(event::field::REPLY_TO).filter(|v| !v.is_empty())?;
+    let reply_to =
+        entry.get(event::field::REPLY_TO).filter(|v| v.starts_with(crate::request::REPLY_PREFIX.as_bytes()))?;
     Some(Publish {
         stream: String::from_utf8_lossy(reply_to).into_owned(),
         event_type: ERROR_REPLY_TYPE.into(),

@@ -241,6 +241,12 @@ impl host::Host for EventState {
                 "this event has no reply_to field: it is not a request, so there is no one to reply to".into()
             ));
         };
+        if !stream.starts_with(crate::request::REPLY_PREFIX) {
+            let prefix = crate::request::REPLY_PREFIX;
+            return Ok(Err(format!(
+                "reply_to {stream:?} is not a reply stream (its name must start with {prefix}): not replying there"
+            )));
+        }
         if self.effects.reply.is_some() {
             return Ok(Err("this request was answered already: one reply per request".into()));
         }
