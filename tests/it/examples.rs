@@ -143,3 +143,48 @@ async fn a_projection_folds_each_users_events_and_replay_rebuilds_it() {
     assert_eq!(kv_get(&fx, "profiles", "user:u-2").0, 1);
     host.stop().await;
 }
+
+/// The saga's three handlers, as config.toml runs them.
+const SAGA: &str = "[handlers.saga]\nplugin = \"saga.wasm\"\nstreams = [\"checkout\", \"saga.events\"]\n\
+    events = [\"checkout.started\", \"inventory.reserved\", \"payment.charged\", \"payment.failed\", \"inventory.released\"]\n\
+    publish = [\"inventory.commands\", \"payment.commands\", \"orders.done\"]\norder_by = \"data.order_id\"\n\
+    [handlers.saga-inventory]\nplugin = \"saga.wasm\"\nstreams = [\"inventory.commands\"]\nevents = [\"inventory.*\"]\npublish = [\"saga.events\"]\norder_by = \"data.sku\"\n\
+    [handlers.saga-payment]\nplugin = \"saga.wasm\"\nstreams = [\"payment.commands\"]\nevents = [\"payment.*\"]\npublish = [\"saga.events\"]\n";
+
+/// The saga with compensation (QakeAPI's and Amebo's pattern): reserve
+/// inventory, charge, confirm; when the charge fails, the reservation is
+/// released and the order cancelled. The saga state lives in kv.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saga_confirms_a_paid_order_and_compensates_a_declined_one() {
+    let redis = RedisServer::start();
+    let fx = Fixture::new(&redis, "", SAGA);
+    let host = fx.start();
+    let mut conn = redis.conn().await;
+    send(
+        &mut conn,
+        "checkout",
+        "checkout.started",
+        json!({"order_id": "o-ok", "sku": "mug", "qty": 3, "card": "visa"}),
+    )
+    .await;
+    send(
+        &mut conn,
+        "checkout",
+        "checkout.started",
+        json!({"order_id": "o-bad", "sku": "mug", "qty": 3, "card": "declined"}),
+    )
+    .await;
+    let done = until_entries(&conn, "orders.done", 2).await;
+    let outcome = |id: &str| {
+        done.iter()
+            .find(|e| serde_json::from_str::<Value>(&field(e, "data")).unwrap()["order_id"] == id)
+            .map(|e| field(e, "type"))
+    };
+    assert_eq!(outcome("o-ok").as_deref(), Some("order.confirmed"));
+    assert_eq!(outcome("o-bad").as_deref(), Some("order.cancelled"));
+    assert_eq!(kv_get(&fx, "saga", "saga:o-ok").1["state"], "confirmed");
+    assert_eq!(kv_get(&fx, "saga", "saga:o-bad").1["state"], "cancelled");
+    // The declined order's reservation was released: only o-ok's 3 are gone.
+    assert_eq!(kv_get(&fx, "saga-inventory", "stock:mug"), (0, json!(7)));
+    host.stop().await;
+}
