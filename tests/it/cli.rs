@@ -15,7 +15,7 @@ fn check_accepts_the_shipped_config() {
     let out = sluice(&["check"], &repo().join("config.toml"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("5 handler(s), all plugins load"), "{stdout}");
+    assert!(stdout.contains("10 handler(s), all plugins load"), "{stdout}");
 }
 
 #[test]

@@ -10,7 +10,12 @@ fn shipped_config_parses_and_every_plugin_exists() {
     plugins_dir();
     let config = Config::load(&repo().join("config.toml")).unwrap_or_else(|e| panic!("{e}"));
     let names: Vec<_> = config.handlers.iter().map(|h| h.name.as_str()).collect();
-    assert_eq!(names, ["audit", "inventory", "notification", "payment", "shipping"]);
+    // The shop's chain, then the flows of docs/examples.md.
+    let flows = ["orders", "profiles", "saga", "saga-inventory", "saga-payment"];
+    let chain = ["audit", "inventory", "notification", "payment", "shipping"];
+    let mut expected: Vec<&str> = chain.into_iter().chain(flows).collect();
+    expected.sort();
+    assert_eq!(names, expected);
     let payment = config.handler("payment").unwrap();
     assert_eq!(payment.retry.max_attempts, 3);
     assert!(payment.may_publish("payments"));
