@@ -32,17 +32,6 @@ fn ledger(order_by: &str, extra: &str) -> String {
     )
 }
 
-struct Hosts(Vec<std::process::Child>);
-
-impl Drop for Hosts {
-    fn drop(&mut self) {
-        for host in &mut self.0 {
-            let _ = host.kill();
-            let _ = host.wait();
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_keys_keep_their_order_and_exact_balances_across_retries_hosts_and_kills() {
     const KEYS: u64 = 100;

@@ -100,19 +100,6 @@ async fn a_second_host_claims_a_dead_hosts_entries() {
     assert_every_input_handled(&mut conn).await;
 }
 
-/// `sluice run` processes, killed when dropped, so a failing test leaves
-/// none behind.
-struct Hosts(Vec<std::process::Child>);
-
-impl Drop for Hosts {
-    fn drop(&mut self) {
-        for host in &mut self.0 {
-            let _ = host.kill();
-            let _ = host.wait();
-        }
-    }
-}
-
 /// Entries of `group` pending under `consumer`.
 async fn pending_with(conn: &mut MultiplexedConnection, group: &str, consumer: &str) -> usize {
     let rows: Vec<redis::Value> = redis::cmd("XPENDING")

@@ -16,6 +16,34 @@ pub struct ConfigArg {
     pub given: Option<PathBuf>,
 }
 
+/// The event `publish` adds and `request` sends: declared once.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EventArgs {
+    /// The stream to add it to.
+    pub stream: String,
+    /// The event type (the entry's `type` field).
+    #[arg(long = "type", short = 't')]
+    pub event_type: String,
+    /// The payload (the entry's `data` field), JSON by convention.
+    #[arg(long, short, default_value = "{}")]
+    pub data: String,
+    /// An extra field, e.g. --field correlation_id=c-1 (repeatable).
+    #[arg(long = "field", short = 'f', value_parser = parse_field)]
+    pub fields: Vec<(String, String)>,
+}
+
+impl EventArgs {
+    /// The event to add.
+    pub fn into_event(self) -> crate::publish::NewEvent {
+        crate::publish::NewEvent {
+            stream: self.stream,
+            event_type: self.event_type,
+            data: self.data,
+            fields: self.fields,
+        }
+    }
+}
+
 impl ConfigArg {
     /// The config file: the one given, or [`DEFAULT_CONFIG`].
     pub fn path(&self) -> PathBuf {
@@ -57,17 +85,9 @@ pub enum Command {
     ///
     /// Example: sluice publish orders --type order.created --data '{"order_id":"o-1","customer":"ada","total":42.5,"items":[{"sku":"mug","qty":2}]}'
     Publish {
-        /// The stream to add to.
-        stream: String,
-        /// The event type (the entry's `type` field).
-        #[arg(long = "type", short = 't')]
-        event_type: String,
-        /// The payload (the entry's `data` field), JSON by convention.
-        #[arg(long, short, default_value = "{}")]
-        data: String,
-        /// An extra field, e.g. --field correlation_id=c-1 (repeatable).
-        #[arg(long = "field", short = 'f', value_parser = parse_field)]
-        fields: Vec<(String, String)>,
+        /// The event.
+        #[command(flatten)]
+        event: EventArgs,
         /// The config file.
         #[command(flatten)]
         config: ConfigArg,
@@ -80,17 +100,9 @@ pub enum Command {
     /// send), 2 the request failed (it was dead-lettered; the reason is
     /// printed).
     Request {
-        /// The stream to send the request to.
-        stream: String,
-        /// The request's event type.
-        #[arg(long = "type", short = 't')]
-        event_type: String,
-        /// The request's data, JSON by convention.
-        #[arg(long, short, default_value = "{}")]
-        data: String,
-        /// An extra field, e.g. --field correlation_id=c-1 (repeatable).
-        #[arg(long = "field", short = 'f', value_parser = parse_field)]
-        fields: Vec<(String, String)>,
+        /// The request.
+        #[command(flatten)]
+        event: EventArgs,
         /// How long to wait for the reply, in ms.
         #[arg(long = "timeout-ms", default_value_t = 5000)]
         timeout_ms: u64,

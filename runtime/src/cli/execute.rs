@@ -19,13 +19,9 @@ pub async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             let options = host::RunOptions { watch: !no_watch, reports: None };
             host::run_with(Config::load(&config.path())?, shutdown_signal(), options).await?;
         }
-        Command::Publish { stream, event_type, data, fields, config } => {
-            let event = NewEvent { stream, event_type, data, fields };
-            publish_with(&config.path(), &event).await?;
-        }
-        Command::Request { stream, event_type, data, fields, timeout_ms, config } => {
-            let event = NewEvent { stream, event_type, data, fields };
-            return request_with(&config.path(), &event, Duration::from_millis(timeout_ms)).await;
+        Command::Publish { event, config } => publish_with(&config.path(), &event.into_event()).await?,
+        Command::Request { event, timeout_ms, config } => {
+            return request_with(&config.path(), &event.into_event(), Duration::from_millis(timeout_ms)).await;
         }
         Command::Check { config, offline } => check(&config.path(), offline).await?,
         Command::Acl { user, config } => {

@@ -243,3 +243,16 @@ pub async fn read_pending(conn: &mut impl Conn, stream: &str, group: &str) {
         .await
         .unwrap();
 }
+
+/// `sluice run` processes, killed when dropped, so a failing test leaves
+/// none behind.
+pub struct Hosts(pub Vec<Child>);
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        for host in &mut self.0 {
+            let _ = host.kill();
+            let _ = host.wait();
+        }
+    }
+}

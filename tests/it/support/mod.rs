@@ -12,7 +12,8 @@ mod tls;
 
 pub use cluster::Cluster;
 pub use host::{
-    Fixture, entries, field, finished, pending, read_pending, send, until_entries, until_finished, until_pending, xadd,
+    Fixture, Hosts, entries, field, finished, pending, read_pending, send, until_entries, until_finished,
+    until_pending, xadd,
 };
 pub use proxy::Proxy;
 pub use redis_server::{RedisServer, free_port};
