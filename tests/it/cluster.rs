@@ -233,3 +233,23 @@ async fn a_relay_that_repeats_its_writes_lands_each_once() {
         assert_eq!(fields, std::slice::from_ref(&outbox), "{mark} has one field per outbox");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_is_answered_through_the_outbox_of_another_slot() {
+    let cluster = Cluster::start();
+    let handlers = "[handlers.h]\nplugin = \"behave.wasm\"\nstreams = [\"{b}:in\"]\n";
+    let fx = fixture(&cluster, "", handlers);
+    let host = fx.start();
+    // The reply stream (sluice:reply:<random>) is in another slot than
+    // {b}:in: the reply and its time to live go through the outbox.
+    let data = json!({"action": "reply", "reply": {"n": 7}}).to_string();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["request", "{b}:in", "--type", "t", "--data", &data, "--timeout-ms", "10000", "--config"])
+        .arg(&fx.config_path)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(said.trim(), r#"{"n":7}"#);
+    host.stop().await;
+}
