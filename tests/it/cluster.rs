@@ -251,5 +251,30 @@ async fn a_request_is_answered_through_the_outbox_of_another_slot() {
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{said}{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(said.trim(), r#"{"n":7}"#);
+    // A caller that is gone: its reply stream, relayed, still expires.
+    let mut conn = cluster.conn().await;
+    let gone = "sluice:reply:gone";
+    assert_ne!(cluster.slot_of(gone), cluster.slot_of("{b}:in"));
+    let _: String = redis::cmd("XADD")
+        .arg("{b}:in")
+        .arg("*")
+        .arg("type")
+        .arg("t")
+        .arg("data")
+        .arg(&data)
+        .arg("reply_to")
+        .arg(gone)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let ttl = eventually(SOON, "the reply relayed", || {
+        let mut c = conn.clone();
+        async move {
+            let ttl: i64 = redis::cmd("PTTL").arg(gone).query_async(&mut c).await.unwrap();
+            (ttl != -2).then_some(ttl)
+        }
+    })
+    .await;
+    assert!(ttl > 0, "the relayed reply stream has no time to live ({ttl})");
     host.stop().await;
 }
