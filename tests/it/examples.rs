@@ -19,19 +19,8 @@ fn request(fx: &Fixture, stream: &str, event_type: &str, data: Value) -> Value {
 
 /// One POST to the ingress on `port`; (status, JSON body).
 fn post(port: u16, path: &str, body: Value) -> (u16, Value) {
-    use std::io::{Read, Write};
-    let body = body.to_string();
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        s,
-        "POST {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut reply = String::new();
-    s.read_to_string(&mut reply).unwrap();
-    let code = reply.split(' ').nth(1).unwrap().parse().unwrap();
-    (code, serde_json::from_str(reply.split_once("\r\n\r\n").unwrap().1).unwrap())
+    let (code, body) = http_request(port, "POST", path, &[], body.to_string().as_bytes());
+    (code, serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}")))
 }
 
 /// The API gateway (LeanMQ's pattern): orders.create and orders.status

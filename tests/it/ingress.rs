@@ -6,30 +6,13 @@
 
 use crate::support::*;
 use serde_json::{Value, json};
-use std::io::{Read, Write};
 
 const TOKEN: &str = "s3cret-token";
 
 /// One HTTP/1.1 request to the ingress; (status, JSON body or text).
 fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, Value) {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    s.write_all(head.as_bytes()).unwrap();
-    // A server may answer (413) before reading all of a large body.
-    let _ = s.write_all(body);
-    let mut reply = Vec::new();
-    let _ = s.read_to_end(&mut reply);
-    let reply = String::from_utf8_lossy(&reply).into_owned();
-    let code = reply.split(' ').nth(1).unwrap_or_else(|| panic!("no HTTP answer: {reply:?}")).parse().unwrap();
-    let body = reply.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
-    (code, serde_json::from_str(body).unwrap_or(Value::String(body.to_owned())))
+    let (code, body) = http_request(port, method, path, headers, body);
+    (code, serde_json::from_str(&body).unwrap_or(Value::String(body)))
 }
 
 fn post(port: u16, path: &str, body: Value) -> (u16, Value) {

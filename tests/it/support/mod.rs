@@ -64,14 +64,31 @@ pub const SOON: Duration = Duration::from_secs(15);
 
 /// (status code, body) of `GET path` from `127.0.0.1:port`.
 pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    http_request(port, "GET", path, &[], b"")
+}
+
+/// (status code, body) of one HTTP/1.1 request to `127.0.0.1:port`, with
+/// `headers` and `body`.
+pub fn http_request(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
-    let mut reply = String::new();
-    s.read_to_string(&mut reply).unwrap();
-    let code = reply.split(' ').nth(1).unwrap().parse().unwrap();
-    let body = reply.split_once("\r\n\r\n").unwrap().1.to_owned();
-    (code, body)
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).unwrap();
+    // A server may answer (413) before reading all of a large body.
+    let _ = s.write_all(body);
+    let mut reply = Vec::new();
+    let _ = s.read_to_end(&mut reply);
+    let reply = String::from_utf8_lossy(&reply).into_owned();
+    let code = reply.split(' ').nth(1).unwrap_or_else(|| panic!("no HTTP answer: {reply:?}")).parse().unwrap();
+    let body = reply.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+    (code, body.to_owned())
 }
 
 /// Sends the host's log to the test's captured output (shown when it fails).
