@@ -96,7 +96,10 @@ async fn consumers_left_by_stopped_and_killed_hosts_are_forgotten() {
     let redis = RedisServer::start();
     let admin = free_port();
     // The default consumer name, hostname-pid: every run is a new consumer.
-    let host_keys = format!("claim_idle_ms = 1000\nforget_consumers_after_ms = 1000\nadmin = \"127.0.0.1:{admin}\"");
+    // The runs that leave consumers behind forget none themselves (a slow run
+    // could otherwise forget an earlier one); the live host forgets after 1 s.
+    let keep = "forget_consumers_after_ms = 3600000";
+    let host_keys = format!("claim_idle_ms = 1000\n{keep}\nadmin = \"127.0.0.1:{admin}\"");
     let handlers = "[handlers.h]\nplugin = \"behave.wasm\"\nstreams = [\"in\"]\npublish = [\"out\"]\nconcurrency = 2\ntimeout_ms = 900\n";
     let fx = Fixture::new(&redis, &host_keys, handlers);
     let mut conn = redis.conn().await;
@@ -128,6 +131,8 @@ async fn consumers_left_by_stopped_and_killed_hosts_are_forgotten() {
     let consumers = sluice::stream::hygiene::consumers(&mut conn, "in", "h").await.unwrap();
     assert_eq!(consumers.len(), 5, "each run left its consumer: {consumers:?}");
 
+    let text = std::fs::read_to_string(&fx.config_path).unwrap();
+    std::fs::write(&fx.config_path, text.replace(keep, "forget_consumers_after_ms = 1000")).unwrap();
     let mut live = fx.spawn_binary();
     let out = until_entries(&conn, "out", events).await;
     let mut numbers: Vec<String> = out.iter().map(|e| field(e, "data")).collect();
