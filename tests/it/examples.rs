@@ -177,3 +177,125 @@ async fn a_saga_confirms_a_paid_order_and_compensates_a_declined_one() {
     assert_eq!(kv_get(&fx, "saga-inventory", "stock:mug"), (0, json!(7)));
     host.stop().await;
 }
+
+/// The shipped config's `[handlers.NAME]` table and its subtables, as text.
+fn shipped_handler(name: &str) -> String {
+    let text = std::fs::read_to_string(repo().join("config.toml")).unwrap();
+    let start =
+        text.find(&format!("[handlers.{name}]\n")).unwrap_or_else(|| panic!("config.toml has no handler {name}"));
+    let rest = &text[start..];
+    let end = rest[1..]
+        .match_indices("\n[")
+        .map(|(i, _)| i + 1)
+        .find(|&i| !rest[i + 1..].starts_with(&format!("[handlers.{name}.")))
+        .map_or(rest.len(), |i| i + 1);
+    rest[..end].to_owned()
+}
+
+/// The demo's webhook receiver (`examples/webhook-receiver.rs`), run on a
+/// free port with `secret`; stopped when dropped.
+struct Receiver {
+    child: std::process::Child,
+    port: u16,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Receiver {
+    fn start(secret: &str) -> Receiver {
+        let exe =
+            std::path::Path::new(env!("CARGO_BIN_EXE_sluice")).parent().unwrap().join("examples/webhook-receiver");
+        assert!(
+            exe.exists(),
+            "{} is missing: `cargo test` builds it, `cargo test --test it` does not (cargo build --example webhook-receiver)",
+            exe.display()
+        );
+        let port = free_port();
+        let mut child = std::process::Command::new(exe)
+            .arg(format!("127.0.0.1:{port}"))
+            .env("WELCOME_WEBHOOK_SECRET", secret)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(stdout).map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = std::time::Instant::now() + SOON;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "the receiver never listened on {port}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Receiver { child, port, lines }
+    }
+
+    /// The next line it prints.
+    fn next_line(&self) -> String {
+        self.lines.recv_timeout(SOON).expect("the receiver printed a line in time")
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The welcome e-mail (Amebo's webhook subscription): a `user.created`
+/// that passes its JSON Schema reaches the receiver signed with the secret
+/// from the config, and the receiver's check accepts it; an invalid one is
+/// refused on publish, or dead-lettered before the plugin runs; a receiver
+/// holding another secret refuses the delivery, which is dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_welcome_email_webhook_is_signed_and_checked_by_its_receiver() {
+    let redis = RedisServer::start();
+    let receiver = Receiver::start("s3cret-from-env");
+    let schema = repo().join("schemas/user.created.json");
+    let section = shipped_handler("welcome-email").replace("127.0.0.1:8025", &format!("127.0.0.1:{}", receiver.port));
+    assert!(section.contains("WELCOME_WEBHOOK_SECRET"), "{section}");
+    let handlers = format!("[schemas]\n\"user.created\" = \"{}\"\n\n{section}", schema.display());
+    let fx = Fixture::new(&redis, "", &handlers);
+    let publish = |data: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["publish", "users", "--type", "user.created", "--data", data, "--config"])
+            .arg(&fx.config_path)
+            .output()
+            .unwrap()
+    };
+    // The host reads the secret from its environment, as in production.
+    let mut hosts = Hosts(vec![fx.spawn_binary_with_env(&[("WELCOME_WEBHOOK_SECRET", "s3cret-from-env")])]);
+    let user = r#"{"user_id":"u-1","email":"ada@example.com","name":"Ada"}"#;
+    let out = publish(user);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert_eq!(receiver.next_line(), format!("accepted {id} user.created {user}"));
+    // No e-mail address: refused before it reaches the stream.
+    let out = publish(r#"{"user_id":"u-2","name":"Bob"}"#);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && said.contains("\"email\" is a required property"), "{said}");
+    // One written around the check is dead-lettered, and never sent.
+    let mut conn = redis.conn().await;
+    let bad = send(&mut conn, "users", "user.created", json!({"user_id": "u-3", "email": "not an address"})).await;
+    let dead = until_entries(&conn, "users:dlq", 1).await;
+    assert_eq!(field(&dead[0], "sluice.origin_id"), bad);
+    assert!(field(&dead[0], "sluice.error").contains("is not a \"email\""), "{:?}", field(&dead[0], "sluice.error"));
+    hosts.0[0].kill().unwrap();
+    hosts.0[0].wait().unwrap();
+    // A host with another secret: the receiver refuses, the event is dead-lettered.
+    hosts.0.push(fx.spawn_binary_with_env(&[("WELCOME_WEBHOOK_SECRET", "stale")]));
+    let id = send(&mut conn, "users", "user.created", json!({"user_id": "u-4", "email": "cy@example.com"})).await;
+    assert_eq!(receiver.next_line(), format!("refused {id}: bad signature"));
+    let dead = until_entries(&conn, "users:dlq", 2).await;
+    assert_eq!(field(&dead[1], "sluice.origin_id"), id);
+    assert!(
+        field(&dead[1], "sluice.error").ends_with("/welcome answered 401"),
+        "{:?}",
+        field(&dead[1], "sluice.error")
+    );
+    drop(hosts);
+    assert!(receiver.lines.try_recv().is_err(), "nothing else reached the receiver");
+}

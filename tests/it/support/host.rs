@@ -121,15 +121,18 @@ impl Fixture {
 
     /// Runs `sluice run` on this config with extra arguments.
     pub fn spawn_binary_with(&self, args: &[&str]) -> Child {
-        Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .arg("run")
-            .arg("--config")
-            .arg(&self.config_path)
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("spawn sluice")
+        self.run_command().args(args).spawn().expect("spawn sluice")
+    }
+
+    /// Runs `sluice run` on this config with extra environment variables.
+    pub fn spawn_binary_with_env(&self, vars: &[(&str, &str)]) -> Child {
+        self.run_command().envs(vars.iter().copied()).spawn().expect("spawn sluice")
+    }
+
+    fn run_command(&self) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        command.arg("run").arg("--config").arg(&self.config_path).env("RUST_LOG", "warn").stdin(Stdio::null());
+        command
     }
 }
 
