@@ -11,7 +11,7 @@ fn shipped_config_parses_and_every_plugin_exists() {
     let config = Config::load(&repo().join("config.toml")).unwrap_or_else(|e| panic!("{e}"));
     let names: Vec<_> = config.handlers.iter().map(|h| h.name.as_str()).collect();
     // The shop's chain, then the flows of docs/examples.md.
-    let flows = ["orders", "profiles", "saga", "saga-inventory", "saga-payment"];
+    let flows = ["orders", "profiles", "saga", "saga-inventory", "saga-payment", "welcome-email"];
     let chain = ["audit", "inventory", "notification", "payment", "shipping"];
     let mut expected: Vec<&str> = chain.into_iter().chain(flows).collect();
     expected.sort();

@@ -3,6 +3,7 @@
 
 use crate::support::*;
 use serde_json::{Value, json};
+use std::time::Duration;
 
 /// `sluice request` with `fx`'s config; its stdout as JSON.
 fn request(fx: &Fixture, stream: &str, event_type: &str, data: Value) -> Value {
@@ -86,16 +87,29 @@ fn kv_get(fx: &Fixture, handler: &str, key: &str) -> (i32, Value) {
     (out.status.code().unwrap(), serde_json::from_str(said.trim()).unwrap_or(Value::Null))
 }
 
+/// The projection in each language: the Rust plugin, and its Python and
+/// JavaScript versions (as `examples/polyglot.toml` runs them).
+const PROFILES: [&str; 3] = ["profiles", "profiles-py", "profiles-js"];
+
 /// The event-sourced aggregate (QakeAPI's pattern): a projection folds each
 /// user's events into one record, one user at a time in stream order;
 /// `sluice kv get` shows it, and `sluice replay` rebuilds it from the
-/// stream after it is lost.
+/// stream after it is lost. The Rust, Python and JavaScript versions run
+/// side by side, each in its own group, and fold the same records.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_projection_folds_each_users_events_and_replay_rebuilds_it() {
     let redis = RedisServer::start();
-    let handlers = "[handlers.profiles]\nplugin = \"profiles.wasm\"\nstreams = [\"users\"]\n\
-        events = [\"user.*\"]\norder_by = \"data.user_id\"\nconcurrency = 16\n";
-    let fx = Fixture::new(&redis, "", handlers);
+    let handlers: String = PROFILES
+        .iter()
+        .map(|name| {
+            let reuse = if *name == "profiles" { "" } else { "isolation = \"reuse\"\n" };
+            format!(
+                "[handlers.{name}]\nplugin = \"{name}.wasm\"\nstreams = [\"users\"]\n\
+                 events = [\"user.*\"]\norder_by = \"data.user_id\"\nconcurrency = 16\n{reuse}"
+            )
+        })
+        .collect();
+    let fx = Fixture::new(&redis, "", &handlers);
     let host = fx.start();
     let mut conn = redis.conn().await;
     let events = [
@@ -106,30 +120,51 @@ async fn a_projection_folds_each_users_events_and_replay_rebuilds_it() {
         ("user.updated", json!({"user_id": "u-1", "name": "Ada L."})),
         ("user.deleted", json!({"user_id": "u-2"})),
         ("user.created", json!({"user_id": "u-3", "name": "Cy"})),
+        ("user.updated", json!({"user_id": "u-9", "name": "nobody"})),
     ];
     for (t, data) in &events {
         send(&mut conn, "users", t, data.clone()).await;
     }
-    until_finished(&conn, "users", "profiles", events.len()).await;
     let ada = json!({"user_id": "u-1", "name": "Ada L.", "email": "ada@lovelace.dev", "version": 3});
-    assert_eq!(kv_get(&fx, "profiles", "user:u-1"), (0, ada.clone()));
-    assert_eq!(kv_get(&fx, "profiles", "user:u-2").0, 1, "deleted");
-    assert_eq!(kv_get(&fx, "profiles", "user:u-3").1["version"], 1);
-    // The projection is lost; a replay of the stream rebuilds it.
-    let keys: Vec<String> = redis::cmd("KEYS").arg("sluice:kv:profiles:*").query_async(&mut conn).await.unwrap();
+    let n = events.len();
+    for name in PROFILES {
+        // Compiling a Python or JavaScript component takes seconds (cold cache).
+        eventually(Duration::from_secs(120), &format!("{name} finished every event"), || {
+            let mut c = conn.clone();
+            async move { (finished(&mut c, "users", name).await == n).then_some(()) }
+        })
+        .await;
+        assert_eq!(kv_get(&fx, name, "user:u-1"), (0, ada.clone()), "{name}");
+        assert_eq!(kv_get(&fx, name, "user:u-2").0, 1, "{name}: deleted");
+        assert_eq!(kv_get(&fx, name, "user:u-3").1["version"], 1, "{name}");
+        assert_eq!(kv_get(&fx, name, "user:u-9").0, 1, "{name}: an update of an unknown user makes none");
+    }
+    // Each rejected the update of the unknown user, with the same reason.
+    let dead = until_entries(&conn, "users:dlq", PROFILES.len()).await;
+    for e in &dead {
+        let who = field(e, "sluice.handler");
+        assert_eq!(field(e, "sluice.error"), "user u-9 is unknown (no user.created before this update)", "{who}");
+    }
+    // The projections are lost; a replay of the stream rebuilds each.
+    let keys: Vec<String> = redis::cmd("KEYS").arg("sluice:kv:profiles*").query_async(&mut conn).await.unwrap();
+    assert_eq!(keys.len(), 2 * PROFILES.len(), "{keys:?}");
     let _: () = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await.unwrap();
-    assert_eq!(kv_get(&fx, "profiles", "user:u-1").0, 1);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["replay", "--stream", "users", "--handler", "profiles", "--from", "-1h", "--config"])
-        .arg(&fx.config_path)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    eventually(SOON, "the projection rebuilt", || async {
-        (kv_get(&fx, "profiles", "user:u-1") == (0, ada.clone())).then_some(())
-    })
-    .await;
-    assert_eq!(kv_get(&fx, "profiles", "user:u-2").0, 1);
+    for name in PROFILES {
+        assert_eq!(kv_get(&fx, name, "user:u-1").0, 1);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["replay", "--stream", "users", "--handler", name, "--from", "-1h", "--config"])
+            .arg(&fx.config_path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    for name in PROFILES {
+        eventually(SOON, &format!("{name}'s projection rebuilt"), || async {
+            (kv_get(&fx, name, "user:u-1") == (0, ada.clone())).then_some(())
+        })
+        .await;
+        assert_eq!(kv_get(&fx, name, "user:u-2").0, 1);
+    }
     host.stop().await;
 }
 
