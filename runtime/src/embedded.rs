@@ -10,17 +10,31 @@ use tokio::process::{Child, Command};
 
 /// How long a starting `redis-server` may take to answer PING.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a stopping `redis-server` may take to exit.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest Unix socket path the kernel accepts (`sun_path` less the NUL).
 const MAX_SOCKET_PATH: usize = 107;
 
-/// A running embedded server. Dropping it does not stop it; call [`stop`](Self::stop).
+/// A running embedded server, started by this process or found running.
+/// Dropping it does not stop it; call [`stop`](Self::stop).
+///
+/// Several `sluice` processes may share one server (a host, and the
+/// `publish` or `kv get` commands run beside it), whichever started it: the
+/// last one to leave stops it.
 pub struct EmbeddedRedis {
     /// `redis+unix://` URL of the socket.
     pub url: String,
     /// The server process, when this process started it (not when it found
     /// one already running, e.g. left by a killed host).
     child: Option<Child>,
+    /// This process's presence: a connection named [`PRESENCE`], held until
+    /// [`stop`](Self::stop), and its client id.
+    presence: (redis::aio::MultiplexedConnection, i64),
 }
+
+/// The client name each `sluice` process using the embedded server gives
+/// one connection, so the last to leave can tell it is the last.
+const PRESENCE: &str = "sluice";
 
 impl EmbeddedRedis {
     /// Connects to the embedded server under `state_dir`, starting it if it
@@ -30,13 +44,16 @@ impl EmbeddedRedis {
         let state_dir = state_dir.canonicalize()?;
         let socket = state_dir.join("redis.sock");
         let url = socket_url(&socket)?;
-        if ping(&url).await {
-            return Ok(EmbeddedRedis { url, child: None });
-        }
-        let child = spawn(&state_dir, &socket)?;
-        let mut redis = EmbeddedRedis { url, child: Some(child) };
-        redis.wait_ready(&state_dir).await?;
-        Ok(redis)
+        let child = if ping(&url).await {
+            None
+        } else {
+            let mut child = spawn(&state_dir, &socket)?;
+            wait_ready(&url, &mut child, &state_dir).await?;
+            Some(child)
+        };
+        let presence =
+            announce(&url).await.with_context(|| format!("cannot connect to the embedded Redis at {url}"))?;
+        Ok(EmbeddedRedis { url, child, presence })
     }
 
     /// Whether this process started the server.
@@ -44,33 +61,50 @@ impl EmbeddedRedis {
         self.child.is_some()
     }
 
-    async fn wait_ready(&mut self, state_dir: &Path) -> anyhow::Result<()> {
-        let deadline = Instant::now() + START_TIMEOUT;
-        while Instant::now() < deadline {
-            if ping(&self.url).await {
-                return Ok(());
-            }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                bail!("redis-server exited ({status}); see {}", state_dir.join("redis.log").display());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        bail!("redis-server did not answer within {START_TIMEOUT:?}; see {}", state_dir.join("redis.log").display())
-    }
-
-    /// Stops the server if this process started it (it writes its AOF and
-    /// exits on SIGTERM); leaves it running otherwise.
+    /// Stops the server (it writes its AOF and exits), unless another
+    /// `sluice` process is using it: the last one to leave stops it,
+    /// whichever started it. A `sluice run` that connected to a server a
+    /// `sluice publish` started keeps its Redis when the publish exits, and
+    /// stops it when it stops.
     pub async fn stop(mut self) {
-        let Some(mut child) = self.child.take() else {
+        if others_present(&mut self.presence.0, self.presence.1).await {
             return;
-        };
-        if let Some(pid) = child.id() {
-            let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status().await;
         }
-        if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {
-            let _ = child.kill().await;
+        match self.child.take() {
+            Some(mut child) => {
+                if let Some(pid) = child.id() {
+                    let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status().await;
+                }
+                if tokio::time::timeout(STOP_TIMEOUT, child.wait()).await.is_err() {
+                    let _ = child.kill().await;
+                }
+            }
+            None => {
+                // Not our child: ask it to shut down (it fsyncs its AOF), and
+                // wait until it has, so a process starting next starts anew.
+                let _ = redis::cmd("SHUTDOWN").query_async::<()>(&mut self.presence.0).await;
+                let deadline = Instant::now() + STOP_TIMEOUT;
+                while Instant::now() < deadline && ping(&self.url).await {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
         }
     }
+}
+
+/// Waits until the server `child` started answers on `url`.
+async fn wait_ready(url: &str, child: &mut Child, state_dir: &Path) -> anyhow::Result<()> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    while Instant::now() < deadline {
+        if ping(url).await {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            bail!("redis-server exited ({status}); see {}", state_dir.join("redis.log").display());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bail!("redis-server did not answer within {START_TIMEOUT:?}; see {}", state_dir.join("redis.log").display())
 }
 
 fn socket_url(socket: &Path) -> anyhow::Result<String> {
@@ -101,13 +135,41 @@ fn spawn(state_dir: &Path, socket: &Path) -> anyhow::Result<Child> {
         .context("cannot start redis-server for the embedded Redis: is it installed (apt-get install redis-server)? Or set [redis] url in the config")
 }
 
+async fn connect(url: &str) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+    let client = redis::Client::open(url)?;
+    Ok(tokio::time::timeout(Duration::from_secs(1), client.get_multiplexed_async_connection()).await??)
+}
+
+/// A connection to `url` named [`PRESENCE`], and its client id.
+async fn announce(url: &str) -> anyhow::Result<(redis::aio::MultiplexedConnection, i64)> {
+    let mut conn = connect(url).await?;
+    let _: () = redis::cmd("CLIENT").arg("SETNAME").arg(PRESENCE).query_async(&mut conn).await?;
+    let id: i64 = redis::cmd("CLIENT").arg("ID").query_async(&mut conn).await?;
+    Ok((conn, id))
+}
+
+/// Whether another `sluice` process (a connection named [`PRESENCE`] other
+/// than `me`) is using the server; true when that cannot be told: better a
+/// server left running than one stopped under a host.
+async fn others_present(conn: &mut redis::aio::MultiplexedConnection, me: i64) -> bool {
+    let list: Result<String, _> = redis::cmd("CLIENT").arg("LIST").query_async(conn).await;
+    let Ok(list) = list else { return true };
+    list.lines().any(|line| {
+        let mut fields = line.split(' ').filter_map(|f| f.split_once('='));
+        let (mut id, mut name) = (None, None);
+        for (k, v) in fields.by_ref() {
+            match k {
+                "id" => id = v.parse::<i64>().ok(),
+                "name" => name = Some(v),
+                _ => {}
+            }
+        }
+        name == Some(PRESENCE) && id != Some(me)
+    })
+}
+
 async fn ping(url: &str) -> bool {
-    let Ok(client) = redis::Client::open(url) else {
-        return false;
-    };
-    let Ok(Ok(mut conn)) =
-        tokio::time::timeout(Duration::from_secs(1), client.get_multiplexed_async_connection()).await
-    else {
+    let Ok(mut conn) = connect(url).await else {
         return false;
     };
     redis::cmd("PING").query_async::<String>(&mut conn).await.is_ok()
@@ -138,7 +200,8 @@ impl RedisTarget {
         }
     }
 
-    /// Stops the embedded server if this process started it.
+    /// Stops the embedded server if no other `sluice` process uses it
+    /// ([`EmbeddedRedis::stop`]).
     pub async fn stop(self) {
         if let RedisTarget::Embedded(e) = self {
             e.stop().await;

@@ -64,11 +64,21 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 pub async fn run_with(config: Config, shutdown: impl Future<Output = ()>, options: RunOptions) -> anyhow::Result<()> {
     let runtime = Runtime::new()?;
     let cache = cache_for(&config, &runtime);
-    let plugins = {
-        let (runtime, cache, config) = (runtime.clone(), cache.clone(), config.clone());
-        tokio::task::spawn_blocking(move || load_plugins(&runtime, &cache, &config)).await??
-    };
+    // The embedded Redis starts first: events published while the plugins
+    // compile (seconds for Python or JavaScript) wait in it, rather than a
+    // `sluice publish` meanwhile starting and stopping one of its own.
     let target = RedisTarget::resolve(config.redis.url.as_deref(), &config.state_dir()).await?;
+    let loaded = {
+        let (runtime, cache, config) = (runtime.clone(), cache.clone(), config.clone());
+        tokio::task::spawn_blocking(move || load_plugins(&runtime, &cache, &config)).await
+    };
+    let plugins = match loaded.map_err(anyhow::Error::from).and_then(|r| r.map_err(anyhow::Error::from)) {
+        Ok(plugins) => plugins,
+        Err(e) => {
+            target.stop().await;
+            return Err(e);
+        }
+    };
     let redis = Redis::connect(target.url(), &config.redis).await.map_err(anyhow::Error::from);
     let result = match redis {
         Ok(redis) => {

@@ -15,7 +15,7 @@ fn check_accepts_the_shipped_config() {
     let out = sluice(&["check"], &repo().join("config.toml"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("10 handler(s), all plugins load"), "{stdout}");
+    assert!(stdout.contains("11 handler(s), all plugins load"), "{stdout}");
 }
 
 #[test]
@@ -95,6 +95,58 @@ async fn run_starts_an_embedded_redis_and_stops_cleanly_on_sigterm() {
     assert_eq!(entries(&mut conn, "in").await.len(), 2, "both events survived the restarts");
     assert_eq!(entries(&mut conn, "out").await.len(), 1);
     embedded.stop().await;
+}
+
+/// Whether the embedded server at `url` answers PING.
+async fn answers(url: &str) -> bool {
+    let Ok(client) = redis::Client::open(url) else { return false };
+    let Ok(mut conn) = client.get_multiplexed_async_connection().await else { return false };
+    redis::cmd("PING").query_async::<String>(&mut conn).await.is_ok()
+}
+
+/// A host that joins the embedded server a waiting `sluice request` started
+/// keeps it when the request gives up and exits; the host, the last to
+/// leave, stops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_redis_stays_up_while_a_host_uses_it_and_the_last_to_leave_stops_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = embedded_config(dir.path());
+    let url = format!("redis+unix://{}", dir.path().join(".sluice/redis.sock").display());
+    // Nothing answers on this stream: the request waits its 3 s, then exits.
+    let mut request = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["request", "nobody", "--type", "t", "--timeout-ms", "3000", "--config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    eventually(SOON, "the request started the embedded Redis", || async { answers(&url).await.then_some(()) }).await;
+    let mut conn = redis::Client::open(url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let host = Command::new(env!("CARGO_BIN_EXE_sluice")).args(["run", "--config"]).arg(&config).spawn().unwrap();
+    let mut hosts = Hosts(vec![host]);
+    let data = r#"{"action":"publish","publish":[{"stream":"out","type":"done","data":{}}]}"#;
+    send_raw(&mut conn, "in", data).await;
+    until_entries(&conn, "out", 1).await;
+    let status = eventually(SOON, "the request gave up", || {
+        let s = request.try_wait().unwrap();
+        async move { s }
+    })
+    .await;
+    assert_eq!(status.code(), Some(1), "no reply within the wait");
+    // The server the request started is still the host's.
+    let pong: String = redis::cmd("PING").query_async(&mut conn).await.expect("the server stayed up");
+    assert_eq!(pong, "PONG");
+    send_raw(&mut conn, "in", data).await;
+    until_entries(&conn, "out", 2).await;
+    drop(conn);
+    let pid = hosts.0[0].id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(hosts.0[0].wait().unwrap().success());
+    assert!(!answers(&url).await, "the host, the last to leave, stopped the server");
+}
+
+async fn send_raw(conn: &mut redis::aio::MultiplexedConnection, stream: &str, data: &str) {
+    xadd(conn, stream, &[("type", "t"), ("data", data)]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
