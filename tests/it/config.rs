@@ -23,6 +23,14 @@ fn shipped_config_parses_and_every_plugin_exists() {
     assert!(config.redis.url.is_none(), "the example uses the embedded Redis");
 }
 
+#[test]
+fn the_polyglot_example_config_parses() {
+    plugins_dir();
+    let config = Config::load(&repo().join("examples/polyglot.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let names: Vec<_> = config.handlers.iter().map(|h| h.name.as_str()).collect();
+    assert_eq!(names, ["profiles", "profiles-js", "profiles-py"]);
+}
+
 /// Parses `body` (after a valid `[host]` pointing at the built plugins) as
 /// `bad.toml` and returns the error text.
 fn error_of(body: &str) -> String {
