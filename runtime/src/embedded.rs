@@ -180,7 +180,7 @@ pub enum RedisTarget {
     /// `[redis] url`
     External(String),
     /// The embedded server.
-    Embedded(EmbeddedRedis),
+    Embedded(Box<EmbeddedRedis>),
 }
 
 impl RedisTarget {
@@ -188,7 +188,7 @@ impl RedisTarget {
     pub async fn resolve(redis_url: Option<&str>, state_dir: &Path) -> anyhow::Result<RedisTarget> {
         Ok(match redis_url {
             Some(url) => RedisTarget::External(url.to_owned()),
-            None => RedisTarget::Embedded(EmbeddedRedis::ensure(state_dir).await?),
+            None => RedisTarget::Embedded(Box::new(EmbeddedRedis::ensure(state_dir).await?)),
         })
     }
 
