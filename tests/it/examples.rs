@@ -38,7 +38,8 @@ async fn the_api_gateway_answers_requests_from_the_cli_and_over_http() {
         [handlers.payment]\nplugin = \"payment.wasm\"\nstreams = [\"orders\"]\nevents = [\"order.created\"]\npublish = [\"payments\"]\n\
         [handlers.shipping]\nplugin = \"shipping.wasm\"\nstreams = [\"payments\"]\nevents = [\"payment.processed\"]\npublish = [\"shipments\"]\n";
     let fx = Fixture::new(&redis, &host, handlers);
-    let running = fx.start();
+    // Serving before the first request: its wait is the request's own.
+    let (running, _reloads) = fx.start_watching().await;
     let created = request(
         &fx,
         "orders.api",
@@ -182,7 +183,7 @@ const SAGA: &str = "[handlers.saga]\nplugin = \"saga.wasm\"\nstreams = [\"checko
 async fn a_saga_confirms_a_paid_order_and_compensates_a_declined_one() {
     let redis = RedisServer::start();
     let fx = Fixture::new(&redis, "", SAGA);
-    let host = fx.start();
+    let (host, _reloads) = fx.start_watching().await;
     let mut conn = redis.conn().await;
     send(
         &mut conn,
@@ -198,7 +199,16 @@ async fn a_saga_confirms_a_paid_order_and_compensates_a_declined_one() {
         json!({"order_id": "o-bad", "sku": "mug", "qty": 3, "card": "declined"}),
     )
     .await;
-    let done = until_entries(&conn, "orders.done", 2).await;
+    // Ten hops each: a deadline with room for a loaded machine (the other
+    // tests compile Python and JavaScript components meanwhile).
+    let done = eventually(Duration::from_secs(60), "both sagas done", || {
+        let mut conn = conn.clone();
+        async move {
+            let done = entries(&mut conn, "orders.done").await;
+            (done.len() >= 2).then_some(done)
+        }
+    })
+    .await;
     let outcome = |id: &str| {
         done.iter()
             .find(|e| serde_json::from_str::<Value>(&field(e, "data")).unwrap()["order_id"] == id)
