@@ -1,6 +1,7 @@
 //! The admin listener (`[host] admin`): `/metrics` (Prometheus text),
-//! `/healthz` (the process is up) and `/readyz` (Redis answers and every
-//! handler's group exists on each of its streams).
+//! `/healthz` (the process is up), `/readyz` (Redis answers and every
+//! handler's group exists on each of its streams), and the dashboard at `/`
+//! with its `/api` ([`crate::dashboard`]).
 
 use crate::config::Config;
 use crate::stream::Conn;
@@ -27,6 +28,31 @@ pub struct AdminState {
     pub config: Arc<ArcSwap<Config>>,
     /// The connection scrapes and readiness checks use.
     pub conn: Conn,
+    /// The dashboard and its API.
+    pub dashboard: Arc<crate::dashboard::Dashboard>,
+}
+
+impl AdminState {
+    /// The state of a host running `config` on `conn`, with its running
+    /// `consumers`, its `reloads`, and `[host] admin_token`.
+    pub fn new(
+        config: Arc<ArcSwap<Config>>,
+        conn: Conn,
+        consumers: crate::host::LiveConsumers,
+        reloads: Arc<crate::reload::ReloadLog>,
+        token: Option<String>,
+    ) -> AdminState {
+        let history = Arc::new(crate::dashboard::History::new(config.clone(), conn.clone()));
+        let dashboard = crate::dashboard::Dashboard {
+            config: config.clone(),
+            conn: conn.clone(),
+            history,
+            reloads,
+            consumers,
+            token,
+        };
+        AdminState { config, conn, dashboard: Arc::new(dashboard) }
+    }
 }
 
 /// Binds `addr` (failing now, not later, if it is taken).
@@ -34,22 +60,24 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on [host] admin = \"{addr}\": {e}"))
 }
 
-/// Serves requests on `listener` until `shutdown` is cancelled.
+/// Serves requests on `listener`, and keeps the dashboard's history, until
+/// `shutdown` is cancelled.
 pub async fn serve(listener: TcpListener, state: AdminState, shutdown: CancellationToken) {
+    tokio::spawn(state.dashboard.history.clone().run(shutdown.clone()));
     if let Ok(addr) = listener.local_addr() {
-        info!(%addr, "admin listener: /metrics /healthz /readyz");
+        info!(%addr, "admin listener: the dashboard at http://{addr}/, /metrics /healthz /readyz");
     }
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => { debug!("admin accept: {e}"); continue }
             },
             _ = shutdown.cancelled() => return,
         };
         let state = state.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| respond(state.clone(), req));
+            let service = hyper::service::service_fn(move |req| respond(state.clone(), req, peer));
             let io = hyper_util::rt::TokioIo::new(stream);
             if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await {
                 debug!("admin connection: {e}");
@@ -58,7 +86,15 @@ pub async fn serve(listener: TcpListener, state: AdminState, shutdown: Cancellat
     }
 }
 
-async fn respond(state: AdminState, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+async fn respond(
+    state: AdminState,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+    let authorization = req.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    if let Some(answer) = state.dashboard.respond(req.method(), req.uri().path(), authorization, peer).await {
+        return Ok(answer);
+    }
     let (status, content_type, body) = match req.uri().path() {
         "/metrics" => {
             let rows = sample(&state).await.unwrap_or_default();
@@ -69,7 +105,11 @@ async fn respond(state: AdminState, req: Request<Incoming>) -> Result<Response<F
             Ok(()) => (StatusCode::OK, "text/plain", "ready\n".into()),
             Err(why) => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("not ready: {why}\n")),
         },
-        _ => (StatusCode::NOT_FOUND, "text/plain", "not found: try /metrics, /healthz or /readyz\n".into()),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: try / (the dashboard), /api/handlers, /api/dead-letters, /api/reloads, /metrics, /healthz or /readyz\n".into(),
+        ),
     };
     let response = Response::builder().status(status).header("content-type", content_type).body(Full::new(body.into()));
     Ok(response.expect("a valid response"))

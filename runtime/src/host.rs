@@ -80,31 +80,31 @@ pub async fn run_with(config: Config, shutdown: impl Future<Output = ()>, option
         }
     };
     let redis = Redis::connect(target.url(), &config.redis).await.map_err(anyhow::Error::from);
-    let result = match redis {
-        Ok(redis) => {
-            let current = Arc::new(ArcSwap::from_pointee(config.clone()));
-            let admin = start_admin(&config, &current, &redis).await?;
-            let ingress = start_ingress(&config, &current, &redis).await?;
-            ensure_groups(&redis, &config).await?;
-            let upkeep_token = CancellationToken::new();
-            let upkeep = crate::upkeep::Upkeep::new(redis.clone(), current.clone(), config.consumer.clone());
-            let upkeep = tokio::spawn(upkeep.run(upkeep_token.clone()));
-            let mut fleet = Fleet::new(&config, redis);
-            fleet.start_all(&config, plugins);
-            fleet.ensure_relays(&config);
-            info!(redis = %redact(target.url()), consumer = %config.consumer, handlers = config.handlers.len(), "sluice is running");
-            let (watch, reports, config_path) = (options.watch, options.reports, config.path.clone());
-            let reloader = Reloader { runtime, cache, config_path, watch, reports, current };
-            reloader.serve(&mut fleet, &config, shutdown).await;
-            fleet.stop_all().await;
-            upkeep_token.cancel();
-            let _ = upkeep.await;
-            admin.cancel();
-            ingress.cancel();
-            Ok(())
-        }
-        Err(e) => Err(e),
-    };
+    let result = async {
+        let redis = redis?;
+        let current = Arc::new(ArcSwap::from_pointee(config.clone()));
+        let log = Arc::new(crate::reload::ReloadLog::default());
+        let mut fleet = Fleet::new(&config, redis.clone());
+        let admin = start_admin(&config, &current, &redis, &fleet.live, &log).await?;
+        let ingress = start_ingress(&config, &current, &redis).await?;
+        ensure_groups(&redis, &config).await?;
+        let upkeep_token = CancellationToken::new();
+        let upkeep = crate::upkeep::Upkeep::new(redis.clone(), current.clone(), config.consumer.clone());
+        let upkeep = tokio::spawn(upkeep.run(upkeep_token.clone()));
+        fleet.start_all(&config, plugins);
+        fleet.ensure_relays(&config);
+        info!(redis = %redact(target.url()), consumer = %config.consumer, handlers = config.handlers.len(), "sluice is running");
+        let (watch, reports, config_path) = (options.watch, options.reports, config.path.clone());
+        let reloader = Reloader { runtime, cache, config_path, watch, reports, current, log };
+        reloader.serve(&mut fleet, &config, shutdown).await;
+        fleet.stop_all().await;
+        upkeep_token.cancel();
+        let _ = upkeep.await;
+        admin.cancel();
+        ingress.cancel();
+        anyhow::Ok(())
+    }
+    .await;
     target.stop().await;
     result
 }
@@ -137,11 +137,19 @@ async fn start_admin(
     config: &Config,
     current: &Arc<ArcSwap<Config>>,
     redis: &Redis,
+    consumers: &LiveConsumers,
+    reloads: &Arc<crate::reload::ReloadLog>,
 ) -> anyhow::Result<CancellationToken> {
     let token = CancellationToken::new();
     if let Some(addr) = config.admin {
         let listener = admin::bind(addr).await?;
-        let state = admin::AdminState { config: current.clone(), conn: redis.conn.clone() };
+        let state = admin::AdminState::new(
+            current.clone(),
+            redis.conn.clone(),
+            consumers.clone(),
+            reloads.clone(),
+            config.admin_token.clone(),
+        );
         tokio::spawn(admin::serve(listener, state, token.clone()));
     }
     Ok(token)
@@ -163,6 +171,9 @@ async fn start_ingress(
     Ok(token)
 }
 
+/// The running consumers by handler name, as the dashboard sees them.
+pub type LiveConsumers = Arc<ArcSwap<BTreeMap<String, Arc<Consumer>>>>;
+
 /// The consumers that are running, by handler name.
 pub(crate) struct Fleet {
     redis: Redis,
@@ -171,6 +182,8 @@ pub(crate) struct Fleet {
     /// Parent of every consumer's token: cancelled on shutdown.
     shutdown: CancellationToken,
     running: BTreeMap<String, Running>,
+    /// The running consumers, for the dashboard to read.
+    live: LiveConsumers,
     /// In a cluster, the relay of each outbox, by outbox key.
     relays: BTreeMap<String, tokio::task::JoinHandle<()>>,
 }
@@ -189,8 +202,14 @@ impl Fleet {
             claim_idle: Duration::from_millis(config.claim_idle_ms),
             shutdown: CancellationToken::new(),
             running: BTreeMap::new(),
+            live: LiveConsumers::default(),
             relays: BTreeMap::new(),
         }
+    }
+
+    /// Publishes the running consumers to [`Fleet::live`].
+    fn publish_live(&self) {
+        self.live.store(Arc::new(self.running.iter().map(|(n, r)| (n.clone(), r.consumer.clone())).collect()));
     }
 
     fn start_all(&mut self, config: &Config, plugins: Vec<Arc<Plugin>>) {
@@ -224,6 +243,7 @@ impl Fleet {
             Consumer::new(binding, self.redis.clone(), self.consumer_name.clone(), self.claim_idle, token.clone());
         let task = tokio::spawn(consumer.clone().run());
         self.running.insert(name, Running { consumer, token, task });
+        self.publish_live();
     }
 
     /// The names of the running handlers.
@@ -249,6 +269,7 @@ impl Fleet {
     /// Stops `name`'s consumer and waits for it to drain.
     pub(crate) async fn stop(&mut self, name: &str) {
         if let Some(r) = self.running.remove(name) {
+            self.publish_live();
             r.token.cancel();
             let _ = r.task.await;
         }
@@ -257,7 +278,9 @@ impl Fleet {
     async fn stop_all(mut self) {
         info!("shutting down: finishing in-flight events");
         self.shutdown.cancel();
-        for (_, r) in std::mem::take(&mut self.running) {
+        let running = std::mem::take(&mut self.running);
+        self.publish_live();
+        for (_, r) in running {
             let _ = r.task.await;
         }
         for (_, relay) in std::mem::take(&mut self.relays) {

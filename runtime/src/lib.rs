@@ -32,6 +32,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod consumer;
+pub mod dashboard;
 pub mod dead_letter;
 pub mod dispatch;
 pub mod embedded;

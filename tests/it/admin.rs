@@ -75,12 +75,15 @@ async fn readyz_says_what_is_not_ready() {
     let redis = RedisServer::start();
     let port = free_port();
     // Readiness checks the config in force: a handler no host has started.
-    let state = sluice::admin::AdminState {
-        config: std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(
+    let state = sluice::admin::AdminState::new(
+        std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(
             Fixture::new(&redis, "", "[handlers.z]\nplugin = \"behave.wasm\"\nstreams = [\"zs\"]\n").config(),
         )),
-        conn: sluice::stream::Redis::connect(&redis.url(), &Default::default()).await.unwrap().conn,
-    };
+        sluice::stream::Redis::connect(&redis.url(), &Default::default()).await.unwrap().conn,
+        Default::default(),
+        Default::default(),
+        None,
+    );
     let token = tokio_util::sync::CancellationToken::new();
     let listener = sluice::admin::bind(format!("127.0.0.1:{port}").parse().unwrap()).await.unwrap();
     tokio::spawn(sluice::admin::serve(listener, state, token.clone()));

@@ -28,6 +28,8 @@ mod schemas;
 mod operate;
 // The admin listener: metrics, health, readiness.
 mod admin;
+// The dashboard in a real headless Chromium, and its JSON API.
+mod dashboard;
 // Hot reload of plugins and config while serving.
 mod reload;
 // The compiled-component cache.

@@ -57,9 +57,12 @@ pub struct Config {
     /// How long an entry must sit unacknowledged with another consumer
     /// before this host claims it.
     pub claim_idle_ms: u64,
-    /// Where the admin listener serves `/metrics`, `/healthz` and `/readyz`;
-    /// `None`: no listener.
+    /// Where the admin listener serves `/metrics`, `/healthz`, `/readyz`
+    /// and the dashboard; `None`: no listener.
     pub admin: Option<std::net::SocketAddr>,
+    /// The Bearer token the dashboard's actions require, `${ENV}` expanded;
+    /// `None`: actions are disabled.
+    pub admin_token: Option<String>,
     /// The HTTP ingress, if the config asks for one.
     pub ingress: Option<IngressSettings>,
     /// Every handler, sorted by name.

@@ -93,6 +93,7 @@ pub struct RawRedis {
 /// consumer = "host-a"
 /// claim_idle_ms = 30000
 /// admin = "127.0.0.1:9464"
+/// admin_token = "${SLUICE_ADMIN_TOKEN}"
 /// forget_consumers_after_ms = 3600000
 /// ```
 #[derive(Debug, Deserialize, Default)]
@@ -105,8 +106,12 @@ pub struct RawHost {
     /// How long another consumer's entry must sit unacknowledged before this
     /// host takes it over; absent: [`DEFAULT_CLAIM_IDLE_MS`].
     pub claim_idle_ms: Option<u64>,
-    /// Address of the admin listener (`/metrics`, `/healthz`, `/readyz`); absent: none.
+    /// Address of the admin listener (`/metrics`, `/healthz`, `/readyz`, the
+    /// dashboard at `/` and its `/api`); absent: none.
     pub admin: Option<String>,
+    /// The Bearer token the dashboard's actions (redrive, purge) require;
+    /// absent: actions are disabled, the dashboard is read-only.
+    pub admin_token: Option<String>,
     /// Address of the HTTP ingress ([`crate::ingress`]); absent: none.
     pub ingress: Option<String>,
     /// The Bearer token the ingress requires; needed when it binds beyond

@@ -47,7 +47,7 @@ pub fn resolve(path: &Path, source: &str, raw: RawConfig) -> Result<Config, Conf
     let redis = redis(&c, &raw.redis)?;
     let plugins_dir = base_dir(path).join(raw.host.plugins.as_deref().unwrap_or(DEFAULT_PLUGINS_DIR));
     let ingress = ingress(&c, &raw.host)?;
-    let consumer = match raw.host.consumer {
+    let consumer = match raw.host.consumer.clone() {
         Some(name) => {
             c.name(&name, &["host", "consumer"], "consumer")?;
             name
@@ -66,6 +66,7 @@ pub fn resolve(path: &Path, source: &str, raw: RawConfig) -> Result<Config, Conf
     check_total_concurrency(&c, &handlers)?;
     let source = Arc::from(source);
     let admin = raw.host.admin.as_deref().map(|a| admin_address(&c, a)).transpose()?;
+    let admin_token = admin_token(&c, &raw.host, admin.is_some())?;
     let streams = Arc::new(stream_rules(&c, &raw.streams)?);
     let forget_consumers_after_ms = raw.host.forget_consumers_after_ms.unwrap_or(DEFAULT_FORGET_CONSUMERS_AFTER_MS);
     c.ensure(
@@ -81,6 +82,7 @@ pub fn resolve(path: &Path, source: &str, raw: RawConfig) -> Result<Config, Conf
         consumer,
         claim_idle_ms,
         admin,
+        admin_token,
         ingress,
         handlers,
         schemas,
@@ -207,6 +209,16 @@ fn ingress(c: &Checker, host: &RawHost) -> Result<Option<super::IngressSettings>
     }
     let allowed = allowed.build().map_err(|e| c.invalid(&key("ingress_streams"), e.to_string()))?;
     Ok(Some(super::IngressSettings { addr, token, streams: host.ingress_streams.clone(), allowed }))
+}
+
+/// `[host] admin_token`: only with `admin`, never empty.
+fn admin_token(c: &Checker, host: &RawHost, admin: bool) -> Result<Option<String>, ConfigError> {
+    let key = ["host", "admin_token"];
+    let Some(value) = &host.admin_token else { return Ok(None) };
+    c.ensure(admin, &key, "needs [host] admin (the address the dashboard listens on)")?;
+    let token = env::expand(value).map_err(|e| c.invalid(&key, e))?;
+    c.ensure(!token.is_empty(), &key, "is empty (is its environment variable set to nothing?)")?;
+    Ok(Some(token))
 }
 
 fn admin_address(c: &Checker, value: &str) -> Result<std::net::SocketAddr, ConfigError> {

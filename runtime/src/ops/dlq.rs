@@ -39,6 +39,19 @@ pub async fn list(session: &mut Session, filter: &Filter) -> anyhow::Result<Vec<
     Ok(found)
 }
 
+/// The newest `n` dead-letter entries of all the config's dead-letter
+/// streams, newest first.
+pub async fn latest(session: &mut Session, n: usize) -> anyhow::Result<Vec<DeadLetter>> {
+    let mut found = Vec::new();
+    for dl in session.dead_letter_streams() {
+        let entries = stream::latest(&mut session.conn, &dl, n).await?;
+        found.extend(entries.iter().map(|e| DeadLetter::from_entry(&dl, e)));
+    }
+    found.sort_by(|a, b| b.failed_at.cmp(&a.failed_at).then_with(|| b.id.cmp(&a.id)));
+    found.truncate(n);
+    Ok(found)
+}
+
 /// The dead-letter entry with id `id`, in whichever dead-letter stream holds it.
 pub async fn show(session: &mut Session, id: &str) -> anyhow::Result<DeadLetter> {
     for dl in session.dead_letter_streams() {

@@ -48,6 +48,8 @@ pub(crate) struct Reloader {
     pub reports: Option<mpsc::UnboundedSender<ReloadReport>>,
     /// The config in force, for the admin listener.
     pub current: Arc<ArcSwap<Config>>,
+    /// Every reload's result, for the dashboard.
+    pub log: Arc<super::ReloadLog>,
 }
 
 impl Reloader {
@@ -109,6 +111,7 @@ impl Reloader {
     }
 
     fn report(&self, report: ReloadReport) {
+        self.log.record(&report, crate::ops::time::now_ms());
         if let Some(tx) = &self.reports {
             let _ = tx.send(report);
         }
@@ -167,7 +170,7 @@ impl HostSettings {
             || self.listeners != listeners(c);
         if changed {
             warn!(
-                "[redis] and [host] changes (including admin and the ingress, its token and streams) take effect on restart; handlers were reloaded"
+                "[redis] and [host] changes (including admin, admin_token and the ingress, its token and streams) take effect on restart; handlers were reloaded"
             );
         }
     }
@@ -176,7 +179,7 @@ impl HostSettings {
 /// The admin and ingress settings of `c`, to notice a change.
 fn listeners(c: &Config) -> String {
     let ingress = c.ingress.as_ref().map(|i| (i.addr, i.token.clone(), i.streams.clone()));
-    format!("{:?} {:?}", c.admin, ingress)
+    format!("{:?} {:?} {:?}", c.admin, c.admin_token, ingress)
 }
 
 /// Makes `fleet`'s consumers match `new`, handler by handler; each

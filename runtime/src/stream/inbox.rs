@@ -1,4 +1,4 @@
-//! Reading ranges of a stream, and copying entries into a handler's inbox
+//! Reading ranges of a stream (or its latest entries), and copying entries into a handler's inbox
 //! (`sluice dlq redrive`, `sluice replay`) or deleting them (`dlq purge`).
 
 use super::error::{Context, Error};
@@ -34,6 +34,20 @@ pub async fn range(conn: &mut impl ConnectionLike, stream: &str, start: &str, en
             return Ok(all);
         }
     }
+}
+
+/// The last `count` entries of `stream`, newest first.
+pub async fn latest(conn: &mut impl ConnectionLike, stream: &str, count: usize) -> Result<Vec<Entry>, Error> {
+    let value: redis::Value = redis::cmd("XREVRANGE")
+        .arg(stream)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(count)
+        .query_async(conn)
+        .await
+        .context(|| format!("XREVRANGE on stream {stream}"))?;
+    Ok(reply::entries(&value))
 }
 
 /// How long the marker of a cross-slot redrive lives: far longer than any

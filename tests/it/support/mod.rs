@@ -1,15 +1,17 @@
 //! Test support: a real redis-server per test, the plugins built once, a
 //! config written per test, and polling against a deadline; a TCP proxy for
-//! network faults, and the fault audit (`audit`) shared with
-//! `benches/faults.rs`.
+//! network faults, the fault audit (`audit`) shared with
+//! `benches/faults.rs`, and a headless browser for the dashboard.
 
 pub mod audit;
+mod browser;
 mod cluster;
 mod host;
 mod proxy;
 mod redis_server;
 mod tls;
 
+pub use browser::Browser;
 pub use cluster::Cluster;
 pub use host::{
     Fixture, Hosts, entries, field, finished, pending, read_pending, send, until_entries, until_finished,
