@@ -152,3 +152,17 @@ fn a_bad_order_by_names_its_line_and_says_what_it_takes() {
     assert!(err.starts_with("bad.toml:6:12: handlers.a.order_by:"), "{err}");
     assert!(err.contains("\"data.KEY\""), "{err}");
 }
+
+#[test]
+fn admin_token_needs_the_admin_listener_and_a_value() {
+    let err = error_of("admin_token = \"t\"\n");
+    assert!(err.starts_with("bad.toml:3:15: host.admin_token:") && err.contains("needs [host] admin"), "{err}");
+    let err = error_of("admin = \"127.0.0.1:9464\"\nadmin_token = \"\"\n");
+    assert!(err.contains("host.admin_token") && err.contains("is empty"), "{err}");
+    let text = format!(
+        "[host]\nplugins = \"{}\"\nadmin = \"127.0.0.1:9464\"\nadmin_token = \"$${{x}}\"\n",
+        plugins_dir().display()
+    );
+    let config = Config::parse(Path::new("ok.toml"), &text).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.admin_token.as_deref(), Some("${x}"));
+}
