@@ -24,6 +24,8 @@ const MAX_SOCKET_PATH: usize = 107;
 pub struct EmbeddedRedis {
     /// `redis+unix://` URL of the socket.
     pub url: String,
+    /// Its folder (`.sluice/`), holding the lock file.
+    state_dir: std::path::PathBuf,
     /// The server process, when this process started it (not when it found
     /// one already running, e.g. left by a killed host).
     child: Option<Child>,
@@ -44,6 +46,9 @@ impl EmbeddedRedis {
         let state_dir = state_dir.canonicalize()?;
         let socket = state_dir.join("redis.sock");
         let url = socket_url(&socket)?;
+        // Held while starting and joining, and while leaving: two processes
+        // never both start a server, and none stops it while another joins.
+        let _lock = lock(&state_dir).await?;
         let child = if ping(&url).await {
             None
         } else {
@@ -53,7 +58,7 @@ impl EmbeddedRedis {
         };
         let presence =
             announce(&url).await.with_context(|| format!("cannot connect to the embedded Redis at {url}"))?;
-        Ok(EmbeddedRedis { url, child, presence })
+        Ok(EmbeddedRedis { url, state_dir, child, presence })
     }
 
     /// Whether this process started the server.
@@ -67,6 +72,7 @@ impl EmbeddedRedis {
     /// `sluice publish` started keeps its Redis when the publish exits, and
     /// stops it when it stops.
     pub async fn stop(mut self) {
+        let Ok(_lock) = lock(&self.state_dir).await else { return };
         if others_present(&mut self.presence.0, self.presence.1).await {
             return;
         }
@@ -82,7 +88,8 @@ impl EmbeddedRedis {
             None => {
                 // Not our child: ask it to shut down (it fsyncs its AOF), and
                 // wait until it has, so a process starting next starts anew.
-                let _ = redis::cmd("SHUTDOWN").query_async::<()>(&mut self.presence.0).await;
+                let shutdown = redis::cmd("SHUTDOWN");
+                let _ = tokio::time::timeout(STOP_TIMEOUT, shutdown.query_async::<()>(&mut self.presence.0)).await;
                 let deadline = Instant::now() + STOP_TIMEOUT;
                 while Instant::now() < deadline && ping(&self.url).await {
                     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -90,6 +97,20 @@ impl EmbeddedRedis {
             }
         }
     }
+}
+
+/// An exclusive lock on `state_dir/redis.lock`, released when dropped.
+async fn lock(state_dir: &Path) -> anyhow::Result<std::fs::File> {
+    let path = state_dir.join("redis.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    tokio::task::spawn_blocking(move || file.lock().map(|()| file))
+        .await?
+        .with_context(|| format!("cannot lock {}", path.display()))
 }
 
 /// Waits until the server `child` started answers on `url`.
@@ -131,6 +152,9 @@ fn spawn(state_dir: &Path, socket: &Path) -> anyhow::Result<Child> {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(false)
+        // Its own process group: a Ctrl-C meant for the `sluice` that
+        // started it must not stop a server other processes use.
+        .process_group(0)
         .spawn()
         .context("cannot start redis-server for the embedded Redis: is it installed (apt-get install redis-server)? Or set [redis] url in the config")
 }
@@ -152,8 +176,8 @@ async fn announce(url: &str) -> anyhow::Result<(redis::aio::MultiplexedConnectio
 /// than `me`) is using the server; true when that cannot be told: better a
 /// server left running than one stopped under a host.
 async fn others_present(conn: &mut redis::aio::MultiplexedConnection, me: i64) -> bool {
-    let list: Result<String, _> = redis::cmd("CLIENT").arg("LIST").query_async(conn).await;
-    let Ok(list) = list else { return true };
+    let list = tokio::time::timeout(Duration::from_secs(2), redis::cmd("CLIENT").arg("LIST").query_async(conn)).await;
+    let Ok(Ok::<String, _>(list)) = list else { return true };
     list.lines().any(|line| {
         let mut fields = line.split(' ').filter_map(|f| f.split_once('='));
         let (mut id, mut name) = (None, None);
