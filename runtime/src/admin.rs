@@ -64,9 +64,8 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 /// `shutdown` is cancelled.
 pub async fn serve(listener: TcpListener, state: AdminState, shutdown: CancellationToken) {
     tokio::spawn(state.dashboard.history.clone().run(shutdown.clone()));
-    if let Ok(addr) = listener.local_addr() {
-        info!(%addr, "admin listener: the dashboard at http://{addr}/, /metrics /healthz /readyz");
-    }
+    let Ok(local) = listener.local_addr() else { return };
+    info!(addr = %local, "admin listener: the dashboard at http://{local}/, /metrics /healthz /readyz");
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -77,7 +76,7 @@ pub async fn serve(listener: TcpListener, state: AdminState, shutdown: Cancellat
         };
         let state = state.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| respond(state.clone(), req, peer));
+            let service = hyper::service::service_fn(move |req| respond(state.clone(), req, local, peer));
             let io = hyper_util::rt::TokioIo::new(stream);
             if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await {
                 debug!("admin connection: {e}");
@@ -89,9 +88,17 @@ pub async fn serve(listener: TcpListener, state: AdminState, shutdown: Cancellat
 async fn respond(
     state: AdminState,
     req: Request<Incoming>,
+    local: SocketAddr,
     peer: SocketAddr,
 ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
-    let authorization = req.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let host = req.headers().get(http::header::HOST).and_then(|v| v.to_str().ok());
+    if !crate::web::host_allowed(local, host) {
+        // A page whose domain was rebound to this loopback address.
+        let body = format!("this listener answers only loopback host names, not {:?}\n", host.unwrap_or(""));
+        let answer = Response::builder().status(StatusCode::MISDIRECTED_REQUEST).body(Full::new(body.into()));
+        return Ok(answer.expect("a valid response"));
+    }
+    let authorization = crate::web::bearer(req.headers());
     if let Some(answer) = state.dashboard.respond(req.method(), req.uri().path(), authorization, peer).await {
         return Ok(answer);
     }

@@ -156,25 +156,8 @@ fn route_of(path: &str) -> Option<(String, Route)> {
         "requests" => Route::Requests,
         _ => return None,
     };
-    let stream = percent_decode(stream)?;
+    let stream = crate::web::percent_decode(stream)?;
     (!stream.is_empty()).then_some((stream, route))
-}
-
-/// `%XX` escapes decoded (a stream name may hold `/` or `:`); `None` if
-/// malformed or not UTF-8.
-fn percent_decode(s: &str) -> Option<String> {
-    let mut out = Vec::with_capacity(s.len());
-    let mut bytes = s.bytes();
-    while let Some(b) = bytes.next() {
-        match b {
-            b'%' => {
-                let hex = [bytes.next()?, bytes.next()?];
-                out.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
-            }
-            b => out.push(b),
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 async fn handle(state: &IngressState, req: Request<Incoming>) -> Result<Answered, Answered> {
@@ -186,6 +169,12 @@ async fn handle(state: &IngressState, req: Request<Incoming>) -> Result<Answered
     };
     if req.method() != Method::POST {
         return Err(refuse(StatusCode::METHOD_NOT_ALLOWED, "only POST"));
+    }
+    let host = req.headers().get(http::header::HOST).and_then(|v| v.to_str().ok());
+    if !crate::web::host_allowed(state.settings.addr, host) {
+        // A web page whose domain was rebound to this loopback address.
+        let why = format!("this listener answers only loopback host names, not {:?}", host.unwrap_or(""));
+        return Err(refuse(StatusCode::MISDIRECTED_REQUEST, why));
     }
     authorize(&state.settings, &req)?;
     if let Some(why) = reserved(&state.config.load(), &stream) {
@@ -251,18 +240,11 @@ fn unavailable(e: anyhow::Error) -> Answered {
 /// Whether the request carries the Bearer token, when one is configured.
 fn authorize(settings: &IngressSettings, req: &Request<Incoming>) -> Result<(), Answered> {
     let Some(token) = &settings.token else { return Ok(()) };
-    let given =
-        req.headers().get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    match given {
-        Some(given) if same(given.as_bytes(), token.as_bytes()) => Ok(()),
+    match crate::web::bearer(req.headers()) {
+        Some(given) if crate::web::same(given.as_bytes(), token.as_bytes()) => Ok(()),
         Some(_) => Err(refuse(StatusCode::UNAUTHORIZED, "wrong Bearer token")),
         None => Err(refuse(StatusCode::UNAUTHORIZED, "send the ingress token: Authorization: Bearer <ingress_token>")),
     }
-}
-
-/// `a == b` in time that does not depend on where they differ.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// `?timeout_ms=N`, bounded; the default otherwise.

@@ -54,3 +54,4 @@ pub mod schema;
 pub mod stream;
 pub mod upkeep;
 pub mod wasm;
+pub mod web;

@@ -182,6 +182,11 @@ async fn the_dashboard_api_is_read_only_without_the_token_and_records_reloads() 
     assert_eq!(call(locked, "POST", "/api/handlers/shop/purge", wrong).await.0, 401);
     assert_eq!(call(locked, "GET", "/api/handlers/shop/purge", vec![]).await.0, 405);
     let right = || vec![("authorization", format!("Bearer {TOKEN}"))];
+    // A page whose domain was rebound to 127.0.0.1 reads nothing.
+    let rebound = vec![("host", "rebound.example".to_owned())];
+    assert_eq!(call(locked, "GET", "/api/dead-letters", rebound).await.0, 421);
+    let rebound = vec![("host", format!("localhost:{locked}"))];
+    assert_eq!(call(locked, "GET", "/api/reloads", rebound).await.0, 200);
     assert_eq!(call(locked, "POST", "/api/handlers/nobody/purge", right()).await.0, 404);
 
     // A dead letter, then a purge with the token.

@@ -52,6 +52,10 @@ async fn events_and_requests_go_through_and_every_bad_input_is_refused() {
     let headers = [("Authorization", auth.as_str()), ("X-Correlation-Id", "c-42"), ("traceparent", trace)];
     let (code, answer) = http(port, "POST", "/v1/streams/orders/events", &headers, body.to_string().as_bytes());
     assert_eq!(code, 201, "{answer}");
+    // A web page whose domain was rebound to 127.0.0.1 cannot post.
+    let rebound = [("Authorization", auth.as_str()), ("Host", "rebound.example")];
+    let (code, refused) = http(port, "POST", "/v1/streams/orders/events", &rebound, body.to_string().as_bytes());
+    assert_eq!(code, 421, "{refused}");
     let added = entries(&mut conn, "orders").await;
     assert_eq!(added.len(), 1);
     assert_eq!(answer["id"], added[0].id.as_str());

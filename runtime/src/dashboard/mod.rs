@@ -112,7 +112,7 @@ type Answer = Response<Full<Bytes>>;
 
 impl Dashboard {
     /// Answers `method path` if it is the dashboard's; `None` otherwise.
-    /// `authorization` is the request's header; `peer` who sent it.
+    /// `authorization` is the request's Bearer token; `peer` who sent it.
     pub async fn respond(
         &self,
         method: &Method,
@@ -138,6 +138,10 @@ impl Dashboard {
                 if !matches!(action, "redrive" | "purge") {
                     return None;
                 }
+                let Some(handler) = crate::web::percent_decode(handler) else {
+                    return Some(error(StatusCode::BAD_REQUEST, "malformed %-escape in the handler name"));
+                };
+                let handler = handler.as_str();
                 if method != Method::POST {
                     return Some(error(StatusCode::METHOD_NOT_ALLOWED, "use POST"));
                 }
@@ -202,8 +206,8 @@ impl Dashboard {
             warn!(%peer, handler, action, "dashboard action refused: actions are disabled ([host] admin_token is not set)");
             return error(StatusCode::FORBIDDEN, "actions are disabled: set [host] admin_token to enable them");
         };
-        let given = authorization.and_then(|a| a.strip_prefix("Bearer ")).unwrap_or("");
-        if !same(given.as_bytes(), token.as_bytes()) {
+        let given = authorization.unwrap_or("");
+        if !crate::web::same(given.as_bytes(), token.as_bytes()) {
             warn!(%peer, handler, action, "dashboard action refused: missing or wrong admin token");
             let mut answer = error(StatusCode::UNAUTHORIZED, "missing or wrong admin token (Authorization: Bearer …)");
             answer.headers_mut().insert("www-authenticate", http::HeaderValue::from_static("Bearer"));
@@ -242,11 +246,6 @@ impl Dashboard {
     }
 }
 
-/// Whether `a` equals `b`, in time that depends only on their lengths.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 fn asset(content_type: &'static str, body: &'static str) -> Answer {
     Response::builder()
         .header("content-type", content_type)
@@ -270,17 +269,4 @@ fn json_answer(status: StatusCode, value: &impl Serialize) -> Answer {
 
 fn error(status: StatusCode, message: &str) -> Answer {
     json_answer(status, &json!({ "error": message }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::same;
-
-    #[test]
-    fn tokens_compare_whole() {
-        assert!(same(b"s3cret", b"s3cret"));
-        assert!(!same(b"s3cret", b"s3cre"));
-        assert!(!same(b"s3cret", b"s3creT"));
-        assert!(!same(b"", b"x"));
-    }
 }
