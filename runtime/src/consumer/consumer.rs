@@ -230,15 +230,15 @@ impl Consumer {
         Ok(())
     }
 
-    /// After a delivery ran into its timeout, runs this handler's events one
-    /// at a time for a while: a handler whose events spin until their
-    /// deadline would otherwise hold every core, and every other handler
-    /// would stall behind it.
     /// Whether the handler is running one event at a time after a timeout.
     pub fn is_throttled(&self) -> bool {
         self.throttled.load(Ordering::Relaxed)
     }
 
+    /// After a delivery ran into its timeout, runs this handler's events one
+    /// at a time for a while: a handler whose events spin until their
+    /// deadline would otherwise hold every core, and every other handler
+    /// would stall behind it.
     pub(super) fn throttle(self: &Arc<Self>, timeout: Duration) {
         if self.throttled.swap(true, Ordering::SeqCst) {
             return;

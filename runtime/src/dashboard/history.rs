@@ -99,6 +99,8 @@ impl History {
     /// Takes one sample now.
     pub async fn sample(&self) {
         let config = self.config.load_full();
+        // The counters' time: Redis may take a while to answer.
+        let now = Instant::now();
         let totals = config.handlers.iter().map(|h| (h.name.clone(), metrics::totals(&h.name))).collect();
         let mut conn = self.conn.clone();
         let rows = match tokio::time::timeout(REDIS_WAIT, ops::status::rows(&mut conn, &config)).await {
@@ -113,7 +115,6 @@ impl History {
             }
         }
         let mut seen = self.seen.lock().expect("never poisoned");
-        let now = Instant::now();
         while seen.samples.front().is_some_and(|s| now.duration_since(s.at) > KEEP + STEP) {
             seen.samples.pop_front();
         }

@@ -71,7 +71,8 @@ pub struct HandlerView {
     pub name: String,
     /// Its plugin file.
     pub plugin: String,
-    /// The plugin version serving (first 12 hex digits of its SHA-256).
+    /// The plugin version serving (first 12 hex digits of its SHA-256);
+    /// none while the handler is not running here.
     pub version: Option<String>,
     /// The streams it reads, as configured.
     pub streams: Vec<String>,
@@ -154,7 +155,6 @@ impl Dashboard {
     pub fn handlers(&self) -> HandlersView {
         let config = self.config.load_full();
         let consumers = self.consumers.load_full();
-        let versions = self.reloads.versions();
         let (rows, redis_error) = self.history.rows();
         let handlers = config
             .handlers
@@ -173,7 +173,7 @@ impl Dashboard {
                 HandlerView {
                     name: h.name.clone(),
                     plugin: h.plugin.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
-                    version: versions.get(&h.name).cloned(),
+                    version: consumer.map(|c| c.binding().plugin.version.clone()),
                     streams: h.streams.clone(),
                     state,
                     recent: self.history.recent(&h.name),
@@ -224,7 +224,8 @@ impl Dashboard {
                 "redrive" => {
                     let moved = crate::ops::redrive::redrive(&mut session, &entries, Default::default()).await?;
                     let sent = moved.iter().filter(|m| m.inbox_id.is_some()).count();
-                    json!({ "action": "redrive", "handler": handler, "redriven": sent, "left": moved.len() - sent })
+                    let left = moved.iter().filter(|m| m.still_invalid.is_some()).count();
+                    json!({ "action": "redrive", "handler": handler, "redriven": sent, "left": left })
                 }
                 _ => {
                     let purged = crate::ops::dlq::purge(&mut session, &entries).await?;

@@ -50,13 +50,6 @@ impl ReloadLog {
     pub fn recent(&self) -> Vec<ReloadRecord> {
         self.records.lock().expect("never poisoned").iter().rev().cloned().collect()
     }
-
-    /// Each handler's plugin version serving now: those of the last start or
-    /// applied reload.
-    pub fn versions(&self) -> BTreeMap<String, String> {
-        let records = self.records.lock().expect("never poisoned");
-        records.iter().rev().find(|r| r.result != "rejected").map(|r| r.versions.clone()).unwrap_or_default()
-    }
 }
 
 #[cfg(test)]
@@ -64,20 +57,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keeps_the_last_reloads_and_the_versions_serving() {
+    fn keeps_the_last_reloads_newest_first() {
         let log = ReloadLog::default();
         let versions = |v: &str| BTreeMap::from([("h".to_owned(), v.to_owned())]);
         log.record(&ReloadReport::Started { versions: versions("a") }, 1);
         log.record(&ReloadReport::Applied { versions: versions("b") }, 2);
         log.record(&ReloadReport::Rejected { error: "bad".into() }, 3);
-        assert_eq!(log.versions(), versions("b"), "a rejected reload changes nothing");
         let recent = log.recent();
         assert_eq!(recent.iter().map(|r| r.result).collect::<Vec<_>>(), ["rejected", "applied", "started"]);
         assert_eq!(recent[0].error.as_deref(), Some("bad"));
+        assert_eq!((recent[0].versions.len(), &recent[1].versions), (0, &versions("b")));
         for i in 0..KEPT as u64 {
             log.record(&ReloadReport::Rejected { error: "again".into() }, 10 + i);
         }
         assert_eq!(log.recent().len(), KEPT);
-        assert_eq!(log.versions(), BTreeMap::new(), "older than what is kept");
+        assert!(log.recent().iter().all(|r| r.result == "rejected"), "the oldest went first");
     }
 }

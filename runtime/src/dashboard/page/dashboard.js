@@ -162,7 +162,11 @@ function drawReloads(list) {
   document.querySelector('#reloads tbody').replaceChildren(...rows);
 }
 
+let refreshing = false;
+
 async function refresh() {
+  if (refreshing) return; // the last one has not finished: skip this turn
+  refreshing = true;
   const started = performance.now();
   try {
     // Each part is drawn as soon as its data is here, the handlers first.
@@ -183,6 +187,8 @@ async function refresh() {
     document.body.dataset.refreshMs = String(Math.round(performance.now() - started));
   } catch (e) {
     document.getElementById('status').textContent = `cannot reach the host: ${e.message}`;
+  } finally {
+    refreshing = false;
   }
 }
 
@@ -198,10 +204,17 @@ async function act(handler, action) {
     document.getElementById('token-input').focus();
     return;
   }
-  const r = await fetch(`/api/handlers/${encodeURIComponent(handler)}/${action}`, {
-    method: 'POST',
-    headers: { Authorization: `Bearer ${token}` },
-  });
+  if (action === 'purge' && !window.confirm(`Delete every dead letter of ${handler}? They cannot be redriven after.`)) return;
+  let r;
+  try {
+    r = await fetch(`/api/handlers/${encodeURIComponent(handler)}/${action}`, {
+      method: 'POST',
+      headers: { Authorization: `Bearer ${token}` },
+    });
+  } catch (e) {
+    notice(`${action} of ${handler}: cannot reach the host (${e.message})`, true);
+    return;
+  }
   const body = await r.json().catch(() => ({}));
   if (r.status === 401) {
     sessionStorage.removeItem(TOKEN_KEY);
