@@ -72,8 +72,9 @@ pub struct Recent {
 pub struct Sparklines {
     /// Seconds per point.
     pub step_s: u64,
-    /// Events handled per second (ok, retried and dead-lettered).
-    pub events_per_s: Vec<f64>,
+    /// Events handled per second (ok, retried and dead-lettered); none
+    /// before the host had samples for the step.
+    pub events_per_s: Vec<Option<f64>>,
     /// Lag at the end of each step; none where Redis did not answer.
     pub lag: Vec<Option<u64>>,
 }
@@ -170,19 +171,23 @@ impl History {
         let Some(last) = seen.samples.back() else { return lines };
         let points = (KEEP.as_secs() / STEP.as_secs()) as usize;
         // Point i ends at last.at - (points - 1 - i) * STEP.
+        let at_or_before = |t: Instant| seen.samples.iter().rev().find(|s| s.at <= t);
+        let handled = |x: &Sample| x.totals.get(handler).map_or(0, |t| t.ok + t.retries + t.dead_letters);
         for i in 0..points {
+            // A gap (none) where the host has no samples yet: every line
+            // spans the same 15 minutes.
             let back = STEP * (points - 1 - i) as u32;
-            let Some(end) = last.at.checked_sub(back) else { continue };
-            let start = end.checked_sub(STEP);
-            let at_or_before = |t: Instant| seen.samples.iter().rev().find(|s| s.at <= t);
-            let (Some(e), Some(s)) = (at_or_before(end), start.and_then(at_or_before)) else { continue };
-            if e.at <= s.at {
-                continue;
-            }
-            let handled = |x: &Sample| x.totals.get(handler).map_or(0, |t| t.ok + t.retries + t.dead_letters);
-            let secs = e.at.duration_since(s.at).as_secs_f64();
-            lines.events_per_s.push(handled(e).saturating_sub(handled(s)) as f64 / secs);
-            lines.lag.push(e.lag.get(handler).copied());
+            let end = last.at.checked_sub(back).and_then(at_or_before);
+            let start = last.at.checked_sub(back + STEP).and_then(at_or_before);
+            let (rate, lag) = match (end, start) {
+                (Some(e), Some(s)) if e.at > s.at => {
+                    let secs = e.at.duration_since(s.at).as_secs_f64();
+                    (Some(handled(e).saturating_sub(handled(s)) as f64 / secs), e.lag.get(handler).copied())
+                }
+                _ => (None, None),
+            };
+            lines.events_per_s.push(rate);
+            lines.lag.push(lag);
         }
         lines
     }

@@ -40,6 +40,8 @@ use tracing::{info, warn};
 
 /// Dead letters the dashboard shows.
 pub const DEAD_LETTERS_SHOWN: usize = 50;
+/// How long reading them may take.
+const REDIS_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 const PAGE: &str = include_str!("page/index.html");
 const SCRIPT: &str = include_str!("page/dashboard.js");
@@ -192,7 +194,10 @@ impl Dashboard {
     /// The last [`DEAD_LETTERS_SHOWN`] dead letters, newest first.
     pub async fn dead_letters(&self) -> anyhow::Result<Vec<DeadLetter>> {
         let mut session = self.session();
-        crate::ops::dlq::latest(&mut session, DEAD_LETTERS_SHOWN).await
+        let latest = crate::ops::dlq::latest(&mut session, DEAD_LETTERS_SHOWN);
+        tokio::time::timeout(REDIS_WAIT, latest)
+            .await
+            .map_err(|_| anyhow::anyhow!("Redis did not answer within {} ms", REDIS_WAIT.as_millis()))?
     }
 
     fn session(&self) -> Session {
