@@ -124,13 +124,7 @@ async fn respond(
 
 /// Every handler's rows from Redis, or why not.
 async fn sample(state: &AdminState) -> Result<Vec<ops::status::Row>, String> {
-    let config = state.config.load_full();
-    let mut conn = state.conn.clone();
-    match tokio::time::timeout(REDIS_WAIT, ops::status::rows(&mut conn, &config)).await {
-        Ok(Ok(rows)) => Ok(rows),
-        Ok(Err(e)) => Err(format!("Redis: {e}")),
-        Err(_) => Err(format!("Redis did not answer within {} ms", REDIS_WAIT.as_millis())),
-    }
+    ops::status::rows_within(&mut state.conn.clone(), &state.config.load_full(), REDIS_WAIT).await
 }
 
 /// Ready when Redis answers and every handler consumes every stream.

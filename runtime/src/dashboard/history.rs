@@ -103,12 +103,7 @@ impl History {
         // The counters' time: Redis may take a while to answer.
         let now = Instant::now();
         let totals = config.handlers.iter().map(|h| (h.name.clone(), metrics::totals(&h.name))).collect();
-        let mut conn = self.conn.clone();
-        let rows = match tokio::time::timeout(REDIS_WAIT, ops::status::rows(&mut conn, &config)).await {
-            Ok(Ok(rows)) => Ok(rows),
-            Ok(Err(e)) => Err(format!("Redis: {e}")),
-            Err(_) => Err(format!("Redis did not answer within {} ms", REDIS_WAIT.as_millis())),
-        };
+        let rows = ops::status::rows_within(&mut self.conn.clone(), &config, REDIS_WAIT).await;
         let mut lag = BTreeMap::new();
         if let Ok(rows) = &rows {
             for r in rows {

@@ -100,6 +100,20 @@ pub async fn rows(conn: &mut impl ConnectionLike, config: &Config) -> Result<Vec
     Ok(rows)
 }
 
+/// [`rows`], or why not, within `wait`: what the admin listener's scrapes,
+/// readiness checks and dashboard samples read.
+pub async fn rows_within(
+    conn: &mut impl ConnectionLike,
+    config: &Config,
+    wait: std::time::Duration,
+) -> Result<Vec<Row>, String> {
+    match tokio::time::timeout(wait, rows(conn, config)).await {
+        Ok(Ok(rows)) => Ok(rows),
+        Ok(Err(e)) => Err(format!("Redis: {e}")),
+        Err(_) => Err(format!("Redis did not answer within {} ms", wait.as_millis())),
+    }
+}
+
 /// The rows as a table; what is falling behind is marked. `LENGTH` is the
 /// stream's, with its `[streams]` bound after the slash (`-`: none).
 pub fn table(rows: &[Row]) -> String {
