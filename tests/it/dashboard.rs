@@ -153,8 +153,7 @@ async fn call(
 ) -> (u16, Value) {
     tokio::task::spawn_blocking(move || {
         let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let (code, body) = http_request(port, method, path, &headers, b"");
-        (code, serde_json::from_str(&body).unwrap_or(Value::Null))
+        http_json(port, method, path, &headers, b"")
     })
     .await
     .unwrap()

@@ -20,8 +20,7 @@ fn request(fx: &Fixture, stream: &str, event_type: &str, data: Value) -> Value {
 
 /// One POST to the ingress on `port`; (status, JSON body).
 fn post(port: u16, path: &str, body: Value) -> (u16, Value) {
-    let (code, body) = http_request(port, "POST", path, &[], body.to_string().as_bytes());
-    (code, serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}")))
+    http_json(port, "POST", path, &[], body.to_string().as_bytes())
 }
 
 /// The API gateway (LeanMQ's pattern): orders.create and orders.status

@@ -10,13 +10,8 @@ use serde_json::{Value, json};
 const TOKEN: &str = "s3cret-token";
 
 /// One HTTP/1.1 request to the ingress; (status, JSON body or text).
-fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, Value) {
-    let (code, body) = http_request(port, method, path, headers, body);
-    (code, serde_json::from_str(&body).unwrap_or(Value::String(body)))
-}
-
 fn post(port: u16, path: &str, body: Value) -> (u16, Value) {
-    http(port, "POST", path, &[("Authorization", &format!("Bearer {TOKEN}"))], body.to_string().as_bytes())
+    http_json(port, "POST", path, &[("Authorization", &format!("Bearer {TOKEN}"))], body.to_string().as_bytes())
 }
 
 /// A host with the ingress (token set) writing `orders` and `users.*`,
@@ -50,11 +45,11 @@ async fn events_and_requests_go_through_and_every_bad_input_is_refused() {
     let trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let auth = format!("Bearer {TOKEN}");
     let headers = [("Authorization", auth.as_str()), ("X-Correlation-Id", "c-42"), ("traceparent", trace)];
-    let (code, answer) = http(port, "POST", "/v1/streams/orders/events", &headers, body.to_string().as_bytes());
+    let (code, answer) = http_json(port, "POST", "/v1/streams/orders/events", &headers, body.to_string().as_bytes());
     assert_eq!(code, 201, "{answer}");
     // A web page whose domain was rebound to 127.0.0.1 cannot post.
     let rebound = [("Authorization", auth.as_str()), ("Host", "rebound.example")];
-    let (code, refused) = http(port, "POST", "/v1/streams/orders/events", &rebound, body.to_string().as_bytes());
+    let (code, refused) = http_json(port, "POST", "/v1/streams/orders/events", &rebound, body.to_string().as_bytes());
     assert_eq!(code, 421, "{refused}");
     let added = entries(&mut conn, "orders").await;
     assert_eq!(added.len(), 1);
@@ -80,10 +75,18 @@ async fn events_and_requests_go_through_and_every_bad_input_is_refused() {
 
     // Refusals, each naming what is wrong; nothing more is written.
     let refused = [
-        (http(port, "POST", "/v1/streams/orders/events", &[("Authorization", &auth)], b"{not json"), 400, "not JSON"),
+        (
+            http_json(port, "POST", "/v1/streams/orders/events", &[("Authorization", &auth)], b"{not json"),
+            400,
+            "not JSON",
+        ),
         (post(port, "/v1/streams/orders/events", json!({"data": {}})), 400, "\"type\""),
-        (http(port, "POST", "/v1/streams/orders/events", &[], b"{}"), 401, "Bearer"),
-        (http(port, "POST", "/v1/streams/orders/events", &[("Authorization", "Bearer nope")], b"{}"), 401, "wrong"),
+        (http_json(port, "POST", "/v1/streams/orders/events", &[], b"{}"), 401, "Bearer"),
+        (
+            http_json(port, "POST", "/v1/streams/orders/events", &[("Authorization", "Bearer nope")], b"{}"),
+            401,
+            "wrong",
+        ),
         (post(port, "/v1/streams/payments/events", json!({"type": "t"})), 403, "ingress_streams"),
         // Matched by users.*, but a dead-letter stream, or Sluice's own.
         (post(port, "/v1/streams/users.created:dlq/events", json!({"type": "t"})), 403, "dead-letter"),
@@ -94,7 +97,7 @@ async fn events_and_requests_go_through_and_every_bad_input_is_refused() {
             "Sluice sets it",
         ),
         (post(port, "/v1/other", json!({})), 404, "not found"),
-        (http(port, "GET", "/v1/streams/orders/events", &[("Authorization", &auth)], b""), 405, "POST"),
+        (http_json(port, "GET", "/v1/streams/orders/events", &[("Authorization", &auth)], b""), 405, "POST"),
         (post(port, "/v1/streams/orders/events", json!({"type": "t", "data": "x".repeat(2 << 20)})), 413, "bytes"),
         (
             post(port, "/v1/streams/orders/events", json!({"type": "order.created", "data": {"order_id": ""}})),

@@ -91,6 +91,19 @@ pub fn http_request(port: u16, method: &str, path: &str, headers: &[(&str, &str)
     (code, body.to_owned())
 }
 
+/// [`http_request`] with its body parsed as JSON (a JSON string of the
+/// body when it is not JSON).
+pub fn http_json(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, serde_json::Value) {
+    let (code, body) = http_request(port, method, path, headers, body);
+    (code, serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body)))
+}
+
 /// Sends the host's log to the test's captured output (shown when it fails).
 pub fn log_to_test_output() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
