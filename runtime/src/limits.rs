@@ -109,6 +109,11 @@ pub const MAX_TABLE_ELEMENTS: usize = 100_000;
 /// is replaced.
 pub const REUSE_MAX_DELIVERIES: u32 = 1_000;
 
+/// A demoted handler's delivery (on the idle lane, its `timeout_ms` counted
+/// in CPU time) is given up after this many times its `timeout_ms` of wall
+/// time, however little CPU it got.
+pub const IDLE_LANE_PATIENCE: u32 = 10;
+
 /// Component instances the pooling allocator keeps room for: every event
 /// that may be in flight at once.
 pub const POOL_INSTANCES: u32 = MAX_TOTAL_CONCURRENCY as u32;

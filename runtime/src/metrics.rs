@@ -69,6 +69,7 @@ struct Metrics {
     already_finished: Family<ByHandler, Counter>,
     ownership_lost: Family<ByHandler, Counter>,
     claim_failures: Family<ByHandler, Counter>,
+    demoted: Family<ByHandler, Gauge>,
     reloads: Family<ByResult, Counter>,
     trimmed: Family<ByStreamOnly, Counter>,
     stream_length: Family<ByStreamOnly, Gauge>,
@@ -99,6 +100,7 @@ impl Metrics {
             already_finished: Family::default(),
             ownership_lost: Family::default(),
             claim_failures: Family::default(),
+            demoted: Family::default(),
             reloads: Family::default(),
             trimmed: Family::default(),
             stream_length: Family::default(),
@@ -125,6 +127,7 @@ impl Metrics {
         r.register("commits_already_finished", "Commits that found their entry finished by another consumer (it was taken over); nothing was written", self.already_finished.clone());
         r.register("ownership_lost", "Deliveries whose entry another consumer took over meanwhile (this host was presumed dead); their output was not written", self.ownership_lost.clone());
         r.register("claim_failures", "Failed scans for entries abandoned by other consumers (XAUTOCLAIM)", self.claim_failures.clone());
+        r.register("handler_demoted", "1 while the handler runs at idle priority because its deliveries ran out of time", self.demoted.clone());
         r.register("reloads", "Reloads of config and plugins, by result (applied, rejected)", self.reloads.clone());
         r.register("trimmed", "Entries removed from a stream to keep it within its bound", self.trimmed.clone());
         r.register("stream_length", "Entries in a bounded stream, after its last trim", self.stream_length.clone());
@@ -229,6 +232,7 @@ pub struct HandlerMetrics {
     already_finished: Counter,
     ownership_lost: Counter,
     claim_failures: Counter,
+    demoted: Gauge,
     duration: Histogram,
     latency: Arc<Latency>,
 }
@@ -247,6 +251,7 @@ impl HandlerMetrics {
             already_finished: m.already_finished.get_or_create(&by).clone(),
             ownership_lost: m.ownership_lost.get_or_create(&by).clone(),
             claim_failures: m.claim_failures.get_or_create(&by).clone(),
+            demoted: m.demoted.get_or_create(&by).clone(),
             duration: m.duration.get_or_create(&by).clone(),
             latency: latency_of(handler),
         }
@@ -286,6 +291,11 @@ impl HandlerMetrics {
     /// Counts a failed scan for abandoned entries.
     pub fn claim_failed(&self) {
         self.claim_failures.inc();
+    }
+
+    /// Marks the handler demoted (or not) to idle priority.
+    pub fn set_demoted(&self, demoted: bool) {
+        self.demoted.set(i64::from(demoted));
     }
 }
 

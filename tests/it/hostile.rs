@@ -107,26 +107,59 @@ async fn every_attack_is_contained_and_the_neighbour_keeps_working() {
     tokio::time::timeout(Duration::from_secs(10), host.stop()).await.expect("clean shutdown");
 }
 
+/// `sluice_handler_demoted` for `handler`, from the admin listener on `port`.
+fn demoted(port: u16, handler: &str) -> Option<f64> {
+    let series = format!("sluice_handler_demoted{{handler=\"{handler}\"}} ");
+    http_get(port, "/metrics").1.lines().find_map(|l| l.strip_prefix(series.as_str())?.parse().ok())
+}
+
+/// The dead-letter reason of the `n`th (1-based) entry dead-lettered from `stream`.
+async fn nth_reason(conn: &redis::aio::MultiplexedConnection, stream: &str, n: usize) -> String {
+    let dead = until_entries(conn, &format!("{stream}:dlq"), n).await;
+    field(&dead[n - 1], "sluice.error")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_handler_that_runs_out_of_time_is_throttled_to_one_event_at_a_time() {
+async fn a_handler_that_runs_out_of_time_is_demoted_to_idle_priority_until_it_behaves() {
     let redis = RedisServer::start();
-    let spinner = "[handlers.spin]\nplugin = \"behave.wasm\"\nstreams = [\"spin\"]\ntimeout_ms = 150\nmax_attempts = 1\nconcurrency = 4\n";
-    let fx = Fixture::new(&redis, "", spinner);
+    let port = free_port();
+    let sulker = "[handlers.sulker]\nplugin = \"behave.wasm\"\nstreams = [\"sulk\"]\ntimeout_ms = 150\nmax_attempts = 1\nconcurrency = 4\n";
+    let fx = Fixture::new(&redis, &format!("admin = \"127.0.0.1:{port}\""), sulker);
     let host = fx.start();
     let mut conn = redis.conn().await;
-    for _ in 0..12 {
-        send(&mut conn, "spin", "t", json!({"action": "loop"})).await;
+    let listening = || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+    eventually(SOON, "the admin listener", || async move { listening().then_some(()) }).await;
+    eventually(SOON, "the handler's metrics", || async { demoted(port, "sulker").map(|_| ()) }).await;
+    assert_eq!(demoted(port, "sulker"), Some(0.0));
+
+    // A spin to the deadline, at normal priority: wall time.
+    send(&mut conn, "sulk", "t", json!({"action": "loop"})).await;
+    assert_eq!(nth_reason(&conn, "sulk", 1).await, "timeout after 150 ms (gave up after 1 attempts)");
+    eventually(SOON, "the handler demoted", || async { (demoted(port, "sulker") == Some(1.0)).then_some(()) }).await;
+
+    // Demoted: the next spin runs on the idle lane, its time counted in CPU time.
+    send(&mut conn, "sulk", "t", json!({"action": "loop"})).await;
+    let reason = nth_reason(&conn, "sulk", 2).await;
+    assert!(reason.starts_with("timeout after 150 ms of CPU time (at idle priority"), "{reason}");
+
+    // Its events are still handled; enough of them in time in a row promote it.
+    for _ in 0..sluice::consumer::PROMOTE_AFTER - 1 {
+        send(&mut conn, "sulk", "t", json!({"action": "ok"})).await;
     }
-    // The first wave runs 4 at once and times out...
-    until_entries(&conn, "spin:dlq", 4).await;
-    // ...after which at most one more read can slip in ahead of the throttle.
-    let mut most = 0;
-    while finished(&mut conn, "spin", "spin").await < 12 {
-        most = most.max(pending(&mut conn, "spin", "spin").await);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until_finished(&conn, "sulk", "sulker", 21).await;
+    assert_eq!(
+        demoted(port, "sulker"),
+        Some(1.0),
+        "promoted before {} deliveries in time",
+        sluice::consumer::PROMOTE_AFTER
+    );
+    send(&mut conn, "sulk", "t", json!({"action": "ok"})).await;
+    eventually(SOON, "the handler promoted", || async { (demoted(port, "sulker") == Some(0.0)).then_some(()) }).await;
+
+    // Back at normal priority: wall time again.
+    send(&mut conn, "sulk", "t", json!({"action": "loop"})).await;
+    assert_eq!(nth_reason(&conn, "sulk", 3).await, "timeout after 150 ms (gave up after 1 attempts)");
     host.stop().await;
-    assert!(most <= 2, "up to {most} events of a throttled handler were in flight");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

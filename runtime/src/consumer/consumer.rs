@@ -2,6 +2,7 @@
 //! shutdown, drain), live updates from reloads, and throttling.
 
 use super::Binding;
+use super::demotion::Demotion;
 use crate::config::Handler;
 use crate::metrics::HandlerMetrics;
 use crate::stream::{self, Committer, Redis};
@@ -17,11 +18,6 @@ use tracing::{Instrument, debug, error_span, warn};
 
 /// Pause after a Redis error before trying again.
 pub(super) const ERROR_PAUSE: Duration = Duration::from_millis(500);
-/// After a timeout, a handler runs one event at a time for this many of its
-/// timeouts (within the bounds below).
-const THROTTLE_TIMEOUTS: u32 = 10;
-const THROTTLE_MIN: Duration = Duration::from_secs(1);
-const THROTTLE_MAX: Duration = Duration::from_secs(60);
 
 /// Everything one handler's tasks share.
 pub struct Consumer {
@@ -44,8 +40,9 @@ pub struct Consumer {
     pub(super) permits: Arc<Semaphore>,
     /// The number of permits `permits` is meant to have now.
     pub(super) concurrency: AtomicUsize,
-    /// Whether the handler is running one event at a time after a timeout.
-    pub(super) throttled: AtomicBool,
+    /// Whether the handler runs at idle priority after its deliveries ran
+    /// out of time.
+    pub(super) demotion: Demotion,
     /// The handler's counters.
     pub(super) metrics: HandlerMetrics,
     /// Deliveries and retry timers, waited for on shutdown.
@@ -96,7 +93,7 @@ impl Consumer {
             claim_idle,
             permits: Arc::new(Semaphore::new(concurrency)),
             concurrency: AtomicUsize::new(concurrency),
-            throttled: AtomicBool::new(false),
+            demotion: Demotion::default(),
             tasks: TaskTracker::new(),
             held: Default::default(),
             orphans: AtomicBool::new(false),
@@ -144,6 +141,9 @@ impl Consumer {
                     p.forget();
                 }
             });
+        }
+        if binding.plugin.digest != self.binding.load().plugin.digest {
+            self.promote_new_version();
         }
         self.binding.store(Arc::new(binding.with_kv(self.redis.conn.clone())));
     }
@@ -228,35 +228,5 @@ impl Consumer {
             stream::ensure_group(&mut conn, s, &self.group).await?;
         }
         Ok(())
-    }
-
-    /// Whether the handler is running one event at a time after a timeout.
-    pub fn is_throttled(&self) -> bool {
-        self.throttled.load(Ordering::Relaxed)
-    }
-
-    /// After a delivery ran into its timeout, runs this handler's events one
-    /// at a time for a while: a handler whose events spin until their
-    /// deadline would otherwise hold every core, and every other handler
-    /// would stall behind it.
-    pub(super) fn throttle(self: &Arc<Self>, timeout: Duration) {
-        if self.throttled.swap(true, Ordering::SeqCst) {
-            return;
-        }
-        // Below half of claim_idle, so events waiting out the cooldown are
-        // not taken for abandoned.
-        let cooldown = (timeout * THROTTLE_TIMEOUTS).clamp(THROTTLE_MIN, THROTTLE_MAX).min(self.claim_idle / 2);
-        let hold = self.concurrency.load(Ordering::SeqCst).saturating_sub(1) as u32;
-        warn!("a delivery ran out of time: handling one event at a time for {} ms", cooldown.as_millis());
-        let me = self.clone();
-        self.tasks.spawn(async move {
-            // The semaphore is fair: this waits for in-flight events, ahead
-            // of new ones.
-            if let (true, Ok(held)) = (hold > 0, me.permits.clone().acquire_many_owned(hold).await) {
-                me.pause(cooldown).await;
-                drop(held);
-            }
-            me.throttled.store(false, Ordering::SeqCst);
-        });
     }
 }

@@ -22,7 +22,7 @@ impl Consumer {
     /// on the wasm executor, tracked for shutdown.
     pub(super) fn start_delivery(self: &Arc<Self>, d: Delivery, permit: OwnedSemaphorePermit) {
         let executor = self.binding.load().plugin.executor().clone();
-        executor.spawn(self.tasks.track_future(self.clone().deliver(d, permit)));
+        executor.spawn(self.demotion.lane(), self.tasks.track_future(self.clone().deliver(d, permit)));
     }
 
     /// Those of `found` not handled here already, now marked as handled here
@@ -103,15 +103,13 @@ impl Consumer {
         .await
     }
 
-    /// Runs the plugin on `event`, timed; throttles the handler if it ran
-    /// out of time.
+    /// Runs the plugin on `event`, timed; demotes the handler if it ran out
+    /// of time (or promotes it once it behaves again).
     async fn run_plugin(self: &Arc<Self>, b: &Binding, event: Event) -> Outcome {
         let started = Instant::now();
         let outcome = b.plugin.invoke(&b.sandbox, event).await;
         self.metrics.took(started.elapsed());
-        if matches!(outcome, Outcome::Crash { timed_out: true, .. }) {
-            self.throttle(b.handler.limits.timeout);
-        }
+        self.record_timing(matches!(outcome, Outcome::Crash { timed_out: true, .. }));
         outcome
     }
 

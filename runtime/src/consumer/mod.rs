@@ -11,14 +11,17 @@
 //! in (reads, claims, recovery) in `intake.rs`; running a delivery and
 //! finishing it (commit, retry, dead-letter) in `finish.rs`; the same
 //! intake through key queues, for a handler with `order_by`, in
-//! `ordered.rs`; [`Binding`] in `binding.rs`.
+//! `ordered.rs`; demotion to idle priority after timeouts in `demotion.rs`;
+//! [`Binding`] in `binding.rs`.
 
 mod binding;
 #[allow(clippy::module_inception)]
 mod consumer;
+mod demotion;
 mod finish;
 mod intake;
 mod ordered;
 
 pub use binding::Binding;
 pub use consumer::Consumer;
+pub use demotion::PROMOTE_AFTER;

@@ -78,8 +78,8 @@ pub struct HandlerView {
     pub version: Option<String>,
     /// The streams it reads, as configured.
     pub streams: Vec<String>,
-    /// `consuming`, `behind`, `throttled` (one event at a time after a
-    /// timeout) or `stopped`.
+    /// `consuming`, `behind`, `demoted` (at idle priority after its
+    /// deliveries ran out of time) or `stopped`.
     pub state: &'static str,
     /// Rates and latency over the last minute.
     pub recent: Recent,
@@ -167,7 +167,7 @@ impl Dashboard {
                 let state = match consumer {
                     None => "stopped",
                     Some(_) if rows.iter().any(|r| !r.consuming) => "stopped",
-                    Some(c) if c.is_throttled() => "throttled",
+                    Some(c) if c.is_demoted() => "demoted",
                     Some(_) if rows.iter().any(|r| r.behind) => "behind",
                     Some(_) => "consuming",
                 };

@@ -1,16 +1,20 @@
 //! Running one delivery: a fresh `Store` and instance from the plugin's
 //! `InstancePre` (or a reused one, see [`super::reuse`]), under an epoch
-//! deadline and a memory cap.
+//! deadline and a memory cap. On the idle lane (a demoted handler) the
+//! deadline is in CPU time; see [`super::deadline`].
 
 use super::bindings::{Event, Failure};
+use super::deadline::{CpuMeter, Deadline};
 use super::effects::Effects;
 use super::engine::EPOCH_TICK;
+use super::executor::{Executor, Lane};
 use super::plugin::Plugin;
 use super::reuse::{InstancePool, Warm};
 use super::state::{EventState, Sandbox};
+use crate::limits::IDLE_LANE_PATIENCE;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tracing::Instrument;
 use wasmtime::{Store, UpdateDeadline};
 
@@ -73,35 +77,46 @@ impl Plugin {
 
     /// Runs `handle(event)` once under `sandbox`, in the current task: in a
     /// fresh instance, or in a reused one when the sandbox keeps a pool
-    /// (`isolation = "reuse"`).
+    /// (`isolation = "reuse"`). On the idle lane, `timeout_ms` counts the
+    /// CPU time the delivery uses, and it is given up after
+    /// [`IDLE_LANE_PATIENCE`] times that in wall time.
     pub async fn invoke_in_place(&self, sandbox: &Sandbox, event: &Event) -> Outcome {
+        if Executor::current_lane() == Some(Lane::Idle) {
+            let meter = Arc::new(CpuMeter::default());
+            let clock = Clock { meter: Some(meter.clone()), wall: sandbox.timeout * IDLE_LANE_PATIENCE };
+            return meter.run(self.invoke_clocked(sandbox, event, &clock)).await;
+        }
+        self.invoke_clocked(sandbox, event, &Clock { meter: None, wall: sandbox.timeout }).await
+    }
+
+    async fn invoke_clocked(&self, sandbox: &Sandbox, event: &Event, clock: &Clock) -> Outcome {
         match &sandbox.pool {
             None => {
-                let mut store = self.new_store(sandbox);
+                let mut store = self.new_store(sandbox, clock.deadline(sandbox));
                 store.data_mut().reply_to = reply_to(event);
                 let result = async {
                     let instance = self.pre.instantiate_async(&mut store).await?;
                     instance.sluice_plugin_handler().call_handle(&mut store, event).await
                 };
-                let result = with_backstop(sandbox.timeout, result).await;
+                let result = with_backstop(clock.wall, result).await;
                 outcome(store.data_mut(), sandbox, result)
             }
-            Some(pool) => self.invoke_reused(pool, sandbox, event).await,
+            Some(pool) => self.invoke_reused(pool, sandbox, event, clock).await,
         }
     }
 
     /// Runs `handle(event)` in an idle instance from `pool` (or a new one),
     /// and returns the instance to the pool if the call ended normally.
-    async fn invoke_reused(&self, pool: &InstancePool, sandbox: &Sandbox, event: &Event) -> Outcome {
+    async fn invoke_reused(&self, pool: &InstancePool, sandbox: &Sandbox, event: &Event, clock: &Clock) -> Outcome {
         let mut warm = match pool.take(&self.digest) {
             Some(mut warm) => {
-                warm.store.data_mut().next_delivery(sandbox);
+                warm.store.data_mut().next_delivery(clock.deadline(sandbox));
                 arm(&mut warm.store, sandbox);
                 warm
             }
             None => {
-                let mut store = self.new_store(sandbox);
-                match with_backstop(sandbox.timeout, self.pre.instantiate_async(&mut store)).await {
+                let mut store = self.new_store(sandbox, clock.deadline(sandbox));
+                match with_backstop(clock.wall, self.pre.instantiate_async(&mut store)).await {
                     Ok(instance) => Warm { store, instance, digest: self.digest.clone(), served: 0 },
                     Err(err) => return outcome(store.data_mut(), sandbox, Err(err)),
                 }
@@ -109,7 +124,7 @@ impl Plugin {
         };
         warm.store.data_mut().reply_to = reply_to(event);
         let call = warm.instance.sluice_plugin_handler().call_handle(&mut warm.store, event);
-        let result = with_backstop(sandbox.timeout, call).await;
+        let result = with_backstop(clock.wall, call).await;
         warm.served += 1;
         // A trap, a deadline or a refused allocation may leave the guest's
         // state broken: only an instance that returned normally is kept.
@@ -121,20 +136,30 @@ impl Plugin {
         outcome
     }
 
-    fn new_store(&self, sandbox: &Sandbox) -> Store<EventState> {
-        let mut store = Store::new(self.pre.engine(), EventState::new(sandbox));
+    fn new_store(&self, sandbox: &Sandbox, deadline: Deadline) -> Store<EventState> {
+        let mut store = Store::new(self.pre.engine(), EventState::new(sandbox, deadline));
         store.limiter(|s| s);
         arm(&mut store, sandbox);
         // Yield to the executor at every tick so a busy handler never holds a
         // worker thread, and stop it once its delivery's time is up.
         store.epoch_deadline_callback(|ctx| {
-            if Instant::now() >= ctx.data().deadline {
-                Err(DeadlineExceeded.into())
-            } else {
-                Ok(UpdateDeadline::Yield(1))
-            }
+            if ctx.data().deadline.passed() { Err(DeadlineExceeded.into()) } else { Ok(UpdateDeadline::Yield(1)) }
         });
         store
+    }
+}
+
+/// How one delivery's time is counted: in CPU time with `meter` (the idle
+/// lane), else in wall time; and the wall time after which it is given up
+/// in any case (time spent in host calls, which the epoch cannot interrupt).
+struct Clock {
+    meter: Option<Arc<CpuMeter>>,
+    wall: Duration,
+}
+
+impl Clock {
+    fn deadline(&self, sandbox: &Sandbox) -> Deadline {
+        Deadline::new(sandbox.timeout, self.meter.as_ref())
     }
 }
 
@@ -155,7 +180,7 @@ fn arm(store: &mut Store<EventState>, sandbox: &Sandbox) {
 }
 
 /// Runs `work` with a backstop for time spent outside wasm code (host
-/// calls), which the epoch cannot interrupt.
+/// calls), which the epoch cannot interrupt: `timeout` plus a few ticks.
 async fn with_backstop<T>(timeout: Duration, work: impl Future<Output = wasmtime::Result<T>>) -> wasmtime::Result<T> {
     match tokio::time::timeout(timeout + EPOCH_TICK * 5, work).await {
         Ok(result) => result,
@@ -179,7 +204,19 @@ fn outcome(state: &mut EventState, sandbox: &Sandbox, result: wasmtime::Result<R
 /// Why a delivery that did not return failed: the limit it hit, or the trap.
 fn crash_reason(state: &EventState, sandbox: &Sandbox, err: &wasmtime::Error) -> String {
     if err.is::<DeadlineExceeded>() {
-        return format!("timeout after {} ms", sandbox.timeout.as_millis());
+        let ms = sandbox.timeout.as_millis();
+        return match &state.deadline {
+            Deadline::Wall(_) => format!("timeout after {ms} ms"),
+            Deadline::Cpu { meter, limit } if meter.used() >= *limit => {
+                format!(
+                    "timeout after {ms} ms of CPU time (at idle priority: the handler is demoted after earlier timeouts)"
+                )
+            }
+            Deadline::Cpu { .. } => format!(
+                "timeout: no result within {} ms at idle priority (the handler is demoted after earlier timeouts)",
+                (sandbox.timeout * IDLE_LANE_PATIENCE).as_millis()
+            ),
+        };
     }
     if let (Some(fuel), Some(wasmtime::Trap::OutOfFuel)) = (sandbox.fuel, err.downcast_ref::<wasmtime::Trap>()) {
         return format!("fuel limit {fuel} exceeded");

@@ -3,6 +3,7 @@
 
 pub mod bindings;
 mod cache;
+mod deadline;
 mod effects;
 mod engine;
 mod executor;
@@ -17,7 +18,7 @@ mod usage;
 pub use cache::{ComponentCache, Source, hex};
 pub use effects::{Effects, KvWrite, Publish, kv_prefix};
 pub use engine::Runtime;
-pub use executor::Executor;
+pub use executor::{Executor, Lane};
 pub use http::HttpGrant;
 pub use invoke::Outcome;
 pub use plugin::{Plugin, PluginError, digest, version};

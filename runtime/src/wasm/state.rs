@@ -3,6 +3,7 @@
 
 use super::bindings::sluice::plugin::host::{self, Level};
 use super::bindings::sluice::plugin::{config, kv, types};
+use super::deadline::Deadline;
 use super::effects::{Effects, KvWrite, Publish};
 use super::http::HttpGrant;
 use super::output::Captured;
@@ -14,7 +15,7 @@ use crate::schema::Schemas;
 use crate::stream::Conn;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -115,13 +116,14 @@ pub struct EventState {
     /// usually), kept to explain a trap.
     pub last_stderr_line: Option<String>,
     /// When the current delivery's time is up.
-    pub deadline: Instant,
+    pub deadline: Deadline,
 }
 
 impl EventState {
     /// A state that grants nothing beyond `sandbox`: no files, no environment,
-    /// no network, no arguments; stdout and stderr are captured.
-    pub fn new(sandbox: &Sandbox) -> Self {
+    /// no network, no arguments; stdout and stderr are captured. The
+    /// delivery's time is up at `deadline`.
+    pub fn new(sandbox: &Sandbox, deadline: Deadline) -> Self {
         let stdout = Captured::new("stdout", MAX_STDIO_BYTES);
         let stderr = Captured::new("stderr", MAX_STDIO_BYTES);
         let wasi = WasiCtx::builder()
@@ -147,14 +149,14 @@ impl EventState {
             stdout,
             stderr,
             last_stderr_line: None,
-            deadline: Instant::now() + sandbox.timeout,
+            deadline,
         }
     }
 
     /// Readies a reused instance's state for its next delivery: output,
     /// limits and effects start afresh; memory in use carries over (it is
-    /// still there).
-    pub fn next_delivery(&mut self, sandbox: &Sandbox) {
+    /// still there). Its time is up at `deadline`.
+    pub fn next_delivery(&mut self, deadline: Deadline) {
         self.usage = Usage::default();
         self.memory_denied = false;
         self.effects = Effects::default();
@@ -163,7 +165,7 @@ impl EventState {
         self.stdout.reset();
         self.stderr.reset();
         self.last_stderr_line = None;
-        self.deadline = Instant::now() + sandbox.timeout;
+        self.deadline = deadline;
     }
 
     /// The handler's memory cap, in bytes.
