@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 pub struct Latency {
     pub p50: f64,
     pub p99: f64,
+    pub p999: f64,
     pub max: f64,
     pub offered: f64,
 }
@@ -65,7 +66,7 @@ pub async fn measure(conn: MultiplexedConnection, watcher_conn: MultiplexedConne
         .collect();
     ms.sort_by(f64::total_cmp);
     let pct = |p: f64| ms[((ms.len() as f64 * p) as usize).min(ms.len() - 1)];
-    Latency { p50: pct(0.50), p99: pct(0.99), max: *ms.last().unwrap(), offered }
+    Latency { p50: pct(0.50), p99: pct(0.99), p999: pct(0.999), max: *ms.last().unwrap(), offered }
 }
 
 /// Reads `output` until `total` entries came: when each was seen, and the

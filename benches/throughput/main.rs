@@ -13,7 +13,11 @@
 //! - `schema`: the trivial handler with a JSON Schema on its events' type,
 //!   checked before each delivery;
 //! - `chain`: the same with a handler that publishes one event per input;
-//! - `beside`: the trivial handler beside one whose events spin to timeout;
+//! - `defaults`: the trivial handler with the shipped defaults, against the
+//!   same at each `concurrency` from 16 to 256 (the best tuned);
+//! - `beside`: the trivial handler alone, then beside a hostile one (4
+//!   events at a time that spin to their 300 ms timeout or fill their
+//!   memory), once the hostile one is demoted;
 //! - `dispatch`: µs per dispatch (fresh instance + call + drop) per plugin;
 //! - `latency`: publish → commit p50/p99 at a fixed offered rate;
 //! - `idle`: resident memory of a host with 10 Rust plugins loaded, idle;
@@ -63,8 +67,11 @@ const ORDER_SCHEMA: &str = r#"{"type": "object", "required": ["order_id", "total
     "order_id": {"type": "string", "minLength": 1}, "total": {"type": "number"},
     "items": {"type": "array", "items": {"type": "object", "required": ["sku", "qty"],
         "properties": {"sku": {"type": "string"}, "qty": {"type": "integer", "minimum": 1}}}}}}"#;
-/// Each event on `spin` loops until its 200 ms timeout, two at a time.
-const SPINNER: &str = "[handlers.spinner]\nplugin = \"behave.wasm\"\nstreams = [\"spin\"]\ntimeout_ms = 200\nmax_attempts = 1\nconcurrency = 2\n";
+/// The hostile neighbour: four events at a time, each spinning until its
+/// 300 ms timeout or filling its memory (see [`hostile_event`]).
+const SPINNER: &str = "[handlers.spinner]\nplugin = \"behave.wasm\"\nstreams = [\"spin\"]\ntimeout_ms = 300\nmemory_mb = 64\nmax_attempts = 1\nconcurrency = 4\n";
+/// Concurrency values the `defaults` section tries, for the best tuned rate.
+const TUNED: [u32; 5] = [16, 32, 64, 128, 256];
 /// Plugins whose dispatch is measured: label, file in `plugins/dist`, input.
 const DISPATCHED: [(&str, &str, &str); 3] = [
     ("Rust (behave)", "behave.wasm", TRIVIAL),
@@ -86,16 +93,18 @@ fn main() {
     if wanted("run") {
         let mut peak: f64 = 0.0;
         for backtrace in [true, false] {
-            let (rate, memory) = rt.block_on(end_to_end(n, &handler("bench", "behave.wasm", ""), TRIVIAL, backtrace));
+            let run = rt.block_on(end_to_end(n, &handler("bench", "behave.wasm", ""), TRIVIAL, backtrace));
             let bt = if backtrace { "RUST_BACKTRACE=1" } else { "RUST_BACKTRACE unset" };
-            report.rate(format!("sluice run, trivial Rust handler ({bt})"), rate, native);
-            peak = peak.max(memory.peak);
+            report.rate(format!("sluice run, trivial Rust handler ({bt})"), run.rate, native);
+            report.add(format!("  CPU per event ({bt}): sluice host"), run.host_cpu_us, "µs");
+            report.add(format!("  CPU per event ({bt}): redis-server"), run.redis_cpu_us, "µs");
+            peak = peak.max(run.memory.peak);
         }
         report.add("sluice run, trivial Rust handler: host peak RSS", peak, "MiB");
     }
     if wanted("schema") {
         let handlers = format!("[schemas]\n\"order.*\" = \"order.json\"\n{}", handler("bench", "behave.wasm", ""));
-        let (rate, _) = rt.block_on(end_to_end(n, &handlers, TRIVIAL, true));
+        let rate = rt.block_on(end_to_end(n, &handlers, TRIVIAL, true)).rate;
         report.rate("sluice run, trivial Rust handler, JSON Schema checked", rate, native);
         let (check, parse) = schema_check_cost();
         report.add("schema check of one event (parse + match + validate)", check, "µs");
@@ -103,13 +112,31 @@ fn main() {
     }
     if wanted("chain") {
         let handlers = handler("bench", "behave.wasm", "publish = [\"out\"]\n");
-        let (rate, _) = rt.block_on(end_to_end(n, &handlers, CHAIN, true));
+        let rate = rt.block_on(end_to_end(n, &handlers, CHAIN, true)).rate;
         report.rate("sluice run, Rust handler publishing one event per input", rate, native);
     }
+    if wanted("defaults") {
+        let shipped = "[handlers.bench]\nplugin = \"behave.wasm\"\nstreams = [\"bench\"]\n";
+        let default = rt.block_on(end_to_end(n, shipped, TRIVIAL, true));
+        report.rate("sluice run, trivial handler, shipped defaults", default.rate, native);
+        let mut best: f64 = 0.0;
+        for c in TUNED {
+            let tuned = handler("bench", "behave.wasm", "").replace("concurrency = 64", &format!("concurrency = {c}"));
+            let rate = rt.block_on(end_to_end(n, &tuned, TRIVIAL, true)).rate;
+            report.rate(format!("  the same, concurrency = {c}"), rate, native);
+            best = best.max(rate);
+        }
+        report.add("  shipped defaults / best tuned", default.rate / best, "ratio");
+        let memory = rt.block_on(idle_with_plugins(1, true));
+        report.add("  idle host, shipped defaults, after a first start (warm cache): RSS", memory.now, "MiB");
+    }
     if wanted("beside") {
-        let handlers = format!("{}{SPINNER}", handler("bench", "behave.wasm", ""));
-        let (rate, _) = rt.block_on(end_to_end(n, &handlers, TRIVIAL, true));
-        report.rate("sluice run, trivial handler beside one spinning to timeout", rate, native);
+        let trivial = handler("bench", "behave.wasm", "");
+        let alone = rt.block_on(end_to_end(n, &trivial, TRIVIAL, true)).rate;
+        report.rate("sluice run, trivial handler alone", alone, native);
+        let beside = rt.block_on(end_to_end(n, &format!("{trivial}{SPINNER}"), TRIVIAL, true)).rate;
+        report.rate("the same beside a hostile handler (spins to timeout, fills memory)", beside, native);
+        report.add("  beside / alone", beside / alone, "ratio");
     }
     if wanted("dispatch") {
         for (label, file, payload) in DISPATCHED {
@@ -128,6 +155,7 @@ fn main() {
             let who = if native { "native consumer" } else { "sluice run, chain handler" };
             report.add(format!("latency publish → commit at {rate}/s, {who}: p50"), l.p50, "ms");
             report.add(format!("latency publish → commit at {rate}/s, {who}: p99"), l.p99, "ms");
+            report.add(format!("latency publish → commit at {rate}/s, {who}: p99.9"), l.p999, "ms");
             report.add(format!("latency publish → commit at {rate}/s, {who}: max"), l.max, "ms");
             report.add(format!("latency publish → commit at {rate}/s, {who}: rate offered"), l.offered, "events/s");
         }
@@ -170,7 +198,7 @@ fn main() {
         };
         let run = |extra: &str, keys: usize| {
             let handlers = handler("bench", "behave.wasm", extra).replace("concurrency = 64\n", "");
-            rt.block_on(end_to_end_with(n, &handlers, keyed(keys), true)).0
+            rt.block_on(end_to_end_with(n, &handlers, keyed(keys), true)).rate
         };
         let unordered = run("concurrency = 64\n", 100);
         report.rate("unordered, concurrency = 64 (100 keys in the data)", unordered, native);
@@ -248,43 +276,66 @@ async fn read_group(conn: &mut MultiplexedConnection, stream: &str) -> redis::st
     conn.xread_options(&[stream], &[">"], &opts).await.unwrap()
 }
 
+/// What one [`end_to_end`] run measured.
+struct Run {
+    /// Events per second, from the first XADD until every one was acked.
+    rate: f64,
+    /// The host's memory at the end.
+    memory: Memory,
+    /// CPU time per event of the `sluice` process and of `redis-server`
+    /// (including the XADDs), in µs.
+    host_cpu_us: f64,
+    redis_cpu_us: f64,
+}
+
 /// `sluice run` with `handlers` on a fresh Redis: events/s from the first
 /// XADD of `n` entries to `bench` until every one is acked, and the host's
-/// memory. With a `spinner` handler, its stream gets 200 spinning events first.
-async fn end_to_end(n: usize, handlers: &str, payload: &str, backtrace: bool) -> (f64, Memory) {
+/// memory. With a `spinner` handler, its stream gets 400 hostile events
+/// ([`hostile_event`]) first, and the clock starts once the first of them
+/// was dead-lettered (the spinner is demoted by then).
+async fn end_to_end(n: usize, handlers: &str, payload: &str, backtrace: bool) -> Run {
     end_to_end_with(n, handlers, |_| payload.to_owned(), backtrace).await
 }
 
+/// The `i`th hostile event: three of four spin until their timeout, the
+/// fourth fills its memory (48 of its 64 MiB) and returns.
+fn hostile_event(i: usize) -> String {
+    if i % 4 == 3 { r#"{"action":"alloc","mb":48}"#.into() } else { r#"{"action":"loop"}"#.into() }
+}
+
 /// [`end_to_end`] with the `i`th event's data `payload(i)`.
-async fn end_to_end_with(
-    n: usize,
-    handlers: &str,
-    payload: impl Fn(usize) -> String,
-    backtrace: bool,
-) -> (f64, Memory) {
+async fn end_to_end_with(n: usize, handlers: &str, payload: impl Fn(usize) -> String, backtrace: bool) -> Run {
     let redis = RedisServer::start();
     let mut conn = redis.conn().await;
     let mut streams = vec!["bench"];
-    if handlers.contains("[handlers.spinner]") {
-        load(&mut conn, "spin", r#"{"action":"loop"}"#, 200).await;
+    let hostile = handlers.contains("[handlers.spinner]");
+    if hostile {
+        load_with(&mut conn, "spin", hostile_event, 400).await;
         streams.push("spin");
     }
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("order.json"), ORDER_SCHEMA).unwrap();
     let host = Host::start(dir.path(), &redis.url(), &dist(), handlers, backtrace, &streams).await;
+    while hostile && conn.xlen::<_, usize>("spin:dlq").await.unwrap() == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let cpu_before = (host.cpu(), host::cpu_seconds(redis.pid()));
     let started = Instant::now();
     load_with(&mut conn, "bench", payload, n).await;
     while acked(&mut conn, "bench").await < n {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let rate = n as f64 / started.elapsed().as_secs_f64();
+    let per_event = |before: f64, after: f64| (after - before) * 1e6 / n as f64;
+    let host_cpu_us = per_event(cpu_before.0, host.cpu());
+    let redis_cpu_us = per_event(cpu_before.1, host::cpu_seconds(redis.pid()));
     let memory = host.memory();
     host.stop();
     // Every event handled, none dead-lettered (by a schema, say): else the
     // rate would count failures.
     let dead: usize = conn.xlen("bench:dlq").await.unwrap();
     assert_eq!(dead, 0, "{dead} events were dead-lettered; see the host's log");
-    (rate, memory)
+    Run { rate, memory, host_cpu_us, redis_cpu_us }
 }
 
 /// µs per [`TRIVIAL`] event for `Schemas::check` with [`ORDER_SCHEMA`],

@@ -62,7 +62,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 /// Runs the host until `shutdown` completes: then stops reading, lets
 /// in-flight deliveries finish (each bounded by its timeout), and returns.
 pub async fn run_with(config: Config, shutdown: impl Future<Output = ()>, options: RunOptions) -> anyhow::Result<()> {
-    let runtime = Runtime::new()?;
+    let runtime = Runtime::with_pool(crate::limits::pool_instances(config.total_concurrency()))?;
     let cache = cache_for(&config, &runtime);
     // The embedded Redis starts first: events published while the plugins
     // compile (seconds for Python or JavaScript) wait in it, rather than a

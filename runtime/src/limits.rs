@@ -9,8 +9,8 @@
 //! | time per delivery | `timeout_ms` | 2000 | 1 to 600 000 |
 //! | linear memory | `memory_mb` | 64 | 1 to 4096 |
 //! | CPU, deterministically | `fuel` | none | 1 and up |
-//! | events in flight, per handler | `concurrency` | 16 | 1 to 512 |
-//! | events in flight, all handlers | (sum of `concurrency`) | | up to 512 |
+//! | events in flight, per handler | `concurrency` | 64 | 1 to 512 |
+//! | events in flight, all handlers | (sum of `concurrency`) | | up to 2048 |
 //! | log lines / bytes per delivery | | 1000 / 1 MiB | |
 //! | stdout, stderr per delivery | | 1 MiB each | |
 //! | publishes per delivery | | 1024 events / 16 MiB | |
@@ -62,12 +62,16 @@ pub const TIMEOUT_MS: Setting = Setting { key: "timeout_ms", default: Some(2_000
 pub const MEMORY_MB: Setting = Setting { key: "memory_mb", default: Some(64), min: 1, max: 4_096, max_note: "" };
 /// `fuel`: a deterministic CPU budget per delivery, in wasm fuel units; none by default.
 pub const FUEL: Setting = Setting { key: "fuel", default: None, min: 1, max: u64::MAX, max_note: "" };
-/// `concurrency`: events of one handler in flight at once.
-pub const CONCURRENCY: Setting = Setting { key: "concurrency", default: Some(16), min: 1, max: 512, max_note: "" };
+/// `concurrency`: events of one handler in flight at once. The default is
+/// the smallest that gets a trivial handler within a few percent of its
+/// best throughput on two cores (`cargo bench --bench throughput --
+/// defaults`): fewer in flight means smaller reads and commit batches, and
+/// more wake-ups per event.
+pub const CONCURRENCY: Setting = Setting { key: "concurrency", default: Some(64), min: 1, max: 512, max_note: "" };
 
-/// Most events all handlers together may have in flight: the size of the
-/// host's instance pool.
-pub const MAX_TOTAL_CONCURRENCY: usize = 512;
+/// Most events all handlers together may have in flight: the largest
+/// instance pool a host makes (32 handlers at the default `concurrency`).
+pub const MAX_TOTAL_CONCURRENCY: usize = 2048;
 /// Largest body the HTTP ingress takes (larger: 413).
 pub const MAX_INGRESS_BODY: usize = 1 << 20;
 /// Longest a request through the HTTP ingress may wait for its reply.
@@ -114,9 +118,20 @@ pub const REUSE_MAX_DELIVERIES: u32 = 1_000;
 /// time, however little CPU it got.
 pub const IDLE_LANE_PATIENCE: u32 = 10;
 
-/// Component instances the pooling allocator keeps room for: every event
-/// that may be in flight at once.
-pub const POOL_INSTANCES: u32 = MAX_TOTAL_CONCURRENCY as u32;
+/// The smallest instance pool: what tools that run one handler at a time
+/// get, and what a host gets at least.
+pub const MIN_POOL_INSTANCES: u32 = 512;
+
+/// Component instances the pooling allocator of a host whose handlers'
+/// `concurrency` adds up to `total` keeps room for: twice that, so that a
+/// reload can add handlers, within [`MIN_POOL_INSTANCES`] and
+/// [`MAX_TOTAL_CONCURRENCY`]. A slot costs no memory until it is used, but
+/// each reserves about 8 GiB of address space (its memories), and a
+/// process has 128 TiB: a host sized for everything at once would leave
+/// room for few others in one process (the tests run many).
+pub fn pool_instances(total: usize) -> u32 {
+    (total.saturating_mul(2)).clamp(MIN_POOL_INSTANCES as usize, MAX_TOTAL_CONCURRENCY) as u32
+}
 /// Largest linear memory the pool reserves address space for: the largest
 /// `memory_mb`.
 pub const POOL_MAX_MEMORY: usize = (MEMORY_MB.max as usize) << 20;
@@ -175,7 +190,8 @@ mod tests {
     #[test]
     fn defaults_apply_where_nothing_is_set() {
         let l = Limits::default();
-        assert_eq!((l.timeout, l.memory_bytes, l.fuel, l.concurrency), (Duration::from_secs(2), 64 << 20, None, 16));
+        assert_eq!((l.timeout, l.memory_bytes, l.fuel, l.concurrency), (Duration::from_secs(2), 64 << 20, None, 64));
         assert_eq!(POOL_MAX_MEMORY, 4 << 30);
+        assert_eq!((pool_instances(1), pool_instances(704), pool_instances(2048)), (512, 1408, 2048));
     }
 }

@@ -139,11 +139,10 @@ fn two_handlers_may_not_share_a_group_on_one_stream() {
 
 #[test]
 fn total_concurrency_must_fit_the_instance_pool() {
-    let err = error_of(
-        "[handlers.a]\nplugin = \"behave.wasm\"\nstreams = [\"s\"]\nconcurrency = 400\n\
-         [handlers.b]\nplugin = \"behave.wasm\"\nstreams = [\"t\"]\nconcurrency = 400\n",
-    );
-    assert!(err.contains("concurrency adds up to 800"), "{err}");
+    let handler =
+        |i: usize| format!("[handlers.h{i}]\nplugin = \"behave.wasm\"\nstreams = [\"s{i}\"]\nconcurrency = 500\n");
+    let err = error_of(&(0..5).map(handler).collect::<String>());
+    assert!(err.contains("concurrency adds up to 2500; the host runs at most 2048 events at once"), "{err}");
 }
 
 #[test]

@@ -271,3 +271,25 @@ async fn a_reload_cannot_raise_a_timeout_past_the_running_claim_idle() {
     assert!(error.contains("handlers.a.timeout_ms must stay below the running host's claim_idle_ms (1000)"), "{error}");
     host.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_cannot_outgrow_the_instance_pool_the_host_started_with() {
+    let redis = RedisServer::start();
+    // 64 in flight at most: the pool has its smallest size, 512.
+    let fx = Fixture::with_own_plugins(&redis, "", &handler("a"), &[("b.wasm", "behave.wasm")]);
+    let (host, mut reports) = fx.start_watching().await;
+    let mut conn = redis.conn().await;
+    let wide = |name: &str| format!("{}concurrency = 300\n", handler(name));
+    fx.rewrite_handlers(&format!("{}\n{}", wide("a"), wide("b")));
+    let error = rejected(&mut reports).await;
+    assert!(
+        error.contains("concurrency adds up to 600, but this host's instance pool, sized when it started, has room for 512: restart the host"),
+        "{error}"
+    );
+    send(&mut conn, "in", "t", json!({})).await;
+    until_finished(&conn, "in", "a", 1).await;
+    // Within the pool, the same change applies.
+    fx.rewrite_handlers(&format!("{}\n{}", wide("a"), handler("b")));
+    applied(&mut reports).await;
+    host.stop().await;
+}

@@ -122,6 +122,12 @@ impl Config {
         validate::resolve(path, source, raw)
     }
 
+    /// The handlers' `concurrency` added up: the most events they may have
+    /// in flight at once.
+    pub fn total_concurrency(&self) -> usize {
+        self.handlers.iter().map(|h| h.limits.concurrency).sum()
+    }
+
     /// Fails on the first handler whose plugin file does not exist.
     pub fn check_plugin_files(&self) -> Result<(), ConfigError> {
         match self.handlers.iter().find(|h| !h.plugin.is_file()) {

@@ -134,7 +134,7 @@ pub struct RawHost {
 /// memory_mb = 64
 /// max_attempts = 5
 /// backoff_ms = 200
-/// concurrency = 16
+/// concurrency = 64
 /// ```
 #[derive(Debug, Deserialize, Default, Clone)]
 #[serde(deny_unknown_fields)]

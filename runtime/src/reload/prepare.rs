@@ -28,6 +28,12 @@ pub async fn prepare(
     current: &BTreeMap<String, Arc<Binding>>,
 ) -> anyhow::Result<NewState> {
     let config = Config::load_unchecked(config_path)?;
+    let (total, room) = (config.total_concurrency(), runtime.pool_instances as usize);
+    anyhow::ensure!(
+        total <= room,
+        "{}: the handlers' concurrency adds up to {total}, but this host's instance pool, sized when it started, has room for {room}: restart the host to apply this change",
+        config_path.display()
+    );
     let loaded: Vec<Arc<Plugin>> = current.values().map(|b| b.plugin.clone()).collect();
     let mut bindings = BTreeMap::new();
     for handler in &config.handlers {

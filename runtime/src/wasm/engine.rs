@@ -4,7 +4,7 @@
 use super::bindings::Handler;
 use super::executor::Executor;
 use super::state::EventState;
-use crate::limits::{POOL_INSTANCES, POOL_MAX_MEMORY};
+use crate::limits::{MIN_POOL_INSTANCES, POOL_MAX_MEMORY};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -36,31 +36,41 @@ pub struct Runtime {
     pub linker: Arc<Linker<EventState>>,
     /// Where handler code runs (apart from Redis I/O).
     pub executor: Executor,
+    /// Component instances its pool has room for: the most events all
+    /// handlers together may have in flight.
+    pub pool_instances: u32,
     _ticker: Arc<Ticker>,
 }
 
 impl Runtime {
-    /// Builds the engine and linker and starts the epoch ticker.
+    /// Builds the engine (with the smallest pool) and linker and starts the
+    /// epoch ticker.
     pub fn new() -> anyhow::Result<Runtime> {
-        let engine = Engine::new(&engine_config())?;
+        Runtime::with_pool(MIN_POOL_INSTANCES)
+    }
+
+    /// [`Runtime::new`] with room for `pool_instances` instances at once
+    /// (see [`crate::limits::pool_instances`]).
+    pub fn with_pool(pool_instances: u32) -> anyhow::Result<Runtime> {
+        let engine = Engine::new(&engine_config(pool_instances))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         Handler::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
         let ticker = Ticker::start(engine.clone());
         let executor = Executor::new()?;
-        Ok(Runtime { engine, linker: Arc::new(linker), executor, _ticker: Arc::new(ticker) })
+        Ok(Runtime { engine, linker: Arc::new(linker), executor, pool_instances, _ticker: Arc::new(ticker) })
     }
 }
 
-fn engine_config() -> Config {
+fn engine_config(instances: u32) -> Config {
     let mut pool = PoolingAllocationConfig::new();
-    pool.total_component_instances(POOL_INSTANCES)
+    pool.total_component_instances(instances)
         // Components from Python or JS hold several core instances each.
-        .total_core_instances(POOL_INSTANCES * 4)
-        .total_memories(POOL_INSTANCES * 2)
-        .total_tables(POOL_INSTANCES * 4)
-        .total_stacks(POOL_INSTANCES)
+        .total_core_instances(instances * 4)
+        .total_memories(instances * 2)
+        .total_tables(instances * 4)
+        .total_stacks(instances)
         .max_memory_size(POOL_MAX_MEMORY)
         .max_memories_per_component(16)
         .max_tables_per_component(16)

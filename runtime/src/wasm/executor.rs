@@ -154,7 +154,7 @@ mod tests {
             executor.spawn(lane, async move {
                 // SAFETY: plain syscall on the calling thread.
                 let got = unsafe { libc::sched_getscheduler(0) };
-                drop(tx.send((Executor::current_lane(), got)));
+                let _ = tx.send((Executor::current_lane(), got));
             });
             let (on, got) = rt.block_on(rx).unwrap();
             assert_eq!((on, got), (Some(lane), policy), "{lane:?}");
