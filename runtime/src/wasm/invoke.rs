@@ -68,7 +68,10 @@ impl Plugin {
     pub async fn invoke(self: &Arc<Self>, sandbox: &Sandbox, event: Event) -> Outcome {
         let (plugin, sandbox) = (self.clone(), sandbox.clone());
         // Keep the event's span (handler, stream, id) on the plugin's log lines.
-        let run = async move { plugin.invoke_in_place(&sandbox, &event).await }.instrument(tracing::Span::current());
+        // Boxed: the instance's futures are large, and a delivery's task
+        // (which awaits this) is moved whole when it is spawned.
+        let run = Box::pin(async move { plugin.invoke_in_place(&sandbox, &event).await })
+            .instrument(tracing::Span::current());
         match self.executor.run(run).await {
             Some(outcome) => outcome,
             None => Outcome::Crash { reason: "the host panicked while running the handler".into(), timed_out: false },
