@@ -64,6 +64,9 @@ where
 /// The default deadline for something that should happen quickly.
 pub const SOON: Duration = Duration::from_secs(15);
 
+/// The deadline for a host to start, compiling its plugins on the way.
+pub const STARTED: Duration = Duration::from_secs(60);
+
 /// (status code, body) of `GET path` from `127.0.0.1:port`.
 pub fn http_get(port: u16, path: &str) -> (u16, String) {
     http_request(port, "GET", path, &[], b"")
