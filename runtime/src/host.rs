@@ -60,7 +60,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 }
 
 /// Runs the host until `shutdown` completes: then stops reading, lets
-/// in-flight deliveries finish (each bounded by its timeout), and returns.
+/// in-flight deliveries finish (each bounded by its timeout, or a demoted
+/// handler's by its patience), and returns.
 pub async fn run_with(config: Config, shutdown: impl Future<Output = ()>, options: RunOptions) -> anyhow::Result<()> {
     let runtime = Runtime::with_pool(crate::limits::pool_instances(config.total_concurrency()))?;
     let cache = cache_for(&config, &runtime);

@@ -115,7 +115,8 @@ pub const REUSE_MAX_DELIVERIES: u32 = 1_000;
 
 /// A demoted handler's delivery (on the idle lane, its `timeout_ms` counted
 /// in CPU time) is given up after this many times its `timeout_ms` of wall
-/// time, however little CPU it got.
+/// time (or half of `claim_idle_ms`, if that is less), however little CPU
+/// it got.
 pub const IDLE_LANE_PATIENCE: u32 = 10;
 
 /// The smallest instance pool: what tools that run one handler at a time

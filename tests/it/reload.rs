@@ -283,7 +283,7 @@ async fn a_reload_cannot_outgrow_the_instance_pool_the_host_started_with() {
     fx.rewrite_handlers(&format!("{}\n{}", wide("a"), wide("b")));
     let error = rejected(&mut reports).await;
     assert!(
-        error.contains("concurrency adds up to 600, but this host's instance pool, sized when it started, has room for 512: restart the host"),
+        error.contains("concurrency adds up to 600 (for a handler already running, the larger of its old and new concurrency: its running events finish first), but this host's instance pool, sized when it started, has room for 512: restart the host"),
         "{error}"
     );
     send(&mut conn, "in", "t", json!({})).await;
@@ -291,5 +291,10 @@ async fn a_reload_cannot_outgrow_the_instance_pool_the_host_started_with() {
     // Within the pool, the same change applies.
     fx.rewrite_handlers(&format!("{}\n{}", wide("a"), handler("b")));
     applied(&mut reports).await;
+    // Swapping the two counts would need 600 while a's running events
+    // finish: refused too.
+    fx.rewrite_handlers(&format!("{}\n{}", handler("a"), wide("b")));
+    let error = rejected(&mut reports).await;
+    assert!(error.contains("concurrency adds up to 600"), "{error}");
     host.stop().await;
 }

@@ -22,8 +22,9 @@ impl Binding {
         Binding { handler, plugin, sandbox }
     }
 
-    /// This binding with its key-value reads going to `conn`.
-    pub(super) fn with_kv(self, conn: crate::stream::Conn) -> Binding {
-        Binding { sandbox: self.sandbox.with_kv(conn), ..self }
+    /// This binding on a host: key-value reads from `conn`, a demoted
+    /// delivery's patience within `claim_idle` (see [`Sandbox::on_host`]).
+    pub(super) fn on_host(self, conn: crate::stream::Conn, claim_idle: std::time::Duration) -> Binding {
+        Binding { sandbox: self.sandbox.on_host(conn, claim_idle), ..self }
     }
 }

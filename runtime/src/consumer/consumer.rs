@@ -47,6 +47,9 @@ pub struct Consumer {
     pub(super) metrics: HandlerMetrics,
     /// Deliveries and retry timers, waited for on shutdown.
     pub(super) tasks: TaskTracker,
+    /// The host's runtime, which drives Redis I/O: retry timers run here
+    /// (and hand the delivery to the lane the handler is on then).
+    pub(super) io: tokio::runtime::Handle,
     /// The entries (stream, id) this consumer is delivering or waiting to
     /// retry: pending with it in Redis, but not to be taken back from there
     /// again (as after a reconnect, which takes back the rest).
@@ -76,7 +79,7 @@ impl Consumer {
         shutdown: CancellationToken,
     ) -> Arc<Consumer> {
         let concurrency = binding.handler.limits.concurrency;
-        let binding = binding.with_kv(redis.conn.clone());
+        let binding = binding.on_host(redis.conn.clone(), claim_idle);
         let ordering = (binding.handler.order_by.clone())
             .map(|by| stream::order::Ordering::new(by, &binding.handler.group, &name, claim_idle));
         Arc::new(Consumer {
@@ -95,6 +98,7 @@ impl Consumer {
             concurrency: AtomicUsize::new(concurrency),
             demotion: Demotion::default(),
             tasks: TaskTracker::new(),
+            io: tokio::runtime::Handle::current(),
             held: Default::default(),
             orphans: AtomicBool::new(false),
             shutdown,
@@ -145,7 +149,7 @@ impl Consumer {
         if binding.plugin.digest != self.binding.load().plugin.digest {
             self.promote_new_version();
         }
-        self.binding.store(Arc::new(binding.with_kv(self.redis.conn.clone())));
+        self.binding.store(Arc::new(binding.on_host(self.redis.conn.clone(), self.claim_idle)));
     }
 
     /// Consumes until shutdown, then lets in-flight deliveries finish.
@@ -172,6 +176,7 @@ impl Consumer {
             let _ = claimer.await;
             self.tasks.close();
             self.tasks.wait().await;
+            self.metrics.set_demoted(false);
             if let (Some(renewer), Some(order)) = (renewer, &self.ordering) {
                 let _ = renewer.await;
                 self.release_keys(order).await;

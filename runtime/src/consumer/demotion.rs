@@ -73,11 +73,11 @@ impl Consumer {
     pub(super) fn record_timing(&self, timed_out: bool) {
         match self.demotion.record(timed_out) {
             Some(Change::Demoted) => {
-                self.metrics.set_demoted(true);
+                self.metrics.set_demoted(self.is_demoted());
                 warn!(group = %self.group, "a delivery ran out of time: this handler now runs at idle priority, on CPU the other handlers leave free, until {PROMOTE_AFTER} deliveries in a row finish in time");
             }
             Some(Change::Promoted) => {
-                self.metrics.set_demoted(false);
+                self.metrics.set_demoted(self.is_demoted());
                 info!(group = %self.group, "{PROMOTE_AFTER} deliveries in a row finished in time: this handler runs at normal priority again");
             }
             None => {}
@@ -87,7 +87,7 @@ impl Consumer {
     /// A new version of the plugin starts at normal priority.
     pub(super) fn promote_new_version(&self) {
         if self.demotion.reset() {
-            self.metrics.set_demoted(false);
+            self.metrics.set_demoted(self.is_demoted());
             info!(group = %self.group, "a new version of the plugin: this handler runs at normal priority again");
         }
     }

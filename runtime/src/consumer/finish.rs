@@ -7,7 +7,7 @@ use crate::dead_letter::{self, Failure};
 use crate::dispatch::{self, Decision, Verdict};
 use crate::event::field;
 use crate::stream::{self, Commit, Committed, Delivery};
-use crate::wasm::{Outcome, bindings::Event};
+use crate::wasm::{Executor, Outcome, bindings::Event};
 use futures::future::BoxFuture;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -49,6 +49,11 @@ impl Consumer {
         let mut next = Some(d);
         while let Some(d) = next.take() {
             next = self.clone().deliver_one(d).await;
+            // Demoted or promoted meanwhile: the rest of the chain moves to
+            // the handler's lane now.
+            if next.is_some() && Executor::current_lane() != Some(self.demotion.lane()) {
+                return self.start_delivery(next.take().expect("checked"), permit);
+            }
         }
         drop(permit);
     }
@@ -109,7 +114,11 @@ impl Consumer {
         let started = Instant::now();
         let outcome = b.plugin.invoke(&b.sandbox, event).await;
         self.metrics.took(started.elapsed());
-        self.record_timing(matches!(outcome, Outcome::Crash { timed_out: true, .. }));
+        // Only the version serving now counts: a reload's new version starts
+        // afresh, whatever the old one's last deliveries do.
+        if b.plugin.digest == self.binding.load().plugin.digest {
+            self.record_timing(matches!(outcome, Outcome::Crash { timed_out: true, .. }));
+        }
         outcome
     }
 
@@ -146,7 +155,10 @@ impl Consumer {
             Decision::Retry { delay, reason } => {
                 warn!("attempt {} failed: {reason}; retrying in {} ms", d.attempt, delay.as_millis());
                 self.metrics.retried();
-                self.tasks.spawn(self.clone().retry_later(d, delay));
+                // On the host's runtime: the timer and the claim are Redis
+                // work, and the retry then runs on the handler's lane of that
+                // moment.
+                self.tasks.spawn_on(self.clone().retry_later(d, delay), &self.io);
                 After::Retrying
             }
             Decision::DeadLetter { reason } => self.dead_letter(&d, &reason, b).await,
@@ -256,8 +268,9 @@ impl Consumer {
     }
 
     /// After `delay`, takes the entry back (a new delivery in Redis's count)
-    /// and delivers it again. If it was taken over meanwhile, leaves it.
-    /// (Boxed: a retry delivers, and a delivery may schedule a retry.)
+    /// and starts delivering it again. If it was taken over meanwhile,
+    /// leaves it. (Boxed: a retry starts a delivery, and a delivery may
+    /// schedule a retry.)
     fn retry_later(self: Arc<Self>, d: Delivery, delay: Duration) -> BoxFuture<'static, ()> {
         Box::pin(async move {
             self.pause(delay).await;
@@ -273,7 +286,7 @@ impl Consumer {
                 Ok(mut claimed) if !claimed.is_empty() => {
                     let next =
                         Delivery { stream: d.stream, entry: claimed.remove(0), attempt: d.attempt + 1, key: d.key };
-                    self.deliver(next, permit).await;
+                    self.start_delivery(next, permit);
                 }
                 Ok(_) => {
                     debug!(id = %d.entry.id, "entry taken over or deleted before its retry");

@@ -28,10 +28,10 @@ pub async fn prepare(
     current: &BTreeMap<String, Arc<Binding>>,
 ) -> anyhow::Result<NewState> {
     let config = Config::load_unchecked(config_path)?;
-    let (total, room) = (config.total_concurrency(), runtime.pool_instances as usize);
+    let (total, room) = (in_flight_while_switching(&config, current), runtime.pool_instances as usize);
     anyhow::ensure!(
         total <= room,
-        "{}: the handlers' concurrency adds up to {total}, but this host's instance pool, sized when it started, has room for {room}: restart the host to apply this change",
+        "{}: the handlers' concurrency adds up to {total} (for a handler already running, the larger of its old and new concurrency: its running events finish first), but this host's instance pool, sized when it started, has room for {room}: restart the host to apply this change",
         config_path.display()
     );
     let loaded: Vec<Arc<Plugin>> = current.values().map(|b| b.plugin.clone()).collect();
@@ -50,6 +50,19 @@ pub async fn prepare(
         bindings.insert(handler.name.clone(), Binding::new(handler.clone(), plugin));
     }
     Ok(NewState { config, bindings })
+}
+
+/// The most events the handlers may have in flight while the host switches
+/// from `current` to `config`: a raised concurrency applies at once, a
+/// lowered one as running events finish, and removed handlers drain.
+fn in_flight_while_switching(config: &Config, current: &BTreeMap<String, Arc<Binding>>) -> usize {
+    let mut most: BTreeMap<&str, usize> =
+        current.iter().map(|(name, b)| (name.as_str(), b.handler.limits.concurrency)).collect();
+    for h in &config.handlers {
+        let n = most.entry(h.name.as_str()).or_default();
+        *n = (*n).max(h.limits.concurrency);
+    }
+    most.values().sum()
 }
 
 /// The plugin whose file holds `bytes`: an already loaded one with the same

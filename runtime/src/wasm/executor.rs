@@ -98,9 +98,12 @@ impl Executor {
         match started {
             Ok(handle) => Some(handle),
             Err(e) => {
-                tracing::warn!(
-                    "cannot start the idle-priority pool for demoted handlers ({e}); they run at normal priority"
-                );
+                static WARNED: std::sync::Once = std::sync::Once::new();
+                WARNED.call_once(|| {
+                    tracing::warn!(
+                        "cannot start the idle-priority pool for demoted handlers ({e}); they run at normal priority"
+                    );
+                });
                 None
             }
         }

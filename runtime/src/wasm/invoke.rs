@@ -11,7 +11,6 @@ use super::executor::{Executor, Lane};
 use super::plugin::Plugin;
 use super::reuse::{InstancePool, Warm};
 use super::state::{EventState, Sandbox};
-use crate::limits::IDLE_LANE_PATIENCE;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -81,12 +80,12 @@ impl Plugin {
     /// Runs `handle(event)` once under `sandbox`, in the current task: in a
     /// fresh instance, or in a reused one when the sandbox keeps a pool
     /// (`isolation = "reuse"`). On the idle lane, `timeout_ms` counts the
-    /// CPU time the delivery uses, and it is given up after
-    /// [`IDLE_LANE_PATIENCE`] times that in wall time.
+    /// CPU time the delivery uses, and it is given up after the sandbox's
+    /// `patience` in wall time.
     pub async fn invoke_in_place(&self, sandbox: &Sandbox, event: &Event) -> Outcome {
         if Executor::current_lane() == Some(Lane::Idle) {
             let meter = Arc::new(CpuMeter::default());
-            let clock = Clock { meter: Some(meter.clone()), wall: sandbox.timeout * IDLE_LANE_PATIENCE };
+            let clock = Clock { meter: Some(meter.clone()), wall: sandbox.patience };
             return meter.run(self.invoke_clocked(sandbox, event, &clock)).await;
         }
         self.invoke_clocked(sandbox, event, &Clock { meter: None, wall: sandbox.timeout }).await
@@ -199,7 +198,10 @@ fn outcome(state: &mut EventState, sandbox: &Sandbox, result: wasmtime::Result<R
         Ok(Err(Failure::Retry(r))) => Outcome::Retry { reason: r.reason, delay: r.delay_ms.map(Duration::from_millis) },
         Ok(Err(Failure::Reject(reason))) => Outcome::Reject { reason },
         Err(err) => {
-            Outcome::Crash { reason: crash_reason(state, sandbox, &err), timed_out: err.is::<DeadlineExceeded>() }
+            // On the idle lane, a delivery given up before it used its CPU
+            // time was waiting for CPU: it did not run out of time.
+            let timed_out = err.is::<DeadlineExceeded>() && state.deadline.passed();
+            Outcome::Crash { reason: crash_reason(state, sandbox, &err), timed_out }
         }
     }
 }
@@ -217,7 +219,7 @@ fn crash_reason(state: &EventState, sandbox: &Sandbox, err: &wasmtime::Error) ->
             }
             Deadline::Cpu { .. } => format!(
                 "timeout: no result within {} ms at idle priority (the handler is demoted after earlier timeouts)",
-                (sandbox.timeout * IDLE_LANE_PATIENCE).as_millis()
+                sandbox.patience.as_millis()
             ),
         };
     }

@@ -22,4 +22,4 @@ pub use executor::{Executor, Lane};
 pub use http::HttpGrant;
 pub use invoke::Outcome;
 pub use plugin::{Plugin, PluginError, digest, version};
-pub use state::{Grants, Sandbox};
+pub use state::{Grants, KvReads, Sandbox};

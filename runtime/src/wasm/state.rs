@@ -10,7 +10,7 @@ use super::output::Captured;
 use super::reuse::InstancePool;
 use super::usage::Usage;
 use crate::config::{Handler, Isolation};
-use crate::limits::{MAX_STDIO_BYTES, MAX_TABLE_ELEMENTS};
+use crate::limits::{IDLE_LANE_PATIENCE, MAX_STDIO_BYTES, MAX_TABLE_ELEMENTS};
 use crate::schema::Schemas;
 use crate::stream::Conn;
 use std::collections::{BTreeMap, HashMap};
@@ -66,7 +66,10 @@ pub struct Sandbox {
     /// Fuel per delivery; `None`: unlimited.
     pub fuel: Option<u64>,
     /// Where `kv.get` reads; `None` offline (reads then find nothing).
-    pub kv: Option<Conn>,
+    pub kv: Option<KvReads>,
+    /// How long a delivery of a demoted handler (on the idle lane, its
+    /// `timeout_ms` counted in CPU time) may take in wall time.
+    pub patience: Duration,
     /// Idle instances kept for reuse (`isolation = "reuse"`); `None`: a
     /// fresh instance per delivery.
     pub pool: Option<Arc<InstancePool>>,
@@ -77,13 +80,44 @@ impl Sandbox {
     pub fn for_handler(handler: &Handler) -> Sandbox {
         let grants = Arc::new(Grants::for_handler(handler));
         let pool = (handler.isolation == Isolation::Reuse).then(Arc::default);
-        Sandbox { grants, timeout: handler.limits.timeout, fuel: handler.limits.fuel, kv: None, pool }
+        let timeout = handler.limits.timeout;
+        let patience = timeout * IDLE_LANE_PATIENCE;
+        Sandbox { grants, timeout, patience, fuel: handler.limits.fuel, kv: None, pool }
     }
 
-    /// This sandbox with key-value reads from `conn`.
-    pub fn with_kv(mut self, conn: Conn) -> Sandbox {
-        self.kv = Some(conn);
+    /// This sandbox on a host: key-value reads from `conn`, sent from the
+    /// calling tokio runtime (the host's), and a demoted delivery's wall
+    /// time kept under half of `claim_idle`, so that no other host takes
+    /// over an entry whose delivery is still running.
+    pub fn on_host(mut self, conn: Conn, claim_idle: Duration) -> Sandbox {
+        self.kv = Some(KvReads { conn, io: tokio::runtime::Handle::try_current().ok() });
+        self.patience = self.patience.min(claim_idle / 2).max(self.timeout);
         self
+    }
+}
+
+/// Where a handler's `kv.get` reads: a connection, and the runtime that
+/// drives it. A read is sent from that runtime, not from the wasm thread
+/// that asks: a reconnect starts its connection's task on the runtime it is
+/// made from, and a demoted handler's idle-priority threads must never end
+/// up driving everyone's Redis connection.
+#[derive(Clone)]
+pub struct KvReads {
+    conn: Conn,
+    io: Option<tokio::runtime::Handle>,
+}
+
+impl KvReads {
+    /// `GET key`.
+    async fn get(&self, key: String) -> redis::RedisResult<Option<Vec<u8>>> {
+        let mut conn = self.conn.clone();
+        let read = async move { redis::cmd("GET").arg(key).query_async(&mut conn).await };
+        match &self.io {
+            Some(io) => io.spawn(read).await.unwrap_or_else(|e| {
+                Err(redis::RedisError::from((redis::ErrorKind::Io, "the read was cancelled", e.to_string())))
+            }),
+            None => read.await,
+        }
     }
 }
 
@@ -93,7 +127,7 @@ pub struct EventState {
     wasi: WasiCtx,
     table: ResourceTable,
     grants: Arc<Grants>,
-    kv: Option<Conn>,
+    kv: Option<KvReads>,
     http: WasiHttpCtx,
     http_grant: HttpGrant,
     /// Output counted against the per-delivery limits.
@@ -264,9 +298,8 @@ impl kv::Host for EventState {
         if let Some(buffered) = self.overlay.get(&key) {
             return Ok(Ok(buffered.clone()));
         }
-        let Some(conn) = self.kv.as_mut() else { return Ok(Ok(None)) };
-        let value: redis::RedisResult<Option<Vec<u8>>> =
-            redis::cmd("GET").arg(format!("{}{key}", self.grants.kv_prefix)).query_async(conn).await;
+        let Some(kv) = &self.kv else { return Ok(Ok(None)) };
+        let value = kv.get(format!("{}{key}", self.grants.kv_prefix)).await;
         Ok(value.map_err(|e| format!("kv unavailable: {e}")))
     }
 
