@@ -1,5 +1,5 @@
 //! The consumer of one handler: its shared state, its life cycle (run until
-//! shutdown, drain), live updates from reloads, and throttling.
+//! shutdown, drain), live updates from reloads. (Demotion after timeouts: `demotion.rs`.)
 
 use super::Binding;
 use super::demotion::Demotion;
