@@ -119,6 +119,15 @@ pub const REUSE_MAX_DELIVERIES: u32 = 1_000;
 /// it got.
 pub const IDLE_LANE_PATIENCE: u32 = 10;
 
+/// How long, in wall time, a demoted delivery of a handler with `timeout`
+/// may take on a host whose `claim_idle` is given: [`IDLE_LANE_PATIENCE`]
+/// times its timeout, under half of `claim_idle` (so that no other host
+/// takes over an entry whose delivery still runs), and never less than the
+/// timeout itself.
+pub fn idle_lane_patience(timeout: Duration, claim_idle: Duration) -> Duration {
+    (timeout * IDLE_LANE_PATIENCE).min(claim_idle / 2).max(timeout)
+}
+
 /// The smallest instance pool: what tools that run one handler at a time
 /// get, and what a host gets at least.
 pub const MIN_POOL_INSTANCES: u32 = 512;
@@ -194,5 +203,10 @@ mod tests {
         assert_eq!((l.timeout, l.memory_bytes, l.fuel, l.concurrency), (Duration::from_secs(2), 64 << 20, None, 64));
         assert_eq!(POOL_MAX_MEMORY, 4 << 30);
         assert_eq!((pool_instances(1), pool_instances(704), pool_instances(2048)), (512, 1408, 2048));
+        let (ms, s) = (Duration::from_millis, Duration::from_secs);
+        assert_eq!(idle_lane_patience(ms(150), s(30)), ms(1500));
+        assert_eq!(idle_lane_patience(s(5), s(30)), s(15));
+        assert_eq!(idle_lane_patience(s(20), s(30)), s(20));
+        assert_eq!(idle_lane_patience(ms(150), Duration::MAX), ms(1500));
     }
 }

@@ -24,7 +24,12 @@ impl Binding {
 
     /// This binding on a host: key-value reads from `conn`, a demoted
     /// delivery's patience within `claim_idle` (see [`Sandbox::on_host`]).
-    pub(super) fn on_host(self, conn: crate::stream::Conn, claim_idle: std::time::Duration) -> Binding {
-        Binding { sandbox: self.sandbox.on_host(conn, claim_idle), ..self }
+    pub(super) fn on_host(
+        self,
+        conn: crate::stream::Conn,
+        io: tokio::runtime::Handle,
+        claim_idle: std::time::Duration,
+    ) -> Binding {
+        Binding { sandbox: self.sandbox.on_host(conn, io, claim_idle), ..self }
     }
 }

@@ -79,7 +79,8 @@ impl Consumer {
         shutdown: CancellationToken,
     ) -> Arc<Consumer> {
         let concurrency = binding.handler.limits.concurrency;
-        let binding = binding.on_host(redis.conn.clone(), claim_idle);
+        let io = tokio::runtime::Handle::current();
+        let binding = binding.on_host(redis.conn.clone(), io.clone(), claim_idle);
         let ordering = (binding.handler.order_by.clone())
             .map(|by| stream::order::Ordering::new(by, &binding.handler.group, &name, claim_idle));
         Arc::new(Consumer {
@@ -98,7 +99,7 @@ impl Consumer {
             concurrency: AtomicUsize::new(concurrency),
             demotion: Demotion::default(),
             tasks: TaskTracker::new(),
-            io: tokio::runtime::Handle::current(),
+            io,
             held: Default::default(),
             orphans: AtomicBool::new(false),
             shutdown,
@@ -149,7 +150,7 @@ impl Consumer {
         if binding.plugin.digest != self.binding.load().plugin.digest {
             self.promote_new_version();
         }
-        self.binding.store(Arc::new(binding.on_host(self.redis.conn.clone(), self.claim_idle)));
+        self.binding.store(Arc::new(binding.on_host(self.redis.conn.clone(), self.io.clone(), self.claim_idle)));
     }
 
     /// Consumes until shutdown, then lets in-flight deliveries finish.

@@ -10,7 +10,7 @@ use super::output::Captured;
 use super::reuse::InstancePool;
 use super::usage::Usage;
 use crate::config::{Handler, Isolation};
-use crate::limits::{IDLE_LANE_PATIENCE, MAX_STDIO_BYTES, MAX_TABLE_ELEMENTS};
+use crate::limits::{MAX_STDIO_BYTES, MAX_TABLE_ELEMENTS, idle_lane_patience};
 use crate::schema::Schemas;
 use crate::stream::Conn;
 use std::collections::{BTreeMap, HashMap};
@@ -81,17 +81,16 @@ impl Sandbox {
         let grants = Arc::new(Grants::for_handler(handler));
         let pool = (handler.isolation == Isolation::Reuse).then(Arc::default);
         let timeout = handler.limits.timeout;
-        let patience = timeout * IDLE_LANE_PATIENCE;
+        let patience = idle_lane_patience(timeout, Duration::MAX);
         Sandbox { grants, timeout, patience, fuel: handler.limits.fuel, kv: None, pool }
     }
 
-    /// This sandbox on a host: key-value reads from `conn`, sent from the
-    /// calling tokio runtime (the host's), and a demoted delivery's wall
-    /// time kept under half of `claim_idle`, so that no other host takes
-    /// over an entry whose delivery is still running.
-    pub fn on_host(mut self, conn: Conn, claim_idle: Duration) -> Sandbox {
-        self.kv = Some(KvReads { conn, io: tokio::runtime::Handle::try_current().ok() });
-        self.patience = self.patience.min(claim_idle / 2).max(self.timeout);
+    /// This sandbox on a host: key-value reads from `conn`, sent from `io`
+    /// (the host's runtime), and a demoted delivery's wall time within the
+    /// host's `claim_idle` (see [`idle_lane_patience`]).
+    pub fn on_host(mut self, conn: Conn, io: tokio::runtime::Handle, claim_idle: Duration) -> Sandbox {
+        self.kv = Some(KvReads { conn, io });
+        self.patience = idle_lane_patience(self.timeout, claim_idle);
         self
     }
 }
@@ -104,7 +103,7 @@ impl Sandbox {
 #[derive(Clone)]
 pub struct KvReads {
     conn: Conn,
-    io: Option<tokio::runtime::Handle>,
+    io: tokio::runtime::Handle,
 }
 
 impl KvReads {
@@ -112,12 +111,9 @@ impl KvReads {
     async fn get(&self, key: String) -> redis::RedisResult<Option<Vec<u8>>> {
         let mut conn = self.conn.clone();
         let read = async move { redis::cmd("GET").arg(key).query_async(&mut conn).await };
-        match &self.io {
-            Some(io) => io.spawn(read).await.unwrap_or_else(|e| {
-                Err(redis::RedisError::from((redis::ErrorKind::Io, "the read was cancelled", e.to_string())))
-            }),
-            None => read.await,
-        }
+        self.io.spawn(read).await.unwrap_or_else(|e| {
+            Err(redis::RedisError::from((redis::ErrorKind::Io, "the read was cancelled", e.to_string())))
+        })
     }
 }
 
