@@ -173,6 +173,18 @@ impl DeadLetter {
         }
     }
 
+    /// This dead letter with its event's type as the format of the stream it
+    /// came from reads it (a CloudEvent's `type`, a LeanMQ message's type
+    /// key), for display; its fields stay as stored.
+    pub fn read_as(mut self, format: &crate::format::Format) -> DeadLetter {
+        if *format != crate::format::Format::Sluice
+            && let Ok(read) = format.read(&self.event.to_entry(), 0)
+        {
+            self.event.event_type = read.event_type;
+        }
+        self
+    }
+
     /// The event with its `sluice.*` fields too: what `dlq show --json`
     /// prints, to save and run offline with `sluice invoke --event`.
     pub fn saved_event(&self) -> EventJson {

@@ -37,6 +37,12 @@ pub enum Verdict {
     /// Not delivered: its last attempt was made already and never finished
     /// (the host stopped or crashed during it).
     Exhausted,
+    /// Not delivered: it does not parse as its stream's format
+    /// ([`crate::format`]).
+    Malformed,
+    /// Not delivered: its producer's time to live passed (LeanMQ's `ttl`,
+    /// a CloudEvent's `expiration`).
+    Expired,
 }
 
 impl Verdict {
@@ -60,11 +66,13 @@ impl Verdict {
             Verdict::Skipped => "skipped",
             Verdict::Invalid => "invalid",
             Verdict::Exhausted => "exhausted",
+            Verdict::Malformed => "malformed",
+            Verdict::Expired => "expired",
         }
     }
 
     /// Every verdict, for metrics that list each one.
-    pub const ALL: [Verdict; 7] = [
+    pub const ALL: [Verdict; 9] = [
         Verdict::Ok,
         Verdict::Retry,
         Verdict::Reject,
@@ -72,6 +80,8 @@ impl Verdict {
         Verdict::Skipped,
         Verdict::Invalid,
         Verdict::Exhausted,
+        Verdict::Malformed,
+        Verdict::Expired,
     ];
 }
 
@@ -128,14 +138,24 @@ pub enum Admission {
     Settled(Turn),
 }
 
-/// Whether `handler` gets delivery `d`: not if its type is not wanted
-/// (acknowledged as it is), not if its last attempt was made already and
-/// never finished, not if its data fails its type's schema (both
-/// dead-lettered).
+/// Whether `handler` gets delivery `d`, read as its stream's format: not if
+/// it does not parse as that format (dead-lettered), not if its type is not
+/// wanted or it has expired (both acknowledged as they are), not if its last
+/// attempt was made already and never finished, not if its data fails its
+/// type's schema (both dead-lettered).
 pub fn admit(handler: &Handler, d: &Delivery) -> Admission {
     let settled = |verdict, decision| Admission::Settled(Turn { verdict, decision });
-    if !handler.wants(&d.entry.event_type()) {
+    // An inbox copy is read as the stream it came from.
+    let (stream, id) = crate::dead_letter::origin(&d.stream, &d.entry);
+    let read = match handler.formats.format(&stream).read(&d.entry, crate::ops::time::now_ms()) {
+        Ok(read) => read,
+        Err(malformed) => return settled(Verdict::Malformed, Decision::DeadLetter { reason: malformed.to_string() }),
+    };
+    if !handler.wants(&read.event_type) {
         return settled(Verdict::Skipped, Decision::Ack { effects: Effects::default() });
+    }
+    if read.expired {
+        return settled(Verdict::Expired, Decision::Ack { effects: Effects::default() });
     }
     if d.attempt > handler.retry.max_attempts {
         let reason = format!(
@@ -144,7 +164,8 @@ pub fn admit(handler: &Handler, d: &Delivery) -> Admission {
         );
         return settled(Verdict::Exhausted, Decision::DeadLetter { reason });
     }
-    let event = d.entry.to_event(&d.stream, d.attempt);
+    let event =
+        Event { stream, id, event_type: read.event_type, data: read.data, fields: read.fields, attempt: d.attempt };
     if let Err(invalid) = handler.schemas.check(&event.event_type, &event.data) {
         // No retry would make it valid.
         return settled(Verdict::Invalid, Decision::DeadLetter { reason: invalid.to_string() });

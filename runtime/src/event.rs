@@ -2,6 +2,7 @@
 //! fields Sluice writes on what it publishes. Dead-letter and inbox entries
 //! have their own format, in [`crate::dead_letter`].
 
+use crate::format::{Format, Outgoing};
 use crate::wasm::Publish;
 use crate::wasm::bindings::Event;
 
@@ -62,7 +63,7 @@ impl Entry {
     }
 
     /// The `data` field, or all fields as a JSON object when it is absent.
-    fn data(&self) -> Vec<u8> {
+    pub fn data(&self) -> Vec<u8> {
         match self.get(field::DATA) {
             Some(d) => d.to_vec(),
             None => {
@@ -79,21 +80,53 @@ pub fn lossy(v: &[u8]) -> String {
     String::from_utf8_lossy(v).into_owned()
 }
 
-/// The fields of an entry `handler` publishes while handling `cause`, the
-/// event with id `cause_id` (its own, or the original's for an inbox copy).
-pub fn published_fields(p: &Publish, handler: &str, cause: &Entry, cause_id: &str) -> Vec<(String, Vec<u8>)> {
-    let correlation = cause.get(field::CORRELATION_ID).map(lossy).unwrap_or_else(|| cause_id.to_owned());
-    let mut fields = vec![
-        (field::TYPE.into(), p.event_type.clone().into_bytes()),
-        (field::DATA.into(), p.data.clone()),
-        (field::SOURCE.into(), handler.as_bytes().to_vec()),
-        (field::CORRELATION_ID.into(), correlation.into_bytes()),
-        (field::CAUSATION_ID.into(), cause_id.as_bytes().to_vec()),
-    ];
-    if let Some(child) = cause.get(field::TRACEPARENT).and_then(child_traceparent) {
-        fields.push((field::TRACEPARENT.into(), child.into_bytes()));
+/// What a handler's publishes carry over from the event it handled: its
+/// correlation id and its trace.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Lineage {
+    /// The cause's `correlation_id`, if it has one.
+    pub correlation_id: Option<String>,
+    /// The cause's `traceparent`, if it has one.
+    pub traceparent: Option<String>,
+}
+
+impl Lineage {
+    /// The lineage of `cause`, an entry of a stream of `format`.
+    pub fn of(format: &Format, cause: &Entry) -> Lineage {
+        if *format == Format::Sluice {
+            return Lineage {
+                correlation_id: cause.get(field::CORRELATION_ID).map(lossy),
+                traceparent: cause.get(field::TRACEPARENT).map(lossy),
+            };
+        }
+        let Ok(read) = format.read(cause, 0) else { return Lineage::default() };
+        let (correlation_id, traceparent) = crate::format::lineage(&read.fields);
+        Lineage { correlation_id: correlation_id.map(str::to_owned), traceparent: traceparent.map(str::to_owned) }
     }
-    fields
+}
+
+/// The fields of the entry `handler` publishes while handling the event with
+/// id `cause_id` (its own, or the original's for an inbox copy), whose
+/// lineage is `cause`; written in the `format` of the stream it goes to.
+pub fn published_fields(
+    p: &Publish,
+    handler: &str,
+    cause: &Lineage,
+    cause_id: &str,
+    format: &Format,
+) -> Vec<(String, Vec<u8>)> {
+    let traceparent = cause.traceparent.as_deref().and_then(|t| child_traceparent(t.as_bytes()));
+    let out = Outgoing {
+        stream: &p.stream,
+        event_type: &p.event_type,
+        data: &p.data,
+        source: Some(handler),
+        correlation_id: Some(cause.correlation_id.as_deref().unwrap_or(cause_id)),
+        causation_id: Some(cause_id),
+        traceparent: traceparent.as_deref(),
+        extra: &[],
+    };
+    format.write(&out, crate::ops::time::now_ms())
 }
 
 /// A W3C `traceparent` for a child of `parent` (`00-<trace-id>-<parent-id>-<flags>`):
@@ -136,12 +169,13 @@ mod tests {
     #[test]
     fn publishes_carry_correlation_and_causation() {
         let p = Publish { stream: "o".into(), event_type: "x".into(), data: b"{}".to_vec() };
-        let fields = published_fields(&p, "h", &entry(&[("correlation_id", "c-9")]), "1-0");
+        let of = |e: &Entry| Lineage::of(&Format::Sluice, e);
+        let fields = published_fields(&p, "h", &of(&entry(&[("correlation_id", "c-9")])), "1-0", &Format::Sluice);
         let e = Entry { id: "9-0".into(), fields };
         assert_eq!(e.get("correlation_id"), Some(&b"c-9"[..]));
         assert_eq!(e.get("causation_id"), Some(&b"1-0"[..]));
         assert_eq!(e.get("source"), Some(&b"h"[..]));
-        let uncorrelated = published_fields(&p, "h", &entry(&[]), "1-0");
+        let uncorrelated = published_fields(&p, "h", &of(&entry(&[])), "1-0", &Format::Sluice);
         assert_eq!(uncorrelated[3].1, b"1-0");
     }
 
@@ -149,13 +183,14 @@ mod tests {
     fn a_traceparent_continues_the_trace_with_a_new_parent() {
         let p = Publish { stream: "o".into(), event_type: "x".into(), data: b"{}".to_vec() };
         let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let fields = published_fields(&p, "h", &entry(&[("traceparent", parent)]), "1-0");
+        let of = |e: &Entry| Lineage::of(&Format::Sluice, e);
+        let fields = published_fields(&p, "h", &of(&entry(&[("traceparent", parent)])), "1-0", &Format::Sluice);
         let child = Entry { id: "2-0".into(), fields };
         let child = std::str::from_utf8(child.get("traceparent").unwrap()).unwrap();
         assert!(child.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && child.ends_with("-01"), "{child}");
         assert_ne!(child, parent);
         for bad in ["garbage", "00-00000000000000000000000000000000-00f067aa0ba902b7-01"] {
-            let fields = published_fields(&p, "h", &entry(&[("traceparent", bad)]), "1-0");
+            let fields = published_fields(&p, "h", &of(&entry(&[("traceparent", bad)])), "1-0", &Format::Sluice);
             assert!(!fields.iter().any(|(k, _)| k == "traceparent"), "{bad}");
         }
     }

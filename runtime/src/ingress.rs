@@ -191,12 +191,18 @@ async fn handle(state: &IngressState, req: Request<Incoming>) -> Result<Answered
     let headers = req.headers().clone();
     let body = read_body(req.into_body()).await?;
     let event = event_of(&stream, &body, &headers)?;
-    if let Err(invalid) = state.config.load().schemas.check(&event.event_type, event.data.as_bytes()) {
+    let config = state.config.load();
+    if let Err(invalid) = config.schemas.check(&event.event_type, event.data.as_bytes()) {
         return Err(refuse(StatusCode::UNPROCESSABLE_ENTITY, invalid.to_string()));
+    }
+    // Written in the stream's format, so its other consumers read it.
+    let format = config.streams.format(&stream).clone();
+    if let Err(why) = event.fields(&format) {
+        return Err(refuse(StatusCode::UNPROCESSABLE_ENTITY, why));
     }
     match route {
         Route::Events => {
-            let id = publish(&mut state.redis.conn.clone(), &event).await.map_err(unavailable)?;
+            let id = publish(&mut state.redis.conn.clone(), &event, &format).await.map_err(unavailable)?;
             Ok(Answered(StatusCode::CREATED, json!({ "id": id })))
         }
         Route::Requests => {
@@ -204,7 +210,7 @@ async fn handle(state: &IngressState, req: Request<Incoming>) -> Result<Answered
                 let why = format!("{MAX_INGRESS_WAITING} requests are waiting for replies already; try again shortly");
                 return Err(refuse(StatusCode::SERVICE_UNAVAILABLE, why));
             };
-            let (sent, answer) = request(&state.redis, &event, wait).await.map_err(unavailable)?;
+            let (sent, answer) = request(&state.redis, &event, &format, wait).await.map_err(unavailable)?;
             Ok(match answer {
                 Answer::Reply { event_type, data } => {
                     let data = serde_json::from_str(&data).unwrap_or(Value::String(data));

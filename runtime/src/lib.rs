@@ -38,6 +38,7 @@ pub mod dispatch;
 pub mod embedded;
 pub mod event;
 pub mod event_json;
+pub mod format;
 pub mod host;
 pub mod ingress;
 pub mod limits;

@@ -1,6 +1,6 @@
 //! `sluice publish`: add one event to a stream and print its entry id.
 
-use crate::event::field;
+use crate::format::{Format, Outgoing};
 use anyhow::Context;
 
 /// One event to add.
@@ -8,20 +8,43 @@ use anyhow::Context;
 pub struct NewEvent {
     /// The stream to add it to.
     pub stream: String,
-    /// Its `type` field.
+    /// Its event type.
     pub event_type: String,
-    /// Its `data` field, JSON by convention.
+    /// Its data, JSON by convention.
     pub data: String,
     /// Extra fields (`correlation_id`, ...), in order.
     pub fields: Vec<(String, String)>,
 }
 
-/// Adds `event` with `XADD` on `conn` and returns the new entry's id.
-pub async fn publish(conn: &mut impl redis::aio::ConnectionLike, event: &NewEvent) -> anyhow::Result<String> {
+impl NewEvent {
+    /// Its fields as an entry of a stream of `format`; why it cannot be one
+    /// (a LeanMQ message must be a JSON object).
+    pub fn fields(&self, format: &Format) -> Result<Vec<(String, Vec<u8>)>, String> {
+        format
+            .check(self.data.as_bytes())
+            .map_err(|why| format!("stream {} is in {} format: {why}", self.stream, format.name()))?;
+        let out = Outgoing {
+            stream: &self.stream,
+            event_type: &self.event_type,
+            data: self.data.as_bytes(),
+            extra: &self.fields,
+            ..Outgoing::default()
+        };
+        Ok(format.write(&out, crate::ops::time::now_ms()))
+    }
+}
+
+/// Adds `event` with `XADD` on `conn`, written in its stream's `format`,
+/// and returns the new entry's id.
+pub async fn publish(
+    conn: &mut impl redis::aio::ConnectionLike,
+    event: &NewEvent,
+    format: &Format,
+) -> anyhow::Result<String> {
+    let fields = event.fields(format).map_err(anyhow::Error::msg)?;
     let mut cmd = redis::cmd("XADD");
     cmd.arg(&event.stream).arg("*");
-    cmd.arg(field::TYPE).arg(&event.event_type).arg(field::DATA).arg(&event.data);
-    for (k, v) in &event.fields {
+    for (k, v) in &fields {
         cmd.arg(k).arg(v);
     }
     cmd.query_async(conn).await.with_context(|| format!("XADD to stream {}", event.stream))

@@ -52,12 +52,18 @@ pub fn reply_stream() -> String {
 
 /// Sends `event` as a request and waits up to `timeout` for its answer;
 /// deletes the reply stream in every case.
-pub async fn request(redis: &Redis, event: &NewEvent, timeout: Duration) -> anyhow::Result<(Sent, Answer)> {
+/// `format` is the format of the event's stream.
+pub async fn request(
+    redis: &Redis,
+    event: &NewEvent,
+    format: &crate::format::Format,
+    timeout: Duration,
+) -> anyhow::Result<(Sent, Answer)> {
     let reply_to = reply_stream();
     let mut request = event.clone();
     request.fields.push((field::REPLY_TO.into(), reply_to.clone()));
     let mut conn = redis.conn.clone();
-    let id = publish(&mut conn, &request).await?;
+    let id = publish(&mut conn, &request, format).await?;
     let answer = wait(redis, &reply_to, timeout).await;
     // A stream left behind expires anyway: its reply set its time to live.
     let deleted: redis::RedisResult<i64> = redis::cmd("DEL").arg(&reply_to).query_async(&mut conn).await;

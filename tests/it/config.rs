@@ -75,6 +75,20 @@ fn bad_glob_is_named() {
 }
 
 #[test]
+fn a_bad_stream_format_is_named_with_its_line() {
+    let err = error_of("[streams.\"orders\"]\nformat = \"avro\"\n");
+    assert!(err.starts_with("bad.toml:4:10:"), "{err}");
+    assert!(err.contains("avro") && err.contains("cloudevents") && err.contains("leanmq"), "{err}");
+    let err = error_of("[streams.\"orders\"]\nformat = \"cloudevents\"\ntype_key = \"kind\"\n");
+    assert!(err.starts_with("bad.toml:5:12: streams.orders.type_key:"), "{err}");
+    assert!(err.contains("only with format = \"leanmq\""), "{err}");
+    let err = error_of(
+        "[streams.\"dapr.*\"]\nformat = \"cloudevents\"\n[handlers.a]\nplugin = \"behave.wasm\"\nstreams = [\"dapr.orders\"]\norder_by = \"data.id\"\n",
+    );
+    assert!(err.contains("handlers.a.order_by") && err.contains("cloudevents"), "{err}");
+}
+
+#[test]
 fn dead_letter_into_a_consumed_stream_is_refused() {
     let err = error_of("[handlers.a]\nplugin = \"behave.wasm\"\nstreams = [\"s\"]\ndead_letter = \"s\"\n");
     assert!(err.contains("handlers.a.dead_letter"), "{err}");

@@ -103,10 +103,10 @@ async fn a_batched_commit_is_all_or_nothing_per_delivery() {
     };
     let entry = |id: &String| sluice::event::Entry { id: id.clone(), fields: vec![("type".into(), b"t".to_vec())] };
     let commits = [
-        Commit::ack("in", &entry(&ids[0]), "h", "sluice:kv:h:", to("out")),
-        Commit::ack("in", &entry(&ids[1]), "h", "sluice:kv:h:", to("not-a-stream")),
-        Commit::ack("in", &entry(&ids[2]), "h", "sluice:kv:h:", to("out")),
-        Commit::ack("in", &entry(&ids[0]), "h", "sluice:kv:h:", to("out")), // a repeat of the first
+        Commit::ack("in", &entry(&ids[0]), "h", "sluice:kv:h:", to("out"), &Default::default()),
+        Commit::ack("in", &entry(&ids[1]), "h", "sluice:kv:h:", to("not-a-stream"), &Default::default()),
+        Commit::ack("in", &entry(&ids[2]), "h", "sluice:kv:h:", to("out"), &Default::default()),
+        Commit::ack("in", &entry(&ids[0]), "h", "sluice:kv:h:", to("out"), &Default::default()), // a repeat of the first
     ];
     let results = commit_batch(&mut conn, "g", "c", &commits).await.unwrap();
     assert_eq!((&results[0], &results[2]), (&Committed::Done, &Committed::Done), "{results:?}");

@@ -103,7 +103,8 @@ async fn a_commit_retried_after_it_went_through_writes_nothing_twice() {
         ..Default::default()
     };
     for _ in 0..2 {
-        let commit = sluice::stream::Commit::ack("in", &entry, "h", "sluice:kv:h:", effects.clone());
+        let commit =
+            sluice::stream::Commit::ack("in", &entry, "h", "sluice:kv:h:", effects.clone(), &Default::default());
         sluice::stream::commit_one(&mut conn, "g", "c", commit).await.unwrap();
     }
     assert_eq!(entries(&mut conn, "out").await.len(), 1, "published once");

@@ -119,7 +119,8 @@ pub enum Command {
     /// 4 reject, 5 trap or limit hit, 6 invalid (the data fails its type's
     /// schema, so the plugin did not run), 7 exhausted (its attempt is past
     /// max_attempts: its last attempt was made already, so the plugin did
-    /// not run), 1 could not run.
+    /// not run), 8 malformed (not an entry of its stream's format), 1 could
+    /// not run. An expired event (its time to live passed) exits 0.
     ///
     /// The event file (`sluice dlq show --json` prints the same form):
     ///   {"stream": "orders", "id": "1700000000000-0", "type": "order.created",

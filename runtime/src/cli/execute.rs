@@ -59,7 +59,9 @@ async fn publish_with(config_path: &Path, event: &NewEvent) -> anyhow::Result<()
         anyhow::bail!("refused, nothing was published: {invalid}");
     }
     let target = RedisTarget::resolve(config.redis.url.as_deref(), &config.state_dir()).await?;
-    let result = async { publish(&mut Redis::connect(target.url(), &config.redis).await?.conn, event).await }.await;
+    let format = config.streams.format(&event.stream);
+    let result =
+        async { publish(&mut Redis::connect(target.url(), &config.redis).await?.conn, event, format).await }.await;
     target.stop().await;
     println!("{}", result?);
     Ok(())
@@ -72,7 +74,9 @@ async fn request_with(config_path: &Path, event: &NewEvent, timeout: Duration) -
         anyhow::bail!("refused, nothing was sent: {invalid}");
     }
     let target = RedisTarget::resolve(config.redis.url.as_deref(), &config.state_dir()).await?;
-    let result = async { request(&Redis::connect(target.url(), &config.redis).await?, event, timeout).await }.await;
+    let format = config.streams.format(&event.stream);
+    let result =
+        async { request(&Redis::connect(target.url(), &config.redis).await?, event, format, timeout).await }.await;
     target.stop().await;
     let (sent, answer) = result?;
     match answer {

@@ -52,6 +52,9 @@ pub struct Handler {
     /// The config's `[schemas]`: what the events it consumes and publishes
     /// must satisfy.
     pub schemas: Arc<Schemas>,
+    /// The config's `[streams]`: the format of each stream it reads and
+    /// writes ([`crate::format`]).
+    pub formats: Arc<super::StreamRules>,
 }
 
 impl Handler {

@@ -16,7 +16,7 @@ mod validate;
 pub use error::ConfigError;
 pub use handler::Handler;
 pub use model::{DEFAULT_CLAIM_IDLE_MS, DEFAULT_FORGET_CONSUMERS_AFTER_MS, DEFAULT_PLUGINS_DIR, Isolation};
-pub use streams::StreamRules;
+pub use streams::{StreamRule, StreamRules};
 
 use crate::schema::Schemas;
 use std::path::{Path, PathBuf};

@@ -44,11 +44,12 @@ pub struct RawConfig {
     pub streams: BTreeMap<String, RawStream>,
 }
 
-/// `[streams."NAME"]`: a stream name or glob, and its retention.
+/// `[streams."NAME"]`: a stream name or glob, its retention and its format.
 /// ```toml
 /// [streams."orders"]
 /// max_len = 1000000
 /// max_age_ms = 604800000
+/// format = "cloudevents"
 /// ```
 #[derive(Debug, Deserialize, Default, Clone)]
 #[serde(deny_unknown_fields)]
@@ -57,6 +58,23 @@ pub struct RawStream {
     pub max_len: Option<u64>,
     /// And none older than this, in milliseconds.
     pub max_age_ms: Option<u64>,
+    /// How its entries are laid out ([`crate::format`]); absent: `sluice`.
+    pub format: Option<RawFormat>,
+    /// For `format = "leanmq"`: the message key holding the event type
+    /// (default [`crate::format::DEFAULT_LEANMQ_TYPE_KEY`]).
+    pub type_key: Option<String>,
+}
+
+/// `format = "..."` of a `[streams."NAME"]` table.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RawFormat {
+    /// Sluice's own fields.
+    Sluice,
+    /// A CloudEvent in structured mode (Dapr's `pubsub.redis`).
+    CloudEvents,
+    /// A LeanMQ message.
+    LeanMq,
 }
 
 /// `[redis]`

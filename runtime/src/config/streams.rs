@@ -1,36 +1,67 @@
-//! `[streams."NAME"]`, resolved: which retention applies to a stream. A
-//! table names a stream or a glob (`"*"`, `"orders.*"`); for a stream, a
-//! table naming it exactly wins, else the longest glob that matches it.
-//! Dead-letter streams and inboxes match like any stream.
+//! `[streams."NAME"]`, resolved: which retention and which format apply to a
+//! stream. A table names a stream or a glob (`"*"`, `"orders.*"`); for a
+//! stream, a table naming it exactly wins, else the longest glob that matches
+//! it. The retention comes from that table; the format from the most
+//! specific table that sets one. Dead-letter streams and inboxes match like
+//! any stream.
 
+use crate::format::Format;
 use crate::stream::retention::Retention;
 use globset::GlobMatcher;
+
+/// One `[streams."NAME"]` table, compiled.
+#[derive(Debug, Clone)]
+pub struct StreamRule {
+    /// The name or glob as written.
+    pub pattern: String,
+    /// `pattern`, compiled.
+    pub matcher: GlobMatcher,
+    /// How much to keep.
+    pub retention: Retention,
+    /// How entries are laid out, if the table says.
+    pub format: Option<Format>,
+}
 
 /// Every `[streams]` table, compiled.
 #[derive(Debug, Clone, Default)]
 pub struct StreamRules {
-    /// (pattern as written, its matcher, its retention), longest pattern first.
-    rules: Vec<(String, GlobMatcher, Retention)>,
+    /// Longest pattern first.
+    rules: Vec<StreamRule>,
 }
 
+/// The format of a stream no table gives one.
+static SLUICE: Format = Format::Sluice;
+
 impl StreamRules {
-    /// The rules, from (pattern, matcher, retention) triples.
-    pub fn new(mut rules: Vec<(String, GlobMatcher, Retention)>) -> StreamRules {
-        rules.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
+    /// The rules, from the compiled tables.
+    pub fn new(mut rules: Vec<StreamRule>) -> StreamRules {
+        rules.sort_by(|a, b| b.pattern.len().cmp(&a.pattern.len()).then_with(|| a.pattern.cmp(&b.pattern)));
         StreamRules { rules }
+    }
+
+    /// The tables that apply to `stream`, most specific first: one naming it
+    /// exactly, then the globs matching it, longest first.
+    fn matching<'a>(&'a self, stream: &'a str) -> impl Iterator<Item = &'a StreamRule> + 'a {
+        let exact = self.rules.iter().filter(move |r| r.pattern == stream);
+        exact.chain(self.rules.iter().filter(move |r| r.pattern != stream && r.matcher.is_match(stream)))
     }
 
     /// The retention of `stream`, if a table bounds it.
     pub fn retention(&self, stream: &str) -> Option<Retention> {
-        let exact = self.rules.iter().find(|(p, _, _)| p == stream);
-        let rule = exact.or_else(|| self.rules.iter().find(|(_, m, _)| m.is_match(stream)));
-        rule.map(|(_, _, r)| *r).filter(Retention::is_bounded)
+        self.matching(stream).next().map(|r| r.retention).filter(Retention::is_bounded)
     }
 
     /// The pattern that applies to `stream`, for display.
-    pub fn pattern_for(&self, stream: &str) -> Option<&str> {
-        let exact = self.rules.iter().find(|(p, _, _)| p == stream);
-        exact.or_else(|| self.rules.iter().find(|(_, m, _)| m.is_match(stream))).map(|(p, _, _)| p.as_str())
+    pub fn pattern_for<'a>(&'a self, stream: &'a str) -> Option<&'a str> {
+        self.matching(stream).next().map(|r| r.pattern.as_str())
+    }
+
+    /// The format of `stream`'s entries: `sluice` unless a table says.
+    pub fn format<'a>(&'a self, stream: &'a str) -> &'a Format {
+        if self.rules.is_empty() {
+            return &SLUICE;
+        }
+        self.matching(stream).find_map(|r| r.format.as_ref()).unwrap_or(&SLUICE)
     }
 }
 
@@ -38,9 +69,13 @@ impl StreamRules {
 mod tests {
     use super::*;
 
-    fn rule(pattern: &str, max_len: u64) -> (String, GlobMatcher, Retention) {
-        let retention = Retention { max_len: Some(max_len), max_age: None };
-        (pattern.to_owned(), globset::Glob::new(pattern).unwrap().compile_matcher(), retention)
+    fn table(pattern: &str, retention: Retention, format: Option<Format>) -> StreamRule {
+        let matcher = globset::Glob::new(pattern).unwrap().compile_matcher();
+        StreamRule { pattern: pattern.to_owned(), matcher, retention, format }
+    }
+
+    fn rule(pattern: &str, max_len: u64) -> StreamRule {
+        table(pattern, Retention { max_len: Some(max_len), max_age: None }, None)
     }
 
     #[test]
@@ -51,7 +86,24 @@ mod tests {
         assert_eq!(rules.retention("orders.us:dlq").unwrap().max_len, Some(2));
         assert_eq!(rules.retention("sluice:inbox:h").unwrap().max_len, Some(1));
         assert_eq!(StreamRules::default().retention("x"), None);
-        let unbounded = (String::from("x"), globset::Glob::new("x").unwrap().compile_matcher(), Retention::default());
+        let unbounded = table("x", Retention::default(), None);
         assert_eq!(StreamRules::new(vec![unbounded]).retention("x"), None, "a table without a bound keeps everything");
+    }
+
+    #[test]
+    fn the_format_comes_from_the_most_specific_table_that_sets_one() {
+        let rules = StreamRules::new(vec![
+            table("mq:*", Retention::default(), Some(Format::leanmq())),
+            rule("mq:orders", 5),
+            table("dapr.*", Retention::default(), Some(Format::CloudEvents)),
+            table("dapr.raw", Retention::default(), Some(Format::Sluice)),
+        ]);
+        assert_eq!(rules.format("mq:orders"), &Format::leanmq(), "a table without a format does not reset it");
+        assert_eq!(rules.retention("mq:orders").unwrap().max_len, Some(5));
+        assert_eq!(rules.format("mq:orders:dlq"), &Format::leanmq());
+        assert_eq!(rules.format("dapr.orders"), &Format::CloudEvents);
+        assert_eq!(rules.format("dapr.raw"), &Format::Sluice);
+        assert_eq!(rules.format("orders"), &Format::Sluice);
+        assert_eq!(StreamRules::default().format("orders"), &Format::Sluice);
     }
 }

@@ -3,7 +3,8 @@
 use super::error::{ConfigError, Location};
 use super::handler::Handler;
 use super::model::*;
-use super::{Config, RedisSettings, StreamRules, base_dir, env, locate};
+use super::{Config, RedisSettings, StreamRule, StreamRules, base_dir, env, locate};
+use crate::format::Format;
 use crate::limits::{self, Limits, MAX_TOTAL_CONCURRENCY};
 use crate::retry::{self, RetryPolicy};
 use crate::schema::Schemas;
@@ -57,9 +58,10 @@ pub fn resolve(path: &Path, source: &str, raw: RawConfig) -> Result<Config, Conf
     let claim_idle_ms = raw.host.claim_idle_ms.unwrap_or(DEFAULT_CLAIM_IDLE_MS);
     check_limits(&c, &raw.defaults, &["defaults"])?;
     let schemas = Arc::new(schemas(&c, &raw.schemas)?);
+    let streams = Arc::new(stream_rules(&c, &raw.streams)?);
     let mut handlers = Vec::with_capacity(raw.handlers.len());
     for (name, h) in &raw.handlers {
-        handlers.push(handler(&c, name, h, &raw.defaults, &plugins_dir, &schemas, redis.cluster)?);
+        handlers.push(handler(&c, name, h, &raw.defaults, &plugins_dir, (&schemas, &streams), redis.cluster)?);
     }
     check_claim_idle(&c, claim_idle_ms, &handlers)?;
     check_shared_groups(&c, &handlers)?;
@@ -67,7 +69,6 @@ pub fn resolve(path: &Path, source: &str, raw: RawConfig) -> Result<Config, Conf
     let source = Arc::from(source);
     let admin = raw.host.admin.as_deref().map(|a| admin_address(&c, a)).transpose()?;
     let admin_token = admin_token(&c, &raw.host, admin.is_some())?;
-    let streams = Arc::new(stream_rules(&c, &raw.streams)?);
     let forget_consumers_after_ms = raw.host.forget_consumers_after_ms.unwrap_or(DEFAULT_FORGET_CONSUMERS_AFTER_MS);
     c.ensure(
         forget_consumers_after_ms >= claim_idle_ms,
@@ -296,7 +297,7 @@ fn handler(
     h: &RawHandler,
     defaults: &RawLimits,
     plugins_dir: &Path,
-    schemas: &Arc<Schemas>,
+    (schemas, streams): (&Arc<Schemas>, &Arc<StreamRules>),
     cluster: bool,
 ) -> Result<Handler, ConfigError> {
     let key = |k: &'static str| ["handlers", name, k];
@@ -312,6 +313,15 @@ fn handler(
     // In a cluster, the handler's own keys share its first stream's slot, so
     // that one script can commit its deliveries (docs/delivery.md).
     let tag = cluster.then(|| crate::stream::slot::tag_for(&h.streams[0]));
+    let order_by = h.order_by.as_deref().map(OrderBy::parse).transpose().map_err(|e| c.invalid(&key("order_by"), e))?;
+    if let Some(OrderBy::Data(k)) = &order_by
+        && let Some(s) = h.streams.iter().find(|s| *streams.format(s) == Format::CloudEvents)
+    {
+        let why = format!(
+            "\"data.{k}\" cannot order stream {s:?}, whose format is cloudevents (the key would be read from the envelope, not the event's data); order by an entry field, or use an extension attribute"
+        );
+        return Err(c.invalid(&key("order_by"), why));
+    }
     Ok(Handler {
         inbox: crate::dead_letter::inbox(name, tag.as_deref()),
         kv_prefix: crate::wasm::kv_prefix(name, tag.as_deref()),
@@ -329,8 +339,9 @@ fn handler(
         config: handler_config(c, name, &h.config)?,
         http: h.http.clone(),
         isolation: h.isolation,
-        order_by: h.order_by.as_deref().map(OrderBy::parse).transpose().map_err(|e| c.invalid(&key("order_by"), e))?,
+        order_by,
         schemas: schemas.clone(),
+        formats: streams.clone(),
     })
 }
 
@@ -387,7 +398,28 @@ fn stream_rules(c: &Checker, raw: &BTreeMap<String, RawStream>) -> Result<Stream
             c.ensure(ms >= 1, &key("max_age_ms"), "must be at least 1 (leave it out to keep entries of any age)")?;
         }
         let retention = Retention { max_len: s.max_len, max_age: s.max_age_ms.map(std::time::Duration::from_millis) };
-        rules.push((pattern.clone(), glob.compile_matcher(), retention));
+        let format = match (s.format, &s.type_key) {
+            (Some(RawFormat::LeanMq), None) => Some(Format::leanmq()),
+            (Some(RawFormat::LeanMq), Some(type_key)) => {
+                c.ensure(
+                    !type_key.is_empty(),
+                    &key("type_key"),
+                    "must name the message key that holds the event type",
+                )?;
+                Some(Format::LeanMq { type_key: type_key.clone() })
+            }
+            (_, Some(_)) => {
+                return Err(c.invalid(
+                    &key("type_key"),
+                    "applies only with format = \"leanmq\" (where the type is a key of the message)",
+                ));
+            }
+            (Some(RawFormat::CloudEvents), None) => Some(Format::CloudEvents),
+            (Some(RawFormat::Sluice), None) => Some(Format::Sluice),
+            (None, None) => None,
+        };
+        let matcher = glob.compile_matcher();
+        rules.push(StreamRule { pattern: pattern.clone(), matcher, retention, format });
     }
     Ok(StreamRules::new(rules))
 }

@@ -133,7 +133,8 @@ impl Consumer {
         match decision {
             Decision::Ack { effects } => {
                 let (publishes, kv_writes) = (effects.publishes.len(), effects.kv.len());
-                let commit = Commit::ack(&d.stream, &d.entry, &self.handler_name, &b.handler.kv_prefix, effects);
+                let (name, kv_prefix, formats) = (&self.handler_name, &b.handler.kv_prefix, &b.handler.formats);
+                let commit = Commit::ack(&d.stream, &d.entry, name, kv_prefix, effects, formats);
                 match self.commit("ack", self.in_key_order(commit, &d)).await {
                     Some(Committed::Done) => debug!(publishes, kv_writes, "handled"),
                     Some(Committed::Next(next)) => {
@@ -185,7 +186,8 @@ impl Consumer {
             plugin_version: &b.plugin.version,
             failed_at_ms: unix_ms(),
         };
-        let commit = Commit::dead_letter(&target, &d.stream, &d.entry, &failure);
+        let format = b.handler.formats.format(&origin_stream);
+        let commit = Commit::dead_letter(&target, &d.stream, &d.entry, &failure, format);
         match self.commit("dead-letter", self.in_key_order(commit, d)).await {
             Some(done @ (Committed::Done | Committed::Next(_))) => {
                 self.metrics.dead_lettered();

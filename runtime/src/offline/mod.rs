@@ -11,7 +11,9 @@ pub use report::Report;
 
 use crate::config::{Config, DEFAULT_CLAIM_IDLE_MS, Handler};
 use crate::dispatch;
+use crate::event::Entry;
 use crate::event_json::EventJson;
+use crate::format::{Format, Outgoing};
 use crate::stream::Delivery;
 use crate::wasm::{self, ComponentCache, Plugin, Sandbox};
 use anyhow::{Context, bail};
@@ -44,8 +46,8 @@ pub async fn invoke(invocation: &Invocation) -> anyhow::Result<Report> {
     let runtime = wasm::Runtime::new()?;
     let cache = cache_dir(config.as_ref()).map(|dir| ComponentCache::new(dir, &runtime.engine));
     let plugin = Plugin::load(&runtime, cache.as_ref(), &invocation.plugin)?;
-    let delivery =
-        Delivery { stream: event.stream.clone(), entry: event.to_entry(), attempt: event.attempt(), key: None };
+    let entry = as_stream_entry(&event, handler.formats.format(&event.stream));
+    let delivery = Delivery { stream: event.stream.clone(), entry, attempt: event.attempt(), key: None };
     let max_delay = Duration::from_millis(config.as_ref().map_or(DEFAULT_CLAIM_IDLE_MS, |c| c.claim_idle_ms)) / 2;
     let capture = capture::Capture::default();
     let sandbox = Sandbox::for_handler(&handler);
@@ -59,6 +61,34 @@ pub async fn invoke(invocation: &Invocation) -> anyhow::Result<Report> {
     })
     .await;
     Ok(Report::new(&handler, &plugin, &event, delivery.attempt, turn, duration, capture.take()))
+}
+
+/// The entry `event` stands for on a stream of `format`: the entry as saved
+/// (`sluice dlq show --json`), or, for an event file written by hand with
+/// just a type and data, that event written as the stream's format writes
+/// it (a CloudEvent, a LeanMQ message).
+fn as_stream_entry(event: &EventJson, format: &Format) -> Entry {
+    let entry = event.to_entry();
+    if *format == Format::Sluice || format.read(&entry, 0).is_ok() {
+        return entry;
+    }
+    let data = match &event.data {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    // Data the format cannot hold: left as it is, which `admit` finds malformed.
+    if format.check(data.as_bytes()).is_err() {
+        return entry;
+    }
+    let extra: Vec<(String, String)> = event.fields.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let out = Outgoing {
+        stream: &event.stream,
+        event_type: &event.event_type,
+        data: data.as_bytes(),
+        extra: &extra,
+        ..Default::default()
+    };
+    Entry { id: entry.id, fields: format.write(&out, crate::ops::time::now_ms()) }
 }
 
 /// The handler to run as: from the config, or the defaults.

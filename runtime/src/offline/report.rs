@@ -143,15 +143,17 @@ impl Report {
 
     /// The exit code `sluice invoke` ends with: 0 ok (or not for this
     /// handler), 3 retry, 4 reject, 5 trap or limit, 6 invalid (fails its
-    /// schema), 7 exhausted (its last attempt was made already).
+    /// schema), 7 exhausted (its last attempt was made already), 8
+    /// malformed (not its stream's format). Expired: 0, like skipped.
     pub fn exit_code(&self) -> u8 {
         match self.outcome {
-            Verdict::Ok | Verdict::Skipped => 0,
+            Verdict::Ok | Verdict::Skipped | Verdict::Expired => 0,
             Verdict::Retry => 3,
             Verdict::Reject => 4,
             Verdict::Crash => 5,
             Verdict::Invalid => 6,
             Verdict::Exhausted => 7,
+            Verdict::Malformed => 8,
         }
     }
 }
@@ -204,11 +206,15 @@ impl fmt::Display for Report {
             }
             Verdict::Invalid => "invalid (the data fails its type's schema): the plugin did not run",
             Verdict::Exhausted => "exhausted (its last attempt was made already): the plugin did not run",
+            Verdict::Malformed => "malformed (not an entry of its stream's format): the plugin did not run",
+            Verdict::Expired => "expired (its time to live passed): the plugin did not run",
             Verdict::Crash => "trap",
             other => other.label(),
         };
         match self.outcome {
-            Verdict::Invalid | Verdict::Exhausted => writeln!(f, "result    {verdict}")?,
+            Verdict::Invalid | Verdict::Exhausted | Verdict::Malformed | Verdict::Expired => {
+                writeln!(f, "result    {verdict}")?
+            }
             _ => writeln!(f, "result    {verdict} in {:.2} ms", self.duration.as_secs_f64() * 1000.0)?,
         }
         match self.action {

@@ -28,13 +28,21 @@ impl Filter {
     }
 }
 
+/// Dead-letter entry `e` of stream `dl`, its event read in the format of
+/// the stream it came from.
+fn read(session: &Session, dl: &str, e: &crate::event::Entry) -> DeadLetter {
+    let d = DeadLetter::from_entry(dl, e);
+    let format = session.config.streams.format(&d.event.stream).clone();
+    d.read_as(&format)
+}
+
 /// Every dead-letter entry the filter keeps, oldest first within each
 /// dead-letter stream.
 pub async fn list(session: &mut Session, filter: &Filter) -> anyhow::Result<Vec<DeadLetter>> {
     let mut found = Vec::new();
     for dl in session.dead_letter_streams() {
         let entries = stream::range(&mut session.conn, &dl, "-", "+").await?;
-        found.extend(entries.iter().map(|e| DeadLetter::from_entry(&dl, e)).filter(|d| filter.keeps(d)));
+        found.extend(entries.iter().map(|e| read(session, &dl, e)).filter(|d| filter.keeps(d)));
     }
     Ok(found)
 }
@@ -45,7 +53,7 @@ pub async fn latest(session: &mut Session, n: usize) -> anyhow::Result<Vec<DeadL
     let mut found = Vec::new();
     for dl in session.dead_letter_streams() {
         let entries = stream::latest(&mut session.conn, &dl, n).await?;
-        found.extend(entries.iter().map(|e| DeadLetter::from_entry(&dl, e)));
+        found.extend(entries.iter().map(|e| read(session, &dl, e)));
     }
     found.sort_by(|a, b| b.failed_at.cmp(&a.failed_at).then_with(|| b.id.cmp(&a.id)));
     found.truncate(n);
@@ -56,7 +64,7 @@ pub async fn latest(session: &mut Session, n: usize) -> anyhow::Result<Vec<DeadL
 pub async fn show(session: &mut Session, id: &str) -> anyhow::Result<DeadLetter> {
     for dl in session.dead_letter_streams() {
         if let Some(e) = stream::range(&mut session.conn, &dl, id, id).await?.first() {
-            return Ok(DeadLetter::from_entry(&dl, e));
+            return Ok(read(session, &dl, e));
         }
     }
     anyhow::bail!("no dead-letter entry {id} in {}", session.dead_letter_streams().join(", "))

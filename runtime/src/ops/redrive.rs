@@ -83,7 +83,8 @@ pub async fn redrive(session: &mut Session, entries: &[DeadLetter], pace: Pace) 
 
 /// Whether `d`'s data, as its handler would see it, passes its type's schema.
 fn still_valid(session: &Session, d: &DeadLetter) -> Result<(), String> {
-    let event = d.event.to_entry().to_event(&d.event.stream, 1);
+    let format = session.config.streams.format(&d.event.stream);
+    let event = format.read(&d.event.to_entry(), 0).map_err(|malformed| malformed.to_string())?;
     session.config.schemas.check(&event.event_type, &event.data).map_err(|invalid| invalid.to_string())
 }
 

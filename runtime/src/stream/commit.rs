@@ -13,8 +13,10 @@
 use super::error::{Context, Error};
 use super::read::Delivery;
 use super::{order, slot};
+use crate::config::StreamRules;
 use crate::dead_letter::{self, Failure};
-use crate::event::{self, Entry};
+use crate::event::{self, Entry, Lineage};
+use crate::format::Format;
 use crate::wasm::{Effects, KvWrite, Publish};
 use redis::Value;
 use redis::aio::ConnectionLike;
@@ -120,25 +122,53 @@ impl Write {
 impl Commit {
     /// Acknowledges `entry` of `stream` and applies `effects` (publishes,
     /// key-value writes under `kv_prefix`) of `handler`.
-    pub fn ack(stream: &str, entry: &Entry, handler: &str, kv_prefix: &str, effects: Effects) -> Commit {
-        let cause_id = match effects.publishes.is_empty() {
-            true => String::new(),
-            false => dead_letter::origin(stream, entry).1,
+    /// Each publish is written in its stream's format (`formats`), carrying
+    /// the lineage of `entry`, read in its own stream's format.
+    pub fn ack(
+        stream: &str,
+        entry: &Entry,
+        handler: &str,
+        kv_prefix: &str,
+        effects: Effects,
+        formats: &StreamRules,
+    ) -> Commit {
+        let (cause_id, lineage) = match effects.publishes.is_empty() && effects.reply.is_none() {
+            true => Default::default(),
+            false => {
+                let (origin, cause_id) = dead_letter::origin(stream, entry);
+                (cause_id, Lineage::of(formats.format(&origin), entry))
+            }
         };
-        let publishes =
-            effects.publishes.iter().map(|p| xadd(&p.stream, event::published_fields(p, handler, entry, &cause_id)));
+        let publish = |p: &Publish| {
+            let fields = event::published_fields(p, handler, &lineage, &cause_id, formats.format(&p.stream));
+            xadd(&p.stream, fields)
+        };
+        let publishes = effects.publishes.iter().map(publish);
         let kv = effects.kv.into_iter().map(|w| kv_write(kv_prefix, w));
-        let reply = effects.reply.iter().flat_map(|r| reply_writes(r, handler, stream, entry));
+        let reply = effects.reply.iter().flat_map(|r| reply_writes(r, handler, &lineage, &cause_id));
         let writes = publishes.chain(reply).chain(kv).chain(delete_if_inbox(stream, &entry.id)).collect();
         Commit { stream: stream.to_owned(), id: entry.id.clone(), order: None, writes }
     }
 
     /// Copies `entry` of `stream`, which failed with `failure`, to
-    /// `dead_letter_stream`, and acknowledges it.
-    pub fn dead_letter(dead_letter_stream: &str, stream: &str, entry: &Entry, failure: &Failure<'_>) -> Commit {
-        let fields = dead_letter::fields(entry, failure);
+    /// `dead_letter_stream`, and acknowledges it. `format` is the format of
+    /// the stream it came from: a LeanMQ message is kept as LeanMQ keeps
+    /// its dead letters ([`Format::dead_letter_fields`]).
+    pub fn dead_letter(
+        dead_letter_stream: &str,
+        stream: &str,
+        entry: &Entry,
+        failure: &Failure<'_>,
+        format: &Format,
+    ) -> Commit {
+        let fields = match format.dead_letter_fields(entry, failure.reason, failure.failed_at_ms) {
+            Some(own) => dead_letter::fields(&Entry { id: entry.id.clone(), fields: own }, failure),
+            None => dead_letter::fields(entry, failure),
+        };
         let error = error_reply(entry, failure.reason);
-        let reply = error.iter().flat_map(|r| reply_writes(r, failure.handler, stream, entry));
+        let request_id = || dead_letter::origin(stream, entry).1;
+        let lineage = || Lineage::of(&Format::Sluice, entry);
+        let reply = error.iter().flat_map(|r| reply_writes(r, failure.handler, &lineage(), &request_id()));
         let writes =
             std::iter::once(xadd(dead_letter_stream, fields)).chain(reply).chain(delete_if_inbox(stream, &entry.id));
         Commit { stream: stream.to_owned(), id: entry.id.clone(), order: None, writes: writes.collect() }
@@ -228,10 +258,10 @@ pub const ERROR_REPLY_TYPE: &str = "sluice.error";
 /// The writes of `reply` to a request, `entry` of `stream`: the reply entry
 /// (with `request_id`, and the fields of any publish) and its stream's time
 /// to live.
-fn reply_writes(reply: &Publish, handler: &str, stream: &str, entry: &Entry) -> [Write; 2] {
-    let (_, request_id) = dead_letter::origin(stream, entry);
-    let mut fields = event::published_fields(reply, handler, entry, &request_id);
-    fields.push((event::field::REQUEST_ID.into(), request_id.into_bytes()));
+fn reply_writes(reply: &Publish, handler: &str, lineage: &Lineage, request_id: &str) -> [Write; 2] {
+    // Reply streams are Sluice's own: always its format.
+    let mut fields = event::published_fields(reply, handler, lineage, request_id, &Format::Sluice);
+    fields.push((event::field::REQUEST_ID.into(), request_id.as_bytes().to_vec()));
     let expire = Write {
         kind: WriteKind::Pexpire,
         key: reply.stream.clone(),
@@ -372,7 +402,7 @@ mod tests {
             |stream: &str| crate::wasm::Publish { stream: stream.into(), event_type: "x".into(), data: b"{}".to_vec() };
         let effects =
             Effects { publishes: vec![publish("{shop}:payments"), publish("elsewhere")], kv: vec![], reply: None };
-        let commit = Commit::ack("{shop}:orders", &entry, "h", "sluice:kv:{shop}:h:", effects);
+        let commit = Commit::ack("{shop}:orders", &entry, "h", "sluice:kv:{shop}:h:", effects, &StreamRules::default());
         assert!(!commit.in_one_slot());
         let routed = commit.routed_for_cluster();
         assert!(routed.in_one_slot(), "{routed:?}");

@@ -38,6 +38,8 @@ pub struct Grants {
     pub http: HttpGrant,
     /// What the events it publishes must satisfy.
     pub schemas: Arc<Schemas>,
+    /// The format of each stream it publishes to ([`crate::format`]).
+    pub formats: Arc<crate::config::StreamRules>,
 }
 
 impl Grants {
@@ -51,6 +53,7 @@ impl Grants {
             config: handler.config.clone(),
             http: HttpGrant::new(handler.http.clone()),
             schemas: handler.schemas.clone(),
+            formats: handler.formats.clone(),
         }
     }
 }
@@ -272,6 +275,10 @@ impl host::Host for EventState {
         self.usage.publish(data.len() + event_type.len())?;
         if let Err(invalid) = self.grants.schemas.check(&event_type, &data) {
             return Ok(Err(invalid.to_string()));
+        }
+        let format = self.grants.formats.format(&stream);
+        if let Err(why) = format.check(&data) {
+            return Ok(Err(format!("stream {stream:?} is in {} format: {why}", format.name())));
         }
         self.effects.publishes.push(Publish { stream, event_type, data });
         Ok(Ok(()))
