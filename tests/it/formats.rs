@@ -302,3 +302,39 @@ print(json.dumps([m.data for m in q.get_messages(count=10, block_for_seconds=1)]
     assert!(stderr.contains("stream mq:orders is in leanmq format"), "{stderr}");
     assert_eq!(entries(&mut conn, "mq:orders").await.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_ingress_writes_in_the_streams_format() {
+    let redis = RedisServer::start();
+    let port = free_port();
+    let host =
+        format!("ingress = \"127.0.0.1:{port}\"\ningress_token = \"t0ken\"\ningress_streams = [\"mq:*\", \"dapr.*\"]");
+    let config = "[streams.\"mq:*\"]\nformat = \"leanmq\"\n[streams.\"dapr.*\"]\nformat = \"cloudevents\"\n";
+    let fx = Fixture::new(&redis, &host, config);
+    let running = fx.start();
+    eventually(SOON, "the ingress listening", || async { std::net::TcpStream::connect(("127.0.0.1", port)).ok() })
+        .await;
+    let post = |stream: &str, body: Value| {
+        let auth = [("Authorization", "Bearer t0ken"), ("X-Correlation-Id", "c-5")];
+        http_json(port, "POST", &format!("/v1/streams/{stream}/events"), &auth, body.to_string().as_bytes())
+    };
+    let (code, answer) = post("dapr.orders", json!({"type": "order.created", "data": {"order_id": "o-1"}}));
+    assert_eq!(code, 201, "{answer}");
+    let mut conn = redis.conn().await;
+    let raw = field(&entries(&mut conn, "dapr.orders").await[0], "data");
+    let parsed = run_python(&redis, &format!("{CLOUDEVENTS}\nprint(json.dumps(parse({raw:?})))"));
+    assert_eq!(parsed["attributes"]["type"], "order.created");
+    assert_eq!(parsed["attributes"]["correlationid"], "c-5");
+    assert_eq!(parsed["data"], json!({"order_id": "o-1"}));
+
+    let (code, answer) = post("mq:orders", json!({"type": "order.created", "data": {"order_id": "o-2"}}));
+    assert_eq!(code, 201, "{answer}");
+    let message: Value = serde_json::from_str(&field(&entries(&mut conn, "mq:orders").await[0], "data")).unwrap();
+    assert_eq!((message["event_type"].as_str(), message["order_id"].as_str()), (Some("order.created"), Some("o-2")));
+    assert!(message["_metadata"]["id"].is_string(), "{message}");
+    // Not a JSON object: no LeanMQ message, refused with the reason.
+    let (code, answer) = post("mq:orders", json!({"type": "order.created", "data": [1, 2]}));
+    assert_eq!(code, 422, "{answer}");
+    assert!(answer.to_string().contains("leanmq format"), "{answer}");
+    running.stop().await;
+}
