@@ -146,6 +146,28 @@ print(json.dumps(dlq.requeue_messages(['{id}'], mq.get_queue('orders'))))
     assert_eq!(last["order_id"], "o-2");
     assert_eq!(last["_failures"].as_array().unwrap().len(), 2, "{last}");
 
+    // Sluice's own redrive reads the same dead letter as LeanMQ's: sent to
+    // the handler's inbox, read as a LeanMQ message, rejected once more.
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["dlq", "redrive", "--handler", "shop", "--config"])
+        .arg(&fx.config_path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let redriven_from = again.last().unwrap().id.clone();
+    let third = eventually(SOON, "the redriven message dead-lettered again", || {
+        let mut c = conn.clone();
+        let from = redriven_from.clone();
+        async move {
+            let e = entries(&mut c, "mq:orders:dlq").await;
+            e.last().filter(|d| d.id != from).cloned()
+        }
+    })
+    .await;
+    let message: Value = serde_json::from_str(&field(&third, "data")).unwrap();
+    assert_eq!(message["_failures"].as_array().unwrap().len(), 3, "{message}");
+    assert!(field(&third, "sluice.history").contains("out of stock"));
+
     // The expired message was acknowledged without running, and counted.
     assert_eq!(events_total(admin, "shop", "expired"), 1.0);
     assert_eq!(events_total(admin, "shop", "skipped"), 1.0);
@@ -242,6 +264,47 @@ print(json.dumps(ids))
     assert_eq!(field(malformed, "sluice.attempts"), "1");
     assert_eq!(pending(&mut conn, "dapr.orders", "ce").await, 0);
     host.stop().await;
+
+    // The operator's tools read the envelope too: `dlq list` gives the
+    // CloudEvent's type, and the event `dlq show --json` saves runs offline
+    // with `sluice invoke` as `run` ran it (rejected: exit code 4).
+    let sluice = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(args)
+            .arg("--config")
+            .arg(&fx.config_path)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, listed, err) = sluice(&["dlq", "list", "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let listed: Vec<Value> = serde_json::from_str(&listed).unwrap();
+    let types: Vec<&str> = listed.iter().map(|d| d["event"]["type"].as_str().unwrap()).collect();
+    assert!(types.contains(&"order.created"), "{listed:?}");
+    let (code, saved, err) = sluice(&["dlq", "show", &rejected.id, "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let plugin = plugins_dir().join("behave.wasm");
+    let invoke = |event: &str| {
+        let file = fx.dir.path().join("event.json");
+        std::fs::write(&file, event).unwrap();
+        let plugin = plugin.display().to_string();
+        sluice(&["invoke", &plugin, "--event", &file.display().to_string(), "--handler", "ce"])
+    };
+    let (code, report, err) = invoke(&saved);
+    assert_eq!(code, Some(4), "{report}{err}");
+    assert!(report.contains("card declined"), "{report}");
+    // An event file written by hand, with just a type and data, is written
+    // as the stream's CloudEvent first.
+    let by_hand = |t: &str| json!({"stream": "dapr.orders", "type": t, "data": {"action": "reject"}}).to_string();
+    assert_eq!(invoke(&by_hand("order.created")).0, Some(4));
+    let (code, report, _) = invoke(&by_hand("user.created"));
+    assert_eq!(code, Some(0), "not for this handler: {report}");
+    assert!(report.contains("skipped"), "{report}");
 }
 
 /// `value` as a Python literal (JSON's `true`/`false`/`null` aside, which
