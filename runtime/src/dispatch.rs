@@ -315,6 +315,28 @@ mod tests {
     }
 
     #[test]
+    fn an_entry_is_read_in_its_streams_format_an_inbox_copy_in_its_origins() {
+        // The handler reads stream `s`, whose format is LeanMQ's.
+        let h = handler("[streams.\"s\"]\nformat = \"leanmq\"\n");
+        let message = br#"{"event_type":"order.created","n":1,"_metadata":{"id":"u","timestamp":1.0,"ttl":null}}"#;
+        let entry = |extra: &[(&str, &str)]| {
+            let mut fields = vec![("data".to_owned(), message.to_vec())];
+            fields.extend(extra.iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())));
+            Entry { id: "5-0".into(), fields }
+        };
+        let origin = [("sluice.origin_stream", "s"), ("sluice.origin_id", "1-0"), ("type", "")];
+        for (stream, e) in [("s", entry(&[])), ("sluice:inbox:h", entry(&origin))] {
+            let d = Delivery { stream: stream.into(), entry: e, attempt: 1, key: None };
+            let Admission::Deliver(event) = admit(&h, &d) else { panic!("{stream}: not delivered") };
+            assert_eq!((event.stream.as_str(), event.event_type.as_str()), ("s", "order.created"), "{stream}");
+            assert_eq!(event.data, br#"{"event_type":"order.created","n":1}"#, "{stream}");
+        }
+        let bad =
+            Delivery { stream: "s".into(), entry: Entry { id: "6-0".into(), fields: vec![] }, attempt: 1, key: None };
+        assert_eq!(settled(admit(&h, &bad)), Some(Verdict::Malformed));
+    }
+
+    #[test]
     fn all_lists_every_verdict_in_order() {
         for (i, v) in Verdict::ALL.iter().enumerate() {
             assert_eq!(*v as usize, i, "metrics index counters by `verdict as usize`");
