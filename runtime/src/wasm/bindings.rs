@@ -25,6 +25,8 @@ mod generated {
 
 /// An instance of a handler component (the generated world type).
 pub use generated::Plugin as Handler;
+/// Where a handler component's exports are, found before instantiating it.
+pub use generated::PluginIndices as HandlerIndices;
 /// A handler component linked and ready to instantiate.
 pub use generated::PluginPre as HandlerPre;
 pub use generated::exports::sluice::plugin::handler::{Event, Failure};

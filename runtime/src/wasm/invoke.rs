@@ -1,7 +1,8 @@
 //! Running one delivery: a fresh `Store` and instance from the plugin's
 //! `InstancePre` (or a reused one, see [`super::reuse`]), under an epoch
 //! deadline and a memory cap. On the idle lane (a demoted handler) the
-//! deadline is in CPU time; see [`super::deadline`].
+//! deadline is in CPU time; see [`super::deadline`]. A Spin Redis-trigger
+//! component runs the same way; only the call differs ([`super::entry`]).
 
 use super::bindings::{Event, Failure};
 use super::deadline::{CpuMeter, Deadline};
@@ -98,7 +99,7 @@ impl Plugin {
                 store.data_mut().reply_to = reply_to(event);
                 let result = async {
                     let instance = self.pre.instantiate_async(&mut store).await?;
-                    instance.sluice_plugin_handler().call_handle(&mut store, event).await
+                    self.entry.bind(&mut store, &instance)?.call(&mut store, event).await
                 };
                 let result = with_backstop(clock.wall, result).await;
                 outcome(store.data_mut(), sandbox, result)
@@ -118,14 +119,18 @@ impl Plugin {
             }
             None => {
                 let mut store = self.new_store(sandbox, clock.deadline(sandbox));
-                match with_backstop(clock.wall, self.pre.instantiate_async(&mut store)).await {
+                let bound = async {
+                    let instance = self.pre.instantiate_async(&mut store).await?;
+                    self.entry.bind(&mut store, &instance)
+                };
+                match with_backstop(clock.wall, bound).await {
                     Ok(instance) => Warm { store, instance, digest: self.digest.clone(), served: 0 },
                     Err(err) => return outcome(store.data_mut(), sandbox, Err(err)),
                 }
             }
         };
         warm.store.data_mut().reply_to = reply_to(event);
-        let call = warm.instance.sluice_plugin_handler().call_handle(&mut warm.store, event);
+        let call = warm.instance.call(&mut warm.store, event);
         let result = with_backstop(clock.wall, call).await;
         warm.served += 1;
         // A trap, a deadline or a refused allocation may leave the guest's

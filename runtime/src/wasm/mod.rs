@@ -6,6 +6,7 @@ mod cache;
 mod deadline;
 mod effects;
 mod engine;
+mod entry;
 mod executor;
 mod http;
 mod invoke;

@@ -1,14 +1,16 @@
-//! Loading a plugin file: compile it, check it is a Sluice handler, and
-//! pre-instantiate it against the linker so each event only instantiates.
+//! Loading a plugin file: compile it, find its entry point (a Sluice
+//! handler's, or a Spin Redis-trigger component's: see [`super::entry`]),
+//! and pre-instantiate it against the linker so each event only
+//! instantiates.
 
-use super::bindings::HandlerPre;
 use super::cache::{ComponentCache, Source, hex};
 use super::engine::Runtime;
+use super::entry::Entry;
 use super::executor::Executor;
 use super::state::EventState;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
-use wasmtime::component::Component;
+use wasmtime::component::{Component, InstancePre};
 
 /// Why a plugin could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -38,12 +40,16 @@ pub enum PluginError {
         /// The linker's error, naming the import.
         reason: String,
     },
-    /// It does not export `sluice:plugin/handler@0.1.0`.
-    #[error("{}: not a Sluice handler (it must export sluice:plugin/handler@0.1.0): {reason}", path.display())]
+    /// It exports neither `sluice:plugin/handler@0.1.0` nor Spin's
+    /// `fermyon:spin/inbound-redis`.
+    #[error(
+        "{}: not a Sluice handler (it must export sluice:plugin/handler@0.1.0 or Spin's fermyon:spin/inbound-redis): {reason}",
+        path.display()
+    )]
     WrongWorld {
         /// The plugin file.
         path: PathBuf,
-        /// Why its exports do not match the handler interface.
+        /// Why its exports match neither interface.
         reason: String,
     },
 }
@@ -58,8 +64,9 @@ pub fn version(digest: &str) -> String {
     digest[..12].to_owned()
 }
 
-/// A compiled, pre-instantiated handler plugin, ready to run events. The
-/// same `Plugin` serves every handler that uses the same file contents.
+/// A compiled, pre-instantiated handler plugin (a Sluice handler or a Spin
+/// Redis-trigger component), ready to run events. The same `Plugin` serves
+/// every handler that uses the same file contents.
 pub struct Plugin {
     /// The file it came from.
     pub path: PathBuf,
@@ -70,7 +77,10 @@ pub struct Plugin {
     pub digest: String,
     /// Whether it came from the compiled-component cache.
     pub source: Source,
-    pub(super) pre: HandlerPre<EventState>,
+    /// The component, linked: each delivery instantiates it.
+    pub(super) pre: InstancePre<EventState>,
+    /// What a delivery calls in the instance.
+    pub(super) entry: Entry,
     /// Where its deliveries run.
     pub(super) executor: Executor,
 }
@@ -98,13 +108,12 @@ impl Plugin {
         };
         let (component, source) =
             compiled.map_err(|e| PluginError::Compile { path: path.clone(), reason: format!("{e:#}") })?;
-        let instance_pre = runtime
+        let pre = runtime
             .linker
             .instantiate_pre(&component)
             .map_err(|e| PluginError::Link { path: path.clone(), reason: format!("{e:#}") })?;
-        let pre = HandlerPre::new(instance_pre)
-            .map_err(|e| PluginError::WrongWorld { path: path.clone(), reason: format!("{e:#}") })?;
-        Ok(Plugin { version: version(&digest), digest, path, source, pre, executor: runtime.executor.clone() })
+        let entry = Entry::find(&pre).map_err(|reason| PluginError::WrongWorld { path: path.clone(), reason })?;
+        Ok(Plugin { version: version(&digest), digest, path, source, pre, entry, executor: runtime.executor.clone() })
     }
 
     /// Where this plugin's deliveries run.

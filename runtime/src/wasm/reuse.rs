@@ -2,7 +2,7 @@
 //! plugin, each serving deliveries one at a time until it traps, hits a
 //! limit, or reaches [`REUSE_MAX_DELIVERIES`].
 
-use super::bindings::Handler;
+use super::entry::Bound;
 use super::state::EventState;
 use crate::limits::REUSE_MAX_DELIVERIES;
 use std::sync::Mutex;
@@ -11,7 +11,8 @@ use wasmtime::Store;
 /// An instance between deliveries, with its store.
 pub struct Warm {
     pub store: Store<EventState>,
-    pub instance: Handler,
+    /// The instance's entry point (a Sluice handler's or a Spin component's).
+    pub instance: Bound,
     /// The plugin version it was made from.
     pub digest: String,
     /// Deliveries it has served.
