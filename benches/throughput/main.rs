@@ -28,7 +28,10 @@
 //!   throughput, CPU per event, and how evenly the work was split;
 //! - `ordered`: the trivial handler with `order_by` over 100 keys and over 1
 //!   key, against the same events without it (`concurrency = 64`) and
-//!   with `concurrency = 1`.
+//!   with `concurrency = 1`;
+//! - `formats`: the trivial handler on a stream of each `format` (Sluice's,
+//!   a Dapr-style CloudEvent, a LeanMQ message), and the µs one entry
+//!   takes to read in each.
 //!
 //! Environment: `SLUICE_BENCH_EVENTS` (default 20000), `SLUICE_BENCH_RATE`
 //! (latency's offered rate, default 10000/s), `SLUICE_BENCH_OUT` (where the
@@ -114,6 +117,27 @@ fn main() {
         let handlers = handler("bench", "behave.wasm", "publish = [\"out\"]\n");
         let rate = rt.block_on(end_to_end(n, &handlers, CHAIN, true)).rate;
         report.rate("sluice run, Rust handler publishing one event per input", rate, native);
+    }
+    if wanted("formats") {
+        for (format, payload) in [("sluice", TRIVIAL.to_owned()), ("cloudevents", cloudevent()), ("leanmq", leanmq())] {
+            let handlers =
+                format!("[streams.\"bench\"]\nformat = \"{format}\"\n{}", handler("bench", "behave.wasm", ""));
+            let run = rt.block_on(end_to_end(n, &handlers, &payload, true));
+            report.rate(format!("sluice run, trivial handler, format = {format}"), run.rate, native);
+            report.add(format!("  CPU per event (format = {format}): sluice host"), run.host_cpu_us, "µs");
+        }
+        for (format, payload) in [
+            (sluice::format::Format::Sluice, TRIVIAL.to_owned()),
+            (sluice::format::Format::CloudEvents, cloudevent()),
+            (sluice::format::Format::leanmq(), leanmq()),
+        ] {
+            let entry = sluice::event::Entry {
+                id: "1-0".into(),
+                fields: vec![("type".into(), b"order.created".to_vec()), ("data".into(), payload.into_bytes())],
+            };
+            let us = per_call(&|| drop(std::hint::black_box(format.read(&entry, 0).unwrap())));
+            report.add(format!("reading one entry, format = {}", format.name()), us, "µs");
+        }
     }
     if wanted("defaults") {
         let shipped = "[handlers.bench]\nplugin = \"behave.wasm\"\nstreams = [\"bench\"]\n";
@@ -358,6 +382,32 @@ fn schema_check_cost() -> (f64, f64) {
         std::hint::black_box(serde_json::from_slice::<serde_json::Value>(TRIVIAL.as_bytes()).unwrap());
     });
     (check, parse)
+}
+
+/// [`TRIVIAL`] in a CloudEvent, as Dapr's `pubsub.redis` stores it.
+fn cloudevent() -> String {
+    format!(
+        r#"{{"specversion":"1.0","id":"6f1c4ad6-1b47-4b7e-9e0c-7c2b2a1f9d3e","source":"checkout","type":"order.created","datacontenttype":"application/json","topic":"bench","pubsubname":"pubsub","traceparent":"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01","time":"2026-11-26T10:00:00Z","data":{TRIVIAL}}}"#
+    )
+}
+
+/// [`TRIVIAL`] as a LeanMQ message, with its type and `_metadata`.
+fn leanmq() -> String {
+    let mut message: serde_json::Value = serde_json::from_str(TRIVIAL).unwrap();
+    message["event_type"] = "order.created".into();
+    message["_metadata"] =
+        serde_json::json!({"id": "6f1c4ad6-1b47-4b7e-9e0c-7c2b2a1f9d3e", "timestamp": 1_795_000_000.5, "ttl": null});
+    message.to_string()
+}
+
+/// µs per call of `f`, over 200 000 calls.
+fn per_call(f: &dyn Fn()) -> f64 {
+    let n = 200_000;
+    let started = Instant::now();
+    for _ in 0..n {
+        f();
+    }
+    started.elapsed().as_secs_f64() * 1e6 / n as f64
 }
 
 /// The chain handler at `rate` events/s for 3 s (the first 0.5 s left
