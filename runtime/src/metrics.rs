@@ -120,7 +120,7 @@ impl Metrics {
     #[rustfmt::skip]
     fn register_all(&mut self) {
         let r = &mut self.registry;
-        r.register("events", "Events handled, by handler and outcome (ok, retry, reject, crash, skipped, invalid, exhausted)", self.events.clone());
+        r.register("events", "Events handled, by handler and outcome (ok, retry, reject, crash, skipped, invalid, exhausted, malformed, expired)", self.events.clone());
         r.register("handler_duration_seconds", "Time one delivery took in the handler", self.duration.clone());
         r.register("retries", "Deliveries that will be tried again", self.retries.clone());
         r.register("dead_letters", "Events written to a dead-letter stream", self.dead_letters.clone());
