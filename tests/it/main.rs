@@ -58,3 +58,7 @@ mod ingress;
 mod examples;
 // The fault audit, short: kills, a pause, Redis restarts, network faults, a failover, two hosts.
 mod faults;
+// Stream formats: LeanMQ and CloudEvents (Dapr) entries, with the real Python libraries.
+mod formats;
+// Spin Redis-trigger components run unchanged.
+mod spin;
