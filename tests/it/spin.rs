@@ -164,6 +164,28 @@ fn a_spin_platform_import_is_refused_by_name() {
     assert!(error.contains("sluice:plugin/handler@0.1.0 or Spin's fermyon:spin/inbound-redis"), "{error}");
 }
 
+/// A component that exports Spin's interface with another signature is
+/// refused at load, not on every delivery.
+#[test]
+fn a_spin_export_with_another_signature_is_refused_at_load() {
+    let runtime = Runtime::new().unwrap();
+    let wrong = wat::parse_str(
+        r#"(component
+            (core module $m (func (export "h") (param i32)))
+            (core instance $i (instantiate $m))
+            (func $f (param "message" u32) (canon lift (core func $i "h")))
+            (instance $redis (export "handle-message" (func $f)))
+            (export "fermyon:spin/inbound-redis" (instance $redis)))"#,
+    )
+    .unwrap();
+    let error = match Plugin::from_bytes(&runtime, None, Path::new("wrong.wasm"), &wrong) {
+        Err(e @ PluginError::WrongWorld { .. }) => e.to_string(),
+        Err(other) => panic!("not a wrong-world error: {other}"),
+        Ok(_) => panic!("a handle-message taking a u32 loaded"),
+    };
+    assert!(error.contains("is not Spin's `func(message: list<u8>) -> result<_, error>`"), "{error}");
+}
+
 /// The start of a component binary: magic, version, layer.
 const COMPONENT_HEADER: &[u8] = b"\0asm\x0d\x00\x01\x00";
 

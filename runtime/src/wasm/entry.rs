@@ -31,7 +31,8 @@ use super::bindings::sluice::plugin::types::RetryAfter;
 use super::bindings::{Event, Failure, Handler, HandlerIndices};
 use super::state::EventState;
 use wasmtime::Store;
-use wasmtime::component::{ComponentExportIndex, ComponentType, Func, Instance, InstancePre, Lift};
+use wasmtime::component::types::ComponentItem;
+use wasmtime::component::{ComponentExportIndex, ComponentType, Func, Instance, InstancePre, Lift, Type};
 
 /// The interface a Spin Redis-trigger component exports.
 pub const SPIN_INBOUND_REDIS: &str = "fermyon:spin/inbound-redis";
@@ -84,10 +85,13 @@ impl Entry {
         };
         let component = pre.component();
         if let Some(interface) = component.get_export_index(None, SPIN_INBOUND_REDIS) {
-            return match component.get_export_index(Some(&interface), HANDLE_MESSAGE) {
-                Some(index) => Ok(Entry::Spin(index)),
-                None => Err(format!("its {SPIN_INBOUND_REDIS} export has no `{HANDLE_MESSAGE}` function")),
+            let Some(index) = component.get_export_index(Some(&interface), HANDLE_MESSAGE) else {
+                return Err(format!("its {SPIN_INBOUND_REDIS} export has no `{HANDLE_MESSAGE}` function"));
             };
+            // Checked now, so that a wrong signature is refused at load
+            // rather than failing every delivery.
+            spin_signature(pre)?;
+            return Ok(Entry::Spin(index));
         }
         if component.get_export_index(None, SPIN_3_INBOUND_REDIS).is_some() {
             return Err(format!("it exports Spin 3's async {SPIN_3_INBOUND_REDIS}, which Sluice does not run"));
@@ -105,6 +109,31 @@ impl Entry {
                 None => Err(wasmtime::format_err!("no {SPIN_INBOUND_REDIS} {HANDLE_MESSAGE} export")),
             },
         }
+    }
+}
+
+/// Whether `pre`'s `handle-message` is Spin's:
+/// `func(message: list<u8>) -> result<_, error>`, `error` an enum.
+fn spin_signature(pre: &InstancePre<EventState>) -> Result<(), String> {
+    let engine = pre.engine();
+    let component = pre.component().component_type();
+    let func = match component.get_export(engine, SPIN_INBOUND_REDIS).map(|e| e.ty) {
+        Some(ComponentItem::ComponentInstance(i)) => i.get_export(engine, HANDLE_MESSAGE).map(|e| e.ty),
+        _ => None,
+    };
+    let Some(ComponentItem::ComponentFunc(func)) = func else {
+        return Err(format!("its {SPIN_INBOUND_REDIS} `{HANDLE_MESSAGE}` is not a function"));
+    };
+    let params: Vec<Type> = func.params().map(|(_, t)| t).collect();
+    let results: Vec<Type> = func.results().collect();
+    let bytes = matches!(params.as_slice(), [Type::List(l)] if l.ty() == Type::U8);
+    let result =
+        matches!(results.as_slice(), [Type::Result(r)] if r.ok().is_none() && matches!(r.err(), Some(Type::Enum(_))));
+    match bytes && result && !func.async_() {
+        true => Ok(()),
+        false => Err(format!(
+            "its {SPIN_INBOUND_REDIS} `{HANDLE_MESSAGE}` is not Spin's `func(message: list<u8>) -> result<_, error>`"
+        )),
     }
 }
 
