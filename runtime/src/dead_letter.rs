@@ -79,6 +79,18 @@ pub fn origin(stream: &str, entry: &Entry) -> (String, String) {
     (stream.to_owned(), entry.id.clone())
 }
 
+/// The stream `entry`, read from `stream`, stands for ([`origin`]), without
+/// copying anything.
+pub fn origin_stream<'a>(stream: &'a str, entry: &'a Entry) -> &'a str {
+    if is_inbox(stream)
+        && entry.get(field::ORIGIN_ID).is_some()
+        && let Some(s) = entry.get(field::ORIGIN_STREAM).and_then(|s| std::str::from_utf8(s).ok())
+    {
+        return s;
+    }
+    stream
+}
+
 /// Why and where an event failed: what its dead-letter entry records.
 #[derive(Debug, Clone)]
 pub struct Failure<'a> {

@@ -12,6 +12,7 @@
 //! [`Decision::label`].
 
 use crate::config::Handler;
+use crate::format::Format;
 use crate::retry::RetryPolicy;
 use crate::stream::Delivery;
 use crate::wasm::bindings::Event;
@@ -146,17 +147,25 @@ pub enum Admission {
 pub fn admit(handler: &Handler, d: &Delivery) -> Admission {
     let settled = |verdict, decision| Admission::Settled(Turn { verdict, decision });
     // An inbox copy is read as the stream it came from.
-    let (stream, id) = crate::dead_letter::origin(&d.stream, &d.entry);
-    let read = match handler.formats.format(&stream).read(&d.entry, crate::ops::time::now_ms()) {
+    let format = handler.formats.format(crate::dead_letter::origin_stream(&d.stream, &d.entry));
+    // Sluice's own format: the type is a field, checked before anything is
+    // copied (most entries a handler skips cost only this).
+    if *format == Format::Sluice && !handler.wants(&d.entry.event_type()) {
+        return settled(Verdict::Skipped, Decision::Ack { effects: Effects::default() });
+    }
+    let read = match format.read(&d.entry, crate::ops::time::now_ms()) {
         Ok(read) => read,
         Err(malformed) => return settled(Verdict::Malformed, Decision::DeadLetter { reason: malformed.to_string() }),
     };
     if !handler.wants(&read.event_type) {
         return settled(Verdict::Skipped, Decision::Ack { effects: Effects::default() });
     }
-    if read.expired {
+    // An operator sent an inbox copy back on purpose (redrive, replay):
+    // it runs, however old.
+    if read.expired && !crate::dead_letter::is_inbox(&d.stream) {
         return settled(Verdict::Expired, Decision::Ack { effects: Effects::default() });
     }
+    let (stream, id) = crate::dead_letter::origin(&d.stream, &d.entry);
     if d.attempt > handler.retry.max_attempts {
         let reason = format!(
             "gave up after {} attempts; the last one never finished (the host stopped or crashed while handling it)",
@@ -333,7 +342,32 @@ mod tests {
         }
         let bad =
             Delivery { stream: "s".into(), entry: Entry { id: "6-0".into(), fields: vec![] }, attempt: 1, key: None };
-        assert_eq!(settled(admit(&h, &bad)), Some(Verdict::Malformed));
+        let Admission::Settled(turn) = admit(&h, &bad) else { panic!("a malformed entry was delivered") };
+        assert_eq!(turn.verdict, Verdict::Malformed);
+        assert!(
+            matches!(&turn.decision, Decision::DeadLetter { reason } if reason.starts_with("not a leanmq entry: it has no \"data\" field")),
+            "{:?}",
+            turn.decision
+        );
+    }
+
+    #[test]
+    fn an_expired_entry_is_acknowledged_unseen_but_an_inbox_copy_of_it_runs() {
+        let h = handler("[streams.\"s\"]\nformat = \"leanmq\"\n");
+        // Sent at Unix second 1 with a 5 s time to live: long expired.
+        let message = br#"{"event_type":"order.created","_metadata":{"id":"u","timestamp":1.0,"ttl":5}}"#;
+        let entry = |extra: &[(&str, &str)]| {
+            let mut fields = vec![("data".to_owned(), message.to_vec())];
+            fields.extend(extra.iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())));
+            Entry { id: "5-0".into(), fields }
+        };
+        let read = Delivery { stream: "s".into(), entry: entry(&[]), attempt: 1, key: None };
+        let Admission::Settled(turn) = admit(&h, &read) else { panic!("an expired entry was delivered") };
+        assert_eq!((turn.verdict, turn.decision), (Verdict::Expired, Decision::Ack { effects: Effects::default() }));
+        // Sent back by an operator (redrive, replay): it runs.
+        let origin = [("sluice.origin_stream", "s"), ("sluice.origin_id", "1-0")];
+        let copy = Delivery { stream: "sluice:inbox:h".into(), entry: entry(&origin), attempt: 1, key: None };
+        assert!(matches!(admit(&h, &copy), Admission::Deliver(_)));
     }
 
     #[test]

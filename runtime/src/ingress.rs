@@ -192,12 +192,9 @@ async fn handle(state: &IngressState, req: Request<Incoming>) -> Result<Answered
     let body = read_body(req.into_body()).await?;
     let event = event_of(&stream, &body, &headers)?;
     let config = state.config.load();
-    if let Err(invalid) = config.schemas.check(&event.event_type, event.data.as_bytes()) {
-        return Err(refuse(StatusCode::UNPROCESSABLE_ENTITY, invalid.to_string()));
-    }
     // Written in the stream's format, so its other consumers read it.
     let format = config.streams.format(&stream).clone();
-    if let Err(why) = event.fields(&format) {
+    if let Err(why) = event.check(&format, &config.schemas) {
         return Err(refuse(StatusCode::UNPROCESSABLE_ENTITY, why));
     }
     match route {

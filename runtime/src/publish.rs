@@ -1,6 +1,7 @@
 //! `sluice publish`: add one event to a stream and print its entry id.
 
 use crate::format::{Format, Outgoing};
+use crate::schema::Schemas;
 use anyhow::Context;
 
 /// One event to add.
@@ -17,6 +18,17 @@ pub struct NewEvent {
 }
 
 impl NewEvent {
+    /// Whether it may be written to its stream, of `format`: why not, if the
+    /// format cannot hold its data or the data its stream's handlers would
+    /// get fails its type's schema.
+    pub fn check(&self, format: &Format, schemas: &Schemas) -> Result<(), String> {
+        format
+            .check(self.data.as_bytes())
+            .map_err(|why| format!("stream {} is in {} format: {why}", self.stream, format.name()))?;
+        let delivered = format.delivered(&self.event_type, self.data.as_bytes());
+        schemas.check(&self.event_type, &delivered).map_err(|invalid| invalid.to_string())
+    }
+
     /// Its fields as an entry of a stream of `format`; why it cannot be one
     /// (a LeanMQ message must be a JSON object).
     pub fn fields(&self, format: &Format) -> Result<Vec<(String, Vec<u8>)>, String> {
@@ -30,7 +42,7 @@ impl NewEvent {
             extra: &self.fields,
             ..Outgoing::default()
         };
-        Ok(format.write(&out, crate::ops::time::now_ms()))
+        Ok(format.write(&out))
     }
 }
 

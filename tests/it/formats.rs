@@ -62,7 +62,7 @@ format = \"leanmq\"
 
 [handlers.shop]
 plugin = \"behave.wasm\"
-streams = [\"mq:orders\"]
+streams = [\"mq:orders\", \"mq:raw\"]
 events = [\"order.*\"]
 publish = [\"mq:shipments\"]
 max_attempts = 1
@@ -89,6 +89,15 @@ print(json.dumps(sent))
     assert_eq!(sent.as_array().unwrap().len(), 4);
     let conn = redis.conn().await;
     until_finished(&conn, "mq:orders", "shop", 4).await;
+
+    // Not a LeanMQ message: dead-lettered unseen, the reason naming the
+    // format and the problem.
+    let mut conn = redis.conn().await;
+    xadd(&mut conn, "mq:raw", &[("data", "not json")]).await;
+    let raw = until_entries(&conn, "mq:raw:dlq", 1).await;
+    let reason = field(&raw[0], "sluice.error");
+    assert!(reason.starts_with("not a leanmq entry: its \"data\" field is not JSON"), "{reason}");
+    assert_eq!(field(&raw[0], "data"), "not json", "kept as it was");
 
     // LeanMQ's consumer reads what the handler published: the message, its
     // type under `event_type`, LeanMQ's metadata taken off.
@@ -171,8 +180,34 @@ print(json.dumps(dlq.requeue_messages(['{id}'], mq.get_queue('orders'))))
     // The expired message was acknowledged without running, and counted.
     assert_eq!(events_total(admin, "shop", "expired"), 1.0);
     assert_eq!(events_total(admin, "shop", "skipped"), 1.0);
+    // (The redrive left the raw entry's dead letter: it would fail again.)
+    assert_eq!(events_total(admin, "shop", "malformed"), 1.0);
+    assert_eq!(entries(&mut conn, "mq:raw:dlq").await.len(), 1);
     assert_eq!(pending(&mut conn, "mq:orders", "shop").await, 0);
     host.stop().await;
+
+    // An event file written by hand for `sluice invoke`: its type and data
+    // are written as the stream's LeanMQ message first.
+    let invoke = |event: Value| {
+        let file = fx.dir.path().join("event.json");
+        std::fs::write(&file, event.to_string()).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .arg("invoke")
+            .arg(plugins_dir().join("behave.wasm"))
+            .arg("--event")
+            .arg(&file)
+            .args(["--handler", "shop", "--config"])
+            .arg(&fx.config_path)
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let by_hand = |t: &str| json!({"stream": "mq:orders", "type": t, "data": {"action": "reject"}});
+    let (code, report) = invoke(by_hand("order.created"));
+    assert_eq!(code, Some(4), "{report}");
+    let (code, report) = invoke(by_hand("user.created"));
+    assert_eq!(code, Some(0), "{report}");
+    assert!(report.contains("skipped"), "{report}");
 }
 
 /// The CloudEvents SDK's prelude: a structured-mode writer and reader.
@@ -374,7 +409,9 @@ async fn the_http_ingress_writes_in_the_streams_format() {
         format!("ingress = \"127.0.0.1:{port}\"\ningress_token = \"t0ken\"\ningress_streams = [\"mq:*\", \"dapr.*\"]");
     let config = "[streams.\"mq:*\"]\nformat = \"leanmq\"\n[streams.\"dapr.*\"]\nformat = \"cloudevents\"\n";
     let fx = Fixture::new(&redis, &host, config);
-    let running = fx.start();
+    // The real binary: the ingress's metrics are per process, and another
+    // test in this one counts them.
+    let _host = Hosts(vec![fx.spawn_binary()]);
     eventually(SOON, "the ingress listening", || async { std::net::TcpStream::connect(("127.0.0.1", port)).ok() })
         .await;
     let post = |stream: &str, body: Value| {
@@ -399,5 +436,4 @@ async fn the_http_ingress_writes_in_the_streams_format() {
     let (code, answer) = post("mq:orders", json!({"type": "order.created", "data": [1, 2]}));
     assert_eq!(code, 422, "{answer}");
     assert!(answer.to_string().contains("leanmq format"), "{answer}");
-    running.stop().await;
 }

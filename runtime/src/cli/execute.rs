@@ -55,11 +55,11 @@ pub async fn execute(command: Command) -> anyhow::Result<ExitCode> {
 
 async fn publish_with(config_path: &Path, event: &NewEvent) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
-    if let Err(invalid) = config.schemas.check(&event.event_type, event.data.as_bytes()) {
+    let format = config.streams.format(&event.stream);
+    if let Err(invalid) = event.check(format, &config.schemas) {
         anyhow::bail!("refused, nothing was published: {invalid}");
     }
     let target = RedisTarget::resolve(config.redis.url.as_deref(), &config.state_dir()).await?;
-    let format = config.streams.format(&event.stream);
     let result =
         async { publish(&mut Redis::connect(target.url(), &config.redis).await?.conn, event, format).await }.await;
     target.stop().await;
@@ -70,11 +70,11 @@ async fn publish_with(config_path: &Path, event: &NewEvent) -> anyhow::Result<()
 /// `sluice request`: sends `event` as a request and prints its answer.
 async fn request_with(config_path: &Path, event: &NewEvent, timeout: Duration) -> anyhow::Result<ExitCode> {
     let config = Config::load(config_path)?;
-    if let Err(invalid) = config.schemas.check(&event.event_type, event.data.as_bytes()) {
+    let format = config.streams.format(&event.stream);
+    if let Err(invalid) = event.check(format, &config.schemas) {
         anyhow::bail!("refused, nothing was sent: {invalid}");
     }
     let target = RedisTarget::resolve(config.redis.url.as_deref(), &config.state_dir()).await?;
-    let format = config.streams.format(&event.stream);
     let result =
         async { request(&Redis::connect(target.url(), &config.redis).await?, event, format, timeout).await }.await;
     target.stop().await;

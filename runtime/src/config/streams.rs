@@ -27,6 +27,9 @@ pub struct StreamRule {
 pub struct StreamRules {
     /// Longest pattern first.
     rules: Vec<StreamRule>,
+    /// Whether any table sets a format (else every stream is Sluice's,
+    /// found without matching a glob).
+    formats: bool,
 }
 
 /// The format of a stream no table gives one.
@@ -36,7 +39,8 @@ impl StreamRules {
     /// The rules, from the compiled tables.
     pub fn new(mut rules: Vec<StreamRule>) -> StreamRules {
         rules.sort_by(|a, b| b.pattern.len().cmp(&a.pattern.len()).then_with(|| a.pattern.cmp(&b.pattern)));
-        StreamRules { rules }
+        let formats = rules.iter().any(|r| r.format.is_some());
+        StreamRules { rules, formats }
     }
 
     /// The tables that apply to `stream`, most specific first: one naming it
@@ -58,7 +62,7 @@ impl StreamRules {
 
     /// The format of `stream`'s entries: `sluice` unless a table says.
     pub fn format<'a>(&'a self, stream: &'a str) -> &'a Format {
-        if self.rules.is_empty() {
+        if !self.formats {
             return &SLUICE;
         }
         self.matching(stream).find_map(|r| r.format.as_ref()).unwrap_or(&SLUICE)

@@ -318,7 +318,7 @@ fn handler(
         && let Some(s) = h.streams.iter().find(|s| *streams.format(s) == Format::CloudEvents)
     {
         let why = format!(
-            "\"data.{k}\" cannot order stream {s:?}, whose format is cloudevents (the key would be read from the envelope, not the event's data); order by an entry field, or use an extension attribute"
+            "\"data.{k}\" cannot order stream {s:?}, whose format is cloudevents (the key would be read from the CloudEvent envelope, not from the event's data); order by an entry field beside the envelope, or leave order_by out"
         );
         return Err(c.invalid(&key("order_by"), why));
     }

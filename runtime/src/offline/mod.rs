@@ -69,7 +69,11 @@ pub async fn invoke(invocation: &Invocation) -> anyhow::Result<Report> {
 /// it (a CloudEvent, a LeanMQ message).
 fn as_stream_entry(event: &EventJson, format: &Format) -> Entry {
     let entry = event.to_entry();
-    if *format == Format::Sluice || format.read(&entry, 0).is_ok() {
+    // Saved, it reads as its stream's format, with the type it was saved
+    // with; written by hand, it does not (a LeanMQ message would read with
+    // no type, a CloudEvent not at all).
+    let as_saved = format.read(&entry, 0).is_ok_and(|read| read.event_type == event.event_type);
+    if *format == Format::Sluice || as_saved {
         return entry;
     }
     let data = match &event.data {
@@ -88,7 +92,7 @@ fn as_stream_entry(event: &EventJson, format: &Format) -> Entry {
         extra: &extra,
         ..Default::default()
     };
-    Entry { id: entry.id, fields: format.write(&out, crate::ops::time::now_ms()) }
+    Entry { id: entry.id, fields: format.write(&out) }
 }
 
 /// The handler to run as: from the config, or the defaults.

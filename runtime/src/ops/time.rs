@@ -24,9 +24,13 @@ pub fn parse(s: &str, now: u64) -> Result<u64, String> {
     {
         return Ok(ms);
     }
-    let (local, offset_ms) = utc_offset(s);
-    let t = humantime::parse_rfc3339_weak(local)
-        .map_err(|e| format!("{s:?}: {e} (expected RFC 3339 like 2026-11-22T10:00:00Z, -1h, or Unix ms)"))?;
+    rfc3339(s).map_err(|e| format!("{s:?}: {e} (expected RFC 3339 like 2026-11-22T10:00:00Z, -1h, or Unix ms)"))
+}
+
+/// RFC 3339 `s` (`Z` or an offset) as Unix milliseconds; nothing else.
+pub fn rfc3339(s: &str) -> Result<u64, humantime::TimestampError> {
+    let (local, offset_ms) = utc_offset(s.trim());
+    let t = humantime::parse_rfc3339_weak(local)?;
     let ms = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
     Ok(ms.saturating_sub(offset_ms).max(0) as u64)
 }

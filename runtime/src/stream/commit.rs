@@ -167,7 +167,7 @@ impl Commit {
         };
         let error = error_reply(entry, failure.reason);
         let request_id = || dead_letter::origin(stream, entry).1;
-        let lineage = || Lineage::of(&Format::Sluice, entry);
+        let lineage = || Lineage::of(format, entry);
         let reply = error.iter().flat_map(|r| reply_writes(r, failure.handler, &lineage(), &request_id()));
         let writes =
             std::iter::once(xadd(dead_letter_stream, fields)).chain(reply).chain(delete_if_inbox(stream, &entry.id));

@@ -11,8 +11,9 @@
 //! - `message` is the event's `data`, the bytes a Sluice handler gets;
 //! - `ok` acknowledges the event (a success with no effects);
 //! - `err` (either case of Spin's `error` enum) is a retry with the reason
-//!   [`SPIN_ERROR`] and no delay, so after the handler's `max_attempts` the
-//!   event is dead-lettered, as for any handler;
+//!   [`SPIN_ERROR`], after the handler's backoff (Spin's error asks for no
+//!   delay), so after the handler's `max_attempts` the event is
+//!   dead-lettered, as for any handler;
 //! - everything else is the same as for a Sluice handler, because only the
 //!   call differs: the same `Store`, limits, epoch deadline, stdout/stderr
 //!   logging and instance reuse.
