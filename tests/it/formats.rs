@@ -437,3 +437,37 @@ async fn the_http_ingress_writes_in_the_streams_format() {
     assert_eq!(code, 422, "{answer}");
     assert!(answer.to_string().contains("leanmq format"), "{answer}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_whose_format_is_not_set_is_named_in_a_warning() {
+    let redis = RedisServer::start();
+    let handler = "[handlers.h]\nplugin = \"behave.wasm\"\nstreams = [\"dapr.orders\"]\nevents = [\"order.*\"]\n";
+    let fx = Fixture::new(&redis, "", handler);
+    let mut conn = redis.conn().await;
+    let ce = r#"{"specversion":"1.0","id":"1","source":"checkout","type":"order.created","data":{}}"#;
+    xadd(&mut conn, "dapr.orders", &[("data", ce), ("metadata", "{}")]).await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", "--config"])
+        .arg(&fx.config_path)
+        .env("RUST_LOG", "warn")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let _host = Hosts(vec![child]);
+    // Its lines, as they come, on a thread (the pipe blocks).
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let warning = eventually(SOON, "the warning naming the stream's format", || {
+        let line = rx.try_iter().find(|l| l.contains("look like cloudevents entries"));
+        async move { line }
+    })
+    .await;
+    assert!(warning.contains(r#"[streams."dapr.orders"] format = "cloudevents""#), "{warning}");
+    assert!(warning.contains("WARN") && warning.contains("group=h"), "{warning}");
+}

@@ -58,6 +58,9 @@ pub struct Consumer {
     /// commit failed): entries may be pending here that nothing handles.
     /// The read loop then takes them back ([`Consumer::recover_own`]).
     pub(super) orphans: AtomicBool,
+    /// Whether it warned already that a stream's entries look like another
+    /// format than the stream's (once per consumer).
+    pub(super) format_warned: AtomicBool,
     /// How its events are ordered by key, if they are (`order_by`): fixed
     /// for a consumer's life, like its streams.
     pub(super) ordering: Option<stream::order::Ordering>,
@@ -102,6 +105,7 @@ impl Consumer {
             io,
             held: Default::default(),
             orphans: AtomicBool::new(false),
+            format_warned: AtomicBool::new(false),
             shutdown,
         })
     }

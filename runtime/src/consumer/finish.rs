@@ -6,6 +6,7 @@ use super::{Binding, Consumer};
 use crate::dead_letter::{self, Failure};
 use crate::dispatch::{self, Decision, Verdict};
 use crate::event::field;
+use crate::format::Format;
 use crate::stream::{self, Commit, Committed, Delivery};
 use crate::wasm::{Executor, Outcome, bindings::Event};
 use futures::future::BoxFuture;
@@ -73,6 +74,7 @@ impl Consumer {
             self.metrics.counted(turn.verdict);
             if turn.verdict == Verdict::Skipped {
                 debug!("not for this handler: acknowledged without a delivery");
+                self.warn_if_another_format(&d, &b);
             }
             // The permit covers the commit too: with `concurrency = 1` the
             // next event must see this one's state and publishes.
@@ -106,6 +108,28 @@ impl Consumer {
         }
         .instrument(span)
         .await
+    }
+
+    /// Warns, once, when `d` was skipped for want of a type on a stream in
+    /// Sluice's format but looks like an entry of another format: most
+    /// likely its `[streams]` table is missing, and the handler skips every
+    /// such entry.
+    fn warn_if_another_format(&self, d: &Delivery, b: &Binding) {
+        if self.format_warned.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        let stream = dead_letter::origin_stream(&d.stream, &d.entry);
+        if *b.handler.formats.format(stream) != Format::Sluice {
+            return;
+        }
+        let Some(likely) = crate::format::looks_like(&d.entry) else { return };
+        if !self.format_warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            warn!(
+                stream, group = %self.group,
+                "entries of stream {stream} look like {likely} entries, but its format is sluice: they have no type, so handler {} skips them. Set [streams.\"{stream}\"] format = \"{likely}\" in the config (docs/migrating.md)",
+                self.handler_name
+            );
+        }
     }
 
     /// Runs the plugin on `event`, timed; demotes the handler if it ran out

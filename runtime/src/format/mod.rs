@@ -182,6 +182,25 @@ impl Format {
     }
 }
 
+/// The format an entry of a stream in Sluice's format seems to be in
+/// instead, when it has no `type` field and its `data` holds a CloudEvent
+/// or a LeanMQ message: its stream's `[streams]` table is likely missing.
+pub fn looks_like(entry: &Entry) -> Option<&'static str> {
+    if entry.get(field::TYPE).is_some() {
+        return None;
+    }
+    let data = entry.get(field::DATA)?;
+    let has = |key: &[u8]| data.windows(key.len()).any(|w| w == key);
+    let object = object(data).ok()?;
+    if has(b"\"specversion\"") && object.contains_key("specversion") {
+        return Some("cloudevents");
+    }
+    if has(b"\"_metadata\"") && object.contains_key("_metadata") {
+        return Some("leanmq");
+    }
+    None
+}
+
 /// The lineage a handler's publishes carry from the event it handled, given
 /// the fields that event was read with: (its correlation id, its
 /// traceparent).
@@ -285,6 +304,15 @@ mod tests {
         );
         assert_eq!(object(b"[1]").unwrap_err(), "is JSON but not an object");
         assert!(object(b"nope").unwrap_err().starts_with("is not JSON"));
+    }
+
+    #[test]
+    fn an_envelope_in_a_sluice_stream_is_recognised() {
+        let ce = r#"{"specversion":"1.0","id":"1","source":"s","type":"t"}"#;
+        assert_eq!(looks_like(&entry(&[("data", ce), ("metadata", "{}")])), Some("cloudevents"));
+        assert_eq!(looks_like(&entry(&[("data", r#"{"a":1,"_metadata":{}}"#)])), Some("leanmq"));
+        assert_eq!(looks_like(&entry(&[("type", "t"), ("data", ce)])), None, "typed: Sluice's own");
+        assert_eq!(looks_like(&entry(&[("data", r#"{"note":"_metadata"}"#)])), None);
     }
 
     #[test]
