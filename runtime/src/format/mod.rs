@@ -18,8 +18,8 @@
 //! through as their producer wrote them: JSON values are copied, never
 //! re-encoded, so key order and number precision are kept.
 
-mod cloudevents;
-mod leanmq;
+pub mod cloudevents;
+pub mod leanmq;
 
 pub use leanmq::DEFAULT_TYPE_KEY as DEFAULT_LEANMQ_TYPE_KEY;
 
