@@ -471,3 +471,58 @@ async fn a_stream_whose_format_is_not_set_is_named_in_a_warning() {
     assert!(warning.contains(r#"[streams."dapr.orders"] format = "cloudevents""#), "{warning}");
     assert!(warning.contains("WARN") && warning.contains("group=h"), "{warning}");
 }
+
+/// `order_by = "data.KEY"` on a CloudEvents stream keys each event by its
+/// CloudEvent's data: a retrying key holds back its later events, and only
+/// those.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_by_a_key_of_the_cloudevents_data_holds_back_only_a_retrying_key() {
+    let redis = RedisServer::start();
+    let config = "
+[streams.\"dapr.*\"]
+format = \"cloudevents\"
+
+[handlers.h]
+plugin = \"behave.wasm\"
+streams = [\"dapr.ledger\"]
+publish = [\"out\"]
+order_by = \"data.account\"
+concurrency = 8
+max_attempts = 2
+";
+    let fx = Fixture::new(&redis, "claim_idle_ms = 5000", config);
+    let host = fx.start();
+    let mut conn = redis.conn().await;
+    // Key a: posting 2 always fails; after its one retry (400 ms later) it
+    // is dead-lettered. Key b's postings come after it in the stream.
+    let postings =
+        [("a", 1, 0), ("a", 2, 99), ("a", 3, 0), ("a", 4, 0)].into_iter().chain((1..=5).map(|s| ("b", s, 0)));
+    for (account, seq, fail) in postings {
+        let posting =
+            json!({"action": "ledger", "account": account, "seq": seq, "amount": 1, "fail": fail, "delay_ms": 400});
+        let ce = json!({"specversion": "1.0", "id": format!("{account}-{seq}"), "source": "bank", "type": "posting", "data": posting});
+        xadd(&mut conn, "dapr.ledger", &[("data", &ce.to_string())]).await;
+    }
+    until_finished(&conn, "dapr.ledger", "h", 9).await;
+    host.stop().await;
+    let dead = entries(&mut conn, "dapr.ledger:dlq").await;
+    assert_eq!(dead.len(), 1);
+    let ms = |id: &str| id.split('-').next().unwrap().parse::<u64>().unwrap();
+    let dead_ms = ms(&dead[0].id);
+    let out = entries(&mut conn, "out").await;
+    let committed = |account: &str| -> Vec<(u64, u64, u64)> {
+        out.iter()
+            .filter_map(|e| {
+                let data: Value = serde_json::from_str(&field(e, "data")).unwrap();
+                (data["account"] == account)
+                    .then(|| (data["seq"].as_u64().unwrap(), data["after"].as_u64().unwrap(), ms(&e.id)))
+            })
+            .collect()
+    };
+    let a = committed("a");
+    assert_eq!(a.iter().map(|r| (r.0, r.1)).collect::<Vec<_>>(), [(1, 0), (3, 1), (4, 3)], "{a:?}");
+    assert!(a[1].2 >= dead_ms, "posting a/3 ran before a/2 was dead-lettered: {a:?}, dead letter at {dead_ms}");
+    let b = committed("b");
+    assert_eq!(b.iter().map(|r| r.0).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+    assert!(b[4].2 < dead_ms, "key b waited for key a's retry: {b:?}, dead letter at {dead_ms}");
+}

@@ -314,11 +314,15 @@ fn handler(
     // that one script can commit its deliveries (docs/delivery.md).
     let tag = cluster.then(|| crate::stream::slot::tag_for(&h.streams[0]));
     let order_by = h.order_by.as_deref().map(OrderBy::parse).transpose().map_err(|e| c.invalid(&key("order_by"), e))?;
+    // A key of the data is read from the CloudEvent's data on a cloudevents
+    // stream: one handler's streams must agree on which.
+    let cloudevents = |s: &&String| *streams.format(s) == Format::CloudEvents;
     if let Some(OrderBy::Data(k)) = &order_by
-        && let Some(s) = h.streams.iter().find(|s| *streams.format(s) == Format::CloudEvents)
+        && let (Some(ce), Some(other)) =
+            (h.streams.iter().find(cloudevents), h.streams.iter().find(|s| !cloudevents(s)))
     {
         let why = format!(
-            "\"data.{k}\" cannot order stream {s:?}, whose format is cloudevents (the key would be read from the CloudEvent envelope, not from the event's data); order by an entry field beside the envelope, or leave order_by out"
+            "\"data.{k}\" would be read from the CloudEvent's data on stream {ce:?} (format cloudevents) but from the entry's data on {other:?}: a handler ordering by a key of the data consumes streams of one kind"
         );
         return Err(c.invalid(&key("order_by"), why));
     }

@@ -84,8 +84,12 @@ impl Consumer {
         let concurrency = binding.handler.limits.concurrency;
         let io = tokio::runtime::Handle::current();
         let binding = binding.on_host(redis.conn.clone(), io.clone(), claim_idle);
-        let ordering = (binding.handler.order_by.clone())
-            .map(|by| stream::order::Ordering::new(by, &binding.handler.group, &name, claim_idle));
+        let h = &binding.handler;
+        // All or none of its streams hold CloudEvents when it orders by a key
+        // of the data (checked in the config).
+        let cloudevents = h.streams.iter().all(|s| *h.formats.format(s) == crate::format::Format::CloudEvents);
+        let ordering =
+            (h.order_by.clone()).map(|by| stream::order::Ordering::new(by, &h.group, &name, claim_idle, cloudevents));
         Arc::new(Consumer {
             ordering,
             serving: Default::default(),

@@ -56,10 +56,12 @@ local function order_field(fields, name)
 end
 
 -- An entry's ordering key, or nil when it has none. `by` is 'field' (the
--- entry field `name`) or 'data' (the top-level key `name` of the JSON in the
+-- entry field `name`), 'data' (the top-level key `name` of the JSON in the
 -- `data` field; without a `data` field, the entry's fields are its data, as
--- a handler sees them). Strings are keys as they are; integral numbers in
--- decimal; booleans as true/false; anything else is no key.
+-- a handler sees them) or 'cedata' (the same, in the `data` of the
+-- CloudEvent the `data` field holds). Strings are keys as they are;
+-- integral numbers in decimal; booleans as true/false; anything else is no
+-- key.
 local function order_key(fields, by, name)
   if by == 'field' then
     return order_field(fields, name)
@@ -71,6 +73,12 @@ local function order_key(fields, by, name)
   local ok, doc = pcall(cjson.decode, data)
   if not ok or type(doc) ~= 'table' then
     return nil
+  end
+  if by == 'cedata' then
+    doc = doc['data']
+    if type(doc) ~= 'table' then
+      return nil
+    end
   end
   local v = doc[name]
   local t = type(v)

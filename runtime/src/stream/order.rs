@@ -132,12 +132,16 @@ pub struct Ordering {
     consumer: String,
     /// How long a lease lasts unless renewed (`claim_idle_ms`).
     ttl: Duration,
+    /// The streams hold CloudEvents ([`crate::format`]): a `data.KEY` is a
+    /// key of the CloudEvent's data.
+    cloudevents: bool,
 }
 
 impl Ordering {
-    /// Ordering by `by` for `consumer` of `group`, leases lasting `ttl`.
-    pub fn new(by: OrderBy, group: &str, consumer: &str, ttl: Duration) -> Ordering {
-        Ordering { by, group: group.to_owned(), consumer: consumer.to_owned(), ttl }
+    /// Ordering by `by` for `consumer` of `group`, leases lasting `ttl`,
+    /// on streams that hold CloudEvents if `cloudevents`.
+    pub fn new(by: OrderBy, group: &str, consumer: &str, ttl: Duration, cloudevents: bool) -> Ordering {
+        Ordering { by, group: group.to_owned(), consumer: consumer.to_owned(), ttl, cloudevents }
     }
 
     /// The lease time, in ms, as the scripts take it.
@@ -147,7 +151,10 @@ impl Ordering {
 
     fn invocation(&self, mode: &str) -> redis::ScriptInvocation<'static> {
         let mut call = TAKE.prepare_invoke();
-        let (by, name) = self.by.wire();
+        let (by, name) = match self.by.wire() {
+            ("data", name) if self.cloudevents => ("cedata", name),
+            wire => wire,
+        };
         call.arg(mode).arg(&self.group).arg(&self.consumer).arg(by).arg(name).arg(self.ttl_ms());
         call
     }
