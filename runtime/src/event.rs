@@ -103,12 +103,14 @@ impl Lineage {
 /// The fields of the entry `handler` publishes while handling the event with
 /// id `cause_id` (its own, or the original's for an inbox copy), whose
 /// lineage is `cause`; written in the `format` of the stream it goes to.
+/// `id_seed` names this publish among all (see [`Outgoing::id_seed`]).
 pub fn published_fields(
     p: &Publish,
     handler: &str,
     cause: &Lineage,
     cause_id: &str,
     format: &Format,
+    id_seed: Option<&str>,
 ) -> Vec<(String, Vec<u8>)> {
     let traceparent = cause.traceparent.as_deref().and_then(|t| child_traceparent(t.as_bytes()));
     let out = Outgoing {
@@ -120,6 +122,7 @@ pub fn published_fields(
         causation_id: Some(cause_id),
         traceparent: traceparent.as_deref(),
         extra: &[],
+        id_seed,
     };
     format.write(&out)
 }
@@ -158,12 +161,12 @@ mod tests {
     fn publishes_carry_correlation_and_causation() {
         let p = Publish { stream: "o".into(), event_type: "x".into(), data: b"{}".to_vec() };
         let of = |e: &Entry| Lineage::of(&Format::Sluice, e);
-        let fields = published_fields(&p, "h", &of(&entry(&[("correlation_id", "c-9")])), "1-0", &Format::Sluice);
+        let fields = published_fields(&p, "h", &of(&entry(&[("correlation_id", "c-9")])), "1-0", &Format::Sluice, None);
         let e = Entry { id: "9-0".into(), fields };
         assert_eq!(e.get("correlation_id"), Some(&b"c-9"[..]));
         assert_eq!(e.get("causation_id"), Some(&b"1-0"[..]));
         assert_eq!(e.get("source"), Some(&b"h"[..]));
-        let uncorrelated = published_fields(&p, "h", &of(&entry(&[])), "1-0", &Format::Sluice);
+        let uncorrelated = published_fields(&p, "h", &of(&entry(&[])), "1-0", &Format::Sluice, None);
         assert_eq!(uncorrelated[3].1, b"1-0");
     }
 
@@ -172,13 +175,13 @@ mod tests {
         let p = Publish { stream: "o".into(), event_type: "x".into(), data: b"{}".to_vec() };
         let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         let of = |e: &Entry| Lineage::of(&Format::Sluice, e);
-        let fields = published_fields(&p, "h", &of(&entry(&[("traceparent", parent)])), "1-0", &Format::Sluice);
+        let fields = published_fields(&p, "h", &of(&entry(&[("traceparent", parent)])), "1-0", &Format::Sluice, None);
         let child = Entry { id: "2-0".into(), fields };
         let child = std::str::from_utf8(child.get("traceparent").unwrap()).unwrap();
         assert!(child.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && child.ends_with("-01"), "{child}");
         assert_ne!(child, parent);
         for bad in ["garbage", "00-00000000000000000000000000000000-00f067aa0ba902b7-01"] {
-            let fields = published_fields(&p, "h", &of(&entry(&[("traceparent", bad)])), "1-0", &Format::Sluice);
+            let fields = published_fields(&p, "h", &of(&entry(&[("traceparent", bad)])), "1-0", &Format::Sluice, None);
             assert!(!fields.iter().any(|(k, _)| k == "traceparent"), "{bad}");
         }
     }

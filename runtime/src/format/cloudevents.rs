@@ -13,7 +13,7 @@
 //! `time`, `topic` the stream, Sluice's lineage as `traceparent`,
 //! `correlationid` and `causationid`.
 
-use super::{Object, Outgoing, Read, object_in_data, raw, rfc3339, text, uuid};
+use super::{Object, Outgoing, Read, event_id, object_in_data, raw, rfc3339, text};
 use crate::event::{Entry, field, lossy};
 use base64::Engine as _;
 use serde_json::value::RawValue;
@@ -97,7 +97,7 @@ fn is_json_type(content_type: Option<&str>) -> bool {
 pub(super) fn write(out: &Outgoing, now_ms: u64) -> Vec<(String, Vec<u8>)> {
     let mut ce = Object::new();
     ce.insert("specversion".into(), raw(SPEC_VERSION));
-    ce.insert("id".into(), raw(uuid()));
+    ce.insert("id".into(), raw(event_id(out)));
     ce.insert("source".into(), raw(out.source.unwrap_or("sluice")));
     ce.insert("type".into(), raw(out.event_type));
     ce.insert("time".into(), raw(rfc3339(now_ms)));

@@ -15,7 +15,7 @@
 //! written as LeanMQ's `move_to_dlq` writes one: the failure appended to
 //! `_failures`, a fresh `_metadata` keeping the message id.
 
-use super::{Object, Outgoing, Read, object, object_in_data, raw, text, unix_secs, uuid};
+use super::{Object, Outgoing, Read, event_id, object, object_in_data, raw, text, unix_secs, uuid};
 use crate::event::{Entry, field, lossy};
 use serde_json::json;
 use std::borrow::Cow;
@@ -78,7 +78,7 @@ pub(super) fn write(out: &Outgoing, type_key: &str, now_ms: u64) -> Vec<(String,
     if !out.event_type.is_empty() {
         message.insert(type_key.to_owned(), raw(out.event_type));
     }
-    message.insert(METADATA.into(), raw(json!({"id": uuid(), "timestamp": unix_secs(now_ms), "ttl": null})));
+    message.insert(METADATA.into(), raw(json!({"id": event_id(out), "timestamp": unix_secs(now_ms), "ttl": null})));
     let mut fields = vec![(field::DATA.to_owned(), serde_json::to_vec(&message).expect("raw values serialise"))];
     fields.extend(out.lineage().map(|(k, v)| (k.to_owned(), v.as_bytes().to_vec())));
     fields.extend(out.extra.iter().map(|(k, v)| (k.clone(), v.clone().into_bytes())));

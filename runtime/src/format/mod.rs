@@ -88,6 +88,12 @@ pub struct Outgoing<'a> {
     /// More fields, in order (`sluice publish --field`, ingress headers):
     /// entry fields, or for a CloudEvent extension attributes.
     pub extra: &'a [(String, String)],
+    /// What names this event among all: a handler's publish is named by its
+    /// handler, its cause and its place among the delivery's publishes. Its
+    /// CloudEvents or LeanMQ id is derived from it, so the same publish
+    /// written again (its cause delivered twice) has the same id, and a
+    /// consumer can drop the duplicate. `None`: a random id.
+    pub id_seed: Option<&'a str>,
 }
 
 impl Outgoing<'_> {
@@ -241,7 +247,22 @@ fn uuid() -> String {
     let mut b: [u8; 16] = rand::random();
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
-    let h = crate::wasm::hex(&b);
+    uuid_text(&b)
+}
+
+/// The id of `out`: derived from its [`Outgoing::id_seed`] (a version 8,
+/// name-based UUID from its SHA-256), else random.
+fn event_id(out: &Outgoing) -> String {
+    let Some(seed) = out.id_seed else { return uuid() };
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(seed.as_bytes());
+    let mut b: [u8; 16] = digest[..16].try_into().expect("16 of 32 bytes");
+    b[6] = (b[6] & 0x0f) | 0x80;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    uuid_text(&b)
+}
+
+fn uuid_text(b: &[u8; 16]) -> String {
+    let h = crate::wasm::hex(b);
     format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
 }
 
@@ -280,6 +301,7 @@ mod tests {
             causation_id: Some("1-0"),
             traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
             extra: &[],
+            id_seed: None,
         }
     }
 
@@ -321,5 +343,21 @@ mod tests {
         assert_eq!(id.len(), 36);
         assert_eq!(&id[14..15], "4");
         assert!(matches!(&id[19..20], "8" | "9" | "a" | "b"), "{id}");
+    }
+
+    #[test]
+    fn a_publish_written_again_has_the_same_id() {
+        let id = |seed: Option<&str>| event_id(&Outgoing { id_seed: seed, ..Default::default() });
+        let first = id(Some("h\norders\n1-0\n0"));
+        assert_eq!(first, id(Some("h\norders\n1-0\n0")));
+        assert_eq!(&first[14..15], "8", "{first}");
+        assert_ne!(first, id(Some("h\norders\n1-0\n1")), "the next publish of the same delivery");
+        assert_ne!(id(None), id(None));
+        for format in [Format::CloudEvents, Format::leanmq()] {
+            let o = Outgoing { stream: "s", event_type: "t", data: b"{}", id_seed: Some("x"), ..Default::default() };
+            let read = format.read(&Entry { id: "1-0".into(), fields: format.write(&o) }, 0).unwrap();
+            let key = if format == Format::CloudEvents { "id" } else { "leanmq_id" };
+            assert_eq!(get(&read, key), Some(id(Some("x")).as_str()), "{}", format.name());
+        }
     }
 }

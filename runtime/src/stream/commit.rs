@@ -132,18 +132,23 @@ impl Commit {
         effects: Effects,
         formats: &StreamRules,
     ) -> Commit {
-        let (cause_id, lineage) = match effects.publishes.is_empty() && effects.reply.is_none() {
+        let (origin, cause_id, lineage) = match effects.publishes.is_empty() && effects.reply.is_none() {
             true => Default::default(),
             false => {
                 let (origin, cause_id) = dead_letter::origin(stream, entry);
-                (cause_id, Lineage::of(formats.format(&origin), entry))
+                let lineage = Lineage::of(formats.format(&origin), entry);
+                (origin, cause_id, lineage)
             }
         };
-        let publish = |p: &Publish| {
-            let fields = event::published_fields(p, handler, &lineage, &cause_id, formats.format(&p.stream));
+        let publish = |(i, p): (usize, &Publish)| {
+            let format = formats.format(&p.stream);
+            // The same publish, written again after a redelivery of its
+            // cause, gets the same CloudEvents or LeanMQ id.
+            let seed = (*format != Format::Sluice).then(|| format!("{handler}\n{origin}\n{cause_id}\n{i}"));
+            let fields = event::published_fields(p, handler, &lineage, &cause_id, format, seed.as_deref());
             xadd(&p.stream, fields)
         };
-        let publishes = effects.publishes.iter().map(publish);
+        let publishes = effects.publishes.iter().enumerate().map(publish);
         let kv = effects.kv.into_iter().map(|w| kv_write(kv_prefix, w));
         let reply = effects.reply.iter().flat_map(|r| reply_writes(r, handler, &lineage, &cause_id));
         let writes = publishes.chain(reply).chain(kv).chain(delete_if_inbox(stream, &entry.id)).collect();
@@ -260,7 +265,7 @@ pub const ERROR_REPLY_TYPE: &str = "sluice.error";
 /// to live.
 fn reply_writes(reply: &Publish, handler: &str, lineage: &Lineage, request_id: &str) -> [Write; 2] {
     // Reply streams are Sluice's own: always its format.
-    let mut fields = event::published_fields(reply, handler, lineage, request_id, &Format::Sluice);
+    let mut fields = event::published_fields(reply, handler, lineage, request_id, &Format::Sluice, None);
     fields.push((event::field::REQUEST_ID.into(), request_id.as_bytes().to_vec()));
     let expire = Write {
         kind: WriteKind::Pexpire,
