@@ -81,6 +81,27 @@ async fn a_trap_is_a_crash_like_any_handlers() {
     host.stop().await;
 }
 
+/// On a stream of another format, a Spin component's payload is the data
+/// that format holds: a CloudEvent's `data`, not its envelope.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cloudevents_stream_the_payload_is_the_cloudevents_data() {
+    let redis = RedisServer::start();
+    let config = format!("[streams.\"in\"]\nformat = \"cloudevents\"\n{}", spin("max_attempts = 1"));
+    let fx = Fixture::new(&redis, FAST, &config);
+    let host = fx.start();
+    let mut conn = redis.conn().await;
+    let envelope = |action: &str| {
+        json!({"specversion": "1.0", "id": action, "source": "s", "type": "t", "data": {"action": action}}).to_string()
+    };
+    xadd(&mut conn, "in", &[("data", &envelope("ok"))]).await;
+    xadd(&mut conn, "in", &[("data", &envelope("error"))]).await;
+    until_finished(&conn, "in", "h", 2).await;
+    host.stop().await;
+    let dl = dead_letter(&mut conn).await;
+    assert!(field(&dl, "data").contains(r#""id":"error""#), "the error event, and only it, failed");
+    assert_eq!(field(&dl, "sluice.error"), format!("{SPIN_ERROR} (gave up after 1 attempts)"));
+}
+
 /// With `isolation = "reuse"`, one instance serves the `ok` messages on
 /// either side of an `err` (which returns normally, so the instance is
 /// kept), and a trap's instance is replaced.
