@@ -1,5 +1,6 @@
 //! The delivery decision, in one place: whether an entry is delivered at all
-//! (its type, its attempts, its schema) and, once its handler has run, what
+//! (its stream's format, its type, its expiry, its attempts, its schema)
+//! and, once its handler has run, what
 //! becomes of it (acknowledged with its effects, tried again after a delay,
 //! or dead-lettered with a reason). `sluice run` ([`crate::consumer`]) and
 //! `sluice invoke` ([`crate::offline`]) both go through [`turn`], so they

@@ -1,6 +1,8 @@
-//! Stream entries as the host sees them: what a handler receives, and the
-//! fields Sluice writes on what it publishes. Dead-letter and inbox entries
-//! have their own format, in [`crate::dead_letter`].
+//! Stream entries as the host sees them, Sluice's field names, and the
+//! lineage (correlation, causation, trace) a handler's publishes carry. How
+//! an entry is read as an event and how an event is written, per stream
+//! `format`, is [`crate::format`]'s; dead-letter and inbox entries have
+//! their own format, in [`crate::dead_letter`].
 
 use crate::format::{Format, Outgoing};
 use crate::wasm::Publish;
