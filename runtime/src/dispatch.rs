@@ -158,7 +158,7 @@ pub fn admit(handler: &Handler, d: &Delivery) -> Admission {
         Ok(read) => read,
         Err(malformed) => return settled(Verdict::Malformed, Decision::DeadLetter { reason: malformed.to_string() }),
     };
-    if !handler.wants(&read.event_type) {
+    if *format != Format::Sluice && !handler.wants(&read.event_type) {
         return settled(Verdict::Skipped, Decision::Ack { effects: Effects::default() });
     }
     // An operator sent an inbox copy back on purpose (redrive, replay):
