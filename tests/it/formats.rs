@@ -526,3 +526,41 @@ max_attempts = 2
     assert_eq!(b.iter().map(|r| r.0).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
     assert!(b[4].2 < dead_ms, "key b waited for key a's retry: {b:?}, dead letter at {dead_ms}");
 }
+
+/// What a handler publishes to a LeanMQ stream must be a JSON object, and
+/// its schema is checked on the message its stream's handlers will get
+/// (which holds the type): the publish says so at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_to_a_leanmq_stream_is_checked_as_the_message_it_will_be() {
+    let redis = RedisServer::start();
+    let schema = tempfile::NamedTempFile::new().unwrap();
+    // The message must name its type: true of what reaches a LeanMQ stream's
+    // handlers, though the handler's data does not hold it.
+    std::fs::write(schema.path(), r#"{"type": "object", "required": ["event_type", "order_id"]}"#).unwrap();
+    let config = format!(
+        "[schemas]\n\"shipment.*\" = \"{}\"\n\n[streams.\"mq:*\"]\nformat = \"leanmq\"\n\n[handlers.h]\nplugin = \"behave.wasm\"\nstreams = [\"in\"]\npublish = [\"mq:shipments\"]\nmax_attempts = 1\n",
+        schema.path().display()
+    );
+    let fx = Fixture::new(&redis, "claim_idle_ms = 5000", &config);
+    let host = fx.start();
+    let mut conn = redis.conn().await;
+    let publish = |data: Value| json!({"action": "publish", "publish": [{"stream": "mq:shipments", "type": "shipment.requested", "data": data}]});
+    send(&mut conn, "in", "t", publish(json!({"order_id": "o-1"}))).await;
+    send(&mut conn, "in", "t", publish(json!([1, 2]))).await;
+    until_finished(&conn, "in", "h", 2).await;
+    host.stop().await;
+    let shipped = entries(&mut conn, "mq:shipments").await;
+    assert_eq!(shipped.len(), 1);
+    let message: Value = serde_json::from_str(&field(&shipped[0], "data")).unwrap();
+    assert_eq!(
+        (message["order_id"].as_str(), message["event_type"].as_str()),
+        (Some("o-1"), Some("shipment.requested"))
+    );
+    let dead = entries(&mut conn, "in:dlq").await;
+    assert_eq!(dead.len(), 1);
+    let reason = field(&dead[0], "sluice.error");
+    assert!(
+        reason.contains(r#"stream "mq:shipments" is in leanmq format: a LeanMQ message is a JSON object"#),
+        "{reason}"
+    );
+}
