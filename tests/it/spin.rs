@@ -102,25 +102,26 @@ async fn on_a_cloudevents_stream_the_payload_is_the_cloudevents_data() {
     assert_eq!(field(&dl, "sluice.error"), format!("{SPIN_ERROR} (gave up after 1 attempts)"));
 }
 
-/// With `isolation = "reuse"`, one instance serves the `ok` messages on
-/// either side of an `err` (which returns normally, so the instance is
-/// kept), and a trap's instance is replaced.
+/// With `isolation = "reuse"`, one instance serves the messages on either
+/// side of an `err` (which returns normally, so the instance is kept), and
+/// a trap's instance is replaced. A `second` message succeeds only in an
+/// instance that handled one before: in a fresh instance it would fail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reused_instances_serve_a_spin_component() {
     let redis = RedisServer::start();
     let fx = Fixture::new(&redis, FAST, &spin("max_attempts = 1\nconcurrency = 1\nisolation = \"reuse\""));
     let host = fx.start();
     let mut conn = redis.conn().await;
-    for action in ["ok", "error", "ok", "trap", "ok"] {
+    for action in ["ok", "second", "error", "ok", "trap", "ok", "second"] {
         send(&mut conn, "in", "t", json!({"action": action})).await;
     }
-    until_finished(&conn, "in", "h", 5).await;
+    until_finished(&conn, "in", "h", 7).await;
     let dead = until_entries(&conn, "in:dlq", 2).await;
     let reasons: Vec<String> = dead.iter().map(|e| field(e, "sluice.error")).collect();
     assert_eq!(reasons[0], format!("{SPIN_ERROR} (gave up after 1 attempts)"), "{reasons:?}");
     assert!(reasons[1].starts_with("trap: ") && reasons[1].contains("asked to trap"), "{reasons:?}");
     host.stop().await;
-    assert_eq!(entries(&mut conn, "in:dlq").await.len(), 2, "the `ok` messages were acknowledged");
+    assert_eq!(entries(&mut conn, "in:dlq").await.len(), 2, "the `ok` and `second` messages were acknowledged");
 }
 
 /// What the component prints is logged like a Sluice handler's output; seen
