@@ -3,11 +3,7 @@
 
 use crate::support::*;
 use serde_json::json;
-use std::process::{Command, Output};
-
-fn sluice(args: &[&str], config: &std::path::Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sluice")).args(args).arg("--config").arg(config).output().expect("run sluice")
-}
+use std::process::Command;
 
 #[test]
 fn check_accepts_the_shipped_config() {

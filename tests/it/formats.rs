@@ -157,11 +157,7 @@ print(json.dumps(dlq.requeue_messages(['{id}'], mq.get_queue('orders'))))
 
     // Sluice's own redrive reads the same dead letter as LeanMQ's: sent to
     // the handler's inbox, read as a LeanMQ message, rejected once more.
-    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["dlq", "redrive", "--handler", "shop", "--config"])
-        .arg(&fx.config_path)
-        .output()
-        .unwrap();
+    let out = sluice(&["dlq", "redrive", "--handler", "shop"], &fx.config_path);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let redriven_from = again.last().unwrap().id.clone();
     let third = eventually(SOON, "the redriven message dead-lettered again", || {
@@ -191,15 +187,9 @@ print(json.dumps(dlq.requeue_messages(['{id}'], mq.get_queue('orders'))))
     let invoke = |event: Value| {
         let file = fx.dir.path().join("event.json");
         std::fs::write(&file, event.to_string()).unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .arg("invoke")
-            .arg(plugins_dir().join("behave.wasm"))
-            .arg("--event")
-            .arg(&file)
-            .args(["--handler", "shop", "--config"])
-            .arg(&fx.config_path)
-            .output()
-            .unwrap();
+        let (plugin, file) = (plugins_dir().join("behave.wasm"), file.display().to_string());
+        let out =
+            sluice(&["invoke", &plugin.display().to_string(), "--event", &file, "--handler", "shop"], &fx.config_path);
         (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
     };
     let by_hand = |t: &str| json!({"stream": "mq:orders", "type": t, "data": {"action": "reject"}});
@@ -304,12 +294,7 @@ print(json.dumps(ids))
     // CloudEvent's type, and the event `dlq show --json` saves runs offline
     // with `sluice invoke` as `run` ran it (rejected: exit code 4).
     let sluice = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args(args)
-            .arg("--config")
-            .arg(&fx.config_path)
-            .output()
-            .unwrap();
+        let out = sluice(args, &fx.config_path);
         (
             out.status.code(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -361,12 +346,8 @@ format = \"cloudevents\"
 ";
     let fx = Fixture::new(&redis, "", config);
     let publish = |stream: &str, data: &str| {
-        Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args(["publish", "--config"])
-            .arg(&fx.config_path)
-            .args([stream, "--type", "order.created", "--data", data, "--field", "correlation_id=c-3"])
-            .output()
-            .unwrap()
+        let args = ["publish", stream, "--type", "order.created", "--data", data, "--field", "correlation_id=c-3"];
+        sluice(&args, &fx.config_path)
     };
     let out = publish("mq:orders", r#"{"order_id":"o-1"}"#);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -507,18 +488,9 @@ max_attempts = 2
     host.stop().await;
     let dead = entries(&mut conn, "dapr.ledger:dlq").await;
     assert_eq!(dead.len(), 1);
-    let ms = |id: &str| id.split('-').next().unwrap().parse::<u64>().unwrap();
-    let dead_ms = ms(&dead[0].id);
+    let dead_ms = id_ms(&dead[0].id);
     let out = entries(&mut conn, "out").await;
-    let committed = |account: &str| -> Vec<(u64, u64, u64)> {
-        out.iter()
-            .filter_map(|e| {
-                let data: Value = serde_json::from_str(&field(e, "data")).unwrap();
-                (data["account"] == account)
-                    .then(|| (data["seq"].as_u64().unwrap(), data["after"].as_u64().unwrap(), ms(&e.id)))
-            })
-            .collect()
-    };
+    let committed = |account: &str| ledger_commits(&out, account);
     let a = committed("a");
     assert_eq!(a.iter().map(|r| (r.0, r.1)).collect::<Vec<_>>(), [(1, 0), (3, 1), (4, 3)], "{a:?}");
     assert!(a[1].2 >= dead_ms, "posting a/3 ran before a/2 was dead-lettered: {a:?}, dead letter at {dead_ms}");

@@ -5,10 +5,6 @@ use crate::support::*;
 use serde_json::{Value, json};
 use std::process::{Command, Output};
 
-fn sluice(args: &[&str], config: &std::path::Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sluice")).args(args).arg("--config").arg(config).output().expect("run sluice")
-}
-
 fn ok(out: Output) -> String {
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));

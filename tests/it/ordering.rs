@@ -130,17 +130,9 @@ async fn a_retry_holds_back_only_its_key_and_a_dead_letter_unblocks_it() {
     host.stop().await;
     let dead = entries(&mut conn, "in:dlq").await;
     assert_eq!(dead.len(), 1);
-    let dead_ms = ms(&dead[0].id);
+    let dead_ms = id_ms(&dead[0].id);
     let out = entries(&mut conn, "out").await;
-    let committed = |account: &str| -> Vec<(u64, u64, u64)> {
-        out.iter()
-            .filter_map(|e| {
-                let data: serde_json::Value = serde_json::from_str(&field(e, "data")).unwrap();
-                (data["account"] == account)
-                    .then(|| (data["seq"].as_u64().unwrap(), data["after"].as_u64().unwrap(), ms(&e.id)))
-            })
-            .collect()
-    };
+    let committed = |account: &str| ledger_commits(&out, account);
     let a = committed("a");
     assert_eq!(a.iter().map(|r| (r.0, r.1)).collect::<Vec<_>>(), [(1, 0), (3, 1), (4, 3)], "{a:?}");
     assert!(a[1].2 >= dead_ms, "posting a/3 ran before a/2 was dead-lettered: {a:?}, dead letter at {dead_ms}");
@@ -305,11 +297,6 @@ async fn pending_with(conn: &mut MultiplexedConnection, consumer: &str) -> usize
     let rows: redis::RedisResult<Vec<redis::Value>> =
         redis::cmd("XPENDING").arg("in").arg("h").arg("-").arg("+").arg(100_000).arg(consumer).query_async(conn).await;
     rows.map_or(0, |r| r.len())
-}
-
-/// The milliseconds part of an entry id.
-fn ms(id: &str) -> u64 {
-    id.split('-').next().unwrap().parse().unwrap()
 }
 
 #[test]

@@ -197,14 +197,16 @@ pub fn looks_like(entry: &Entry) -> Option<&'static str> {
     }
     let data = entry.get(field::DATA)?;
     let has = |key: &[u8]| data.windows(key.len()).any(|w| w == key);
+    // The scan first: only data that names one of the keys is parsed.
+    let (ce, leanmq) = (has(b"\"specversion\""), has(b"\"_metadata\""));
+    if !ce && !leanmq {
+        return None;
+    }
     let object = object(data).ok()?;
-    if has(b"\"specversion\"") && object.contains_key("specversion") {
+    if ce && object.contains_key("specversion") {
         return Some("cloudevents");
     }
-    if has(b"\"_metadata\"") && object.contains_key("_metadata") {
-        return Some("leanmq");
-    }
-    None
+    (leanmq && object.contains_key("_metadata")).then_some("leanmq")
 }
 
 /// The lineage a handler's publishes carry from the event it handled, given

@@ -179,6 +179,29 @@ pub fn field(entry: &StreamId, name: &str) -> String {
     entry.get::<String>(name).unwrap_or_else(|| panic!("entry {} has no field {name}: {:?}", entry.id, entry.map))
 }
 
+/// Runs the `sluice` binary with `args` and `--config config`.
+pub fn sluice(args: &[&str], config: &std::path::Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_sluice")).args(args).arg("--config").arg(config).output().expect("run sluice")
+}
+
+/// The milliseconds part of an entry id.
+pub fn id_ms(id: &str) -> u64 {
+    id.split('-').next().unwrap().parse().unwrap()
+}
+
+/// The postings `behave`'s `ledger` action committed to `out` (its
+/// entries) for `account`, in commit order: (seq, the seq it followed,
+/// the ms of its entry id).
+pub fn ledger_commits(out: &[StreamId], account: &str) -> Vec<(u64, u64, u64)> {
+    out.iter()
+        .filter_map(|e| {
+            let data: serde_json::Value = serde_json::from_str(&field(e, "data")).unwrap();
+            (data["account"] == account)
+                .then(|| (data["seq"].as_u64().unwrap(), data["after"].as_u64().unwrap(), id_ms(&e.id)))
+        })
+        .collect()
+}
+
 /// How many entries of `stream` are pending in `group` (0 if the group does
 /// not exist yet).
 pub async fn pending(conn: &mut impl Conn, stream: &str, group: &str) -> usize {
