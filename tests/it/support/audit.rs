@@ -845,12 +845,29 @@ async fn holding(probe: &Probe, name: Option<&str>) -> usize {
     }
 }
 
-/// Waits (a second at most) until consumer `name` has an entry pending.
+/// Waits (a second at most) until consumer `name` has an entry pending that
+/// was delivered within the last few milliseconds: one that has most of its
+/// handling still ahead, so a fault struck now finds it in flight (an entry
+/// found late in its run may be committed before the fault lands).
 async fn until_holding(probe: &Probe, name: &str) {
     let deadline = Instant::now() + Duration::from_secs(1);
-    while holding(probe, Some(name)).await == 0 && Instant::now() < deadline {
+    while !holding_fresh(probe, name).await && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
+}
+
+/// Whether consumer `name` has an entry pending delivered at most 3 ms ago.
+async fn holding_fresh(probe: &Probe, name: &str) -> bool {
+    let rows: redis::RedisResult<Vec<(String, String, u64, u64)>> = redis::cmd("XPENDING")
+        .arg(INPUT)
+        .arg(GROUP)
+        .arg("-")
+        .arg("+")
+        .arg(100)
+        .arg(name)
+        .query_async(&mut probe.clone())
+        .await;
+    rows.is_ok_and(|rows| rows.iter().any(|(_, _, idle_ms, _)| *idle_ms <= 3))
 }
 
 fn proxy(redis: &Deployment) -> &Proxy {
