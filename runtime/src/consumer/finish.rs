@@ -47,12 +47,15 @@ impl Consumer {
     /// Runs `d`, and after it each next entry of its key that its commit
     /// hands over (ordering by key), on the same permit.
     pub(super) async fn deliver(self: Arc<Self>, d: Delivery, permit: OwnedSemaphorePermit) {
+        // Taken by a commit that finishes without this task ([`Consumer::hand_off`]).
+        let mut permit = Some(permit);
         let mut next = Some(d);
         while let Some(d) = next.take() {
-            next = self.clone().deliver_one(d).await;
+            next = self.clone().deliver_one(d, &mut permit).await;
             // Demoted or promoted meanwhile: the rest of the chain moves to
             // the handler's lane now.
             if next.is_some() && Executor::current_lane() != Some(self.demotion.lane()) {
+                let permit = permit.take().expect("a chain goes on only after a commit awaited here");
                 return self.start_delivery(next.take().expect("checked"), permit);
             }
         }
@@ -61,7 +64,7 @@ impl Consumer {
 
     /// Runs one turn of `d` and carries out its decision; returns the next
     /// entry of its key to deliver, if its commit handed one over.
-    async fn deliver_one(self: Arc<Self>, d: Delivery) -> Option<Delivery> {
+    async fn deliver_one(self: Arc<Self>, d: Delivery, permit: &mut Option<OwnedSemaphorePermit>) -> Option<Delivery> {
         let correlation = d.entry.get(field::CORRELATION_ID).map(String::from_utf8_lossy);
         let correlation_id = correlation.as_deref().unwrap_or(&d.entry.id);
         // At ERROR level so that it is enabled whenever any line is: a
@@ -79,8 +82,8 @@ impl Consumer {
             // The permit covers the commit too: with `concurrency = 1` the
             // next event must see this one's state and publishes.
             let (stream, id, key) = (d.stream.clone(), d.entry.id.clone(), d.key.clone());
-            let after = self.carry_out(d, turn.decision, &b).await;
-            if after == After::Retrying {
+            let after = self.carry_out(d, turn.decision, &b, permit).await;
+            if matches!(after, After::Retrying | After::HandedOff) {
                 return None;
             }
             self.release(&stream, &id);
@@ -152,30 +155,28 @@ impl Consumer {
         self.claim_idle / 2
     }
 
-    /// Carries out `decision` for `d`.
-    async fn carry_out(self: &Arc<Self>, d: Delivery, decision: Decision, b: &Binding) -> After {
+    /// Carries out `decision` for `d`. An acknowledgement of an entry not
+    /// ordered by key takes `permit` and finishes without this task
+    /// ([`Consumer::hand_off`]).
+    async fn carry_out(
+        self: &Arc<Self>,
+        d: Delivery,
+        decision: Decision,
+        b: &Arc<Binding>,
+        permit: &mut Option<OwnedSemaphorePermit>,
+    ) -> After {
         match decision {
             Decision::Ack { effects } => {
-                let (publishes, kv_writes) = (effects.publishes.len(), effects.kv.len());
+                let counts = (effects.publishes.len(), effects.kv.len());
                 let (name, kv_prefix, formats) = (&self.handler_name, &b.handler.kv_prefix, &b.handler.formats);
                 let commit = Commit::ack(&d.stream, &d.entry, name, kv_prefix, effects, formats);
-                match self.commit("ack", self.in_key_order(commit, &d)).await {
-                    Some(Committed::Done) => debug!(publishes, kv_writes, "handled"),
-                    Some(Committed::Next(next)) => {
-                        debug!(publishes, kv_writes, "handled; the next entry of its key follows");
-                        return After::Next(next);
-                    }
-                    Some(Committed::AlreadyFinished) => self.already_finished(),
-                    Some(Committed::TakenOver(by)) => self.taken_over(&by),
-                    // The handler's output cannot be written: a failed attempt.
-                    Some(Committed::Refused(why)) => {
-                        let policy = &b.handler.retry;
-                        let decision = dispatch::commit_refused(&why, d.attempt, policy, self.max_retry_delay());
-                        return Box::pin(self.carry_out(d, decision, b)).await;
-                    }
-                    None => {}
+                let commit = self.for_redis(self.in_key_order(commit, &d));
+                if let (None, Some(permit)) = (&self.ordering, permit.take()) {
+                    self.hand_off(d, b.clone(), commit, counts, permit);
+                    return After::HandedOff;
                 }
-                After::Finished
+                let committed = self.commit("ack", commit, None).await;
+                self.acked(d, committed, b, counts).await
             }
             Decision::Retry { delay, reason } => {
                 warn!("attempt {} failed: {reason}; retrying in {} ms", d.attempt, delay.as_millis());
@@ -188,6 +189,70 @@ impl Consumer {
             }
             Decision::DeadLetter { reason } => self.dead_letter(&d, &reason, b).await,
         }
+    }
+
+    /// Hands the acknowledgement `commit` of `d` to the committer, which
+    /// finishes the delivery when Redis answers: for a commit that went
+    /// through, on the committer's task (the delivery's task has ended by
+    /// then, and no thread wakes up for it); otherwise in a task on the
+    /// host's runtime that goes on as [`Consumer::carry_out`] would have.
+    /// `permit` is given back, and shutdown waits, until it is finished.
+    fn hand_off(
+        self: &Arc<Self>,
+        d: Delivery,
+        b: Arc<Binding>,
+        commit: Arc<Commit>,
+        (publishes, kv_writes): (usize, usize),
+        permit: OwnedSemaphorePermit,
+    ) {
+        let (me, span, unfinished) = (self.clone(), tracing::Span::current(), self.tasks.token());
+        self.committer.commit_then(commit.clone(), move |first| {
+            if let Ok(Committed::Done) = first {
+                span.in_scope(|| debug!(publishes, kv_writes, "handled"));
+                me.release(&d.stream, &d.entry.id);
+                return drop((permit, unfinished));
+            }
+            let io = me.io.clone();
+            io.spawn(
+                async move {
+                    let (stream, id) = (d.stream.clone(), d.entry.id.clone());
+                    let committed = me.commit("ack", commit, Some(first)).await;
+                    if me.acked(d, committed, &b, (publishes, kv_writes)).await != After::Retrying {
+                        me.release(&stream, &id);
+                    }
+                    drop((permit, unfinished));
+                }
+                .instrument(span),
+            );
+        });
+    }
+
+    /// What follows the acknowledgement of `d`, `committed` (`None`: it
+    /// failed and the entry stays pending).
+    async fn acked(
+        self: &Arc<Self>,
+        d: Delivery,
+        committed: Option<Committed>,
+        b: &Arc<Binding>,
+        (publishes, kv_writes): (usize, usize),
+    ) -> After {
+        match committed {
+            Some(Committed::Done) => debug!(publishes, kv_writes, "handled"),
+            Some(Committed::Next(next)) => {
+                debug!(publishes, kv_writes, "handled; the next entry of its key follows");
+                return After::Next(next);
+            }
+            Some(Committed::AlreadyFinished) => self.already_finished(),
+            Some(Committed::TakenOver(by)) => self.taken_over(&by),
+            // The handler's output cannot be written: a failed attempt.
+            Some(Committed::Refused(why)) => {
+                let policy = &b.handler.retry;
+                let decision = dispatch::commit_refused(&why, d.attempt, policy, self.max_retry_delay());
+                return Box::pin(self.carry_out(d, decision, b, &mut None)).await;
+            }
+            None => {}
+        }
+        After::Finished
     }
 
     /// `commit` of `d`, moving its key on to its next entry if it has one.
@@ -212,7 +277,7 @@ impl Consumer {
         };
         let format = b.handler.formats.format(&origin_stream);
         let commit = Commit::dead_letter(&target, &d.stream, &d.entry, &failure, format);
-        match self.commit("dead-letter", self.in_key_order(commit, d)).await {
+        match self.commit("dead-letter", self.for_redis(self.in_key_order(commit, d)), None).await {
             Some(done @ (Committed::Done | Committed::Next(_))) => {
                 self.metrics.dead_lettered();
                 error!(dead_letter = %target, "dead-lettered after {} attempt(s): {reason}", d.attempt);
@@ -253,20 +318,34 @@ impl Consumer {
         );
     }
 
+    /// `commit` as this consumer's Redis takes it (in a cluster, with its
+    /// writes to other slots routed through the outbox).
+    fn for_redis(&self, commit: Commit) -> Arc<Commit> {
+        Arc::new(match self.redis.is_cluster() {
+            true => commit.routed_for_cluster(),
+            false => commit,
+        })
+    }
+
     /// Runs a commit (in the consumer's next batch), trying again on Redis
     /// errors. Gives up (`None`) after [`COMMIT_TRIES`]: the entry stays
     /// pending and is claimed again later, so nothing is lost (at worst it
-    /// is handled twice).
-    async fn commit(&self, what: &str, commit: Commit) -> Option<Committed> {
-        let commit = Arc::new(match self.redis.is_cluster() {
-            true => commit.routed_for_cluster(),
-            false => commit,
-        });
+    /// is handled twice). `first`: the result of a first try already made.
+    async fn commit(
+        &self,
+        what: &str,
+        commit: Arc<Commit>,
+        mut first: Option<Result<Committed, stream::Error>>,
+    ) -> Option<Committed> {
         let mut wait = Duration::from_millis(100);
         // Whether an earlier try may have gone through (its reply was lost).
         let mut unsure = false;
         for attempt in 1..=COMMIT_TRIES {
-            match self.committer.commit(commit.clone()).await {
+            let result = match first.take() {
+                Some(result) => result,
+                None => self.committer.commit(commit.clone()).await,
+            };
+            match result {
                 Ok(Committed::AlreadyFinished) if unsure => {
                     debug!("{what}: an earlier try went through (its reply was lost)");
                     return Some(Committed::Done);
@@ -335,6 +414,9 @@ enum After {
     Finished,
     /// A retry is scheduled; the entry (and its key) stay held here.
     Retrying,
+    /// Its acknowledgement was handed to the committer, which finishes it
+    /// ([`Consumer::hand_off`]).
+    HandedOff,
     /// Finished, and the next entry of its key is this consumer's to
     /// deliver now.
     Next(Box<Delivery>),

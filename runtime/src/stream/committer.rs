@@ -24,7 +24,25 @@ pub struct Committer {
 
 struct Job {
     commit: Arc<Commit>,
-    reply: oneshot::Sender<Result<Committed, Error>>,
+    reply: Reply,
+}
+
+/// Where a job's result goes.
+enum Reply {
+    /// To a caller waiting for it.
+    Wait(oneshot::Sender<Result<Committed, Error>>),
+    /// To a function the committer's task runs, so that no task has to
+    /// wake up for the result ([`Committer::commit_then`]).
+    Then(Box<dyn FnOnce(Result<Committed, Error>) + Send + Sync>),
+}
+
+impl Reply {
+    fn send(self, result: Result<Committed, Error>) {
+        match self {
+            Reply::Wait(tx) => drop(tx.send(result)),
+            Reply::Then(then) => then(result),
+        }
+    }
 }
 
 impl Committer {
@@ -40,8 +58,25 @@ impl Committer {
         let (stream, id) = commit.entry();
         let stopped = || Error::new(format!("commit of {stream} {id}"), super::ErrorKind::Stopped);
         let (reply, answer) = oneshot::channel();
-        self.tx.send(Job { commit: commit.clone(), reply }).map_err(|_| stopped())?;
+        self.tx.send(Job { commit: commit.clone(), reply: Reply::Wait(reply) }).map_err(|_| stopped())?;
         answer.await.unwrap_or_else(|_| Err(stopped()))
+    }
+
+    /// Commits `commit` in the next batch and calls `then` with the result
+    /// (as [`Committer::commit`] gives it) on the committer's task, which it
+    /// must not hold up: no waiting, no I/O. At once, with an error, if the
+    /// committer has stopped.
+    pub fn commit_then(
+        &self,
+        commit: Arc<Commit>,
+        then: impl FnOnce(Result<Committed, Error>) + Send + Sync + 'static,
+    ) {
+        let job = Job { commit, reply: Reply::Then(Box::new(then)) };
+        if let Err(mpsc::error::SendError(job)) = self.tx.send(job) {
+            let (stream, id) = job.commit.entry();
+            let stopped = Error::new(format!("commit of {stream} {id}"), super::ErrorKind::Stopped);
+            job.reply.send(Err(stopped));
+        }
     }
 }
 
@@ -66,12 +101,12 @@ async fn commit_together(mut conn: Conn, who: &Who, jobs: &mut Vec<Job>) {
     match commit_batch(&mut conn, &who.group, &who.consumer, jobs.iter().map(|j| &*j.commit)).await {
         Ok(results) => {
             for (job, result) in jobs.drain(..).zip(results) {
-                let _ = job.reply.send(Ok(result));
+                job.reply.send(Ok(result));
             }
         }
         Err(e) => {
             for job in jobs.drain(..) {
-                let _ = job.reply.send(Err(e.clone()));
+                job.reply.send(Err(e.clone()));
             }
         }
     }
