@@ -204,6 +204,31 @@ async fn shutdown_lets_in_flight_events_finish() {
     assert_eq!(entries(&mut conn, "out").await.len(), 1);
 }
 
+/// The same through the real binary and SIGTERM: once the process has
+/// exited, nothing more can commit, so an acknowledgement still on its way
+/// when the host stopped would show here as a pending entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_only_after_in_flight_events_are_acknowledged() {
+    let redis = RedisServer::start();
+    let fx = Fixture::new(&redis, "", &behave("concurrency = 8"));
+    let mut host = fx.spawn_binary();
+    let mut conn = redis.conn().await;
+    for _ in 0..8 {
+        send(&mut conn, "in", "t", busy(300)).await;
+    }
+    until_pending(&conn, "in", "h", 8).await;
+    let pid = host.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = eventually(SOON, "sluice exits after SIGTERM", || {
+        let s = host.try_wait().unwrap();
+        async move { s }
+    })
+    .await;
+    assert!(status.success(), "exit status {status}");
+    assert_eq!(pending(&mut conn, "in", "h").await, 0, "every event in flight was acknowledged before the exit");
+    assert_eq!(entries(&mut conn, "out").await.len(), 8);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_restart_loses_nothing() {
     let aof = ["--save", "", "--appendonly", "yes", "--appendfsync", "always"];
