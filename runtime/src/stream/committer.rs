@@ -33,14 +33,30 @@ enum Reply {
     Wait(oneshot::Sender<Result<Committed, Error>>),
     /// To a function the committer's task runs, so that no task has to
     /// wake up for the result ([`Committer::commit_then`]).
-    Then(Box<dyn FnOnce(Result<Committed, Error>) + Send + Sync>),
+    Then(Then),
+}
+
+/// The function of a [`Reply::Then`]: called once, with an error if the job
+/// is dropped unanswered (as a waiting caller gets one when its channel
+/// closes), so the delivery that handed its commit over is always finished.
+struct Then(Option<Finish>);
+
+/// What a [`Then`] calls.
+type Finish = Box<dyn FnOnce(Result<Committed, Error>) + Send + Sync>;
+
+impl Drop for Then {
+    fn drop(&mut self) {
+        if let Some(then) = self.0.take() {
+            then(Err(Error::new("commit", super::ErrorKind::Stopped)));
+        }
+    }
 }
 
 impl Reply {
     fn send(self, result: Result<Committed, Error>) {
         match self {
             Reply::Wait(tx) => drop(tx.send(result)),
-            Reply::Then(then) => then(result),
+            Reply::Then(mut then) => (then.0.take().expect("called once"))(result),
         }
     }
 }
@@ -71,7 +87,7 @@ impl Committer {
         commit: Arc<Commit>,
         then: impl FnOnce(Result<Committed, Error>) + Send + Sync + 'static,
     ) {
-        let job = Job { commit, reply: Reply::Then(Box::new(then)) };
+        let job = Job { commit, reply: Reply::Then(Then(Some(Box::new(then)))) };
         if let Err(mpsc::error::SendError(job)) = self.tx.send(job) {
             let (stream, id) = job.commit.entry();
             let stopped = Error::new(format!("commit of {stream} {id}"), super::ErrorKind::Stopped);
@@ -124,4 +140,33 @@ async fn commit_by_slot(conn: &Conn, who: &Who, jobs: &mut Vec<Job>) {
         async move { commit_together(conn, who, &mut batch).await }
     });
     futures::future::join_all(batches).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counting() -> (Reply, std::sync::mpsc::Receiver<Result<Committed, Error>>) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reply = Reply::Then(Then(Some(Box::new(move |result| tx.send(result).unwrap()))));
+        (reply, rx)
+    }
+
+    #[test]
+    fn a_function_reply_is_called_once_with_the_result() {
+        let (reply, rx) = counting();
+        reply.send(Ok(Committed::Done));
+        assert_eq!(rx.try_iter().map(|r| r.unwrap()).collect::<Vec<_>>(), [Committed::Done]);
+    }
+
+    #[test]
+    fn a_function_reply_dropped_unanswered_is_called_with_an_error() {
+        // As when the committer's task dies with a batch in hand: the
+        // delivery that handed its commit over must still be finished.
+        let (reply, rx) = counting();
+        drop(reply);
+        let got: Vec<_> = rx.try_iter().collect();
+        assert_eq!(got.len(), 1);
+        assert!(got[0].is_err());
+    }
 }
