@@ -72,13 +72,7 @@ async fn run_starts_an_embedded_redis_and_stops_cleanly_on_sigterm() {
     })
     .await;
     assert_eq!(out_len, 1);
-    let pid = host.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let status = eventually(SOON, "sluice exits after SIGTERM", || {
-        let s = host.try_wait().unwrap();
-        async move { s }
-    })
-    .await;
+    let status = terminate(&mut host).await;
     assert!(status.success(), "exit status {status}");
     // The embedded server was stopped with the host, its data kept in
     // .sluice/ (AOF): a new publish starts it again and the stream is there.
@@ -135,9 +129,7 @@ async fn the_embedded_redis_stays_up_while_a_host_uses_it_and_the_last_to_leave_
     send_raw(&mut conn, "in", data).await;
     until_entries(&conn, "out", 2).await;
     drop(conn);
-    let pid = hosts.0[0].id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    assert!(hosts.0[0].wait().unwrap().success());
+    assert!(terminate(&mut hosts.0[0]).await.success());
     assert!(!answers(&url).await, "the host, the last to leave, stopped the server");
 }
 

@@ -217,13 +217,7 @@ async fn sigterm_exits_only_after_in_flight_events_are_acknowledged() {
         send(&mut conn, "in", "t", busy(300)).await;
     }
     until_pending(&conn, "in", "h", 8).await;
-    let pid = host.id().to_string();
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let status = eventually(SOON, "sluice exits after SIGTERM", || {
-        let s = host.try_wait().unwrap();
-        async move { s }
-    })
-    .await;
+    let status = terminate(&mut host).await;
     assert!(status.success(), "exit status {status}");
     assert_eq!(pending(&mut conn, "in", "h").await, 0, "every event in flight was acknowledged before the exit");
     assert_eq!(entries(&mut conn, "out").await.len(), 8);

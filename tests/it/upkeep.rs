@@ -4,7 +4,6 @@
 
 use crate::support::*;
 use serde_json::json;
-use std::process::Command;
 use std::time::Duration;
 
 /// The value of the series `series` (name and labels, as exposed) in the
@@ -112,8 +111,7 @@ async fn consumers_left_by_stopped_and_killed_hosts_are_forgotten() {
     for _ in 0..2 {
         let mut host = fx.spawn_binary();
         until_pending(&conn, "in", "h", 2).await;
-        assert!(Command::new("kill").args(["-TERM", &host.id().to_string()]).status().unwrap().success());
-        host.wait().unwrap();
+        terminate(&mut host).await;
     }
     for _ in 0..3 {
         let mut host = fx.spawn_binary();

@@ -71,11 +71,9 @@ impl Committer {
 
     /// Commits `commit` in the next batch; see [`commit_batch`] for the result.
     pub async fn commit(&self, commit: Arc<Commit>) -> Result<Committed, Error> {
-        let (stream, id) = commit.entry();
-        let stopped = || Error::new(format!("commit of {stream} {id}"), super::ErrorKind::Stopped);
         let (reply, answer) = oneshot::channel();
-        self.tx.send(Job { commit: commit.clone(), reply: Reply::Wait(reply) }).map_err(|_| stopped())?;
-        answer.await.unwrap_or_else(|_| Err(stopped()))
+        self.tx.send(Job { commit: commit.clone(), reply: Reply::Wait(reply) }).map_err(|_| stopped(&commit))?;
+        answer.await.unwrap_or_else(|_| Err(stopped(&commit)))
     }
 
     /// Commits `commit` in the next batch and calls `then` with the result
@@ -89,11 +87,15 @@ impl Committer {
     ) {
         let job = Job { commit, reply: Reply::Then(Then(Some(Box::new(then)))) };
         if let Err(mpsc::error::SendError(job)) = self.tx.send(job) {
-            let (stream, id) = job.commit.entry();
-            let stopped = Error::new(format!("commit of {stream} {id}"), super::ErrorKind::Stopped);
-            job.reply.send(Err(stopped));
+            job.reply.send(Err(stopped(&job.commit)));
         }
     }
+}
+
+/// The error of `commit` when the committer has stopped.
+fn stopped(commit: &Commit) -> Error {
+    let (stream, id) = commit.entry();
+    Error::new(format!("commit of {stream} {id}"), super::ErrorKind::Stopped)
 }
 
 /// Whose commits these are: a group, and this host's consumer in it.

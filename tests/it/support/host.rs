@@ -138,6 +138,18 @@ impl Fixture {
     }
 }
 
+/// Sends SIGTERM to a `sluice` process and waits (up to [`super::SOON`])
+/// for it to drain and exit; its exit status.
+pub async fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    super::eventually(super::SOON, "sluice exits after SIGTERM", || {
+        let s = child.try_wait().unwrap();
+        async move { s }
+    })
+    .await
+}
+
 /// A host running in this process.
 pub struct RunningHost {
     stop: Option<oneshot::Sender<()>>,

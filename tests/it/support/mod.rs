@@ -14,7 +14,7 @@ mod tls;
 pub use browser::Browser;
 pub use cluster::Cluster;
 pub use host::{
-    Fixture, Hosts, entries, field, finished, id_ms, ledger_commits, pending, read_pending, send, sluice,
+    Fixture, Hosts, entries, field, finished, id_ms, ledger_commits, pending, read_pending, send, sluice, terminate,
     until_entries, until_finished, until_pending, xadd,
 };
 pub use proxy::Proxy;
