@@ -140,26 +140,63 @@ async fn send_raw(conn: &mut redis::aio::MultiplexedConnection, stream: &str, da
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_carry_the_event_span_with_its_correlation_id() {
     let redis = RedisServer::start();
-    let fx = Fixture::new(&redis, "", "[handlers.h]\nplugin = \"behave.wasm\"\nstreams = [\"in\"]\n");
-    let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+    let data = json!({"action": "reject", "reason": "no"}).to_string();
+    let (id, lines) = json_logs_of_one_event(&redis, "warn", &data, "in:dlq").await;
+    let dead = lines.iter().find(|l| l["fields"]["message"].as_str().is_some_and(|m| m.starts_with("dead-lettered")));
+    let span = &dead.unwrap_or_else(|| panic!("no dead-letter line in {lines:#?}"))["span"];
+    assert_eq!((&span["handler"], &span["id"], &span["correlation_id"]), (&json!("h"), &json!(id), &json!("c-42")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handlers_own_lines_carry_the_event_span() {
+    // The span is made by an event's first line (logging::EventSpan): here
+    // the handler's own, through the host's log import and its stdout.
+    let redis = RedisServer::start();
+    let data = json!({"action": "log", "message": "said-by-the-plugin", "out": "done"}).to_string();
+    let (id, lines) = json_logs_of_one_event(&redis, "info", &data, "in").await;
+    let said: Vec<_> = lines.iter().filter(|l| l["fields"]["message"] == json!("said-by-the-plugin")).collect();
+    let targets: Vec<_> = said.iter().map(|l| l["target"].as_str().unwrap()).collect();
+    assert_eq!(targets, ["sluice::plugin", "sluice::plugin::stdout"], "{lines:#?}");
+    for line in said {
+        let span = &line["span"];
+        assert_eq!(
+            (&span["name"], &span["handler"], &span["stream"], &span["id"], &span["correlation_id"]),
+            (&json!("event"), &json!("h"), &json!("in"), &json!(id), &json!("c-42")),
+            "{line:#}"
+        );
+    }
+}
+
+/// The JSON log lines, at `rust_log`, of a host whose handler `h` (behave)
+/// got one event of `data` with correlation id `c-42` (and its id), once
+/// `wait_for` has an entry (`in` itself: once the event is acknowledged).
+async fn json_logs_of_one_event(
+    redis: &RedisServer,
+    rust_log: &str,
+    data: &str,
+    wait_for: &str,
+) -> (String, Vec<serde_json::Value>) {
+    let fx = Fixture::new(redis, "", "[handlers.h]\nplugin = \"behave.wasm\"\nstreams = [\"in\"]\n");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(["run", "--log-format", "json", "--config"])
         .arg(&fx.config_path)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", rust_log)
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let mut conn = redis.conn().await;
-    let data = json!({"action": "reject", "reason": "no"}).to_string();
-    let id = xadd(&mut conn, "in", &[("type", "t"), ("data", &data), ("correlation_id", "c-42")]).await;
-    until_entries(&conn, "in:dlq", 1).await;
-    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let id = xadd(&mut conn, "in", &[("type", "t"), ("data", data), ("correlation_id", "c-42")]).await;
+    if wait_for == "in" {
+        until_finished(&conn, "in", "h", 1).await;
+    } else {
+        until_entries(&conn, wait_for, 1).await;
+    }
+    assert!(terminate(&mut child).await.success());
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let lines: Vec<serde_json::Value> =
+    let lines =
         stderr.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: not JSON: {l}"))).collect();
-    let dead = lines.iter().find(|l| l["fields"]["message"].as_str().is_some_and(|m| m.starts_with("dead-lettered")));
-    let span = &dead.unwrap_or_else(|| panic!("no dead-letter line in {stderr}"))["span"];
-    assert_eq!((&span["handler"], &span["id"], &span["correlation_id"]), (&json!("h"), &json!(id), &json!("c-42")));
+    (id, lines)
 }
 
 /// Whether a server answers on the embedded Redis socket under `dir`.

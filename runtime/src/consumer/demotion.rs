@@ -9,6 +9,7 @@
 //! its plugin.
 
 use super::Consumer;
+use crate::logging::in_event;
 use crate::wasm::Lane;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use tracing::{info, warn};
@@ -74,11 +75,15 @@ impl Consumer {
         match self.demotion.record(timed_out) {
             Some(Change::Demoted) => {
                 self.metrics.set_demoted(self.is_demoted());
-                warn!(group = %self.group, "a delivery ran out of time: this handler now runs at idle priority, on CPU the other handlers leave free, until {PROMOTE_AFTER} deliveries in a row finish in time");
+                in_event(
+                    || warn!(group = %self.group, "a delivery ran out of time: this handler now runs at idle priority, on CPU the other handlers leave free, until {PROMOTE_AFTER} deliveries in a row finish in time"),
+                );
             }
             Some(Change::Promoted) => {
                 self.metrics.set_demoted(self.is_demoted());
-                info!(group = %self.group, "{PROMOTE_AFTER} deliveries in a row finished in time: this handler runs at normal priority again");
+                in_event(
+                    || info!(group = %self.group, "{PROMOTE_AFTER} deliveries in a row finished in time: this handler runs at normal priority again"),
+                );
             }
             None => {}
         }

@@ -7,13 +7,14 @@ use crate::dead_letter::{self, Failure};
 use crate::dispatch::{self, Decision, Verdict};
 use crate::event::field;
 use crate::format::Format;
+use crate::logging::{self, EventSpan, in_event};
 use crate::stream::{self, Commit, Committed, Delivery};
 use crate::wasm::{Executor, Outcome, bindings::Event};
 use futures::future::BoxFuture;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::OwnedSemaphorePermit;
-use tracing::{Instrument, debug, error, error_span, warn};
+use tracing::{Level, debug, enabled, error, warn};
 
 /// Tries of a commit before leaving the entry pending.
 const COMMIT_TRIES: u32 = 4;
@@ -65,18 +66,17 @@ impl Consumer {
     /// Runs one turn of `d` and carries out its decision; returns the next
     /// entry of its key to deliver, if its commit handed one over.
     async fn deliver_one(self: Arc<Self>, d: Delivery, permit: &mut Option<OwnedSemaphorePermit>) -> Option<Delivery> {
-        let correlation = d.entry.get(field::CORRELATION_ID).map(String::from_utf8_lossy);
-        let correlation_id = correlation.as_deref().unwrap_or(&d.entry.id);
-        // At ERROR level so that it is enabled whenever any line is: a
-        // RUST_LOG=warn host still says which event an error is about.
-        let span = error_span!("event", handler = %self.handler_name, stream = %d.stream, id = %d.entry.id, attempt = d.attempt, correlation_id);
-        async move {
+        let correlation_id = d.entry.get(field::CORRELATION_ID).map(|c| String::from_utf8_lossy(c).into_owned());
+        let event = EventSpan::new(&self.handler_name, &d.stream, &d.entry.id, d.attempt, correlation_id);
+        let delivery = async move {
             // The version this delivery runs on, even if a reload swaps it meanwhile.
             let b = self.binding.load_full();
             let turn = dispatch::turn(&b.handler, &d, self.max_retry_delay(), |event| self.run_plugin(&b, event)).await;
             self.metrics.counted(turn.verdict);
             if turn.verdict == Verdict::Skipped {
-                debug!("not for this handler: acknowledged without a delivery");
+                if enabled!(Level::DEBUG) {
+                    in_event(|| debug!("not for this handler: acknowledged without a delivery"));
+                }
                 self.warn_if_another_format(&d, &b);
             }
             // The permit covers the commit too: with `concurrency = 1` the
@@ -108,9 +108,8 @@ impl Consumer {
                 self.unserve(&stream, key);
             }
             None
-        }
-        .instrument(span)
-        .await
+        };
+        logging::within(Some(event), delivery).await
     }
 
     /// Warns, once, when `d` was skipped for want of a type on a stream in
@@ -127,11 +126,13 @@ impl Consumer {
         }
         let Some(likely) = crate::format::looks_like(&d.entry) else { return };
         if !self.format_warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
-            warn!(
-                stream, group = %self.group,
-                "entries of stream {stream} look like {likely} entries, but its format is sluice: they have no type, so handler {} skips them. Set [streams.\"{stream}\"] format = \"{likely}\" in the config (docs/migrating.md)",
-                self.handler_name
-            );
+            in_event(|| {
+                warn!(
+                    stream, group = %self.group,
+                    "entries of stream {stream} look like {likely} entries, but its format is sluice: they have no type, so handler {} skips them. Set [streams.\"{stream}\"] format = \"{likely}\" in the config (docs/migrating.md)",
+                    self.handler_name
+                )
+            });
         }
     }
 
@@ -179,7 +180,7 @@ impl Consumer {
                 self.acked(d, committed, b, counts).await
             }
             Decision::Retry { delay, reason } => {
-                warn!("attempt {} failed: {reason}; retrying in {} ms", d.attempt, delay.as_millis());
+                in_event(|| warn!("attempt {} failed: {reason}; retrying in {} ms", d.attempt, delay.as_millis()));
                 self.metrics.retried();
                 // On the host's runtime: the timer and the claim are Redis
                 // work, and the retry then runs on the handler's lane of that
@@ -205,25 +206,24 @@ impl Consumer {
         (publishes, kv_writes): (usize, usize),
         permit: OwnedSemaphorePermit,
     ) {
-        let (me, span, unfinished) = (self.clone(), tracing::Span::current(), self.tasks.token());
+        let (me, event, unfinished) = (self.clone(), logging::current_event(), self.tasks.token());
         self.committer.commit_then(commit.clone(), move |first| {
             if let Ok(Committed::Done) = first {
-                span.in_scope(|| debug!(publishes, kv_writes, "handled"));
+                if let (Some(event), true) = (&event, enabled!(Level::DEBUG)) {
+                    event.in_scope(|| debug!(publishes, kv_writes, "handled"));
+                }
                 me.release(&d.stream, &d.entry.id);
                 return drop((permit, unfinished));
             }
             let io = me.io.clone();
-            io.spawn(
-                async move {
-                    let (stream, id) = (d.stream.clone(), d.entry.id.clone());
-                    let committed = me.commit("ack", commit, Some(first)).await;
-                    if me.acked(d, committed, &b, (publishes, kv_writes)).await != After::Retrying {
-                        me.release(&stream, &id);
-                    }
-                    drop((permit, unfinished));
+            io.spawn(logging::within(event, async move {
+                let (stream, id) = (d.stream.clone(), d.entry.id.clone());
+                let committed = me.commit("ack", commit, Some(first)).await;
+                if me.acked(d, committed, &b, (publishes, kv_writes)).await != After::Retrying {
+                    me.release(&stream, &id);
                 }
-                .instrument(span),
-            );
+                drop((permit, unfinished));
+            }));
         });
     }
 
@@ -237,9 +237,15 @@ impl Consumer {
         (publishes, kv_writes): (usize, usize),
     ) -> After {
         match committed {
-            Some(Committed::Done) => debug!(publishes, kv_writes, "handled"),
+            Some(Committed::Done) => {
+                if enabled!(Level::DEBUG) {
+                    in_event(|| debug!(publishes, kv_writes, "handled"));
+                }
+            }
             Some(Committed::Next(next)) => {
-                debug!(publishes, kv_writes, "handled; the next entry of its key follows");
+                if enabled!(Level::DEBUG) {
+                    in_event(|| debug!(publishes, kv_writes, "handled; the next entry of its key follows"));
+                }
                 return After::Next(next);
             }
             Some(Committed::AlreadyFinished) => self.already_finished(),
@@ -280,16 +286,18 @@ impl Consumer {
         match self.commit("dead-letter", self.for_redis(self.in_key_order(commit, d)), None).await {
             Some(done @ (Committed::Done | Committed::Next(_))) => {
                 self.metrics.dead_lettered();
-                error!(dead_letter = %target, "dead-lettered after {} attempt(s): {reason}", d.attempt);
+                in_event(|| error!(dead_letter = %target, "dead-lettered after {} attempt(s): {reason}", d.attempt));
                 if let Committed::Next(next) = done {
                     return After::Next(next);
                 }
             }
             Some(Committed::AlreadyFinished) => self.already_finished(),
             Some(Committed::TakenOver(by)) => self.taken_over(&by),
-            Some(Committed::Refused(why)) => error!(
-                "cannot dead-letter ({why}); the entry stays pending and is tried again after claim_idle_ms. Failure: {reason}"
-            ),
+            Some(Committed::Refused(why)) => in_event(|| {
+                error!(
+                    "cannot dead-letter ({why}); the entry stays pending and is tried again after claim_idle_ms. Failure: {reason}"
+                )
+            }),
             None => {}
         }
         After::Finished
@@ -300,10 +308,12 @@ impl Consumer {
     /// `claim_idle_ms`). This delivery's output was not written.
     fn already_finished(&self) {
         self.metrics.already_finished();
-        warn!(
-            group = %self.group,
-            "the entry was finished by another consumer meanwhile (it was taken over after claim_idle_ms); this delivery's output was not written"
-        );
+        in_event(|| {
+            warn!(
+                group = %self.group,
+                "the entry was finished by another consumer meanwhile (it was taken over after claim_idle_ms); this delivery's output was not written"
+            )
+        });
     }
 
     /// Another consumer took the entry over while this host worked on it:
@@ -311,11 +321,13 @@ impl Consumer {
     /// `claim_idle_ms`). It leaves the entry to its new owner.
     fn taken_over(&self, by: &str) {
         self.metrics.ownership_lost();
-        warn!(
-            group = %self.group,
-            owner = by,
-            "this host lost the entry to consumer {by}, which took it over after claim_idle_ms (this host was presumed dead); not committing: {by} will"
-        );
+        in_event(|| {
+            warn!(
+                group = %self.group,
+                owner = by,
+                "this host lost the entry to consumer {by}, which took it over after claim_idle_ms (this host was presumed dead); not committing: {by} will"
+            )
+        });
     }
 
     /// `commit` as this consumer's Redis takes it (in a cluster, with its
@@ -347,22 +359,24 @@ impl Consumer {
             };
             match result {
                 Ok(Committed::AlreadyFinished) if unsure => {
-                    debug!("{what}: an earlier try went through (its reply was lost)");
+                    in_event(|| debug!("{what}: an earlier try went through (its reply was lost)"));
                     return Some(Committed::Done);
                 }
                 Ok(committed) => return Some(committed),
                 Err(e) if e.is_no_permission() => {
-                    error!(
-                        "{what} refused: {e}; the Redis user needs the rule in docs/operating.md (ACL users). The entry stays pending"
-                    );
+                    in_event(|| {
+                        error!(
+                            "{what} refused: {e}; the Redis user needs the rule in docs/operating.md (ACL users). The entry stays pending"
+                        )
+                    });
                     break;
                 }
                 Err(e) if attempt == COMMIT_TRIES => {
-                    error!("{what} failed: {e}; the entry stays pending and will be delivered again");
+                    in_event(|| error!("{what} failed: {e}; the entry stays pending and will be delivered again"));
                     self.orphans.store(true, std::sync::atomic::Ordering::SeqCst);
                 }
                 Err(e) => {
-                    warn!("{what} failed: {e}; trying again");
+                    in_event(|| warn!("{what} failed: {e}; trying again"));
                     unsure |= e.reply_lost();
                     tokio::time::sleep(wait).await;
                     wait *= 3;

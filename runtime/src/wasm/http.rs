@@ -37,7 +37,9 @@ impl WasiHttpHooks for HttpGrant {
         _: Box<dyn Future<Output = Result<(), Error>> + Send>,
     ) -> Box<dyn Future<Output = Sent> + Send> {
         if !self.allows(request.uri()) {
-            tracing::warn!(target: "sluice::plugin", uri = %request.uri(), "outbound HTTP denied: host not in the handler's http allow-list");
+            crate::logging::in_event(
+                || tracing::warn!(target: "sluice::plugin", uri = %request.uri(), "outbound HTTP denied: host not in the handler's http allow-list"),
+            );
             return Box::new(async { Err(Error::HttpRequestDenied) });
         }
         Box::new(async move {

@@ -12,10 +12,10 @@ use super::executor::{Executor, Lane};
 use super::plugin::Plugin;
 use super::reuse::{InstancePool, Warm};
 use super::state::{EventState, Sandbox};
+use crate::logging::{self, in_event};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use tracing::Instrument;
 use wasmtime::{Store, UpdateDeadline};
 
 /// What one delivery came to. An ordinary value, not an error: failures are
@@ -70,8 +70,7 @@ impl Plugin {
         // Keep the event's span (handler, stream, id) on the plugin's log lines.
         // Boxed: the instance's futures are large, and a delivery's task
         // (which awaits this) is moved whole when it is spawned.
-        let run = Box::pin(async move { plugin.invoke_in_place(&sandbox, &event).await })
-            .instrument(tracing::Span::current());
+        let run = logging::in_caller_span(Box::pin(async move { plugin.invoke_in_place(&sandbox, &event).await }));
         match self.executor.run(run).await {
             Some(outcome) => outcome,
             None => Outcome::Crash { reason: "the host panicked while running the handler".into(), timed_out: false },
@@ -246,12 +245,14 @@ fn crash_reason(state: &EventState, sandbox: &Sandbox, err: &wasmtime::Error) ->
 
 /// Sends what the guest printed to the host log, one line at a time.
 fn log_output(state: &mut EventState) {
-    for line in state.stdout.take_text().lines() {
-        tracing::info!(target: "sluice::plugin::stdout", "{line}");
+    let stdout = state.stdout.take_text();
+    // Checked first: the event's span is made by its first line.
+    if !stdout.is_empty() && tracing::enabled!(target: "sluice::plugin::stdout", tracing::Level::INFO) {
+        in_event(|| stdout.lines().for_each(|line| tracing::info!(target: "sluice::plugin::stdout", "{line}")));
     }
     let stderr = state.stderr.take_text();
-    for line in stderr.lines() {
-        tracing::warn!(target: "sluice::plugin::stderr", "{line}");
+    if !stderr.is_empty() && tracing::enabled!(target: "sluice::plugin::stderr", tracing::Level::WARN) {
+        in_event(|| stderr.lines().for_each(|line| tracing::warn!(target: "sluice::plugin::stderr", "{line}")));
     }
     state.last_stderr_line = explanation(&stderr);
 }

@@ -11,6 +11,7 @@ use super::reuse::InstancePool;
 use super::usage::Usage;
 use crate::config::{Handler, Isolation};
 use crate::limits::{MAX_STDIO_BYTES, MAX_TABLE_ELEMENTS, idle_lane_patience};
+use crate::logging::in_event;
 use crate::schema::Schemas;
 use crate::stream::Conn;
 use std::collections::{BTreeMap, HashMap};
@@ -255,12 +256,20 @@ impl types::Host for EventState {}
 impl host::Host for EventState {
     fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
         self.usage.log(message.len())?;
+        // Checked first: the event's span is made by its first line.
+        macro_rules! line {
+            ($level:ident, $log:ident) => {
+                if tracing::enabled!(target: "sluice::plugin", tracing::Level::$level) {
+                    in_event(|| tracing::$log!(target: "sluice::plugin", "{message}"))
+                }
+            };
+        }
         match level {
-            Level::Trace => tracing::trace!(target: "sluice::plugin", "{message}"),
-            Level::Debug => tracing::debug!(target: "sluice::plugin", "{message}"),
-            Level::Info => tracing::info!(target: "sluice::plugin", "{message}"),
-            Level::Warn => tracing::warn!(target: "sluice::plugin", "{message}"),
-            Level::Error => tracing::error!(target: "sluice::plugin", "{message}"),
+            Level::Trace => line!(TRACE, trace),
+            Level::Debug => line!(DEBUG, debug),
+            Level::Info => line!(INFO, info),
+            Level::Warn => line!(WARN, warn),
+            Level::Error => line!(ERROR, error),
         }
         Ok(())
     }
