@@ -44,7 +44,12 @@ async fn until_text(c: &Client, css: &str, what: &str, ok: impl Fn(&str) -> bool
 /// Asks for a redrive of `handler` on the page, typing `token` when asked.
 async fn redrive(c: &Client, handler: &str, token: &str) {
     let button = format!("tr[data-handler=\"{handler}\"] button[data-action=\"redrive\"]");
-    c.find(Locator::Css(&button)).await.unwrap().click().await.unwrap();
+    // Found and clicked again if the page's refresh replaced the row in
+    // between (a stale element).
+    eventually(SOON, "the redrive button takes a click", || async {
+        c.find(Locator::Css(&button)).await.ok()?.click().await.ok()
+    })
+    .await;
     let input = eventually(SOON, "the page asks for the token", || async {
         let input = c.find(Locator::Css("#token-input")).await.ok()?;
         input.is_displayed().await.ok()?.then_some(input)
