@@ -167,6 +167,18 @@ async fn a_handlers_own_lines_carry_the_event_span() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_log_can_enable_lines_by_the_event_span() {
+    // A filter by span can only see a span that exists: with one, every
+    // event's span is made at once rather than by its first line.
+    let redis = RedisServer::start();
+    let data = json!({"action": "ok"}).to_string();
+    let (id, lines) = json_logs_of_one_event(&redis, "warn,[event{handler=h}]=debug", &data, "in").await;
+    let handled = lines.iter().find(|l| l["fields"]["message"] == json!("handled"));
+    let handled = handled.unwrap_or_else(|| panic!("no debug line about the event in {lines:#?}"));
+    assert_eq!((&handled["span"]["handler"], &handled["span"]["id"]), (&json!("h"), &json!(id)), "{handled:#}");
+}
+
 /// The JSON log lines, at `rust_log`, of a host whose handler `h` (behave)
 /// got one event of `data` with correlation id `c-42` (and its id), once
 /// `wait_for` has an entry (`in` itself: once the event is acknowledged).

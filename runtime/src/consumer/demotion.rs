@@ -9,10 +9,10 @@
 //! its plugin.
 
 use super::Consumer;
-use crate::logging::in_event;
+use crate::logging::event_line;
 use crate::wasm::Lane;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use tracing::{info, warn};
+use tracing::info;
 
 /// Deliveries in a row that must finish in time (whatever their outcome)
 /// before a demoted handler runs at normal priority again.
@@ -75,15 +75,11 @@ impl Consumer {
         match self.demotion.record(timed_out) {
             Some(Change::Demoted) => {
                 self.metrics.set_demoted(self.is_demoted());
-                in_event(
-                    || warn!(group = %self.group, "a delivery ran out of time: this handler now runs at idle priority, on CPU the other handlers leave free, until {PROMOTE_AFTER} deliveries in a row finish in time"),
-                );
+                event_line!(WARN, group = %self.group, "a delivery ran out of time: this handler now runs at idle priority, on CPU the other handlers leave free, until {PROMOTE_AFTER} deliveries in a row finish in time");
             }
             Some(Change::Promoted) => {
                 self.metrics.set_demoted(self.is_demoted());
-                in_event(
-                    || info!(group = %self.group, "{PROMOTE_AFTER} deliveries in a row finished in time: this handler runs at normal priority again"),
-                );
+                event_line!(INFO, group = %self.group, "{PROMOTE_AFTER} deliveries in a row finished in time: this handler runs at normal priority again");
             }
             None => {}
         }

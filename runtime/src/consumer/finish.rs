@@ -7,14 +7,14 @@ use crate::dead_letter::{self, Failure};
 use crate::dispatch::{self, Decision, Verdict};
 use crate::event::field;
 use crate::format::Format;
-use crate::logging::{self, EventSpan, in_event};
+use crate::logging::{self, EventSpan, event_line};
 use crate::stream::{self, Commit, Committed, Delivery};
 use crate::wasm::{Executor, Outcome, bindings::Event};
 use futures::future::BoxFuture;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::OwnedSemaphorePermit;
-use tracing::{Level, debug, enabled, error, warn};
+use tracing::{debug, warn};
 
 /// Tries of a commit before leaving the entry pending.
 const COMMIT_TRIES: u32 = 4;
@@ -74,9 +74,7 @@ impl Consumer {
             let turn = dispatch::turn(&b.handler, &d, self.max_retry_delay(), |event| self.run_plugin(&b, event)).await;
             self.metrics.counted(turn.verdict);
             if turn.verdict == Verdict::Skipped {
-                if enabled!(Level::DEBUG) {
-                    in_event(|| debug!("not for this handler: acknowledged without a delivery"));
-                }
+                event_line!(DEBUG, "not for this handler: acknowledged without a delivery");
                 self.warn_if_another_format(&d, &b);
             }
             // The permit covers the commit too: with `concurrency = 1` the
@@ -126,13 +124,9 @@ impl Consumer {
         }
         let Some(likely) = crate::format::looks_like(&d.entry) else { return };
         if !self.format_warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
-            in_event(|| {
-                warn!(
-                    stream, group = %self.group,
+            event_line!(WARN, stream, group = %self.group,
                     "entries of stream {stream} look like {likely} entries, but its format is sluice: they have no type, so handler {} skips them. Set [streams.\"{stream}\"] format = \"{likely}\" in the config (docs/migrating.md)",
-                    self.handler_name
-                )
-            });
+                    self.handler_name);
         }
     }
 
@@ -180,7 +174,7 @@ impl Consumer {
                 self.acked(d, committed, b, counts).await
             }
             Decision::Retry { delay, reason } => {
-                in_event(|| warn!("attempt {} failed: {reason}; retrying in {} ms", d.attempt, delay.as_millis()));
+                event_line!(WARN, "attempt {} failed: {reason}; retrying in {} ms", d.attempt, delay.as_millis());
                 self.metrics.retried();
                 // On the host's runtime: the timer and the claim are Redis
                 // work, and the retry then runs on the handler's lane of that
@@ -209,8 +203,8 @@ impl Consumer {
         let (me, event, unfinished) = (self.clone(), logging::current_event(), self.tasks.token());
         self.committer.commit_then(commit.clone(), move |first| {
             if let Ok(Committed::Done) = first {
-                if let (Some(event), true) = (&event, enabled!(Level::DEBUG)) {
-                    event.in_scope(|| debug!(publishes, kv_writes, "handled"));
+                if let Some(event) = &event {
+                    event_line!(in: event, DEBUG, publishes, kv_writes, "handled");
                 }
                 me.release(&d.stream, &d.entry.id);
                 return drop((permit, unfinished));
@@ -238,14 +232,10 @@ impl Consumer {
     ) -> After {
         match committed {
             Some(Committed::Done) => {
-                if enabled!(Level::DEBUG) {
-                    in_event(|| debug!(publishes, kv_writes, "handled"));
-                }
+                event_line!(DEBUG, publishes, kv_writes, "handled");
             }
             Some(Committed::Next(next)) => {
-                if enabled!(Level::DEBUG) {
-                    in_event(|| debug!(publishes, kv_writes, "handled; the next entry of its key follows"));
-                }
+                event_line!(DEBUG, publishes, kv_writes, "handled; the next entry of its key follows");
                 return After::Next(next);
             }
             Some(Committed::AlreadyFinished) => self.already_finished(),
@@ -286,18 +276,17 @@ impl Consumer {
         match self.commit("dead-letter", self.for_redis(self.in_key_order(commit, d)), None).await {
             Some(done @ (Committed::Done | Committed::Next(_))) => {
                 self.metrics.dead_lettered();
-                in_event(|| error!(dead_letter = %target, "dead-lettered after {} attempt(s): {reason}", d.attempt));
+                event_line!(ERROR, dead_letter = %target, "dead-lettered after {} attempt(s): {reason}", d.attempt);
                 if let Committed::Next(next) = done {
                     return After::Next(next);
                 }
             }
             Some(Committed::AlreadyFinished) => self.already_finished(),
             Some(Committed::TakenOver(by)) => self.taken_over(&by),
-            Some(Committed::Refused(why)) => in_event(|| {
-                error!(
-                    "cannot dead-letter ({why}); the entry stays pending and is tried again after claim_idle_ms. Failure: {reason}"
-                )
-            }),
+            Some(Committed::Refused(why)) => event_line!(
+                ERROR,
+                "cannot dead-letter ({why}); the entry stays pending and is tried again after claim_idle_ms. Failure: {reason}"
+            ),
             None => {}
         }
         After::Finished
@@ -308,12 +297,8 @@ impl Consumer {
     /// `claim_idle_ms`). This delivery's output was not written.
     fn already_finished(&self) {
         self.metrics.already_finished();
-        in_event(|| {
-            warn!(
-                group = %self.group,
-                "the entry was finished by another consumer meanwhile (it was taken over after claim_idle_ms); this delivery's output was not written"
-            )
-        });
+        event_line!(WARN, group = %self.group,
+                "the entry was finished by another consumer meanwhile (it was taken over after claim_idle_ms); this delivery's output was not written");
     }
 
     /// Another consumer took the entry over while this host worked on it:
@@ -321,13 +306,9 @@ impl Consumer {
     /// `claim_idle_ms`). It leaves the entry to its new owner.
     fn taken_over(&self, by: &str) {
         self.metrics.ownership_lost();
-        in_event(|| {
-            warn!(
-                group = %self.group,
+        event_line!(WARN, group = %self.group,
                 owner = by,
-                "this host lost the entry to consumer {by}, which took it over after claim_idle_ms (this host was presumed dead); not committing: {by} will"
-            )
-        });
+                "this host lost the entry to consumer {by}, which took it over after claim_idle_ms (this host was presumed dead); not committing: {by} will");
     }
 
     /// `commit` as this consumer's Redis takes it (in a cluster, with its
@@ -359,24 +340,23 @@ impl Consumer {
             };
             match result {
                 Ok(Committed::AlreadyFinished) if unsure => {
-                    in_event(|| debug!("{what}: an earlier try went through (its reply was lost)"));
+                    event_line!(DEBUG, "{what}: an earlier try went through (its reply was lost)");
                     return Some(Committed::Done);
                 }
                 Ok(committed) => return Some(committed),
                 Err(e) if e.is_no_permission() => {
-                    in_event(|| {
-                        error!(
-                            "{what} refused: {e}; the Redis user needs the rule in docs/operating.md (ACL users). The entry stays pending"
-                        )
-                    });
+                    event_line!(
+                        ERROR,
+                        "{what} refused: {e}; the Redis user needs the rule in docs/operating.md (ACL users). The entry stays pending"
+                    );
                     break;
                 }
                 Err(e) if attempt == COMMIT_TRIES => {
-                    in_event(|| error!("{what} failed: {e}; the entry stays pending and will be delivered again"));
+                    event_line!(ERROR, "{what} failed: {e}; the entry stays pending and will be delivered again");
                     self.orphans.store(true, std::sync::atomic::Ordering::SeqCst);
                 }
                 Err(e) => {
-                    in_event(|| warn!("{what} failed: {e}; trying again"));
+                    event_line!(WARN, "{what} failed: {e}; trying again");
                     unsure |= e.reply_lost();
                     tokio::time::sleep(wait).await;
                     wait *= 3;

@@ -3,6 +3,7 @@
 //! anything else is refused with `HTTP-request-denied` before a connection
 //! is made.
 
+use crate::logging::event_line;
 use std::future::Future;
 use std::sync::Arc;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
@@ -37,11 +38,13 @@ impl WasiHttpHooks for HttpGrant {
         _: Box<dyn Future<Output = Result<(), Error>> + Send>,
     ) -> Box<dyn Future<Output = Sent> + Send> {
         if !self.allows(request.uri()) {
-            crate::logging::in_event(
-                || tracing::warn!(target: "sluice::plugin", uri = %request.uri(), "outbound HTTP denied: host not in the handler's http allow-list"),
-            );
+            event_line!(WARN, target: "sluice::plugin", uri = %request.uri(), "outbound HTTP denied: host not in the handler's http allow-list");
             return Box::new(async { Err(Error::HttpRequestDenied) });
         }
+        // wasmtime-wasi-http logs its own warnings about the request (a
+        // refused connection, a TLS error) while the delivery runs: in the
+        // event's span, which the network's cost dwarfs.
+        crate::logging::open_event_span();
         Box::new(async move {
             use http_body_util::BodyExt;
             let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;

@@ -12,7 +12,7 @@ use super::executor::{Executor, Lane};
 use super::plugin::Plugin;
 use super::reuse::{InstancePool, Warm};
 use super::state::{EventState, Sandbox};
-use crate::logging::{self, in_event};
+use crate::logging::{self, event_line};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -245,14 +245,12 @@ fn crash_reason(state: &EventState, sandbox: &Sandbox, err: &wasmtime::Error) ->
 
 /// Sends what the guest printed to the host log, one line at a time.
 fn log_output(state: &mut EventState) {
-    let stdout = state.stdout.take_text();
-    // Checked first: the event's span is made by its first line.
-    if !stdout.is_empty() && tracing::enabled!(target: "sluice::plugin::stdout", tracing::Level::INFO) {
-        in_event(|| stdout.lines().for_each(|line| tracing::info!(target: "sluice::plugin::stdout", "{line}")));
+    for line in state.stdout.take_text().lines() {
+        event_line!(INFO, target: "sluice::plugin::stdout", "{line}");
     }
     let stderr = state.stderr.take_text();
-    if !stderr.is_empty() && tracing::enabled!(target: "sluice::plugin::stderr", tracing::Level::WARN) {
-        in_event(|| stderr.lines().for_each(|line| tracing::warn!(target: "sluice::plugin::stderr", "{line}")));
+    for line in stderr.lines() {
+        event_line!(WARN, target: "sluice::plugin::stderr", "{line}");
     }
     state.last_stderr_line = explanation(&stderr);
 }

@@ -11,7 +11,7 @@ use super::reuse::InstancePool;
 use super::usage::Usage;
 use crate::config::{Handler, Isolation};
 use crate::limits::{MAX_STDIO_BYTES, MAX_TABLE_ELEMENTS, idle_lane_patience};
-use crate::logging::in_event;
+use crate::logging::event_line;
 use crate::schema::Schemas;
 use crate::stream::Conn;
 use std::collections::{BTreeMap, HashMap};
@@ -256,20 +256,12 @@ impl types::Host for EventState {}
 impl host::Host for EventState {
     fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
         self.usage.log(message.len())?;
-        // Checked first: the event's span is made by its first line.
-        macro_rules! line {
-            ($level:ident, $log:ident) => {
-                if tracing::enabled!(target: "sluice::plugin", tracing::Level::$level) {
-                    in_event(|| tracing::$log!(target: "sluice::plugin", "{message}"))
-                }
-            };
-        }
         match level {
-            Level::Trace => line!(TRACE, trace),
-            Level::Debug => line!(DEBUG, debug),
-            Level::Info => line!(INFO, info),
-            Level::Warn => line!(WARN, warn),
-            Level::Error => line!(ERROR, error),
+            Level::Trace => event_line!(TRACE, target: "sluice::plugin", "{message}"),
+            Level::Debug => event_line!(DEBUG, target: "sluice::plugin", "{message}"),
+            Level::Info => event_line!(INFO, target: "sluice::plugin", "{message}"),
+            Level::Warn => event_line!(WARN, target: "sluice::plugin", "{message}"),
+            Level::Error => event_line!(ERROR, target: "sluice::plugin", "{message}"),
         }
         Ok(())
     }
