@@ -124,9 +124,12 @@ impl Consumer {
         }
         let Some(likely) = crate::format::looks_like(&d.entry) else { return };
         if !self.format_warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
-            event_line!(WARN, stream, group = %self.group,
-                    "entries of stream {stream} look like {likely} entries, but its format is sluice: they have no type, so handler {} skips them. Set [streams.\"{stream}\"] format = \"{likely}\" in the config (docs/migrating.md)",
-                    self.handler_name);
+            event_line!(
+                WARN,
+                stream, group = %self.group,
+                "entries of stream {stream} look like {likely} entries, but its format is sluice: they have no type, so handler {} skips them. Set [streams.\"{stream}\"] format = \"{likely}\" in the config (docs/migrating.md)",
+                self.handler_name
+            );
         }
     }
 
@@ -297,8 +300,11 @@ impl Consumer {
     /// `claim_idle_ms`). This delivery's output was not written.
     fn already_finished(&self) {
         self.metrics.already_finished();
-        event_line!(WARN, group = %self.group,
-                "the entry was finished by another consumer meanwhile (it was taken over after claim_idle_ms); this delivery's output was not written");
+        event_line!(
+            WARN,
+            group = %self.group,
+            "the entry was finished by another consumer meanwhile (it was taken over after claim_idle_ms); this delivery's output was not written"
+        );
     }
 
     /// Another consumer took the entry over while this host worked on it:
@@ -306,9 +312,12 @@ impl Consumer {
     /// `claim_idle_ms`). It leaves the entry to its new owner.
     fn taken_over(&self, by: &str) {
         self.metrics.ownership_lost();
-        event_line!(WARN, group = %self.group,
-                owner = by,
-                "this host lost the entry to consumer {by}, which took it over after claim_idle_ms (this host was presumed dead); not committing: {by} will");
+        event_line!(
+            WARN,
+            group = %self.group,
+            owner = by,
+            "this host lost the entry to consumer {by}, which took it over after claim_idle_ms (this host was presumed dead); not committing: {by} will"
+        );
     }
 
     /// `commit` as this consumer's Redis takes it (in a cluster, with its
