@@ -141,7 +141,7 @@ async fn send_raw(conn: &mut redis::aio::MultiplexedConnection, stream: &str, da
 async fn json_logs_carry_the_event_span_with_its_correlation_id() {
     let redis = RedisServer::start();
     let data = json!({"action": "reject", "reason": "no"}).to_string();
-    let (id, lines) = json_logs_of_one_event(&redis, "warn", &data, "in:dlq").await;
+    let (id, lines) = json_logs_of_one_event(&redis, "warn", &data, Some("in:dlq")).await;
     let dead = lines.iter().find(|l| l["fields"]["message"].as_str().is_some_and(|m| m.starts_with("dead-lettered")));
     let span = &dead.unwrap_or_else(|| panic!("no dead-letter line in {lines:#?}"))["span"];
     assert_eq!((&span["handler"], &span["id"], &span["correlation_id"]), (&json!("h"), &json!(id), &json!("c-42")));
@@ -153,7 +153,7 @@ async fn a_handlers_own_lines_carry_the_event_span() {
     // the handler's own, through the host's log import and its stdout.
     let redis = RedisServer::start();
     let data = json!({"action": "log", "message": "said-by-the-plugin", "out": "done"}).to_string();
-    let (id, lines) = json_logs_of_one_event(&redis, "info", &data, "in").await;
+    let (id, lines) = json_logs_of_one_event(&redis, "info", &data, None).await;
     let said: Vec<_> = lines.iter().filter(|l| l["fields"]["message"] == json!("said-by-the-plugin")).collect();
     let targets: Vec<_> = said.iter().map(|l| l["target"].as_str().unwrap()).collect();
     assert_eq!(targets, ["sluice::plugin", "sluice::plugin::stdout"], "{lines:#?}");
@@ -173,7 +173,7 @@ async fn rust_log_can_enable_lines_by_the_event_span() {
     // event's span is made at once rather than by its first line.
     let redis = RedisServer::start();
     let data = json!({"action": "ok"}).to_string();
-    let (id, lines) = json_logs_of_one_event(&redis, "warn,[event{handler=h}]=debug", &data, "in").await;
+    let (id, lines) = json_logs_of_one_event(&redis, "warn,[event{handler=h}]=debug", &data, None).await;
     let handled = lines.iter().find(|l| l["fields"]["message"] == json!("handled"));
     let handled = handled.unwrap_or_else(|| panic!("no debug line about the event in {lines:#?}"));
     assert_eq!((&handled["span"]["handler"], &handled["span"]["id"]), (&json!("h"), &json!(id)), "{handled:#}");
@@ -181,12 +181,12 @@ async fn rust_log_can_enable_lines_by_the_event_span() {
 
 /// The JSON log lines, at `rust_log`, of a host whose handler `h` (behave)
 /// got one event of `data` with correlation id `c-42` (and its id), once
-/// `wait_for` has an entry (`in` itself: once the event is acknowledged).
+/// the stream `wait_for` has an entry (`None`: once the event is finished).
 async fn json_logs_of_one_event(
     redis: &RedisServer,
     rust_log: &str,
     data: &str,
-    wait_for: &str,
+    wait_for: Option<&str>,
 ) -> (String, Vec<serde_json::Value>) {
     let fx = Fixture::new(redis, "", "[handlers.h]\nplugin = \"behave.wasm\"\nstreams = [\"in\"]\n");
     let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
@@ -198,10 +198,9 @@ async fn json_logs_of_one_event(
         .unwrap();
     let mut conn = redis.conn().await;
     let id = xadd(&mut conn, "in", &[("type", "t"), ("data", data), ("correlation_id", "c-42")]).await;
-    if wait_for == "in" {
-        until_finished(&conn, "in", "h", 1).await;
-    } else {
-        until_entries(&conn, wait_for, 1).await;
+    match wait_for {
+        Some(stream) => drop(until_entries(&conn, stream, 1).await),
+        None => until_finished(&conn, "in", "h", 1).await,
     }
     assert!(terminate(&mut child).await.success());
     let out = child.wait_with_output().unwrap();
