@@ -8,7 +8,7 @@ use crate::consumer::{Binding, Consumer};
 use crate::embedded::RedisTarget;
 use crate::reload::{ReloadReport, Reloader};
 use crate::stream::{Redis, redact};
-use crate::wasm::{ComponentCache, Plugin, PluginError, Runtime};
+use crate::wasm::{ComponentCache, Fuel, Plugin, PluginError, Runtime};
 use arc_swap::ArcSwap;
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -31,6 +31,14 @@ pub struct RunOptions {
     pub watch: bool,
     /// Receives the result of every reload (for tests and tooling).
     pub reports: Option<mpsc::UnboundedSender<ReloadReport>>,
+}
+
+/// The engine, linker and executor for `config`: a pool sized from its
+/// handlers' `concurrency`, and fuel metered only if a handler has a `fuel`
+/// budget.
+pub fn runtime_for(config: &Config) -> anyhow::Result<Runtime> {
+    let pool = crate::limits::pool_instances(config.total_concurrency());
+    Runtime::with_pool(pool, Fuel::for_budgets(config.handlers.iter().map(|h| h.limits.fuel)))
 }
 
 /// The compiled-component cache for `config`, under `.sluice/cache/`.
@@ -63,7 +71,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 /// in-flight deliveries finish (each bounded by its timeout, or a demoted
 /// handler's by its patience), and returns.
 pub async fn run_with(config: Config, shutdown: impl Future<Output = ()>, options: RunOptions) -> anyhow::Result<()> {
-    let runtime = Runtime::with_pool(crate::limits::pool_instances(config.total_concurrency()))?;
+    let runtime = runtime_for(&config)?;
     let cache = cache_for(&config, &runtime);
     // The embedded Redis starts first: events published while the plugins
     // compile (seconds for Python or JavaScript) wait in it, rather than a

@@ -201,3 +201,29 @@ async fn a_fuel_budget_stops_a_loop_deterministically() {
     host.stop().await;
     assert_eq!(field(&dl[0], "sluice.error"), "fuel limit 5000000 exceeded (gave up after 1 attempts)");
 }
+
+/// A budget is never ignored: a plugin loaded by an engine that meters no
+/// fuel refuses a delivery under a `fuel` budget (a host never builds such a
+/// pair: it meters fuel when a handler has a budget, and a reload that adds
+/// one needs a restart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fuel_budget_is_never_run_without_metering() {
+    use sluice::wasm::{Outcome, Plugin, Runtime, Sandbox};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    let text = format!(
+        "[host]\nplugins = \"{}\"\n[handlers.f]\nplugin = \"behave.wasm\"\nstreams = [\"in\"]\nfuel = 5000000\n",
+        plugins_dir().display()
+    );
+    std::fs::write(&path, text).unwrap();
+    let config = sluice::config::Config::load(&path).unwrap();
+    let runtime = Runtime::new().unwrap();
+    let plugin = std::sync::Arc::new(Plugin::load(&runtime, None, &config.handlers[0].plugin).unwrap());
+    let entry = sluice::event::Entry {
+        id: "1-0".into(),
+        fields: vec![("type".into(), b"t".to_vec()), ("data".into(), br#"{"action":"ok"}"#.to_vec())],
+    };
+    let outcome = plugin.invoke(&Sandbox::for_handler(&config.handlers[0]), entry.to_event("in", 1)).await;
+    let reason = "fuel limit 5000000 cannot be enforced: this host's engine meters no fuel".to_owned();
+    assert_eq!(outcome, Outcome::Crash { reason, timed_out: false });
+}

@@ -83,6 +83,11 @@ fn invoke_reports_the_verdict_output_and_effects_with_an_exit_code() {
     let config = offline_config(dir.path(), "timeout_ms = 100");
     let (code, r) = invoke("behave.wasm", &event(json!({"action": "loop"})), &["--config", &config]);
     assert_eq!((code, &r["reason"]), (5, &json!("timeout after 100 ms")), "{r:#}");
+    // A fuel budget too: the engine meters fuel for a handler that has one.
+    let dir = tempfile::tempdir().unwrap();
+    let config = offline_config(dir.path(), "fuel = 5000000\ntimeout_ms = 10000");
+    let (code, r) = invoke("behave.wasm", &event(json!({"action": "loop"})), &["--config", &config]);
+    assert_eq!((code, &r["reason"]), (5, &json!("fuel limit 5000000 exceeded")), "{r:#}");
 
     // A type outside the handler's `events` is not delivered.
     let other = json!({"stream": "in", "type": "other", "data": {"action": "trap"}});

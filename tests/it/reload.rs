@@ -272,6 +272,26 @@ async fn a_reload_cannot_raise_a_timeout_past_the_running_claim_idle() {
     host.stop().await;
 }
 
+/// A host whose handlers had no `fuel` budget when it started meters no
+/// fuel (metering slows every handler), so a budget added later needs a
+/// restart; the running handlers keep serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_cannot_add_a_fuel_budget_to_a_host_that_meters_none() {
+    let redis = RedisServer::start();
+    let fx = Fixture::with_own_plugins(&redis, "", &handler("a"), &[("b.wasm", "behave.wasm")]);
+    let (host, mut reports) = fx.start_watching().await;
+    let mut conn = redis.conn().await;
+    fx.rewrite_handlers(&format!("{}\n{}fuel = 5000000\n", handler("a"), handler("b")));
+    let error = rejected(&mut reports).await;
+    assert!(
+        error.contains("handlers.b.fuel needs fuel metering, which this host started without (no handler had a fuel budget, and metering slows every handler): restart the host to apply this change"),
+        "{error}"
+    );
+    send(&mut conn, "in", "t", json!({})).await;
+    until_finished(&conn, "in", "a", 1).await;
+    host.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_cannot_outgrow_the_instance_pool_the_host_started_with() {
     let redis = RedisServer::start();

@@ -7,7 +7,7 @@ use crate::embedded::RedisTarget;
 use crate::publish::{NewEvent, publish};
 use crate::request::{Answer, request};
 use crate::stream::Redis;
-use crate::{host, offline, scaffold, wasm};
+use crate::{host, offline, scaffold};
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -103,7 +103,7 @@ async fn request_with(config_path: &Path, event: &NewEvent, timeout: Duration) -
 /// connection to Redis; in a cluster, how each handler's deliveries commit.
 async fn check(config_path: &Path, offline: bool) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
-    let runtime = wasm::Runtime::new()?;
+    let runtime = host::runtime_for(&config)?;
     let plugins = host::load_plugins(&runtime, &host::cache_for(&config, &runtime), &config)?;
     for (h, p) in config.handlers.iter().zip(&plugins) {
         let ordered = h.order_by.as_ref().map(|by| format!("  ordered by {by}")).unwrap_or_default();

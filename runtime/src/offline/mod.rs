@@ -14,8 +14,9 @@ use crate::dispatch;
 use crate::event::Entry;
 use crate::event_json::EventJson;
 use crate::format::{Format, Outgoing};
+use crate::limits::MIN_POOL_INSTANCES;
 use crate::stream::Delivery;
-use crate::wasm::{self, ComponentCache, Plugin, Sandbox};
+use crate::wasm::{self, ComponentCache, Fuel, Plugin, Sandbox};
 use anyhow::{Context, bail};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -43,7 +44,7 @@ pub async fn invoke(invocation: &Invocation) -> anyhow::Result<Report> {
     let event: EventJson = serde_json::from_str(&text)
         .with_context(|| format!("{}: not an event (see `sluice invoke --help`)", invocation.event.display()))?;
     let (config, handler) = resolve(invocation, &event)?;
-    let runtime = wasm::Runtime::new()?;
+    let runtime = wasm::Runtime::with_pool(MIN_POOL_INSTANCES, Fuel::for_budgets([handler.limits.fuel]))?;
     let cache = cache_dir(config.as_ref()).map(|dir| ComponentCache::new(dir, &runtime.engine));
     let plugin = Plugin::load(&runtime, cache.as_ref(), &invocation.plugin)?;
     let entry = as_stream_entry(&event, handler.formats.format(&event.stream));

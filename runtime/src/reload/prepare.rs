@@ -3,7 +3,7 @@
 
 use crate::config::Config;
 use crate::consumer::Binding;
-use crate::wasm::{ComponentCache, Plugin, Runtime};
+use crate::wasm::{ComponentCache, Fuel, Plugin, Runtime};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -34,6 +34,13 @@ pub async fn prepare(
         "{}: the handlers' concurrency adds up to {total} (for a handler already running, the larger of its old and new concurrency: its running events finish first), but this host's instance pool, sized when it started, has room for {room}: restart the host to apply this change",
         config_path.display()
     );
+    if let (Some(h), Fuel::Unmetered) = (config.handlers.iter().find(|h| h.limits.fuel.is_some()), runtime.fuel) {
+        anyhow::bail!(
+            "{}: handlers.{}.fuel needs fuel metering, which this host started without (no handler had a fuel budget, and metering slows every handler): restart the host to apply this change",
+            config_path.display(),
+            h.name
+        );
+    }
     let loaded: Vec<Arc<Plugin>> = current.values().map(|b| b.plugin.clone()).collect();
     let mut bindings = BTreeMap::new();
     for handler in &config.handlers {

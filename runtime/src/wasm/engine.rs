@@ -39,31 +39,52 @@ pub struct Runtime {
     /// Component instances its pool has room for: the most events all
     /// handlers together may have in flight.
     pub pool_instances: u32,
+    /// Whether its engine meters fuel, which a handler's `fuel` budget needs.
+    pub fuel: Fuel,
     _ticker: Arc<Ticker>,
 }
 
+/// Whether an engine meters fuel. Metering makes wasm code count what it
+/// runs, which costs every handler (a tenth to a quarter of a handler's own
+/// code, see docs/performance.md), so a host meters only when a handler has
+/// a `fuel` budget when it starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fuel {
+    /// Wasm code counts fuel; handlers without a budget get unlimited fuel.
+    Metered,
+    /// No fuel is counted: no handler may have a `fuel` budget.
+    Unmetered,
+}
+
+impl Fuel {
+    /// What handlers with these budgets (`None`: none) need.
+    pub fn for_budgets(budgets: impl IntoIterator<Item = Option<u64>>) -> Fuel {
+        if budgets.into_iter().any(|b| b.is_some()) { Fuel::Metered } else { Fuel::Unmetered }
+    }
+}
+
 impl Runtime {
-    /// Builds the engine (with the smallest pool) and linker and starts the
-    /// epoch ticker.
+    /// Builds the engine (with the smallest pool, metering no fuel) and
+    /// linker and starts the epoch ticker.
     pub fn new() -> anyhow::Result<Runtime> {
-        Runtime::with_pool(MIN_POOL_INSTANCES)
+        Runtime::with_pool(MIN_POOL_INSTANCES, Fuel::Unmetered)
     }
 
     /// [`Runtime::new`] with room for `pool_instances` instances at once
-    /// (see [`crate::limits::pool_instances`]).
-    pub fn with_pool(pool_instances: u32) -> anyhow::Result<Runtime> {
-        let engine = Engine::new(&engine_config(pool_instances))?;
+    /// (see [`crate::limits::pool_instances`]), metering `fuel` or not.
+    pub fn with_pool(pool_instances: u32, fuel: Fuel) -> anyhow::Result<Runtime> {
+        let engine = Engine::new(&engine_config(pool_instances, fuel))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         Handler::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
         let ticker = Ticker::start(engine.clone());
         let executor = Executor::new()?;
-        Ok(Runtime { engine, linker: Arc::new(linker), executor, pool_instances, _ticker: Arc::new(ticker) })
+        Ok(Runtime { engine, linker: Arc::new(linker), executor, pool_instances, fuel, _ticker: Arc::new(ticker) })
     }
 }
 
-fn engine_config(instances: u32) -> Config {
+fn engine_config(instances: u32, fuel: Fuel) -> Config {
     let mut pool = PoolingAllocationConfig::new();
     pool.total_component_instances(instances)
         // Components from Python or JS hold several core instances each.
@@ -81,8 +102,7 @@ fn engine_config(instances: u32) -> Config {
     let mut config = Config::new();
     config
         .epoch_interruption(true)
-        // For handlers with a `fuel` budget; the others get unlimited fuel.
-        .consume_fuel(true)
+        .consume_fuel(fuel == Fuel::Metered)
         // Wasm backtraces cost time on every trap; the guest's stderr (its
         // panic message) is what users need and is kept instead.
         .wasm_backtrace_max_frames(None)

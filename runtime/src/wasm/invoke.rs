@@ -7,7 +7,7 @@
 use super::bindings::{Event, Failure};
 use super::deadline::{CpuMeter, Deadline};
 use super::effects::Effects;
-use super::engine::EPOCH_TICK;
+use super::engine::{EPOCH_TICK, Fuel};
 use super::executor::{Executor, Lane};
 use super::plugin::Plugin;
 use super::reuse::{InstancePool, Warm};
@@ -92,6 +92,13 @@ impl Plugin {
     }
 
     async fn invoke_clocked(&self, sandbox: &Sandbox, event: &Event, clock: &Clock) -> Outcome {
+        if let (Some(fuel), Fuel::Unmetered) = (sandbox.fuel, self.fuel) {
+            // The host rejects such a config (at start, the engine meters
+            // fuel; on reload, the change needs a restart), so this is a
+            // tool's mistake: never run the handler past its budget.
+            let reason = format!("fuel limit {fuel} cannot be enforced: this host's engine meters no fuel");
+            return Outcome::Crash { reason, timed_out: false };
+        }
         match &sandbox.pool {
             None => {
                 let mut store = self.new_store(sandbox, clock.deadline(sandbox));
@@ -113,7 +120,7 @@ impl Plugin {
         let mut warm = match pool.take(&self.digest) {
             Some(mut warm) => {
                 warm.store.data_mut().next_delivery(clock.deadline(sandbox));
-                arm(&mut warm.store, sandbox);
+                arm(&mut warm.store, sandbox, self.fuel);
                 warm
             }
             None => {
@@ -145,7 +152,7 @@ impl Plugin {
     fn new_store(&self, sandbox: &Sandbox, deadline: Deadline) -> Store<EventState> {
         let mut store = Store::new(self.pre.engine(), EventState::new(sandbox, deadline));
         store.limiter(|s| s);
-        arm(&mut store, sandbox);
+        arm(&mut store, sandbox, self.fuel);
         // Yield to the executor at every tick so a busy handler never holds a
         // worker thread, and stop it once its delivery's time is up.
         store.epoch_deadline_callback(|ctx| {
@@ -179,9 +186,12 @@ fn reply_to(event: &Event) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
-/// Gives a store its fuel and its first epoch deadline for one delivery.
-fn arm(store: &mut Store<EventState>, sandbox: &Sandbox) {
-    store.set_fuel(sandbox.fuel.unwrap_or(u64::MAX)).expect("fuel is enabled");
+/// Gives a store its fuel (if its engine meters fuel) and its first epoch
+/// deadline for one delivery.
+fn arm(store: &mut Store<EventState>, sandbox: &Sandbox, fuel: Fuel) {
+    if fuel == Fuel::Metered {
+        store.set_fuel(sandbox.fuel.unwrap_or(u64::MAX)).expect("the engine meters fuel");
+    }
     store.set_epoch_deadline(1);
 }
 

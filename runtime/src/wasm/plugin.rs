@@ -4,7 +4,7 @@
 //! instantiates.
 
 use super::cache::{ComponentCache, Source, hex};
-use super::engine::Runtime;
+use super::engine::{Fuel, Runtime};
 use super::entry::Entry;
 use super::executor::Executor;
 use super::state::EventState;
@@ -83,6 +83,8 @@ pub struct Plugin {
     pub(super) entry: Entry,
     /// Where its deliveries run.
     pub(super) executor: Executor,
+    /// Whether its engine meters fuel.
+    pub(super) fuel: Fuel,
 }
 
 impl Plugin {
@@ -113,7 +115,16 @@ impl Plugin {
             .instantiate_pre(&component)
             .map_err(|e| PluginError::Link { path: path.clone(), reason: format!("{e:#}") })?;
         let entry = Entry::find(&pre).map_err(|reason| PluginError::WrongWorld { path: path.clone(), reason })?;
-        Ok(Plugin { version: version(&digest), digest, path, source, pre, entry, executor: runtime.executor.clone() })
+        Ok(Plugin {
+            version: version(&digest),
+            digest,
+            path,
+            source,
+            pre,
+            entry,
+            executor: runtime.executor.clone(),
+            fuel: runtime.fuel,
+        })
     }
 
     /// Where this plugin's deliveries run.
