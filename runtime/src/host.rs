@@ -8,7 +8,7 @@ use crate::consumer::{Binding, Consumer};
 use crate::embedded::RedisTarget;
 use crate::reload::{ReloadReport, Reloader};
 use crate::stream::{Redis, redact};
-use crate::wasm::{ComponentCache, Fuel, Plugin, PluginError, Runtime};
+use crate::wasm::{ComponentCache, FuelMetering, Plugin, PluginError, Runtime};
 use arc_swap::ArcSwap;
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -38,7 +38,7 @@ pub struct RunOptions {
 /// budget.
 pub fn runtime_for(config: &Config) -> anyhow::Result<Runtime> {
     let pool = crate::limits::pool_instances(config.total_concurrency());
-    Runtime::with_pool(pool, Fuel::for_budgets(config.handlers.iter().map(|h| h.limits.fuel)))
+    Runtime::with_pool(pool, FuelMetering::for_budgets(config.handlers.iter().map(|h| h.limits.fuel)))
 }
 
 /// The compiled-component cache for `config`, under `.sluice/cache/`.

@@ -284,7 +284,7 @@ async fn a_reload_cannot_add_a_fuel_budget_to_a_host_that_meters_none() {
     fx.rewrite_handlers(&format!("{}\n{}fuel = 5000000\n", handler("a"), handler("b")));
     let error = rejected(&mut reports).await;
     assert!(
-        error.contains("handlers.b.fuel needs fuel metering, which this host started without (no handler had a fuel budget, and metering slows every handler): restart the host to apply this change"),
+        error.contains("handler b has a `fuel` budget, which needs fuel metering, and this host started without it (no handler had a budget, and metering slows every handler): restart the host to apply this change"),
         "{error}"
     );
     send(&mut conn, "in", "t", json!({})).await;

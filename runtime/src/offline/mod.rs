@@ -16,7 +16,7 @@ use crate::event_json::EventJson;
 use crate::format::{Format, Outgoing};
 use crate::limits::MIN_POOL_INSTANCES;
 use crate::stream::Delivery;
-use crate::wasm::{self, ComponentCache, Fuel, Plugin, Sandbox};
+use crate::wasm::{self, ComponentCache, FuelMetering, Plugin, Sandbox};
 use anyhow::{Context, bail};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -44,7 +44,14 @@ pub async fn invoke(invocation: &Invocation) -> anyhow::Result<Report> {
     let event: EventJson = serde_json::from_str(&text)
         .with_context(|| format!("{}: not an event (see `sluice invoke --help`)", invocation.event.display()))?;
     let (config, handler) = resolve(invocation, &event)?;
-    let runtime = wasm::Runtime::with_pool(MIN_POOL_INSTANCES, Fuel::for_budgets([handler.limits.fuel]))?;
+    // Fuel metered as `sluice run` would with this config, so the handler
+    // runs as fast (metering slows every handler of the host) and the
+    // compiled cache entries are the host's.
+    let budgets: Vec<Option<u64>> = match &config {
+        Some(c) => c.handlers.iter().map(|h| h.limits.fuel).collect(),
+        None => vec![handler.limits.fuel],
+    };
+    let runtime = wasm::Runtime::with_pool(MIN_POOL_INSTANCES, FuelMetering::for_budgets(budgets))?;
     let cache = cache_dir(config.as_ref()).map(|dir| ComponentCache::new(dir, &runtime.engine));
     let plugin = Plugin::load(&runtime, cache.as_ref(), &invocation.plugin)?;
     let entry = as_stream_entry(&event, handler.formats.format(&event.stream));

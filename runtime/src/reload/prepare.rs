@@ -3,7 +3,7 @@
 
 use crate::config::Config;
 use crate::consumer::Binding;
-use crate::wasm::{ComponentCache, Fuel, Plugin, Runtime};
+use crate::wasm::{ComponentCache, FuelMetering, Plugin, Runtime};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -34,9 +34,10 @@ pub async fn prepare(
         "{}: the handlers' concurrency adds up to {total} (for a handler already running, the larger of its old and new concurrency: its running events finish first), but this host's instance pool, sized when it started, has room for {room}: restart the host to apply this change",
         config_path.display()
     );
-    if let (Some(h), Fuel::Unmetered) = (config.handlers.iter().find(|h| h.limits.fuel.is_some()), runtime.fuel) {
+    // The budget may come from `[defaults]`: name the handler, not a key.
+    if let (Some(h), FuelMetering::Off) = (config.handlers.iter().find(|h| h.limits.fuel.is_some()), runtime.fuel()) {
         anyhow::bail!(
-            "{}: handlers.{}.fuel needs fuel metering, which this host started without (no handler had a fuel budget, and metering slows every handler): restart the host to apply this change",
+            "{}: handler {} has a `fuel` budget, which needs fuel metering, and this host started without it (no handler had a budget, and metering slows every handler): restart the host to apply this change",
             config_path.display(),
             h.name
         );

@@ -39,27 +39,27 @@ pub struct Runtime {
     /// Component instances its pool has room for: the most events all
     /// handlers together may have in flight.
     pub pool_instances: u32,
-    /// Whether its engine meters fuel, which a handler's `fuel` budget needs.
-    pub fuel: Fuel,
+    /// Whether its engine meters fuel: fixed when the engine is built.
+    fuel: FuelMetering,
     _ticker: Arc<Ticker>,
 }
 
-/// Whether an engine meters fuel. Metering makes wasm code count what it
-/// runs, which costs every handler (a tenth to a quarter of a handler's own
-/// code, see docs/performance.md), so a host meters only when a handler has
-/// a `fuel` budget when it starts.
+/// Whether an engine meters fuel, which a handler's `fuel` budget needs.
+/// Metering makes wasm code count what it runs, which slows every handler
+/// of the engine (up to a quarter of its time in wasm; docs/performance.md,
+/// item 13), so a host meters only if a handler has a budget when it starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fuel {
+pub enum FuelMetering {
     /// Wasm code counts fuel; handlers without a budget get unlimited fuel.
-    Metered,
-    /// No fuel is counted: no handler may have a `fuel` budget.
-    Unmetered,
+    On,
+    /// No fuel is counted: a delivery with a `fuel` budget is refused.
+    Off,
 }
 
-impl Fuel {
+impl FuelMetering {
     /// What handlers with these budgets (`None`: none) need.
-    pub fn for_budgets(budgets: impl IntoIterator<Item = Option<u64>>) -> Fuel {
-        if budgets.into_iter().any(|b| b.is_some()) { Fuel::Metered } else { Fuel::Unmetered }
+    pub fn for_budgets(budgets: impl IntoIterator<Item = Option<u64>>) -> FuelMetering {
+        if budgets.into_iter().any(|b| b.is_some()) { FuelMetering::On } else { FuelMetering::Off }
     }
 }
 
@@ -67,12 +67,17 @@ impl Runtime {
     /// Builds the engine (with the smallest pool, metering no fuel) and
     /// linker and starts the epoch ticker.
     pub fn new() -> anyhow::Result<Runtime> {
-        Runtime::with_pool(MIN_POOL_INSTANCES, Fuel::Unmetered)
+        Runtime::with_pool(MIN_POOL_INSTANCES, FuelMetering::Off)
+    }
+
+    /// Whether its engine meters fuel.
+    pub fn fuel(&self) -> FuelMetering {
+        self.fuel
     }
 
     /// [`Runtime::new`] with room for `pool_instances` instances at once
     /// (see [`crate::limits::pool_instances`]), metering `fuel` or not.
-    pub fn with_pool(pool_instances: u32, fuel: Fuel) -> anyhow::Result<Runtime> {
+    pub fn with_pool(pool_instances: u32, fuel: FuelMetering) -> anyhow::Result<Runtime> {
         let engine = Engine::new(&engine_config(pool_instances, fuel))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
@@ -84,7 +89,7 @@ impl Runtime {
     }
 }
 
-fn engine_config(instances: u32, fuel: Fuel) -> Config {
+fn engine_config(instances: u32, fuel: FuelMetering) -> Config {
     let mut pool = PoolingAllocationConfig::new();
     pool.total_component_instances(instances)
         // Components from Python or JS hold several core instances each.
@@ -102,7 +107,7 @@ fn engine_config(instances: u32, fuel: Fuel) -> Config {
     let mut config = Config::new();
     config
         .epoch_interruption(true)
-        .consume_fuel(fuel == Fuel::Metered)
+        .consume_fuel(fuel == FuelMetering::On)
         // Wasm backtraces cost time on every trap; the guest's stderr (its
         // panic message) is what users need and is kept instead.
         .wasm_backtrace_max_frames(None)

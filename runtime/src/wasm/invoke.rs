@@ -7,7 +7,7 @@
 use super::bindings::{Event, Failure};
 use super::deadline::{CpuMeter, Deadline};
 use super::effects::Effects;
-use super::engine::{EPOCH_TICK, Fuel};
+use super::engine::{EPOCH_TICK, FuelMetering};
 use super::executor::{Executor, Lane};
 use super::plugin::Plugin;
 use super::reuse::{InstancePool, Warm};
@@ -92,7 +92,7 @@ impl Plugin {
     }
 
     async fn invoke_clocked(&self, sandbox: &Sandbox, event: &Event, clock: &Clock) -> Outcome {
-        if let (Some(fuel), Fuel::Unmetered) = (sandbox.fuel, self.fuel) {
+        if let (Some(fuel), FuelMetering::Off) = (sandbox.fuel, self.fuel) {
             // The host rejects such a config (at start, the engine meters
             // fuel; on reload, the change needs a restart), so this is a
             // tool's mistake: never run the handler past its budget.
@@ -188,8 +188,8 @@ fn reply_to(event: &Event) -> Option<String> {
 
 /// Gives a store its fuel (if its engine meters fuel) and its first epoch
 /// deadline for one delivery.
-fn arm(store: &mut Store<EventState>, sandbox: &Sandbox, fuel: Fuel) {
-    if fuel == Fuel::Metered {
+fn arm(store: &mut Store<EventState>, sandbox: &Sandbox, fuel: FuelMetering) {
+    if fuel == FuelMetering::On {
         store.set_fuel(sandbox.fuel.unwrap_or(u64::MAX)).expect("the engine meters fuel");
     }
     store.set_epoch_deadline(1);

@@ -18,7 +18,7 @@ mod usage;
 
 pub use cache::{ComponentCache, Source, hex};
 pub use effects::{Effects, KvWrite, Publish, kv_prefix};
-pub use engine::{Fuel, Runtime};
+pub use engine::{FuelMetering, Runtime};
 pub use executor::{Executor, Lane};
 pub use http::HttpGrant;
 pub use invoke::Outcome;

@@ -4,7 +4,7 @@
 //! instantiates.
 
 use super::cache::{ComponentCache, Source, hex};
-use super::engine::{Fuel, Runtime};
+use super::engine::{FuelMetering, Runtime};
 use super::entry::Entry;
 use super::executor::Executor;
 use super::state::EventState;
@@ -84,7 +84,7 @@ pub struct Plugin {
     /// Where its deliveries run.
     pub(super) executor: Executor,
     /// Whether its engine meters fuel.
-    pub(super) fuel: Fuel,
+    pub(super) fuel: FuelMetering,
 }
 
 impl Plugin {
@@ -123,7 +123,7 @@ impl Plugin {
             pre,
             entry,
             executor: runtime.executor.clone(),
-            fuel: runtime.fuel,
+            fuel: runtime.fuel(),
         })
     }
 
