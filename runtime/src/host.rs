@@ -38,7 +38,7 @@ pub struct RunOptions {
 /// budget.
 pub fn runtime_for(config: &Config) -> anyhow::Result<Runtime> {
     let pool = crate::limits::pool_instances(config.total_concurrency());
-    Runtime::with_pool(pool, FuelMetering::for_budgets(config.handlers.iter().map(|h| h.limits.fuel)))
+    Runtime::with_pool(pool, FuelMetering::for_config(config))
 }
 
 /// The compiled-component cache for `config`, under `.sluice/cache/`.

@@ -47,11 +47,11 @@ pub async fn invoke(invocation: &Invocation) -> anyhow::Result<Report> {
     // Fuel metered as `sluice run` would with this config, so the handler
     // runs as fast (metering slows every handler of the host) and the
     // compiled cache entries are the host's.
-    let budgets: Vec<Option<u64>> = match &config {
-        Some(c) => c.handlers.iter().map(|h| h.limits.fuel).collect(),
-        None => vec![handler.limits.fuel],
+    let fuel = match &config {
+        Some(c) => FuelMetering::for_config(c),
+        None => FuelMetering::for_budgets([handler.limits.fuel]),
     };
-    let runtime = wasm::Runtime::with_pool(MIN_POOL_INSTANCES, FuelMetering::for_budgets(budgets))?;
+    let runtime = wasm::Runtime::with_pool(MIN_POOL_INSTANCES, fuel)?;
     let cache = cache_dir(config.as_ref()).map(|dir| ComponentCache::new(dir, &runtime.engine));
     let plugin = Plugin::load(&runtime, cache.as_ref(), &invocation.plugin)?;
     let entry = as_stream_entry(&event, handler.formats.format(&event.stream));

@@ -61,6 +61,11 @@ impl FuelMetering {
     pub fn for_budgets(budgets: impl IntoIterator<Item = Option<u64>>) -> FuelMetering {
         if budgets.into_iter().any(|b| b.is_some()) { FuelMetering::On } else { FuelMetering::Off }
     }
+
+    /// What the handlers of `config` need.
+    pub fn for_config(config: &crate::config::Config) -> FuelMetering {
+        FuelMetering::for_budgets(config.handlers.iter().map(|h| h.limits.fuel))
+    }
 }
 
 impl Runtime {
