@@ -125,6 +125,74 @@ async fn a_batched_commit_is_all_or_nothing_per_delivery() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_that_write_nothing_share_a_check_and_an_ack_with_each_result_its_own() {
+    // A run of deliveries that write nothing is finished with one XPENDING
+    // and one XACK, yet each gets the result it would get on its own: done,
+    // already finished (acknowledged before, or a repeat in the same batch),
+    // or taken over by another consumer, and entries in flight between them
+    // stay pending.
+    use sluice::stream::{Commit, Committed, commit_batch};
+    let redis = RedisServer::start();
+    let mut conn = redis.conn().await;
+    sluice::stream::ensure_group(&mut conn, "in", "g").await.unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..30 {
+        ids.push(send(&mut conn, "in", "t", json!({})).await);
+    }
+    read_pending(&mut conn, "in", "g").await;
+    let _: redis::Value =
+        redis::cmd("XCLAIM").arg("in").arg("g").arg("other").arg(0).arg(&ids[1]).query_async(&mut conn).await.unwrap();
+    let _: usize = redis::cmd("XACK").arg("in").arg("g").arg(&ids[2]).query_async(&mut conn).await.unwrap();
+    let quiet = |i: usize| {
+        let entry = sluice::event::Entry { id: ids[i].clone(), fields: vec![("type".into(), b"t".to_vec())] };
+        Commit::ack("in", &entry, "h", "sluice:kv:h:", Default::default(), &Default::default())
+    };
+    let count = |stats: &str, command: &str| -> u64 {
+        let prefix = format!("cmdstat_{command}:calls=");
+        let line = stats.lines().find(|l| l.starts_with(&prefix)).unwrap_or_else(|| panic!("no {command}: {stats}"));
+        line[prefix.len()..].split(',').next().unwrap().parse().unwrap()
+    };
+    let stats = async |conn: &mut redis::aio::MultiplexedConnection| -> String {
+        redis::cmd("INFO").arg("commandstats").query_async(conn).await.unwrap()
+    };
+
+    // Out of order, with a repeat: ids 3 to 9 are only in flight.
+    let commits = [quiet(11), quiet(0), quiet(1), quiet(2), quiet(10), quiet(0)];
+    let results = commit_batch(&mut conn, "g", "c", &commits).await.unwrap();
+    let expected = [
+        Committed::Done,
+        Committed::Done,
+        Committed::TakenOver("other".into()),
+        Committed::AlreadyFinished,
+        Committed::Done,
+        Committed::AlreadyFinished,
+    ];
+    assert_eq!(results, expected);
+
+    // Ten in a run, all this consumer's and nothing else in their range:
+    // one XPENDING and one XACK in all.
+    let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query_async(&mut conn).await.unwrap();
+    let commits: Vec<Commit> = [16, 13, 12, 19, 14, 17, 15, 18, 20, 21].into_iter().map(quiet).collect();
+    let results = commit_batch(&mut conn, "g", "c", &commits).await.unwrap();
+    assert_eq!(results, vec![Committed::Done; 10]);
+    let after = stats(&mut conn).await;
+    assert_eq!((count(&after, "xpending"), count(&after, "xack")), (1, 1), "{after}");
+
+    // More of this consumer's entries in the range than the run lists at
+    // once: the one beyond is asked about alone, and still finished.
+    let results = commit_batch(&mut conn, "g", "c", &[quiet(22), quiet(29)]).await.unwrap();
+    assert_eq!(results, [Committed::Done, Committed::Done]);
+
+    let still: Vec<(String, String, u64, u64)> =
+        redis::cmd("XPENDING").arg("in").arg("g").arg("-").arg("+").arg(100).query_async(&mut conn).await.unwrap();
+    let pending: Vec<(usize, &str)> =
+        still.iter().map(|p| (ids.iter().position(|id| *id == p.0).unwrap(), p.1.as_str())).collect();
+    let mut expected: Vec<(usize, &str)> = vec![(1, "other")];
+    expected.extend((3..10).chain(23..29).map(|i| (i, "c")));
+    assert_eq!(pending, expected, "only the entries committed were acknowledged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_traceparent_continues_the_trace_in_what_the_handler_publishes() {
     let redis = RedisServer::start();
     let fx = Fixture::new(&redis, "", HANDLER);
