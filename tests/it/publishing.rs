@@ -183,12 +183,37 @@ async fn deliveries_that_write_nothing_share_a_check_and_an_ack_with_each_result
     let results = commit_batch(&mut conn, "g", "c", &[quiet(22), quiet(29)]).await.unwrap();
     assert_eq!(results, [Committed::Done, Committed::Done]);
 
+    // A run ends at a delivery of another stream and at one that writes.
+    sluice::stream::ensure_group(&mut conn, "in2", "g").await.unwrap();
+    let elsewhere = send(&mut conn, "in2", "t", json!({})).await;
+    read_pending(&mut conn, "in2", "g").await;
+    let other = sluice::event::Entry { id: elsewhere, fields: vec![("type".into(), b"t".to_vec())] };
+    let writes = |i: usize| {
+        let entry = sluice::event::Entry { id: ids[i].clone(), fields: vec![("type".into(), b"t".to_vec())] };
+        let effects = sluice::wasm::Effects {
+            publishes: vec![sluice::wasm::Publish {
+                stream: "out".into(),
+                event_type: "x".into(),
+                data: b"{}".to_vec(),
+            }],
+            ..Default::default()
+        };
+        Commit::ack("in", &entry, "h", "sluice:kv:h:", effects, &Default::default())
+    };
+    let in2 = Commit::ack("in2", &other, "h", "sluice:kv:h:", Default::default(), &Default::default());
+    let results = commit_batch(&mut conn, "g", "c", &[quiet(23), in2, quiet(24), writes(25)]).await.unwrap();
+    assert_eq!(results, vec![Committed::Done; 4]);
+    let left: Vec<(String, String, u64, u64)> =
+        redis::cmd("XPENDING").arg("in2").arg("g").arg("-").arg("+").arg(10).query_async(&mut conn).await.unwrap();
+    assert!(left.is_empty(), "the other stream's entry was acknowledged on its own stream: {left:?}");
+    assert_eq!(entries(&mut conn, "out").await.len(), 1, "the delivery that writes wrote once");
+
     let still: Vec<(String, String, u64, u64)> =
         redis::cmd("XPENDING").arg("in").arg("g").arg("-").arg("+").arg(100).query_async(&mut conn).await.unwrap();
     let pending: Vec<(usize, &str)> =
         still.iter().map(|p| (ids.iter().position(|id| *id == p.0).unwrap(), p.1.as_str())).collect();
     let mut expected: Vec<(usize, &str)> = vec![(1, "other")];
-    expected.extend((3..10).chain(23..29).map(|i| (i, "c")));
+    expected.extend((3..10).chain(26..29).map(|i| (i, "c")));
     assert_eq!(pending, expected, "only the entries committed were acknowledged");
 }
 

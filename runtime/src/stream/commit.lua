@@ -124,6 +124,8 @@ local function finish_quiet_run(origin, ids, group, consumer, results)
     end
     results[#results + 1] = result
   end
+  -- Lua's unpack takes a few thousand values; a call carries at most
+  -- committer.rs's MAX_BATCH (256) deliveries.
   if #acks > 0 then
     redis.call('XACK', origin, group, unpack(acks))
   end
