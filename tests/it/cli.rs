@@ -204,10 +204,7 @@ async fn json_logs_of_one_event(
     }
     assert!(terminate(&mut child).await.success());
     let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let lines =
-        stderr.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: not JSON: {l}"))).collect();
-    (id, lines)
+    (id, json_log_lines(&out.stderr))
 }
 
 /// Whether a server answers on the embedded Redis socket under `dir`.

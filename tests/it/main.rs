@@ -38,7 +38,7 @@ mod cache;
 mod state;
 // Hostile plugins are contained; their neighbours keep working.
 mod hostile;
-// Outbound HTTP: allow-listed, signed webhooks.
+// Outbound HTTP: allow-listed, signed webhooks; the library's lines in the event span.
 mod webhook;
 // Python and JavaScript handlers; instance reuse.
 mod languages;

@@ -1,6 +1,7 @@
 //! Outbound HTTP: the webhook example delivers signed events to a local
 //! server this test starts; a handler not granted the host is refused before
-//! anything is sent; a failing receiver is retried, then dead-lettered.
+//! anything is sent; a failing receiver is retried, then dead-lettered; the
+//! HTTP library's own warnings carry the event's span.
 
 use crate::support::*;
 use hmac::{Hmac, Mac};
@@ -110,4 +111,40 @@ async fn webhooks_are_signed_allow_listed_and_retried() {
     assert_eq!(field(&dl_sneaky[0], "sluice.attempts"), "1", "a refused host is permanent");
     let reason = field(&dl_flaky[0], "sluice.error");
     assert!(reason.ends_with("answered 500 (gave up after 2 attempts)"), "{reason}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_librarys_own_warnings_carry_the_event_span() {
+    // wasmtime-wasi-http logs a refused connection itself, with plain
+    // `tracing::warn!`: the host opens the event's span when a request
+    // leaves (wasm/http.rs), so that line still says which event it is about.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let redis = RedisServer::start();
+    let fx = Fixture::new(&redis, "", &hook("gone", port, "/hook", true));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", "--log-format", "json", "--config"])
+        .arg(&fx.config_path)
+        .env("RUST_LOG", "warn")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut conn = redis.conn().await;
+    let id = xadd(&mut conn, "gone", &[("type", "order.created"), ("data", "{}")]).await;
+    until_entries(&conn, "gone:dlq", 1).await;
+    assert!(terminate(&mut child).await.success());
+    let out = child.wait_with_output().unwrap();
+    let lines = json_log_lines(&out.stderr);
+    let library: Vec<_> =
+        lines.iter().filter(|l| l["target"].as_str().is_some_and(|t| t.starts_with("wasmtime_wasi_http"))).collect();
+    assert!(!library.is_empty(), "no line of wasmtime-wasi-http in {lines:#?}");
+    for line in library {
+        let span = &line["span"];
+        assert_eq!(
+            (&span["name"], &span["handler"], &span["id"]),
+            (&json!("event"), &json!("gone"), &json!(id)),
+            "{line:#}"
+        );
+    }
 }

@@ -138,6 +138,13 @@ impl Fixture {
     }
 }
 
+/// The lines a `sluice run --log-format json` wrote to `stderr`, parsed;
+/// panics on a line that is not JSON.
+pub fn json_log_lines(stderr: &[u8]) -> Vec<serde_json::Value> {
+    let stderr = String::from_utf8_lossy(stderr);
+    stderr.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: not JSON: {l}"))).collect()
+}
+
 /// Sends SIGTERM to a `sluice` process and waits (up to [`super::SOON`])
 /// for it to drain and exit; its exit status.
 pub async fn terminate(child: &mut Child) -> std::process::ExitStatus {
