@@ -189,13 +189,7 @@ async fn json_logs_of_one_event(
     wait_for: Option<&str>,
 ) -> (String, Vec<serde_json::Value>) {
     let fx = Fixture::new(redis, "", "[handlers.h]\nplugin = \"behave.wasm\"\nstreams = [\"in\"]\n");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["run", "--log-format", "json", "--config"])
-        .arg(&fx.config_path)
-        .env("RUST_LOG", rust_log)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = fx.spawn_binary_logging_json(rust_log);
     let mut conn = redis.conn().await;
     let id = xadd(&mut conn, "in", &[("type", "t"), ("data", data), ("correlation_id", "c-42")]).await;
     match wait_for {

@@ -123,13 +123,7 @@ async fn the_http_librarys_own_warnings_carry_the_event_span() {
     drop(closed);
     let redis = RedisServer::start();
     let fx = Fixture::new(&redis, "", &hook("gone", port, "/hook", true));
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["run", "--log-format", "json", "--config"])
-        .arg(&fx.config_path)
-        .env("RUST_LOG", "warn")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = fx.spawn_binary_logging_json("warn");
     let mut conn = redis.conn().await;
     let id = xadd(&mut conn, "gone", &[("type", "order.created"), ("data", "{}")]).await;
     until_entries(&conn, "gone:dlq", 1).await;

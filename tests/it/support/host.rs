@@ -131,6 +131,14 @@ impl Fixture {
         self.run_command().envs(vars.iter().copied()).spawn().expect("spawn sluice")
     }
 
+    /// Runs `sluice run --log-format json` on this config at `rust_log`, its
+    /// stderr piped (read it with [`json_log_lines`]).
+    pub fn spawn_binary_logging_json(&self, rust_log: &str) -> Child {
+        let mut command = self.run_command();
+        command.args(["--log-format", "json"]).env("RUST_LOG", rust_log).stderr(Stdio::piped());
+        command.spawn().expect("spawn sluice")
+    }
+
     fn run_command(&self) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
         command.arg("run").arg("--config").arg(&self.config_path).env("RUST_LOG", "warn").stdin(Stdio::null());
