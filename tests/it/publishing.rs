@@ -6,6 +6,22 @@ use serde_json::json;
 
 const HANDLER: &str = "[handlers.h]\nplugin = \"behave.wasm\"\nstreams = [\"in\"]\npublish = [\"out\"]\nmax_attempts = 2\nbackoff_ms = 10\n";
 
+/// A read entry `id` of type `t`, as a commit names it.
+fn typed_entry(id: &str) -> sluice::event::Entry {
+    sluice::event::Entry { id: id.to_owned(), fields: vec![("type".into(), b"t".to_vec())] }
+}
+
+/// What a handler that published one event to `stream` leaves to commit.
+fn publishes_to(stream: &str) -> sluice::wasm::Effects {
+    let publish = sluice::wasm::Publish { stream: stream.into(), event_type: "x".into(), data: b"{}".to_vec() };
+    sluice::wasm::Effects { publishes: vec![publish], ..Default::default() }
+}
+
+/// The commit of handler `h` for entry `id` of `in`, with `effects`.
+fn commit_in(id: &str, effects: sluice::wasm::Effects) -> sluice::stream::Commit {
+    sluice::stream::Commit::ack("in", &typed_entry(id), "h", "sluice:kv:h:", effects, &Default::default())
+}
+
 fn publishing(then: &str, stream: &str) -> serde_json::Value {
     json!({"action": "publish", "then": then, "publish": [{"stream": stream, "type": "done", "data": {"n": 1}}]})
 }
@@ -85,8 +101,7 @@ async fn a_batched_commit_is_all_or_nothing_per_delivery() {
     // One script finishes several deliveries: a refused one (its target is
     // not a stream) writes nothing and stays pending, while the others in the
     // same batch commit, and one already committed writes nothing twice.
-    use sluice::stream::{Commit, Committed, commit_batch};
-    use sluice::wasm::{Effects, Publish};
+    use sluice::stream::{Committed, commit_batch};
     let redis = RedisServer::start();
     let mut conn = redis.conn().await;
     sluice::stream::ensure_group(&mut conn, "in", "g").await.unwrap();
@@ -97,16 +112,11 @@ async fn a_batched_commit_is_all_or_nothing_per_delivery() {
         send(&mut conn, "in", "t", json!({})).await,
     ];
     read_pending(&mut conn, "in", "g").await;
-    let to = |stream: &str| Effects {
-        publishes: vec![Publish { stream: stream.into(), event_type: "x".into(), data: b"{}".to_vec() }],
-        ..Default::default()
-    };
-    let entry = |id: &String| sluice::event::Entry { id: id.clone(), fields: vec![("type".into(), b"t".to_vec())] };
     let commits = [
-        Commit::ack("in", &entry(&ids[0]), "h", "sluice:kv:h:", to("out"), &Default::default()),
-        Commit::ack("in", &entry(&ids[1]), "h", "sluice:kv:h:", to("not-a-stream"), &Default::default()),
-        Commit::ack("in", &entry(&ids[2]), "h", "sluice:kv:h:", to("out"), &Default::default()),
-        Commit::ack("in", &entry(&ids[0]), "h", "sluice:kv:h:", to("out"), &Default::default()), // a repeat of the first
+        commit_in(&ids[0], publishes_to("out")),
+        commit_in(&ids[1], publishes_to("not-a-stream")),
+        commit_in(&ids[2], publishes_to("out")),
+        commit_in(&ids[0], publishes_to("out")), // a repeat of the first
     ];
     let results = commit_batch(&mut conn, "g", "c", &commits).await.unwrap();
     assert_eq!((&results[0], &results[2]), (&Committed::Done, &Committed::Done), "{results:?}");
@@ -143,10 +153,7 @@ async fn deliveries_that_write_nothing_share_a_check_and_an_ack_with_each_result
     let _: redis::Value =
         redis::cmd("XCLAIM").arg("in").arg("g").arg("other").arg(0).arg(&ids[1]).query_async(&mut conn).await.unwrap();
     let _: usize = redis::cmd("XACK").arg("in").arg("g").arg(&ids[2]).query_async(&mut conn).await.unwrap();
-    let quiet = |i: usize| {
-        let entry = sluice::event::Entry { id: ids[i].clone(), fields: vec![("type".into(), b"t".to_vec())] };
-        Commit::ack("in", &entry, "h", "sluice:kv:h:", Default::default(), &Default::default())
-    };
+    let quiet = |i: usize| commit_in(&ids[i], Default::default());
     let count = |stats: &str, command: &str| -> u64 {
         let prefix = format!("cmdstat_{command}:calls=");
         let line = stats.lines().find(|l| l.starts_with(&prefix)).unwrap_or_else(|| panic!("no {command}: {stats}"));
@@ -187,20 +194,9 @@ async fn deliveries_that_write_nothing_share_a_check_and_an_ack_with_each_result
     sluice::stream::ensure_group(&mut conn, "in2", "g").await.unwrap();
     let elsewhere = send(&mut conn, "in2", "t", json!({})).await;
     read_pending(&mut conn, "in2", "g").await;
-    let other = sluice::event::Entry { id: elsewhere, fields: vec![("type".into(), b"t".to_vec())] };
-    let writes = |i: usize| {
-        let entry = sluice::event::Entry { id: ids[i].clone(), fields: vec![("type".into(), b"t".to_vec())] };
-        let effects = sluice::wasm::Effects {
-            publishes: vec![sluice::wasm::Publish {
-                stream: "out".into(),
-                event_type: "x".into(),
-                data: b"{}".to_vec(),
-            }],
-            ..Default::default()
-        };
-        Commit::ack("in", &entry, "h", "sluice:kv:h:", effects, &Default::default())
-    };
-    let in2 = Commit::ack("in2", &other, "h", "sluice:kv:h:", Default::default(), &Default::default());
+    let writes = |i: usize| commit_in(&ids[i], publishes_to("out"));
+    let in2 =
+        Commit::ack("in2", &typed_entry(&elsewhere), "h", "sluice:kv:h:", Default::default(), &Default::default());
     let results = commit_batch(&mut conn, "g", "c", &[quiet(23), in2, quiet(24), writes(25)]).await.unwrap();
     assert_eq!(results, vec![Committed::Done; 4]);
     let left: Vec<(String, String, u64, u64)> =
