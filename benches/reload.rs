@@ -16,7 +16,7 @@ use redis_server::RedisServer;
 use sluice::config::Config;
 use sluice::host::RunOptions;
 use sluice::reload::ReloadReport;
-use sluice::wasm::{ComponentCache, Plugin, Runtime};
+use sluice::wasm::{ComponentCache, FuelMetering, Plugin, Runtime};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -80,19 +80,19 @@ async fn swaps() {
 fn load_times() {
     let runtime = Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let cache = ComponentCache::new(dir.path(), &runtime.engine);
+    let cache = ComponentCache::new(dir.path());
     println!("\nPlugin load (read + compile or cache + link), example plugins (Rust, then Python and JavaScript)");
     println!("  {:<20} {:>10} {:>10} {:>10}", "plugin", "size KiB", "cold ms", "warm ms");
     for name in ["payment", "shipping", "notification", "inventory", "audit", "behave", "notify-py", "notify-js"] {
         let path = dist().join(format!("{name}.wasm"));
         let size = std::fs::metadata(&path).unwrap().len() / 1024;
         let t = Instant::now();
-        Plugin::load(&runtime, Some(&cache), &path).unwrap();
+        Plugin::load(&runtime, Some(&cache), &path, FuelMetering::Off).unwrap();
         let cold = t.elapsed();
         let mut warm: Vec<Duration> = (0..5)
             .map(|_| {
                 let t = Instant::now();
-                Plugin::load(&runtime, Some(&cache), &path).unwrap();
+                Plugin::load(&runtime, Some(&cache), &path, FuelMetering::Off).unwrap();
                 t.elapsed()
             })
             .collect();

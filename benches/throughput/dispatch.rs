@@ -3,7 +3,7 @@
 
 use sluice::config::Config;
 use sluice::event::Entry;
-use sluice::wasm::{Outcome, Plugin, Runtime, Sandbox};
+use sluice::wasm::{FuelMetering, Outcome, Plugin, Runtime, Sandbox};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -30,7 +30,15 @@ pub async fn cost(plugins: &Path, plugin: &str, payload: &str, iterations: u32, 
     std::fs::write(&path, text).unwrap();
     let config = Config::load(&path).unwrap_or_else(|e| panic!("{e} (run scripts/build-plugins first)"));
     let runtime = Runtime::new().unwrap();
-    let plugin = Arc::new(Plugin::load(&runtime, None, &config.handlers[0].plugin).unwrap());
+    let plugin = Arc::new(
+        Plugin::load(
+            &runtime,
+            None,
+            &config.handlers[0].plugin,
+            FuelMetering::for_budget(config.handlers[0].limits.fuel),
+        )
+        .unwrap(),
+    );
     let sandbox = Sandbox::for_handler(&config.handlers[0]);
     let entry = Entry {
         id: "1-0".into(),

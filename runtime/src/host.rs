@@ -33,20 +33,19 @@ pub struct RunOptions {
     pub reports: Option<mpsc::UnboundedSender<ReloadReport>>,
 }
 
-/// The engine, linker and executor for `config`: a pool sized from its
-/// handlers' `concurrency`, and fuel metered only if a handler has a `fuel`
-/// budget.
+/// The engines, linker and executor for `config`: pools sized from its
+/// handlers' `concurrency`.
 pub fn runtime_for(config: &Config) -> anyhow::Result<Runtime> {
-    let pool = crate::limits::pool_instances(config.total_concurrency());
-    Runtime::with_pool(pool, FuelMetering::for_config(config))
+    Runtime::with_pool(crate::limits::pool_instances(config.total_concurrency()))
 }
 
 /// The compiled-component cache for `config`, under `.sluice/cache/`.
-pub fn cache_for(config: &Config, runtime: &Runtime) -> ComponentCache {
-    ComponentCache::new(config.state_dir().join("cache"), &runtime.engine)
+pub fn cache_for(config: &Config) -> ComponentCache {
+    ComponentCache::new(config.state_dir().join("cache"))
 }
 
-/// Compiles (or loads from `cache`) and links the plugin of every handler.
+/// Compiles (or loads from `cache`) and links the plugin of every handler,
+/// for the engine that counts fuel if the handler has a `fuel` budget.
 pub fn load_plugins(
     runtime: &Runtime,
     cache: &ComponentCache,
@@ -54,7 +53,7 @@ pub fn load_plugins(
 ) -> Result<Vec<Arc<Plugin>>, LoadErrors> {
     let (mut ok, mut errors) = (Vec::new(), Vec::new());
     for handler in &config.handlers {
-        match Plugin::load(runtime, Some(cache), &handler.plugin) {
+        match Plugin::load(runtime, Some(cache), &handler.plugin, FuelMetering::for_budget(handler.limits.fuel)) {
             Ok(p) => ok.push(Arc::new(p)),
             Err(e) => errors.push(e),
         }
@@ -72,7 +71,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 /// handler's by its patience), and returns.
 pub async fn run_with(config: Config, shutdown: impl Future<Output = ()>, options: RunOptions) -> anyhow::Result<()> {
     let runtime = runtime_for(&config)?;
-    let cache = cache_for(&config, &runtime);
+    let cache = cache_for(&config);
     // The embedded Redis starts first: events published while the plugins
     // compile (seconds for Python or JavaScript) wait in it, rather than a
     // `sluice publish` meanwhile starting and stopping one of its own.

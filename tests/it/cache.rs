@@ -1,8 +1,10 @@
 //! The compiled-component cache: a warm entry is loaded instead of compiled;
-//! a corrupt or truncated entry is compiled again, never trusted.
+//! a corrupt or truncated entry is compiled again, never trusted; each
+//! engine (fuel counted or not) has entries of its own.
 
 use crate::support::*;
 use sluice::config::Handler;
+use sluice::wasm::FuelMetering::{Off, On};
 use sluice::wasm::{ComponentCache, Outcome, Plugin, Runtime, Sandbox, Source};
 
 fn entries_in(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
@@ -27,14 +29,14 @@ async fn warm_entries_load_and_bad_entries_are_recompiled() {
     let handler = fx.config().handlers.remove(0);
     let runtime = Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let cache = ComponentCache::new(dir.path(), &runtime.engine);
+    let cache = ComponentCache::new(dir.path());
 
-    let cold = Plugin::load(&runtime, Some(&cache), &handler.plugin).unwrap();
+    let cold = Plugin::load(&runtime, Some(&cache), &handler.plugin, Off).unwrap();
     assert_eq!(cold.source, Source::Compiled);
     let files = entries_in(dir.path());
     assert_eq!(files.len(), 1, "one artifact written");
 
-    let warm = Plugin::load(&runtime, Some(&cache), &handler.plugin).unwrap();
+    let warm = Plugin::load(&runtime, Some(&cache), &handler.plugin, Off).unwrap();
     assert_eq!(warm.source, Source::Cache);
     assert_eq!(warm.version, cold.version);
     assert_runs(&warm, &handler).await;
@@ -44,14 +46,26 @@ async fn warm_entries_load_and_bad_entries_are_recompiled() {
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;
     std::fs::write(&files[0], &bytes).unwrap();
-    let again = Plugin::load(&runtime, Some(&cache), &handler.plugin).unwrap();
+    let again = Plugin::load(&runtime, Some(&cache), &handler.plugin, Off).unwrap();
     assert_eq!(again.source, Source::Compiled, "a corrupt entry is compiled again");
     assert_runs(&again, &handler).await;
 
     // Truncated (a crash mid-write by something else): compiled again too.
     let len = std::fs::metadata(&files[0]).unwrap().len();
     std::fs::OpenOptions::new().write(true).open(&files[0]).unwrap().set_len(len / 3).unwrap();
-    let again = Plugin::load(&runtime, Some(&cache), &handler.plugin).unwrap();
+    let again = Plugin::load(&runtime, Some(&cache), &handler.plugin, Off).unwrap();
     assert_eq!(again.source, Source::Compiled);
-    assert_eq!(Plugin::load(&runtime, Some(&cache), &handler.plugin).unwrap().source, Source::Cache, "and rewritten");
+    assert_eq!(
+        Plugin::load(&runtime, Some(&cache), &handler.plugin, Off).unwrap().source,
+        Source::Cache,
+        "and rewritten"
+    );
+
+    // The engine that counts fuel compiles differently: an entry of its own.
+    let metered = Plugin::load(&runtime, Some(&cache), &handler.plugin, On).unwrap();
+    assert_eq!((metered.source, metered.fuel()), (Source::Compiled, On));
+    assert_eq!(entries_in(dir.path()).len(), 2, "one artifact per engine");
+    let metered = Plugin::load(&runtime, Some(&cache), &handler.plugin, On).unwrap();
+    assert_eq!((metered.source, metered.fuel()), (Source::Cache, On));
+    assert_runs(&metered, &handler).await;
 }

@@ -202,13 +202,12 @@ async fn a_fuel_budget_stops_a_loop_deterministically() {
     assert_eq!(field(&dl[0], "sluice.error"), "fuel limit 5000000 exceeded (gave up after 1 attempts)");
 }
 
-/// A budget is never ignored: a plugin loaded by an engine that meters no
+/// A budget is never ignored: a plugin loaded for the engine that counts no
 /// fuel refuses a delivery under a `fuel` budget (a host never builds such a
-/// pair: it meters fuel when a handler has a budget, and a reload that adds
-/// one needs a restart).
+/// pair: it loads a handler with a budget for the engine that counts fuel).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fuel_budget_is_never_run_without_metering() {
-    use sluice::wasm::{Outcome, Plugin, Runtime, Sandbox};
+    use sluice::wasm::{FuelMetering, Outcome, Plugin, Runtime, Sandbox};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("config.toml");
     let text = format!(
@@ -218,12 +217,38 @@ async fn a_fuel_budget_is_never_run_without_metering() {
     std::fs::write(&path, text).unwrap();
     let config = sluice::config::Config::load(&path).unwrap();
     let runtime = Runtime::new().unwrap();
-    let plugin = std::sync::Arc::new(Plugin::load(&runtime, None, &config.handlers[0].plugin).unwrap());
+    let plugin =
+        std::sync::Arc::new(Plugin::load(&runtime, None, &config.handlers[0].plugin, FuelMetering::Off).unwrap());
     let entry = sluice::event::Entry {
         id: "1-0".into(),
         fields: vec![("type".into(), b"t".to_vec()), ("data".into(), br#"{"action":"ok"}"#.to_vec())],
     };
     let outcome = plugin.invoke(&Sandbox::for_handler(&config.handlers[0]), entry.to_event("in", 1)).await;
-    let reason = "fuel limit 5000000 cannot be enforced: this host's engine meters no fuel".to_owned();
+    let reason =
+        "fuel limit 5000000 cannot be enforced: the plugin was loaded for the engine that counts no fuel".to_owned();
     assert_eq!(outcome, Outcome::Crash { reason, timed_out: false });
+}
+
+/// Counting fuel slows every handler an engine runs, so only a handler with
+/// a budget runs on the engine that counts it: a host without budgets never
+/// builds that engine, and in a host with one, the other handlers, even
+/// with the same plugin file, run on the engine that counts none.
+#[test]
+fn only_a_handler_with_a_fuel_budget_pays_for_counting_it() {
+    use sluice::wasm::FuelMetering;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    let load = |budget: &str| {
+        let text = format!(
+            "[host]\nplugins = \"{}\"\n[handlers.f]\nplugin = \"behave.wasm\"\nstreams = [\"in\"]\n{budget}\n[handlers.g]\nplugin = \"behave.wasm\"\nstreams = [\"in\"]\n",
+            plugins_dir().display()
+        );
+        std::fs::write(&path, text).unwrap();
+        let config = sluice::config::Config::load(&path).unwrap();
+        let runtime = sluice::host::runtime_for(&config).unwrap();
+        let plugins = sluice::host::load_plugins(&runtime, &sluice::host::cache_for(&config), &config).unwrap();
+        (runtime.counts_fuel(), plugins.iter().map(|p| p.fuel()).collect::<Vec<_>>())
+    };
+    assert_eq!(load(""), (false, vec![FuelMetering::Off, FuelMetering::Off]));
+    assert_eq!(load("fuel = 5000000"), (true, vec![FuelMetering::On, FuelMetering::Off]));
 }

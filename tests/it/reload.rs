@@ -272,21 +272,31 @@ async fn a_reload_cannot_raise_a_timeout_past_the_running_claim_idle() {
     host.stop().await;
 }
 
-/// A host whose handlers had no `fuel` budget when it started meters no
-/// fuel (metering slows every handler), so a budget added later needs a
-/// restart; the running handlers keep serving.
+/// A host whose handlers had no `fuel` budget when it started counts no
+/// fuel; a reload that gives a handler its first budget applies at once
+/// (the plugin moves to the engine that counts fuel, built then), and one
+/// that takes the budget away moves it back. The other handler keeps
+/// serving throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reload_cannot_add_a_fuel_budget_to_a_host_that_meters_none() {
+async fn a_reload_adds_and_removes_a_fuel_budget_live() {
     let redis = RedisServer::start();
-    let fx = Fixture::with_own_plugins(&redis, "", &handler("a"), &[("b.wasm", "behave.wasm")]);
+    let b = "[handlers.b]\nplugin = \"b.wasm\"\nstreams = [\"loops\"]\nmax_attempts = 1\ntimeout_ms = 300\n";
+    let fx = Fixture::with_own_plugins(&redis, "", &format!("{}\n{b}", handler("a")), &[("b.wasm", "behave.wasm")]);
     let (host, mut reports) = fx.start_watching().await;
     let mut conn = redis.conn().await;
-    fx.rewrite_handlers(&format!("{}\n{}fuel = 5000000\n", handler("a"), handler("b")));
-    let error = rejected(&mut reports).await;
-    assert!(
-        error.contains("handler b has a `fuel` budget, which needs fuel metering, and this host started without it (no handler had a budget, and metering slows every handler): restart the host to apply this change"),
-        "{error}"
-    );
+
+    fx.rewrite_handlers(&format!("{}\n{b}fuel = 5000000\n", handler("a")));
+    applied(&mut reports).await;
+    send(&mut conn, "loops", "t", json!({"action": "loop"})).await;
+    let dead = until_entries(&conn, "loops:dlq", 1).await;
+    assert_eq!(field(&dead[0], "sluice.error"), "fuel limit 5000000 exceeded (gave up after 1 attempts)");
+
+    fx.rewrite_handlers(&format!("{}\n{b}", handler("a")));
+    applied(&mut reports).await;
+    send(&mut conn, "loops", "t", json!({"action": "loop"})).await;
+    let dead = until_entries(&conn, "loops:dlq", 2).await;
+    assert_eq!(field(&dead[1], "sluice.error"), "timeout after 300 ms (gave up after 1 attempts)");
+
     send(&mut conn, "in", "t", json!({})).await;
     until_finished(&conn, "in", "a", 1).await;
     host.stop().await;

@@ -6,7 +6,7 @@
 
 use crate::support::*;
 use serde_json::json;
-use sluice::wasm::{Plugin, PluginError, Runtime};
+use sluice::wasm::{FuelMetering, Plugin, PluginError, Runtime};
 use std::path::Path;
 use wasmtime::component::Component;
 use wasmtime::component::types::ComponentItem;
@@ -145,23 +145,23 @@ async fn its_stdout_is_logged() {
 fn the_fixture_exports_spins_interface_and_imports_only_wasi() {
     let runtime = Runtime::new().unwrap();
     let path = plugins_dir().join(PLUGIN);
-    let component = Component::from_file(&runtime.engine, &path).unwrap();
+    let component = Component::from_file(runtime.engine(), &path).unwrap();
     let ty = component.component_type();
-    let exports: Vec<&str> = ty.exports(&runtime.engine).map(|(name, _)| name).collect();
+    let exports: Vec<&str> = ty.exports(runtime.engine()).map(|(name, _)| name).collect();
     assert_eq!(exports, ["fermyon:spin/inbound-redis"]);
     // `inbound-redis` uses the types of `redis-types`, so that interface is
     // imported too, as in every Spin Redis component; it holds only types,
     // which need nothing from the host.
-    for (name, item) in ty.imports(&runtime.engine) {
+    for (name, item) in ty.imports(runtime.engine()) {
         if name == "fermyon:spin/redis-types" {
             let ComponentItem::ComponentInstance(instance) = item.ty else { panic!("{name} is not an instance") };
-            let items: Vec<_> = instance.exports(&runtime.engine).collect();
+            let items: Vec<_> = instance.exports(runtime.engine()).collect();
             assert!(items.iter().all(|(_, i)| matches!(i.ty, ComponentItem::Type(_))), "{name}: {items:?}");
         } else {
             assert!(name.starts_with("wasi:"), "it imports {name}");
         }
     }
-    Plugin::load(&runtime, None, &path).expect("it loads as a handler");
+    Plugin::load(&runtime, None, &path, FuelMetering::Off).expect("it loads as a handler");
 }
 
 /// A component that imports one of Spin's platform interfaces is refused
@@ -172,7 +172,7 @@ fn the_fixture_exports_spins_interface_and_imports_only_wasi() {
 fn a_spin_platform_import_is_refused_by_name() {
     let runtime = Runtime::new().unwrap();
     let bytes = component_importing("fermyon:spin/redis", "publish");
-    let error = match Plugin::from_bytes(&runtime, None, Path::new("spin.wasm"), &bytes) {
+    let error = match Plugin::from_bytes(&runtime, None, Path::new("spin.wasm"), &bytes, FuelMetering::Off) {
         Err(e @ PluginError::Link { .. }) => e.to_string(),
         Err(other) => panic!("not a link error: {other}"),
         Ok(_) => panic!("a component importing fermyon:spin/redis loaded"),
@@ -181,7 +181,7 @@ fn a_spin_platform_import_is_refused_by_name() {
     assert!(error.contains("fermyon:spin/redis"), "{error}");
 
     // Exporting neither interface: both are named.
-    let empty = Plugin::from_bytes(&runtime, None, Path::new("empty.wasm"), COMPONENT_HEADER);
+    let empty = Plugin::from_bytes(&runtime, None, Path::new("empty.wasm"), COMPONENT_HEADER, FuelMetering::Off);
     let error = empty.err().expect("the empty component is refused").to_string();
     assert!(error.contains("sluice:plugin/handler@0.1.0 or Spin's fermyon:spin/inbound-redis"), "{error}");
 }
@@ -200,7 +200,7 @@ fn a_spin_export_with_another_signature_is_refused_at_load() {
             (export "fermyon:spin/inbound-redis" (instance $redis)))"#,
     )
     .unwrap();
-    let error = match Plugin::from_bytes(&runtime, None, Path::new("wrong.wasm"), &wrong) {
+    let error = match Plugin::from_bytes(&runtime, None, Path::new("wrong.wasm"), &wrong, FuelMetering::Off) {
         Err(e @ PluginError::WrongWorld { .. }) => e.to_string(),
         Err(other) => panic!("not a wrong-world error: {other}"),
         Ok(_) => panic!("a handle-message taking a u32 loaded"),

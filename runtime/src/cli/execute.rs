@@ -104,7 +104,7 @@ async fn request_with(config_path: &Path, event: &NewEvent, timeout: Duration) -
 async fn check(config_path: &Path, offline: bool) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
     let runtime = host::runtime_for(&config)?;
-    let plugins = host::load_plugins(&runtime, &host::cache_for(&config, &runtime), &config)?;
+    let plugins = host::load_plugins(&runtime, &host::cache_for(&config), &config)?;
     for (h, p) in config.handlers.iter().zip(&plugins) {
         let ordered = h.order_by.as_ref().map(|by| format!("  ordered by {by}")).unwrap_or_default();
         println!("ok  {:<16} {} ({})  streams: {}{ordered}", h.name, p.file_name(), p.version, h.streams.join(", "));

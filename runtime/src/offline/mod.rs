@@ -44,16 +44,12 @@ pub async fn invoke(invocation: &Invocation) -> anyhow::Result<Report> {
     let event: EventJson = serde_json::from_str(&text)
         .with_context(|| format!("{}: not an event (see `sluice invoke --help`)", invocation.event.display()))?;
     let (config, handler) = resolve(invocation, &event)?;
-    // Fuel metered as `sluice run` would with this config, so the handler
-    // runs as fast (metering slows every handler of the host) and the
-    // compiled cache entries are the host's.
-    let fuel = match &config {
-        Some(c) => FuelMetering::for_config(c),
-        None => FuelMetering::for_budgets([handler.limits.fuel]),
-    };
-    let runtime = wasm::Runtime::with_pool(MIN_POOL_INSTANCES, fuel)?;
-    let cache = cache_dir(config.as_ref()).map(|dir| ComponentCache::new(dir, &runtime.engine));
-    let plugin = Plugin::load(&runtime, cache.as_ref(), &invocation.plugin)?;
+    // Fuel counted as `sluice run` would for this handler, so it runs as
+    // fast and the compiled cache entries are the host's.
+    let runtime = wasm::Runtime::with_pool(MIN_POOL_INSTANCES)?;
+    let cache = cache_dir(config.as_ref()).map(ComponentCache::new);
+    let plugin =
+        Plugin::load(&runtime, cache.as_ref(), &invocation.plugin, FuelMetering::for_budget(handler.limits.fuel))?;
     let entry = as_stream_entry(&event, handler.formats.format(&event.stream));
     let delivery = Delivery { stream: event.stream.clone(), entry, attempt: event.attempt(), key: None };
     let max_delay = Duration::from_millis(config.as_ref().map_or(DEFAULT_CLAIM_IDLE_MS, |c| c.claim_idle_ms)) / 2;

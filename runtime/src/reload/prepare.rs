@@ -34,20 +34,18 @@ pub async fn prepare(
         "{}: the handlers' concurrency adds up to {total} (for a handler already running, the larger of its old and new concurrency: its running events finish first), but this host's instance pool, sized when it started, has room for {room}: restart the host to apply this change",
         config_path.display()
     );
-    // The budget may come from `[defaults]`: name the handler, not a key.
-    if let (Some(h), FuelMetering::Off) = (config.handlers.iter().find(|h| h.limits.fuel.is_some()), runtime.fuel()) {
-        anyhow::bail!(
-            "{}: handler {} has a `fuel` budget, which needs fuel metering, and this host started without it (no handler had a budget, and metering slows every handler): restart the host to apply this change",
-            config_path.display(),
-            h.name
-        );
-    }
     let loaded: Vec<Arc<Plugin>> = current.values().map(|b| b.plugin.clone()).collect();
     let mut bindings = BTreeMap::new();
     for handler in &config.handlers {
         let plugin = match std::fs::read(&handler.plugin) {
-            Ok(bytes) => plugin_for(runtime, cache, &handler.plugin, bytes, &loaded).await?,
-            Err(_) => match current.get(&handler.name).filter(|b| b.plugin.path == handler.plugin) {
+            Ok(bytes) => {
+                let fuel = FuelMetering::for_budget(handler.limits.fuel);
+                plugin_for(runtime, cache, &handler.plugin, bytes, fuel, &loaded).await?
+            }
+            // The loaded version, as long as it suits the handler's budget.
+            Err(_) => match current.get(&handler.name).filter(|b| {
+                b.plugin.path == handler.plugin && b.plugin.fuel() == FuelMetering::for_budget(handler.limits.fuel)
+            }) {
                 Some(b) => {
                     warn!(handler = %handler.name, "plugin file {} is gone; still serving the loaded version {}", handler.plugin.display(), b.plugin.version);
                     b.plugin.clone()
@@ -73,21 +71,25 @@ fn in_flight_while_switching(config: &Config, current: &BTreeMap<String, Arc<Bin
     most.values().sum()
 }
 
-/// The plugin whose file holds `bytes`: an already loaded one with the same
-/// contents, else compiled now (on a blocking thread: it can take seconds).
+/// The plugin whose file holds `bytes`, for the engine that counts fuel or
+/// the one that does not: an already loaded one with the same contents and
+/// engine, else compiled now (on a blocking thread: it can take seconds).
+/// So a budget added to, or removed from, a handler whose plugin did not
+/// change moves it to the other engine.
 async fn plugin_for(
     runtime: &Runtime,
     cache: &ComponentCache,
     path: &Path,
     bytes: Vec<u8>,
+    fuel: FuelMetering,
     loaded: &[Arc<Plugin>],
 ) -> anyhow::Result<Arc<Plugin>> {
     let digest = crate::wasm::digest(&bytes);
-    if let Some(p) = loaded.iter().find(|p| p.digest == digest) {
+    if let Some(p) = loaded.iter().find(|p| p.digest == digest && p.fuel() == fuel) {
         return Ok(p.clone());
     }
     let (runtime, cache, path) = (runtime.clone(), cache.clone(), path.to_owned());
     let plugin =
-        tokio::task::spawn_blocking(move || Plugin::from_bytes(&runtime, Some(&cache), &path, &bytes)).await??;
+        tokio::task::spawn_blocking(move || Plugin::from_bytes(&runtime, Some(&cache), &path, &bytes, fuel)).await??;
     Ok(Arc::new(plugin))
 }

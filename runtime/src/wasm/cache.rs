@@ -19,12 +19,10 @@ use wasmtime::component::Component;
 /// Length of the trailing checksum.
 const CHECKSUM_LEN: usize = 32;
 
-/// A folder of compiled artifacts for one engine.
+/// A folder of compiled artifacts, for any engine.
 #[derive(Debug, Clone)]
 pub struct ComponentCache {
     dir: PathBuf,
-    /// Hex hash of the engine's compatibility; part of every entry's name.
-    engine_key: String,
 }
 
 /// Where a component came from, for the log.
@@ -37,18 +35,16 @@ pub enum Source {
 }
 
 impl ComponentCache {
-    /// A cache in `dir` for artifacts of `engine`.
-    pub fn new(dir: impl Into<PathBuf>, engine: &Engine) -> ComponentCache {
-        let mut hasher = ShaHasher(Sha256::new());
-        engine.precompile_compatibility_hash().hash(&mut hasher);
-        let engine_key = hex(&hasher.0.finalize()[..8]);
-        ComponentCache { dir: dir.into(), engine_key }
+    /// A cache in `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> ComponentCache {
+        ComponentCache { dir: dir.into() }
     }
 
-    /// The component whose bytes are `bytes` (with SHA-256 `digest`, hex):
-    /// from the cache if a valid artifact is there, else compiled and stored.
+    /// The component for `engine` whose bytes are `bytes` (with SHA-256
+    /// `digest`, hex): from the cache if a valid artifact is there, else
+    /// compiled and stored.
     pub fn load(&self, engine: &Engine, bytes: &[u8], digest: &str) -> wasmtime::Result<(Component, Source)> {
-        let path = self.dir.join(format!("{digest}-{}.cwasm", self.engine_key));
+        let path = self.dir.join(format!("{digest}-{}.cwasm", engine_key(engine)));
         if let Some(component) = self.read(engine, &path) {
             return Ok((component, Source::Cache));
         }
@@ -84,6 +80,14 @@ impl ComponentCache {
         std::fs::rename(&tmp, path)?;
         Ok(())
     }
+}
+
+/// Hex hash of `engine`'s compatibility (wasmtime version and
+/// configuration, fuel counting included); part of every entry's name.
+fn engine_key(engine: &Engine) -> String {
+    let mut hasher = ShaHasher(Sha256::new());
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    hex(&hasher.0.finalize()[..8])
 }
 
 /// The artifact in `file` if its trailing checksum matches.

@@ -1,12 +1,13 @@
-//! The one wasmtime `Engine` and `Linker` a host uses, and the epoch ticker
-//! that makes per-event deadlines work.
+//! The wasmtime engines and the `Linker` a host uses (one engine that counts
+//! fuel, for handlers with a budget, and one that does not), and the epoch
+//! ticker that makes per-event deadlines work.
 
 use super::bindings::Handler;
 use super::executor::Executor;
 use super::state::EventState;
 use crate::limits::{MIN_POOL_INSTANCES, POOL_MAX_MEMORY};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
@@ -26,71 +27,109 @@ const POOL_KEEP_RESIDENT_MEMORY: usize = 2 << 20;
 /// The same for tables.
 const POOL_KEEP_RESIDENT_TABLE: usize = 64 << 10;
 
-/// The compiled-code engine and the linker with every host import, shared by
-/// every plugin. Cheap to clone.
+/// The engines and linker a host runs plugins with, and the executor their
+/// deliveries run on. Cheap to clone.
+///
+/// There are two engines, because counting fuel slows every handler an
+/// engine runs ([`FuelMetering`]): one that counts none, for handlers
+/// without a `fuel` budget, built at once; and one that counts fuel, built
+/// the first time a handler with a budget is loaded (at start or on a
+/// reload). A plugin is compiled for the engine its handler needs.
 #[derive(Clone)]
 pub struct Runtime {
-    /// The wasmtime engine (epoch interruption, pooling allocator).
-    pub engine: Engine,
-    /// WASI p2, `wasi:http` (outgoing, allow-listed) and Sluice's imports.
-    pub linker: Arc<Linker<EventState>>,
     /// Where handler code runs (apart from Redis I/O).
     pub executor: Executor,
-    /// Component instances its pool has room for: the most events all
-    /// handlers together may have in flight.
+    /// Component instances each engine's pool has room for: the most events
+    /// all handlers together may have in flight.
     pub pool_instances: u32,
-    /// Whether its engine meters fuel: fixed when the engine is built.
-    fuel: FuelMetering,
-    _ticker: Arc<Ticker>,
+    /// For handlers without a budget.
+    plain: Flavour,
+    /// For handlers with one, once one was loaded.
+    metered: Arc<Mutex<Option<Flavour>>>,
+    /// Advances both engines' epochs.
+    ticker: Arc<Ticker>,
 }
 
-/// Whether an engine meters fuel, which a handler's `fuel` budget needs.
-/// Metering makes wasm code count what it runs, which slows every handler
+/// One wasmtime engine (epoch interruption, pooling allocator, fuel counted
+/// or not), its linker with every host import (WASI p2, outgoing `wasi:http`
+/// allow-listed, Sluice's own).
+#[derive(Clone)]
+pub(super) struct Flavour {
+    pub(super) engine: Engine,
+    pub(super) linker: Arc<Linker<EventState>>,
+}
+
+impl Flavour {
+    fn new(pool_instances: u32, fuel: FuelMetering) -> anyhow::Result<Flavour> {
+        let engine = Engine::new(&engine_config(pool_instances, fuel))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+        Handler::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+        Ok(Flavour { engine, linker: Arc::new(linker) })
+    }
+}
+
+/// Whether an engine counts fuel, which a handler's `fuel` budget needs.
+/// Counting makes wasm code count what it runs, which slows every handler
 /// of the engine (up to a quarter of its time in wasm; docs/performance.md,
-/// item 13), so a host meters only if a handler has a budget when it starts.
+/// items 13 and 15), so only handlers with a budget run on an engine that
+/// counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FuelMetering {
-    /// Wasm code counts fuel; handlers without a budget get unlimited fuel.
+    /// Wasm code counts fuel.
     On,
     /// No fuel is counted: a delivery with a `fuel` budget is refused.
     Off,
 }
 
 impl FuelMetering {
-    /// What handlers with these budgets (`None`: none) need.
-    pub fn for_budgets(budgets: impl IntoIterator<Item = Option<u64>>) -> FuelMetering {
-        if budgets.into_iter().any(|b| b.is_some()) { FuelMetering::On } else { FuelMetering::Off }
-    }
-
-    /// What the handlers of `config` need.
-    pub fn for_config(config: &crate::config::Config) -> FuelMetering {
-        FuelMetering::for_budgets(config.handlers.iter().map(|h| h.limits.fuel))
+    /// What a handler with this budget (`None`: none) needs.
+    pub fn for_budget(budget: Option<u64>) -> FuelMetering {
+        if budget.is_some() { FuelMetering::On } else { FuelMetering::Off }
     }
 }
 
 impl Runtime {
-    /// Builds the engine (with the smallest pool, metering no fuel) and
-    /// linker and starts the epoch ticker.
+    /// Builds the engine for handlers without a fuel budget (with the
+    /// smallest pool) and its linker, and starts the epoch ticker.
     pub fn new() -> anyhow::Result<Runtime> {
-        Runtime::with_pool(MIN_POOL_INSTANCES, FuelMetering::Off)
+        Runtime::with_pool(MIN_POOL_INSTANCES)
     }
 
-    /// Whether its engine meters fuel.
-    pub fn fuel(&self) -> FuelMetering {
-        self.fuel
-    }
-
-    /// [`Runtime::new`] with room for `pool_instances` instances at once
-    /// (see [`crate::limits::pool_instances`]), metering `fuel` or not.
-    pub fn with_pool(pool_instances: u32, fuel: FuelMetering) -> anyhow::Result<Runtime> {
-        let engine = Engine::new(&engine_config(pool_instances, fuel))?;
-        let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
-        Handler::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
-        let ticker = Ticker::start(engine.clone());
+    /// [`Runtime::new`] with room for `pool_instances` instances at once in
+    /// each engine's pool (see [`crate::limits::pool_instances`]).
+    pub fn with_pool(pool_instances: u32) -> anyhow::Result<Runtime> {
+        let plain = Flavour::new(pool_instances, FuelMetering::Off)?;
         let executor = Executor::new()?;
-        Ok(Runtime { engine, linker: Arc::new(linker), executor, pool_instances, fuel, _ticker: Arc::new(ticker) })
+        let ticker = Arc::new(Ticker::start(plain.engine.clone()));
+        Ok(Runtime { executor, pool_instances, plain, metered: Arc::new(Mutex::new(None)), ticker })
+    }
+
+    /// The engine of handlers without a fuel budget.
+    pub fn engine(&self) -> &Engine {
+        &self.plain.engine
+    }
+
+    /// Whether the engine that counts fuel was built: a handler with a
+    /// budget was loaded.
+    pub fn counts_fuel(&self) -> bool {
+        self.metered.lock().expect("not poisoned").is_some()
+    }
+
+    /// The engine and linker for `fuel`, building the one that counts fuel
+    /// the first time it is asked for.
+    pub(super) fn flavour(&self, fuel: FuelMetering) -> anyhow::Result<Flavour> {
+        if fuel == FuelMetering::Off {
+            return Ok(self.plain.clone());
+        }
+        let mut metered = self.metered.lock().expect("not poisoned");
+        if metered.is_none() {
+            let flavour = Flavour::new(self.pool_instances, FuelMetering::On)?;
+            self.ticker.add(flavour.engine.clone());
+            *metered = Some(flavour);
+        }
+        Ok(metered.clone().expect("just built"))
     }
 }
 
@@ -120,25 +159,35 @@ fn engine_config(instances: u32, fuel: FuelMetering) -> Config {
     config
 }
 
-/// A thread that advances the engine's epoch every [`EPOCH_TICK`].
+/// A thread that advances its engines' epochs every [`EPOCH_TICK`] (one
+/// thread for both, so a second engine adds no wake-ups).
 struct Ticker {
     stop: Arc<AtomicBool>,
+    engines: Arc<Mutex<Vec<Engine>>>,
 }
 
 impl Ticker {
     fn start(engine: Engine) -> Ticker {
         let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
+        let engines = Arc::new(Mutex::new(vec![engine]));
+        let (flag, ticked) = (stop.clone(), engines.clone());
         std::thread::Builder::new()
             .name("sluice-epoch".into())
             .spawn(move || {
                 while !flag.load(Ordering::Relaxed) {
                     std::thread::sleep(EPOCH_TICK);
-                    engine.increment_epoch();
+                    for engine in ticked.lock().expect("not poisoned").iter() {
+                        engine.increment_epoch();
+                    }
                 }
             })
             .expect("spawn epoch thread");
-        Ticker { stop }
+        Ticker { stop, engines }
+    }
+
+    /// Advances `engine`'s epoch too, from the next tick on.
+    fn add(&self, engine: Engine) {
+        self.engines.lock().expect("not poisoned").push(engine);
     }
 }
 

@@ -93,10 +93,12 @@ impl Plugin {
 
     async fn invoke_clocked(&self, sandbox: &Sandbox, event: &Event, clock: &Clock) -> Outcome {
         if let (Some(fuel), FuelMetering::Off) = (sandbox.fuel, self.fuel) {
-            // The host rejects such a config (at start, the engine meters
-            // fuel; on reload, the change needs a restart), so this is a
-            // tool's mistake: never run the handler past its budget.
-            let reason = format!("fuel limit {fuel} cannot be enforced: this host's engine meters no fuel");
+            // The host loads a handler with a budget for the engine that
+            // counts fuel, so this is a tool's mistake: never run the
+            // handler past its budget.
+            let reason = format!(
+                "fuel limit {fuel} cannot be enforced: the plugin was loaded for the engine that counts no fuel"
+            );
             return Outcome::Crash { reason, timed_out: false };
         }
         match &sandbox.pool {
@@ -186,11 +188,11 @@ fn reply_to(event: &Event) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
-/// Gives a store its fuel (if its engine meters fuel) and its first epoch
+/// Gives a store its fuel (if its engine counts fuel) and its first epoch
 /// deadline for one delivery.
 fn arm(store: &mut Store<EventState>, sandbox: &Sandbox, fuel: FuelMetering) {
     if fuel == FuelMetering::On {
-        store.set_fuel(sandbox.fuel.unwrap_or(u64::MAX)).expect("the engine meters fuel");
+        store.set_fuel(sandbox.fuel.unwrap_or(u64::MAX)).expect("the engine counts fuel");
     }
     store.set_epoch_deadline(1);
 }

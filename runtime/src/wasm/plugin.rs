@@ -83,16 +83,23 @@ pub struct Plugin {
     pub(super) entry: Entry,
     /// Where its deliveries run.
     pub(super) executor: Executor,
-    /// Whether its engine meters fuel.
+    /// Whether its engine counts fuel.
     pub(super) fuel: FuelMetering,
 }
 
 impl Plugin {
-    /// Reads, compiles (or loads from `cache`) and links the plugin at `path`.
-    /// Compiling can take seconds: call this off the async executor.
-    pub fn load(runtime: &Runtime, cache: Option<&ComponentCache>, path: &Path) -> Result<Plugin, PluginError> {
+    /// Reads, compiles (or loads from `cache`) and links the plugin at `path`
+    /// for the engine that counts fuel or the one that does not (`fuel`:
+    /// [`FuelMetering::for_budget`] of its handler's budget). Compiling can
+    /// take seconds: call this off the async executor.
+    pub fn load(
+        runtime: &Runtime,
+        cache: Option<&ComponentCache>,
+        path: &Path,
+        fuel: FuelMetering,
+    ) -> Result<Plugin, PluginError> {
         let bytes = std::fs::read(path).map_err(|source| PluginError::Read { path: path.to_owned(), source })?;
-        Self::from_bytes(runtime, cache, path, &bytes)
+        Self::from_bytes(runtime, cache, path, &bytes, fuel)
     }
 
     /// [`Plugin::load`] for a file whose contents were already read.
@@ -101,16 +108,21 @@ impl Plugin {
         cache: Option<&ComponentCache>,
         path: &Path,
         bytes: &[u8],
+        fuel: FuelMetering,
     ) -> Result<Plugin, PluginError> {
         let path = path.to_owned();
         let digest = digest(bytes);
+        let flavour = runtime.flavour(fuel).map_err(|e| PluginError::Compile {
+            path: path.clone(),
+            reason: format!("cannot build the engine: {e:#}"),
+        })?;
         let compiled = match cache {
-            Some(cache) => cache.load(&runtime.engine, bytes, &digest),
-            None => Component::new(&runtime.engine, bytes).map(|c| (c, Source::Compiled)),
+            Some(cache) => cache.load(&flavour.engine, bytes, &digest),
+            None => Component::new(&flavour.engine, bytes).map(|c| (c, Source::Compiled)),
         };
         let (component, source) =
             compiled.map_err(|e| PluginError::Compile { path: path.clone(), reason: format!("{e:#}") })?;
-        let pre = runtime
+        let pre = flavour
             .linker
             .instantiate_pre(&component)
             .map_err(|e| PluginError::Link { path: path.clone(), reason: format!("{e:#}") })?;
@@ -123,8 +135,13 @@ impl Plugin {
             pre,
             entry,
             executor: runtime.executor.clone(),
-            fuel: runtime.fuel(),
+            fuel,
         })
+    }
+
+    /// Whether it was compiled for the engine that counts fuel.
+    pub fn fuel(&self) -> FuelMetering {
+        self.fuel
     }
 
     /// Where this plugin's deliveries run.
