@@ -18,13 +18,13 @@ pub struct Cost {
 }
 
 /// Measures `plugin` (a file in `plugins`) handling `payload` `iterations`
-/// times each way, after a warm-up, with `isolation` (`per-event` or
-/// `reuse`); every call must succeed.
-pub async fn cost(plugins: &Path, plugin: &str, payload: &str, iterations: u32, isolation: &str) -> Cost {
+/// times each way, after a warm-up, with the handler `settings` (TOML lines:
+/// `isolation`, `fuel`); every call must succeed.
+pub async fn cost(plugins: &Path, plugin: &str, payload: &str, iterations: u32, settings: &str) -> Cost {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("config.toml");
     let text = format!(
-        "[host]\nplugins = \"{}\"\n[handlers.bench]\nplugin = \"{plugin}\"\nstreams = [\"bench\"]\nisolation = \"{isolation}\"\n",
+        "[host]\nplugins = \"{}\"\n[handlers.bench]\nplugin = \"{plugin}\"\nstreams = [\"bench\"]\n{settings}\n",
         plugins.display()
     );
     std::fs::write(&path, text).unwrap();
