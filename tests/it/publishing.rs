@@ -135,13 +135,15 @@ async fn a_batched_commit_is_all_or_nothing_per_delivery() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deliveries_that_write_nothing_share_a_check_and_an_ack_with_each_result_its_own() {
-    // A run of deliveries that write nothing is finished with one XPENDING
-    // and one XACK, yet each gets the result it would get on its own: done,
-    // already finished (acknowledged before, or a repeat in the same batch),
-    // or taken over by another consumer, and entries in flight between them
-    // stay pending.
+async fn deliveries_of_one_stream_share_a_check_and_an_ack_with_each_result_its_own() {
+    // A run of deliveries of one stream, writing or not, is finished with
+    // one XPENDING and one XACK, and a stream's type is checked once, yet
+    // each gets the result it would get on its own: done, already finished
+    // (acknowledged before, or a repeat in the same batch), taken over by
+    // another consumer, or refused; entries in flight between them stay
+    // pending, and only the deliveries that are done write.
     use sluice::stream::{Commit, Committed, commit_batch};
+    use sluice::wasm::{Effects, KvWrite};
     let redis = RedisServer::start();
     let mut conn = redis.conn().await;
     sluice::stream::ensure_group(&mut conn, "in", "g").await.unwrap();
@@ -154,6 +156,7 @@ async fn deliveries_that_write_nothing_share_a_check_and_an_ack_with_each_result
         redis::cmd("XCLAIM").arg("in").arg("g").arg("other").arg(0).arg(&ids[1]).query_async(&mut conn).await.unwrap();
     let _: usize = redis::cmd("XACK").arg("in").arg("g").arg(&ids[2]).query_async(&mut conn).await.unwrap();
     let quiet = |i: usize| commit_in(&ids[i], Default::default());
+    let writes = |i: usize| commit_in(&ids[i], publishes_to("out"));
     let count = |stats: &str, command: &str| -> u64 {
         let prefix = format!("cmdstat_{command}:calls=");
         let line = stats.lines().find(|l| l.starts_with(&prefix)).unwrap_or_else(|| panic!("no {command}: {stats}"));
@@ -162,9 +165,16 @@ async fn deliveries_that_write_nothing_share_a_check_and_an_ack_with_each_result
     let stats = async |conn: &mut redis::aio::MultiplexedConnection| -> String {
         redis::cmd("INFO").arg("commandstats").query_async(conn).await.unwrap()
     };
+    let reset = async |conn: &mut redis::aio::MultiplexedConnection| {
+        let () = redis::cmd("CONFIG").arg("RESETSTAT").query_async(conn).await.unwrap();
+    };
+    let causes = async |conn: &mut redis::aio::MultiplexedConnection| -> Vec<usize> {
+        let out = entries(conn, "out").await;
+        out.iter().map(|e| ids.iter().position(|id| *id == field(e, "causation_id")).unwrap()).collect()
+    };
 
     // Out of order, with a repeat: ids 3 to 9 are only in flight.
-    let commits = [quiet(11), quiet(0), quiet(1), quiet(2), quiet(10), quiet(0)];
+    let commits = [writes(11), quiet(0), writes(1), quiet(2), quiet(10), writes(0)];
     let results = commit_batch(&mut conn, "g", "c", &commits).await.unwrap();
     let expected = [
         Committed::Done,
@@ -175,42 +185,104 @@ async fn deliveries_that_write_nothing_share_a_check_and_an_ack_with_each_result
         Committed::AlreadyFinished,
     ];
     assert_eq!(results, expected);
+    assert_eq!(causes(&mut conn).await, [11], "only the delivery that is done wrote");
 
-    // Ten in a run, all this consumer's and nothing else in their range:
-    // one XPENDING and one XACK in all.
-    let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query_async(&mut conn).await.unwrap();
-    let commits: Vec<Commit> = [16, 13, 12, 19, 14, 17, 15, 18, 20, 21].into_iter().map(quiet).collect();
+    // Ten in a run, half of them writing, all this consumer's and nothing
+    // else in their range: one XPENDING, one XACK and one TYPE in all.
+    reset(&mut conn).await;
+    let commits: Vec<Commit> = [16, 13, 12, 19, 14, 17, 15, 18, 20, 21]
+        .into_iter()
+        .map(|i| if i % 2 == 0 { writes(i) } else { quiet(i) })
+        .collect();
     let results = commit_batch(&mut conn, "g", "c", &commits).await.unwrap();
     assert_eq!(results, vec![Committed::Done; 10]);
     let after = stats(&mut conn).await;
-    assert_eq!((count(&after, "xpending"), count(&after, "xack")), (1, 1), "{after}");
+    let calls = ["xpending", "xack", "type"].map(|c| count(&after, c));
+    assert_eq!(calls, [1, 1, 1], "{after}");
+    assert_eq!(causes(&mut conn).await, [11, 16, 12, 14, 18, 20]);
 
     // More of this consumer's entries in the range than the run lists at
     // once: the one beyond is asked about alone, and still finished.
     let results = commit_batch(&mut conn, "g", "c", &[quiet(22), quiet(29)]).await.unwrap();
     assert_eq!(results, [Committed::Done, Committed::Done]);
 
-    // A run ends at a delivery of another stream and at one that writes.
+    // A run ends at a delivery of another stream: three runs, so three
+    // XPENDINGs and three XACKs.
     sluice::stream::ensure_group(&mut conn, "in2", "g").await.unwrap();
     let elsewhere = send(&mut conn, "in2", "t", json!({})).await;
     read_pending(&mut conn, "in2", "g").await;
-    let writes = |i: usize| commit_in(&ids[i], publishes_to("out"));
     let in2 =
         Commit::ack("in2", &typed_entry(&elsewhere), "h", "sluice:kv:h:", Default::default(), &Default::default());
+    reset(&mut conn).await;
     let results = commit_batch(&mut conn, "g", "c", &[quiet(23), in2, quiet(24), writes(25)]).await.unwrap();
     assert_eq!(results, vec![Committed::Done; 4]);
+    let after = stats(&mut conn).await;
+    assert_eq!((count(&after, "xpending"), count(&after, "xack")), (3, 3), "{after}");
     let left: Vec<(String, String, u64, u64)> =
         redis::cmd("XPENDING").arg("in2").arg("g").arg("-").arg("+").arg(10).query_async(&mut conn).await.unwrap();
     assert!(left.is_empty(), "the other stream's entry was acknowledged on its own stream: {left:?}");
-    assert_eq!(entries(&mut conn, "out").await.len(), 1, "the delivery that writes wrote once");
+    assert_eq!(causes(&mut conn).await, [11, 16, 12, 14, 18, 20, 25], "the delivery that writes wrote once");
+
+    // A key's type checked once a call is checked again after a write that
+    // is not an XADD: a stream made a string by a key-value write earlier in
+    // the same run refuses the next publish to it (else its XADD would fail
+    // the whole call with WRONGTYPE), and once deleted takes one again.
+    let clash = "sluice:kv:h:clash";
+    let set = KvWrite::Set { key: "clash".into(), value: b"v".to_vec(), ttl_ms: None };
+    let delete = KvWrite::Delete { key: "clash".into() };
+    let commits = [
+        commit_in(&ids[26], publishes_to(clash)),
+        commit_in(&ids[27], Effects { kv: vec![set], ..Default::default() }),
+        commit_in(&ids[28], publishes_to(clash)),
+        commit_in(&ids[3], Effects { kv: vec![delete], ..Default::default() }),
+        commit_in(&ids[4], publishes_to(clash)),
+    ];
+    let results = commit_batch(&mut conn, "g", "c", &commits).await.unwrap();
+    assert_eq!(results[..2], [Committed::Done, Committed::Done]);
+    assert!(matches!(&results[2], Committed::Refused(why) if why.contains("holds a string")), "{results:?}");
+    assert_eq!(results[3..], [Committed::Done, Committed::Done], "{results:?}");
+    assert_eq!(entries(&mut conn, clash).await.len(), 1, "a stream again, with the last publish in it");
 
     let still: Vec<(String, String, u64, u64)> =
         redis::cmd("XPENDING").arg("in").arg("g").arg("-").arg("+").arg(100).query_async(&mut conn).await.unwrap();
     let pending: Vec<(usize, &str)> =
         still.iter().map(|p| (ids.iter().position(|id| *id == p.0).unwrap(), p.1.as_str())).collect();
     let mut expected: Vec<(usize, &str)> = vec![(1, "other")];
-    expected.extend((3..10).chain(26..29).map(|i| (i, "c")));
+    expected.extend((5..10).chain([28]).map(|i| (i, "c")));
     assert_eq!(pending, expected, "only the entries committed were acknowledged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_fails_all_the_same_acknowledges_what_was_written_before_it() {
+    // A write the script's checks do not foresee fails part way through a
+    // run (here an XADD to a stream whose last possible id is taken): the
+    // deliveries written before it are acknowledged, as they would be on
+    // their own, and it and those after it write nothing and stay pending.
+    use sluice::stream::commit_batch;
+    let redis = RedisServer::start();
+    let mut conn = redis.conn().await;
+    sluice::stream::ensure_group(&mut conn, "in", "g").await.unwrap();
+    let last = "18446744073709551615-18446744073709551615";
+    let _: String = redis::cmd("XADD").arg("full").arg(last).arg("f").arg("v").query_async(&mut conn).await.unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(send(&mut conn, "in", "t", json!({})).await);
+    }
+    read_pending(&mut conn, "in", "g").await;
+    let commits = [
+        commit_in(&ids[0], publishes_to("out")),
+        commit_in(&ids[1], Default::default()),
+        commit_in(&ids[2], publishes_to("full")),
+        commit_in(&ids[3], publishes_to("out")),
+        commit_in(&ids[4], Default::default()),
+    ];
+    let error = commit_batch(&mut conn, "g", "c", &commits).await.unwrap_err();
+    assert!(error.to_string().contains("exhausted the last possible ID"), "{error}");
+    let out = entries(&mut conn, "out").await;
+    assert_eq!(out.iter().map(|e| field(e, "causation_id")).collect::<Vec<_>>(), [ids[0].clone()]);
+    let still: Vec<(String, String, u64, u64)> =
+        redis::cmd("XPENDING").arg("in").arg("g").arg("-").arg("+").arg(10).query_async(&mut conn).await.unwrap();
+    assert_eq!(still.into_iter().map(|p| p.0).collect::<Vec<_>>(), ids[2..], "only those before it were acknowledged");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

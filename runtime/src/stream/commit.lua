@@ -5,9 +5,9 @@
 -- a transaction when one of its commands fails, so an XADD refused with
 -- WRONGTYPE would still let the XACK through and lose the write.) One script
 -- per batch instead of one per delivery: Redis's cost per call, not per
--- write, dominates. For the same reason a run of deliveries that write
--- nothing (most, for handlers that only consume) shares one XPENDING and one
--- XACK (finish_quiet_run).
+-- write, dominates. For the same reason a run of deliveries of one stream
+-- that are not ordered by key shares one XPENDING and one XACK (finish_run),
+-- and a stream's type is checked once per call, not per write.
 --
 -- ARGV[1]      the consumer group
 -- ARGV[2]      the consumer committing (this host's name in the group)
@@ -41,23 +41,75 @@
 --                key's queue, and the next entry of that key is now this
 --                consumer's to deliver (order_serve in order.lua). Without a
 --                next entry, the lease is given up and the result is 1 or 0.
+
+-- Each write's arguments are ARGV[i] to ARGV[j]. Each returns Redis's reply,
+-- an error included (redis.pcall), so that the caller can first acknowledge
+-- what was written before it.
 local WRITES = {
-  xadd = function(key, args) redis.call('XADD', key, '*', unpack(args)) end,
-  set = function(key, args) redis.call('SET', key, unpack(args)) end,
-  del = function(key, args) redis.call('DEL', key) end,
-  pexpire = function(key, args) redis.call('PEXPIRE', key, unpack(args)) end,
-  xdel = function(key, args) redis.call('XDEL', key, unpack(args)) end,
+  xadd = function(key, i, j) return redis.pcall('XADD', key, '*', unpack(ARGV, i, j)) end,
+  set = function(key, i, j) return redis.pcall('SET', key, unpack(ARGV, i, j)) end,
+  del = function(key, i, j) return redis.pcall('DEL', key) end,
+  pexpire = function(key, i, j) return redis.pcall('PEXPIRE', key, unpack(ARGV, i, j)) end,
+  xdel = function(key, i, j) return redis.pcall('XDEL', key, unpack(ARGV, i, j)) end,
 }
+
+-- Whether an XADD to each key this call checked would be refused (its
+-- reason) or not (false). A write of this call that is not an XADD forgets
+-- what was found for its key, and so does the ordering of a delivery by key
+-- (its queue and lease are written outside apply()), so nothing else can
+-- change a checked key's type meanwhile.
+local checked = {}
 
 -- Why `kind` to `key` cannot be applied, or nil.
 local function refusal(kind, key)
   if not WRITES[kind] then
     return 'unknown write kind ' .. kind
+  elseif kind ~= 'xadd' then
+    return nil
   end
-  if kind == 'xadd' then
+  if checked[key] == nil then
     local t = redis.call('TYPE', key)['ok']
-    if t ~= 'none' and t ~= 'stream' then
-      return key .. ' holds a ' .. t .. ', not a stream'
+    checked[key] = t ~= 'none' and t ~= 'stream' and (key .. ' holds a ' .. t .. ', not a stream')
+  end
+  return checked[key] or nil
+end
+
+-- Applies `writes` ({kind, key, i, j} each), in order. Returns Redis's error
+-- if one fails (the checks did not foresee it), leaving the rest unwritten.
+local function apply(writes)
+  for _, w in ipairs(writes) do
+    local reply = WRITES[w[1]](w[2], w[3], w[4])
+    if type(reply) == 'table' and reply.err then
+      return reply.err
+    end
+    if w[1] ~= 'xadd' then
+      checked[w[2]] = nil
+    end
+  end
+  return nil
+end
+
+-- Reads the writes of a delivery from ARGV[a] on (their count, then each
+-- write) and KEYS[k] on (their keys): returns them ({kind, key, i, j}
+-- each) and the a and k after them.
+local function read_writes(a, k)
+  local count = tonumber(ARGV[a])
+  a = a + 1
+  local writes = {}
+  for w = 1, count do
+    local kind, argc = ARGV[a], tonumber(ARGV[a + 1])
+    writes[w] = { kind, KEYS[k], a + 2, a + 1 + argc }
+    a, k = a + 2 + argc, k + 1
+  end
+  return writes, a, k
+end
+
+-- The first reason one of `writes` cannot be applied, or nil.
+local function refused(writes)
+  for _, w in ipairs(writes) do
+    local why = refusal(w[1], w[2])
+    if why then
+      return why
     end
   end
   return nil
@@ -81,13 +133,16 @@ local function id_before(x, y)
   return x < y
 end
 
--- Finishes a run of deliveries of `origin` (entry ids `ids`, in the batch's
--- order) that write nothing and are not ordered by key, each with the result
--- it would have on its own, but with one XPENDING and one XACK for the run
--- instead of one of each per delivery (Redis's cost per call from a script
--- is most of a delivery's). Nothing runs in between, so no entry changes
--- hands. Appends one result per delivery to `results`.
-local function finish_quiet_run(origin, ids, group, consumer, results)
+-- Finishes a run of deliveries of `origin` that are not ordered by key (in
+-- the batch's order: their entry ids `ids`, and in `writes`, by place, the
+-- writes of those that write), each with the result it would have on its
+-- own, but with one XPENDING and one XACK for the run instead of one of each
+-- per delivery (Redis's cost per call from a script is most of a
+-- delivery's). Nothing runs in between and no write changes who holds an
+-- entry, so no entry changes hands. Appends one result per delivery to
+-- `results`. Should a write fail, returns Redis's error, the deliveries
+-- written before it acknowledged (as on their own), the rest still pending.
+local function finish_run(origin, ids, writes, group, consumer, results)
   local low, high = ids[1], ids[1]
   for i = 2, #ids do
     if id_before(ids[i], low) then
@@ -104,97 +159,106 @@ local function finish_quiet_run(origin, ids, group, consumer, results)
     mine[p[1]] = true
   end
   local acks = {}
-  for _, id in ipairs(ids) do
-    local held, result = mine[id], 0
-    if held == nil then
-      -- Not listed: finished, another consumer's, or this one's beyond the
-      -- limit. Asked alone, as a delivery on its own is.
-      local pending = redis.call('XPENDING', origin, group, id, id, 1)[1]
-      if pending and pending[2] == consumer then
-        held = true
-      elseif pending then
-        result = { -2, pending[2] }
+  for n, id in ipairs(ids) do
+    local held, result, why = mine[id], 0, writes[n] and refused(writes[n])
+    if why then
+      result = { -1, why }
+    else
+      if held == nil then
+        -- Not listed: finished, another consumer's, or this one's beyond
+        -- the limit. Asked alone, as a delivery on its own is.
+        local pending = redis.call('XPENDING', origin, group, id, id, 1)[1]
+        if pending and pending[2] == consumer then
+          held = true
+        elseif pending then
+          result = { -2, pending[2] }
+        end
       end
-    end
-    if held then
-      -- A repeat of the id later in the run finds it finished.
-      mine[id] = false
-      acks[#acks + 1] = id
-      result = 1
+      if held then
+        local failed = writes[n] and apply(writes[n])
+        if failed then
+          -- Those written before it are acknowledged, as they would be on
+          -- their own; this one and the rest stay pending.
+          if #acks > 0 then
+            redis.call('XACK', origin, group, unpack(acks))
+          end
+          return failed
+        end
+        -- A repeat of the id later in the run finds it finished.
+        mine[id] = false
+        acks[#acks + 1] = id
+        result = 1
+      end
     end
     results[#results + 1] = result
   end
-  -- Lua's unpack takes a few thousand values; a call carries at most
-  -- committer.rs's MAX_BATCH (256) deliveries.
+  -- After every write of the run: a delivery is acknowledged only once its
+  -- writes are made. Lua's unpack takes a few thousand values; a call
+  -- carries at most committer.rs's MAX_BATCH (256) deliveries.
   if #acks > 0 then
     redis.call('XACK', origin, group, unpack(acks))
   end
+  return nil
 end
 
 local group, consumer = ARGV[1], ARGV[2]
 local results = {}
 local k, a = 1, 3
 while a <= #ARGV do
-  local origin, id = KEYS[k], ARGV[a]
-  -- The run of deliveries of `origin` from here that write nothing and are
-  -- not ordered by key: id, '0', '0' each.
-  local quiet = {}
-  while a <= #ARGV and KEYS[k] == origin and ARGV[a + 1] == '0' and ARGV[a + 2] == '0' do
-    quiet[#quiet + 1] = ARGV[a]
-    k, a = k + 1, a + 3
-  end
-  if #quiet > 0 then
-    finish_quiet_run(origin, quiet, group, consumer, results)
-  else
-    local order = nil
-    k, a = k + 1, a + 1
-    if ARGV[a] == '1' then
-      order = { q = KEYS[k], l = KEYS[k + 1], key = ARGV[a + 1], ttl = ARGV[a + 2] }
-      k, a = k + 2, a + 3
+  local origin = KEYS[k]
+  -- The run of deliveries of `origin` from here not ordered by key: id, '0',
+  -- then their writes (in `writes`, by the delivery's place in the run; none
+  -- for most, so the many that write nothing cost no more than that).
+  local ids, writes = {}, {}
+  while a <= #ARGV and KEYS[k] == origin and ARGV[a + 1] == '0' do
+    ids[#ids + 1] = ARGV[a]
+    if ARGV[a + 2] == '0' then
+      a, k = a + 3, k + 1
     else
-      a = a + 1
+      writes[#ids], a, k = read_writes(a + 2, k + 1)
     end
-    local count = tonumber(ARGV[a])
-    a = a + 1
-    local writes, refused = {}, nil
-    for w = 1, count do
-      local kind, argc = ARGV[a], tonumber(ARGV[a + 1])
-      local args = {}
-      for i = 1, argc do
-        args[i] = ARGV[a + 1 + i]
-      end
-      a = a + 2 + argc
-      refused = refused or refusal(kind, KEYS[k])
-      writes[w] = { kind, KEYS[k], args }
-      k = k + 1
+  end
+  if #ids > 0 then
+    local failed = finish_run(origin, ids, writes, group, consumer, results)
+    if failed then
+      return redis.error_reply(failed)
     end
+  else
+    -- Ordered by key: id, '1', the key, the lease's time to live in ms,
+    -- then its writes; its keys are the stream, the key's queue and lease,
+    -- then its writes' keys.
+    local id = ARGV[a]
+    local order = { q = KEYS[k + 1], l = KEYS[k + 2], key = ARGV[a + 2], ttl = ARGV[a + 3] }
+    local writes
+    writes, a, k = read_writes(a + 4, k + 3)
+    local why = refused(writes)
     local pending = redis.call('XPENDING', origin, group, id, id, 1)[1]
-    if refused then
-      results[#results + 1] = { -1, refused }
+    if why then
+      results[#results + 1] = { -1, why }
     elseif pending and pending[2] ~= consumer then
       results[#results + 1] = { -2, pending[2] }
     else
       local result = 0
       if pending then
-        for _, w in ipairs(writes) do
-          WRITES[w[1]](w[2], w[3])
+        local failed = apply(writes)
+        if failed then
+          return redis.error_reply(failed)
         end
         result = redis.call('XACK', origin, group, id)
       end
-      if order then
-        -- Finished (now, or by an earlier try whose reply was lost): the next
-        -- entry of its key goes on with this consumer, unless another holds
-        -- the key now.
-        order_remove(order.q, id)
-        local holder = redis.call('GET', order.l)
-        -- A lapsed lease no one took is still this consumer's to use.
-        if holder == consumer or not holder then
-          local next = order_serve(origin, group, consumer, order.q, order.l, order.key, order.ttl, false)
-          if next then
-            result = { 3, next }
-          end
+      -- Finished (now, or by an earlier try whose reply was lost): the next
+      -- entry of its key goes on with this consumer, unless another holds
+      -- the key now.
+      order_remove(order.q, id)
+      local holder = redis.call('GET', order.l)
+      -- A lapsed lease no one took is still this consumer's to use.
+      if holder == consumer or not holder then
+        local next = order_serve(origin, group, consumer, order.q, order.l, order.key, order.ttl, false)
+        if next then
+          result = { 3, next }
         end
       end
+      checked = {}
       results[#results + 1] = result
     end
   end
