@@ -223,6 +223,29 @@ async fn sigterm_exits_only_after_in_flight_events_are_acknowledged() {
     assert_eq!(entries(&mut conn, "out").await.len(), 8);
 }
 
+/// SIGTERM while the host is still starting (here, compiling a Python
+/// plugin, which takes seconds) is neither lost nor fatal: the host finishes
+/// starting, then stops at once and exits cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_starting_stops_the_host_cleanly() {
+    let redis = RedisServer::start();
+    let handlers = "[handlers.a]\nplugin = \"behave.wasm\"\nstreams = [\"in\"]\n\n[handlers.b]\nplugin = \"behave-py.wasm\"\nstreams = [\"in\"]\n";
+    let fx = Fixture::new(&redis, "", handlers);
+    let cache = fx.config().state_dir().join("cache");
+    let mut host = fx.spawn_binary();
+    // The plugins load in the handlers' order: once a's is in the cache,
+    // b's is compiling.
+    eventually(SOON, "the first plugin compiled", || {
+        let compiled = std::fs::read_dir(&cache)
+            .map(|d| d.filter_map(Result::ok).any(|e| e.path().extension().is_some_and(|x| x == "cwasm")))
+            .unwrap_or(false);
+        async move { compiled.then_some(()) }
+    })
+    .await;
+    let status = terminate(&mut host).await;
+    assert!(status.success(), "exit status {status}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_restart_loses_nothing() {
     let aof = ["--save", "", "--appendonly", "yes", "--appendfsync", "always"];
