@@ -76,9 +76,20 @@ pub async fn run_with(config: Config, shutdown: impl Future<Output = ()>, option
     // compile (seconds for Python or JavaScript) wait in it, rather than a
     // `sluice publish` meanwhile starting and stopping one of its own.
     let target = RedisTarget::resolve(config.redis.url.as_deref(), &config.state_dir()).await?;
+    // A signal while the plugins compile stops the host there: nothing was
+    // read yet.
+    tokio::pin!(shutdown);
     let loaded = {
         let (runtime, cache, config) = (runtime.clone(), cache.clone(), config.clone());
-        tokio::task::spawn_blocking(move || load_plugins(&runtime, &cache, &config)).await
+        let loading = tokio::task::spawn_blocking(move || load_plugins(&runtime, &cache, &config));
+        tokio::select! {
+            loaded = loading => loaded,
+            () = &mut shutdown => {
+                info!("stopped while loading plugins");
+                target.stop().await;
+                return Ok(());
+            }
+        }
     };
     let plugins = match loaded.map_err(anyhow::Error::from).and_then(|r| r.map_err(anyhow::Error::from)) {
         Ok(plugins) => plugins,

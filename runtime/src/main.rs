@@ -14,7 +14,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     sluice::logging::init(cli.log_format);
     let runtime = tokio::runtime::Runtime::new().expect("start tokio runtime");
-    match runtime.block_on(sluice::cli::execute(cli.command)) {
+    let result = runtime.block_on(sluice::cli::execute(cli.command));
+    // Every task that matters has finished; a plugin still compiling (the
+    // host was stopped while starting) is not waited for.
+    runtime.shutdown_background();
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
