@@ -4,7 +4,7 @@
 //! too; in plain text, or all in TLS (clients, replication and the bus).
 //! Killed on drop.
 
-use super::redis_server::{RedisServer, free_port};
+use super::redis_server::{RESPONSE_TIMEOUT, RedisServer, free_port};
 use super::tls::Pki;
 use redis::cluster_async::ClusterConnection;
 use std::net::TcpListener;
@@ -66,6 +66,7 @@ impl Cluster {
         let urls: Vec<String> = self.nodes.iter().map(|n| n.url()).collect();
         redis::cluster::ClusterClientBuilder::new(urls)
             .retries(10)
+            .response_timeout(RESPONSE_TIMEOUT)
             .build()
             .unwrap()
             .get_async_connection()

@@ -9,6 +9,16 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// How long a test's own connection waits for a reply. redis-rs's
+/// default (500 ms) is shorter than a whole-stream `XRANGE` can take on a
+/// loaded CI machine; a test's own deadline is what should fail it.
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The settings of every test connection to a single server.
+fn conn_config() -> redis::AsyncConnectionConfig {
+    redis::AsyncConnectionConfig::new().set_response_timeout(Some(RESPONSE_TIMEOUT))
+}
+
 /// A running server.
 pub struct RedisServer {
     child: Child,
@@ -90,14 +100,17 @@ impl RedisServer {
             .then(|| redis::ClientTlsConfig { client_cert: read("client.pem"), client_key: read("client.key") });
         let certs = redis::TlsCertificates { client_tls, root_cert: Some(read("ca.pem")) };
         let client = redis::Client::build_with_tls(self.url(), certs).unwrap();
-        client.get_multiplexed_async_connection().await.expect("connect to the TLS test redis")
+        client
+            .get_multiplexed_async_connection_with_config(&conn_config())
+            .await
+            .expect("connect to the TLS test redis")
     }
 
     /// A fresh plain connection (not for a TLS server).
     pub async fn conn(&self) -> MultiplexedConnection {
         redis::Client::open(self.url())
             .unwrap()
-            .get_multiplexed_async_connection()
+            .get_multiplexed_async_connection_with_config(&conn_config())
             .await
             .expect("connect to test redis")
     }
