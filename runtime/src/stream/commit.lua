@@ -133,6 +133,15 @@ local function id_before(x, y)
   return x < y
 end
 
+-- Acknowledges `ids` of `origin` in `group`, if any. Lua's unpack takes a
+-- few thousand values; a call carries at most committer.rs's MAX_BATCH (256)
+-- deliveries.
+local function ack(origin, group, ids)
+  if #ids > 0 then
+    redis.call('XACK', origin, group, unpack(ids))
+  end
+end
+
 -- Finishes a run of deliveries of `origin` that are not ordered by key (in
 -- the batch's order: their entry ids `ids`, and in `writes`, by place, the
 -- writes of those that write), each with the result it would have on its
@@ -179,9 +188,7 @@ local function finish_run(origin, ids, writes, group, consumer, results)
         if failed then
           -- Those written before it are acknowledged, as they would be on
           -- their own; this one and the rest stay pending.
-          if #acks > 0 then
-            redis.call('XACK', origin, group, unpack(acks))
-          end
+          ack(origin, group, acks)
           return failed
         end
         -- A repeat of the id later in the run finds it finished.
@@ -193,11 +200,8 @@ local function finish_run(origin, ids, writes, group, consumer, results)
     results[#results + 1] = result
   end
   -- After every write of the run: a delivery is acknowledged only once its
-  -- writes are made. Lua's unpack takes a few thousand values; a call
-  -- carries at most committer.rs's MAX_BATCH (256) deliveries.
-  if #acks > 0 then
-    redis.call('XACK', origin, group, unpack(acks))
-  end
+  -- writes are made.
+  ack(origin, group, acks)
   return nil
 end
 
