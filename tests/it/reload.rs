@@ -302,6 +302,50 @@ async fn a_reload_adds_and_removes_a_fuel_budget_live() {
     host.stop().await;
 }
 
+/// A deleted plugin keeps serving when its handler's `fuel` budget changes
+/// only if the same plugin is loaded for the engine the new budget needs
+/// (here, by another handler); otherwise the reload is rejected with why,
+/// the loaded version keeps serving, and restoring the file applies it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_plugin_changes_its_fuel_budget_only_from_a_loaded_copy() {
+    let redis = RedisServer::start();
+    let b = "[handlers.b]\nplugin = \"b.wasm\"\nstreams = [\"loops\"]\nmax_attempts = 1\ntimeout_ms = 300\n";
+    let with_fuel = format!("{}\n{b}fuel = 5000000\n", handler("a"));
+    let fx = Fixture::with_own_plugins(&redis, "", &with_fuel, &[("b.wasm", "behave.wasm")]);
+    let (host, mut reports) = fx.start_watching().await;
+    let mut conn = redis.conn().await;
+    std::fs::remove_file(fx.dir.path().join("plugins/b.wasm")).unwrap();
+    applied(&mut reports).await;
+
+    // a's copy counts no fuel: b takes it.
+    fx.rewrite_handlers(&format!("{}\n{b}", handler("a")));
+    applied(&mut reports).await;
+    send(&mut conn, "loops", "t", json!({"action": "loop"})).await;
+    let dead = until_entries(&conn, "loops:dlq", 1).await;
+    assert_eq!(field(&dead[0], "sluice.error"), "timeout after 300 ms (gave up after 1 attempts)");
+
+    // No copy counts fuel any more, and there is no file to compile one.
+    fx.rewrite_handlers(&with_fuel);
+    let error = rejected(&mut reports).await;
+    assert!(error.contains("handlers.b.plugin"), "{error}");
+    assert!(
+        error.contains("b.wasm does not exist, and giving the handler a fuel budget needs the plugin compiled again from it: restore the file"),
+        "{error}"
+    );
+    send(&mut conn, "loops", "t", json!({"action": "loop"})).await;
+    let dead = until_entries(&conn, "loops:dlq", 2).await;
+    // (After the first timeout the handler is demoted: the reason says so.)
+    let error = field(&dead[1], "sluice.error");
+    assert!(error.starts_with("timeout after 300 ms"), "still serving the loaded version: {error}");
+
+    fx.install_plugin("b.wasm", "behave.wasm");
+    applied(&mut reports).await;
+    send(&mut conn, "loops", "t", json!({"action": "loop"})).await;
+    let dead = until_entries(&conn, "loops:dlq", 3).await;
+    assert_eq!(field(&dead[2], "sluice.error"), "fuel limit 5000000 exceeded (gave up after 1 attempts)");
+    host.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_cannot_outgrow_the_instance_pool_the_host_started_with() {
     let redis = RedisServer::start();

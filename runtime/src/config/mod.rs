@@ -141,6 +141,13 @@ impl Config {
         validate::plugin_missing(self, handler)
     }
 
+    /// The error for `handler`'s plugin file not existing when a reload
+    /// gives it a `fuel` budget or takes its budget away: the version still
+    /// loaded was compiled for the other case.
+    pub fn plugin_gone_for_budget(&self, handler: &Handler) -> ConfigError {
+        validate::plugin_gone_for_budget(self, handler)
+    }
+
     /// The folder that holds the config file; relative paths start here.
     pub fn base_dir(&self) -> &Path {
         base_dir(&self.path)

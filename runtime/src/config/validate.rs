@@ -100,6 +100,22 @@ pub fn plugin_missing(config: &Config, handler: &Handler) -> ConfigError {
     c.invalid(&["handlers", &handler.name, "plugin"], message)
 }
 
+/// The error for `handler`'s plugin file not existing while its `fuel`
+/// budget changes (see [`Config::plugin_gone_for_budget`]), pointing at its
+/// `plugin` key.
+pub fn plugin_gone_for_budget(config: &Config, handler: &Handler) -> ConfigError {
+    let c = Checker { path: &config.path, source: &config.source };
+    let change = match handler.limits.fuel {
+        Some(_) => "giving the handler a fuel budget",
+        None => "taking the handler's fuel budget away",
+    };
+    let message = format!(
+        "plugin file {} does not exist, and {change} needs the plugin compiled again from it: restore the file, or leave the budget as it was (the loaded version keeps serving meanwhile)",
+        handler.plugin.display()
+    );
+    c.invalid(&["handlers", &handler.name, "plugin"], message)
+}
+
 /// `[redis]`: the URL parses, TLS files go with `rediss://` and exist,
 /// a client certificate comes with its key, a cluster has a seed URL.
 fn redis(c: &Checker, raw: &RawRedis) -> Result<RedisSettings, ConfigError> {

@@ -20,7 +20,9 @@ pub struct NewState {
 /// Builds the state `config_path` describes now. Plugins whose contents did
 /// not change are reused; changed ones are compiled (or loaded from the
 /// cache). A plugin file that was deleted keeps its loaded version, with a
-/// warning. Any error rejects the whole change.
+/// warning, as long as that version suits the handler's `fuel` budget (or
+/// the same plugin is loaded, by another handler, for the budget's engine).
+/// Any error rejects the whole change.
 pub async fn prepare(
     runtime: &Runtime,
     cache: &ComponentCache,
@@ -42,13 +44,12 @@ pub async fn prepare(
                 let fuel = FuelMetering::for_budget(handler.limits.fuel);
                 plugin_for(runtime, cache, &handler.plugin, bytes, fuel, &loaded).await?
             }
-            // The loaded version, as long as it suits the handler's budget.
-            Err(_) => match current.get(&handler.name).filter(|b| {
-                b.plugin.path == handler.plugin && b.plugin.fuel() == FuelMetering::for_budget(handler.limits.fuel)
-            }) {
+            Err(_) => match current.get(&handler.name).filter(|b| b.plugin.path == handler.plugin) {
                 Some(b) => {
-                    warn!(handler = %handler.name, "plugin file {} is gone; still serving the loaded version {}", handler.plugin.display(), b.plugin.version);
-                    b.plugin.clone()
+                    let version = loaded_version(&b.plugin, FuelMetering::for_budget(handler.limits.fuel), &loaded)
+                        .ok_or_else(|| config.plugin_gone_for_budget(handler))?;
+                    warn!(handler = %handler.name, "plugin file {} is gone; still serving the loaded version {}", handler.plugin.display(), version.version);
+                    version
                 }
                 None => return Err(config.plugin_missing(handler).into()),
             },
@@ -69,6 +70,15 @@ fn in_flight_while_switching(config: &Config, current: &BTreeMap<String, Arc<Bin
         *n = (*n).max(h.limits.concurrency);
     }
     most.values().sum()
+}
+
+/// For a handler whose plugin file is gone: its loaded version `serving`,
+/// or the same contents loaded (by another handler) for the engine `fuel`
+/// asks for, if that is not `serving`'s. `None` if neither is loaded: it
+/// cannot be compiled for that engine without the file.
+fn loaded_version(serving: &Arc<Plugin>, fuel: FuelMetering, loaded: &[Arc<Plugin>]) -> Option<Arc<Plugin>> {
+    let mut same = std::iter::once(serving).chain(loaded).filter(|p| p.digest == serving.digest);
+    same.find(|p| p.fuel() == fuel).cloned()
 }
 
 /// The plugin whose file holds `bytes`, for the engine that counts fuel or
