@@ -45,8 +45,11 @@ pub async fn prepare(
                 plugin_for(runtime, cache, &handler.plugin, bytes, fuel, &loaded).await?
             }
             Err(_) => match current.get(&handler.name).filter(|b| b.plugin.path == handler.plugin) {
+                // The loaded version, or (when the handler's budget changes)
+                // the same plugin loaded by another handler for the engine
+                // the budget needs: it cannot be compiled without the file.
                 Some(b) => {
-                    let version = loaded_version(&b.plugin, FuelMetering::for_budget(handler.limits.fuel), &loaded)
+                    let version = loaded_as(&loaded, &b.plugin.digest, FuelMetering::for_budget(handler.limits.fuel))
                         .ok_or_else(|| config.plugin_gone_for_budget(handler))?;
                     warn!(handler = %handler.name, "plugin file {} is gone; still serving the loaded version {}", handler.plugin.display(), version.version);
                     version
@@ -72,13 +75,10 @@ fn in_flight_while_switching(config: &Config, current: &BTreeMap<String, Arc<Bin
     most.values().sum()
 }
 
-/// For a handler whose plugin file is gone: its loaded version `serving`,
-/// or the same contents loaded (by another handler) for the engine `fuel`
-/// asks for, if that is not `serving`'s. `None` if neither is loaded: it
-/// cannot be compiled for that engine without the file.
-fn loaded_version(serving: &Arc<Plugin>, fuel: FuelMetering, loaded: &[Arc<Plugin>]) -> Option<Arc<Plugin>> {
-    let mut same = std::iter::once(serving).chain(loaded).filter(|p| p.digest == serving.digest);
-    same.find(|p| p.fuel() == fuel).cloned()
+/// The plugin with contents `digest` among `loaded`, compiled for the
+/// engine `fuel` asks for, if there is one.
+fn loaded_as(loaded: &[Arc<Plugin>], digest: &str, fuel: FuelMetering) -> Option<Arc<Plugin>> {
+    loaded.iter().find(|p| p.digest == digest && p.fuel() == fuel).cloned()
 }
 
 /// The plugin whose file holds `bytes`, for the engine that counts fuel or
@@ -95,8 +95,8 @@ async fn plugin_for(
     loaded: &[Arc<Plugin>],
 ) -> anyhow::Result<Arc<Plugin>> {
     let digest = crate::wasm::digest(&bytes);
-    if let Some(p) = loaded.iter().find(|p| p.digest == digest && p.fuel() == fuel) {
-        return Ok(p.clone());
+    if let Some(p) = loaded_as(loaded, &digest, fuel) {
+        return Ok(p);
     }
     let (runtime, cache, path) = (runtime.clone(), cache.clone(), path.to_owned());
     let plugin =
