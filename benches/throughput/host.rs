@@ -149,6 +149,22 @@ pub async fn acked(conn: &mut impl ConnectionLike, stream: &str) -> usize {
     g.entries_read.unwrap_or(0).saturating_sub(g.pending)
 }
 
+/// Redis's own accounting since its last `CONFIG RESETSTAT`: per command
+/// (lower case, as `INFO commandstats` names it), its calls and the µs
+/// spent in it (a script's time includes the commands it calls).
+pub async fn command_stats(conn: &mut impl ConnectionLike) -> std::collections::HashMap<String, (f64, f64)> {
+    let info: String = redis::cmd("INFO").arg("commandstats").query_async(conn).await.unwrap();
+    info.lines()
+        .filter_map(|line| {
+            let (name, fields) = line.trim().strip_prefix("cmdstat_")?.split_once(':')?;
+            let field = |key: &str| -> Option<f64> {
+                fields.split(',').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+            };
+            Some((name.to_owned(), (field("calls")?, field("usec")?)))
+        })
+        .collect()
+}
+
 /// `n` copies of the plugins in [`dist`] (cycling through the loadable
 /// Rust ones), each made distinct by a custom section, in a new folder: `n`
 /// plugins that compile and load separately, as `n` different handlers would.

@@ -8,8 +8,10 @@
 //!
 //! - `native`: the ceiling, `XREADGROUP COUNT 256` + one `XACK` per batch;
 //! - `run`: `sluice run` (the real binary) end to end with a trivial Rust
-//!   handler, fresh instance per event, with `RUST_BACKTRACE=1` and unset;
-//!   and the host's peak memory;
+//!   handler, fresh instance per event, with `RUST_BACKTRACE=1` and unset:
+//!   the CPU per event of the host and of Redis, Redis's own accounting of
+//!   its commit scripts and reads (`INFO commandstats`, steadier than
+//!   process CPU on a noisy machine), and the host's peak memory;
 //! - `schema`: the trivial handler with a JSON Schema on its events' type,
 //!   checked before each delivery;
 //! - `chain`: the same with a handler that publishes one event per input;
@@ -120,6 +122,9 @@ fn main() {
             report.rate(format!("sluice run, trivial Rust handler ({bt}{best_of})"), run.rate, native);
             report.add(format!("  CPU per event ({bt}): sluice host"), run.host_cpu_us, "µs");
             report.add(format!("  CPU per event ({bt}): redis-server"), run.redis_cpu_us, "µs");
+            report.add(format!("    of which in the commit script ({bt})"), run.script_us, "µs");
+            report.add(format!("    of which in XREADGROUP ({bt})"), run.read_us, "µs");
+            report.add(format!("  events per commit script call ({bt})"), run.per_script, "events");
         }
         let peak = with_bt.memory.peak.max(without_bt.memory.peak);
         report.add("sluice run, trivial Rust handler: host peak RSS", peak, "MiB");
@@ -355,11 +360,18 @@ struct Run {
     /// (including the XADDs), in µs.
     host_cpu_us: f64,
     redis_cpu_us: f64,
+    /// Redis's own accounting (`INFO commandstats`) of the same stretch:
+    /// µs per event in the commit script and in `XREADGROUP`, and events
+    /// per commit script call.
+    script_us: f64,
+    read_us: f64,
+    per_script: f64,
 }
 
 impl Run {
     /// The best of two runs of the same setup, figure by figure: the most
-    /// events/s, the least CPU per event; for memory, the most (the worst).
+    /// events/s (and events per script call), the least CPU per event; for
+    /// memory, the most (the worst).
     fn best_with(self, other: Run) -> Run {
         Run {
             rate: self.rate.max(other.rate),
@@ -369,6 +381,9 @@ impl Run {
             },
             host_cpu_us: self.host_cpu_us.min(other.host_cpu_us),
             redis_cpu_us: self.redis_cpu_us.min(other.redis_cpu_us),
+            script_us: self.script_us.min(other.script_us),
+            read_us: self.read_us.min(other.read_us),
+            per_script: self.per_script.max(other.per_script),
         }
     }
 }
@@ -404,6 +419,7 @@ async fn end_to_end_with(n: usize, handlers: &str, payload: impl Fn(usize) -> St
     while hostile && conn.xlen::<_, usize>("spin:dlq").await.unwrap() == 0 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query_async(&mut conn).await.unwrap();
     let cpu_before = (host.cpu(), host::cpu_seconds(redis.pid()));
     let started = Instant::now();
     load_with(&mut conn, "bench", payload, n).await;
@@ -414,13 +430,17 @@ async fn end_to_end_with(n: usize, handlers: &str, payload: impl Fn(usize) -> St
     let per_event = |before: f64, after: f64| (after - before) * 1e6 / n as f64;
     let host_cpu_us = per_event(cpu_before.0, host.cpu());
     let redis_cpu_us = per_event(cpu_before.1, host::cpu_seconds(redis.pid()));
+    let stats = host::command_stats(&mut conn).await;
+    let (scripts, script_usec) = stats.get("evalsha").copied().unwrap_or_default();
+    let (script_us, per_script) = (script_usec / n as f64, n as f64 / scripts.max(1.0));
+    let read_us = stats.get("xreadgroup").map_or(0.0, |(_, usec)| usec / n as f64);
     let memory = host.memory();
     host.stop();
     // Every event handled, none dead-lettered (by a schema, say): else the
     // rate would count failures.
     let dead: usize = conn.xlen("bench:dlq").await.unwrap();
     assert_eq!(dead, 0, "{dead} events were dead-lettered; see the host's log");
-    Run { rate, memory, host_cpu_us, redis_cpu_us }
+    Run { rate, memory, host_cpu_us, redis_cpu_us, script_us, read_us, per_script }
 }
 
 /// µs per [`TRIVIAL`] event for `Schemas::check` with [`ORDER_SCHEMA`],
