@@ -343,6 +343,35 @@ async fn a_deleted_plugin_changes_its_fuel_budget_only_from_a_loaded_copy() {
     send(&mut conn, "loops", "t", json!({"action": "loop"})).await;
     let dead = until_entries(&conn, "loops:dlq", 3).await;
     assert_eq!(field(&dead[2], "sluice.error"), "fuel limit 5000000 exceeded (gave up after 1 attempts)");
+
+    // The other way round: b alone, with its budget, and the file gone.
+    fx.rewrite_handlers(&format!("{b}fuel = 5000000\n"));
+    applied(&mut reports).await;
+    std::fs::remove_file(fx.dir.path().join("plugins/b.wasm")).unwrap();
+    applied(&mut reports).await;
+    fx.rewrite_handlers(b);
+    let error = rejected(&mut reports).await;
+    assert!(error.contains("taking the handler's fuel budget away needs the plugin compiled again"), "{error}");
+    host.stop().await;
+}
+
+/// A deleted plugin's handler keeps its own loaded version, not another
+/// handler's copy of the same bytes from another file: so later reloads
+/// still find the handler's plugin loaded from the file its config names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_plugin_keeps_its_own_version_beside_an_identical_file() {
+    let redis = RedisServer::start();
+    let on = |name: &str, file: &str| format!("[handlers.{name}]\nplugin = \"{file}\"\nstreams = [\"in\"]\n");
+    let handlers = format!("{}\n{}", on("a", "x.wasm"), on("b", "y.wasm"));
+    let fx = Fixture::with_own_plugins(&redis, "", &handlers, &[("x.wasm", "behave.wasm"), ("y.wasm", "behave.wasm")]);
+    let (host, mut reports) = fx.start_watching().await;
+    let mut conn = redis.conn().await;
+    std::fs::remove_file(fx.dir.path().join("plugins/y.wasm")).unwrap();
+    applied(&mut reports).await;
+    fx.rewrite_handlers(&format!("{handlers}concurrency = 8\n"));
+    applied(&mut reports).await;
+    send(&mut conn, "in", "t", json!({})).await;
+    until_finished(&conn, "in", "b", 1).await;
     host.stop().await;
 }
 

@@ -46,10 +46,11 @@ pub async fn prepare(
             }
             Err(_) => match current.get(&handler.name).filter(|b| b.plugin.path == handler.plugin) {
                 // The loaded version, or (when the handler's budget changes)
-                // the same plugin loaded by another handler for the engine
-                // the budget needs: it cannot be compiled without the file.
+                // the same file loaded by another handler for the engine the
+                // budget needs: it cannot be compiled without the file.
                 Some(b) => {
-                    let version = loaded_as(&loaded, &b.plugin.digest, FuelMetering::for_budget(handler.limits.fuel))
+                    let fuel = FuelMetering::for_budget(handler.limits.fuel);
+                    let version = loaded_as(&loaded, &b.plugin.digest, fuel, Some(&handler.plugin))
                         .ok_or_else(|| config.plugin_gone_for_budget(handler))?;
                     warn!(handler = %handler.name, "plugin file {} is gone; still serving the loaded version {}", handler.plugin.display(), version.version);
                     version
@@ -76,9 +77,10 @@ fn in_flight_while_switching(config: &Config, current: &BTreeMap<String, Arc<Bin
 }
 
 /// The plugin with contents `digest` among `loaded`, compiled for the
-/// engine `fuel` asks for, if there is one.
-fn loaded_as(loaded: &[Arc<Plugin>], digest: &str, fuel: FuelMetering) -> Option<Arc<Plugin>> {
-    loaded.iter().find(|p| p.digest == digest && p.fuel() == fuel).cloned()
+/// engine `fuel` asks for (and, given `path`, loaded from that file), if
+/// there is one.
+fn loaded_as(loaded: &[Arc<Plugin>], digest: &str, fuel: FuelMetering, path: Option<&Path>) -> Option<Arc<Plugin>> {
+    loaded.iter().find(|p| p.digest == digest && p.fuel() == fuel && path.is_none_or(|path| p.path == path)).cloned()
 }
 
 /// The plugin whose file holds `bytes`, for the engine that counts fuel or
@@ -95,7 +97,7 @@ async fn plugin_for(
     loaded: &[Arc<Plugin>],
 ) -> anyhow::Result<Arc<Plugin>> {
     let digest = crate::wasm::digest(&bytes);
-    if let Some(p) = loaded_as(loaded, &digest, fuel) {
+    if let Some(p) = loaded_as(loaded, &digest, fuel, None) {
         return Ok(p);
     }
     let (runtime, cache, path) = (runtime.clone(), cache.clone(), path.to_owned());
