@@ -21,7 +21,7 @@ pub struct NewState {
 /// not change are reused; changed ones are compiled (or loaded from the
 /// cache). A plugin file that was deleted keeps its loaded version, with a
 /// warning, as long as that version suits the handler's `fuel` budget (or
-/// the same plugin is loaded, by another handler, for the budget's engine).
+/// the same file is loaded, by another handler, for the budget's engine).
 /// Any error rejects the whole change.
 pub async fn prepare(
     runtime: &Runtime,
