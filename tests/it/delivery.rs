@@ -139,3 +139,43 @@ async fn a_custom_dead_letter_stream_is_used() {
     until_entries(&conn, "failures", 1).await;
     host.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_gets_a_permit_while_a_backlog_flows() {
+    // Under load, a commit's script reads the next entries for the permits
+    // its deliveries give back, so they never go back to the pool; a retry
+    // waiting for one must still get one soon, not once the stream runs dry.
+    let redis = RedisServer::start();
+    let fx = Fixture::new(&redis, FAST, &behave("max_attempts = 3\nbackoff_ms = 10\nconcurrency = 4"));
+    let mut conn = redis.conn().await;
+    let first = send(&mut conn, "in", "t", json!({"action": "fail_until", "n": 2})).await;
+    let backlog = 4_000;
+    let mut pipe = redis::pipe();
+    for _ in 0..backlog {
+        pipe.cmd("XADD").arg("in").arg("*").arg("type").arg("t").arg("data").arg(r#"{"action":"ok"}"#).ignore();
+    }
+    let () = pipe.query_async(&mut conn).await.unwrap();
+    let host = fx.start();
+    let finished_first = eventually(SOON, "the first entry finished on its second attempt", || {
+        let mut c = conn.clone();
+        let first = first.clone();
+        async move {
+            let still: Vec<redis::Value> = redis::cmd("XPENDING")
+                .arg("in")
+                .arg("h")
+                .arg(&first)
+                .arg(&first)
+                .arg(1)
+                .query_async(&mut c)
+                .await
+                .ok()?;
+            let done = finished(&mut c, "in", "h").await;
+            (still.is_empty() && done > 0).then_some(done)
+        }
+    })
+    .await;
+    assert!(finished_first < backlog * 3 / 4, "the retry waited for the backlog: {finished_first} finished before it");
+    until_finished(&conn, "in", "h", backlog + 1).await;
+    host.stop().await;
+    assert!(entries(&mut conn, "in:dlq").await.is_empty());
+}

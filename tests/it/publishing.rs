@@ -286,6 +286,74 @@ async fn a_write_that_fails_all_the_same_acknowledges_what_was_written_before_it
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_reads_new_entries_only_for_the_deliveries_it_finished() {
+    // A commit's script may also read new entries for its consumer: no more
+    // than the deliveries it finished (only their permits come back), from
+    // the streams in the order given, past one with nothing new; they come
+    // back as first deliveries, pending with the consumer. A stream whose
+    // group is gone is passed over, and the commit stands.
+    use sluice::stream::{Committed, ReadAfter, commit_and_read};
+    let redis = RedisServer::start();
+    let mut conn = redis.conn().await;
+    for s in ["in", "in2"] {
+        sluice::stream::ensure_group(&mut conn, s, "g").await.unwrap();
+    }
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(send(&mut conn, "in", "t", json!({})).await);
+    }
+    read_pending(&mut conn, "in", "g").await;
+    let mut new = Vec::new();
+    for _ in 0..4 {
+        new.push(send(&mut conn, "in", "t", json!({})).await);
+    }
+    let other = [send(&mut conn, "in2", "t", json!({})).await, send(&mut conn, "in2", "t", json!({})).await];
+    let quiet = |i: usize| commit_in(&ids[i], Default::default());
+    let streams = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let read_ids = |found: &[sluice::stream::Delivery]| {
+        found.iter().map(|d| (d.stream.clone(), d.entry.id.clone(), d.attempt)).collect::<Vec<_>>()
+    };
+
+    // Three done and a repeat: three read, in2's two first.
+    let order = streams(&["in2", "in"]);
+    let commits = [quiet(0), quiet(1), quiet(2), quiet(0)];
+    let (results, found) =
+        commit_and_read(&mut conn, "g", "c", &commits, ReadAfter { streams: &order, count: 10 }).await.unwrap();
+    assert_eq!(results[3], Committed::AlreadyFinished);
+    let expected =
+        [("in2", &other[0]), ("in2", &other[1]), ("in", &new[0])].map(|(s, id)| (s.to_string(), id.clone(), 1));
+    assert_eq!(read_ids(&found), expected);
+    let pending_with_c: Vec<(String, String, u64, u64)> =
+        redis::cmd("XPENDING").arg("in2").arg("g").arg("-").arg("+").arg(10).query_async(&mut conn).await.unwrap();
+    assert_eq!(
+        pending_with_c.iter().map(|p| (p.0.as_str(), p.1.as_str())).collect::<Vec<_>>(),
+        [(other[0].as_str(), "c"), (other[1].as_str(), "c")]
+    );
+
+    // The count given caps it too; an emptied stream is passed over.
+    let (_, found) =
+        commit_and_read(&mut conn, "g", "c", &[quiet(3), quiet(4)], ReadAfter { streams: &order, count: 1 })
+            .await
+            .unwrap();
+    assert_eq!(read_ids(&found), [("in".to_string(), new[1].clone(), 1)]);
+
+    // A stream without the group is passed over; the commit stands.
+    let gone = streams(&["gone", "in"]);
+    let (results, found) = commit_and_read(
+        &mut conn,
+        "g",
+        "c",
+        &[commit_in(&new[0], Default::default())],
+        ReadAfter { streams: &gone, count: 5 },
+    )
+    .await
+    .unwrap();
+    assert_eq!(results, [Committed::Done]);
+    assert_eq!(read_ids(&found), [("in".to_string(), new[2].clone(), 1)]);
+    assert_eq!(pending(&mut conn, "in", "g").await, 2, "new[1] and new[2]; new[3] was not read");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_traceparent_continues_the_trace_in_what_the_handler_publishes() {
     let redis = RedisServer::start();
     let fx = Fixture::new(&redis, "", HANDLER);

@@ -401,3 +401,42 @@ async fn a_reload_cannot_outgrow_the_instance_pool_the_host_started_with() {
     assert!(error.contains("concurrency adds up to 600"), "{error}");
     host.stop().await;
 }
+
+/// A smaller `concurrency` takes effect while a backlog flows: the commits'
+/// reads, which pass finished deliveries' permits straight on, give way to
+/// the reload waiting to take permits back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_smaller_concurrency_takes_effect_while_a_backlog_flows() {
+    let redis = RedisServer::start();
+    let with = |n: usize| format!("[handlers.a]\nplugin = \"behave.wasm\"\nstreams = [\"in\"]\nconcurrency = {n}\n");
+    let fx = Fixture::new(&redis, "", &with(8));
+    let (host, mut reports) = fx.start_watching().await;
+    let mut conn = redis.conn().await;
+    let backlog = 2_000;
+    let mut pipe = redis::pipe();
+    for _ in 0..backlog {
+        let data = r#"{"action":"busy","ms":5}"#;
+        pipe.cmd("XADD").arg("in").arg("*").arg("type").arg("t").arg("data").arg(data).ignore();
+    }
+    let () = pipe.query_async(&mut conn).await.unwrap();
+    let in_flight = |at_most: usize| {
+        let conn = conn.clone();
+        move || {
+            let mut c = conn.clone();
+            async move {
+                let (now, done) = (pending(&mut c, "in", "a").await, finished(&mut c, "in", "a").await);
+                assert!(done < backlog, "the backlog ran dry first");
+                (now <= at_most).then_some(())
+            }
+        }
+    };
+    eventually(SOON, "more than one in flight", || {
+        let mut c = conn.clone();
+        async move { (pending(&mut c, "in", "a").await > 1).then_some(()) }
+    })
+    .await;
+    fx.rewrite_handlers(&with(1));
+    applied(&mut reports).await;
+    eventually(SOON, "one in flight, the backlog still flowing", in_flight(1)).await;
+    host.stop().await;
+}

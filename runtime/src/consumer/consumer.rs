@@ -40,6 +40,14 @@ pub struct Consumer {
     pub(super) permits: Arc<Semaphore>,
     /// The number of permits `permits` is meant to have now.
     pub(super) concurrency: AtomicUsize,
+    /// How many wait for a permit other than the read loop (a claim, a
+    /// retry, a smaller `concurrency`): while any do, the committer's
+    /// batches read nothing and finished deliveries give their permits back
+    /// ([`super::intake::Refiller`]).
+    pub(super) waiting: Arc<AtomicUsize>,
+    /// Turns the order in which the committer's batches read the streams,
+    /// so that none is always read last.
+    pub(super) refill_turn: AtomicUsize,
     /// Whether the handler runs at idle priority after its deliveries ran
     /// out of time.
     pub(super) demotion: Demotion,
@@ -81,6 +89,18 @@ impl Consumer {
         claim_idle: Duration,
         shutdown: CancellationToken,
     ) -> Arc<Consumer> {
+        Arc::new_cyclic(|me| Consumer::with_refill(binding, redis, name, claim_idle, shutdown, me.clone()))
+    }
+
+    /// A consumer whose committer reads for `me` (unless it orders by key).
+    fn with_refill(
+        binding: Binding,
+        redis: Redis,
+        name: String,
+        claim_idle: Duration,
+        shutdown: CancellationToken,
+        me: std::sync::Weak<Consumer>,
+    ) -> Consumer {
         let concurrency = binding.handler.limits.concurrency;
         let io = tokio::runtime::Handle::current();
         let binding = binding.on_host(redis.conn.clone(), io.clone(), claim_idle);
@@ -90,20 +110,27 @@ impl Consumer {
         let cloudevents = h.streams.iter().all(|s| *h.formats.format(s) == crate::format::Format::CloudEvents);
         let ordering =
             (h.order_by.clone()).map(|by| stream::order::Ordering::new(by, &h.group, &name, claim_idle, cloudevents));
-        Arc::new(Consumer {
+        let refill: Option<Box<dyn stream::Refill>> = match ordering {
+            None => Some(Box::new(super::intake::Refiller(me))),
+            Some(_) => None,
+        };
+        let group = binding.handler.group.clone();
+        Consumer {
             ordering,
             serving: Default::default(),
             handler_name: binding.handler.name.clone(),
             metrics: HandlerMetrics::new(&binding.handler.name),
             streams: binding.handler.read_streams(),
             group: binding.handler.group.clone(),
-            committer: Committer::start(redis.conn.clone(), binding.handler.group.clone(), name.clone()),
+            committer: Committer::start(redis.conn.clone(), group, name.clone(), refill),
             binding: ArcSwap::from_pointee(binding),
             redis,
             name,
             claim_idle,
             permits: Arc::new(Semaphore::new(concurrency)),
             concurrency: AtomicUsize::new(concurrency),
+            waiting: Arc::new(AtomicUsize::new(0)),
+            refill_turn: AtomicUsize::new(0),
             demotion: Demotion::default(),
             tasks: TaskTracker::new(),
             io,
@@ -111,7 +138,7 @@ impl Consumer {
             orphans: AtomicBool::new(false),
             format_warned: AtomicBool::new(false),
             shutdown,
-        })
+        }
     }
 
     /// The streams each read loop reads: all together on one server; in a
@@ -149,10 +176,13 @@ impl Consumer {
             self.permits.add_permits(want - had);
         } else if want < had {
             let permits = self.permits.clone();
+            let waiting = self.waiting.clone();
+            waiting.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
                 if let Ok(p) = permits.acquire_many_owned((had - want) as u32).await {
                     p.forget();
                 }
+                waiting.fetch_sub(1, Ordering::SeqCst);
             });
         }
         if binding.plugin.digest != self.binding.load().plugin.digest {
@@ -224,7 +254,24 @@ impl Consumer {
     }
 
     /// One permit to run an event, or `None` if shutdown begins first.
+    /// Counted in `waiting` meanwhile.
     pub(super) async fn permit(&self) -> Option<OwnedSemaphorePermit> {
+        let _waiting = Waiting::on(&self.waiting);
+        self.read_permit().await
+    }
+
+    /// One permit for an entry read and held here already, whatever
+    /// happens meanwhile (shutdown included: it is pending here). Counted in
+    /// `waiting`.
+    pub(super) async fn permit_for_held(&self) -> OwnedSemaphorePermit {
+        let _waiting = Waiting::on(&self.waiting);
+        self.permits.clone().acquire_owned().await.expect("semaphore never closed")
+    }
+
+    /// One permit for the read loop, or `None` if shutdown begins first.
+    /// Not counted in `waiting`: under load, the committer's reads
+    /// ([`super::intake::Refiller`]) take the read loop's place.
+    pub(super) async fn read_permit(&self) -> Option<OwnedSemaphorePermit> {
         tokio::select! {
             p = self.permits.clone().acquire_owned() => Some(p.expect("semaphore never closed")),
             _ = self.shutdown.cancelled() => None,
@@ -242,5 +289,21 @@ impl Consumer {
             stream::ensure_group(&mut conn, s, &self.group).await?;
         }
         Ok(())
+    }
+}
+
+/// One more waiting in a count, for as long as it lives.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn on(count: &'a AtomicUsize) -> Waiting<'a> {
+        count.fetch_add(1, Ordering::SeqCst);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }

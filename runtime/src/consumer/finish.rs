@@ -30,12 +30,12 @@ impl Consumer {
     /// Those of `found` not handled here already, now marked as handled here
     /// (and their keys as served).
     pub(super) fn take_up_all(&self, found: Vec<Delivery>) -> Vec<Delivery> {
-        found.into_iter().filter(|d| self.take_up(d)).collect()
+        found.into_iter().filter(|d| self.take_up_one(d)).collect()
     }
 
     /// Marks `d` as handled here (and its key as served); `false` if it
     /// already was, and must not be delivered again.
-    fn take_up(&self, d: &Delivery) -> bool {
+    pub(super) fn take_up_one(&self, d: &Delivery) -> bool {
         if !self.hold(&d.stream, &d.entry.id) {
             return false;
         }
@@ -194,7 +194,9 @@ impl Consumer {
     /// through, on the committer's task (the delivery's task has ended by
     /// then, and no thread wakes up for it); otherwise in a task on the
     /// host's runtime that goes on as [`Consumer::carry_out`] would have.
-    /// `permit` is given back, and shutdown waits, until it is finished.
+    /// `permit` is given back, and shutdown waits, until it is finished; a
+    /// commit that went through hands `permit` on to an entry its batch read
+    /// ([`super::intake::Refiller`]).
     fn hand_off(
         self: &Arc<Self>,
         d: Delivery,
@@ -210,7 +212,8 @@ impl Consumer {
                     event_line!(in: event, DEBUG, publishes, kv_writes, "handled");
                 }
                 me.release(&d.stream, &d.entry.id);
-                return drop((permit, unfinished));
+                drop(unfinished);
+                return Some(permit);
             }
             let io = me.io.clone();
             io.spawn(logging::within(event, async move {
@@ -221,6 +224,7 @@ impl Consumer {
                 }
                 drop((permit, unfinished));
             }));
+            None
         });
     }
 

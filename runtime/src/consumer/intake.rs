@@ -1,13 +1,15 @@
 //! Taking entries in: this consumer's own leftovers, new entries, and
 //! entries abandoned by dead consumers; each spawned as a delivery when a
-//! permit is free. (Whether it is delivered at all is the delivery
-//! decision's to say, in [`crate::dispatch`].)
+//! permit is free. New entries come from the read loop, and under load
+//! from the committer's batches, which read for the permits their finished
+//! deliveries give back ([`Refiller`]). (Whether an entry is delivered at
+//! all is the delivery decision's to say, in [`crate::dispatch`].)
 
 use super::Consumer;
 use super::consumer::ERROR_PAUSE;
-use crate::stream::{self, Delivery, Error, Reader};
-use std::sync::Arc;
+use crate::stream::{self, Delivery, Error, Reader, Refill, Room};
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, info, warn};
@@ -85,7 +87,7 @@ impl Consumer {
             if self.orphans.swap(false, Ordering::SeqCst) {
                 self.recover_own(RECOVER_MIN_IDLE).await;
             }
-            let Some(permit) = self.permit().await else { break };
+            let Some(permit) = self.read_permit().await else { break };
             let r = match reader.as_mut() {
                 Some(r) => r,
                 None => match self.connect_reader(&streams).await {
@@ -167,7 +169,7 @@ impl Consumer {
             // many as there were permits, so they start soon.
             let permit = match first.take() {
                 Some(p) => p,
-                None => self.permits.clone().acquire_owned().await.expect("semaphore never closed"),
+                None => self.permit_for_held().await,
             };
             self.start_delivery(d, permit);
         }
@@ -237,6 +239,79 @@ impl Consumer {
                     return warn!(stream = %s, group = %self.group, "cannot take over entries abandoned by other consumers: {e}; trying again in {} ms", (self.claim_idle / 2).as_millis());
                 }
             }
+        }
+    }
+}
+
+/// A consumer's [`Refill`]: its committer's batches read new entries for
+/// the permits their finished deliveries give back, and those entries run
+/// here at once, on those permits. Under load, reading so takes the place of
+/// the read loop's own `XREADGROUP` calls; it stops whenever anything else
+/// waits for a permit, so claims, retries and a smaller `concurrency` get
+/// theirs as before, and when the streams run dry the read loop takes over.
+pub(super) struct Refiller(pub(super) Weak<Consumer>);
+
+impl Refill for Refiller {
+    fn room(&self, finishing: usize) -> Option<Room> {
+        let c = self.0.upgrade().filter(|_| finishing > 0)?;
+        // Taken before shutdown is checked: once it is seen not to have
+        // begun, the consumer's tasks cannot have been waited for yet, and
+        // this keeps them from being until what the batch reads is started.
+        let tracked = c.tasks.token();
+        let others_first = c.waiting.load(Ordering::SeqCst) > 0 || c.orphans.load(Ordering::SeqCst);
+        if others_first || c.shutdown.is_cancelled() {
+            return None;
+        }
+        let mut streams = c.streams.clone();
+        let turn = c.refill_turn.fetch_add(1, Ordering::Relaxed) % streams.len();
+        streams.rotate_left(turn);
+        Some(Room { streams, count: finishing.min(READ_BATCH), tracked })
+    }
+
+    fn found(&self, room: Room, found: Vec<Delivery>, permits: Vec<OwnedSemaphorePermit>) {
+        if let Some(c) = self.0.upgrade() {
+            c.refilled(found, permits);
+        }
+        drop(room);
+    }
+
+    fn lost(&self, room: Room) {
+        let Some(c) = self.0.upgrade() else { return };
+        // Once what it may have read is old enough to be taken back: the
+        // recovery spares entries delivered more recently than that.
+        let io = c.io.clone();
+        io.spawn(async move {
+            tokio::time::sleep(RECOVER_MIN_IDLE).await;
+            c.orphans.store(true, Ordering::SeqCst);
+        });
+        drop(room);
+    }
+}
+
+impl Consumer {
+    /// Starts deliveries of `found`, read by a commit's batch, on `permits`
+    /// given back by the deliveries it finished. Any beyond them (when the
+    /// batch also finished commits that hold no permit) start as permits
+    /// come back. As with a read's entries, shutdown does not stop them:
+    /// they are read, and pending here.
+    fn refilled(self: &Arc<Self>, found: Vec<Delivery>, permits: Vec<OwnedSemaphorePermit>) {
+        let mut found = found.into_iter();
+        for permit in permits {
+            let Some(d) = found.by_ref().find(|d| self.take_up_one(d)) else { break };
+            self.start_delivery(d, permit);
+        }
+        let rest = self.take_up_all(found.collect());
+        if !rest.is_empty() {
+            let me = self.clone();
+            self.tasks.spawn_on(
+                async move {
+                    for d in rest {
+                        let permit = me.permit_for_held().await;
+                        me.start_delivery(d, permit);
+                    }
+                },
+                &self.io,
+            );
         }
     }
 }

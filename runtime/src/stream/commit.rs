@@ -311,8 +311,41 @@ pub async fn commit_batch<'a>(
     consumer: &str,
     commits: impl IntoIterator<Item = &'a Commit>,
 ) -> Result<Vec<Committed>, Error> {
+    Ok(commit_and_read(conn, group, consumer, commits, ReadAfter::NOTHING).await?.0)
+}
+
+/// What a batch's script reads once it has finished the batch's deliveries
+/// (see [`commit_and_read`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ReadAfter<'a> {
+    /// The streams to read new entries of, in the order to try them: the
+    /// committing consumer's own, all in one slot.
+    pub streams: &'a [String],
+    /// The most entries to read; no more are read than the batch finished
+    /// deliveries ([`Committed::Done`]).
+    pub count: usize,
+}
+
+impl ReadAfter<'_> {
+    /// Reads nothing.
+    pub const NOTHING: ReadAfter<'static> = ReadAfter { streams: &[], count: 0 };
+}
+
+/// Runs `commits` as [`commit_batch`] does, then, in the same script, reads
+/// new entries for `consumer` as `read` says: the next deliveries of the
+/// permits the batch's finished deliveries give back, without an
+/// `XREADGROUP` call of their own. On an error, entries may have been read
+/// (pending with `consumer`) whose reply was lost, as with a lost read.
+pub async fn commit_and_read<'a>(
+    conn: &mut impl ConnectionLike,
+    group: &str,
+    consumer: &str,
+    commits: impl IntoIterator<Item = &'a Commit>,
+    read: ReadAfter<'_>,
+) -> Result<(Vec<Committed>, Vec<Delivery>), Error> {
     let mut call = COMMIT.prepare_invoke();
-    call.arg(group).arg(consumer);
+    let count_to_read = if read.streams.is_empty() { 0 } else { read.count };
+    call.arg(group).arg(consumer).arg(count_to_read);
     let mut count = 0;
     for c in commits {
         count += 1;
@@ -334,12 +367,21 @@ pub async fn commit_batch<'a>(
             }
         }
     }
+    if count_to_read > 0 {
+        call.key(read.streams);
+    }
     let what = || format!("commit of {count} deliveries through group {group}");
-    let replies: Vec<Value> = call.invoke_async(conn).await.context(what)?;
+    let mut replies: Vec<Value> = call.invoke_async(conn).await.context(what)?;
+    let read_reply = match count_to_read {
+        0 => None,
+        _ => replies.pop(),
+    };
     if replies.len() != count {
         return Err(Error::reply(what(), &Value::Array(replies)));
     }
-    replies.iter().map(|r| result(r).ok_or_else(|| Error::reply(what(), r))).collect()
+    let results = replies.iter().map(|r| result(r).ok_or_else(|| Error::reply(what(), r))).collect::<Result<_, _>>()?;
+    let found = read_reply.map(|r| super::read::deliveries(&r)).unwrap_or_default();
+    Ok((results, found))
 }
 
 /// Runs one commit on its own; see [`commit_batch`].

@@ -3,14 +3,21 @@
 //! Redis Cluster, one script per slot, sent together). While one batch is in
 //! flight the next gathers, so under load each call to Redis finishes many
 //! deliveries, and a lone delivery is sent at once.
+//!
+//! A consumer may give its committer a [`Refill`]: then, on one server, the
+//! script of a batch that finishes deliveries also reads new entries for the
+//! permits those deliveries give back, and under load the reader's own
+//! `XREADGROUP` calls (and the wake-ups around them) mostly fall away.
 
-use super::commit::{Commit, Committed, commit_batch};
+use super::commit::{Commit, Committed, ReadAfter, commit_and_read};
 use super::conn::Conn;
 use super::error::Error;
+use super::read::Delivery;
 use super::slot;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
+use tokio_util::task::task_tracker::TaskTrackerToken;
 
 /// Most commits sent in one script.
 const MAX_BATCH: usize = 256;
@@ -41,35 +48,77 @@ enum Reply {
 /// closes), so the delivery that handed its commit over is always finished.
 struct Then(Option<Finish>);
 
-/// What a [`Then`] calls.
-type Finish = Box<dyn FnOnce(Result<Committed, Error>) + Send + Sync>;
+/// What a [`Then`] calls. It gives back the permit of the delivery it
+/// finished, if it is done with it: the next delivery a [`Refill`] read
+/// runs on it.
+type Finish = Box<dyn FnOnce(Result<Committed, Error>) -> Option<OwnedSemaphorePermit> + Send + Sync>;
 
 impl Drop for Then {
     fn drop(&mut self) {
         if let Some(then) = self.0.take() {
-            then(Err(Error::new("commit", super::ErrorKind::Stopped)));
+            drop(then(Err(Error::new("commit", super::ErrorKind::Stopped))));
         }
     }
 }
 
 impl Reply {
-    fn send(self, result: Result<Committed, Error>) {
+    /// Answers the job; the permit its function gave back, if any.
+    fn send(self, result: Result<Committed, Error>) -> Option<OwnedSemaphorePermit> {
         match self {
-            Reply::Wait(tx) => drop(tx.send(result)),
+            Reply::Wait(tx) => {
+                drop(tx.send(result));
+                None
+            }
             Reply::Then(mut then) => (then.0.take().expect("called once"))(result),
         }
     }
+
+    /// Whether its function may give a permit back.
+    fn gives_back(&self) -> bool {
+        matches!(self, Reply::Then(_))
+    }
+}
+
+/// Where the new entries a batch's script reads go: the consumer that
+/// commits through this committer. Called on the committer's task, which
+/// they must not hold up: no waiting, no I/O.
+pub trait Refill: Send + Sync + 'static {
+    /// What the next batch may read for the `finishing` deliveries in it
+    /// that may give a permit back; `None` when nothing is to be read
+    /// (shutdown, or others wait for permits).
+    fn room(&self, finishing: usize) -> Option<Room>;
+    /// Runs `found`, new entries the batch given `room` read, on `permits`,
+    /// given back by the deliveries it finished; any beyond them wait for
+    /// permits as a read's do, and permits left over go back.
+    fn found(&self, room: Room, found: Vec<Delivery>, permits: Vec<OwnedSemaphorePermit>);
+    /// The batch given `room` failed: entries may be pending with the
+    /// consumer that nothing handles (a lost reply), to be taken back.
+    fn lost(&self, room: Room);
+}
+
+/// What one batch may read for a [`Refill`].
+pub struct Room {
+    /// The streams to read (the consumer's own, on one server), in the
+    /// order to try them this time.
+    pub streams: Vec<String>,
+    /// The most entries to read.
+    pub count: usize,
+    /// Keeps the consumer's shutdown waiting until what the batch read is
+    /// started, so that nothing it read is left behind unseen.
+    pub tracked: TaskTrackerToken,
 }
 
 impl Committer {
-    /// Starts the task that commits, through `group` as `consumer`, on `conn`.
-    pub fn start(conn: Conn, group: String, consumer: String) -> Committer {
+    /// Starts the task that commits, through `group` as `consumer`, on
+    /// `conn`; on one server, its batches also read for `refill`.
+    pub fn start(conn: Conn, group: String, consumer: String, refill: Option<Box<dyn Refill>>) -> Committer {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(conn, Who { group, consumer }, rx));
+        let refill = refill.filter(|_| !matches!(conn, Conn::Cluster(_)));
+        tokio::spawn(run(conn, Who { group, consumer, refill }, rx));
         Committer { tx }
     }
 
-    /// Commits `commit` in the next batch; see [`commit_batch`] for the result.
+    /// Commits `commit` in the next batch; see [`commit_batch`](super::commit::commit_batch) for the result.
     pub async fn commit(&self, commit: Arc<Commit>) -> Result<Committed, Error> {
         let (reply, answer) = oneshot::channel();
         self.tx.send(Job { commit: commit.clone(), reply: Reply::Wait(reply) }).map_err(|_| stopped(&commit))?;
@@ -78,16 +127,17 @@ impl Committer {
 
     /// Commits `commit` in the next batch and calls `then` with the result
     /// (as [`Committer::commit`] gives it) on the committer's task, which it
-    /// must not hold up: no waiting, no I/O. At once, with an error, if the
-    /// committer has stopped.
+    /// must not hold up: no waiting, no I/O. `then` gives back its
+    /// delivery's permit if it is done with it ([`Refill`]). At once, with
+    /// an error, if the committer has stopped.
     pub fn commit_then(
         &self,
         commit: Arc<Commit>,
-        then: impl FnOnce(Result<Committed, Error>) + Send + Sync + 'static,
+        then: impl FnOnce(Result<Committed, Error>) -> Option<OwnedSemaphorePermit> + Send + Sync + 'static,
     ) {
         let job = Job { commit, reply: Reply::Then(Then(Some(Box::new(then)))) };
         if let Err(mpsc::error::SendError(job)) = self.tx.send(job) {
-            job.reply.send(Err(stopped(&job.commit)));
+            drop(job.reply.send(Err(stopped(&job.commit))));
         }
     }
 }
@@ -98,10 +148,12 @@ fn stopped(commit: &Commit) -> Error {
     Error::new(format!("commit of {stream} {id}"), super::ErrorKind::Stopped)
 }
 
-/// Whose commits these are: a group, and this host's consumer in it.
+/// Whose commits these are: a group, and this host's consumer in it (and
+/// where what its batches read goes).
 struct Who {
     group: String,
     consumer: String,
+    refill: Option<Box<dyn Refill>>,
 }
 
 async fn run(conn: Conn, who: Who, mut rx: mpsc::UnboundedReceiver<Job>) {
@@ -114,17 +166,27 @@ async fn run(conn: Conn, who: Who, mut rx: mpsc::UnboundedReceiver<Job>) {
     }
 }
 
-/// Commits every job in one script and answers each.
+/// Commits every job in one script and answers each; on one server, the
+/// script also reads what the consumer's [`Refill`] has room for.
 async fn commit_together(mut conn: Conn, who: &Who, jobs: &mut Vec<Job>) {
-    match commit_batch(&mut conn, &who.group, &who.consumer, jobs.iter().map(|j| &*j.commit)).await {
-        Ok(results) => {
-            for (job, result) in jobs.drain(..).zip(results) {
-                job.reply.send(Ok(result));
+    let finishing = jobs.iter().filter(|j| j.reply.gives_back()).count();
+    let room = who.refill.as_ref().and_then(|refill| refill.room(finishing));
+    let read = room.as_ref().map_or(ReadAfter::NOTHING, |r| ReadAfter { streams: &r.streams, count: r.count });
+    let commits = jobs.iter().map(|j| &*j.commit);
+    match commit_and_read(&mut conn, &who.group, &who.consumer, commits, read).await {
+        Ok((results, found)) => {
+            let permits: Vec<_> =
+                jobs.drain(..).zip(results).filter_map(|(job, result)| job.reply.send(Ok(result))).collect();
+            if let (Some(refill), Some(room), false) = (&who.refill, room, found.is_empty()) {
+                refill.found(room, found, permits);
             }
         }
         Err(e) => {
             for job in jobs.drain(..) {
-                job.reply.send(Err(e.clone()));
+                drop(job.reply.send(Err(e.clone())));
+            }
+            if let (Some(refill), Some(room)) = (&who.refill, room) {
+                refill.lost(room);
             }
         }
     }
@@ -150,14 +212,17 @@ mod tests {
 
     fn counting() -> (Reply, std::sync::mpsc::Receiver<Result<Committed, Error>>) {
         let (tx, rx) = std::sync::mpsc::channel();
-        let reply = Reply::Then(Then(Some(Box::new(move |result| tx.send(result).unwrap()))));
+        let reply = Reply::Then(Then(Some(Box::new(move |result| {
+            tx.send(result).unwrap();
+            None
+        }))));
         (reply, rx)
     }
 
     #[test]
     fn a_function_reply_is_called_once_with_the_result() {
         let (reply, rx) = counting();
-        reply.send(Ok(Committed::Done));
+        assert!(reply.send(Ok(Committed::Done)).is_none());
         assert_eq!(rx.try_iter().map(|r| r.unwrap()).collect::<Vec<_>>(), [Committed::Done]);
     }
 

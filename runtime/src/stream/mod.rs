@@ -20,9 +20,10 @@ pub mod retention;
 pub mod slot;
 
 pub use commit::{
-    Commit, Committed, ERROR_REPLY_TYPE, REPLY_TTL_MS, Relayed, WriteKind, commit_batch, commit_one, outbox,
+    Commit, Committed, ERROR_REPLY_TYPE, REPLY_TTL_MS, ReadAfter, Relayed, WriteKind, commit_and_read, commit_batch,
+    commit_one, outbox,
 };
-pub use committer::Committer;
+pub use committer::{Committer, Refill, Room};
 pub use conn::{Conn, Redis, redact};
 pub use error::{Context, Error, ErrorKind};
 pub use group::ensure_group;

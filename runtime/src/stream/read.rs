@@ -68,14 +68,18 @@ impl Reader {
         }
         let what = || format!("XREADGROUP on streams {} group {}", self.streams.join(", "), self.group);
         let value: redis::Value = cmd.query_async(&mut self.conn).await.context(what)?;
-        let deliveries = reply::read_reply(&value)
-            .into_iter()
-            .flat_map(|(stream, entries)| {
-                entries.into_iter().map(move |entry| Delivery { stream: stream.clone(), entry, attempt: 1, key: None })
-            })
-            .collect();
-        Ok(deliveries)
+        Ok(deliveries(&value))
     }
+}
+
+/// The first deliveries of the entries of an `XREADGROUP ... >` reply.
+pub(super) fn deliveries(value: &redis::Value) -> Vec<Delivery> {
+    reply::read_reply(value)
+        .into_iter()
+        .flat_map(|(stream, entries)| {
+            entries.into_iter().map(move |entry| Delivery { stream: stream.clone(), entry, attempt: 1, key: None })
+        })
+        .collect()
 }
 
 impl Reader {
