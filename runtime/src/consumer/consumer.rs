@@ -121,8 +121,8 @@ impl Consumer {
             handler_name: binding.handler.name.clone(),
             metrics: HandlerMetrics::new(&binding.handler.name),
             streams: binding.handler.read_streams(),
-            group: binding.handler.group.clone(),
-            committer: Committer::start(redis.conn.clone(), group, name.clone(), refill),
+            committer: Committer::start(redis.conn.clone(), group.clone(), name.clone(), refill),
+            group,
             binding: ArcSwap::from_pointee(binding),
             redis,
             name,
@@ -176,13 +176,12 @@ impl Consumer {
             self.permits.add_permits(want - had);
         } else if want < had {
             let permits = self.permits.clone();
-            let waiting = self.waiting.clone();
-            waiting.fetch_add(1, Ordering::SeqCst);
+            let waiting = Waiting::on(&self.waiting);
             tokio::spawn(async move {
                 if let Ok(p) = permits.acquire_many_owned((had - want) as u32).await {
                     p.forget();
                 }
-                waiting.fetch_sub(1, Ordering::SeqCst);
+                drop(waiting);
             });
         }
         if binding.plugin.digest != self.binding.load().plugin.digest {
@@ -293,16 +292,16 @@ impl Consumer {
 }
 
 /// One more waiting in a count, for as long as it lives.
-struct Waiting<'a>(&'a AtomicUsize);
+struct Waiting(Arc<AtomicUsize>);
 
-impl<'a> Waiting<'a> {
-    fn on(count: &'a AtomicUsize) -> Waiting<'a> {
+impl Waiting {
+    fn on(count: &Arc<AtomicUsize>) -> Waiting {
         count.fetch_add(1, Ordering::SeqCst);
-        Waiting(count)
+        Waiting(count.clone())
     }
 }
 
-impl Drop for Waiting<'_> {
+impl Drop for Waiting {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
     }
