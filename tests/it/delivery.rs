@@ -142,7 +142,7 @@ async fn a_custom_dead_letter_stream_is_used() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_gets_a_permit_while_a_backlog_flows() {
-    // Under load, a commit's script reads the next entries for the permits
+    // Under load, a commit's batch reads the next entries for the permits
     // its deliveries give back, so they never go back to the pool; a retry
     // waiting for one must still get one soon, not once the stream runs dry.
     let redis = RedisServer::start();

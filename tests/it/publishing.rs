@@ -286,25 +286,26 @@ async fn a_write_that_fails_all_the_same_acknowledges_what_was_written_before_it
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_batch_reads_new_entries_only_for_the_deliveries_it_finished() {
-    // A commit's script may also read new entries for its consumer: no more
-    // than the deliveries it finished (only their permits come back), from
-    // the streams in the order given, past one with nothing new; they come
-    // back as first deliveries, pending with the consumer. A stream whose
-    // group is gone is passed over, and the commit stands.
-    use sluice::stream::{Committed, ReadAfter, commit_and_read};
+async fn a_batch_reads_new_entries_with_its_script() {
+    // A batch may also read new entries for its consumer, sent with its
+    // script: up to the count given of each stream given; they come back as
+    // first deliveries, pending with the consumer, whatever the script
+    // answers, its failure included. If a stream lacks the group nothing is
+    // read, and the commit stands; a script Redis lost is loaded, and the
+    // read stands.
+    use sluice::stream::{CommitAndRead, Committed, ReadAfter, commit_and_read};
     let redis = RedisServer::start();
     let mut conn = redis.conn().await;
     for s in ["in", "in2"] {
         sluice::stream::ensure_group(&mut conn, s, "g").await.unwrap();
     }
     let mut ids = Vec::new();
-    for _ in 0..5 {
+    for _ in 0..6 {
         ids.push(send(&mut conn, "in", "t", json!({})).await);
     }
     read_pending(&mut conn, "in", "g").await;
     let mut new = Vec::new();
-    for _ in 0..4 {
+    for _ in 0..6 {
         new.push(send(&mut conn, "in", "t", json!({})).await);
     }
     let other = [send(&mut conn, "in2", "t", json!({})).await, send(&mut conn, "in2", "t", json!({})).await];
@@ -313,16 +314,15 @@ async fn a_batch_reads_new_entries_only_for_the_deliveries_it_finished() {
     let read_ids = |found: &[sluice::stream::Delivery]| {
         found.iter().map(|d| (d.stream.clone(), d.entry.id.clone(), d.attempt)).collect::<Vec<_>>()
     };
+    let expect = |s: &str, ids: &[String]| ids.iter().map(|id| (s.to_string(), id.clone(), 1)).collect::<Vec<_>>();
 
-    // Three done and a repeat: three read, in2's two first.
-    let order = streams(&["in2", "in"]);
-    let commits = [quiet(0), quiet(1), quiet(2), quiet(0)];
-    let (results, found) =
-        commit_and_read(&mut conn, "g", "c", &commits, ReadAfter { streams: &order, count: 10 }).await.unwrap();
-    assert_eq!(results[3], Committed::AlreadyFinished);
-    let expected =
-        [("in2", &other[0]), ("in2", &other[1]), ("in", &new[0])].map(|(s, id)| (s.to_string(), id.clone(), 1));
-    assert_eq!(read_ids(&found), expected);
+    // Two done and a repeat: up to two of each stream read.
+    let both = streams(&["in2", "in"]);
+    let commits = [quiet(0), quiet(1), quiet(0)];
+    let CommitAndRead { committed, found } =
+        commit_and_read(&mut conn, "g", "c", &commits, ReadAfter { streams: &both, count: 2 }).await.unwrap();
+    assert_eq!(committed.unwrap(), [Committed::Done, Committed::Done, Committed::AlreadyFinished]);
+    assert_eq!(read_ids(&found), [expect("in2", &other), expect("in", &new[..2])].concat());
     let pending_with_c: Vec<(String, String, u64, u64)> =
         redis::cmd("XPENDING").arg("in2").arg("g").arg("-").arg("+").arg(10).query_async(&mut conn).await.unwrap();
     assert_eq!(
@@ -330,27 +330,38 @@ async fn a_batch_reads_new_entries_only_for_the_deliveries_it_finished() {
         [(other[0].as_str(), "c"), (other[1].as_str(), "c")]
     );
 
-    // The count given caps it too; an emptied stream is passed over.
-    let (_, found) =
-        commit_and_read(&mut conn, "g", "c", &[quiet(3), quiet(4)], ReadAfter { streams: &order, count: 1 })
-            .await
-            .unwrap();
-    assert_eq!(read_ids(&found), [("in".to_string(), new[1].clone(), 1)]);
+    // The count caps it.
+    let one = streams(&["in"]);
+    let read_one = ReadAfter { streams: &one, count: 1 };
+    let batch = commit_and_read(&mut conn, "g", "c", &[quiet(2)], read_one).await.unwrap();
+    assert_eq!(read_ids(&batch.found), expect("in", &new[2..3]));
 
-    // A stream without the group is passed over; the commit stands.
+    // A stream without the group: nothing read; the commit stands.
     let gone = streams(&["gone", "in"]);
-    let (results, found) = commit_and_read(
-        &mut conn,
-        "g",
-        "c",
-        &[commit_in(&new[0], Default::default())],
-        ReadAfter { streams: &gone, count: 5 },
-    )
-    .await
-    .unwrap();
-    assert_eq!(results, [Committed::Done]);
-    assert_eq!(read_ids(&found), [("in".to_string(), new[2].clone(), 1)]);
-    assert_eq!(pending(&mut conn, "in", "g").await, 2, "new[1] and new[2]; new[3] was not read");
+    let batch =
+        commit_and_read(&mut conn, "g", "c", &[quiet(3)], ReadAfter { streams: &gone, count: 5 }).await.unwrap();
+    assert_eq!((batch.committed.unwrap(), batch.found.len()), (vec![Committed::Done], 0));
+
+    // A script that fails (a write Redis refuses as it runs: the last
+    // possible id of `full` is taken): the read stands.
+    let last = "18446744073709551615-18446744073709551615";
+    let _: String = redis::cmd("XADD").arg("full").arg(last).arg("f").arg("v").query_async(&mut conn).await.unwrap();
+    let failing = commit_in(&ids[4], publishes_to("full"));
+    let batch = commit_and_read(&mut conn, "g", "c", &[failing], read_one).await.unwrap();
+    let error = batch.committed.unwrap_err();
+    assert!(error.to_string().contains("exhausted the last possible ID"), "{error}");
+    assert_eq!(read_ids(&batch.found), expect("in", &new[3..4]));
+
+    // Redis lost its scripts: the commit runs once the script is loaded
+    // again, and the read, which ran all the same, is not lost.
+    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut conn).await.unwrap();
+    let batch = commit_and_read(&mut conn, "g", "c", &[quiet(5)], read_one).await.unwrap();
+    assert_eq!(batch.committed.unwrap(), [Committed::Done]);
+    assert_eq!(read_ids(&batch.found), expect("in", &new[4..5]));
+    let still: Vec<(String, String, u64, u64)> =
+        redis::cmd("XPENDING").arg("in").arg("g").arg("-").arg("+").arg(10).query_async(&mut conn).await.unwrap();
+    let still: Vec<String> = still.into_iter().map(|p| p.0).collect();
+    assert_eq!(still, [&ids[4..5], &new[..5]].concat(), "the failed commit's entry and those read");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

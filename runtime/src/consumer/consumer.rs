@@ -27,7 +27,7 @@ pub struct Consumer {
     /// [`Handler::read_streams`]) and group: fixed for a consumer's life (a reload
     /// that changes the streams or group replaces the consumer).
     pub(super) handler_name: String,
-    pub(super) streams: Vec<String>,
+    pub(super) streams: Arc<[String]>,
     pub(super) group: String,
     pub(super) redis: Redis,
     /// Where deliveries' commits are batched and sent.
@@ -45,9 +45,6 @@ pub struct Consumer {
     /// batches read nothing and finished deliveries give their permits back
     /// ([`super::intake::Refiller`]).
     pub(super) waiting: Arc<AtomicUsize>,
-    /// Turns the order in which the committer's batches read the streams,
-    /// so that none is always read last.
-    pub(super) refill_turn: AtomicUsize,
     /// Whether the handler runs at idle priority after its deliveries ran
     /// out of time.
     pub(super) demotion: Demotion,
@@ -120,7 +117,7 @@ impl Consumer {
             serving: Default::default(),
             handler_name: binding.handler.name.clone(),
             metrics: HandlerMetrics::new(&binding.handler.name),
-            streams: binding.handler.read_streams(),
+            streams: binding.handler.read_streams().into(),
             committer: Committer::start(redis.conn.clone(), group.clone(), name.clone(), refill),
             group,
             binding: ArcSwap::from_pointee(binding),
@@ -130,7 +127,6 @@ impl Consumer {
             permits: Arc::new(Semaphore::new(concurrency)),
             concurrency: AtomicUsize::new(concurrency),
             waiting: Arc::new(AtomicUsize::new(0)),
-            refill_turn: AtomicUsize::new(0),
             demotion: Demotion::default(),
             tasks: TaskTracker::new(),
             io,
@@ -145,10 +141,10 @@ impl Consumer {
     /// cluster, those of each slot together.
     fn read_groups(&self) -> Vec<Vec<String>> {
         if !self.redis.is_cluster() {
-            return vec![self.streams.clone()];
+            return vec![self.streams.to_vec()];
         }
         let mut by_slot: std::collections::BTreeMap<u16, Vec<String>> = Default::default();
-        for s in &self.streams {
+        for s in self.streams.iter() {
             by_slot.entry(stream::slot::of(s)).or_default().push(s.clone());
         }
         by_slot.into_values().collect()
@@ -162,7 +158,7 @@ impl Consumer {
     /// Whether `handler` can be served by swapping this consumer's binding
     /// (same streams, group and `order_by`), rather than by a new consumer.
     pub fn can_update_to(&self, handler: &Handler) -> bool {
-        handler.read_streams() == self.streams
+        *handler.read_streams() == *self.streams
             && handler.group == self.group
             && handler.order_by == self.ordering.as_ref().map(|o| o.by.clone())
     }
@@ -284,7 +280,7 @@ impl Consumer {
 
     pub(super) async fn ensure_groups(&self) -> Result<(), stream::Error> {
         let mut conn = self.redis.conn.clone();
-        for s in &self.streams {
+        for s in self.streams.iter() {
             stream::ensure_group(&mut conn, s, &self.group).await?;
         }
         Ok(())

@@ -37,7 +37,7 @@ impl Consumer {
         if let Some(order) = &self.ordering {
             return self.take_pending_in_order(order, true, min_idle).await;
         }
-        for s in &self.streams {
+        for s in self.streams.iter() {
             let mut after = "-".to_owned();
             loop {
                 let Some(room) = self.room().await else { return };
@@ -206,7 +206,7 @@ impl Consumer {
                 self.take_pending_in_order(order, false, self.claim_idle).await;
                 continue;
             }
-            for s in &self.streams {
+            for s in self.streams.iter() {
                 self.claim_stream(s).await;
             }
         }
@@ -262,10 +262,7 @@ impl Refill for Refiller {
         if others_first || c.shutdown.is_cancelled() {
             return None;
         }
-        let mut streams = c.streams.clone();
-        let turn = c.refill_turn.fetch_add(1, Ordering::Relaxed) % streams.len();
-        streams.rotate_left(turn);
-        Some(Room { streams, count: finishing.min(READ_BATCH), tracked })
+        Some(Room { streams: c.streams.clone(), count: finishing.min(READ_BATCH), tracked })
     }
 
     fn found(&self, room: Room, found: Vec<Delivery>, permits: Vec<OwnedSemaphorePermit>) {

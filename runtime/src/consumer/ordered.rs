@@ -81,7 +81,7 @@ impl Consumer {
     /// `min_idle` ago, or anyone's idle that long whose key has no holder
     /// (its host is gone).
     pub(super) async fn take_pending_in_order(self: &Arc<Self>, order: &Ordering, own: bool, min_idle: Duration) {
-        for s in &self.streams {
+        for s in self.streams.iter() {
             let mut start = "-".to_owned();
             loop {
                 let Some(room) = self.room().await else { return };
@@ -131,7 +131,7 @@ impl Consumer {
             if self.shutdown.is_cancelled() {
                 return;
             }
-            for s in &self.streams {
+            for s in self.streams.iter() {
                 let (serving, _) = self.local_state(s);
                 if serving.is_empty() {
                     continue;
@@ -152,7 +152,7 @@ impl Consumer {
     /// On shutdown, gives up the leases of the keys still served here (their
     /// entries stay pending): another host can take them at once.
     pub(super) async fn release_keys(&self, order: &Ordering) {
-        for s in &self.streams {
+        for s in self.streams.iter() {
             let (serving, _) = self.local_state(s);
             if serving.is_empty() {
                 continue;

@@ -15,7 +15,7 @@ pub const COMMANDS: &[(&str, &str)] = &[
     ("client|unblock", "interrupting a blocking read on shutdown"),
     ("xgroup|create", "creating each handler's consumer group"),
     ("xgroup|delconsumer", "forgetting consumers left behind by stopped hosts (forget_consumers_after_ms)"),
-    ("xreadgroup", "reading new entries (also inside the commit script, for the permits a commit frees)"),
+    ("xreadgroup", "reading new entries (also with the commit script, for the permits a commit frees)"),
     (
         "xread",
         "waiting for new entries, for a handler with `order_by` (it reads by script); `sluice request` waiting for its reply",

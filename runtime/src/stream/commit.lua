@@ -11,8 +11,6 @@
 --
 -- ARGV[1]      the consumer group
 -- ARGV[2]      the consumer committing (this host's name in the group)
--- ARGV[3]      how many new entries to read once the batch is finished, at
---              most (0: none; see read_new below)
 -- then, per delivery:
 --   KEYS       the stream its entry was read from, then (ordered by key) its
 --              key's queue and lease, then the key of each write
@@ -21,8 +19,6 @@
 --              then per write: its kind (one of WRITES below;
 --              stream::commit::Write on the Rust side), argument count,
 --              arguments
--- then, after every delivery's keys, the streams to read new entries from
--- (the consumer's own, in the order to try them; none when ARGV[3] is 0).
 --
 -- Returns, per delivery in order:
 --   1            done: written and acknowledged;
@@ -45,8 +41,11 @@
 --                key's queue, and the next entry of that key is now this
 --                consumer's to deliver (order_serve in order.lua). Without a
 --                next entry, the lease is given up and the result is 1 or 0.
--- then, when ARGV[3] is not 0, one more element: the new entries read, as
--- XREADGROUP gives them ({stream, entries} per stream that had any).
+--
+-- The next new entries for the permits a batch frees are read by an
+-- XREADGROUP sent with this script, not inside it
+-- (stream::commit::commit_and_read): a read from a script costs Redis
+-- converting every entry to Lua and back.
 
 -- Each write's arguments are ARGV[i] to ARGV[j]. Each returns Redis's reply,
 -- an error included (redis.pcall), so that the caller can first acknowledge
@@ -211,32 +210,9 @@ local function finish_run(origin, ids, writes, group, consumer, results)
   return nil
 end
 
--- Reads up to `n` new entries for `consumer` of `group` from `streams` (in
--- turn, while `n` allows): the next deliveries of the permits that this
--- batch's finished deliveries give back, in the same call instead of an
--- XREADGROUP of their own (stream::commit::commit_and_read). A stream with
--- nothing new gives false. A stream whose read fails (its group is gone) is
--- passed over: the batch's results must reach the caller, and the
--- consumer's own reader meets the error.
-local function read_new(group, consumer, streams, n)
-  local found = {}
-  for _, s in ipairs(streams) do
-    if n <= 0 then
-      break
-    end
-    local got = redis.pcall('XREADGROUP', 'GROUP', group, consumer, 'COUNT', n, 'STREAMS', s, '>')
-    if got and not got.err then
-      local entries = got[1][2]
-      found[#found + 1] = { s, entries }
-      n = n - #entries
-    end
-  end
-  return found
-end
-
-local group, consumer, to_read = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local group, consumer = ARGV[1], ARGV[2]
 local results = {}
-local k, a = 1, 4
+local k, a = 1, 3
 while a <= #ARGV do
   local origin = KEYS[k]
   -- The run of deliveries of `origin` from here not ordered by key: id, '0',
@@ -295,19 +271,5 @@ while a <= #ARGV do
       results[#results + 1] = result
     end
   end
-end
-if to_read > 0 then
-  -- No more than the deliveries done now: only their permits come back.
-  local done = 0
-  for _, r in ipairs(results) do
-    if r == 1 then
-      done = done + 1
-    end
-  end
-  local streams = {}
-  for i = k, #KEYS do
-    streams[#streams + 1] = KEYS[i]
-  end
-  results[#results + 1] = read_new(group, consumer, streams, math.min(to_read, done))
 end
 return results

@@ -311,18 +311,17 @@ pub async fn commit_batch<'a>(
     consumer: &str,
     commits: impl IntoIterator<Item = &'a Commit>,
 ) -> Result<Vec<Committed>, Error> {
-    Ok(commit_and_read(conn, group, consumer, commits, ReadAfter::NOTHING).await?.0)
+    commit_and_read(conn, group, consumer, commits, ReadAfter::NOTHING).await?.committed
 }
 
-/// What a batch's script reads once it has finished the batch's deliveries
+/// What a batch reads once its script has finished the batch's deliveries
 /// (see [`commit_and_read`]).
 #[derive(Debug, Clone, Copy)]
 pub struct ReadAfter<'a> {
-    /// The streams to read new entries of, in the order to try them: the
-    /// committing consumer's own, all in one slot.
+    /// The streams to read new entries of: the committing consumer's own,
+    /// on one server.
     pub streams: &'a [String],
-    /// The most entries to read; no more are read than the batch finished
-    /// deliveries ([`Committed::Done`]).
+    /// The most entries to read of each stream (`COUNT` is per stream).
     pub count: usize,
 }
 
@@ -331,57 +330,118 @@ impl ReadAfter<'_> {
     pub const NOTHING: ReadAfter<'static> = ReadAfter { streams: &[], count: 0 };
 }
 
-/// Runs `commits` as [`commit_batch`] does, then, in the same script, reads
-/// new entries for `consumer` as `read` says: the next deliveries of the
-/// permits the batch's finished deliveries give back, without an
-/// `XREADGROUP` call of their own. On an error, entries may have been read
-/// (pending with `consumer`) whose reply was lost, as with a lost read.
+/// What one batch's round trip brought back ([`commit_and_read`]).
+#[derive(Debug)]
+pub struct CommitAndRead {
+    /// One result per commit, in order, or the error of the batch's script
+    /// (see [`commit_batch`]).
+    pub committed: Result<Vec<Committed>, Error>,
+    /// The new entries read, now pending with the consumer: they stand
+    /// whatever the script answered.
+    pub found: Vec<Delivery>,
+}
+
+/// Runs `commits` as [`commit_batch`] does, then reads new entries for
+/// `consumer` as `read` says (the next deliveries of the permits the batch's
+/// finished deliveries give back): an `XREADGROUP` sent with the script, in
+/// one round trip, which Redis runs right after it. The read stands whatever
+/// the script's results, its error included. If a stream lacks the group,
+/// nothing is read (the consumer's reader meets that error). An error here
+/// means the reply was lost: entries may have been read (pending with
+/// `consumer`) that nothing knows of, as with a lost read.
 pub async fn commit_and_read<'a>(
     conn: &mut impl ConnectionLike,
     group: &str,
     consumer: &str,
     commits: impl IntoIterator<Item = &'a Commit>,
     read: ReadAfter<'_>,
-) -> Result<(Vec<Committed>, Vec<Delivery>), Error> {
-    let mut call = COMMIT.prepare_invoke();
-    let count_to_read = if read.streams.is_empty() { 0 } else { read.count };
-    call.arg(group).arg(consumer).arg(count_to_read);
-    let mut count = 0;
-    for c in commits {
-        count += 1;
-        call.key(&c.stream).arg(&c.id);
-        match &c.order {
-            Some((key, ttl_ms)) => {
-                let (queue, lease) = order::queue_and_lease(&order::prefix(group, &c.stream), key);
-                call.key(queue).key(lease).arg("1").arg(key).arg(ttl_ms);
+) -> Result<CommitAndRead, Error> {
+    let commits: Vec<&Commit> = commits.into_iter().collect();
+    let what = || format!("commit of {} deliveries through group {group}", commits.len());
+    let script = script_call(group, consumer, &commits);
+    if read.streams.is_empty() || read.count == 0 {
+        let committed = match script.query_async(conn).await {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                load_and_run(conn, &script).await
             }
-            None => {
-                call.arg("0");
-            }
+            replies => replies,
+        };
+        let committed = committed.context(what).and_then(|replies| results(replies, commits.len(), what))?;
+        return Ok(CommitAndRead { committed: Ok(committed), found: Vec::new() });
+    }
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors().add_command(script);
+    pipe.cmd("XREADGROUP").arg("GROUP").arg(group).arg(consumer).arg("COUNT").arg(read.count);
+    pipe.arg("STREAMS").arg(read.streams);
+    for _ in read.streams {
+        pipe.arg(">");
+    }
+    let (replies, found): (Value, Value) = pipe.query_async(conn).await.context(what)?;
+    let found = match found {
+        Value::ServerError(_) => Vec::new(),
+        found => super::read::deliveries(&found),
+    };
+    let committed = match replies {
+        Value::Array(replies) => results(replies, commits.len(), what),
+        Value::ServerError(e) if e.kind() == Some(redis::ServerErrorKind::NoScript) => {
+            // Redis lost its scripts (a restart); the read above ran all the
+            // same, and its entries go on.
+            let script = pipe.cmd_iter().next().expect("the script's call");
+            load_and_run(conn, script).await.context(what).and_then(|replies| results(replies, commits.len(), what))
         }
+        Value::ServerError(e) => Err(Error::new(what(), redis::RedisError::from(e))),
+        other => Err(Error::reply(what(), &other)),
+    };
+    Ok(CommitAndRead { committed, found })
+}
+
+/// The `EVALSHA` of the commit script for `commits` (see `commit.lua` for
+/// its keys and arguments).
+fn script_call(group: &str, consumer: &str, commits: &[&Commit]) -> redis::Cmd {
+    let mut call = redis::cmd("EVALSHA");
+    let keys: usize = commits.iter().map(|c| 1 + if c.order.is_some() { 2 } else { 0 } + c.writes.len()).sum();
+    call.arg(COMMIT.get_hash()).arg(keys);
+    for c in commits {
+        call.arg(&c.stream);
+        if let Some((key, _)) = &c.order {
+            let (queue, lease) = order::queue_and_lease(&order::prefix(group, &c.stream), key);
+            call.arg(queue).arg(lease);
+        }
+        for w in &c.writes {
+            call.arg(&w.key);
+        }
+    }
+    call.arg(group).arg(consumer);
+    for c in commits {
+        call.arg(&c.id);
+        match &c.order {
+            Some((key, ttl_ms)) => call.arg("1").arg(key).arg(ttl_ms),
+            None => call.arg("0"),
+        };
         call.arg(c.writes.len());
         for w in &c.writes {
-            call.key(&w.key).arg(w.kind.wire()).arg(w.args.len());
+            call.arg(w.kind.wire()).arg(w.args.len());
             for a in &w.args {
                 call.arg(a.as_slice());
             }
         }
     }
-    if count_to_read > 0 {
-        call.key(read.streams);
-    }
-    let what = || format!("commit of {count} deliveries through group {group}");
-    let mut replies: Vec<Value> = call.invoke_async(conn).await.context(what)?;
-    let read_reply = match count_to_read {
-        0 => None,
-        _ => replies.pop(),
-    };
+    call
+}
+
+/// Loads the commit script, which Redis has lost (a restart), and runs its
+/// `call`.
+async fn load_and_run(conn: &mut impl ConnectionLike, call: &redis::Cmd) -> redis::RedisResult<Vec<Value>> {
+    COMMIT.load_async(conn).await?;
+    call.query_async(conn).await
+}
+
+/// The script's `replies` as one result for each of `count` commits.
+fn results(replies: Vec<Value>, count: usize, what: impl Fn() -> String) -> Result<Vec<Committed>, Error> {
     if replies.len() != count {
         return Err(Error::reply(what(), &Value::Array(replies)));
     }
-    let results = replies.iter().map(|r| result(r).ok_or_else(|| Error::reply(what(), r))).collect::<Result<_, _>>()?;
-    let found = read_reply.map(|r| super::read::deliveries(&r)).unwrap_or_default();
-    Ok((results, found))
+    replies.iter().map(|r| result(r).ok_or_else(|| Error::reply(what(), r))).collect()
 }
 
 /// Runs one commit on its own; see [`commit_batch`].

@@ -4,12 +4,13 @@
 //! flight the next gathers, so under load each call to Redis finishes many
 //! deliveries, and a lone delivery is sent at once.
 //!
-//! A consumer may give its committer a [`Refill`]: then, on one server, the
-//! script of a batch that finishes deliveries also reads new entries for the
-//! permits those deliveries give back, and under load the reader's own
-//! `XREADGROUP` calls (and the wake-ups around them) mostly fall away.
+//! A consumer may give its committer a [`Refill`]: then, on one server, a
+//! batch that finishes deliveries also reads new entries for the permits
+//! those deliveries give back, in the same round trip as its script, and
+//! under load the reader's own `XREADGROUP` calls (and the wake-ups around
+//! them) mostly fall away.
 
-use super::commit::{Commit, Committed, ReadAfter, commit_and_read};
+use super::commit::{Commit, CommitAndRead, Committed, ReadAfter, commit_and_read};
 use super::conn::Conn;
 use super::error::Error;
 use super::read::Delivery;
@@ -79,7 +80,7 @@ impl Reply {
     }
 }
 
-/// Where the new entries a batch's script reads go: the consumer that
+/// Where the new entries a batch reads go: the consumer that
 /// commits through this committer. Called on the committer's task, which
 /// they must not hold up: no waiting, no I/O.
 pub trait Refill: Send + Sync + 'static {
@@ -91,17 +92,18 @@ pub trait Refill: Send + Sync + 'static {
     /// given back by the deliveries it finished; any beyond them wait for
     /// permits as a read's do, and permits left over go back.
     fn found(&self, room: Room, found: Vec<Delivery>, permits: Vec<OwnedSemaphorePermit>);
-    /// The batch given `room` failed: entries may be pending with the
-    /// consumer that nothing handles (a lost reply), to be taken back.
+    /// The reply of the batch given `room` was lost: entries may be
+    /// pending with the consumer that nothing handles, to be taken back.
     fn lost(&self, room: Room);
 }
 
 /// What one batch may read for a [`Refill`].
 pub struct Room {
-    /// The streams to read (the consumer's own, on one server), in the
-    /// order to try them this time.
-    pub streams: Vec<String>,
-    /// The most entries to read.
+    /// The streams to read: the consumer's own, on one server.
+    pub streams: Arc<[String]>,
+    /// The most entries to read of each (`COUNT` is per stream, as the
+    /// reader's is: with several streams, more entries than permits may
+    /// come, and the rest wait for permits).
     pub count: usize,
     /// Keeps the consumer's shutdown waiting until what the batch read is
     /// started, so that nothing it read is left behind unseen.
@@ -167,16 +169,21 @@ async fn run(conn: Conn, who: Who, mut rx: mpsc::UnboundedReceiver<Job>) {
 }
 
 /// Commits every job in one script and answers each; on one server, the
-/// script also reads what the consumer's [`Refill`] has room for.
+/// batch also reads what the consumer's [`Refill`] has room for.
 async fn commit_together(mut conn: Conn, who: &Who, jobs: &mut Vec<Job>) {
     let finishing = jobs.iter().filter(|j| j.reply.gives_back()).count();
     let room = who.refill.as_ref().and_then(|refill| refill.room(finishing));
     let read = room.as_ref().map_or(ReadAfter::NOTHING, |r| ReadAfter { streams: &r.streams, count: r.count });
     let commits = jobs.iter().map(|j| &*j.commit);
     match commit_and_read(&mut conn, &who.group, &who.consumer, commits, read).await {
-        Ok((results, found)) => {
-            let permits: Vec<_> =
-                jobs.drain(..).zip(results).filter_map(|(job, result)| job.reply.send(Ok(result))).collect();
+        Ok(CommitAndRead { committed, found }) => {
+            let permits: Vec<_> = match committed {
+                Ok(results) => {
+                    jobs.drain(..).zip(results).filter_map(|(job, result)| job.reply.send(Ok(result))).collect()
+                }
+                // What the read found stands all the same.
+                Err(e) => jobs.drain(..).filter_map(|job| job.reply.send(Err(e.clone()))).collect(),
+            };
             if let (Some(refill), Some(room), false) = (&who.refill, room, found.is_empty()) {
                 refill.found(room, found, permits);
             }

@@ -20,8 +20,8 @@ pub mod retention;
 pub mod slot;
 
 pub use commit::{
-    Commit, Committed, ERROR_REPLY_TYPE, REPLY_TTL_MS, ReadAfter, Relayed, WriteKind, commit_and_read, commit_batch,
-    commit_one, outbox,
+    Commit, CommitAndRead, Committed, ERROR_REPLY_TYPE, REPLY_TTL_MS, ReadAfter, Relayed, WriteKind, commit_and_read,
+    commit_batch, commit_one, outbox,
 };
 pub use committer::{Committer, Refill, Room};
 pub use conn::{Conn, Redis, redact};
