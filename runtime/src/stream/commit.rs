@@ -358,36 +358,33 @@ pub async fn commit_and_read<'a>(
 ) -> Result<CommitAndRead, Error> {
     let commits: Vec<&Commit> = commits.into_iter().collect();
     let what = || format!("commit of {} deliveries through group {group}", commits.len());
-    let script = script_call(group, consumer, &commits);
-    if read.streams.is_empty() || read.count == 0 {
-        let committed = match script.query_async(conn).await {
-            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                load_and_run(conn, &script).await
-            }
-            replies => replies,
-        };
-        let committed = committed.context(what).and_then(|replies| results(replies, commits.len(), what))?;
-        return Ok(CommitAndRead { committed: Ok(committed), found: Vec::new() });
-    }
     let mut pipe = redis::pipe();
-    pipe.ignore_errors().add_command(script);
-    pipe.cmd("XREADGROUP").arg("GROUP").arg(group).arg(consumer).arg("COUNT").arg(read.count);
-    pipe.arg("STREAMS").arg(read.streams);
-    for _ in read.streams {
-        pipe.arg(">");
+    pipe.ignore_errors().add_command(script_call(group, consumer, &commits));
+    if !read.streams.is_empty() && read.count > 0 {
+        pipe.cmd("XREADGROUP").arg("GROUP").arg(group).arg(consumer).arg("COUNT").arg(read.count);
+        pipe.arg("STREAMS").arg(read.streams);
+        for _ in read.streams {
+            pipe.arg(">");
+        }
     }
-    let (replies, found): (Value, Value) = pipe.query_async(conn).await.context(what)?;
-    let found = match found {
-        Value::ServerError(_) => Vec::new(),
-        found => super::read::deliveries(&found),
+    let replies: Vec<Value> = pipe.query_async(conn).await.context(what)?;
+    let mut replies = replies.into_iter();
+    let script = replies.next().unwrap_or(Value::Nil);
+    let found = match replies.next() {
+        None | Some(Value::ServerError(_)) => Vec::new(),
+        Some(found) => super::read::deliveries(&found),
     };
-    let committed = match replies {
+    let committed = match script {
         Value::Array(replies) => results(replies, commits.len(), what),
         Value::ServerError(e) if e.kind() == Some(redis::ServerErrorKind::NoScript) => {
-            // Redis lost its scripts (a restart); the read above ran all the
-            // same, and its entries go on.
-            let script = pipe.cmd_iter().next().expect("the script's call");
-            load_and_run(conn, script).await.context(what).and_then(|replies| results(replies, commits.len(), what))
+            // Redis lost its scripts (a restart): loaded, and run again. The
+            // read ran all the same, and its entries go on.
+            let call = pipe.cmd_iter().next().expect("the script's call");
+            let replies = async {
+                COMMIT.load_async(conn).await?;
+                call.query_async(conn).await
+            };
+            replies.await.context(what).and_then(|replies| results(replies, commits.len(), what))
         }
         Value::ServerError(e) => Err(Error::new(what(), redis::RedisError::from(e))),
         other => Err(Error::reply(what(), &other)),
@@ -427,13 +424,6 @@ fn script_call(group: &str, consumer: &str, commits: &[&Commit]) -> redis::Cmd {
         }
     }
     call
-}
-
-/// Loads the commit script, which Redis has lost (a restart), and runs its
-/// `call`.
-async fn load_and_run(conn: &mut impl ConnectionLike, call: &redis::Cmd) -> redis::RedisResult<Vec<Value>> {
-    COMMIT.load_async(conn).await?;
-    call.query_async(conn).await
 }
 
 /// The script's `replies` as one result for each of `count` commits.
