@@ -14,7 +14,7 @@
 //! | `alloc`      | `mb`? (default 1024)                | allocates and keeps `mb` MiB in 1 MiB chunks, then `Ok`       |
 //! | `publish`    | `publish`: `[{stream, type, data}]`, `then`? | publishes each (`data` as JSON); a refused publish rejects with `publish refused: <reason>`; then `then` = `reject` rejects, `trap` panics, else `Ok` |
 //! | `fail_until` | `n`, `delay_ms`?                    | `Err(retry)` (`attempt <a> of <n>`) while `attempt < n`, then `Ok` |
-//! | `busy`       | `ms`, `publish`?                    | computes for `ms` milliseconds (no sleeping), publishes `publish` items like `publish`, then `Ok` |
+//! | `busy`       | `ms`, `publish`?, `log`?            | computes for `ms` milliseconds (no sleeping), publishes `publish` items like `publish`, logs `log` at info, then `Ok` |
 //! | `kv_incr`    | `key`?, `ttl_ms`?, `out`?, `then`?  | adds 1 to the number under `key` (kv), checks it reads its own write, publishes `count` `{n}` to `out`, then ends as `then` says |
 //! | `kv_delete`  | `key`?                              | deletes `key` and checks it reads its own delete              |
 //! | `config`     | `key`                               | publishes `config` `{key: value}` to `out`; rejects if unset  |
@@ -76,6 +76,9 @@ impl Guest for Behave {
             "busy" => {
                 busy_for(data["ms"].as_u64().unwrap_or(100));
                 publish_each(&data)?;
+                if let Some(message) = data["log"].as_str() {
+                    log(Level::Info, message);
+                }
                 Ok(())
             }
             "kv_incr" => {

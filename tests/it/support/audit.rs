@@ -1,9 +1,10 @@
 //! The fault audit (issue 15, in the spirit of Jepsen): a numbered load
 //! runs through several `sluice run` hosts (the real binary) while one fault
 //! is injected, and afterwards every number is accounted for: handled (its
-//! publish is in `out`), dead-lettered (it is in the dead-letter stream),
-//! lost (in neither) or duplicated (written more than once), with how long
-//! the output took to grow again after the fault.
+//! publish is in `out`; for the events that write nothing, whose commit is
+//! a plain `XACK`, a host logged it), dead-lettered (it is in the
+//! dead-letter stream), lost (neither) or duplicated (written more than
+//! once), with how long the output took to grow again after the fault.
 //!
 //! `benches/faults.rs` runs every fault at full size and prints the table;
 //! `tests/it/faults.rs` runs short versions and asserts on the account.
@@ -34,6 +35,15 @@ const OUTPUT: &str = "out";
 const GROUP: &str = "h";
 /// One event in this many is rejected, so the dead-letter path runs too.
 const REJECT_EVERY: usize = 100;
+/// One event in this many writes nothing: its handler logs its number
+/// ([`QUIET_LOG`]) instead of publishing it, so its commit is a plain
+/// `XACK`, not the script. None of them is rejected:
+const QUIET_EVERY: usize = 4;
+const _: () = assert!(REJECT_EVERY.is_multiple_of(QUIET_EVERY) && (REJECT_EVERY - 1) % QUIET_EVERY != 1);
+/// What the handler logs for an event that writes nothing, before its
+/// number: the line is written before the delivery is committed, so an
+/// entry acknowledged without it was acknowledged without its handler.
+const QUIET_LOG: &str = "audit: handled quietly ";
 /// What a host logs when the commit script wrote nothing because the entry
 /// was no longer its own: pending with another consumer, or no longer
 /// pending at all. (The host logs the second alike whether another consumer
@@ -211,11 +221,12 @@ pub struct Account {
     pub fault: String,
     /// Numbers published: those Redis acknowledged to the producer.
     pub events: usize,
-    /// Distinct numbers in `out`.
+    /// Distinct numbers in `out`, and of the events that write nothing,
+    /// those a host logged.
     pub handled: usize,
     /// Distinct numbers in the dead-letter stream.
     pub dead_lettered: usize,
-    /// Published numbers in neither.
+    /// Published numbers neither handled nor dead-lettered.
     pub lost: usize,
     /// Of [`Account::lost`], those whose input entry is gone from the input
     /// stream too: Redis acknowledged the publish and then lost it. The
@@ -224,9 +235,9 @@ pub struct Account {
     /// Numbers written more than once to `out` and the dead-letter stream
     /// together: a publish (or dead letter) written twice.
     pub duplicated: usize,
-    /// Numbers that ended up where they were not meant to: a publishing
-    /// event dead-lettered (attempts exhausted during the fault, say), or a
-    /// rejected one published.
+    /// Numbers that ended up where they were not meant to: an event not
+    /// rejected dead-lettered (attempts exhausted during the fault, say), a
+    /// rejected one handled, or one that writes nothing published.
     pub misplaced: usize,
     /// Entries in flight when the fault struck: pending with the killed or
     /// stopped host just after (summed over the kills), or pending in the
@@ -357,7 +368,7 @@ pub async fn run(plan: &Plan) -> Account {
     let late_commits =
         logs.iter().flat_map(|l| l.lines()).filter(|l| LATE_COMMIT_WARNINGS.iter().any(|w| l.contains(w))).count();
     let published: Vec<bool> = load.lock().unwrap().ids.iter().map(Option::is_some).collect();
-    let account = count(&probe, &redis, &published, &mut notes).await;
+    let account = count(&probe, &redis, &published, &logs, &mut notes).await;
     notes.push(format!("seed {}", plan.seed));
     Account {
         fault: plan.fault.label(),
@@ -507,7 +518,8 @@ impl Host {
         let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
             .args(["run", "--no-watch", "--config"])
             .arg(&self.config)
-            .env("RUST_LOG", "warn")
+            // Info for the handler's own lines: the quiet events' numbers.
+            .env("RUST_LOG", "warn,sluice::plugin=info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -596,12 +608,17 @@ async fn until_ready(hosts: &[Host]) {
     }
 }
 
-/// The data of event `n`: reject it (one in [`REJECT_EVERY`]), or
-/// publish `{"n": n}` to `out`, after computing for `busy`. Each carries
-/// `n` itself, so its dead letter names it too.
+/// The data of event `n`: reject it (one in [`REJECT_EVERY`]), or after
+/// computing for `busy`, log it (one in [`QUIET_EVERY`]: it writes nothing)
+/// or publish `{"n": n}` to `out`. Each carries `n` itself, so its dead
+/// letter names it too.
 fn event(n: usize, busy: Option<Duration>) -> String {
     if n % REJECT_EVERY == REJECT_EVERY - 1 {
         return json!({"action": "reject", "reason": "audit: rejected on purpose", "n": n}).to_string();
+    }
+    if quiet(n) {
+        let ms = busy.map_or(0, |ms| ms.as_millis() as u64);
+        return json!({"action": "busy", "ms": ms, "log": format!("{QUIET_LOG}{n}"), "n": n}).to_string();
     }
     let publish = json!([{"stream": OUTPUT, "type": "n", "data": {"n": n}}]);
     match busy {
@@ -984,11 +1001,34 @@ async fn numbers(probe: &Probe, key: &str, notes: &mut Vec<String>) -> BTreeMap<
     seen
 }
 
-/// Counts: which published numbers reached `out` or the dead-letter
-/// stream, how often, and which are gone from the input too.
-async fn count(probe: &Probe, redis: &Deployment, published: &[bool], notes: &mut Vec<String>) -> Account {
+/// Whether event `n` writes nothing (see [`QUIET_EVERY`]).
+fn quiet(n: usize) -> bool {
+    n % QUIET_EVERY == 1
+}
+
+/// The numbers of the events that write nothing that the hosts' `logs`
+/// say were handled.
+fn handled_quietly(logs: &[String]) -> std::collections::BTreeSet<usize> {
+    let numbers = logs.iter().flat_map(|l| l.lines()).filter_map(|line| {
+        let after = &line[line.find(QUIET_LOG)? + QUIET_LOG.len()..];
+        after[..after.find(|c: char| !c.is_ascii_digit()).unwrap_or(after.len())].parse().ok()
+    });
+    numbers.collect()
+}
+
+/// Counts: which published numbers were handled (reached `out`, or were
+/// logged if they write nothing) or reached the dead-letter stream, how
+/// often, and which are gone from the input too.
+async fn count(
+    probe: &Probe,
+    redis: &Deployment,
+    published: &[bool],
+    logs: &[String],
+    notes: &mut Vec<String>,
+) -> Account {
     let input = numbers(probe, INPUT, notes).await;
     let out = numbers(probe, OUTPUT, notes).await;
+    let logged = handled_quietly(logs);
     let dead = numbers(probe, redis.dead_letters(), notes).await;
     let twice_in = input.values().filter(|c| **c > 1).count();
     if twice_in > 0 {
@@ -999,10 +1039,18 @@ async fn count(probe: &Probe, redis: &Deployment, published: &[bool], notes: &mu
         notes.push(format!("{never} events never acknowledged to the producer (not counted)"));
     }
     let times = |m: &BTreeMap<usize, usize>, n: usize| m.get(&n).copied().unwrap_or(0);
-    let mut a = Account { handled: out.len(), dead_lettered: dead.len(), ..Account::default() };
+    let handled = out.len() + logged.len();
+    let mut a = Account { handled, dead_lettered: dead.len(), ..Account::default() };
     for (n, _) in published.iter().enumerate().filter(|(_, p)| **p) {
         a.events += 1;
-        let (o, d) = (times(&out, n), times(&dead, n));
+        // An event that writes nothing may be logged more than once (run
+        // again after a fault, as at-least-once allows); nothing is written
+        // twice.
+        let o = match quiet(n) {
+            true => usize::from(logged.contains(&n)) + times(&out, n),
+            false => times(&out, n),
+        };
+        let d = times(&dead, n);
         if o + d == 0 {
             a.lost += 1;
             if times(&input, n) == 0 {
@@ -1013,11 +1061,12 @@ async fn count(probe: &Probe, redis: &Deployment, published: &[bool], notes: &mu
             a.duplicated += 1;
         }
         let rejected = n % REJECT_EVERY == REJECT_EVERY - 1;
-        if (rejected && o > 0) || (!rejected && d > 0) {
+        if (rejected && o > 0) || (!rejected && d > 0) || (quiet(n) && times(&out, n) > 0) {
             a.misplaced += 1;
         }
     }
-    let strays = out.keys().chain(dead.keys()).filter(|n| !published.get(**n).copied().unwrap_or(false)).count();
+    let strays =
+        out.keys().chain(dead.keys()).chain(&logged).filter(|n| !published.get(**n).copied().unwrap_or(false)).count();
     if strays > 0 {
         notes.push(format!("{strays} outputs for numbers the producer never saw acknowledged"));
     }
