@@ -17,6 +17,13 @@ fn publishes_to(stream: &str) -> sluice::wasm::Effects {
     sluice::wasm::Effects { publishes: vec![publish], ..Default::default() }
 }
 
+/// What a handler that set one key-value `key` leaves to commit: a write,
+/// but no publish.
+fn sets(key: &str) -> sluice::wasm::Effects {
+    let set = sluice::wasm::KvWrite::Set { key: key.into(), value: b"v".to_vec(), ttl_ms: None };
+    sluice::wasm::Effects { kv: vec![set], ..Default::default() }
+}
+
 /// The commit of handler `h` for entry `id` of `in`, with `effects`.
 fn commit_in(id: &str, effects: sluice::wasm::Effects) -> sluice::stream::Commit {
     sluice::stream::Commit::ack("in", &typed_entry(id), "h", "sluice:kv:h:", effects, &Default::default())
@@ -136,12 +143,14 @@ async fn a_batched_commit_is_all_or_nothing_per_delivery() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deliveries_of_one_stream_share_a_check_and_an_ack_with_each_result_its_own() {
-    // A run of deliveries of one stream, writing or not, is finished with
-    // one XPENDING and one XACK, and a stream's type is checked once, yet
-    // each gets the result it would get on its own: done, already finished
+    // A run of the script's deliveries of one stream is finished with one
+    // XPENDING and one XACK, and a stream's type is checked once, yet each
+    // gets the result it would get on its own: done, already finished
     // (acknowledged before, or a repeat in the same batch), taken over by
     // another consumer, or refused; entries in flight between them stay
-    // pending, and only the deliveries that are done write.
+    // pending, and only the deliveries that are done write. (Deliveries
+    // that write nothing are plain XACKs: see
+    // a_delivery_that_writes_nothing_is_a_plain_xack.)
     use sluice::stream::{Commit, Committed, commit_batch};
     use sluice::wasm::{Effects, KvWrite};
     let redis = RedisServer::start();
@@ -155,7 +164,7 @@ async fn deliveries_of_one_stream_share_a_check_and_an_ack_with_each_result_its_
     let _: redis::Value =
         redis::cmd("XCLAIM").arg("in").arg("g").arg("other").arg(0).arg(&ids[1]).query_async(&mut conn).await.unwrap();
     let _: usize = redis::cmd("XACK").arg("in").arg("g").arg(&ids[2]).query_async(&mut conn).await.unwrap();
-    let quiet = |i: usize| commit_in(&ids[i], Default::default());
+    let set = |i: usize| commit_in(&ids[i], sets("set"));
     let writes = |i: usize| commit_in(&ids[i], publishes_to("out"));
     let count = |stats: &str, command: &str| -> u64 {
         let prefix = format!("cmdstat_{command}:calls=");
@@ -174,7 +183,7 @@ async fn deliveries_of_one_stream_share_a_check_and_an_ack_with_each_result_its_
     };
 
     // Out of order, with a repeat: ids 3 to 9 are only in flight.
-    let commits = [writes(11), quiet(0), writes(1), quiet(2), quiet(10), writes(0)];
+    let commits = [writes(11), writes(0), writes(1), set(2), set(10), writes(0)];
     let results = commit_batch(&mut conn, "g", "c", &commits).await.unwrap();
     let expected = [
         Committed::Done,
@@ -185,25 +194,26 @@ async fn deliveries_of_one_stream_share_a_check_and_an_ack_with_each_result_its_
         Committed::AlreadyFinished,
     ];
     assert_eq!(results, expected);
-    assert_eq!(causes(&mut conn).await, [11], "only the delivery that is done wrote");
+    assert_eq!(causes(&mut conn).await, [11, 0], "only the deliveries that are done wrote, once");
 
-    // Ten in a run, half of them writing, all this consumer's and nothing
-    // else in their range: one XPENDING, one XACK and one TYPE in all.
+    // Ten in a run, half of them publishing, all this consumer's and
+    // nothing else in their range: one XPENDING, one XACK and one TYPE in
+    // all.
     reset(&mut conn).await;
     let commits: Vec<Commit> = [16, 13, 12, 19, 14, 17, 15, 18, 20, 21]
         .into_iter()
-        .map(|i| if i % 2 == 0 { writes(i) } else { quiet(i) })
+        .map(|i| if i % 2 == 0 { writes(i) } else { set(i) })
         .collect();
     let results = commit_batch(&mut conn, "g", "c", &commits).await.unwrap();
     assert_eq!(results, vec![Committed::Done; 10]);
     let after = stats(&mut conn).await;
     let calls = ["xpending", "xack", "type"].map(|c| count(&after, c));
     assert_eq!(calls, [1, 1, 1], "{after}");
-    assert_eq!(causes(&mut conn).await, [11, 16, 12, 14, 18, 20]);
+    assert_eq!(causes(&mut conn).await, [11, 0, 16, 12, 14, 18, 20]);
 
     // More of this consumer's entries in the range than the run lists at
     // once: the one beyond is asked about alone, and still finished.
-    let results = commit_batch(&mut conn, "g", "c", &[quiet(22), quiet(29)]).await.unwrap();
+    let results = commit_batch(&mut conn, "g", "c", &[set(22), set(29)]).await.unwrap();
     assert_eq!(results, [Committed::Done, Committed::Done]);
 
     // A run ends at a delivery of another stream: three runs, so three
@@ -211,17 +221,16 @@ async fn deliveries_of_one_stream_share_a_check_and_an_ack_with_each_result_its_
     sluice::stream::ensure_group(&mut conn, "in2", "g").await.unwrap();
     let elsewhere = send(&mut conn, "in2", "t", json!({})).await;
     read_pending(&mut conn, "in2", "g").await;
-    let in2 =
-        Commit::ack("in2", &typed_entry(&elsewhere), "h", "sluice:kv:h:", Default::default(), &Default::default());
+    let in2 = Commit::ack("in2", &typed_entry(&elsewhere), "h", "sluice:kv:h:", sets("in2"), &Default::default());
     reset(&mut conn).await;
-    let results = commit_batch(&mut conn, "g", "c", &[quiet(23), in2, quiet(24), writes(25)]).await.unwrap();
+    let results = commit_batch(&mut conn, "g", "c", &[set(23), in2, set(24), writes(25)]).await.unwrap();
     assert_eq!(results, vec![Committed::Done; 4]);
     let after = stats(&mut conn).await;
     assert_eq!((count(&after, "xpending"), count(&after, "xack")), (3, 3), "{after}");
     let left: Vec<(String, String, u64, u64)> =
         redis::cmd("XPENDING").arg("in2").arg("g").arg("-").arg("+").arg(10).query_async(&mut conn).await.unwrap();
     assert!(left.is_empty(), "the other stream's entry was acknowledged on its own stream: {left:?}");
-    assert_eq!(causes(&mut conn).await, [11, 16, 12, 14, 18, 20, 25], "the delivery that writes wrote once");
+    assert_eq!(causes(&mut conn).await, [11, 0, 16, 12, 14, 18, 20, 25], "the delivery that publishes did once");
 
     // A key's type checked once a call is checked again after a write that
     // is not an XADD: a stream made a string by a key-value write earlier in
@@ -271,10 +280,10 @@ async fn a_write_that_fails_all_the_same_acknowledges_what_was_written_before_it
     read_pending(&mut conn, "in", "g").await;
     let commits = [
         commit_in(&ids[0], publishes_to("out")),
-        commit_in(&ids[1], Default::default()),
+        commit_in(&ids[1], sets("k")),
         commit_in(&ids[2], publishes_to("full")),
         commit_in(&ids[3], publishes_to("out")),
-        commit_in(&ids[4], Default::default()),
+        commit_in(&ids[4], sets("k")),
     ];
     let error = commit_batch(&mut conn, "g", "c", &commits).await.unwrap_err();
     assert!(error.to_string().contains("exhausted the last possible ID"), "{error}");
@@ -283,6 +292,71 @@ async fn a_write_that_fails_all_the_same_acknowledges_what_was_written_before_it
     let still: Vec<(String, String, u64, u64)> =
         redis::cmd("XPENDING").arg("in").arg("g").arg("-").arg("+").arg(10).query_async(&mut conn).await.unwrap();
     assert_eq!(still.into_iter().map(|p| p.0).collect::<Vec<_>>(), ids[2..], "only those before it were acknowledged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_that_writes_nothing_is_a_plain_xack() {
+    // A commit that only acknowledges its entry is a plain XACK sent with
+    // the batch, not part of its script: done if it acknowledged the entry
+    // (even one another consumer took over: its handler succeeded, and
+    // nothing is written), already finished if the entry was no longer
+    // pending. Each has its own result, in the batch's order, whatever the
+    // script or another XACK answers.
+    use sluice::stream::{Committed, ReadAfter, commit_and_read, commit_batch};
+    let redis = RedisServer::start();
+    let mut conn = redis.conn().await;
+    sluice::stream::ensure_group(&mut conn, "in", "g").await.unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..8 {
+        ids.push(send(&mut conn, "in", "t", json!({})).await);
+    }
+    read_pending(&mut conn, "in", "g").await;
+    let _: redis::Value =
+        redis::cmd("XCLAIM").arg("in").arg("g").arg("other").arg(0).arg(&ids[1]).query_async(&mut conn).await.unwrap();
+    let _: usize = redis::cmd("XACK").arg("in").arg("g").arg(&ids[2]).query_async(&mut conn).await.unwrap();
+    let quiet = |i: usize| commit_in(&ids[i], Default::default());
+    let calls = async |conn: &mut redis::aio::MultiplexedConnection, command: &str| -> u64 {
+        let stats: String = redis::cmd("INFO").arg("commandstats").query_async(conn).await.unwrap();
+        let prefix = format!("cmdstat_{command}:calls=");
+        let line = stats.lines().find(|l| l.starts_with(&prefix));
+        line.map_or(0, |l| l[prefix.len()..].split(',').next().unwrap().parse().unwrap())
+    };
+
+    // Only XACKs: no script runs.
+    let () = redis::cmd("CONFIG").arg("RESETSTAT").query_async(&mut conn).await.unwrap();
+    let results = commit_batch(&mut conn, "g", "c", &[quiet(0), quiet(1), quiet(2), quiet(0)]).await.unwrap();
+    let expected = [Committed::Done, Committed::Done, Committed::AlreadyFinished, Committed::AlreadyFinished];
+    assert_eq!(results, expected);
+    assert_eq!((calls(&mut conn, "evalsha").await, calls(&mut conn, "xack").await), (0, 4));
+
+    // With a script that fails (a write Redis refuses as it runs), and an
+    // XACK Redis refuses (its stream is a string): each has its own result.
+    let last = "18446744073709551615-18446744073709551615";
+    let _: String = redis::cmd("XADD").arg("full").arg(last).arg("f").arg("v").query_async(&mut conn).await.unwrap();
+    let () = redis::cmd("SET").arg("a-string").arg("x").query_async(&mut conn).await.unwrap();
+    let not_a_stream = sluice::stream::Commit::ack(
+        "a-string",
+        &typed_entry(&ids[6]),
+        "h",
+        "p:",
+        Default::default(),
+        &Default::default(),
+    );
+    let commits = [quiet(3), commit_in(&ids[4], publishes_to("full")), not_a_stream, quiet(5)];
+    let batch = commit_and_read(&mut conn, "g", "c", &commits, ReadAfter::NOTHING).await.unwrap();
+    let mut results = batch.committed.into_iter();
+    assert_eq!(results.next().unwrap().unwrap(), Committed::Done);
+    let failed = results.next().unwrap().unwrap_err();
+    assert!(failed.to_string().contains("exhausted the last possible ID"), "{failed}");
+    let refused = results.next().unwrap().unwrap_err();
+    assert!(refused.to_string().contains("WRONGTYPE") && refused.to_string().contains("a-string"), "{refused}");
+    assert_eq!(results.next().unwrap().unwrap(), Committed::Done);
+
+    let still: Vec<(String, String, u64, u64)> =
+        redis::cmd("XPENDING").arg("in").arg("g").arg("-").arg("+").arg(10).query_async(&mut conn).await.unwrap();
+    let still: Vec<usize> = still.iter().map(|p| ids.iter().position(|id| *id == p.0).unwrap()).collect();
+    assert_eq!(still, [4, 6, 7], "the taken-over entry was acknowledged too; the failed ones stay pending");
+    assert!(entries(&mut conn, "full").await.len() == 1, "the failed script wrote nothing");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -321,7 +395,8 @@ async fn a_batch_reads_new_entries_with_its_script() {
     let commits = [quiet(0), quiet(1), quiet(0)];
     let CommitAndRead { committed, found } =
         commit_and_read(&mut conn, "g", "c", &commits, ReadAfter { streams: &both, count: 2 }).await.unwrap();
-    assert_eq!(committed.unwrap(), [Committed::Done, Committed::Done, Committed::AlreadyFinished]);
+    let committed: Vec<Committed> = committed.into_iter().collect::<Result<_, _>>().unwrap();
+    assert_eq!(committed, [Committed::Done, Committed::Done, Committed::AlreadyFinished]);
     assert_eq!(read_ids(&found), [expect("in2", &other), expect("in", &new[..2])].concat());
     let pending_with_c: Vec<(String, String, u64, u64)> =
         redis::cmd("XPENDING").arg("in2").arg("g").arg("-").arg("+").arg(10).query_async(&mut conn).await.unwrap();
@@ -340,7 +415,10 @@ async fn a_batch_reads_new_entries_with_its_script() {
     let gone = streams(&["gone", "in"]);
     let batch =
         commit_and_read(&mut conn, "g", "c", &[quiet(3)], ReadAfter { streams: &gone, count: 5 }).await.unwrap();
-    assert_eq!((batch.committed.unwrap(), batch.found.len()), (vec![Committed::Done], 0));
+    assert_eq!(
+        (batch.committed.into_iter().collect::<Result<Vec<_>, _>>().unwrap(), batch.found.len()),
+        (vec![Committed::Done], 0)
+    );
 
     // A script that fails (a write Redis refuses as it runs: the last
     // possible id of `full` is taken): the read stands.
@@ -348,15 +426,15 @@ async fn a_batch_reads_new_entries_with_its_script() {
     let _: String = redis::cmd("XADD").arg("full").arg(last).arg("f").arg("v").query_async(&mut conn).await.unwrap();
     let failing = commit_in(&ids[4], publishes_to("full"));
     let batch = commit_and_read(&mut conn, "g", "c", &[failing], read_one).await.unwrap();
-    let error = batch.committed.unwrap_err();
+    let error = batch.committed.into_iter().next().unwrap().unwrap_err();
     assert!(error.to_string().contains("exhausted the last possible ID"), "{error}");
     assert_eq!(read_ids(&batch.found), expect("in", &new[3..4]));
 
     // Redis lost its scripts: the commit runs once the script is loaded
     // again, and the read, which ran all the same, is not lost.
     let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut conn).await.unwrap();
-    let batch = commit_and_read(&mut conn, "g", "c", &[quiet(5)], read_one).await.unwrap();
-    assert_eq!(batch.committed.unwrap(), [Committed::Done]);
+    let batch = commit_and_read(&mut conn, "g", "c", &[commit_in(&ids[5], sets("k"))], read_one).await.unwrap();
+    assert_eq!(batch.committed.into_iter().collect::<Result<Vec<_>, _>>().unwrap(), [Committed::Done]);
     assert_eq!(read_ids(&batch.found), expect("in", &new[4..5]));
     let still: Vec<(String, String, u64, u64)> =
         redis::cmd("XPENDING").arg("in").arg("g").arg("-").arg("+").arg(10).query_async(&mut conn).await.unwrap();

@@ -7,7 +7,10 @@
 -- per batch instead of one per delivery: Redis's cost per call, not per
 -- write, dominates. For the same reason a run of deliveries of one stream
 -- that are not ordered by key shares one XPENDING and one XACK (finish_run),
--- and a stream's type is checked once per call, not per write.
+-- and a stream's type is checked once per call, not per write. A delivery
+-- that writes nothing and is not ordered by key does not come here: it is a
+-- plain XACK sent beside this script (stream::commit::Commit::writes_nothing),
+-- though the script would finish it too.
 --
 -- ARGV[1]      the consumer group
 -- ARGV[2]      the consumer committing (this host's name in the group)
@@ -216,8 +219,7 @@ local k, a = 1, 3
 while a <= #ARGV do
   local origin = KEYS[k]
   -- The run of deliveries of `origin` from here not ordered by key: id, '0',
-  -- then their writes (in `writes`, by the delivery's place in the run; none
-  -- for most, so the many that write nothing cost no more than that).
+  -- then their writes (in `writes`, by the delivery's place in the run).
   local ids, writes = {}, {}
   while a <= #ARGV and KEYS[k] == origin and ARGV[a + 1] == '0' do
     ids[#ids + 1] = ARGV[a]

@@ -5,6 +5,12 @@
 //! here ([`WriteKind`]), the script refuses any kind it does not know, and
 //! each delivery's result is one of three values ([`Committed`]).
 //!
+//! A delivery that writes nothing (no publish, no key-value write, not
+//! ordered by key: most of them) is finished by a plain `XACK` sent with the
+//! script instead of through it ([`Commit::writes_nothing`]): the script's
+//! checks guard writes, and Redis's cost of running a script is most of such
+//! a delivery's. Its `XACK` acknowledges the entry whoever holds it.
+//!
 //! In a Redis Cluster one script can only touch keys of one slot. A write
 //! whose key is in another slot than the entry's stream goes, in the same
 //! script, to the stream's outbox ([`Commit::routed_for_cluster`]), and
@@ -191,6 +197,18 @@ impl Commit {
         (&self.stream, &self.id)
     }
 
+    /// Whether it only acknowledges its entry: no writes, and no key to move
+    /// on. Such a commit is a plain `XACK` ([`commit_and_read`]), not part
+    /// of the script: with nothing to write there is nothing for the
+    /// script's checks to guard. It acknowledges the entry even if another
+    /// consumer took it over meanwhile (this host presumed dead): its
+    /// handler succeeded, and the other consumer's late commit finds the
+    /// entry finished and writes nothing, so nothing is lost or written
+    /// twice.
+    pub fn writes_nothing(&self) -> bool {
+        self.order.is_none() && self.writes.is_empty()
+    }
+
     /// This commit for a Redis Cluster: every write whose key is not in
     /// the slot of the entry's stream becomes an entry of that stream's
     /// outbox, written in the same script as the ack, so the commit stays
@@ -299,19 +317,21 @@ fn delete_if_inbox(stream: &str, id: &str) -> Option<Write> {
     })
 }
 
-/// Runs `commits` (entries read through `group` by `consumer`) in one
-/// script. One result per commit, in order. An error (a write Redis failed
-/// although the script's checks passed, or the connection) may come after
-/// some commits of the batch were made: those are written and acknowledged
-/// together, so trying the batch again finds them already finished, and
-/// the others are untouched or, at worst, partly written and still pending.
+/// Finishes `commits` (entries read through `group` by `consumer`) in one
+/// round trip: those that write through one script, those that write
+/// nothing by a plain `XACK` each ([`Commit::writes_nothing`]). One result
+/// per commit, in order. An error (a write Redis failed although the
+/// script's checks passed, or the connection) may come after some commits
+/// of the batch were made: those are written and acknowledged together, so
+/// trying the batch again finds them already finished, and the others are
+/// untouched or, at worst, partly written and still pending.
 pub async fn commit_batch<'a>(
     conn: &mut impl ConnectionLike,
     group: &str,
     consumer: &str,
     commits: impl IntoIterator<Item = &'a Commit>,
 ) -> Result<Vec<Committed>, Error> {
-    commit_and_read(conn, group, consumer, commits, ReadAfter::NOTHING).await?.committed
+    commit_and_read(conn, group, consumer, commits, ReadAfter::NOTHING).await?.committed.into_iter().collect()
 }
 
 /// What a batch reads once its script has finished the batch's deliveries
@@ -333,9 +353,10 @@ impl ReadAfter<'_> {
 /// What one batch's round trip brought back ([`commit_and_read`]).
 #[derive(Debug)]
 pub struct CommitAndRead {
-    /// One result per commit, in order, or the error of the batch's script
-    /// (see [`commit_batch`]).
-    pub committed: Result<Vec<Committed>, Error>,
+    /// One result per commit, in order: those of the script's commits, or
+    /// its error for each of them (see [`commit_batch`]); each plain
+    /// `XACK`'s own.
+    pub committed: Vec<Result<Committed, Error>>,
     /// The new entries read, now pending with the consumer: they stand
     /// whatever the script answered.
     pub found: Vec<Delivery>,
@@ -343,12 +364,13 @@ pub struct CommitAndRead {
 
 /// Runs `commits` as [`commit_batch`] does, then reads new entries for
 /// `consumer` as `read` says (the next deliveries of the permits the batch's
-/// finished deliveries give back): an `XREADGROUP` sent with the script, in
-/// one round trip, which Redis runs right after it. The read stands whatever
-/// the script's results, its error included. If a stream lacks the group,
-/// nothing is read (the consumer's reader meets that error). An error here
-/// means the reply was lost: entries may have been read (pending with
-/// `consumer`) that nothing knows of, as with a lost read.
+/// finished deliveries give back): an `XREADGROUP` sent with the script and
+/// the `XACK`s, in one round trip, which Redis runs right after them. The
+/// read stands whatever the commits' results, the script's error included.
+/// If a stream lacks the group, nothing is read (the consumer's reader
+/// meets that error). An error here means the reply was lost: entries may
+/// have been read (pending with `consumer`) that nothing knows of, as with
+/// a lost read.
 pub async fn commit_and_read<'a>(
     conn: &mut impl ConnectionLike,
     group: &str,
@@ -357,9 +379,16 @@ pub async fn commit_and_read<'a>(
     read: ReadAfter<'_>,
 ) -> Result<CommitAndRead, Error> {
     let commits: Vec<&Commit> = commits.into_iter().collect();
-    let what = || format!("commit of {} deliveries through group {group}", commits.len());
+    let (acks, scripted): (Vec<&Commit>, Vec<&Commit>) = commits.iter().partition(|c| c.writes_nothing());
+    let what = || format!("commit of {} deliveries through group {group}", scripted.len());
     let mut pipe = redis::pipe();
-    pipe.ignore_errors().add_command(script_call(group, consumer, &commits));
+    pipe.ignore_errors();
+    if !scripted.is_empty() {
+        pipe.add_command(script_call(group, consumer, &scripted));
+    }
+    for c in &acks {
+        pipe.cmd("XACK").arg(&c.stream).arg(group).arg(&c.id);
+    }
     if !read.streams.is_empty() && read.count > 0 {
         pipe.cmd("XREADGROUP").arg("GROUP").arg(group).arg(consumer).arg("COUNT").arg(read.count);
         pipe.arg("STREAMS").arg(read.streams);
@@ -367,29 +396,56 @@ pub async fn commit_and_read<'a>(
             pipe.arg(">");
         }
     }
-    let replies: Vec<Value> = pipe.query_async(conn).await.context(what)?;
+    let all = || format!("commit of {} deliveries through group {group}", commits.len());
+    let replies: Vec<Value> = pipe.query_async(conn).await.context(all)?;
     let mut replies = replies.into_iter();
-    let script = replies.next().unwrap_or(Value::Nil);
+    let script = match scripted.is_empty() {
+        true => Ok(Vec::new()),
+        false => match replies.next().unwrap_or(Value::Nil) {
+            Value::Array(replies) => results(replies, scripted.len(), what),
+            Value::ServerError(e) if e.kind() == Some(redis::ServerErrorKind::NoScript) => {
+                // Redis lost its scripts (a restart): loaded, and run again.
+                // The rest ran all the same, and what the read found goes on.
+                let call = pipe.cmd_iter().next().expect("the script's call");
+                let replies = async {
+                    COMMIT.load_async(conn).await?;
+                    call.query_async(conn).await
+                };
+                replies.await.context(what).and_then(|replies| results(replies, scripted.len(), what))
+            }
+            Value::ServerError(e) => Err(Error::new(what(), redis::RedisError::from(e))),
+            other => Err(Error::reply(what(), &other)),
+        },
+    };
+    let acked: Vec<_> = acks.iter().map(|c| acked(c, group, replies.next().unwrap_or(Value::Nil))).collect();
     let found = match replies.next() {
         None | Some(Value::ServerError(_)) => Vec::new(),
         Some(found) => super::read::deliveries(&found),
     };
-    let committed = match script {
-        Value::Array(replies) => results(replies, commits.len(), what),
-        Value::ServerError(e) if e.kind() == Some(redis::ServerErrorKind::NoScript) => {
-            // Redis lost its scripts (a restart): loaded, and run again. The
-            // read ran all the same, and its entries go on.
-            let call = pipe.cmd_iter().next().expect("the script's call");
-            let replies = async {
-                COMMIT.load_async(conn).await?;
-                call.query_async(conn).await
-            };
-            replies.await.context(what).and_then(|replies| results(replies, commits.len(), what))
-        }
+    // Back in the batch's order.
+    let (mut script, mut acked) = (script.map(Vec::into_iter), acked.into_iter());
+    let committed = commits
+        .iter()
+        .map(|c| match (c.writes_nothing(), &mut script) {
+            (true, _) => acked.next().expect("one result per XACK"),
+            (false, Ok(results)) => Ok(results.next().expect("one result per commit of the script")),
+            (false, Err(e)) => Err(e.clone()),
+        })
+        .collect();
+    Ok(CommitAndRead { committed, found })
+}
+
+/// What the plain `XACK` of `commit` answered, `reply`, means: done if it
+/// acknowledged the entry, already finished if the entry was no longer
+/// pending.
+fn acked(commit: &Commit, group: &str, reply: Value) -> Result<Committed, Error> {
+    let what = || format!("XACK of {} {} through group {group}", commit.stream, commit.id);
+    match reply {
+        Value::Int(1) => Ok(Committed::Done),
+        Value::Int(0) => Ok(Committed::AlreadyFinished),
         Value::ServerError(e) => Err(Error::new(what(), redis::RedisError::from(e))),
         other => Err(Error::reply(what(), &other)),
-    };
-    Ok(CommitAndRead { committed, found })
+    }
 }
 
 /// The `EVALSHA` of the commit script for `commits` (see `commit.lua` for

@@ -1,6 +1,7 @@
 //! Batching commits: deliveries hand their [`Commit`] to a consumer's
-//! `Committer`, whose task sends whatever has gathered as one script (in a
-//! Redis Cluster, one script per slot, sent together). While one batch is in
+//! `Committer`, whose task sends whatever has gathered in one round trip
+//! (one script, and an `XACK` for each commit that writes nothing; in a
+//! Redis Cluster, one such batch per slot, sent together). While one batch is in
 //! flight the next gathers, so under load each call to Redis finishes many
 //! deliveries, and a lone delivery is sent at once.
 //!
@@ -20,7 +21,7 @@ use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
-/// Most commits sent in one script.
+/// Most commits sent in one batch.
 const MAX_BATCH: usize = 256;
 
 /// The handle deliveries commit through. Its task ends when the last
@@ -168,7 +169,7 @@ async fn run(conn: Conn, who: Who, mut rx: mpsc::UnboundedReceiver<Job>) {
     }
 }
 
-/// Commits every job in one script and answers each; on one server, the
+/// Commits every job in one round trip and answers each; on one server, the
 /// batch also reads what the consumer's [`Refill`] has room for.
 async fn commit_together(mut conn: Conn, who: &Who, jobs: &mut Vec<Job>) {
     let finishing = jobs.iter().filter(|j| j.reply.gives_back()).count();
@@ -177,13 +178,9 @@ async fn commit_together(mut conn: Conn, who: &Who, jobs: &mut Vec<Job>) {
     let commits = jobs.iter().map(|j| &*j.commit);
     match commit_and_read(&mut conn, &who.group, &who.consumer, commits, read).await {
         Ok(CommitAndRead { committed, found }) => {
-            let permits: Vec<_> = match committed {
-                Ok(results) => {
-                    jobs.drain(..).zip(results).filter_map(|(job, result)| job.reply.send(Ok(result))).collect()
-                }
-                // What the read found stands all the same.
-                Err(e) => jobs.drain(..).filter_map(|job| job.reply.send(Err(e.clone()))).collect(),
-            };
+            // What the read found stands whatever the commits' results.
+            let permits: Vec<_> =
+                jobs.drain(..).zip(committed).filter_map(|(job, result)| job.reply.send(result)).collect();
             if let (Some(refill), Some(room), false) = (&who.refill, room, found.is_empty()) {
                 refill.found(room, found, permits);
             }
@@ -199,7 +196,7 @@ async fn commit_together(mut conn: Conn, who: &Who, jobs: &mut Vec<Job>) {
     }
 }
 
-/// Commits the jobs in one script per slot of their streams (a cluster
+/// Commits the jobs in one batch per slot of their streams (a cluster
 /// script touches one slot), all at once.
 async fn commit_by_slot(conn: &Conn, who: &Who, jobs: &mut Vec<Job>) {
     let mut by_slot: BTreeMap<u16, Vec<Job>> = BTreeMap::new();
