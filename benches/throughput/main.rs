@@ -123,7 +123,7 @@ fn main() {
             report.add(format!("  CPU per event ({bt}): sluice host"), run.host_cpu_us, "µs");
             report.add(format!("  CPU per event ({bt}): redis-server"), run.redis_cpu_us, "µs");
             report.add(format!("    of which in the commit script ({bt})"), run.script_us, "µs");
-            report.add(format!("    of which in plain XACKs ({bt})"), run.ack_us, "µs");
+            report.add(format!("    of which in XACK, plain or in the script ({bt})"), run.ack_us, "µs");
             report.add(format!("    of which in XREADGROUP ({bt})"), run.read_us, "µs");
             report.add(format!("  events per XREADGROUP call ({bt})"), run.per_read, "events");
         }
@@ -362,8 +362,9 @@ struct Run {
     host_cpu_us: f64,
     redis_cpu_us: f64,
     /// Redis's own accounting (`INFO commandstats`) of the same stretch:
-    /// µs per event in the commit script, in plain `XACK`s (the commits of
-    /// deliveries that write nothing) and in `XREADGROUP`, and events per
+    /// µs per event in the commit script, in `XACK` (the plain ones that
+    /// commit deliveries that write nothing, and those the script calls,
+    /// which its own time includes) and in `XREADGROUP`, and events per
     /// `XREADGROUP` call (the reader's reads and those sent with commits:
     /// about the events per batch).
     script_us: f64,

@@ -124,7 +124,7 @@ impl Metrics {
         r.register("handler_duration_seconds", "Time one delivery took in the handler", self.duration.clone());
         r.register("retries", "Deliveries that will be tried again", self.retries.clone());
         r.register("dead_letters", "Events written to a dead-letter stream", self.dead_letters.clone());
-        r.register("commits_already_finished", "Commits that found their entry finished by another consumer (it was taken over); nothing was written", self.already_finished.clone());
+        r.register("commits_already_finished", "Commits that found their entry finished by another consumer (one of the two took it over from the other, presumed dead); nothing was written", self.already_finished.clone());
         r.register("ownership_lost", "Deliveries whose entry another consumer took over meanwhile (this host was presumed dead); their output was not written", self.ownership_lost.clone());
         r.register("claim_failures", "Failed scans for entries abandoned by other consumers (XAUTOCLAIM)", self.claim_failures.clone());
         r.register("handler_demoted", "1 while the handler runs at idle priority because its deliveries ran out of time", self.demoted.clone());

@@ -1,7 +1,8 @@
 //! The fault audit, short (`support::audit`; `cargo bench --bench faults`
 //! runs it at full size): two `sluice run` hosts handle a numbered load
-//! while one fault strikes, and afterwards every number is in `out` or the
-//! dead-letter stream, exactly once. recovery.rs and cluster.rs already
+//! while one fault strikes, and afterwards every number is handled (in
+//! `out`, or for one in four that writes nothing, logged by a host as
+//! handled) or in the dead-letter stream, and none written twice. recovery.rs and cluster.rs already
 //! cover a kill -9, a Redis restart and a failover with one host; these add
 //! the second host and the per-number account.
 
@@ -37,7 +38,7 @@ fn assert_whole(a: &Account, events: usize) {
     assert_eq!(a.events, events, "every event was published: {why}");
     assert_eq!((a.lost, a.duplicated), (0, 0), "lost, duplicated: {why}");
     // And each where it belongs: these faults exhaust no event's attempts.
-    assert_eq!(a.misplaced, 0, "publishing events dead-lettered, or rejected ones published: {why}");
+    assert_eq!(a.misplaced, 0, "events not rejected dead-lettered, or rejected ones handled: {why}");
     assert_eq!(a.handled + a.dead_lettered, events, "{why}");
 }
 
@@ -101,7 +102,9 @@ async fn a_paused_hosts_late_commits_are_refused_and_publish_nothing_twice() {
     assert!(a.held > 0, "host-0 held events when it stopped: {}", a.summary());
     // On waking, host-0 ran what it had read, among it what its blocked read
     // was handed while it was stopped, and the commit script refused to write
-    // it: host-1 had taken those entries over, or finished them. (What was
+    // what those that publish produced: host-1 had taken those entries over,
+    // or finished them. (Those that write nothing were acknowledged all the
+    // same, by a plain XACK.) (What was
     // mid-run when it stopped is past its deadline on waking: a timeout,
     // retried, not committed.)
     let warned = audit::LATE_COMMIT_WARNINGS.iter().any(|w| a.logs[0].contains(w));

@@ -299,15 +299,17 @@ impl Consumer {
         After::Finished
     }
 
-    /// Another consumer took the entry over and finished it first (this
-    /// host was presumed dead: paused, or cut off from Redis past
-    /// `claim_idle_ms`). This delivery's output was not written.
+    /// Another consumer finished the entry first: it took the entry over
+    /// from this host (presumed dead: paused, or cut off from Redis past
+    /// `claim_idle_ms`), or this host took it over from that consumer,
+    /// which then finished its own delivery of it. This delivery's output
+    /// was not written.
     fn already_finished(&self) {
         self.metrics.already_finished();
         event_line!(
             WARN,
             group = %self.group,
-            "the entry was finished by another consumer meanwhile (it was taken over after claim_idle_ms); this delivery's output was not written"
+            "the entry was finished by another consumer meanwhile (one of the two took it over from the other after claim_idle_ms); this delivery's output was not written"
         );
     }
 

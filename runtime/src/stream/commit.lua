@@ -9,8 +9,7 @@
 -- that are not ordered by key shares one XPENDING and one XACK (finish_run),
 -- and a stream's type is checked once per call, not per write. A delivery
 -- that writes nothing and is not ordered by key does not come here: it is a
--- plain XACK sent beside this script (stream::commit::Commit::writes_nothing),
--- though the script would finish it too.
+-- plain XACK sent beside this script (stream::commit::Commit::writes_nothing).
 --
 -- ARGV[1]      the consumer group
 -- ARGV[2]      the consumer committing (this host's name in the group)
@@ -33,8 +32,8 @@
 --   {-2, owner}  taken over: the entry is pending with another consumer,
 --                which took it over (after claim_idle_ms, this host being
 --                presumed dead) and will finish it; nothing was written. So
---                only the entry's owner ever commits it, and its output is
---                never written twice;
+--                only the entry's owner ever writes a delivery's output, and
+--                it is never written twice;
 --   {-1, reason} refused: a write cannot be applied (a target holds
 --                something other than a stream, or a write kind this script
 --                does not know); nothing of this delivery was written and its

@@ -31,7 +31,7 @@ use std::sync::LazyLock;
 static COMMIT: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(&[super::order::LIBRARY, include_str!("commit.lua")].concat()));
 
-/// What became of one delivery's commit, when Redis ran the script.
+/// What became of one delivery's commit, when Redis ran it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Committed {
     /// Its writes landed and its entry was acknowledged.
@@ -379,6 +379,10 @@ pub async fn commit_and_read<'a>(
     read: ReadAfter<'_>,
 ) -> Result<CommitAndRead, Error> {
     let commits: Vec<&Commit> = commits.into_iter().collect();
+    let reads = !read.streams.is_empty() && read.count > 0;
+    if commits.is_empty() && !reads {
+        return Ok(CommitAndRead { committed: Vec::new(), found: Vec::new() });
+    }
     let (acks, scripted): (Vec<&Commit>, Vec<&Commit>) = commits.iter().partition(|c| c.writes_nothing());
     let what = || format!("commit of {} deliveries through group {group}", scripted.len());
     let mut pipe = redis::pipe();
@@ -389,7 +393,7 @@ pub async fn commit_and_read<'a>(
     for c in &acks {
         pipe.cmd("XACK").arg(&c.stream).arg(group).arg(&c.id);
     }
-    if !read.streams.is_empty() && read.count > 0 {
+    if reads {
         pipe.cmd("XREADGROUP").arg("GROUP").arg(group).arg(consumer).arg("COUNT").arg(read.count);
         pipe.arg("STREAMS").arg(read.streams);
         for _ in read.streams {
@@ -398,6 +402,11 @@ pub async fn commit_and_read<'a>(
     }
     let all = || format!("commit of {} deliveries through group {group}", commits.len());
     let replies: Vec<Value> = pipe.query_async(conn).await.context(all)?;
+    if replies.len() != usize::from(!scripted.is_empty()) + acks.len() + usize::from(reads) {
+        // Not one reply per command: none can be trusted to be whose it
+        // seems, so the batch's reply counts as lost.
+        return Err(Error::reply(all(), &Value::Array(replies)));
+    }
     let mut replies = replies.into_iter();
     let script = match scripted.is_empty() {
         true => Ok(Vec::new()),

@@ -7,7 +7,7 @@
 //!
 //! A consumer may give its committer a [`Refill`]: then, on one server, a
 //! batch that finishes deliveries also reads new entries for the permits
-//! those deliveries give back, in the same round trip as its script, and
+//! those deliveries give back, in the same round trip as its commits, and
 //! under load the reader's own `XREADGROUP` calls (and the wake-ups around
 //! them) mostly fall away.
 

@@ -1007,13 +1007,44 @@ fn quiet(n: usize) -> bool {
 }
 
 /// The numbers of the events that write nothing that the hosts' `logs`
-/// say were handled.
+/// say were handled: the handler logged the number ([`QUIET_LOG`], its
+/// last act before it returns), and the host did not count that delivery
+/// (its host, entry id and attempt) a failure after all (a deadline that
+/// passed as it returned, say). Failures are logged before anything is
+/// committed, so a delivery acknowledged after failing is not counted.
 fn handled_quietly(logs: &[String]) -> std::collections::BTreeSet<usize> {
-    let numbers = logs.iter().flat_map(|l| l.lines()).filter_map(|line| {
-        let after = &line[line.find(QUIET_LOG)? + QUIET_LOG.len()..];
-        after[..after.find(|c: char| !c.is_ascii_digit()).unwrap_or(after.len())].parse().ok()
-    });
-    numbers.collect()
+    // The entry id and attempt of the event span a line was logged in.
+    let delivery = |line: &str| -> Option<(String, u32)> {
+        let field = |name: &str| {
+            let at = line.find(&format!(" {name}="))? + name.len() + 2;
+            line[at..].split([' ', '}']).next()
+        };
+        Some((field("id")?.to_owned(), field("attempt")?.parse().ok()?))
+    };
+    let digits = |text: &str| -> Option<usize> {
+        text[..text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len())].parse().ok()
+    };
+    let mut handled = std::collections::BTreeSet::new();
+    for log in logs {
+        let failed: std::collections::BTreeSet<(String, u32)> = log
+            .lines()
+            .filter_map(|line| delivery(line).map(|(id, attempt)| (line, id, attempt)))
+            .filter(|(line, _, attempt)| {
+                line.contains(&format!("attempt {attempt} failed:"))
+                    || line.contains("dead-lettered after")
+                    || line.contains("cannot dead-letter")
+            })
+            .map(|(_, id, attempt)| (id, attempt))
+            .collect();
+        for line in log.lines().filter(|l| l.contains(" sluice::plugin: ")) {
+            let Some(at) = line.find(QUIET_LOG) else { continue };
+            let (Some(n), Some(d)) = (digits(&line[at + QUIET_LOG.len()..]), delivery(line)) else { continue };
+            if !failed.contains(&d) {
+                handled.insert(n);
+            }
+        }
+    }
+    handled
 }
 
 /// Counts: which published numbers were handled (reached `out`, or were
@@ -1039,7 +1070,7 @@ async fn count(
         notes.push(format!("{never} events never acknowledged to the producer (not counted)"));
     }
     let times = |m: &BTreeMap<usize, usize>, n: usize| m.get(&n).copied().unwrap_or(0);
-    let handled = out.len() + logged.len();
+    let handled = out.keys().chain(&logged).collect::<std::collections::BTreeSet<_>>().len();
     let mut a = Account { handled, dead_lettered: dead.len(), ..Account::default() };
     for (n, _) in published.iter().enumerate().filter(|(_, p)| **p) {
         a.events += 1;
@@ -1071,4 +1102,31 @@ async fn count(
         notes.push(format!("{strays} outputs for numbers the producer never saw acknowledged"));
     }
     a
+}
+
+#[test]
+fn a_quiet_event_counts_as_handled_only_for_a_delivery_that_did_not_fail() {
+    let line = |level: &str, id: &str, attempt: u32, target: &str, message: &str| {
+        format!(
+            "2026-11-27T20:05:24.066853Z  {level} event{{handler=h stream=in id={id} attempt={attempt} correlation_id=\"{id}\"}}: {target}: {message}\n"
+        )
+    };
+    let host = [
+        // Logged, then failed on return (a deadline that passed): not handled.
+        line("INFO", "1-0", 1, "sluice::plugin", &format!("{QUIET_LOG}5")),
+        line("WARN", "1-0", 1, "sluice::consumer::finish", "attempt 1 failed: timed out; retrying in 50 ms"),
+        // Another number that 5 begins: handled.
+        line("INFO", "2-0", 1, "sluice::plugin", &format!("{QUIET_LOG}51")),
+        // A commit that failed once after the handler succeeded is not a
+        // failed attempt.
+        line("INFO", "3-0", 1, "sluice::plugin", &format!("{QUIET_LOG}9")),
+        line("WARN", "3-0", 1, "sluice::consumer::finish", "ack failed: connection reset; trying again"),
+        // The number in the event's data, echoed elsewhere: not handled.
+        line("WARN", "4-0", 1, "sluice::consumer::finish", &format!("data {{\"log\":\"{QUIET_LOG}13\"}}")),
+    ]
+    .concat();
+    assert_eq!(handled_quietly(std::slice::from_ref(&host)), [9, 51].into());
+    // The same number handled on a later attempt, on another host.
+    let other = line("INFO", "1-0", 2, "sluice::plugin", &format!("{QUIET_LOG}5"));
+    assert_eq!(handled_quietly(&[host, other]), [5, 9, 51].into());
 }
