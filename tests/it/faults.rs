@@ -2,9 +2,10 @@
 //! runs it at full size): two `sluice run` hosts handle a numbered load
 //! while one fault strikes, and afterwards every number is handled (in
 //! `out`, or for one in four that writes nothing, logged by a host as
-//! handled) or in the dead-letter stream, and none written twice. recovery.rs and cluster.rs already
-//! cover a kill -9, a Redis restart and a failover with one host; these add
-//! the second host and the per-number account.
+//! handled) or in the dead-letter stream, and none written twice.
+//! recovery.rs and cluster.rs already cover a kill -9, a Redis restart and a
+//! failover with one host; these add the second host and the per-number
+//! account.
 
 use crate::support::audit::{self, Account, Fault, Fsync, Plan};
 use crate::support::{Proxy, RedisServer, plugins_dir};
@@ -103,10 +104,9 @@ async fn a_paused_hosts_late_commits_are_refused_and_publish_nothing_twice() {
     // On waking, host-0 ran what it had read, among it what its blocked read
     // was handed while it was stopped, and the commit script refused to write
     // what those that publish produced: host-1 had taken those entries over,
-    // or finished them. (Those that write nothing were acknowledged all the
-    // same, by a plain XACK.) (What was
-    // mid-run when it stopped is past its deadline on waking: a timeout,
-    // retried, not committed.)
+    // or finished them. Those that write nothing were acknowledged all the
+    // same, by a plain XACK. (What was mid-run when it stopped is past its
+    // deadline on waking: a timeout, retried, not committed.)
     let warned = audit::LATE_COMMIT_WARNINGS.iter().any(|w| a.logs[0].contains(w));
     assert!(warned, "host-0 warned of its refused late commits: {}\n{}", a.summary(), log_tails(&a));
     let counted = a.counter(0, "sluice_ownership_lost_total") + a.counter(0, "sluice_commits_already_finished_total");

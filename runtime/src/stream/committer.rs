@@ -1,9 +1,9 @@
 //! Batching commits: deliveries hand their [`Commit`] to a consumer's
 //! `Committer`, whose task sends whatever has gathered in one round trip
 //! (one script, and an `XACK` for each commit that writes nothing; in a
-//! Redis Cluster, one such batch per slot, sent together). While one batch is in
-//! flight the next gathers, so under load each call to Redis finishes many
-//! deliveries, and a lone delivery is sent at once.
+//! Redis Cluster, one such batch per slot, sent together). While one batch
+//! is in flight the next gathers, so under load each call to Redis finishes
+//! many deliveries, and a lone delivery is sent at once.
 //!
 //! A consumer may give its committer a [`Refill`]: then, on one server, a
 //! batch that finishes deliveries also reads new entries for the permits
