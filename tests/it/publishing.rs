@@ -360,6 +360,41 @@ async fn a_delivery_that_writes_nothing_is_a_plain_xack() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn why_an_entry_is_no_longer_pending_is_read_from_its_group() {
+    // A commit that finds its entry not pending writes nothing; the host
+    // then asks Redis why, for its warning: finished (the group delivered
+    // it, and it is not pending), the group set back or made again (it has
+    // not delivered the entry yet, or the entry is pending again), or the
+    // group missing. A commit through a missing group: the script
+    // fails with NOGROUP, a plain XACK acknowledges nothing.
+    use sluice::stream::{Committed, NotPending, ReadAfter, commit_and_read, not_pending_because};
+    let redis = RedisServer::start();
+    let mut conn = redis.conn().await;
+    let ids = pending_with_c(&mut conn, 4).await;
+    let why = async |conn: &mut redis::aio::MultiplexedConnection, stream: &str, id: &str| {
+        not_pending_because(conn, stream, "g", id).await.unwrap()
+    };
+    assert_eq!(why(&mut conn, "in", &ids[2]).await, NotPending::Finished, "acknowledged");
+    assert_eq!(why(&mut conn, "in", &ids[3]).await, NotPending::GroupSetBack, "pending again: delivered again");
+
+    let () = redis::cmd("XGROUP").arg("SETID").arg("in").arg("g").arg(&ids[1]).query_async(&mut conn).await.unwrap();
+    let _: usize = redis::cmd("XACK").arg("in").arg("g").arg(&ids[1]).query_async(&mut conn).await.unwrap();
+    assert_eq!(why(&mut conn, "in", &ids[1]).await, NotPending::Finished, "the group's last delivered entry");
+    assert_eq!(why(&mut conn, "in", &ids[2]).await, NotPending::GroupSetBack, "after the group's last delivered");
+
+    let _: usize = redis::cmd("XGROUP").arg("DESTROY").arg("in").arg("g").query_async(&mut conn).await.unwrap();
+    assert_eq!(why(&mut conn, "in", &ids[3]).await, NotPending::GroupMissing);
+    assert_eq!(why(&mut conn, "nowhere", &ids[3]).await, NotPending::GroupMissing, "no such stream");
+
+    let commits = [commit_in(&ids[3], Default::default()), commit_in(&ids[0], sets("k"))];
+    let batch = commit_and_read(&mut conn, "g", "c", &commits, ReadAfter::NOTHING).await.unwrap();
+    let mut results = batch.committed.into_iter();
+    assert_eq!(results.next().unwrap().unwrap(), Committed::AlreadyFinished, "XACK through no group");
+    let failed = results.next().unwrap().unwrap_err();
+    assert!(failed.is_no_group(), "the script's error keeps its code: {failed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_reads_new_entries_with_its_script() {
     // A batch may also read new entries for its consumer, sent with its
     // script: up to the count given of each stream given; they come back as

@@ -1,8 +1,9 @@
 //! Nothing is lost across restarts, crashes and takeovers: attempts are
 //! counted by Redis, a SIGKILLed host's entries are delivered again, a
 //! second host claims a dead host's entries, three hosts share every group
-//! and take a killed one's entries within a scan, shutdown drains, and a
-//! Redis restart is ridden out.
+//! and take a killed one's entries within a scan, shutdown drains, a
+//! Redis restart is ridden out, and a group deleted mid-delivery is named
+//! and made again.
 
 use crate::support::*;
 use redis::aio::MultiplexedConnection;
@@ -268,4 +269,35 @@ async fn a_redis_restart_loses_nothing() {
     wait_finished(&conn, 100, Duration::from_secs(60)).await;
     host.stop().await;
     assert_every_input_handled(&mut conn).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_deleted_mid_delivery_is_named_and_made_again() {
+    // Two events are in flight (one writes nothing, a plain XACK; one
+    // publishes, the script) and more wait for a permit, so the reader is
+    // not blocked in Redis, when the group is deleted. The first commit to
+    // come back finds it missing, and the host says so (not that another
+    // consumer finished the entry); the other may come after the reader
+    // made the group again from the stream's start. No commit gives up
+    // (an error), and every entry is handled in the new group.
+    let redis = RedisServer::start();
+    let fx = Fixture::new(&redis, "", &behave("concurrency = 2"));
+    let mut conn = redis.conn().await;
+    send(&mut conn, "in", "t", json!({"action": "busy", "ms": 500})).await;
+    for _ in 0..5 {
+        send(&mut conn, "in", "t", busy(500)).await;
+    }
+    let mut host = fx.spawn_binary_logging_json("warn");
+    until_pending(&conn, "in", "h", 2).await;
+    let _: usize = redis::cmd("XGROUP").arg("DESTROY").arg("in").arg("h").query_async(&mut conn).await.unwrap();
+    wait_finished(&conn, 6, Duration::from_secs(30)).await;
+    assert!(terminate(&mut host).await.success());
+    let lines = json_log_lines(&host.wait_with_output().unwrap().stderr);
+    let says_missing =
+        |l: &serde_json::Value| l["fields"]["message"].as_str().unwrap_or("").contains("group is missing");
+    assert!(lines.iter().any(says_missing), "{lines:#?}");
+    assert!(lines.iter().all(|l| l["level"] != "ERROR"), "{lines:#?}");
+    let published: HashSet<String> = entries(&mut conn, "out").await.iter().map(|e| field(e, "causation_id")).collect();
+    let ids: Vec<String> = entries(&mut conn, "in").await.into_iter().map(|e| e.id).collect();
+    assert!(ids[1..].iter().all(|id| published.contains(id)), "every publishing entry handled: {published:?}");
 }

@@ -245,7 +245,7 @@ impl Consumer {
                 event_line!(DEBUG, publishes, kv_writes, "handled; the next entry of its key follows");
                 return After::Next(next);
             }
-            Some(Committed::AlreadyFinished) => self.already_finished(),
+            Some(Committed::AlreadyFinished) => self.already_finished(&d).await,
             Some(Committed::TakenOver(by)) => self.taken_over(&by),
             // The handler's output cannot be written: a failed attempt.
             Some(Committed::Refused(why)) => {
@@ -288,7 +288,7 @@ impl Consumer {
                     return After::Next(next);
                 }
             }
-            Some(Committed::AlreadyFinished) => self.already_finished(),
+            Some(Committed::AlreadyFinished) => self.already_finished(d).await,
             Some(Committed::TakenOver(by)) => self.taken_over(&by),
             Some(Committed::Refused(why)) => event_line!(
                 ERROR,
@@ -299,17 +299,51 @@ impl Consumer {
         After::Finished
     }
 
-    /// Another consumer finished the entry first: it took the entry over
-    /// from this host (presumed dead: paused, or cut off from Redis past
-    /// `claim_idle_ms`), or this host took it over from that consumer,
-    /// which then finished its own delivery of it. This delivery's output
-    /// was not written.
-    fn already_finished(&self) {
-        self.metrics.already_finished();
+    /// The commit of `d` found its entry no longer pending in the group, so
+    /// nothing was written. Usually another consumer finished the entry
+    /// first: it took the entry over from this host (presumed dead: paused,
+    /// or cut off from Redis past `claim_idle_ms`), or this host took it
+    /// over from that consumer, which then finished its own delivery of it.
+    /// Redis is asked which (a rare outcome): the group may also have been
+    /// made again or set back meanwhile, or be missing.
+    async fn already_finished(&self, d: &Delivery) {
+        let mut conn = self.redis.conn.clone();
+        match stream::not_pending_because(&mut conn, &d.stream, &self.group, &d.entry.id).await {
+            Ok(stream::NotPending::GroupMissing) => self.group_missing(),
+            Ok(stream::NotPending::GroupSetBack) => event_line!(
+                WARN,
+                group = %self.group,
+                "the consumer group was made again or set back (XGROUP CREATE or SETID) while this entry was handled: the entry is no longer pending and the group delivers it again; this delivery's output was not written"
+            ),
+            // (Or, after the group was made again or set back, by this
+            // host's own second delivery of an entry it held: the group
+            // delivered it again while this one ran.)
+            Ok(stream::NotPending::Finished) | Err(_) => {
+                self.metrics.already_finished();
+                event_line!(
+                    WARN,
+                    group = %self.group,
+                    "the entry was finished by another consumer meanwhile (one of the two took it over from the other after claim_idle_ms); this delivery's output was not written"
+                );
+            }
+        }
+    }
+
+    /// Whether the group is missing on `commit`'s stream.
+    async fn group_is_missing(&self, commit: &Commit) -> bool {
+        let (stream, id) = commit.entry();
+        let why = stream::not_pending_because(&mut self.redis.conn.clone(), stream, &self.group, id).await;
+        matches!(why, Ok(stream::NotPending::GroupMissing))
+    }
+
+    /// The consumer group, or its stream, is gone: nothing can be
+    /// acknowledged. The reader, meeting the same error, makes the group
+    /// again from the stream's start.
+    fn group_missing(&self) {
         event_line!(
             WARN,
             group = %self.group,
-            "the entry was finished by another consumer meanwhile (one of the two took it over from the other after claim_idle_ms); this delivery's output was not written"
+            "the consumer group is missing (deleted, or lost by Redis: a restart without persistence, a failover to a replica it had not reached); nothing was acknowledged or written. The group is made again from the stream's start, so this entry and every other still in the stream are delivered again"
         );
     }
 
@@ -353,12 +387,23 @@ impl Consumer {
                 Some(result) => result,
                 None => self.committer.commit(commit.clone()).await,
             };
+            // A group missing on this entry's stream, not only on another
+            // stream whose commit shared the script call that failed.
+            let group_missing = match &result {
+                Err(e) if e.is_no_group() => self.group_is_missing(&commit).await,
+                _ => false,
+            };
             match result {
                 Ok(Committed::AlreadyFinished) if unsure => {
                     event_line!(DEBUG, "{what}: an earlier try went through (its reply was lost)");
                     return Some(Committed::Done);
                 }
                 Ok(committed) => return Some(committed),
+                // Trying again cannot help.
+                Err(_) if group_missing => {
+                    self.group_missing();
+                    break;
+                }
                 Err(e) if e.is_no_permission() => {
                     event_line!(
                         ERROR,

@@ -35,14 +35,20 @@ pub(super) async fn groups(conn: &mut impl ConnectionLike, stream: &str) -> Resu
     }
 }
 
+/// `group`'s fields in `stream`'s `XINFO GROUPS` reply, or `None` when
+/// either does not exist.
+async fn group_fields(
+    conn: &mut impl ConnectionLike,
+    stream: &str,
+    group: &str,
+) -> Result<Option<Vec<(String, Value)>>, Error> {
+    let Some(groups) = groups(conn, stream).await? else { return Ok(None) };
+    Ok(items(&groups).iter().map(pairs).find(|f| get(f, "name").and_then(text).as_deref() == Some(group)))
+}
+
 /// `group` on `stream`, or `None` when either does not exist yet.
 pub async fn group_info(conn: &mut impl ConnectionLike, stream: &str, group: &str) -> Result<Option<GroupInfo>, Error> {
-    let Some(groups) = groups(conn, stream).await? else { return Ok(None) };
-    let Some(fields) =
-        items(&groups).iter().map(pairs).find(|f| get(f, "name").and_then(text).as_deref() == Some(group))
-    else {
-        return Ok(None);
-    };
+    let Some(fields) = group_fields(conn, stream, group).await? else { return Ok(None) };
     let number = |k: &str| match get(&fields, k) {
         Some(Value::Int(n)) => u64::try_from(*n).ok(),
         _ => None,
@@ -54,6 +60,52 @@ pub async fn group_info(conn: &mut impl ConnectionLike, stream: &str, group: &st
         consumers: number("consumers").unwrap_or(0),
         oldest_pending: oldest,
     }))
+}
+
+/// Why a commit found entry `id` of `stream` no longer pending in `group`
+/// ([`not_pending_because`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotPending {
+    /// The group, or its stream, no longer exists: deleted, or lost by
+    /// Redis (a restart without persistence, a failover to a replica it had
+    /// not reached).
+    GroupMissing,
+    /// The group was made again, or set back (`XGROUP SETID`), since the
+    /// entry was read: it has not delivered the entry yet, or has delivered
+    /// it again (an entry once acknowledged is pending again only so).
+    GroupSetBack,
+    /// The group delivered it and a delivery finished it: another
+    /// consumer's, or an earlier one of this consumer's.
+    Finished,
+}
+
+/// Asks Redis why entry `id` of `stream` was no longer pending in `group`
+/// when a commit came for it. Asked only then (a rare outcome), for the
+/// operator's warning; the answer is as of now, not of the commit.
+pub async fn not_pending_because(
+    conn: &mut impl ConnectionLike,
+    stream: &str,
+    group: &str,
+    id: &str,
+) -> Result<NotPending, Error> {
+    let Some(fields) = group_fields(conn, stream, group).await? else { return Ok(NotPending::GroupMissing) };
+    let last = get(&fields, "last-delivered-id").and_then(text).unwrap_or_default();
+    if super::retention::before(&last, id) {
+        return Ok(NotPending::GroupSetBack);
+    }
+    let pending: Value = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg(group)
+        .arg(id)
+        .arg(id)
+        .arg(1)
+        .query_async(conn)
+        .await
+        .context(|| format!("XPENDING of {id} on stream {stream} group {group}"))?;
+    Ok(match items(&pending).is_empty() {
+        true => NotPending::Finished,
+        false => NotPending::GroupSetBack,
+    })
 }
 
 /// The number of entries in `stream` (0 if it does not exist).

@@ -130,7 +130,7 @@ fn next_id(id: &str) -> String {
 }
 
 /// Whether stream id `a` comes before `b`.
-fn before(a: &str, b: &str) -> bool {
+pub(super) fn before(a: &str, b: &str) -> bool {
     let parse =
         |id: &str| id.split_once('-').and_then(|(ms, seq)| Some((ms.parse::<u64>().ok()?, seq.parse::<u64>().ok()?)));
     match (parse(a), parse(b)) {
