@@ -310,15 +310,26 @@ impl Consumer {
         let mut conn = self.redis.conn.clone();
         match stream::not_pending_because(&mut conn, &d.stream, &self.group, &d.entry.id).await {
             Ok(stream::NotPending::GroupMissing) => self.group_missing(),
-            Ok(stream::NotPending::GroupSetBack) => event_line!(
+            Ok(stream::NotPending::GroupSetBack) => {
+                event_line!(
+                    WARN,
+                    group = %self.group,
+                    "the consumer group was made again or set back (XGROUP CREATE or SETID, or a failover to a replica behind) while this entry was handled: the entry was no longer pending, and the group delivers it again; this delivery's output was not written"
+                );
+                // The group may have delivered it again to this consumer
+                // while this delivery held it, which left that copy
+                // pending here with nothing running it: take it back soon.
+                self.orphans.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            Err(e) => event_line!(
                 WARN,
                 group = %self.group,
-                "the consumer group was made again or set back (XGROUP CREATE or SETID) while this entry was handled: the entry is no longer pending and the group delivers it again; this delivery's output was not written"
+                "the entry was no longer pending (finished by another consumer, or its group made again, set back or deleted); this delivery's output was not written. Asking Redis which failed: {e}"
             ),
             // (Or, after the group was made again or set back, by this
             // host's own second delivery of an entry it held: the group
             // delivered it again while this one ran.)
-            Ok(stream::NotPending::Finished) | Err(_) => {
+            Ok(stream::NotPending::Finished) => {
                 self.metrics.already_finished();
                 event_line!(
                     WARN,
@@ -331,9 +342,8 @@ impl Consumer {
 
     /// Whether the group is missing on `commit`'s stream.
     async fn group_is_missing(&self, commit: &Commit) -> bool {
-        let (stream, id) = commit.entry();
-        let why = stream::not_pending_because(&mut self.redis.conn.clone(), stream, &self.group, id).await;
-        matches!(why, Ok(stream::NotPending::GroupMissing))
+        let stream = commit.entry().0;
+        matches!(stream::group_exists(&mut self.redis.conn.clone(), stream, &self.group).await, Ok(false))
     }
 
     /// The consumer group, or its stream, is gone: nothing can be
@@ -343,7 +353,7 @@ impl Consumer {
         event_line!(
             WARN,
             group = %self.group,
-            "the consumer group is missing (deleted, or lost by Redis: a restart without persistence, a failover to a replica it had not reached); nothing was acknowledged or written. The group is made again from the stream's start, so this entry and every other still in the stream are delivered again"
+            "the consumer group is missing (deleted, or lost by Redis: a restart without persistence, a failover to a replica it had not reached); nothing was acknowledged or written. The group is made again from the stream's start (with the stream, if that is gone too), so every entry still in the stream is delivered again"
         );
     }
 
@@ -417,7 +427,9 @@ impl Consumer {
                 }
                 Err(e) => {
                     event_line!(WARN, "{what} failed: {e}; trying again");
-                    unsure |= e.reply_lost();
+                    // A script call that met a missing group on another
+                    // stream may have made this commit before it failed.
+                    unsure |= e.reply_lost() || e.is_no_group();
                     tokio::time::sleep(wait).await;
                     wait *= 3;
                 }

@@ -23,7 +23,7 @@ pub const COMMANDS: &[(&str, &str)] = &[
     ("xrevrange", "finding a stream's last entry, to wait for the next (`order_by`)"),
     (
         "xpending",
-        "taking back this host's own entries after a restart, and checking, in the commit, that an entry is still pending",
+        "taking back this host's own entries after a restart, and checking, in the commit, that an entry is still pending (and, after a commit that found it not, why)",
     ),
     ("xclaim", "taking entries back for a retry"),
     ("xautoclaim", "taking over entries abandoned by dead hosts"),
@@ -32,7 +32,10 @@ pub const COMMANDS: &[(&str, &str)] = &[
     ("xdel", "deleting inbox entries once handled, redriven dead letters, and `dlq purge`"),
     ("xrange", "`sluice dlq`, replay, redrive"),
     ("xlen", "`sluice status` and the metrics"),
-    ("xinfo|groups", "`sluice status`, the metrics, readiness, and trimming (each group's progress)"),
+    (
+        "xinfo|groups",
+        "`sluice status`, the metrics, readiness, trimming (each group's progress), and why a commit found its entry no longer pending",
+    ),
     ("xinfo|consumers", "finding consumers left behind by stopped hosts"),
     ("xtrim", "keeping streams within their `[streams]` bounds"),
     ("type", "refusing a commit whose target is not a stream (in the commit)"),

@@ -1,5 +1,6 @@
 //! How far a consumer group has got: `XINFO GROUPS`, `XPENDING`, `XLEN`,
-//! for `sluice status` and the metrics.
+//! for `sluice status` and the metrics, and for the warning of a commit
+//! that found its entry no longer pending ([`not_pending_because`]).
 
 use super::error::{Context, Error};
 use super::reply::{items, text};
@@ -60,6 +61,11 @@ pub async fn group_info(conn: &mut impl ConnectionLike, stream: &str, group: &st
         consumers: number("consumers").unwrap_or(0),
         oldest_pending: oldest,
     }))
+}
+
+/// Whether `group` exists on `stream`.
+pub async fn group_exists(conn: &mut impl ConnectionLike, stream: &str, group: &str) -> Result<bool, Error> {
+    Ok(group_fields(conn, stream, group).await?.is_some())
 }
 
 /// Why a commit found entry `id` of `stream` no longer pending in `group`
