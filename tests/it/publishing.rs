@@ -360,31 +360,30 @@ async fn a_delivery_that_writes_nothing_is_a_plain_xack() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn why_an_entry_is_no_longer_pending_is_read_from_its_group() {
-    // A commit that finds its entry not pending writes nothing; the host
-    // then asks Redis why, for its warning: finished (the group delivered
-    // it, and it is not pending), the group set back or made again (it has
-    // not delivered the entry yet, or the entry is pending again), or the
-    // group missing. A commit through a missing group: the script
-    // fails with NOGROUP, a plain XACK acknowledges nothing.
-    use sluice::stream::{Committed, NotPending, ReadAfter, commit_and_read, not_pending_because};
+async fn where_an_entry_stands_in_its_group_is_read_from_redis() {
+    // After a commit's rare outcomes (its entry not pending, a missing
+    // group) the host asks Redis where the entry stands: its group missing,
+    // not delivered (the group set back or made again), pending, or
+    // acknowledged. A commit through a missing group: the script fails
+    // with NOGROUP, a plain XACK acknowledges nothing.
+    use sluice::stream::{Committed, EntryState, ReadAfter, commit_and_read, entry_state};
     let redis = RedisServer::start();
     let mut conn = redis.conn().await;
     let ids = pending_with_c(&mut conn, 4).await;
-    let why = async |conn: &mut redis::aio::MultiplexedConnection, stream: &str, id: &str| {
-        not_pending_because(conn, stream, "g", id).await.unwrap()
+    let state = async |conn: &mut redis::aio::MultiplexedConnection, stream: &str, id: &str| {
+        entry_state(conn, stream, "g", id).await.unwrap()
     };
-    assert_eq!(why(&mut conn, "in", &ids[2]).await, NotPending::Finished, "acknowledged");
-    assert_eq!(why(&mut conn, "in", &ids[3]).await, NotPending::GroupSetBack, "pending again: delivered again");
+    assert_eq!(state(&mut conn, "in", &ids[2]).await, EntryState::Acknowledged);
+    assert_eq!(state(&mut conn, "in", &ids[3]).await, EntryState::Pending);
 
     let () = redis::cmd("XGROUP").arg("SETID").arg("in").arg("g").arg(&ids[1]).query_async(&mut conn).await.unwrap();
     let _: usize = redis::cmd("XACK").arg("in").arg("g").arg(&ids[1]).query_async(&mut conn).await.unwrap();
-    assert_eq!(why(&mut conn, "in", &ids[1]).await, NotPending::Finished, "the group's last delivered entry");
-    assert_eq!(why(&mut conn, "in", &ids[2]).await, NotPending::GroupSetBack, "after the group's last delivered");
+    assert_eq!(state(&mut conn, "in", &ids[1]).await, EntryState::Acknowledged, "the group's last delivered entry");
+    assert_eq!(state(&mut conn, "in", &ids[2]).await, EntryState::NotDelivered, "after the group's last delivered");
 
     let _: usize = redis::cmd("XGROUP").arg("DESTROY").arg("in").arg("g").query_async(&mut conn).await.unwrap();
-    assert_eq!(why(&mut conn, "in", &ids[3]).await, NotPending::GroupMissing);
-    assert_eq!(why(&mut conn, "nowhere", &ids[3]).await, NotPending::GroupMissing, "no such stream");
+    assert_eq!(state(&mut conn, "in", &ids[3]).await, EntryState::GroupMissing);
+    assert_eq!(state(&mut conn, "nowhere", &ids[3]).await, EntryState::GroupMissing, "no such stream");
 
     let commits = [commit_in(&ids[3], Default::default()), commit_in(&ids[0], sets("k"))];
     let batch = commit_and_read(&mut conn, "g", "c", &commits, ReadAfter::NOTHING).await.unwrap();

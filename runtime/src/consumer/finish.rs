@@ -8,7 +8,7 @@ use crate::dispatch::{self, Decision, Verdict};
 use crate::event::field;
 use crate::format::Format;
 use crate::logging::{self, EventSpan, event_line};
-use crate::stream::{self, Commit, Committed, Delivery};
+use crate::stream::{self, Commit, Committed, Delivery, EntryState};
 use crate::wasm::{Executor, Outcome, bindings::Event};
 use futures::future::BoxFuture;
 use std::sync::Arc;
@@ -307,20 +307,9 @@ impl Consumer {
     /// Redis is asked which (a rare outcome): the group may also have been
     /// made again or set back meanwhile, or be missing.
     async fn already_finished(&self, d: &Delivery) {
-        let mut conn = self.redis.conn.clone();
-        match stream::not_pending_because(&mut conn, &d.stream, &self.group, &d.entry.id).await {
-            Ok(stream::NotPending::GroupMissing) => self.group_missing(),
-            Ok(stream::NotPending::GroupSetBack) => {
-                event_line!(
-                    WARN,
-                    group = %self.group,
-                    "the consumer group was made again or set back (XGROUP CREATE or SETID, or a failover to a replica behind) while this entry was handled: the entry was no longer pending, and the group delivers it again; this delivery's output was not written"
-                );
-                // The group may have delivered it again to this consumer
-                // while this delivery held it, which left that copy
-                // pending here with nothing running it: take it back soon.
-                self.orphans.store(true, std::sync::atomic::Ordering::SeqCst);
-            }
+        match self.entry_state(&d.stream, &d.entry.id).await {
+            Ok(EntryState::GroupMissing) => self.group_missing(),
+            Ok(EntryState::NotDelivered | EntryState::Pending) => self.group_set_back(),
             Err(e) => event_line!(
                 WARN,
                 group = %self.group,
@@ -329,7 +318,7 @@ impl Consumer {
             // (Or, after the group was made again or set back, by this
             // host's own second delivery of an entry it held: the group
             // delivered it again while this one ran.)
-            Ok(stream::NotPending::Finished) => {
+            Ok(EntryState::Acknowledged) => {
                 self.metrics.already_finished();
                 event_line!(
                     WARN,
@@ -340,10 +329,22 @@ impl Consumer {
         }
     }
 
-    /// Whether the group is missing on `commit`'s stream.
-    async fn group_is_missing(&self, commit: &Commit) -> bool {
-        let stream = commit.entry().0;
-        matches!(stream::group_exists(&mut self.redis.conn.clone(), stream, &self.group).await, Ok(false))
+    /// Where entry `id` of `stream` stands in the group now.
+    async fn entry_state(&self, stream: &str, id: &str) -> Result<EntryState, stream::Error> {
+        stream::entry_state(&mut self.redis.conn.clone(), stream, &self.group, id).await
+    }
+
+    /// The group was made again or set back while this delivery ran. It may
+    /// have delivered the entry again to this consumer meanwhile, and that
+    /// copy, met while this delivery held the entry, is pending here with
+    /// nothing running it: taken back soon, not at the next scan.
+    fn group_set_back(&self) {
+        event_line!(
+            WARN,
+            group = %self.group,
+            "the consumer group was made again or set back (XGROUP CREATE or SETID, or a failover to a replica behind) while this entry was handled: the entry was no longer pending, and the group delivers it again; this delivery's output was not written"
+        );
+        self.orphans.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The consumer group, or its stream, is gone: nothing can be
@@ -397,23 +398,38 @@ impl Consumer {
                 Some(result) => result,
                 None => self.committer.commit(commit.clone()).await,
             };
-            // A group missing on this entry's stream, not only on another
-            // stream whose commit shared the script call that failed.
-            let group_missing = match &result {
-                Err(e) if e.is_no_group() => self.group_is_missing(&commit).await,
-                _ => false,
-            };
+            // The script call met a missing group: this commit's own, or
+            // another stream's that shared the call, which may have made
+            // this commit before it failed.
+            if let Err(e) = &result
+                && e.is_no_group()
+            {
+                let (stream, id) = commit.entry();
+                match self.entry_state(stream, id).await {
+                    Ok(EntryState::GroupMissing) => {
+                        self.group_missing();
+                        break;
+                    }
+                    Ok(EntryState::NotDelivered) => {
+                        self.group_set_back();
+                        break;
+                    }
+                    // Made (or, as after a lost reply, finished by another
+                    // consumer meanwhile).
+                    Ok(EntryState::Acknowledged) => {
+                        event_line!(DEBUG, "{what}: made by the call before it met a missing group");
+                        return Some(Committed::Done);
+                    }
+                    // Not made: tried again.
+                    Ok(EntryState::Pending) | Err(_) => {}
+                }
+            }
             match result {
                 Ok(Committed::AlreadyFinished) if unsure => {
                     event_line!(DEBUG, "{what}: an earlier try went through (its reply was lost)");
                     return Some(Committed::Done);
                 }
                 Ok(committed) => return Some(committed),
-                // Trying again cannot help.
-                Err(_) if group_missing => {
-                    self.group_missing();
-                    break;
-                }
                 Err(e) if e.is_no_permission() => {
                     event_line!(
                         ERROR,
@@ -427,9 +443,7 @@ impl Consumer {
                 }
                 Err(e) => {
                     event_line!(WARN, "{what} failed: {e}; trying again");
-                    // A script call that met a missing group on another
-                    // stream may have made this commit before it failed.
-                    unsure |= e.reply_lost() || e.is_no_group();
+                    unsure |= e.reply_lost();
                     tokio::time::sleep(wait).await;
                     wait *= 3;
                 }

@@ -39,7 +39,7 @@ pub enum Committed {
     /// Its entry was no longer pending: an earlier try of the same commit
     /// went through, or another consumer took the entry over and finished
     /// it first (or the group was deleted, made again or set back meanwhile:
-    /// see [`super::not_pending_because`]). Nothing was written.
+    /// see [`super::entry_state`]). Nothing was written.
     AlreadyFinished,
     /// A write cannot be applied (a target holds something other than a
     /// stream); nothing was written and the entry is still pending. Trying

@@ -1,6 +1,6 @@
 //! How far a consumer group has got: `XINFO GROUPS`, `XPENDING`, `XLEN`,
-//! for `sluice status` and the metrics, and for the warning of a commit
-//! that found its entry no longer pending ([`not_pending_because`]).
+//! for `sluice status` and the metrics, and after a commit's rare outcomes
+//! ([`entry_state`]).
 
 use super::error::{Context, Error};
 use super::reply::{items, text};
@@ -63,41 +63,38 @@ pub async fn group_info(conn: &mut impl ConnectionLike, stream: &str, group: &st
     }))
 }
 
-/// Whether `group` exists on `stream`.
-pub async fn group_exists(conn: &mut impl ConnectionLike, stream: &str, group: &str) -> Result<bool, Error> {
-    Ok(group_fields(conn, stream, group).await?.is_some())
-}
-
-/// Why a commit found entry `id` of `stream` no longer pending in `group`
-/// ([`not_pending_because`]).
+/// Where an entry stands in its consumer group, as Redis shows it now
+/// ([`entry_state`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NotPending {
+pub enum EntryState {
     /// The group, or its stream, no longer exists: deleted, or lost by
     /// Redis (a restart without persistence, a failover to a replica it had
     /// not reached).
     GroupMissing,
-    /// The group was made again, or set back (`XGROUP SETID`), since the
-    /// entry was read: it has not delivered the entry yet, or has delivered
-    /// it again (an entry once acknowledged is pending again only so).
-    GroupSetBack,
-    /// The group delivered it and a delivery finished it: another
-    /// consumer's, or an earlier one of this consumer's.
-    Finished,
+    /// The group has not delivered it (yet).
+    NotDelivered,
+    /// Delivered, and pending with some consumer.
+    Pending,
+    /// Delivered, and acknowledged.
+    Acknowledged,
 }
 
-/// Asks Redis why entry `id` of `stream` was no longer pending in `group`
-/// when a commit came for it. Asked only then (a rare outcome), for the
-/// operator's warning; the answer is as of now, not of the commit.
-pub async fn not_pending_because(
+/// Where entry `id` of `stream` stands in `group` now. Asked only after a
+/// commit's rare outcomes (an entry no longer pending, a missing group),
+/// for what the host does next and tells the operator: an entry a commit
+/// found no longer pending that is not delivered, or pending, again means
+/// the group was made again or set back (`XGROUP CREATE` or `SETID`)
+/// meanwhile, since nothing else delivers an acknowledged entry again.
+pub async fn entry_state(
     conn: &mut impl ConnectionLike,
     stream: &str,
     group: &str,
     id: &str,
-) -> Result<NotPending, Error> {
-    let Some(fields) = group_fields(conn, stream, group).await? else { return Ok(NotPending::GroupMissing) };
+) -> Result<EntryState, Error> {
+    let Some(fields) = group_fields(conn, stream, group).await? else { return Ok(EntryState::GroupMissing) };
     let last = get(&fields, "last-delivered-id").and_then(text).unwrap_or_default();
     if super::retention::before(&last, id) {
-        return Ok(NotPending::GroupSetBack);
+        return Ok(EntryState::NotDelivered);
     }
     let pending: Value = redis::cmd("XPENDING")
         .arg(stream)
@@ -109,8 +106,8 @@ pub async fn not_pending_because(
         .await
         .context(|| format!("XPENDING of {id} on stream {stream} group {group}"))?;
     Ok(match items(&pending).is_empty() {
-        true => NotPending::Finished,
-        false => NotPending::GroupSetBack,
+        true => EntryState::Acknowledged,
+        false => EntryState::Pending,
     })
 }
 

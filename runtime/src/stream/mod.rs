@@ -28,7 +28,7 @@ pub use conn::{Conn, Redis, redact};
 pub use error::{Context, Error, ErrorKind};
 pub use group::ensure_group;
 pub use inbox::{add_to_inbox, delete, latest, move_to_inbox, range};
-pub use info::{GroupInfo, NotPending, group_exists, group_info, length, not_pending_because};
+pub use info::{EntryState, GroupInfo, entry_state, group_info, length};
 pub use lease::Lease;
 pub use read::{Delivery, Reader, autoclaim, claim, own_pending, unblock};
 pub use relay::Relay;
