@@ -385,7 +385,9 @@ pub async fn commit_and_read<'a>(
         return Ok(CommitAndRead { committed: Vec::new(), found: Vec::new() });
     }
     let (acks, scripted): (Vec<&Commit>, Vec<&Commit>) = commits.iter().partition(|c| c.writes_nothing());
-    let what = || format!("commit of {} deliveries through group {group}", scripted.len());
+    // Names the batch (or its script's part) in errors.
+    let batch = |n: usize| format!("commit of {n} deliveries through group {group}");
+    let what = || batch(scripted.len());
     let mut pipe = redis::pipe();
     pipe.ignore_errors();
     if !scripted.is_empty() {
@@ -401,7 +403,7 @@ pub async fn commit_and_read<'a>(
             pipe.arg(">");
         }
     }
-    let all = || format!("commit of {} deliveries through group {group}", commits.len());
+    let all = || batch(commits.len());
     let replies: Vec<Value> = pipe.query_async(conn).await.context(all)?;
     if replies.len() != usize::from(!scripted.is_empty()) + acks.len() + usize::from(reads) {
         // Not one reply per command: none can be trusted to be whose it
