@@ -22,7 +22,8 @@
 //!   memory), once the hostile one is demoted;
 //! - `dispatch`: µs per dispatch (fresh instance + call + drop) per plugin;
 //! - `latency`: publish → commit p50/p99 at a fixed offered rate;
-//! - `idle`: resident memory of a host with 10 Rust plugins loaded, idle;
+//! - `idle`: resident memory of a host with 10 Rust plugins loaded, idle,
+//!   and the CPU it uses while idle;
 //! - `cluster`: the publishing handler on a 3-master Redis Cluster, with the
 //!   streams in one slot (one script per commit) and in two (an outbox and
 //!   its relay), against the same on one `redis-server`;
@@ -190,8 +191,14 @@ fn main() {
             best = best.max(rate);
         }
         report.add("  shipped defaults / best tuned", default.rate / best, "ratio");
-        let memory = rt.block_on(idle_with_plugins(1, true));
-        report.add("  idle host, shipped defaults, after a first start (warm cache): RSS", memory.now, "MiB");
+        let idle = rt.block_on(idle_with_plugins(1, true));
+        report.add("  idle host, shipped defaults, after a first start (warm cache): RSS", idle.memory.now, "MiB");
+        let window = IDLE_CPU_WINDOW.as_secs();
+        report.add(
+            format!("  its CPU while idle ({window} s, from /proc: 10 ms steps)"),
+            idle.cpu_share * 100.0,
+            "% of a core",
+        );
     }
     if wanted("beside") {
         let trivial = handler("bench", "behave.wasm", "");
@@ -237,9 +244,15 @@ fn main() {
     }
     if wanted("idle") {
         for warm in [false, true] {
-            let memory = rt.block_on(idle_with_plugins(10, warm));
+            let idle = rt.block_on(idle_with_plugins(10, warm));
             let cache = if warm { "warm cache" } else { "cold cache: compiled at start" };
-            report.add(format!("idle host, 10 Rust plugins loaded ({cache}): RSS"), memory.now, "MiB");
+            report.add(format!("idle host, 10 Rust plugins loaded ({cache}): RSS"), idle.memory.now, "MiB");
+            let window = IDLE_CPU_WINDOW.as_secs();
+            report.add(
+                format!("  its CPU while idle ({window} s, from /proc: 10 ms steps)"),
+                idle.cpu_share * 100.0,
+                "% of a core",
+            );
         }
     }
     if wanted("cluster") {
@@ -645,10 +658,24 @@ fn handled_by(port: u16) -> f64 {
     text.lines().find_map(|l| l.strip_prefix(series)).and_then(|v| v.parse().ok()).unwrap_or(0.0)
 }
 
+/// How long an idle host's CPU is measured: long enough for the kernel's
+/// 10 ms accounting steps to tell a host that wakes hundreds of times a
+/// second from one that does not.
+const IDLE_CPU_WINDOW: Duration = Duration::from_secs(10);
+
+/// What an idle host uses.
+struct Idle {
+    /// Its resident memory a second after it started.
+    memory: Memory,
+    /// The share of one core it used over the [`IDLE_CPU_WINDOW`] after that.
+    cpu_share: f64,
+}
+
 /// A host with `count` distinct Rust plugins, one handler each, idle for a
-/// second after starting. `warm`: started once before, so the
-/// compiled-component cache is filled and nothing is compiled.
-async fn idle_with_plugins(count: usize, warm: bool) -> Memory {
+/// second after starting, then for [`IDLE_CPU_WINDOW`]. `warm`: started
+/// once before, so the compiled-component cache is filled and nothing is
+/// compiled.
+async fn idle_with_plugins(count: usize, warm: bool) -> Idle {
     let redis = RedisServer::start();
     let (plugins, names) = host::distinct_plugins(count);
     let streams: Vec<String> = (0..count).map(|i| format!("s{i}")).collect();
@@ -666,6 +693,9 @@ async fn idle_with_plugins(count: usize, warm: bool) -> Memory {
     let host = Host::start(dir.path(), &url, plugins.path(), &handlers, true, &streams).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let memory = host.memory();
+    let before = host.cpu();
+    tokio::time::sleep(IDLE_CPU_WINDOW).await;
+    let cpu_share = (host.cpu() - before) / IDLE_CPU_WINDOW.as_secs_f64();
     host.stop();
-    memory
+    Idle { memory, cpu_share }
 }

@@ -202,31 +202,76 @@ async fn a_fuel_budget_stops_a_loop_deterministically() {
     assert_eq!(field(&dl[0], "sluice.error"), "fuel limit 5000000 exceeded (gave up after 1 attempts)");
 }
 
+/// `behave.wasm` loaded for `fuel` on `runtime`, with the sandbox of a
+/// handler configured by `keys`.
+fn behave_on(
+    runtime: &sluice::wasm::Runtime,
+    fuel: sluice::wasm::FuelMetering,
+    keys: &str,
+) -> (std::sync::Arc<sluice::wasm::Plugin>, sluice::wasm::Sandbox) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    let text = format!(
+        "[host]\nplugins = \"{}\"\n[handlers.f]\nplugin = \"behave.wasm\"\nstreams = [\"in\"]\n{keys}\n",
+        plugins_dir().display()
+    );
+    std::fs::write(&path, text).unwrap();
+    let config = sluice::config::Config::load(&path).unwrap();
+    let plugin = sluice::wasm::Plugin::load(runtime, None, &config.handlers[0].plugin, fuel).unwrap();
+    (std::sync::Arc::new(plugin), sluice::wasm::Sandbox::for_handler(&config.handlers[0]))
+}
+
+/// An event for `behave.wasm` with `data`.
+fn behave_event(data: serde_json::Value) -> sluice::wasm::bindings::Event {
+    let entry = sluice::event::Entry {
+        id: "1-0".into(),
+        fields: vec![("type".into(), b"t".to_vec()), ("data".into(), data.to_string().into_bytes())],
+    };
+    entry.to_event("in", 1)
+}
+
 /// A budget is never ignored: a plugin loaded for the engine that counts no
 /// fuel refuses a delivery under a `fuel` budget (a host never builds such a
 /// pair: it loads a handler with a budget for the engine that counts fuel).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fuel_budget_is_never_run_without_metering() {
-    use sluice::wasm::{FuelMetering, Outcome, Plugin, Runtime, Sandbox};
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("config.toml");
-    let text = format!(
-        "[host]\nplugins = \"{}\"\n[handlers.f]\nplugin = \"behave.wasm\"\nstreams = [\"in\"]\nfuel = 5000000\n",
-        plugins_dir().display()
-    );
-    std::fs::write(&path, text).unwrap();
-    let config = sluice::config::Config::load(&path).unwrap();
+    use sluice::wasm::{FuelMetering, Outcome, Runtime};
     let runtime = Runtime::new().unwrap();
-    let plugin =
-        std::sync::Arc::new(Plugin::load(&runtime, None, &config.handlers[0].plugin, FuelMetering::Off).unwrap());
-    let entry = sluice::event::Entry {
-        id: "1-0".into(),
-        fields: vec![("type".into(), b"t".to_vec()), ("data".into(), br#"{"action":"ok"}"#.to_vec())],
-    };
-    let outcome = plugin.invoke(&Sandbox::for_handler(&config.handlers[0]), entry.to_event("in", 1)).await;
+    let (plugin, sandbox) = behave_on(&runtime, FuelMetering::Off, "fuel = 5000000");
+    let outcome = plugin.invoke(&sandbox, behave_event(json!({"action": "ok"}))).await;
     let reason =
         "fuel limit 5000000 cannot be enforced: the plugin was loaded for the engine that counts no fuel".to_owned();
     assert_eq!(outcome, Outcome::Crash { reason, timed_out: false });
+}
+
+/// The epoch ticker that stops a guest at its deadline sleeps while no wasm
+/// runs, so an idle host makes no wake-ups for it; a guest that starts while
+/// it sleeps wakes it, and an endless loop is still stopped on time. (Were
+/// it not woken, the loop would never yield: this test's own timeout fails
+/// it, and the loop spins on until the test binary exits.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_loop_started_while_the_host_was_idle_is_still_stopped_on_time() {
+    use sluice::wasm::{FuelMetering, Outcome, Runtime};
+    let runtime = Runtime::new().unwrap();
+    let (plugin, sandbox) = behave_on(&runtime, FuelMetering::Off, "timeout_ms = 200");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !runtime.ticker_asleep() {
+        assert!(Instant::now() < deadline, "the epoch ticker never slept on an idle runtime");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let started = Instant::now();
+    let outcome =
+        tokio::time::timeout(Duration::from_secs(20), plugin.invoke(&sandbox, behave_event(json!({"action": "loop"}))))
+            .await
+            .expect("the loop was never stopped: the sleeping ticker was not woken");
+    assert_eq!(outcome, Outcome::Crash { reason: "timeout after 200 ms".into(), timed_out: true });
+    assert!(started.elapsed() < Duration::from_secs(5), "stopped late: {:?}", started.elapsed());
+    // It sleeps again once nothing runs.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !runtime.ticker_asleep() {
+        assert!(Instant::now() < deadline, "the epoch ticker did not sleep again");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// Counting fuel slows every handler an engine runs, so only a handler with

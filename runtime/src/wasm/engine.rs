@@ -6,15 +6,15 @@ use super::bindings::Handler;
 use super::executor::Executor;
 use super::state::EventState;
 use crate::limits::{MIN_POOL_INSTANCES, POOL_MAX_MEMORY};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-/// How often the epoch advances. A running handler yields to other handlers
-/// at every tick and its deadline is checked then, so this is also the
-/// resolution of `timeout_ms`.
+/// How often the epoch advances while a handler runs. A running handler
+/// yields to other handlers at every tick and its deadline is checked then,
+/// so this is also the resolution of `timeout_ms`.
 pub const EPOCH_TICK: Duration = Duration::from_millis(2);
 
 /// Linear memory, per pool slot, that is reset in place (only the pages a
@@ -46,8 +46,8 @@ pub struct Runtime {
     plain: Flavour,
     /// For handlers with one, once one was loaded.
     metered: Arc<Mutex<Option<Flavour>>>,
-    /// Advances both engines' epochs.
-    ticker: Arc<Ticker>,
+    /// Advances both engines' epochs while wasm runs.
+    pub(super) ticker: Arc<Ticker>,
 }
 
 /// One wasmtime engine (epoch interruption, pooling allocator, fuel counted
@@ -117,6 +117,12 @@ impl Runtime {
         self.metered.lock().expect("not poisoned").is_some()
     }
 
+    /// Whether the epoch ticker sleeps because no tick found wasm running for
+    /// a while (it wakes before any runs again).
+    pub fn ticker_asleep(&self) -> bool {
+        self.ticker.asleep()
+    }
+
     /// The engine and linker for `fuel`, building the one that counts fuel
     /// the first time it is asked for.
     pub(super) fn flavour(&self, fuel: FuelMetering) -> anyhow::Result<Flavour> {
@@ -159,40 +165,175 @@ fn engine_config(instances: u32, fuel: FuelMetering) -> Config {
     config
 }
 
-/// A thread that advances its engines' epochs every [`EPOCH_TICK`] (one
-/// thread for both, so a second engine adds no wake-ups).
-struct Ticker {
-    stop: Arc<AtomicBool>,
-    engines: Arc<Mutex<Vec<Engine>>>,
+/// How long the epoch ticker goes on while no tick finds wasm running,
+/// before it sleeps. An idle host then makes no wake-ups for it; ticking
+/// about 470 times a second was nearly all of an idle host's CPU (0.74% of
+/// a core by `perf`'s clock, 1.8% by the kernel's accounting, on the
+/// machine of docs/performance.md).
+const TICKER_SLEEPS_AFTER: Duration = Duration::from_millis(100);
+
+/// A thread that advances its engines' epochs every [`EPOCH_TICK`] while
+/// wasm may run (one thread for both engines, so a second engine adds no
+/// wake-ups). It sleeps once no tick has found wasm running for
+/// [`TICKER_SLEEPS_AFTER`], and [`Ticker::running`] wakes it before any wasm runs again: a guest that
+/// ran without ticks would never yield and never time out.
+pub(super) struct Ticker {
+    shared: Arc<TickerShared>,
+    /// The ticker's thread, to wake it.
+    thread: std::thread::Thread,
+}
+
+/// What the ticker's thread and the deliveries share.
+struct TickerShared {
+    /// Set when the ticker is dropped: the thread ends.
+    stop: AtomicBool,
+    /// The engines whose epochs it advances.
+    engines: Mutex<Vec<Engine>>,
+    /// Guests running now (instantiating or called): [`Running`] guards.
+    running: AtomicUsize,
+    /// Whether the thread is asleep, or about to be (it parks only if
+    /// nothing runs after it set this).
+    asleep: AtomicBool,
+    /// Ticks so far, for tests.
+    ticks: AtomicU64,
 }
 
 impl Ticker {
     fn start(engine: Engine) -> Ticker {
-        let stop = Arc::new(AtomicBool::new(false));
-        let engines = Arc::new(Mutex::new(vec![engine]));
-        let (flag, ticked) = (stop.clone(), engines.clone());
-        std::thread::Builder::new()
+        let shared = Arc::new(TickerShared {
+            stop: AtomicBool::new(false),
+            engines: Mutex::new(vec![engine]),
+            running: AtomicUsize::new(0),
+            asleep: AtomicBool::new(false),
+            ticks: AtomicU64::new(0),
+        });
+        let ticking = shared.clone();
+        let thread = std::thread::Builder::new()
             .name("sluice-epoch".into())
-            .spawn(move || {
-                while !flag.load(Ordering::Relaxed) {
-                    std::thread::sleep(EPOCH_TICK);
-                    for engine in ticked.lock().expect("not poisoned").iter() {
-                        engine.increment_epoch();
-                    }
-                }
-            })
+            .spawn(move || ticking.tick_until_stopped())
             .expect("spawn epoch thread");
-        Ticker { stop, engines }
+        Ticker { shared, thread: thread.thread().clone() }
     }
 
     /// Advances `engine`'s epoch too, from the next tick on.
     fn add(&self, engine: Engine) {
-        self.engines.lock().expect("not poisoned").push(engine);
+        self.shared.engines.lock().expect("not poisoned").push(engine);
+    }
+
+    /// Marks a guest as running until the guard is dropped, waking the
+    /// ticker if it sleeps. Hold it over everything that runs wasm code:
+    /// instantiating (a component's start functions are wasm) and calls.
+    pub(super) fn running(&self) -> Running<'_> {
+        let shared = &*self.shared;
+        // SeqCst with the thread's own store of `asleep` and load of
+        // `running`: either the thread sees this guest and does not park,
+        // or this sees `asleep` and wakes it (a wake before it parks makes
+        // its park return at once). Every guest that sees `asleep` wakes
+        // it, none leaves that to another that may not run soon; the
+        // thread clears `asleep` itself.
+        shared.running.fetch_add(1, Ordering::SeqCst);
+        if shared.asleep.load(Ordering::SeqCst) {
+            self.thread.unpark();
+        }
+        Running { shared }
+    }
+
+    /// Whether the ticker sleeps: no tick found wasm running for a while.
+    pub(super) fn asleep(&self) -> bool {
+        self.shared.asleep.load(Ordering::SeqCst)
+    }
+
+    /// Ticks so far.
+    #[cfg(test)]
+    fn ticks(&self) -> u64 {
+        self.shared.ticks.load(Ordering::Relaxed)
+    }
+}
+
+impl TickerShared {
+    fn tick_until_stopped(&self) {
+        let sleep_after = (TICKER_SLEEPS_AFTER.as_micros() / EPOCH_TICK.as_micros()) as u32;
+        let mut idle_ticks = 0u32;
+        while !self.stop.load(Ordering::Relaxed) {
+            std::thread::sleep(EPOCH_TICK);
+            for engine in self.engines.lock().expect("not poisoned").iter() {
+                engine.increment_epoch();
+            }
+            self.ticks.fetch_add(1, Ordering::Relaxed);
+            if self.running.load(Ordering::SeqCst) > 0 {
+                idle_ticks = 0;
+                continue;
+            }
+            idle_ticks += 1;
+            if idle_ticks < sleep_after {
+                continue;
+            }
+            self.asleep.store(true, Ordering::SeqCst);
+            if self.running.load(Ordering::SeqCst) == 0 && !self.stop.load(Ordering::SeqCst) {
+                // Woken by `Ticker::running` or on drop. A wake meant for
+                // an earlier sleep costs one more round of ticks.
+                std::thread::park();
+            }
+            self.asleep.store(false, Ordering::SeqCst);
+            idle_ticks = 0;
+        }
+    }
+}
+
+/// A guest running: the epoch ticker keeps ticking while one is held.
+pub(super) struct Running<'a> {
+    shared: &'a TickerShared,
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.shared.running.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
 impl Drop for Ticker {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.thread.unpark();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    /// Polls `holds` until it is true or `within` has passed.
+    fn eventually(within: Duration, holds: impl Fn() -> bool) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if holds() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        holds()
+    }
+
+    #[test]
+    fn the_ticker_sleeps_while_no_wasm_runs_and_ticks_while_any_does() {
+        let ticker = Ticker::start(Engine::default());
+        let long = Duration::from_secs(10);
+        assert!(eventually(long, || ticker.asleep()), "the ticker never slept");
+        let slept_at = ticker.ticks();
+        std::thread::sleep(EPOCH_TICK * 20);
+        assert_eq!(ticker.ticks(), slept_at, "it ticked while asleep");
+
+        let running = ticker.running();
+        assert!(eventually(long, || !ticker.asleep()), "a running guest did not wake the ticker");
+        assert!(eventually(long, || ticker.ticks() >= slept_at + 3), "a running guest got no ticks");
+        // Past the idle time, a guest still running keeps it ticking.
+        std::thread::sleep(TICKER_SLEEPS_AFTER * 2);
+        let later = ticker.ticks();
+        assert!(eventually(long, || ticker.ticks() > later), "it stopped ticking under a running guest");
+        assert!(!ticker.asleep());
+
+        drop(running);
+        assert!(eventually(long, || ticker.asleep()), "the ticker did not sleep again");
     }
 }

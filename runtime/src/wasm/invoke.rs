@@ -101,6 +101,8 @@ impl Plugin {
             );
             return Outcome::Crash { reason, timed_out: false };
         }
+        // Instantiating runs wasm too (start functions): ticks from here on.
+        let _running = self.ticker.running();
         match &sandbox.pool {
             None => {
                 let mut store = self.new_store(sandbox, clock.deadline(sandbox));

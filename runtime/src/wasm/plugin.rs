@@ -4,12 +4,13 @@
 //! instantiates.
 
 use super::cache::{ComponentCache, Source, hex};
-use super::engine::{FuelMetering, Runtime};
+use super::engine::{FuelMetering, Runtime, Ticker};
 use super::entry::Entry;
 use super::executor::Executor;
 use super::state::EventState;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use wasmtime::component::{Component, InstancePre};
 
 /// Why a plugin could not be loaded.
@@ -85,6 +86,8 @@ pub struct Plugin {
     pub(super) executor: Executor,
     /// Whether its engine counts fuel.
     pub(super) fuel: FuelMetering,
+    /// Its engine's epoch ticker, woken while a delivery runs.
+    pub(super) ticker: Arc<Ticker>,
 }
 
 impl Plugin {
@@ -136,6 +139,7 @@ impl Plugin {
             entry,
             executor: runtime.executor.clone(),
             fuel,
+            ticker: runtime.ticker.clone(),
         })
     }
 
