@@ -192,13 +192,7 @@ fn main() {
         }
         report.add("  shipped defaults / best tuned", default.rate / best, "ratio");
         let idle = rt.block_on(idle_with_plugins(1, true));
-        report.add("  idle host, shipped defaults, after a first start (warm cache): RSS", idle.memory.now, "MiB");
-        let window = IDLE_CPU_WINDOW.as_secs();
-        report.add(
-            format!("  its CPU while idle ({window} s, from /proc: 10 ms steps)"),
-            idle.cpu_share * 100.0,
-            "% of a core",
-        );
+        idle.add_to(&mut report, "  idle host, shipped defaults, after a first start (warm cache)");
     }
     if wanted("beside") {
         let trivial = handler("bench", "behave.wasm", "");
@@ -246,13 +240,7 @@ fn main() {
         for warm in [false, true] {
             let idle = rt.block_on(idle_with_plugins(10, warm));
             let cache = if warm { "warm cache" } else { "cold cache: compiled at start" };
-            report.add(format!("idle host, 10 Rust plugins loaded ({cache}): RSS"), idle.memory.now, "MiB");
-            let window = IDLE_CPU_WINDOW.as_secs();
-            report.add(
-                format!("  its CPU while idle ({window} s, from /proc: 10 ms steps)"),
-                idle.cpu_share * 100.0,
-                "% of a core",
-            );
+            idle.add_to(&mut report, &format!("idle host, 10 Rust plugins loaded ({cache})"));
         }
     }
     if wanted("cluster") {
@@ -669,6 +657,19 @@ struct Idle {
     memory: Memory,
     /// The share of one core it used over the [`IDLE_CPU_WINDOW`] after that.
     cpu_share: f64,
+}
+
+impl Idle {
+    /// Adds its two rows to `report`, the first named `what`.
+    fn add_to(&self, report: &mut Report, what: &str) {
+        report.add(format!("{what}: RSS"), self.memory.now, "MiB");
+        let window = IDLE_CPU_WINDOW.as_secs();
+        report.add(
+            format!("  its CPU while idle ({window} s, from /proc: 10 ms steps)"),
+            self.cpu_share * 100.0,
+            "% of a core",
+        );
+    }
 }
 
 /// A host with `count` distinct Rust plugins, one handler each, idle for a

@@ -175,8 +175,9 @@ const TICKER_SLEEPS_AFTER: Duration = Duration::from_millis(100);
 /// A thread that advances its engines' epochs every [`EPOCH_TICK`] while
 /// wasm may run (one thread for both engines, so a second engine adds no
 /// wake-ups). It sleeps once no tick has found wasm running for
-/// [`TICKER_SLEEPS_AFTER`], and [`Ticker::running`] wakes it before any wasm runs again: a guest that
-/// ran without ticks would never yield and never time out.
+/// [`TICKER_SLEEPS_AFTER`], and [`Ticker::running`] wakes it before any
+/// wasm runs again: a guest that ran without ticks would never yield and
+/// never time out.
 pub(super) struct Ticker {
     shared: Arc<TickerShared>,
     /// The ticker's thread, to wake it.
