@@ -254,11 +254,9 @@ async fn an_endless_loop_started_while_the_host_was_idle_is_still_stopped_on_tim
     use sluice::wasm::{FuelMetering, Outcome, Runtime};
     let runtime = Runtime::new().unwrap();
     let (plugin, sandbox) = behave_on(&runtime, FuelMetering::Off, "timeout_ms = 200");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !runtime.ticker_asleep() {
-        assert!(Instant::now() < deadline, "the epoch ticker never slept on an idle runtime");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let rt = &runtime;
+    let asleep = move || async move { rt.ticker_asleep().then_some(()) };
+    eventually(SOON, "the epoch ticker to sleep on an idle runtime", asleep).await;
     let started = Instant::now();
     let outcome =
         tokio::time::timeout(Duration::from_secs(20), plugin.invoke(&sandbox, behave_event(json!({"action": "loop"}))))
@@ -267,11 +265,7 @@ async fn an_endless_loop_started_while_the_host_was_idle_is_still_stopped_on_tim
     assert_eq!(outcome, Outcome::Crash { reason: "timeout after 200 ms".into(), timed_out: true });
     assert!(started.elapsed() < Duration::from_secs(5), "stopped late: {:?}", started.elapsed());
     // It sleeps again once nothing runs.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !runtime.ticker_asleep() {
-        assert!(Instant::now() < deadline, "the epoch ticker did not sleep again");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    eventually(SOON, "the epoch ticker to sleep again", asleep).await;
 }
 
 /// Counting fuel slows every handler an engine runs, so only a handler with
