@@ -3,7 +3,7 @@
 //! second host claims a dead host's entries, three hosts share every group
 //! and take a killed one's entries within a scan, shutdown drains, a
 //! Redis restart is ridden out, and a group deleted mid-delivery is named
-//! and made again.
+//! and made again (a commit that meets it missing gives up at once).
 
 use crate::support::*;
 use redis::aio::MultiplexedConnection;
@@ -300,4 +300,63 @@ async fn a_group_deleted_mid_delivery_is_named_and_made_again() {
     let published: HashSet<String> = entries(&mut conn, "out").await.iter().map(|e| field(e, "causation_id")).collect();
     let ids: Vec<String> = entries(&mut conn, "in").await.into_iter().map(|e| e.id).collect();
     assert!(ids[1..].iter().all(|id| published.contains(id)), "every publishing entry handled: {published:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_that_meets_a_missing_group_gives_up_at_once() {
+    // The group is deleted while a delivery that publishes runs, and cannot
+    // be made again for a while: Redis refuses its user XGROUP CREATE (an
+    // ACL rule changed meanwhile). The commit's script meets the missing
+    // group (NOGROUP); asked, Redis says the group is missing, so nothing
+    // can be acknowledged. The host says so, once, and does not try the
+    // commit again (which would fail the same way, and end in an error):
+    // the reader makes the group again from the stream's start, and the
+    // entry is delivered again then.
+    let redis = RedisServer::start();
+    let fx = Fixture::new(&redis, "", &behave("concurrency = 1"));
+    let mut conn = redis.conn().await;
+    let acl = async |conn: &mut MultiplexedConnection, rule: &str| {
+        let () = redis::cmd("ACL").arg("SETUSER").arg("default").arg(rule).query_async(conn).await.unwrap();
+    };
+    // The commit script's calls and those that failed.
+    let script_calls = async |conn: &mut MultiplexedConnection| -> (u64, u64) {
+        let stats: String = redis::cmd("INFO").arg("commandstats").query_async(conn).await.unwrap();
+        let Some(line) = stats.lines().find_map(|l| l.strip_prefix("cmdstat_evalsha:")) else { return (0, 0) };
+        let stat = |name: &str| -> u64 {
+            let value = line.split(',').find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='));
+            value.unwrap_or_else(|| panic!("no {name} in {line}")).parse().unwrap()
+        };
+        (stat("calls"), stat("failed_calls"))
+    };
+    // A first delivery loads the script, so that what follows is one call.
+    send(&mut conn, "in", "t", busy(0)).await;
+    let mut host = fx.spawn_binary_logging_json("warn");
+    wait_finished(&conn, 1, SOON).await;
+    send(&mut conn, "in", "t", busy(300)).await;
+    until_pending(&conn, "in", "h", 1).await;
+    let () = redis::cmd("CONFIG").arg("RESETSTAT").query_async(&mut conn).await.unwrap();
+    acl(&mut conn, "-xgroup|create").await;
+    let _: usize = redis::cmd("XGROUP").arg("DESTROY").arg("in").arg("h").query_async(&mut conn).await.unwrap();
+    eventually(SOON, "the commit's script met the missing group", || {
+        let mut c = conn.clone();
+        async move { (script_calls(&mut c).await.1 > 0).then_some(()) }
+    })
+    .await;
+    // No second try, while one would fail again: the host's first pause
+    // between tries is 100 ms, and all four are made within 1.3 s.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(script_calls(&mut conn).await, (1, 1), "one call of the commit script, failed");
+    // Once the group can be made, both entries are delivered again.
+    acl(&mut conn, "+xgroup|create").await;
+    wait_finished(&conn, 2, SOON).await;
+    assert!(terminate(&mut host).await.success());
+    let lines = json_log_lines(&host.wait_with_output().unwrap().stderr);
+    let saying = |words: &str| -> Vec<&serde_json::Value> {
+        let says = |l: &&serde_json::Value| l["fields"]["message"].as_str().unwrap_or("").contains(words);
+        lines.iter().filter(says).collect()
+    };
+    assert_eq!(saying("group is missing").len(), 1, "{lines:#?}");
+    assert!(saying("ack failed").is_empty(), "{lines:#?}");
+    assert!(lines.iter().all(|l| l["level"] != "ERROR"), "{lines:#?}");
+    assert_every_input_handled(&mut conn).await;
 }
