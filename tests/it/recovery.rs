@@ -2,8 +2,10 @@
 //! counted by Redis, a SIGKILLed host's entries are delivered again, a
 //! second host claims a dead host's entries, three hosts share every group
 //! and take a killed one's entries within a scan, shutdown drains, a
-//! Redis restart is ridden out, and a group deleted mid-delivery is named
-//! and made again (a commit that meets it missing gives up at once).
+//! Redis restart is ridden out, a group deleted mid-delivery is named and
+//! made again (a commit that meets it missing gives up at once), and a
+//! paused host's late plain XACK is warned of by the host that took its
+//! entry over.
 
 use crate::support::*;
 use redis::aio::MultiplexedConnection;
@@ -101,19 +103,11 @@ async fn a_second_host_claims_a_dead_hosts_entries() {
     assert_every_input_handled(&mut conn).await;
 }
 
-/// Entries of `group` pending under `consumer`.
+/// Entries of `group` pending under `consumer` (none before the group exists).
 async fn pending_with(conn: &mut MultiplexedConnection, group: &str, consumer: &str) -> usize {
-    let rows: Vec<redis::Value> = redis::cmd("XPENDING")
-        .arg("in")
-        .arg(group)
-        .arg("-")
-        .arg("+")
-        .arg(1000)
-        .arg(consumer)
-        .query_async(conn)
-        .await
-        .unwrap();
-    rows.len()
+    let rows: redis::RedisResult<Vec<redis::Value>> =
+        redis::cmd("XPENDING").arg("in").arg(group).arg("-").arg("+").arg(1000).arg(consumer).query_async(conn).await;
+    rows.map_or(0, |rows| rows.len())
 }
 
 /// The consumers `group` knows (none before the group exists).
@@ -359,4 +353,65 @@ async fn a_commit_that_meets_a_missing_group_gives_up_at_once() {
     assert!(saying("ack failed").is_empty(), "{lines:#?}");
     assert!(lines.iter().all(|l| l["level"] != "ERROR"), "{lines:#?}");
     assert_every_input_handled(&mut conn).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_plain_ack_is_warned_of_by_the_host_that_took_the_entry_over() {
+    // Host `paused` stops (SIGSTOP) while it runs an entry that writes
+    // nothing; host `taker` takes it over after its claim_idle_ms and runs
+    // it too. `paused` wakes first: its delivery succeeds, and its plain
+    // XACK, which does not ask who holds the entry, finishes it. Nothing is
+    // lost or written twice, and the warning, with the count, comes from
+    // `taker`, whose commit then finds the entry finished (docs/delivery.md,
+    // "A delivery that writes nothing"); `paused` says nothing.
+    let redis = RedisServer::start();
+    let admin = free_port();
+    // `paused`'s deadline is long, so its delivery ends on waking instead of
+    // timing out (a deadline is wall time).
+    let paused = Fixture::new(&redis, "consumer = \"paused\"\nclaim_idle_ms = 120000", &behave("timeout_ms = 60000"));
+    let taker_keys = format!("consumer = \"taker\"\nclaim_idle_ms = 3000\nadmin = \"127.0.0.1:{admin}\"");
+    let taker = Fixture::new(&redis, &taker_keys, &behave("timeout_ms = 2500"));
+    let mut conn = redis.conn().await;
+    send(&mut conn, "in", "t", json!({"action": "busy", "ms": 1000})).await;
+    let mut first = paused.spawn_binary_logging_json("warn");
+    eventually(SOON, "the entry pending with paused", || {
+        let mut c = conn.clone();
+        async move { (pending_with(&mut c, "h", "paused").await == 1).then_some(()) }
+    })
+    .await;
+    let signal = |child: &std::process::Child, signal: &str| {
+        let pid = child.id().to_string();
+        assert!(std::process::Command::new("kill").args([signal, &pid]).status().unwrap().success());
+    };
+    signal(&first, "-STOP");
+    let mut second = taker.spawn_binary_logging_json("warn");
+    eventually(SOON, "the entry taken over by taker", || {
+        let mut c = conn.clone();
+        async move { (pending_with(&mut c, "h", "taker").await == 1).then_some(()) }
+    })
+    .await;
+    signal(&first, "-CONT");
+    wait_finished(&conn, 1, SOON).await;
+    // `taker` drains: its delivery ends, and its commit finds the entry finished.
+    let series = "sluice_commits_already_finished_total{handler=\"h\"} ";
+    let counted = || http_get(admin, "/metrics").1.lines().find_map(|l| l.strip_prefix(series)?.parse::<f64>().ok());
+    eventually(SOON, "taker's commit counted as already finished", || {
+        let n = counted();
+        async move { (n == Some(1.0)).then_some(()) }
+    })
+    .await;
+    assert!(terminate(&mut second).await.success());
+    assert!(terminate(&mut first).await.success());
+    let logs = |child: std::process::Child| json_log_lines(&child.wait_with_output().unwrap().stderr);
+    let (first, second) = (logs(first), logs(second));
+    let message = |l: &serde_json::Value| l["fields"]["message"].as_str().unwrap_or("").to_owned();
+    let warned = |lines: &[serde_json::Value]| -> Vec<String> {
+        lines.iter().map(message).filter(|m| m.contains("another consumer") || m.contains("lost the entry")).collect()
+    };
+    assert_eq!(warned(&second).len(), 1, "taker warns once: {second:#?}");
+    assert!(warned(&second)[0].contains("finished by another consumer"), "{second:#?}");
+    assert!(warned(&first).is_empty(), "paused finished the entry and says nothing: {first:#?}");
+    for lines in [&first, &second] {
+        assert!(lines.iter().all(|l| l["level"] != "ERROR"), "{lines:#?}");
+    }
 }
