@@ -174,14 +174,7 @@ async fn deliveries_of_one_stream_share_a_check_and_an_ack_with_each_result_its_
     let ids = pending_with_c(&mut conn, 30).await;
     let set = |i: usize| commit_in(&ids[i], sets("set"));
     let writes = |i: usize| commit_in(&ids[i], publishes_to("out"));
-    let count = |stats: &str, command: &str| -> u64 {
-        let prefix = format!("cmdstat_{command}:calls=");
-        let line = stats.lines().find(|l| l.starts_with(&prefix)).unwrap_or_else(|| panic!("no {command}: {stats}"));
-        line[prefix.len()..].split(',').next().unwrap().parse().unwrap()
-    };
-    let stats = async |conn: &mut redis::aio::MultiplexedConnection| -> String {
-        redis::cmd("INFO").arg("commandstats").query_async(conn).await.unwrap()
-    };
+    let count = |stats: &str, command: &str| command_stat(stats, command, "calls");
     let reset = async |conn: &mut redis::aio::MultiplexedConnection| {
         let () = redis::cmd("CONFIG").arg("RESETSTAT").query_async(conn).await.unwrap();
     };
@@ -214,7 +207,7 @@ async fn deliveries_of_one_stream_share_a_check_and_an_ack_with_each_result_its_
         .collect();
     let results = commit_batch(&mut conn, "g", "c", &commits).await.unwrap();
     assert_eq!(results, vec![Committed::Done; 10]);
-    let after = stats(&mut conn).await;
+    let after = command_stats(&mut conn).await;
     let calls = ["xpending", "xack", "type"].map(|c| count(&after, c));
     assert_eq!(calls, [1, 1, 1], "{after}");
     assert_eq!(causes(&mut conn).await, [11, 0, 16, 12, 14, 18, 20]);
@@ -233,7 +226,7 @@ async fn deliveries_of_one_stream_share_a_check_and_an_ack_with_each_result_its_
     reset(&mut conn).await;
     let results = commit_batch(&mut conn, "g", "c", &[set(23), in2, set(24), writes(25)]).await.unwrap();
     assert_eq!(results, vec![Committed::Done; 4]);
-    let after = stats(&mut conn).await;
+    let after = command_stats(&mut conn).await;
     assert_eq!((count(&after, "xpending"), count(&after, "xack")), (3, 3), "{after}");
     let left: Vec<(String, String, u64, u64)> =
         redis::cmd("XPENDING").arg("in2").arg("g").arg("-").arg("+").arg(10).query_async(&mut conn).await.unwrap();
@@ -316,10 +309,7 @@ async fn a_delivery_that_writes_nothing_is_a_plain_xack() {
     let ids = pending_with_c(&mut conn, 8).await;
     let quiet = |i: usize| commit_in(&ids[i], Default::default());
     let calls = async |conn: &mut redis::aio::MultiplexedConnection, command: &str| -> u64 {
-        let stats: String = redis::cmd("INFO").arg("commandstats").query_async(conn).await.unwrap();
-        let prefix = format!("cmdstat_{command}:calls=");
-        let line = stats.lines().find(|l| l.starts_with(&prefix));
-        line.map_or(0, |l| l[prefix.len()..].split(',').next().unwrap().parse().unwrap())
+        command_stat(&command_stats(conn).await, command, "calls")
     };
 
     // Only XACKs: no script runs.

@@ -103,27 +103,31 @@ async fn a_second_host_claims_a_dead_hosts_entries() {
     assert_every_input_handled(&mut conn).await;
 }
 
-/// Entries of `group` pending under `consumer` (none before the group exists).
-async fn pending_with(conn: &mut MultiplexedConnection, group: &str, consumer: &str) -> usize {
-    let rows: redis::RedisResult<Vec<redis::Value>> =
+/// The entries of `in` that `group` has pending under `consumer` (none
+/// before the group exists): id, consumer, ms since delivered, deliveries.
+async fn pending_rows(
+    conn: &mut MultiplexedConnection,
+    group: &str,
+    consumer: &str,
+) -> Vec<(String, String, u64, u64)> {
+    let rows: redis::RedisResult<_> =
         redis::cmd("XPENDING").arg("in").arg(group).arg("-").arg("+").arg(1000).arg(consumer).query_async(conn).await;
     match rows {
-        Ok(rows) => rows.len(),
-        Err(e) if e.code() == Some("NOGROUP") => 0,
+        Ok(rows) => rows,
+        Err(e) if e.code() == Some("NOGROUP") => vec![],
         Err(e) => panic!("XPENDING of in {group}: {e}"),
     }
 }
 
-/// How long ago (ms) the first entry of `group` pending under `consumer`
-/// was delivered; `None` if none is (or the group does not exist yet).
+/// How many entries of `in` `group` has pending under `consumer`.
+async fn pending_with(conn: &mut MultiplexedConnection, group: &str, consumer: &str) -> usize {
+    pending_rows(conn, group, consumer).await.len()
+}
+
+/// How long ago (ms) the first entry of `in` that `group` has pending under
+/// `consumer` was delivered; `None` if none is.
 async fn idle_with(conn: &mut MultiplexedConnection, group: &str, consumer: &str) -> Option<u64> {
-    let rows: redis::RedisResult<Vec<(String, String, u64, u64)>> =
-        redis::cmd("XPENDING").arg("in").arg(group).arg("-").arg("+").arg(1).arg(consumer).query_async(conn).await;
-    match rows {
-        Ok(rows) => rows.first().map(|(_, _, idle, _)| *idle),
-        Err(e) if e.code() == Some("NOGROUP") => None,
-        Err(e) => panic!("XPENDING of in {group}: {e}"),
-    }
+    pending_rows(conn, group, consumer).await.first().map(|(_, _, idle, _)| *idle)
 }
 
 /// The consumers `group` knows (none before the group exists).
@@ -331,13 +335,8 @@ async fn a_commit_that_meets_a_missing_group_gives_up_at_once() {
     };
     // The commit script's calls and those that failed.
     let script_calls = async |conn: &mut MultiplexedConnection| -> (u64, u64) {
-        let stats: String = redis::cmd("INFO").arg("commandstats").query_async(conn).await.unwrap();
-        let Some(line) = stats.lines().find_map(|l| l.strip_prefix("cmdstat_evalsha:")) else { return (0, 0) };
-        let stat = |name: &str| -> u64 {
-            let value = line.split(',').find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='));
-            value.unwrap_or_else(|| panic!("no {name} in {line}")).parse().unwrap()
-        };
-        (stat("calls"), stat("failed_calls"))
+        let stats = command_stats(conn).await;
+        (command_stat(&stats, "evalsha", "calls"), command_stat(&stats, "evalsha", "failed_calls"))
     };
     // A first delivery loads the script, so that what follows is one call.
     send(&mut conn, "in", "t", busy(0)).await;

@@ -242,6 +242,20 @@ pub async fn pending(conn: &mut impl Conn, stream: &str, group: &str) -> usize {
     }
 }
 
+/// Redis's `INFO commandstats`: a line per command run since the last
+/// `CONFIG RESETSTAT` (read one figure with [`command_stat`]).
+pub async fn command_stats(conn: &mut impl Conn) -> String {
+    redis::cmd("INFO").arg("commandstats").query_async(conn).await.unwrap()
+}
+
+/// The figure `stat` (`calls`, `failed_calls`, ...) of `command` in
+/// `stats`; 0 if the command has not run.
+pub fn command_stat(stats: &str, command: &str, stat: &str) -> u64 {
+    let Some(line) = stats.lines().find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:"))) else { return 0 };
+    let value = line.split(',').find_map(|kv| kv.strip_prefix(stat)?.strip_prefix('='));
+    value.unwrap_or_else(|| panic!("no {stat} in {line}")).parse().unwrap()
+}
+
 /// How many entries `group` has finished with: those up to its last
 /// delivered id, minus those still pending.
 pub async fn finished(conn: &mut impl Conn, stream: &str, group: &str) -> usize {
