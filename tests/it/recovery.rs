@@ -403,18 +403,14 @@ async fn a_late_plain_ack_is_warned_of_by_the_host_that_took_the_entry_over() {
         async move { (idle_with(&mut c, "h", "paused").await? >= 300).then_some(()) }
     })
     .await;
-    let signal = |child: &std::process::Child, signal: &str| {
-        let pid = child.id().to_string();
-        assert!(std::process::Command::new("kill").args([signal, &pid]).status().unwrap().success());
-    };
-    signal(&hosts.0[0], "-STOP");
+    assert!(send_signal(hosts.0[0].id(), "STOP"));
     hosts.0.push(taker.spawn_binary_logging_json("warn"));
     eventually(STARTED, "the entry taken over by taker", || {
         let mut c = conn.clone();
         async move { (pending_with(&mut c, "h", "taker").await == 1).then_some(()) }
     })
     .await;
-    signal(&hosts.0[0], "-CONT");
+    assert!(send_signal(hosts.0[0].id(), "CONT"));
     wait_finished(&conn, 1, SOON).await;
     // Then `taker`'s delivery ends, and its commit finds the entry finished.
     let series = "sluice_commits_already_finished_total{handler=\"h\"} ";

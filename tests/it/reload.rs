@@ -212,8 +212,7 @@ async fn with_no_watch_sighup_reloads() {
     fx.rewrite_handlers(&format!("{}\n{}", handler("a"), handler("b")));
     tokio::time::sleep(reload_quiet_period()).await;
     assert_eq!(finished(&mut conn, "in", "b").await, 0, "--no-watch: the edit is not applied by itself");
-    let pid = host.id().to_string();
-    assert!(std::process::Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    assert!(send_signal(host.id(), "HUP"));
     until_finished(&conn, "in", "b", 1).await;
     host.kill().unwrap();
     host.wait().unwrap();

@@ -153,11 +153,16 @@ pub fn json_log_lines(stderr: &[u8]) -> Vec<serde_json::Value> {
     stderr.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: not JSON: {l}"))).collect()
 }
 
+/// Sends `signal` (`TERM`, `STOP`, `CONT`, ...) to process `pid` with
+/// `kill`; whether it was sent.
+pub fn send_signal(pid: u32, signal: &str) -> bool {
+    Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().is_ok_and(|s| s.success())
+}
+
 /// Sends SIGTERM to a `sluice` process and waits (up to [`super::SOON`])
 /// for it to drain and exit; its exit status.
 pub async fn terminate(child: &mut Child) -> std::process::ExitStatus {
-    let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(send_signal(child.id(), "TERM"));
     super::eventually(super::SOON, "sluice exits after SIGTERM", || {
         let s = child.try_wait().unwrap();
         async move { s }
