@@ -176,6 +176,63 @@ async fn a_key_whose_host_died_with_all_its_entries_is_taken_over_in_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_whose_commit_reply_was_lost_moves_on_to_its_next_entry_soon() {
+    // The commit of a key's entry also hands the key's next entry to the
+    // same consumer, which keeps the key's lease. When that commit lands
+    // but its reply is lost, the host learns only that the entry is
+    // finished; the next one is then pending with it, under its lease, and
+    // must be taken back soon, not once the lease runs out (claim_idle_ms,
+    // 30 s here, past the deadline).
+    let redis = RedisServer::start();
+    let proxy = Proxy::start(redis.port).await;
+    let fx = Fixture::with_redis(
+        &format!("url = \"{}\"", proxy.url()),
+        "claim_idle_ms = 30000",
+        &ledger("data.account", "concurrency = 8"),
+    );
+    let mut conn = redis.conn().await;
+    let posting = |seq: u64, ms: u64| json!({"action": "ledger", "account": "k", "seq": seq, "amount": 1, "ms": ms});
+    let mut hosts = Hosts(vec![fx.spawn_binary_logging_json("warn")]);
+    send(&mut conn, "in", "posting", posting(1, 800)).await;
+    send(&mut conn, "in", "posting", posting(2, 0)).await;
+    // Posting 1 is being handled, 2 is queued behind it. From now on every
+    // chunk takes 150 ms each way: room to cut the connections between its
+    // commit landing in Redis and the reply reaching the host.
+    eventually(STARTED, "both postings read", || {
+        let mut c = conn.clone();
+        async move { (pending(&mut c, "in", "h").await == 2).then_some(()) }
+    })
+    .await;
+    proxy.set_latency(Duration::from_millis(150));
+    let deadline = std::time::Instant::now() + SOON;
+    while redis::cmd("XLEN").arg("out").query_async::<usize>(&mut conn).await.unwrap() == 0 {
+        assert!(std::time::Instant::now() < deadline, "posting 1 was never committed");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // Posting 1's commit ran (its output is written); its reply has not
+    // come back yet.
+    assert!(proxy.reset() > 0);
+    proxy.set_latency(Duration::ZERO);
+    eventually(Duration::from_secs(8), "posting 2 handled well before its key's lease runs out", || {
+        let mut c = conn.clone();
+        async move { (finished(&mut c, "in", "h").await == 2).then_some(()) }
+    })
+    .await;
+    let mut host = hosts.0.pop().unwrap();
+    assert!(terminate(&mut host).await.success());
+    let lines = json_log_lines(&host.wait_with_output().unwrap().stderr);
+    let message = |l: &serde_json::Value| l["fields"]["message"].as_str().unwrap_or("").to_owned();
+    assert!(
+        lines.iter().any(|l| message(l).starts_with("ack failed") && message(l).contains("trying again")),
+        "posting 1's commit lost its reply: {lines:#?}"
+    );
+    assert!(lines.iter().all(|l| l["level"] != "ERROR"), "{lines:#?}");
+    // Posting 1's commit, tried again, found it finished and wrote nothing.
+    let rows = &postings(&mut conn).await["k"];
+    assert_eq!(rows.iter().map(|r| (r.0, r.1)).collect::<Vec<_>>(), [(1, 0), (2, 1)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_that_kills_its_host_each_time_runs_out_of_attempts_and_frees_its_key() {
     let redis = RedisServer::start();
     let handlers = ledger("account", "max_attempts = 2\ntimeout_ms = 20000");
