@@ -233,6 +233,65 @@ async fn a_key_whose_commit_reply_was_lost_moves_on_to_its_next_entry_soon() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_whose_commit_shared_a_call_with_a_missing_group_moves_on_to_its_next_entry_soon() {
+    // Commits of two streams can share one script call. When the second's
+    // group is missing, the call fails after the first was made: the first
+    // entry is acknowledged and its key moved on to its next entry, now
+    // pending with this consumer under the key's lease. The host must
+    // deliver that entry now, not once the lease runs out (claim_idle_ms,
+    // 30 s here, past the deadline). (Redis 7.0 or later: an ACL rule on a
+    // subcommand keeps the group from being made again meanwhile.)
+    let redis = RedisServer::start();
+    let proxy = Proxy::start(redis.port).await;
+    let handlers = "[handlers.h]\nplugin = \"behave.wasm\"\nstreams = [\"in\", \"in2\"]\npublish = [\"out\"]\n\
+                    order_by = \"data.account\"\nconcurrency = 8\n";
+    let url = format!("url = \"{}\"", proxy.url());
+    let fx = Fixture::with_redis(&url, "claim_idle_ms = 30000", handlers);
+    let mut conn = redis.conn().await;
+    let posting = |account: &str, seq: u64, ms: u64| json!({"action": "ledger", "account": account, "seq": seq, "amount": 1, "ms": ms});
+    // Key x's commit is in flight (400 ms, below) while a's and b's are
+    // handed over, 100 and 200 ms after it, so theirs share the next call,
+    // a's first.
+    send(&mut conn, "in", "posting", posting("x", 1, 600)).await;
+    send(&mut conn, "in", "posting", posting("a", 1, 700)).await;
+    send(&mut conn, "in", "posting", posting("a", 2, 0)).await;
+    send(&mut conn, "in2", "posting", posting("b", 1, 800)).await;
+    let rust_log = "warn,sluice::consumer::finish=debug";
+    let mut hosts = Hosts(vec![fx.spawn_binary_logging_json(rust_log)]);
+    eventually(STARTED, "all four postings read", || {
+        let mut c = conn.clone();
+        async move { (pending(&mut c, "in", "h").await == 3 && pending(&mut c, "in2", "h").await == 1).then_some(()) }
+    })
+    .await;
+    // From now on every round trip takes 400 ms: long enough for a's and
+    // b's commits to gather behind x's.
+    proxy.set_latency(Duration::from_millis(200));
+    acl_default(&mut conn, "-xgroup|create").await;
+    let _: usize = redis::cmd("XGROUP").arg("DESTROY").arg("in2").arg("h").query_async(&mut conn).await.unwrap();
+    eventually(Duration::from_secs(8), "posting a/2 handled well before its key's lease runs out", || {
+        let mut c = conn.clone();
+        async move { (postings(&mut c).await.get("a").map_or(0, Vec::len) == 2).then_some(()) }
+    })
+    .await;
+    // The group is made again, from the stream's start: b is delivered again.
+    proxy.set_latency(Duration::ZERO);
+    acl_default(&mut conn, "+xgroup|create").await;
+    until_finished(&conn, "in2", "h", 1).await;
+    let mut host = hosts.0.pop().unwrap();
+    assert!(terminate(&mut host).await.success());
+    let lines = json_log_lines(&host.wait_with_output().unwrap().stderr);
+    let message = |l: &serde_json::Value| l["fields"]["message"].as_str().unwrap_or("").to_owned();
+    assert!(
+        lines.iter().any(|l| message(l).contains("made by the call before it met a missing group")),
+        "a's commit shared the call that met the missing group: {lines:#?}"
+    );
+    assert!(lines.iter().all(|l| l["level"] != "ERROR"), "{lines:#?}");
+    let rows = postings(&mut conn).await;
+    let seqs = |k: &str| rows[k].iter().map(|r| (r.0, r.1)).collect::<Vec<_>>();
+    assert_eq!((seqs("a"), seqs("b"), seqs("x")), (vec![(1, 0), (2, 1)], vec![(1, 0)], vec![(1, 0)]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_that_kills_its_host_each_time_runs_out_of_attempts_and_frees_its_key() {
     let redis = RedisServer::start();
     let handlers = ledger("account", "max_attempts = 2\ntimeout_ms = 20000");

@@ -330,9 +330,6 @@ async fn a_commit_that_meets_a_missing_group_gives_up_at_once() {
     let redis = RedisServer::start();
     let fx = Fixture::new(&redis, "", &behave("concurrency = 1"));
     let mut conn = redis.conn().await;
-    let acl = async |conn: &mut MultiplexedConnection, rule: &str| {
-        let () = redis::cmd("ACL").arg("SETUSER").arg("default").arg(rule).query_async(conn).await.unwrap();
-    };
     // The commit script's calls and those that failed.
     let script_calls = async |conn: &mut MultiplexedConnection| -> (u64, u64) {
         let stats = command_stats(conn).await;
@@ -347,7 +344,7 @@ async fn a_commit_that_meets_a_missing_group_gives_up_at_once() {
     send(&mut conn, "in", "t", busy(1000)).await;
     until_pending(&conn, "in", "h", 1).await;
     let () = redis::cmd("CONFIG").arg("RESETSTAT").query_async(&mut conn).await.unwrap();
-    acl(&mut conn, "-xgroup|create").await;
+    acl_default(&mut conn, "-xgroup|create").await;
     let _: usize = redis::cmd("XGROUP").arg("DESTROY").arg("in").arg("h").query_async(&mut conn).await.unwrap();
     eventually(SOON, "the commit's script met the missing group", || {
         let mut c = conn.clone();
@@ -360,7 +357,7 @@ async fn a_commit_that_meets_a_missing_group_gives_up_at_once() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(script_calls(&mut conn).await, (1, 1), "one call of the commit script, failed");
     // Once the group can be made, both entries are delivered again.
-    acl(&mut conn, "+xgroup|create").await;
+    acl_default(&mut conn, "+xgroup|create").await;
     wait_finished(&conn, 2, SOON).await;
     assert!(terminate(&mut host).await.success());
     let lines = json_log_lines(&host.wait_with_output().unwrap().stderr);

@@ -414,6 +414,18 @@ impl Consumer {
                         self.group_set_back();
                         break;
                     }
+                    // Made, and its key moved on to a next entry that is
+                    // now this consumer's, which only the script's answer
+                    // names: asked again at once. The script finds the entry
+                    // finished and answers as after a lost reply.
+                    Ok(EntryState::Acknowledged) if commit.moves_key_on() => {
+                        event_line!(
+                            DEBUG,
+                            "{what}: made by the call before it met a missing group; asking for its key's next entry"
+                        );
+                        unsure = true;
+                        continue;
+                    }
                     // Made (or, as after a lost reply, finished by another
                     // consumer meanwhile).
                     Ok(EntryState::Acknowledged) => {

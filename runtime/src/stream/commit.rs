@@ -193,6 +193,13 @@ impl Commit {
         Commit { order: key.map(|k| (k, ttl_ms)), ..self }
     }
 
+    /// Whether it moves its entry's key on to the key's next entry (it is
+    /// ordered by key): then only the script's own answer says which entry
+    /// that is ([`Committed::Next`]).
+    pub fn moves_key_on(&self) -> bool {
+        self.order.is_some()
+    }
+
     /// The entry it finishes: its stream and id.
     pub fn entry(&self) -> (&str, &str) {
         (&self.stream, &self.id)

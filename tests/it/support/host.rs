@@ -247,6 +247,13 @@ pub async fn pending(conn: &mut impl Conn, stream: &str, group: &str) -> usize {
     }
 }
 
+/// Changes the rules of Redis's `default` user (the one hosts and tests
+/// connect as) with `ACL SETUSER default RULE`: `-xgroup|create` keeps a
+/// host from making a consumer group again (Redis 7.0 or later).
+pub async fn acl_default(conn: &mut impl Conn, rule: &str) {
+    let () = redis::cmd("ACL").arg("SETUSER").arg("default").arg(rule).query_async(conn).await.unwrap();
+}
+
 /// Redis's `INFO commandstats`: a line per command run since the last
 /// `CONFIG RESETSTAT` (read one figure with [`command_stat`]).
 pub async fn command_stats(conn: &mut impl Conn) -> String {
