@@ -416,9 +416,11 @@ impl Consumer {
                     }
                     // Made, and its key moved on to a next entry that is
                     // now this consumer's, which only the script's answer
-                    // names: asked again at once. The script finds the entry
-                    // finished and answers as after a lost reply.
-                    Ok(EntryState::Acknowledged) if commit.moves_key_on() => {
+                    // names: sent again at once (while tries are left; on
+                    // the last, done, and the claim scan takes that entry
+                    // back). The script finds the entry finished and
+                    // answers as after a lost reply.
+                    Ok(EntryState::Acknowledged) if commit.moves_key_on() && attempt < COMMIT_TRIES => {
                         event_line!(
                             DEBUG,
                             "{what}: made by the call before it met a missing group; asking for its key's next entry"
