@@ -8,6 +8,7 @@ use crate::support::*;
 use redis::cluster_async::ClusterConnection;
 use serde_json::json;
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
 const CHAIN: &str = "[handlers.payment]\nplugin = \"payment.wasm\"\nstreams = [\"orders\"]\nevents = [\"order.created\"]\npublish = [\"payments\"]\nmax_attempts = 2\nbackoff_ms = 10\norder_by = \"data.order_id\"\n\
 [handlers.shipping]\nplugin = \"shipping.wasm\"\nstreams = [\"payments\"]\nevents = [\"payment.processed\"]\npublish = [\"shipments\"]\n\
@@ -277,4 +278,84 @@ async fn a_request_is_answered_through_the_outbox_of_another_slot() {
     .await;
     assert!(ttl > 0, "the relayed reply stream has no time to live ({ttl})");
     host.stop().await;
+}
+
+/// What a committer's batches read for [`a_commit_batch_reads_the_next_entries_of_its_own_slot`]:
+/// per batch that read, the streams it named and the entries it found.
+type Reads = Arc<Mutex<Vec<(Vec<String>, Vec<(String, String)>)>>>;
+
+/// A [`sluice::stream::Refill`] that records what each batch read.
+struct Recorder {
+    reads: Reads,
+    tracker: tokio_util::task::TaskTracker,
+}
+
+impl sluice::stream::Refill for Recorder {
+    fn room(&self, finishing: usize) -> Option<sluice::stream::Room> {
+        let streams: Arc<[String]> = ["in".to_owned(), "in2".to_owned()].into();
+        Some(sluice::stream::Room { streams, count: finishing, tracked: self.tracker.token() })
+    }
+
+    fn found(
+        &self,
+        room: sluice::stream::Room,
+        found: Vec<sluice::stream::Delivery>,
+        _permits: Vec<tokio::sync::OwnedSemaphorePermit>,
+    ) {
+        let found = found.into_iter().map(|d| (d.stream, d.entry.id)).collect();
+        self.reads.lock().unwrap().push((room.streams.to_vec(), found));
+    }
+
+    fn lost(&self, room: sluice::stream::Room) {
+        self.reads.lock().unwrap().push((room.streams.to_vec(), vec![("lost".into(), String::new())]));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_batch_reads_the_next_entries_of_its_own_slot() {
+    // As on one server, a batch of commits reads the next new entries for
+    // the permits it gives back, in the same round trip. One call can only
+    // name keys of one slot, so each slot's batch reads the handler's
+    // streams in its own slot.
+    use sluice::stream::{Commit, Committed, Committer, Conn};
+    let cluster = Cluster::start();
+    assert_ne!(cluster.slot_of("in"), cluster.slot_of("in2"));
+    let mut conn = cluster.conn().await;
+    let mut pending = Vec::new();
+    let mut new = Vec::new();
+    for s in ["in", "in2"] {
+        sluice::stream::ensure_group(&mut conn, s, "g").await.unwrap();
+        pending.push((s, send(&mut conn, s, "t", json!({})).await));
+        read_pending(&mut conn, s, "g").await;
+        new.push((s.to_owned(), send(&mut conn, s, "t", json!({})).await));
+        send(&mut conn, s, "t", json!({})).await;
+    }
+    let reads = Reads::default();
+    let recorder = Recorder { reads: reads.clone(), tracker: tokio_util::task::TaskTracker::new() };
+    let committer = Committer::start(Conn::Cluster(conn.clone()), "g".into(), "c".into(), Some(Box::new(recorder)));
+    let permits = Arc::new(tokio::sync::Semaphore::new(2));
+    let (tx, mut results) = tokio::sync::mpsc::unbounded_channel();
+    for (s, id) in &pending {
+        let entry = sluice::event::Entry { id: id.clone(), fields: vec![("type".into(), b"t".to_vec())] };
+        let commit = Commit::ack(s, &entry, "h", "sluice:kv:h:", Default::default(), &Default::default());
+        let permit = permits.clone().acquire_owned().await.unwrap();
+        let tx = tx.clone();
+        committer.commit_then(Arc::new(commit), move |result| {
+            drop(tx.send(result.map_err(|e| e.to_string())));
+            Some(permit)
+        });
+    }
+    drop(tx);
+    for _ in &pending {
+        let result = tokio::time::timeout(SOON, results.recv()).await.expect("each commit answered");
+        assert_eq!(result, Some(Ok(Committed::Done)));
+    }
+    let mut reads = eventually(SOON, "a read by each slot's batch", || {
+        let reads = reads.lock().unwrap().clone();
+        async move { (reads.len() == 2).then_some(reads) }
+    })
+    .await;
+    reads.sort();
+    let stream = |s: &str| vec![s.to_owned()];
+    assert_eq!(reads, [(stream("in"), vec![new[0].clone()]), (stream("in2"), vec![new[1].clone()])]);
 }

@@ -5,11 +5,12 @@
 //! is in flight the next gathers, so under load each call to Redis finishes
 //! many deliveries, and a lone delivery is sent at once.
 //!
-//! A consumer may give its committer a [`Refill`]: then, on one server, a
-//! batch that finishes deliveries also reads new entries for the permits
-//! those deliveries give back, in the same round trip as its commits, and
-//! under load the reader's own `XREADGROUP` calls (and the wake-ups around
-//! them) mostly fall away.
+//! A consumer may give its committer a [`Refill`]: then a batch that
+//! finishes deliveries also reads new entries for the permits those
+//! deliveries give back, in the same round trip as its commits (in a Redis
+//! Cluster, of the consumer's streams in the batch's slot), and under load
+//! the reader's own `XREADGROUP` calls (and the wake-ups around them)
+//! mostly fall away.
 
 use super::commit::{Commit, CommitAndRead, Committed, ReadAfter, commit_and_read};
 use super::conn::Conn;
@@ -100,7 +101,8 @@ pub trait Refill: Send + Sync + 'static {
 
 /// What one batch may read for a [`Refill`].
 pub struct Room {
-    /// The streams to read: the consumer's own, on one server.
+    /// The streams to read: the consumer's own (in a cluster, the batch
+    /// reads those in its slot).
     pub streams: Arc<[String]>,
     /// The most entries to read of each (`COUNT` is per stream, as the
     /// reader's is: with several streams, more entries than permits may
@@ -113,10 +115,9 @@ pub struct Room {
 
 impl Committer {
     /// Starts the task that commits, through `group` as `consumer`, on
-    /// `conn`; on one server, its batches also read for `refill`.
+    /// `conn`; its batches also read for `refill`.
     pub fn start(conn: Conn, group: String, consumer: String, refill: Option<Box<dyn Refill>>) -> Committer {
         let (tx, rx) = mpsc::unbounded_channel();
-        let refill = refill.filter(|_| !matches!(conn, Conn::Cluster(_)));
         tokio::spawn(run(conn, Who { group, consumer, refill }, rx));
         Committer { tx }
     }
@@ -164,16 +165,25 @@ async fn run(conn: Conn, who: Who, mut rx: mpsc::UnboundedReceiver<Job>) {
     while rx.recv_many(&mut jobs, MAX_BATCH).await > 0 {
         match &conn {
             Conn::Cluster(_) => commit_by_slot(&conn, &who, &mut jobs).await,
-            _ => commit_together(conn.clone(), &who, &mut jobs).await,
+            _ => commit_together(conn.clone(), &who, &mut jobs, None).await,
         }
     }
 }
 
-/// Commits every job in one round trip and answers each; on one server, the
-/// batch also reads what the consumer's [`Refill`] has room for.
-async fn commit_together(mut conn: Conn, who: &Who, jobs: &mut Vec<Job>) {
+/// Commits every job in one round trip and answers each; the batch also
+/// reads what the consumer's [`Refill`] has room for (in a cluster, `slot`,
+/// the slot of every job's stream: of the consumer's streams in that slot,
+/// since one call can only name keys of one slot).
+async fn commit_together(mut conn: Conn, who: &Who, jobs: &mut Vec<Job>, slot: Option<u16>) {
     let finishing = jobs.iter().filter(|j| j.reply.gives_back()).count();
     let room = who.refill.as_ref().and_then(|refill| refill.room(finishing));
+    let room = room.and_then(|room| match slot {
+        None => Some(room),
+        Some(slot) => {
+            let streams: Arc<[String]> = room.streams.iter().filter(|s| slot::of(s) == slot).cloned().collect();
+            (!streams.is_empty()).then(|| Room { streams, ..room })
+        }
+    });
     let read = room.as_ref().map_or(ReadAfter::NOTHING, |r| ReadAfter { streams: &r.streams, count: r.count });
     let commits = jobs.iter().map(|j| &*j.commit);
     match commit_and_read(&mut conn, &who.group, &who.consumer, commits, read).await {
@@ -203,9 +213,9 @@ async fn commit_by_slot(conn: &Conn, who: &Who, jobs: &mut Vec<Job>) {
     for job in jobs.drain(..) {
         by_slot.entry(slot::of(job.commit.entry().0)).or_default().push(job);
     }
-    let batches = by_slot.into_values().map(|mut batch| {
+    let batches = by_slot.into_iter().map(|(slot, mut batch)| {
         let conn = conn.clone();
-        async move { commit_together(conn, who, &mut batch).await }
+        async move { commit_together(conn, who, &mut batch, Some(slot)).await }
     });
     futures::future::join_all(batches).await;
 }
