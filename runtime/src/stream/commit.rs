@@ -347,7 +347,7 @@ pub async fn commit_batch<'a>(
 #[derive(Debug, Clone, Copy)]
 pub struct ReadAfter<'a> {
     /// The streams to read new entries of: the committing consumer's own
-    /// (in a cluster, those in the slot of the commits' streams).
+    /// (in a cluster, all in the slot of the commits' streams).
     pub streams: &'a [String],
     /// The most entries to read of each stream (`COUNT` is per stream).
     pub count: usize,

@@ -8,7 +8,7 @@
 //! A consumer may give its committer a [`Refill`]: then a batch that
 //! finishes deliveries also reads new entries for the permits those
 //! deliveries give back, in the same round trip as its commits (in a Redis
-//! Cluster, of the consumer's streams in the batch's slot), and under load
+//! Cluster, when all the consumer's streams share a slot), and under load
 //! the reader's own `XREADGROUP` calls (and the wake-ups around them)
 //! mostly fall away.
 
@@ -101,8 +101,8 @@ pub trait Refill: Send + Sync + 'static {
 
 /// What one batch may read for a [`Refill`].
 pub struct Room {
-    /// The streams to read: the consumer's own (in a cluster, the batch
-    /// reads those in its slot).
+    /// The streams to read: the consumer's own (in a cluster, only read
+    /// when they all share the batch's slot).
     pub streams: Arc<[String]>,
     /// The most entries to read of each (`COUNT` is per stream, as the
     /// reader's is: with several streams, more entries than permits may
@@ -171,19 +171,17 @@ async fn run(conn: Conn, who: Who, mut rx: mpsc::UnboundedReceiver<Job>) {
 }
 
 /// Commits every job in one round trip and answers each; the batch also
-/// reads what the consumer's [`Refill`] has room for (in a cluster, `slot`,
-/// the slot of every job's stream: of the consumer's streams in that slot,
-/// since one call can only name keys of one slot).
+/// reads what the consumer's [`Refill`] has room for. In a cluster, `slot`
+/// is the slot of every job's stream, and the batch reads only if all of
+/// the consumer's streams are in it (one call can only name keys of one
+/// slot).
 async fn commit_together(mut conn: Conn, who: &Who, jobs: &mut Vec<Job>, slot: Option<u16>) {
     let finishing = jobs.iter().filter(|j| j.reply.gives_back()).count();
     let room = who.refill.as_ref().and_then(|refill| refill.room(finishing));
-    let room = room.and_then(|room| match slot {
-        None => Some(room),
-        Some(slot) => {
-            let streams: Arc<[String]> = room.streams.iter().filter(|s| slot::of(s) == slot).cloned().collect();
-            (!streams.is_empty()).then(|| Room { streams, ..room })
-        }
-    });
+    // In a cluster, only when all of the consumer's streams are in the
+    // batch's slot: a batch that read only its own slot's streams would keep
+    // its permits there, and a backlog in one slot would starve the others.
+    let room = room.filter(|room| slot.is_none_or(|slot| room.streams.iter().all(|s| slot::of(s) == slot)));
     let read = room.as_ref().map_or(ReadAfter::NOTHING, |r| ReadAfter { streams: &r.streams, count: r.count });
     let commits = jobs.iter().map(|j| &*j.commit);
     match commit_and_read(&mut conn, &who.group, &who.consumer, commits, read).await {
