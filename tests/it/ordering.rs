@@ -300,6 +300,56 @@ async fn a_key_whose_commit_shared_a_call_with_a_missing_group_moves_on_to_its_n
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_whose_commit_met_its_groups_absence_is_served_at_once_when_the_group_is_back() {
+    // The group is deleted while posting a/1 runs: its commit meets the
+    // missing group and gives up. The host gives up a's lease at once too,
+    // so once the group is made again (from the stream's start), the read
+    // that delivers a/1 again finds the key free and serves it then, not at
+    // the next claim scan (every claim_idle_ms / 2, 30 s here, past the
+    // deadline). An ACL rule keeps the group from being made again until
+    // the lease is seen gone.
+    let redis = RedisServer::start();
+    let handlers = ledger("data.account", "concurrency = 8");
+    let fx = Fixture::new(&redis, "consumer = \"c\"\nclaim_idle_ms = 60000", &handlers);
+    let mut conn = redis.conn().await;
+    let posting = |seq: u64, ms: u64| json!({"action": "ledger", "account": "a", "seq": seq, "amount": 1, "ms": ms});
+    send(&mut conn, "in", "posting", posting(1, 1500)).await;
+    send(&mut conn, "in", "posting", posting(2, 0)).await;
+    let rust_log = "warn,sluice::consumer::finish=debug";
+    let mut hosts = Hosts(vec![fx.spawn_binary_logging_json(rust_log)]);
+    eventually(STARTED, "both postings read, a's lease taken", || {
+        let mut c = conn.clone();
+        async move { (pending(&mut c, "in", "h").await == 2 && leases_held(&mut c, "c").await == 1).then_some(()) }
+    })
+    .await;
+    acl_default(&mut conn, "-xgroup|create").await;
+    let _: usize = redis::cmd("XGROUP").arg("DESTROY").arg("in").arg("h").query_async(&mut conn).await.unwrap();
+    eventually(SOON, "a's lease given up once a/1's commit met the missing group", || {
+        let mut c = conn.clone();
+        async move { (leases_held(&mut c, "c").await == 0).then_some(()) }
+    })
+    .await;
+    acl_default(&mut conn, "+xgroup|create").await;
+    eventually(Duration::from_secs(8), "postings a/1 and a/2 handled, long before the next claim scan", || {
+        let mut c = conn.clone();
+        async move { (postings(&mut c).await.get("a").map_or(0, Vec::len) == 2).then_some(()) }
+    })
+    .await;
+    let mut host = hosts.0.pop().unwrap();
+    assert!(terminate(&mut host).await.success());
+    let lines = json_log_lines(&host.wait_with_output().unwrap().stderr);
+    let message = |l: &serde_json::Value| l["fields"]["message"].as_str().unwrap_or("").to_owned();
+    assert!(
+        lines.iter().any(|l| message(l).contains("the consumer group is missing")),
+        "a/1's commit met the missing group: {lines:#?}"
+    );
+    assert!(lines.iter().all(|l| l["level"] != "ERROR"), "{lines:#?}");
+    // In order, once each: a/1's first delivery wrote nothing.
+    let seqs: Vec<_> = postings(&mut conn).await["a"].iter().map(|r| (r.0, r.1)).collect();
+    assert_eq!(seqs, [(1, 0), (2, 1)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_that_kills_its_host_each_time_runs_out_of_attempts_and_frees_its_key() {
     let redis = RedisServer::start();
     let handlers = ledger("account", "max_attempts = 2\ntimeout_ms = 20000");

@@ -308,7 +308,12 @@ impl Consumer {
     /// made again or set back meanwhile, or be missing.
     async fn already_finished(&self, d: &Delivery) {
         match self.entry_state(&d.stream, &d.entry.id).await {
-            Ok(EntryState::GroupMissing) => self.group_missing(),
+            Ok(EntryState::GroupMissing) => {
+                self.group_missing();
+                if let Some(key) = &d.key {
+                    self.give_up_key(&d.stream, key).await;
+                }
+            }
             Ok(EntryState::NotDelivered | EntryState::Pending) => self.group_set_back(),
             Err(e) => event_line!(
                 WARN,
@@ -408,6 +413,9 @@ impl Consumer {
                 match self.entry_state(stream, id).await {
                     Ok(EntryState::GroupMissing) => {
                         self.group_missing();
+                        if let Some(key) = commit.key() {
+                            self.give_up_key(stream, key).await;
+                        }
                         break;
                     }
                     Ok(EntryState::NotDelivered) => {

@@ -164,6 +164,25 @@ impl Consumer {
         self.serving.lock().expect("never poisoned").clear();
     }
 
+    /// Gives up this consumer's lease of `key` of `stream` after a delivery
+    /// of the key met its group missing, unless another chain here serves
+    /// the key too. Nothing will renew or hand on the lease: once the group
+    /// is made again, the read that delivers the key's entries again finds
+    /// it free and serves it at once, where a lease left behind kept them
+    /// waiting for the next claim scan (every `claim_idle_ms / 2`). (If
+    /// that read comes first, within the round trips this takes, the claim
+    /// scan still takes them back.)
+    pub(super) async fn give_up_key(&self, stream: &str, key: &[u8]) {
+        let Some(order) = &self.ordering else { return };
+        let chains = self.serving.lock().expect("never poisoned").get(&(stream.to_owned(), key.to_vec())).copied();
+        if chains.unwrap_or(0) > 1 {
+            return;
+        }
+        if let Err(e) = order.release(&mut self.redis.conn.clone(), stream, &[key.to_vec()]).await {
+            debug!(stream = %stream, "giving up a key's lease failed: {e}; its entries wait for the next claim scan");
+        }
+    }
+
     /// The keys this consumer serves on `stream`, and the ids it holds there.
     fn local_state(&self, stream: &str) -> (Vec<Vec<u8>>, Vec<String>) {
         let serving = self.serving.lock().expect("never poisoned");

@@ -200,6 +200,11 @@ impl Commit {
         self.order.is_some()
     }
 
+    /// The ordering key of its entry, when its handler orders by key.
+    pub fn key(&self) -> Option<&[u8]> {
+        self.order.as_ref().map(|(key, _)| key.as_slice())
+    }
+
     /// The entry it finishes: its stream and id.
     pub fn entry(&self) -> (&str, &str) {
         (&self.stream, &self.id)
