@@ -220,17 +220,11 @@ async fn a_key_whose_commit_reply_was_lost_moves_on_to_its_next_entry_soon() {
     .await;
     let mut host = hosts.0.pop().unwrap();
     assert!(terminate(&mut host).await.success());
-    let lines = json_log_lines(&host.wait_with_output().unwrap().stderr);
-    let message = |l: &serde_json::Value| l["fields"]["message"].as_str().unwrap_or("").to_owned();
-    assert!(
-        lines.iter().any(|l| message(l).starts_with("ack failed") && message(l).contains("trying again")),
-        "posting 1's commit lost its reply: {lines:#?}"
-    );
-    assert!(
-        lines.iter().any(|l| message(l) == "handled; the next entry of its key follows"),
-        "posting 1's commit, sent again, handed posting 2 over: {lines:#?}"
-    );
-    assert!(lines.iter().all(|l| l["level"] != "ERROR"), "{lines:#?}");
+    let said = Said(json_log_lines(&host.wait_with_output().unwrap().stderr));
+    // Posting 1's commit lost its reply, and sent again, handed posting 2 over.
+    said.assert_any(|m| m.starts_with("ack failed") && m.contains("trying again"));
+    said.assert_any(|m| m == "handled; the next entry of its key follows");
+    said.assert_no_error();
     // Posting 1's commit, tried again, found it finished and wrote nothing.
     let rows = &postings(&mut conn).await["k"];
     assert_eq!(rows.iter().map(|r| (r.0, r.1)).collect::<Vec<_>>(), [(1, 0), (2, 1)]);
@@ -244,8 +238,44 @@ async fn a_key_whose_commit_shared_a_call_with_a_missing_group_moves_on_to_its_n
     // pending with this consumer under the key's lease. The host sends the
     // commit again to learn which, and delivers that entry at once, not at
     // the next claim scan (every claim_idle_ms / 2, 30 s here, past the
-    // deadline). (Redis 7.0 or later: an ACL rule on a subcommand keeps the
-    // group from being made again meanwhile.)
+    // deadline).
+    let (said, rows) = commits_sharing_a_call_with_a_missing_group(Shared::AFirst).await;
+    said.assert_any(|m| m.ends_with("made by the call before it met a missing group; asking for its key's next entry"));
+    said.assert_any(|m| m == "handled; the next entry of its key follows");
+    said.assert_no_error();
+    // Written once each. (b's commit wrote nothing; b is delivered again
+    // once its group is made again, which this test does not wait for.)
+    assert_eq!(rows, (vec![(1, 0), (2, 1)], vec![(1, 0)]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_whose_commit_came_after_a_missing_group_in_its_call_is_tried_again_at_once() {
+    // The same, with the commit of the stream whose group is missing first
+    // in the call: the call fails before it makes the other, which is still
+    // pending, so the host tries it again, and its key moves on at once.
+    let (said, rows) = commits_sharing_a_call_with_a_missing_group(Shared::BFirst).await;
+    said.assert_any(|m| m.starts_with("ack failed") && m.contains("NOGROUP") && m.contains("trying again"));
+    said.assert_any(|m| m == "handled; the next entry of its key follows");
+    said.assert_no_error();
+    assert_eq!(rows, (vec![(1, 0), (2, 1)], vec![(1, 0)]));
+}
+
+/// Which of the commits of a/1 (stream `in`) and b (stream `in2`, whose
+/// group goes missing) comes first in the call they share.
+#[derive(PartialEq)]
+enum Shared {
+    AFirst,
+    BFirst,
+}
+
+/// Runs postings x, a/1 and a/2 (stream `in`) and b (`in2`) through a
+/// host whose Redis round trips take 400 ms once all four are read, so that
+/// the commits of a/1 and b gather behind x's and share the next call, in
+/// the order `first` says; `in2`'s group is deleted (and kept from being
+/// made again) before that call. Waits until a/2 is handled, within 8 s;
+/// returns what the host logged and the postings of a and of x, as (seq,
+/// after).
+async fn commits_sharing_a_call_with_a_missing_group(first: Shared) -> (Said, (Vec<(u64, u64)>, Vec<(u64, u64)>)) {
     let redis = RedisServer::start();
     let proxy = Proxy::start(redis.port).await;
     let handlers = "[handlers.h]\nplugin = \"behave.wasm\"\nstreams = [\"in\", \"in2\"]\npublish = [\"out\"]\n\
@@ -255,13 +285,14 @@ async fn a_key_whose_commit_shared_a_call_with_a_missing_group_moves_on_to_its_n
     let mut conn = redis.conn().await;
     let posting = |account: &str, seq: u64, ms: u64| json!({"action": "ledger", "account": account, "seq": seq, "amount": 1, "ms": ms});
     // Key x's commit is in flight (400 ms, below) while a's and b's are
-    // handed over, 100 and 200 ms after it, so theirs share the next call,
-    // a's first. (Each posting also reads two keys, two round trips, which
-    // shift all three alike; timeout_ms leaves room for them.)
+    // handed over, 100 and 200 ms after it, so theirs share the next call.
+    // (Each posting also reads two keys, two round trips, which shift all
+    // three alike; timeout_ms leaves room for them.)
+    let (a_ms, b_ms) = if first == Shared::AFirst { (700, 800) } else { (800, 700) };
     send(&mut conn, "in", "posting", posting("x", 1, 600)).await;
-    send(&mut conn, "in", "posting", posting("a", 1, 700)).await;
+    send(&mut conn, "in", "posting", posting("a", 1, a_ms)).await;
     send(&mut conn, "in", "posting", posting("a", 2, 0)).await;
-    send(&mut conn, "in2", "posting", posting("b", 1, 800)).await;
+    send(&mut conn, "in2", "posting", posting("b", 1, b_ms)).await;
     let rust_log = "warn,sluice::consumer::finish=debug";
     let mut hosts = Hosts(vec![fx.spawn_binary_logging_json(rust_log)]);
     eventually(STARTED, "all four postings read", || {
@@ -270,7 +301,8 @@ async fn a_key_whose_commit_shared_a_call_with_a_missing_group_moves_on_to_its_n
     })
     .await;
     // From now on every round trip takes 400 ms: long enough for a's and
-    // b's commits to gather behind x's.
+    // b's commits to gather behind x's. (Redis 7.0 or later: an ACL rule
+    // on a subcommand keeps the group from being made again meanwhile.)
     proxy.set_latency(Duration::from_millis(200));
     acl_default(&mut conn, "-xgroup|create").await;
     let _: usize = redis::cmd("XGROUP").arg("DESTROY").arg("in2").arg("h").query_async(&mut conn).await.unwrap();
@@ -283,20 +315,28 @@ async fn a_key_whose_commit_shared_a_call_with_a_missing_group_moves_on_to_its_n
     acl_default(&mut conn, "+xgroup|create").await;
     let mut host = hosts.0.pop().unwrap();
     assert!(terminate(&mut host).await.success());
-    let lines = json_log_lines(&host.wait_with_output().unwrap().stderr);
-    let message = |l: &serde_json::Value| l["fields"]["message"].as_str().unwrap_or("").to_owned();
-    let said = |text: &str| lines.iter().any(|l| message(l).contains(text));
-    assert!(
-        said("made by the call before it met a missing group; asking for its key's next entry"),
-        "a's commit shared the call that met the missing group: {lines:#?}"
-    );
-    assert!(said("handled; the next entry of its key follows"), "a/1's commit handed a/2 over: {lines:#?}");
-    assert!(lines.iter().all(|l| l["level"] != "ERROR"), "{lines:#?}");
-    // Written once each. (b's commit wrote nothing; b is delivered again
-    // once its group is made again, which this test does not wait for.)
+    let said = Said(json_log_lines(&host.wait_with_output().unwrap().stderr));
     let rows = postings(&mut conn).await;
     let seqs = |k: &str| rows[k].iter().map(|r| (r.0, r.1)).collect::<Vec<_>>();
-    assert_eq!((seqs("a"), seqs("x")), (vec![(1, 0), (2, 1)], vec![(1, 0)]));
+    (said, (seqs("a"), seqs("x")))
+}
+
+/// A host's JSON log lines.
+struct Said(Vec<serde_json::Value>);
+
+impl Said {
+    /// Asserts that some line's message is as `is` wants.
+    #[track_caller]
+    fn assert_any(&self, is: impl Fn(&str) -> bool) {
+        let found = self.0.iter().any(|l| is(l["fields"]["message"].as_str().unwrap_or("")));
+        assert!(found, "no such line: {:#?}", self.0);
+    }
+
+    /// Asserts that no line is an error.
+    #[track_caller]
+    fn assert_no_error(&self) {
+        assert!(self.0.iter().all(|l| l["level"] != "ERROR"), "{:#?}", self.0);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -337,13 +377,10 @@ async fn a_key_whose_commit_met_its_groups_absence_is_served_at_once_when_the_gr
     .await;
     let mut host = hosts.0.pop().unwrap();
     assert!(terminate(&mut host).await.success());
-    let lines = json_log_lines(&host.wait_with_output().unwrap().stderr);
-    let message = |l: &serde_json::Value| l["fields"]["message"].as_str().unwrap_or("").to_owned();
-    assert!(
-        lines.iter().any(|l| message(l).contains("the consumer group is missing")),
-        "a/1's commit met the missing group: {lines:#?}"
-    );
-    assert!(lines.iter().all(|l| l["level"] != "ERROR"), "{lines:#?}");
+    let said = Said(json_log_lines(&host.wait_with_output().unwrap().stderr));
+    // a/1's commit met the missing group.
+    said.assert_any(|m| m.contains("the consumer group is missing"));
+    said.assert_no_error();
     // In order, once each: a/1's first delivery wrote nothing.
     let seqs: Vec<_> = postings(&mut conn).await["a"].iter().map(|r| (r.0, r.1)).collect();
     assert_eq!(seqs, [(1, 0), (2, 1)]);
