@@ -340,50 +340,100 @@ impl Said {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_key_whose_commit_met_its_groups_absence_is_served_at_once_when_the_group_is_back() {
-    // The group is deleted while posting a/1 runs: its commit meets the
-    // missing group and gives up. The host gives up a's lease at once too,
-    // so once the group is made again (from the stream's start), the read
-    // that delivers a/1 again finds the key free and serves it then, not at
-    // the next claim scan (every claim_idle_ms / 2, 30 s here, past the
-    // deadline). An ACL rule keeps the group from being made again until
-    // the lease is seen gone.
+async fn a_key_whose_group_went_missing_under_its_delivery_is_served_again_at_once_and_in_order() {
+    group_lost_under_a_keys_delivery(Meets::MissingAtCommit).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_whose_group_went_missing_before_its_retry_is_served_again_at_once_and_in_order() {
+    group_lost_under_a_keys_delivery(Meets::MissingAtRetry).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_whose_group_was_made_again_before_its_retry_is_served_again_soon_and_in_order() {
+    group_lost_under_a_keys_delivery(Meets::MadeAgainAtRetry).await;
+}
+
+/// What a/2's delivery meets in [`group_lost_under_a_keys_delivery`].
+#[derive(PartialEq)]
+enum Meets {
+    /// Its commit meets the group missing: a/2 computes for 1.5 s.
+    MissingAtCommit,
+    /// Its retry meets the group missing: its first attempt fails, and it
+    /// is tried again after 1.6 to 2.4 s.
+    MissingAtRetry,
+    /// Its retry finds the group made again (by the test, at once), which
+    /// has delivered a/1 and a/2 again already (the host's next read, within
+    /// a second).
+    MadeAgainAtRetry,
+}
+
+/// Posting a/1 is handled; the group is deleted (and made again or not)
+/// while a/2 runs, so that a/2's delivery ends as `meets` says, and the
+/// host gives up a's lease. Once the group is made again, from the
+/// stream's start, a/1 and a/2 are delivered again at once, or (when the
+/// host's read delivered them before the lease was given up) soon, not at
+/// the next claim scan (every claim_idle_ms / 2, 30 s here, past the
+/// deadline); and a/1 comes before a/2, which was still in a's queue from
+/// before. (Unless the test makes the group again, an ACL rule keeps the
+/// host from making it until the lease is seen gone.)
+async fn group_lost_under_a_keys_delivery(meets: Meets) {
     let redis = RedisServer::start();
-    let handlers = ledger("data.account", "concurrency = 8");
+    let handlers = ledger("data.account", "concurrency = 8\ntimeout_ms = 10000\nbackoff_ms = 2000");
     let fx = Fixture::new(&redis, "consumer = \"c\"\nclaim_idle_ms = 60000", &handlers);
     let mut conn = redis.conn().await;
-    let posting = |seq: u64, ms: u64| json!({"action": "ledger", "account": "a", "seq": seq, "amount": 1, "ms": ms});
-    send(&mut conn, "in", "posting", posting(1, 1500)).await;
-    send(&mut conn, "in", "posting", posting(2, 0)).await;
-    let rust_log = "warn,sluice::consumer::finish=debug";
+    let posting = |seq: u64, ms: u64, fail: u64| json!({"action": "ledger", "account": "a", "seq": seq, "amount": 1, "ms": ms, "fail": fail});
+    send(&mut conn, "in", "posting", posting(1, 0, 0)).await;
+    let (ms, fail) = if meets == Meets::MissingAtCommit { (1500, 0) } else { (0, 1) };
+    send(&mut conn, "in", "posting", posting(2, ms, fail)).await;
+    let rust_log = "warn,sluice::consumer::finish=debug,sluice::consumer::ordered=info";
     let mut hosts = Hosts(vec![fx.spawn_binary_logging_json(rust_log)]);
-    eventually(STARTED, "both postings read, a's lease taken", || {
+    eventually(STARTED, "a/1 handled, a/2 under a's lease", || {
         let mut c = conn.clone();
-        async move { (pending(&mut c, "in", "h").await == 2 && leases_held(&mut c, "c").await == 1).then_some(()) }
+        async move {
+            let handled = postings(&mut c).await.get("a").map_or(0, Vec::len);
+            (handled == 1 && pending(&mut c, "in", "h").await == 1 && leases_held(&mut c, "c").await == 1).then_some(())
+        }
     })
     .await;
-    acl_default(&mut conn, "-xgroup|create").await;
+    let made_again = meets == Meets::MadeAgainAtRetry;
+    if !made_again {
+        acl_default(&mut conn, "-xgroup|create").await;
+    }
     let _: usize = redis::cmd("XGROUP").arg("DESTROY").arg("in").arg("h").query_async(&mut conn).await.unwrap();
-    eventually(SOON, "a's lease given up once a/1's commit met the missing group", || {
+    if made_again {
+        let _: () =
+            redis::cmd("XGROUP").arg("CREATE").arg("in").arg("h").arg("0").query_async(&mut conn).await.unwrap();
+    }
+    eventually(SOON, "a's lease given up once a/2's delivery met the group lost", || {
         let mut c = conn.clone();
         async move { (leases_held(&mut c, "c").await == 0).then_some(()) }
     })
     .await;
-    acl_default(&mut conn, "+xgroup|create").await;
-    eventually(Duration::from_secs(8), "postings a/1 and a/2 handled, long before the next claim scan", || {
+    if !made_again {
+        acl_default(&mut conn, "+xgroup|create").await;
+    }
+    eventually(Duration::from_secs(12), "a/1 and a/2 handled again, long before the next claim scan", || {
         let mut c = conn.clone();
-        async move { (postings(&mut c).await.get("a").map_or(0, Vec::len) == 2).then_some(()) }
+        async move { (postings(&mut c).await.get("a").map_or(0, Vec::len) == 3).then_some(()) }
     })
     .await;
     let mut host = hosts.0.pop().unwrap();
     assert!(terminate(&mut host).await.success());
     let said = Said(json_log_lines(&host.wait_with_output().unwrap().stderr));
-    // a/1's commit met the missing group.
-    said.assert_any(|m| m.contains("the consumer group is missing"));
+    match meets {
+        Meets::MissingAtCommit => said.assert_any(|m| m.contains("the consumer group is missing")),
+        Meets::MissingAtRetry => said.assert_any(|m| m == "the consumer group went missing before this entry's retry"),
+        Meets::MadeAgainAtRetry => {
+            said.assert_any(|m| m == "entry taken over, deleted, or its group made again before its retry");
+            said.assert_any(|m| m.starts_with("taking back this consumer's pending entries"));
+        }
+    }
     said.assert_no_error();
-    // In order, once each: a/1's first delivery wrote nothing.
+    // a/1, then again a/1 and a/2, in order (a/2's first delivery wrote
+    // nothing): (seq, the seq it came after).
     let seqs: Vec<_> = postings(&mut conn).await["a"].iter().map(|r| (r.0, r.1)).collect();
-    assert_eq!(seqs, [(1, 0), (2, 1)]);
+    assert_eq!(seqs, [(1, 0), (1, 1), (2, 1)]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

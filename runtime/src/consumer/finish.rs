@@ -266,7 +266,7 @@ impl Consumer {
         }
     }
 
-    async fn dead_letter(&self, d: &Delivery, reason: &str, b: &Binding) -> After {
+    async fn dead_letter(self: &Arc<Self>, d: &Delivery, reason: &str, b: &Binding) -> After {
         let (origin_stream, origin_id) = dead_letter::origin(&d.stream, &d.entry);
         let target = b.handler.dead_letter_stream(&origin_stream);
         let failure = Failure {
@@ -308,12 +308,9 @@ impl Consumer {
     /// made again or set back meanwhile, or be missing.
     async fn already_finished(&self, d: &Delivery) {
         match self.entry_state(&d.stream, &d.entry.id).await {
-            Ok(EntryState::GroupMissing) => {
-                self.group_missing();
-                if let Some(key) = &d.key {
-                    self.give_up_key(&d.stream, key).await;
-                }
-            }
+            // (Ordered by key, the script gave the key's lease up already:
+            // an entry no longer pending ends the key's chain there.)
+            Ok(EntryState::GroupMissing) => self.group_missing(),
             Ok(EntryState::NotDelivered | EntryState::Pending) => self.group_set_back(),
             Err(e) => event_line!(
                 WARN,
@@ -390,7 +387,7 @@ impl Consumer {
     /// pending and is claimed again later, so nothing is lost (at worst it
     /// is handled twice). `first`: the result of a first try already made.
     async fn commit(
-        &self,
+        self: &Arc<Self>,
         what: &str,
         commit: Arc<Commit>,
         mut first: Option<Result<Committed, stream::Error>>,
@@ -420,6 +417,9 @@ impl Consumer {
                     }
                     Ok(EntryState::NotDelivered) => {
                         self.group_set_back();
+                        if let Some(key) = commit.key() {
+                            self.give_up_key(stream, key).await;
+                        }
                         break;
                     }
                     // Made, and its key moved on to a next entry that is
@@ -496,7 +496,17 @@ impl Consumer {
                     self.start_delivery(next, permit);
                 }
                 Ok(_) => {
-                    debug!(id = %d.entry.id, "entry taken over or deleted before its retry");
+                    debug!(id = %d.entry.id, "entry taken over, deleted, or its group made again before its retry");
+                    if let Some(key) = &d.key {
+                        self.give_up_key(&d.stream, key).await;
+                    }
+                    self.let_go(&d);
+                }
+                Err(e) if e.is_no_group() => {
+                    debug!(id = %d.entry.id, "the consumer group went missing before this entry's retry");
+                    if let Some(key) = &d.key {
+                        self.give_up_key(&d.stream, key).await;
+                    }
                     self.let_go(&d);
                 }
                 Err(e) => {

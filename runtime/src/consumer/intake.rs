@@ -273,19 +273,26 @@ impl Refill for Refiller {
     }
 
     fn lost(&self, room: Room) {
-        let Some(c) = self.0.upgrade() else { return };
-        // Once what it may have read is old enough to be taken back: the
-        // recovery spares entries delivered more recently than that.
-        let io = c.io.clone();
-        io.spawn(async move {
-            tokio::time::sleep(RECOVER_MIN_IDLE).await;
-            c.orphans.store(true, Ordering::SeqCst);
-        });
+        if let Some(c) = self.0.upgrade() {
+            c.recover_own_soon();
+        }
         drop(room);
     }
 }
 
 impl Consumer {
+    /// Has the read loop take back this consumer's pending entries that
+    /// nothing here handles, once entries delivered now are old enough for
+    /// it: the recovery spares entries delivered more recently than
+    /// [`RECOVER_MIN_IDLE`].
+    pub(super) fn recover_own_soon(self: &Arc<Self>) {
+        let me = self.clone();
+        self.io.spawn(async move {
+            tokio::time::sleep(RECOVER_MIN_IDLE).await;
+            me.orphans.store(true, Ordering::SeqCst);
+        });
+    }
+
     /// Starts deliveries of `found`, read by a commit's batch, on `permits`
     /// given back by the deliveries it finished. Any beyond them (when the
     /// batch also finished commits that hold no permit) start as permits

@@ -164,23 +164,26 @@ impl Consumer {
         self.serving.lock().expect("never poisoned").clear();
     }
 
-    /// Gives up this consumer's lease of `key` of `stream` after a delivery
-    /// of the key met its group missing, unless another chain here serves
-    /// the key too. Nothing will renew or hand on the lease: once the group
-    /// is made again, the read that delivers the key's entries again finds
-    /// it free and serves it at once, where a lease left behind kept them
-    /// waiting for the next claim scan (every `claim_idle_ms / 2`). (If
-    /// that read comes first, within the round trips this takes, the claim
-    /// scan still takes them back.)
-    pub(super) async fn give_up_key(&self, stream: &str, key: &[u8]) {
+    /// Gives up this consumer's lease of `key` of `stream` (unless another
+    /// chain here serves the key too) when the chain delivering the key
+    /// ends with no commit to hand it on: its group went missing or was made
+    /// again, or its entry was gone before a retry. Nothing would renew or
+    /// hand on the lease. Once the group delivers the key's entries again,
+    /// the read finds the key free and serves it at once, where a lease left
+    /// behind kept them waiting for it to run out (`claim_idle_ms`) or, on
+    /// this host, for the next claim scan (every `claim_idle_ms / 2`). If
+    /// that read came first, this host takes them back soon
+    /// ([`Consumer::recover_own_soon`]).
+    pub(super) async fn give_up_key(self: &Arc<Self>, stream: &str, key: &[u8]) {
         let Some(order) = &self.ordering else { return };
         let chains = self.serving.lock().expect("never poisoned").get(&(stream.to_owned(), key.to_vec())).copied();
         if chains.unwrap_or(0) > 1 {
             return;
         }
         if let Err(e) = order.release(&mut self.redis.conn.clone(), stream, &[key.to_vec()]).await {
-            debug!(stream = %stream, "giving up a key's lease failed: {e}; its entries wait for the next claim scan");
+            debug!(stream = %stream, "giving up a key's lease failed: {e}; it runs out after claim_idle_ms");
         }
+        self.recover_own_soon();
     }
 
     /// The keys this consumer serves on `stream`, and the ids it holds there.

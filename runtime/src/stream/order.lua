@@ -21,8 +21,7 @@ local function order_before(a, b)
 end
 
 -- Adds entry `id` to queue `q`, in its place by id, unless it is there
--- already. (A read appends instead: XREADGROUP hands entries out in id
--- order.)
+-- already.
 local function order_insert(q, id)
   if redis.call('LPOS', q, id) then
     return
@@ -34,6 +33,20 @@ local function order_insert(q, id)
     end
   end
   redis.call('RPUSH', q, id)
+end
+
+-- Adds entry `id`, just read, to queue `q`. XREADGROUP hands a group's
+-- entries out in id order, so it goes last, unless the queue holds a later
+-- id: left from before the group was made again from the stream's start
+-- (deleted, or lost by Redis), which delivers every entry again. Then it
+-- goes in its place, and only once.
+local function order_append(q, id)
+  local last = redis.call('LINDEX', q, -1)
+  if last and not order_before(last, id) then
+    order_insert(q, id)
+  else
+    redis.call('RPUSH', q, id)
+  end
 end
 
 -- Removes entry `id` from queue `q` (usually its first).

@@ -27,7 +27,9 @@
 //! - *taking back* this consumer's own entries after a restart (`own`), and
 //!   *taking over* keys whose holder died (`idle`: an entry idle past
 //!   `claim_idle_ms` whose key has no lease) go through the same queue;
-//! - *renewing* the leases of the keys a consumer serves (`renew`).
+//! - *renewing* the leases of the keys a consumer serves (`renew`), and
+//!   *giving them up* (`release`) on shutdown, or when the group went
+//!   missing under a key's delivery.
 //!
 //! Entries without the key are delivered as they come. Costs and the
 //! reasoning are in docs/delivery.md ("Ordering by key").
@@ -223,7 +225,8 @@ impl Ordering {
     }
 
     /// Gives up this consumer's leases of `keys` of `stream` (on shutdown, so
-    /// that another host may take them at once).
+    /// that another host may take them at once; or once a key's delivery met
+    /// its group missing or made again).
     pub async fn release(&self, conn: &mut impl ConnectionLike, stream: &str, keys: &[Vec<u8>]) -> Result<(), Error> {
         let mut call = self.invocation("release");
         call.key(stream).arg(prefix(&self.group, stream)).arg(keys);

@@ -31,7 +31,8 @@
 -- renew: KEYS[1] the stream; ARGV[7] its key prefix; ARGV[8..] the keys
 --        this consumer serves. Renews their leases (or takes a lapsed one
 --        back if no one else took it); returns those it lost.
--- release: the same arguments; gives up those leases (shutdown).
+-- release: the same arguments; gives up those leases (on shutdown, or once
+--        a key's delivery met its group missing or made again).
 --
 -- A delivery is {stream, id, fields, attempt, key or false}.
 
@@ -113,7 +114,7 @@ local function read()
         budget = budget - 1
       else
         local q, l = prefix[s] .. 'queue:' .. key, prefix[s] .. 'lease:' .. key
-        redis.call('RPUSH', q, e[1])
+        order_append(q, e[1])
         if not taken[q] and not redis.call('GET', l) then
           if budget > 0 then
             local d = order_serve(s, g, me, q, l, key, ttl, false)
@@ -219,7 +220,8 @@ local function renew()
 end
 
 -- Gives up the leases of the keys in ARGV[8..] that this consumer holds
--- (on shutdown: another host may take them at once).
+-- (on shutdown, so that another host may take them at once; or once a
+-- key's delivery met its group missing or made again).
 local function release()
   local p = ARGV[7]
   for i = 8, #ARGV do
