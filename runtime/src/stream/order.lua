@@ -39,14 +39,16 @@ end
 -- entries out in id order, so it goes last, unless the queue holds a later
 -- id: left from before the group was made again from the stream's start
 -- (deleted, or lost by Redis), which delivers every entry again. Then it
--- goes in its place, and only once.
+-- goes in its place, and only once. Returns whether it went last: then the
+-- entries after it in the same read go last too, unchecked.
 local function order_append(q, id)
   local last = redis.call('LINDEX', q, -1)
   if last and not order_before(last, id) then
     order_insert(q, id)
-  else
-    redis.call('RPUSH', q, id)
+    return false
   end
+  redis.call('RPUSH', q, id)
+  return true
 end
 
 -- Removes entry `id` from queue `q` (usually its first).

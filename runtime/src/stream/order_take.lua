@@ -92,7 +92,7 @@ local function read()
     prefix[KEYS[i]] = ARGV[8 + i]
     budget = take_waiting(KEYS[i], prefix[KEYS[i]], budget, out)
   end
-  local found, taken, woken = redis.call(unpack(args)), {}, {}
+  local found, taken, woken, appended = redis.call(unpack(args)), {}, {}, {}
   if not found and #out == 0 then
     -- Nothing new: wait (XREAD) on each stream and on its wake-up stream.
     local last = {}
@@ -114,7 +114,11 @@ local function read()
         budget = budget - 1
       else
         local q, l = prefix[s] .. 'queue:' .. key, prefix[s] .. 'lease:' .. key
-        order_append(q, e[1])
+        if appended[q] then
+          redis.call('RPUSH', q, e[1])
+        else
+          appended[q] = order_append(q, e[1])
+        end
         if not taken[q] and not redis.call('GET', l) then
           if budget > 0 then
             local d = order_serve(s, g, me, q, l, key, ttl, false)
