@@ -363,19 +363,19 @@ enum Meets {
     /// is tried again after 1.6 to 2.4 s.
     MissingAtRetry,
     /// Its retry finds the group made again (by the test, at once), which
-    /// has delivered a/1 and a/2 again already (the host's next read, within
+    /// has delivered a/1 to a/3 again already (the host's next read, within
     /// a second).
     MadeAgainAtRetry,
 }
 
 /// Posting a/1 is handled; the group is deleted (and made again or not)
-/// while a/2 runs, so that a/2's delivery ends as `meets` says, and the
-/// host gives up a's lease. Once the group is made again, from the
-/// stream's start, a/1 and a/2 are delivered again at once, or (when the
-/// host's read delivered them before the lease was given up) soon, not at
-/// the next claim scan (every claim_idle_ms / 2, 30 s here, past the
-/// deadline); and a/1 comes before a/2, which was still in a's queue from
-/// before. (Unless the test makes the group again, an ACL rule keeps the
+/// while a/2 runs, a/3 queued behind it, so that a/2's delivery ends as
+/// `meets` says, and the host gives up a's lease. Once the group is made
+/// again, from the stream's start, a/1 to a/3 are delivered again at once,
+/// or (when the host's read delivered them before the lease was given up)
+/// soon, not at the next claim scan (every claim_idle_ms / 2, 30 s here,
+/// past the deadline); and a/1 comes before a/2 and a/3, which were still
+/// in a's queue from before. (Unless the test makes the group again, an ACL rule keeps the
 /// host from making it until the lease is seen gone.)
 async fn group_lost_under_a_keys_delivery(meets: Meets) {
     let redis = RedisServer::start();
@@ -386,13 +386,14 @@ async fn group_lost_under_a_keys_delivery(meets: Meets) {
     send(&mut conn, "in", "posting", posting(1, 0, 0)).await;
     let (ms, fail) = if meets == Meets::MissingAtCommit { (1500, 0) } else { (0, 1) };
     send(&mut conn, "in", "posting", posting(2, ms, fail)).await;
+    send(&mut conn, "in", "posting", posting(3, 0, 0)).await;
     let rust_log = "warn,sluice::consumer::finish=debug,sluice::consumer::ordered=info";
     let mut hosts = Hosts(vec![fx.spawn_binary_logging_json(rust_log)]);
-    eventually(STARTED, "a/1 handled, a/2 under a's lease", || {
+    eventually(STARTED, "a/1 handled, a/2 under a's lease, a/3 queued", || {
         let mut c = conn.clone();
         async move {
             let handled = postings(&mut c).await.get("a").map_or(0, Vec::len);
-            (handled == 1 && pending(&mut c, "in", "h").await == 1 && leases_held(&mut c, "c").await == 1).then_some(())
+            (handled == 1 && pending(&mut c, "in", "h").await == 2 && leases_held(&mut c, "c").await == 1).then_some(())
         }
     })
     .await;
@@ -400,11 +401,13 @@ async fn group_lost_under_a_keys_delivery(meets: Meets) {
     if !made_again {
         acl_default(&mut conn, "-xgroup|create").await;
     }
-    let _: usize = redis::cmd("XGROUP").arg("DESTROY").arg("in").arg("h").query_async(&mut conn).await.unwrap();
+    // In one step, so that the host cannot make the group in between.
+    let mut lose = redis::pipe();
+    lose.atomic().cmd("XGROUP").arg("DESTROY").arg("in").arg("h").ignore();
     if made_again {
-        let _: () =
-            redis::cmd("XGROUP").arg("CREATE").arg("in").arg("h").arg("0").query_async(&mut conn).await.unwrap();
+        lose.cmd("XGROUP").arg("CREATE").arg("in").arg("h").arg("0").ignore();
     }
+    let _: () = lose.query_async(&mut conn).await.unwrap();
     eventually(SOON, "a's lease given up once a/2's delivery met the group lost", || {
         let mut c = conn.clone();
         async move { (leases_held(&mut c, "c").await == 0).then_some(()) }
@@ -413,9 +416,9 @@ async fn group_lost_under_a_keys_delivery(meets: Meets) {
     if !made_again {
         acl_default(&mut conn, "+xgroup|create").await;
     }
-    eventually(Duration::from_secs(12), "a/1 and a/2 handled again, long before the next claim scan", || {
+    eventually(Duration::from_secs(12), "a/1 to a/3 handled again, long before the next claim scan", || {
         let mut c = conn.clone();
-        async move { (postings(&mut c).await.get("a").map_or(0, Vec::len) == 3).then_some(()) }
+        async move { (postings(&mut c).await.get("a").map_or(0, Vec::len) == 4).then_some(()) }
     })
     .await;
     let mut host = hosts.0.pop().unwrap();
@@ -430,10 +433,10 @@ async fn group_lost_under_a_keys_delivery(meets: Meets) {
         }
     }
     said.assert_no_error();
-    // a/1, then again a/1 and a/2, in order (a/2's first delivery wrote
-    // nothing): (seq, the seq it came after).
+    // a/1, then again a/1, a/2 and a/3, in order (a/2's first delivery
+    // wrote nothing): (seq, the seq it came after).
     let seqs: Vec<_> = postings(&mut conn).await["a"].iter().map(|r| (r.0, r.1)).collect();
-    assert_eq!(seqs, [(1, 0), (1, 1), (2, 1)]);
+    assert_eq!(seqs, [(1, 0), (1, 1), (2, 1), (3, 2)]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -437,9 +437,14 @@ impl Consumer {
                         continue;
                     }
                     // Made (or, as after a lost reply, finished by another
-                    // consumer meanwhile).
+                    // consumer meanwhile). On the last try of a commit that
+                    // moved its key on, the key's next entry is this
+                    // consumer's with no chain to run it: taken back soon.
                     Ok(EntryState::Acknowledged) => {
                         event_line!(DEBUG, "{what}: made by the call before it met a missing group");
+                        if commit.moves_key_on() {
+                            self.recover_own_soon();
+                        }
                         return Some(Committed::Done);
                     }
                     // Not made: tried again.
@@ -496,18 +501,10 @@ impl Consumer {
                     self.start_delivery(next, permit);
                 }
                 Ok(_) => {
-                    debug!(id = %d.entry.id, "entry taken over, deleted, or its group made again before its retry");
-                    if let Some(key) = &d.key {
-                        self.give_up_key(&d.stream, key).await;
-                    }
-                    self.let_go(&d);
+                    self.retry_lost(&d, "entry taken over, deleted, or its group made again before its retry").await
                 }
                 Err(e) if e.is_no_group() => {
-                    debug!(id = %d.entry.id, "the consumer group went missing before this entry's retry");
-                    if let Some(key) = &d.key {
-                        self.give_up_key(&d.stream, key).await;
-                    }
-                    self.let_go(&d);
+                    self.retry_lost(&d, "the consumer group went missing before this entry's retry").await;
                 }
                 Err(e) => {
                     warn!(id = %d.entry.id, "claiming for retry failed: {e}; taking it back shortly");
@@ -516,6 +513,19 @@ impl Consumer {
                 }
             }
         })
+    }
+
+    /// The entry `d` waiting for its retry is no longer this consumer's to
+    /// claim (`why`): taken over, deleted, or its group lost. It is let go,
+    /// with its key's lease; the group may have delivered it (and its key's
+    /// other entries) here again meanwhile, and those are taken back soon.
+    async fn retry_lost(self: &Arc<Self>, d: &Delivery, why: &str) {
+        debug!(id = %d.entry.id, "{why}");
+        match &d.key {
+            Some(key) => self.give_up_key(&d.stream, key).await,
+            None => self.recover_own_soon(),
+        }
+        self.let_go(d);
     }
 }
 

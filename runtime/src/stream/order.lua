@@ -10,14 +10,23 @@
 -- The consumer holding the lease delivers the queue's first entry, and only
 -- that one; finishing it (commit.lua) removes it and hands over the next.
 
+-- Whether decimal `a` is less than decimal `b` (no leading zeros), exactly
+-- at any length.
+local function order_less(a, b)
+  if #a ~= #b then
+    return #a < #b
+  end
+  return a < b
+end
+
 -- Whether entry id `a` comes before entry id `b` in their stream.
 local function order_before(a, b)
   local ams, aseq = string.match(a, '^(%d+)-(%d+)$')
   local bms, bseq = string.match(b, '^(%d+)-(%d+)$')
   if ams ~= bms then
-    return tonumber(ams) < tonumber(bms)
+    return order_less(ams, bms)
   end
-  return tonumber(aseq) < tonumber(bseq)
+  return order_less(aseq, bseq)
 end
 
 -- Adds entry `id` to queue `q`, in its place by id, unless it is there
@@ -36,19 +45,22 @@ local function order_insert(q, id)
 end
 
 -- Adds entry `id`, just read, to queue `q`. XREADGROUP hands a group's
--- entries out in id order, so it goes last, unless the queue holds a later
--- id: left from before the group was made again from the stream's start
--- (deleted, or lost by Redis), which delivers every entry again. Then it
--- goes in its place, and only once. Returns whether it went last: then the
--- entries after it in the same read go last too, unchecked.
+-- entries out in id order, so it goes last. Ids at the queue's end that are
+-- not before it were queued before the group was made again or set back
+-- (XGROUP CREATE or SETID, or a group Redis lost): the group delivers each of
+-- them again after this one, and they come back in their place then, so
+-- they are dropped (a delivery still running of one finds it gone from the
+-- queue, and the key goes on from the queue's first entry). Each costs one
+-- step, once: the later entries of the same read go last unchecked.
 local function order_append(q, id)
-  local last = redis.call('LINDEX', q, -1)
-  if last and not order_before(last, id) then
-    order_insert(q, id)
-    return false
+  while true do
+    local last = redis.call('LINDEX', q, -1)
+    if not last or order_before(last, id) then
+      break
+    end
+    redis.call('RPOP', q)
   end
   redis.call('RPUSH', q, id)
-  return true
 end
 
 -- Removes entry `id` from queue `q` (usually its first).

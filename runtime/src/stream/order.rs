@@ -28,8 +28,9 @@
 //!   *taking over* keys whose holder died (`idle`: an entry idle past
 //!   `claim_idle_ms` whose key has no lease) go through the same queue;
 //! - *renewing* the leases of the keys a consumer serves (`renew`), and
-//!   *giving them up* (`release`) on shutdown, or when the group went
-//!   missing under a key's delivery.
+//!   *giving them up* (`release`) on shutdown, or when a key's chain of
+//!   deliveries ends with no commit to hand it on (its group lost, or its
+//!   entry gone before a retry).
 //!
 //! Entries without the key are delivered as they come. Costs and the
 //! reasoning are in docs/delivery.md ("Ordering by key").
@@ -225,8 +226,8 @@ impl Ordering {
     }
 
     /// Gives up this consumer's leases of `keys` of `stream` (on shutdown, so
-    /// that another host may take them at once; or once a key's delivery met
-    /// its group missing or made again).
+    /// that another host may take them at once; or once a key's chain of
+    /// deliveries ended with no commit to hand it on).
     pub async fn release(&self, conn: &mut impl ConnectionLike, stream: &str, keys: &[Vec<u8>]) -> Result<(), Error> {
         let mut call = self.invocation("release");
         call.key(stream).arg(prefix(&self.group, stream)).arg(keys);

@@ -32,7 +32,7 @@
 --        this consumer serves. Renews their leases (or takes a lapsed one
 --        back if no one else took it); returns those it lost.
 -- release: the same arguments; gives up those leases (on shutdown, or once
---        a key's delivery met its group missing or made again).
+--        a key's chain of deliveries ended with no commit to hand it on).
 --
 -- A delivery is {stream, id, fields, attempt, key or false}.
 
@@ -117,7 +117,8 @@ local function read()
         if appended[q] then
           redis.call('RPUSH', q, e[1])
         else
-          appended[q] = order_append(q, e[1])
+          order_append(q, e[1])
+          appended[q] = true
         end
         if not taken[q] and not redis.call('GET', l) then
           if budget > 0 then
@@ -225,7 +226,7 @@ end
 
 -- Gives up the leases of the keys in ARGV[8..] that this consumer holds
 -- (on shutdown, so that another host may take them at once; or once a
--- key's delivery met its group missing or made again).
+-- key's chain of deliveries ended with no commit to hand it on).
 local function release()
   local p = ARGV[7]
   for i = 8, #ARGV do
