@@ -440,6 +440,53 @@ async fn group_lost_under_a_keys_delivery(meets: Meets) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_entry_deleted_after_its_group_was_set_back_is_acknowledged_by_the_next_read() {
+    // The group is set back to the stream's start while a/2 runs (3 s),
+    // a/3 queued behind it, and a/3 is deleted from the stream. The host's
+    // next read (within a second) delivers a/1 and a/2 again and drops a/2
+    // and a/3 from the end of a's queue: a/3, still pending (a set-back
+    // keeps pending entries) but gone from the stream, is acknowledged
+    // there, not left pending until a claim scan (claim_idle_ms, 60 s here).
+    let redis = RedisServer::start();
+    let handlers = ledger("data.account", "concurrency = 8\ntimeout_ms = 10000");
+    let fx = Fixture::new(&redis, "consumer = \"c\"\nclaim_idle_ms = 60000", &handlers);
+    let mut conn = redis.conn().await;
+    let posting = |seq: u64, ms: u64| json!({"action": "ledger", "account": "a", "seq": seq, "amount": 1, "ms": ms});
+    send(&mut conn, "in", "posting", posting(1, 0)).await;
+    send(&mut conn, "in", "posting", posting(2, 3000)).await;
+    let a3 = send(&mut conn, "in", "posting", posting(3, 0)).await;
+    let _host = fx.start();
+    eventually(STARTED, "a/1 handled, a/2 under a's lease, a/3 queued", || {
+        let mut c = conn.clone();
+        async move {
+            let handled = postings(&mut c).await.get("a").map_or(0, Vec::len);
+            (handled == 1 && pending(&mut c, "in", "h").await == 2 && leases_held(&mut c, "c").await == 1).then_some(())
+        }
+    })
+    .await;
+    let mut set_back = redis::pipe();
+    set_back.atomic().cmd("XGROUP").arg("SETID").arg("in").arg("h").arg("0").ignore();
+    set_back.cmd("XDEL").arg("in").arg(&a3).ignore();
+    let _: () = set_back.query_async(&mut conn).await.unwrap();
+    // Read again before a/2's commit: a/1 and a/2 pending, a/3 no longer.
+    eventually(Duration::from_millis(2500), "a/3 acknowledged by the host's next read", || {
+        let mut c = conn.clone();
+        let a3 = a3.clone();
+        async move {
+            let rows: Vec<redis::Value> =
+                redis::cmd("XPENDING").arg("in").arg("h").arg(&a3).arg(&a3).arg(1).query_async(&mut c).await.unwrap();
+            rows.is_empty().then_some(())
+        }
+    })
+    .await;
+    eventually(SOON, "a/1 and a/2 handled again, nothing left pending", || {
+        let mut c = conn.clone();
+        async move { (pending(&mut c, "in", "h").await == 0).then_some(()) }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_that_kills_its_host_each_time_runs_out_of_attempts_and_frees_its_key() {
     let redis = RedisServer::start();
     let handlers = ledger("account", "max_attempts = 2\ntimeout_ms = 20000");

@@ -425,8 +425,8 @@ impl Consumer {
                     // Made, and its key moved on to a next entry that is
                     // now this consumer's, which only the script's answer
                     // names: sent again at once (while tries are left; on
-                    // the last, done, and the claim scan takes that entry
-                    // back). The script finds the entry finished and
+                    // the last, done, and this host takes that entry back
+                    // soon). The script finds the entry finished and
                     // answers as after a lost reply.
                     Ok(EntryState::Acknowledged) if commit.moves_key_on() && attempt < COMMIT_TRIES => {
                         event_line!(

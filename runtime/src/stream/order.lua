@@ -44,21 +44,27 @@ local function order_insert(q, id)
   redis.call('RPUSH', q, id)
 end
 
--- Adds entry `id`, just read, to queue `q`. XREADGROUP hands a group's
--- entries out in id order, so it goes last. Ids at the queue's end that are
--- not before it were queued before the group was made again or set back
--- (XGROUP CREATE or SETID, or a group Redis lost): the group delivers each of
--- them again after this one, and they come back in their place then, so
--- they are dropped (a delivery still running of one finds it gone from the
--- queue, and the key goes on from the queue's first entry). Each costs one
--- step, once: the later entries of the same read go last unchecked.
-local function order_append(q, id)
+-- Adds entry `id` of stream `s`, just read for group `g`, to queue `q`.
+-- XREADGROUP hands a group's entries out in id order, so it goes last. Ids
+-- at the queue's end that are not before it were queued before the group
+-- was made again or set back (XGROUP CREATE or SETID, or a group Redis
+-- lost): the group delivers each of them again after this one, and they
+-- come back in their place then, so they are dropped (a delivery still
+-- running of one finds it gone from the queue, and the key goes on from the
+-- queue's first entry). One deleted from the stream meanwhile is not
+-- delivered again: if still pending, it is acknowledged, as `order_serve`
+-- does. Each costs one step, once: the later entries of the same read go
+-- last unchecked.
+local function order_append(s, g, q, id)
   while true do
     local last = redis.call('LINDEX', q, -1)
     if not last or order_before(last, id) then
       break
     end
     redis.call('RPOP', q)
+    if last ~= id and redis.call('XPENDING', s, g, last, last, 1)[1] and not redis.call('XRANGE', s, last, last)[1] then
+      redis.call('XACK', s, g, last)
+    end
   end
   redis.call('RPUSH', q, id)
 end

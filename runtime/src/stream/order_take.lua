@@ -117,7 +117,7 @@ local function read()
         if appended[q] then
           redis.call('RPUSH', q, e[1])
         else
-          order_append(q, e[1])
+          order_append(s, g, q, e[1])
           appended[q] = true
         end
         if not taken[q] and not redis.call('GET', l) then
