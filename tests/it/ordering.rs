@@ -269,10 +269,10 @@ enum Shared {
 }
 
 /// Runs postings x, a/1 and a/2 (stream `in`) and b (`in2`) through a
-/// host whose Redis round trips take 400 ms once all four are read, so that
+/// host whose Redis round trips take 1 s once all four are read, so that
 /// the commits of a/1 and b gather behind x's and share the next call, in
 /// the order `first` says; `in2`'s group is deleted (and kept from being
-/// made again) before that call. Waits until a/2 is handled, within 8 s;
+/// made again) before that call. Waits until a/2 is handled, within 15 s;
 /// returns what the host logged and the postings of a and of x, as (seq,
 /// after).
 async fn commits_sharing_a_call_with_a_missing_group(first: Shared) -> (Said, (Vec<(u64, u64)>, Vec<(u64, u64)>)) {
@@ -284,11 +284,12 @@ async fn commits_sharing_a_call_with_a_missing_group(first: Shared) -> (Said, (V
     let fx = Fixture::with_redis(&url, "claim_idle_ms = 60000", handlers);
     let mut conn = redis.conn().await;
     let posting = |account: &str, seq: u64, ms: u64| json!({"action": "ledger", "account": account, "seq": seq, "amount": 1, "ms": ms});
-    // Key x's commit is in flight (400 ms, below) while a's and b's are
-    // handed over, 100 and 200 ms after it, so theirs share the next call.
+    // Key x's commit is in flight (1 s, below) while a's and b's are
+    // handed over, 300 and 600 ms after it, so theirs share the next call
+    // (with room to spare: a host among many tests may be late to run).
     // (Each posting also reads two keys, two round trips, which shift all
     // three alike; timeout_ms leaves room for them.)
-    let (a_ms, b_ms) = if first == Shared::AFirst { (700, 800) } else { (800, 700) };
+    let (a_ms, b_ms) = if first == Shared::AFirst { (900, 1200) } else { (1200, 900) };
     send(&mut conn, "in", "posting", posting("x", 1, 600)).await;
     send(&mut conn, "in", "posting", posting("a", 1, a_ms)).await;
     send(&mut conn, "in", "posting", posting("a", 2, 0)).await;
@@ -300,13 +301,13 @@ async fn commits_sharing_a_call_with_a_missing_group(first: Shared) -> (Said, (V
         async move { (pending(&mut c, "in", "h").await == 3 && pending(&mut c, "in2", "h").await == 1).then_some(()) }
     })
     .await;
-    // From now on every round trip takes 400 ms: long enough for a's and
+    // From now on every round trip takes 1 s: long enough for a's and
     // b's commits to gather behind x's. (Redis 7.0 or later: an ACL rule
     // on a subcommand keeps the group from being made again meanwhile.)
-    proxy.set_latency(Duration::from_millis(200));
+    proxy.set_latency(Duration::from_millis(500));
     acl_default(&mut conn, "-xgroup|create").await;
     let _: usize = redis::cmd("XGROUP").arg("DESTROY").arg("in2").arg("h").query_async(&mut conn).await.unwrap();
-    eventually(Duration::from_secs(8), "posting a/2 handled, long before the next claim scan", || {
+    eventually(Duration::from_secs(15), "posting a/2 handled, long before the next claim scan", || {
         let mut c = conn.clone();
         async move { (postings(&mut c).await.get("a").map_or(0, Vec::len) == 2).then_some(()) }
     })
