@@ -92,7 +92,7 @@ local function read()
     prefix[KEYS[i]] = ARGV[8 + i]
     budget = take_waiting(KEYS[i], prefix[KEYS[i]], budget, out)
   end
-  local found, taken, woken, appended = redis.call(unpack(args)), {}, {}, {}
+  local found, taken, woken = redis.call(unpack(args)), {}, {}
   if not found and #out == 0 then
     -- Nothing new: wait (XREAD) on each stream and on its wake-up stream.
     local last = {}
@@ -114,11 +114,11 @@ local function read()
         budget = budget - 1
       else
         local q, l = prefix[s] .. 'queue:' .. key, prefix[s] .. 'lease:' .. key
-        if appended[q] then
+        -- (The key's first entry in this read is checked; the rest follow it.)
+        if taken[q] then
           redis.call('RPUSH', q, e[1])
         else
           order_append(s, g, q, e[1])
-          appended[q] = true
         end
         if not taken[q] and not redis.call('GET', l) then
           if budget > 0 then
