@@ -390,14 +390,7 @@ async fn group_lost_under_a_keys_delivery(meets: Meets) {
     send(&mut conn, "in", "posting", posting(3, 0, 0)).await;
     let rust_log = "warn,sluice::consumer::finish=debug,sluice::consumer::ordered=info";
     let mut hosts = Hosts(vec![fx.spawn_binary_logging_json(rust_log)]);
-    eventually(STARTED, "a/1 handled, a/2 under a's lease, a/3 queued", || {
-        let mut c = conn.clone();
-        async move {
-            let handled = postings(&mut c).await.get("a").map_or(0, Vec::len);
-            (handled == 1 && pending(&mut c, "in", "h").await == 2 && leases_held(&mut c, "c").await == 1).then_some(())
-        }
-    })
-    .await;
+    until_a2_runs_with_a3_queued(&conn).await;
     let made_again = meets == Meets::MadeAgainAtRetry;
     if !made_again {
         acl_default(&mut conn, "-xgroup|create").await;
@@ -457,14 +450,7 @@ async fn a_queued_entry_deleted_after_its_group_was_set_back_is_acknowledged_by_
     send(&mut conn, "in", "posting", posting(2, 3000)).await;
     let a3 = send(&mut conn, "in", "posting", posting(3, 0)).await;
     let _host = fx.start();
-    eventually(STARTED, "a/1 handled, a/2 under a's lease, a/3 queued", || {
-        let mut c = conn.clone();
-        async move {
-            let handled = postings(&mut c).await.get("a").map_or(0, Vec::len);
-            (handled == 1 && pending(&mut c, "in", "h").await == 2 && leases_held(&mut c, "c").await == 1).then_some(())
-        }
-    })
-    .await;
+    until_a2_runs_with_a3_queued(&conn).await;
     let mut set_back = redis::pipe();
     set_back.atomic().cmd("XGROUP").arg("SETID").arg("in").arg("h").arg("0").ignore();
     set_back.cmd("XDEL").arg("in").arg(&a3).ignore();
@@ -591,6 +577,19 @@ async fn group_field(conn: &mut MultiplexedConnection, name: &str) -> usize {
         }
     }
     0
+}
+
+/// Waits until posting a/1 is handled and a/2 is delivered under consumer
+/// `c`'s lease of key a, with a/3 queued behind it.
+async fn until_a2_runs_with_a3_queued(conn: &MultiplexedConnection) {
+    eventually(STARTED, "a/1 handled, a/2 under a's lease, a/3 queued", || {
+        let mut c = conn.clone();
+        async move {
+            let handled = postings(&mut c).await.get("a").map_or(0, Vec::len);
+            (handled == 1 && pending(&mut c, "in", "h").await == 2 && leases_held(&mut c, "c").await == 1).then_some(())
+        }
+    })
+    .await;
 }
 
 /// How many key leases `consumer` holds.
