@@ -333,6 +333,13 @@ impl Said {
         assert!(found, "no such line: {:#?}", self.0);
     }
 
+    /// Asserts that no line's message is as `is` says.
+    #[track_caller]
+    fn assert_none(&self, is: impl Fn(&str) -> bool) {
+        let found: Vec<_> = self.0.iter().filter(|l| is(l["fields"]["message"].as_str().unwrap_or(""))).collect();
+        assert!(found.is_empty(), "such lines: {found:#?}");
+    }
+
     /// Asserts that no line is an error.
     #[track_caller]
     fn assert_no_error(&self) {
@@ -471,6 +478,137 @@ async fn a_queued_entry_deleted_after_its_group_was_set_back_is_acknowledged_by_
         async move { (pending(&mut c, "in", "h").await == 0).then_some(()) }
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_running_when_its_group_was_set_back_waits_for_its_keys_earlier_entries() {
+    // The group is set back to the stream's start while a/2 runs (3 s),
+    // a/3 queued behind it. The host's next read (within a second) delivers
+    // a/1 to a/3 again and queues them under a's lease, which a/2's
+    // delivery holds. a/2's commit then finds a/1 first in a's queue: it
+    // writes nothing, and the key goes on from a/1, so that a/1 to a/3 come
+    // again in order, not a/2 ahead of a/1.
+    let redis = RedisServer::start();
+    let handlers = ledger("data.account", "concurrency = 8\ntimeout_ms = 10000");
+    let fx = Fixture::new(&redis, "consumer = \"c\"\nclaim_idle_ms = 60000", &handlers);
+    let mut conn = redis.conn().await;
+    let posting = |seq: u64, ms: u64| json!({"action": "ledger", "account": "a", "seq": seq, "amount": 1, "ms": ms});
+    send(&mut conn, "in", "posting", posting(1, 0)).await;
+    send(&mut conn, "in", "posting", posting(2, 3000)).await;
+    send(&mut conn, "in", "posting", posting(3, 0)).await;
+    let mut hosts = Hosts(vec![fx.spawn_binary_logging_json("warn")]);
+    until_a2_runs_with_a3_queued(&conn).await;
+    let _: () = redis::cmd("XGROUP").arg("SETID").arg("in").arg("h").arg("0").query_async(&mut conn).await.unwrap();
+    eventually(Duration::from_millis(2500), "a/1 delivered again by the host's next read", || {
+        let mut c = conn.clone();
+        async move { (pending(&mut c, "in", "h").await == 3).then_some(()) }
+    })
+    .await;
+    assert_eq!(postings(&mut conn).await["a"].len(), 1, "a/2 committed before the host read a/1 again");
+    eventually(SOON, "a/1 to a/3 handled again", || {
+        let mut c = conn.clone();
+        async move { (finished(&mut c, "in", "h").await == 3).then_some(()) }
+    })
+    .await;
+    let seqs: Vec<_> = postings(&mut conn).await["a"].iter().map(|r| (r.0, r.1)).collect();
+    assert_eq!(seqs, [(1, 0), (1, 1), (2, 1), (3, 2)]);
+    assert_eq!(leases_held(&mut conn, "c").await, 0);
+    let mut host = hosts.0.pop().unwrap();
+    assert!(terminate(&mut host).await.success());
+    let said = Said(json_log_lines(&host.wait_with_output().unwrap().stderr));
+    said.assert_any(|m| {
+        m.starts_with("the consumer group was made again or set back") && m.ends_with("in its key's order")
+    });
+    said.assert_no_error();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_made_again_from_the_start_while_another_host_reads_leaves_the_key_with_its_holder() {
+    made_again_while_another_host_reads(From::Start).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_made_again_at_the_running_entry_while_another_host_reads_leaves_the_key_with_its_holder() {
+    made_again_while_another_host_reads(From::Running).await;
+}
+
+/// Where [`made_again_while_another_host_reads`] makes the group again.
+#[derive(PartialEq)]
+enum From {
+    /// At the stream's start: a/1 to a/3 are delivered again, and a/1 is
+    /// first in a's queue when a/2's delivery commits.
+    Start,
+    /// Just after a/1: a/2 and a/3 are delivered again, and a/2, still
+    /// running, is first in a's queue.
+    Running,
+}
+
+/// Host c serves key a: a/1 handled, a/2 running (6 s), a/3 queued; with
+/// `concurrency = 1` it reads nothing more meanwhile. The group is made
+/// again (`from` says where), and host d's next read delivers a's entries
+/// again, to d, and queues them under c's lease. a/2's commit on c goes on
+/// with the key at once: from a/1, writing nothing for a/2 (`From::Start`),
+/// or, a/2 being first, claiming it back from d and committing it
+/// (`From::Running`); either way taking each next entry back from d in
+/// turn. a's entries are handled again, in order, long before c's lease
+/// would run out (claim_idle_ms, 60 s here); c used to find a/2 "taken
+/// over" and leave the key waiting for that.
+async fn made_again_while_another_host_reads(from: From) {
+    let redis = RedisServer::start();
+    let handlers = ledger("data.account", "concurrency = 1\ntimeout_ms = 10000");
+    let host = |name: &str| format!("consumer = \"{name}\"\nclaim_idle_ms = 60000");
+    let (fc, fd) = (Fixture::new(&redis, &host("c"), &handlers), Fixture::new(&redis, &host("d"), &handlers));
+    let mut conn = redis.conn().await;
+    let posting = |seq: u64, ms: u64| json!({"action": "ledger", "account": "a", "seq": seq, "amount": 1, "ms": ms});
+    let a1 = send(&mut conn, "in", "posting", posting(1, 0)).await;
+    send(&mut conn, "in", "posting", posting(2, 6000)).await;
+    send(&mut conn, "in", "posting", posting(3, 0)).await;
+    let mut hosts = Hosts(vec![fc.spawn_binary_logging_json("warn")]);
+    until_a2_runs_with_a3_queued(&conn).await;
+    hosts.0.push(fd.spawn_binary());
+    // Host d blocks on the stream once it has found nothing new (Redis
+    // shows no consumer for a read that delivered nothing); c, its only
+    // permit taken, does not read.
+    eventually(STARTED, "host d waiting for new entries", || {
+        let mut c = conn.clone();
+        async move {
+            let clients: String = redis::cmd("CLIENT").arg("LIST").query_async(&mut c).await.unwrap();
+            clients.lines().any(|l| l.contains("cmd=xread ")).then_some(())
+        }
+    })
+    .await;
+    let start = if from == From::Start { "0" } else { a1.as_str() };
+    let mut again = redis::pipe();
+    again.atomic().cmd("XGROUP").arg("DESTROY").arg("in").arg("h").ignore();
+    again.cmd("XGROUP").arg("CREATE").arg("in").arg("h").arg(start).ignore();
+    let _: () = again.query_async(&mut conn).await.unwrap();
+    let (again, expected): (usize, &[(u64, u64)]) = match from {
+        From::Start => (3, &[(1, 0), (1, 1), (2, 1), (3, 2)]),
+        From::Running => (2, &[(1, 0), (2, 1), (3, 2)]),
+    };
+    eventually(Duration::from_millis(2500), "a's entries delivered again to host d", || {
+        let mut c = conn.clone();
+        async move { (pending_with(&mut c, "d").await == again).then_some(()) }
+    })
+    .await;
+    assert_eq!(postings(&mut conn).await["a"].len(), 1, "a/2 committed before host d read a's entries again");
+    eventually(Duration::from_secs(20), "a's entries handled again, long before c's lease runs out", || {
+        let mut c = conn.clone();
+        async move { (finished(&mut c, "in", "h").await == 3).then_some(()) }
+    })
+    .await;
+    let seqs: Vec<_> = postings(&mut conn).await["a"].iter().map(|r| (r.0, r.1)).collect();
+    assert_eq!(seqs, expected);
+    let mut c = hosts.0.remove(0);
+    assert!(terminate(&mut c).await.success());
+    let said = Said(json_log_lines(&c.wait_with_output().unwrap().stderr));
+    let out_of_turn = |m: &str| m.starts_with("the consumer group was made again or set back");
+    match from {
+        From::Start => said.assert_any(|m| out_of_turn(m) && m.ends_with("in its key's order")),
+        From::Running => said.assert_none(out_of_turn),
+    }
+    said.assert_none(|m| m.contains("presumed dead"));
+    said.assert_no_error();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

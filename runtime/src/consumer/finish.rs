@@ -245,6 +245,7 @@ impl Consumer {
                 event_line!(DEBUG, publishes, kv_writes, "handled; the next entry of its key follows");
                 return After::Next(next);
             }
+            Some(Committed::OutOfTurn(first)) => return self.out_of_turn(first),
             Some(Committed::AlreadyFinished) => self.already_finished(&d).await,
             Some(Committed::TakenOver(by)) => self.taken_over(&by),
             // The handler's output cannot be written: a failed attempt.
@@ -288,6 +289,7 @@ impl Consumer {
                     return After::Next(next);
                 }
             }
+            Some(Committed::OutOfTurn(first)) => return self.out_of_turn(first),
             Some(Committed::AlreadyFinished) => self.already_finished(d).await,
             Some(Committed::TakenOver(by)) => self.taken_over(&by),
             Some(Committed::Refused(why)) => event_line!(
@@ -358,6 +360,20 @@ impl Consumer {
             group = %self.group,
             "the consumer group is missing (deleted, or lost by Redis: a restart without persistence, a failover to a replica it had not reached); nothing was acknowledged or written. The group is made again from the stream's start (with the stream, if that is gone too), so every entry still in the stream is delivered again"
         );
+    }
+
+    /// The entry of this delivery, ordered by key, is no longer its key's
+    /// first: the group was made again or set back while it was handled,
+    /// and delivered the key's earlier entries again. Nothing was written;
+    /// the entry waits, pending, for its turn, and the key goes on here
+    /// from `first`.
+    fn out_of_turn(&self, first: Box<Delivery>) -> After {
+        event_line!(
+            WARN,
+            group = %self.group,
+            "the consumer group was made again or set back (XGROUP CREATE or SETID, or a failover to a replica behind) while this entry was handled, and delivered earlier entries of its key again: this delivery's output was not written, and the entry is delivered again after them, in its key's order"
+        );
+        After::Next(first)
     }
 
     /// Another consumer took the entry over while this host worked on it:

@@ -43,6 +43,19 @@
 --                key's queue, and the next entry of that key is now this
 --                consumer's to deliver (order_serve in order.lua). Without a
 --                next entry, the lease is given up and the result is 1 or 0.
+--   {4, delivery} out of turn: the entry is ordered by key, under this
+--                consumer's lease, and no longer its key's first: the group
+--                was made again or set back while it was handled, and a read
+--                queued the key's earlier entries, delivered again, ahead of
+--                it. Nothing was written and the entry stays pending; the
+--                key goes on from its first entry, now this consumer's to
+--                deliver.
+--
+-- An entry ordered by key that is pending with another consumer, while this
+-- consumer holds its key's lease and it is the key's first, was delivered
+-- again to that consumer after the group was made again, and queued there
+-- without being delivered (a takeover takes the lease too): it is claimed
+-- back and finished here, so that the key goes on at once.
 --
 -- The next new entries for the permits a batch frees are read by an
 -- XREADGROUP sent with this script, not inside it
@@ -122,24 +135,6 @@ local function refused(writes)
   return nil
 end
 
--- Whether stream id `x` comes before `y`. An id's two numbers may exceed
--- what a Lua number holds exactly, so they are compared as digits (Redis
--- writes them without leading zeros): fewer digits first, then digit by
--- digit.
-local function id_before(x, y)
-  local dx, dy = string.find(x, '-', 1, true), string.find(y, '-', 1, true)
-  if dx ~= dy or not dx then
-    return (dx or 0) < (dy or 0)
-  end
-  local mx, my = string.sub(x, 1, dx), string.sub(y, 1, dy)
-  if mx ~= my then
-    return mx < my
-  elseif #x ~= #y then
-    return #x < #y
-  end
-  return x < y
-end
-
 -- Acknowledges `ids` of `origin` in `group`, if any. Lua's unpack takes a
 -- few thousand values; a call carries at most committer.rs's MAX_BATCH (256)
 -- deliveries.
@@ -161,9 +156,9 @@ end
 local function finish_run(origin, ids, writes, group, consumer, results)
   local low, high = ids[1], ids[1]
   for i = 2, #ids do
-    if id_before(ids[i], low) then
+    if order_before(ids[i], low) then
       low = ids[i]
-    elseif id_before(high, ids[i]) then
+    elseif order_before(high, ids[i]) then
       high = ids[i]
     end
   end
@@ -242,34 +237,63 @@ while a <= #ARGV do
     local writes
     writes, a, k = read_writes(a + 4, k + 3)
     local why = refused(writes)
-    local pending = redis.call('XPENDING', origin, group, id, id, 1)[1]
+    local holder = redis.call('GET', order.l)
+    local head = redis.call('LINDEX', order.q, 0)
+    local next = nil
+    if not why and holder == consumer and head and head ~= id and order_before(head, id) then
+      -- Out of turn: the group was made again or set back while this
+      -- delivery ran, and delivered the key's earlier entries again, which
+      -- a read queued ahead of this one (order_append). Nothing is
+      -- written: the key goes on from its first entry, and this entry
+      -- stays pending for its turn. Should the entries ahead of it be gone
+      -- (order_serve drops them), its turn is now.
+      next = order_serve(origin, group, consumer, order.q, order.l, order.key, order.ttl, false)
+      if next and next[2] == id then
+        next = nil
+      end
+      head = redis.call('LINDEX', order.q, 0)
+      checked = {}
+    end
     if why then
       results[#results + 1] = { -1, why }
-    elseif pending and pending[2] ~= consumer then
-      results[#results + 1] = { -2, pending[2] }
+    elseif next then
+      results[#results + 1] = { 4, next }
     else
-      local result = 0
-      if pending then
-        local failed = apply(writes)
-        if failed then
-          return redis.error_reply(failed)
-        end
-        result = redis.call('XACK', origin, group, id)
+      local pending = redis.call('XPENDING', origin, group, id, id, 1)[1]
+      if pending and pending[2] ~= consumer and holder == consumer and head == id then
+        -- Pending with another consumer whose read delivered it again
+        -- after the group was made again, and queued it under this
+        -- consumer's lease without delivering it (a takeover would have
+        -- taken the lease): the key's first entry is this consumer's to
+        -- finish.
+        redis.call('XCLAIM', origin, group, consumer, 0, id, 'JUSTID')
+        pending[2] = consumer
       end
-      -- Finished (now, or by an earlier try whose reply was lost): the next
-      -- entry of its key goes on with this consumer, unless another holds
-      -- the key now.
-      order_remove(order.q, id)
-      local holder = redis.call('GET', order.l)
-      -- A lapsed lease no one took is still this consumer's to use.
-      if holder == consumer or not holder then
-        local next = order_serve(origin, group, consumer, order.q, order.l, order.key, order.ttl, false)
-        if next then
-          result = { 3, next }
+      if pending and pending[2] ~= consumer then
+        results[#results + 1] = { -2, pending[2] }
+      else
+        local result = 0
+        if pending then
+          local failed = apply(writes)
+          if failed then
+            return redis.error_reply(failed)
+          end
+          result = redis.call('XACK', origin, group, id)
         end
+        -- Finished (now, or by an earlier try whose reply was lost): the
+        -- next entry of its key goes on with this consumer, unless another
+        -- holds the key now.
+        order_remove(order.q, id, head)
+        -- A lapsed lease no one took is still this consumer's to use.
+        if holder == consumer or not holder then
+          next = order_serve(origin, group, consumer, order.q, order.l, order.key, order.ttl, false)
+          if next then
+            result = { 3, next }
+          end
+        end
+        checked = {}
+        results[#results + 1] = result
       end
-      checked = {}
-      results[#results + 1] = result
     end
   end
 end

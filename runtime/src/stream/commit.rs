@@ -3,7 +3,7 @@
 //! produced (publishes, key-value writes, or the dead-letter copy) and
 //! acknowledges its entry, all or nothing per delivery. The writes are typed
 //! here ([`WriteKind`]), the script refuses any kind it does not know, and
-//! each delivery's result is one of three values ([`Committed`]).
+//! each delivery's result is a value ([`Committed`]).
 //!
 //! A delivery that writes nothing (no publish, no key-value write, not
 //! ordered by key: most of them) is finished by a plain `XACK` sent with the
@@ -53,6 +53,12 @@ pub enum Committed {
     /// next entry of its key is now this consumer's to deliver
     /// ([`super::order`]).
     Next(Box<Delivery>),
+    /// Nothing was written: the entry, ordered by key, is no longer its
+    /// key's first. The group was made again or set back while it was
+    /// handled, and delivered the key's earlier entries again; the entry
+    /// stays pending and is delivered again in its turn. The key goes on
+    /// from its first entry, named here, now this consumer's to deliver.
+    OutOfTurn(Box<Delivery>),
 }
 
 /// What finishing one delivery writes: its entry's ack, and before it the
@@ -539,6 +545,7 @@ fn result(reply: &Value) -> Option<Committed> {
                 Some(Committed::TakenOver(String::from_utf8_lossy(owner).into_owned()))
             }
             [Value::Int(3), next] => order::delivery(next).map(|d| Committed::Next(Box::new(d))),
+            [Value::Int(4), first] => order::delivery(first).map(|d| Committed::OutOfTurn(Box::new(d))),
             _ => None,
         },
         _ => None,
@@ -597,13 +604,23 @@ mod tests {
     }
 
     #[test]
-    fn the_three_results_parse_and_anything_else_is_refused() {
+    fn the_results_parse_and_anything_else_is_refused() {
         assert_eq!(result(&Value::Int(1)), Some(Committed::Done));
         assert_eq!(result(&Value::Int(0)), Some(Committed::AlreadyFinished));
         let refused = Value::Array(vec![Value::Int(-1), Value::BulkString(b"x holds a string".to_vec())]);
         assert_eq!(result(&refused), Some(Committed::Refused("x holds a string".into())));
         let taken = Value::Array(vec![Value::Int(-2), Value::BulkString(b"host-b".to_vec())]);
         assert_eq!(result(&taken), Some(Committed::TakenOver("host-b".into())));
+        let a1 = Value::Array(vec![
+            Value::BulkString(b"in".to_vec()),
+            Value::BulkString(b"1-0".to_vec()),
+            Value::Array(vec![Value::BulkString(b"type".to_vec()), Value::BulkString(b"t".to_vec())]),
+            Value::Int(1),
+            Value::BulkString(b"a".to_vec()),
+        ]);
+        let delivery = Box::new(order::delivery(&a1).unwrap());
+        assert_eq!(result(&Value::Array(vec![Value::Int(3), a1.clone()])), Some(Committed::Next(delivery.clone())));
+        assert_eq!(result(&Value::Array(vec![Value::Int(4), a1])), Some(Committed::OutOfTurn(delivery)));
         assert_eq!(result(&Value::BulkString(b"SLUICE_WRONGTYPE x".to_vec())), None);
         assert_eq!(result(&Value::Int(2)), None);
     }

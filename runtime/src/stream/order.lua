@@ -10,23 +10,23 @@
 -- The consumer holding the lease delivers the queue's first entry, and only
 -- that one; finishing it (commit.lua) removes it and hands over the next.
 
--- Whether decimal `a` is less than decimal `b` (no leading zeros), exactly
--- at any length.
-local function order_less(a, b)
-  if #a ~= #b then
+-- Whether entry id `a` comes before entry id `b` in their stream. An id's
+-- two numbers may exceed what a Lua number holds exactly, so they are
+-- compared as digits (Redis writes them without leading zeros): fewer
+-- digits first, then digit by digit. (Plain finds: the commit script
+-- compares ids of every run of deliveries.)
+local function order_before(a, b)
+  local da, db = string.find(a, '-', 1, true), string.find(b, '-', 1, true)
+  if da ~= db or not da then
+    return (da or 0) < (db or 0)
+  end
+  local ma, mb = string.sub(a, 1, da), string.sub(b, 1, db)
+  if ma ~= mb then
+    return ma < mb
+  elseif #a ~= #b then
     return #a < #b
   end
   return a < b
-end
-
--- Whether entry id `a` comes before entry id `b` in their stream.
-local function order_before(a, b)
-  local ams, aseq = string.match(a, '^(%d+)-(%d+)$')
-  local bms, bseq = string.match(b, '^(%d+)-(%d+)$')
-  if ams ~= bms then
-    return order_less(ams, bms)
-  end
-  return order_less(aseq, bseq)
 end
 
 -- Adds entry `id` to queue `q`, in its place by id, unless it is there
@@ -69,9 +69,10 @@ local function order_append(s, g, q, id)
   redis.call('RPUSH', q, id)
 end
 
--- Removes entry `id` from queue `q` (usually its first).
-local function order_remove(q, id)
-  if redis.call('LINDEX', q, 0) == id then
+-- Removes entry `id` from queue `q` (usually its first), whose first entry
+-- the caller read already: `head`.
+local function order_remove(q, id, head)
+  if head == id then
     redis.call('LPOP', q)
   else
     redis.call('LREM', q, 1, id)

@@ -23,7 +23,10 @@
 //! - *finishing* (`commit.lua`) acknowledges the entry, removes it from its
 //!   queue, and claims the key's next entry for the same consumer, or gives
 //!   the lease up when the queue is empty. A retry is not a finish: the key
-//!   waits out the backoff with its entry;
+//!   waits out the backoff with its entry. An entry that is not its queue's
+//!   first (its group was made again or set back while it ran, and a read
+//!   queued the key's earlier entries again) is out of turn: nothing is
+//!   written, and the key goes on from its first entry;
 //! - *taking back* this consumer's own entries after a restart (`own`), and
 //!   *taking over* keys whose holder died (`idle`: an entry idle past
 //!   `claim_idle_ms` whose key has no lease) go through the same queue;
