@@ -35,7 +35,9 @@
 //! `SLUICE_FAULTS_OUT` (default `target/bench/faults.json`). Environment:
 //! `SLUICE_FAULTS_EVENTS` (default 20000), `SLUICE_FAULTS_RATE` (events/s,
 //! default 1000), `SLUICE_FAULTS_SEED` (the kills' and resets' moments; random
-//! by default, and printed so a run can be repeated).
+//! by default, and printed so a run can be repeated), `SLUICE_FAULTS_KEYS`
+//! (the handler orders by key, over this many keys, and each row counts the
+//! outputs committed out of their key's order; unset: no `order_by`).
 
 #[path = "../tests/it/support/audit.rs"]
 #[allow(dead_code)]
@@ -91,8 +93,10 @@ fn main() {
     let events: usize = env_or("SLUICE_FAULTS_EVENTS", 20_000);
     let rate: u32 = env_or("SLUICE_FAULTS_RATE", 1_000);
     let seed: u64 = env_or("SLUICE_FAULTS_SEED", rand::random());
+    let keys: Option<usize> = std::env::var("SLUICE_FAULTS_KEYS").ok().and_then(|v| v.parse().ok());
+    let ordered = keys.map_or(String::new(), |k| format!(", ordered by key over {k} keys"));
     println!(
-        "fault audit: {events} events at {rate}/s, 2 hosts, claim_idle_ms {}, seed {seed}",
+        "fault audit: {events} events at {rate}/s, 2 hosts, claim_idle_ms {}{ordered}, seed {seed}",
         CLAIM_IDLE.as_millis()
     );
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
@@ -109,6 +113,7 @@ fn main() {
             seed: seed.wrapping_add(i as u64),
             // Some events in flight when the host stops: each computes 1 ms.
             busy: matches!(fault, Fault::Pause { .. }).then_some(Duration::from_millis(1)),
+            keys,
             ..Plan::new(fault, events, rate, &plugins)
         };
         let account = rt.block_on(audit::run(&plan));
@@ -123,6 +128,7 @@ fn main() {
         "hosts": 2,
         "claim_idle_ms": CLAIM_IDLE.as_millis() as u64,
         "seed": seed,
+        "keys": keys,
         "cores": std::thread::available_parallelism().map(|c| c.get()).unwrap_or(0),
         "unix_time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs(),
     });
@@ -174,6 +180,9 @@ fn notes(a: &Account) -> String {
     if a.late_commits > 0 {
         notes.push(format!("{} commits refused as taken over or finished", a.late_commits));
     }
+    if a.out_of_order > 0 {
+        notes.push(format!("{} outputs out of their key's order", a.out_of_order));
+    }
     if a.misplaced > 0 {
         notes.push(format!("{} misplaced", a.misplaced));
     }
@@ -202,6 +211,7 @@ fn write(rows: &[Account], meta: serde_json::Value) -> PathBuf {
                 "lost": a.lost,
                 "lost_by_redis": a.lost_by_redis,
                 "duplicated": a.duplicated,
+                "out_of_order": a.out_of_order,
                 "misplaced": a.misplaced,
                 "recover_ms": ms(a.recover),
                 "caught_up_ms": ms(a.caught_up),

@@ -38,6 +38,7 @@ fn assert_whole(a: &Account, events: usize) {
     assert!(a.drained, "the load did not drain: {why}");
     assert_eq!(a.events, events, "every event was published: {why}");
     assert_eq!((a.lost, a.duplicated), (0, 0), "lost, duplicated: {why}");
+    assert_eq!(a.out_of_order, 0, "outputs out of their key's order: {why}");
     // And each where it belongs: these faults exhaust no event's attempts.
     assert_eq!(a.misplaced, 0, "events not rejected dead-lettered, or rejected ones handled: {why}");
     assert_eq!(a.handled + a.dead_lettered, events, "{why}");
@@ -93,6 +94,26 @@ async fn two_hosts_lose_and_duplicate_nothing_across_kills() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hosts_ordering_by_key_keep_each_keys_order_across_kills() {
+    // The same with `order_by` over two keys, each with an event every
+    // 10 ms: a killed host, started again, takes its keys back from their
+    // first pending entries, while the other host's reads queue the keys'
+    // new entries behind them. (Without `order_by`, 2 to 4 outputs in three
+    // runs came out of their key's order: the other host committed new
+    // entries before the restarted host committed those it held.)
+    let plan = Plan {
+        busy: Some(Duration::from_millis(10)),
+        events: 600,
+        rate: 200,
+        keys: Some(2),
+        ..short(Fault::Kill { times: 2 })
+    };
+    let a = audit::run(&plan).await;
+    assert_whole(&a, plan.events);
+    assert!(a.held > 0, "the kills hit events in flight: {}", a.summary());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_hosts_late_commits_are_refused_and_publish_nothing_twice() {
     // Events compute for 20 ms, so some are in flight when host-0 stops;
     // it stays stopped past claim_idle_ms, and host-1 takes them over.
@@ -136,6 +157,20 @@ async fn a_redis_restart_with_appendfsync_everysec_costs_at_most_what_redis_lost
     let why = format!("{}\n{}", a.summary(), log_tails(&a));
     assert!(a.drained, "the load did not drain: {why}");
     assert_eq!((a.lost_by_sluice(), a.duplicated), (0, 0), "lost by Sluice, duplicated: {why}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_with_appendfsync_everysec_keeps_each_keys_order() {
+    // With `order_by` over ten keys. Redis comes back from its append-only
+    // file with the keys' queues and leases as they were written: what was
+    // in flight is delivered again, and each key's outputs are still
+    // committed in its order.
+    let plan = Plan { keys: Some(10), ..short(Fault::RedisRestart(Fsync::Everysec)) };
+    let a = audit::run(&plan).await;
+    let why = format!("{}\n{}", a.summary(), log_tails(&a));
+    assert!(a.drained, "the load did not drain: {why}");
+    assert_eq!((a.lost_by_sluice(), a.duplicated), (0, 0), "lost by Sluice, duplicated: {why}");
+    assert_eq!(a.out_of_order, 0, "outputs out of their key's order: {why}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -179,6 +179,10 @@ pub struct Plan {
     pub drain: Duration,
     /// Seeds the random moments of kills and resets.
     pub seed: u64,
+    /// With `Some(keys)`, the handler orders by key (`order_by = "data.k"`),
+    /// event `n` carrying key `n % keys`, and the account counts outputs
+    /// committed out of their key's order ([`Account::out_of_order`]).
+    pub keys: Option<usize>,
     /// The folder holding `behave.wasm`.
     pub plugins: PathBuf,
 }
@@ -198,6 +202,7 @@ impl Plan {
             busy: None,
             drain: Duration::from_secs(60),
             seed: rand::random(),
+            keys: None,
             plugins: plugins.to_owned(),
         }
     }
@@ -235,6 +240,10 @@ pub struct Account {
     /// Numbers written more than once to `out` and the dead-letter stream
     /// together: a publish (or dead letter) written twice.
     pub duplicated: usize,
+    /// With [`Plan::keys`]: outputs in `out` that follow, in the stream, an
+    /// output of a later number of the same key (their key's commits out of
+    /// order).
+    pub out_of_order: usize,
     /// Numbers that ended up where they were not meant to: an event not
     /// rejected dead-lettered (attempts exhausted during the fault, say), a
     /// rejected one handled, or one that writes nothing published.
@@ -281,7 +290,7 @@ impl Account {
     pub fn summary(&self) -> String {
         let ms = |d: Option<Duration>| d.map_or("-".to_owned(), |d| format!("{} ms", d.as_millis()));
         format!(
-            "{}: events {}, handled {}, dead-lettered {}, lost {} (by Redis {}), duplicated {}, misplaced {}, in flight when struck {}, recover {}, caught up {}, commits refused as taken over or finished {}, drained {}, took {:.1} s; {}",
+            "{}: events {}, handled {}, dead-lettered {}, lost {} (by Redis {}), duplicated {}, out of key order {}, misplaced {}, in flight when struck {}, recover {}, caught up {}, commits refused as taken over or finished {}, drained {}, took {:.1} s; {}",
             self.fault,
             self.events,
             self.handled,
@@ -289,6 +298,7 @@ impl Account {
             self.lost,
             self.lost_by_redis,
             self.duplicated,
+            self.out_of_order,
             self.misplaced,
             self.held,
             ms(self.recover),
@@ -368,7 +378,7 @@ pub async fn run(plan: &Plan) -> Account {
     let late_commits =
         logs.iter().flat_map(|l| l.lines()).filter(|l| LATE_COMMIT_WARNINGS.iter().any(|w| l.contains(w))).count();
     let published: Vec<bool> = load.lock().unwrap().ids.iter().map(Option::is_some).collect();
-    let account = count(&probe, &redis, &published, &logs, &mut notes).await;
+    let account = count(&probe, &redis, &published, &logs, plan.keys, &mut notes).await;
     notes.push(format!("seed {}", plan.seed));
     Account {
         fault: plan.fault.label(),
@@ -495,14 +505,15 @@ struct Host {
 
 impl Host {
     /// Writes `host-<i>`'s config in `dir`: one `behave` handler `h` on
-    /// `in`, publishing to `out`.
+    /// `in`, publishing to `out` (ordered by key with [`Plan::keys`]).
     fn new(dir: &Path, i: usize, redis: &Deployment, plan: &Plan) -> Host {
         let name = format!("host-{i}");
         let admin = free_port();
         let config = dir.join(format!("{name}.toml"));
         let text = format!(
             "[redis]\n{redis}\n\n[host]\nplugins = \"{plugins}\"\nconsumer = \"{name}\"\nclaim_idle_ms = {claim}\nadmin = \"127.0.0.1:{admin}\"\n\n\
-             [handlers.{GROUP}]\nplugin = \"behave.wasm\"\nstreams = [\"{INPUT}\"]\npublish = [\"{OUTPUT}\"]\nconcurrency = {concurrency}\ntimeout_ms = {timeout}\nbackoff_ms = 50\n",
+             [handlers.{GROUP}]\nplugin = \"behave.wasm\"\nstreams = [\"{INPUT}\"]\npublish = [\"{OUTPUT}\"]\nconcurrency = {concurrency}\ntimeout_ms = {timeout}\nbackoff_ms = 50\n{order_by}",
+            order_by = if plan.keys.is_some() { "order_by = \"data.k\"\n" } else { "" },
             redis = redis.host_keys(),
             plugins = plan.plugins.display(),
             claim = plan.claim_idle.as_millis(),
@@ -611,21 +622,39 @@ async fn until_ready(hosts: &[Host]) {
 /// The data of event `n`: reject it (one in [`REJECT_EVERY`]), or after
 /// computing for `busy`, log it (one in [`QUIET_EVERY`]: it writes nothing)
 /// or publish `{"n": n}` to `out`. Each carries `n` itself, so its dead
-/// letter names it too.
-fn event(n: usize, busy: Option<Duration>) -> String {
-    if n % REJECT_EVERY == REJECT_EVERY - 1 {
-        return json!({"action": "reject", "reason": "audit: rejected on purpose", "n": n}).to_string();
-    }
-    if quiet(n) {
-        let ms = busy.map_or(0, |ms| ms.as_millis() as u64);
-        return json!({"action": "busy", "ms": ms, "log": format!("{QUIET_LOG}{n}"), "n": n}).to_string();
-    }
+/// letter names it too, and with `keys`, its key `k`, `n % keys`.
+fn event(n: usize, busy: Option<Duration>, keys: Option<usize>) -> String {
+    let ms = busy.map_or(0, |ms| ms.as_millis() as u64);
     let publish = json!([{"stream": OUTPUT, "type": "n", "data": {"n": n}}]);
-    match busy {
-        Some(ms) => json!({"action": "busy", "ms": ms.as_millis() as u64, "publish": publish, "n": n}),
-        None => json!({"action": "publish", "publish": publish, "n": n}),
+    let mut data = if n % REJECT_EVERY == REJECT_EVERY - 1 {
+        json!({"action": "reject", "reason": "audit: rejected on purpose", "n": n})
+    } else if quiet(n) {
+        json!({"action": "busy", "ms": ms, "log": format!("{QUIET_LOG}{n}"), "n": n})
+    } else if busy.is_some() {
+        json!({"action": "busy", "ms": ms, "publish": publish, "n": n})
+    } else {
+        json!({"action": "publish", "publish": publish, "n": n})
+    };
+    if let Some(keys) = keys {
+        data["k"] = json!(n % keys);
     }
-    .to_string()
+    data.to_string()
+}
+
+/// How many outputs in `out` (`outputs`, numbers in stream order) follow an
+/// output of a later number of their key (`n % keys`).
+fn out_of_order(outputs: &[usize], keys: usize) -> usize {
+    let mut last: BTreeMap<usize, usize> = BTreeMap::new();
+    let mut behind = 0;
+    for &n in outputs {
+        match last.get(&(n % keys)) {
+            Some(&before) if before > n => behind += 1,
+            _ => {
+                last.insert(n % keys, n);
+            }
+        }
+    }
+    behind
 }
 
 /// What the producer has published: each number's entry id (`None` if
@@ -649,7 +678,7 @@ async fn produce(mut probe: Probe, plan: Plan, load: Arc<Mutex<Load>>, started: 
     let period = Duration::from_secs_f64(1.0 / f64::from(plan.rate));
     for n in 0..plan.events {
         tokio::time::sleep_until(started + period * n as u32).await;
-        let data = event(n, plan.busy);
+        let data = event(n, plan.busy, plan.keys);
         let give_up = Instant::now() + Duration::from_secs(60);
         let id = loop {
             let added: redis::RedisResult<String> = redis::cmd("XADD")
@@ -1055,9 +1084,16 @@ async fn count(
     redis: &Deployment,
     published: &[bool],
     logs: &[String],
+    keys: Option<usize>,
     notes: &mut Vec<String>,
 ) -> Account {
     let input = numbers(probe, INPUT, notes).await;
+    let out_of_order = match keys {
+        Some(keys) => {
+            out_of_order(&all_entries(probe, OUTPUT).await.iter().filter_map(number).collect::<Vec<_>>(), keys)
+        }
+        None => 0,
+    };
     let out = numbers(probe, OUTPUT, notes).await;
     let logged = handled_quietly(logs);
     let dead = numbers(probe, redis.dead_letters(), notes).await;
@@ -1071,7 +1107,7 @@ async fn count(
     }
     let times = |m: &BTreeMap<usize, usize>, n: usize| m.get(&n).copied().unwrap_or(0);
     let handled = out.keys().chain(&logged).collect::<std::collections::BTreeSet<_>>().len();
-    let mut a = Account { handled, dead_lettered: dead.len(), ..Account::default() };
+    let mut a = Account { handled, dead_lettered: dead.len(), out_of_order, ..Account::default() };
     for (n, _) in published.iter().enumerate().filter(|(_, p)| **p) {
         a.events += 1;
         // An event that writes nothing may be logged more than once (run
@@ -1102,6 +1138,14 @@ async fn count(
         notes.push(format!("{strays} outputs for numbers the producer never saw acknowledged"));
     }
     a
+}
+
+#[test]
+fn an_output_behind_a_later_one_of_its_key_is_out_of_order() {
+    // Keys of 3: 0, 3 and 6 share key 0; 4 shares key 1 with 1 and 7.
+    assert_eq!(out_of_order(&[0, 1, 3, 4, 6, 7], 3), 0);
+    assert_eq!(out_of_order(&[0, 6, 3, 1, 4], 3), 1);
+    assert_eq!(out_of_order(&[6, 3, 0, 7, 4, 1], 3), 4);
 }
 
 #[test]
