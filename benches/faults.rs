@@ -120,7 +120,7 @@ fn main() {
         println!("{name}: {}", account.summary());
         rows.push(account);
     }
-    println!("\n{}", markdown(&rows));
+    println!("\n{}", markdown(&rows, keys.is_some()));
     println!("took {:.0} s", started.elapsed().as_secs_f64());
     let meta = serde_json::json!({
         "events": events,
@@ -144,19 +144,22 @@ fn ms(d: Option<Duration>) -> String {
     d.map_or("-".to_owned(), |d| format!("{} ms", d.as_millis()))
 }
 
-/// The table, one row per fault.
-fn markdown(rows: &[Account]) -> String {
-    let mut t = String::from(
-        "| fault | events | handled | dead-lettered | lost | duplicated | time to recover | caught up | in flight when struck | notes |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
+/// The table, one row per fault; with `ordered`, a column of the outputs
+/// committed out of their key's order.
+fn markdown(rows: &[Account], ordered: bool) -> String {
+    let (head, rule) = if ordered { (" out of key order |", "---:|") } else { ("", "") };
+    let mut t = format!(
+        "| fault | events | handled | dead-lettered | lost | duplicated |{head} time to recover | caught up | in flight when struck | notes |\n\
+         |---|---:|---:|---:|---:|---:|{rule}---:|---:|---:|---|\n",
     );
     for a in rows {
         let lost = match a.lost_by_redis {
             0 => a.lost.to_string(),
             by_redis => format!("{} ({by_redis} by Redis)", a.lost),
         };
+        let out_of_order = if ordered { format!(" {} |", a.out_of_order) } else { String::new() };
         t.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} |{out_of_order} {} | {} | {} | {} |\n",
             a.fault,
             a.events,
             a.handled,
@@ -179,9 +182,6 @@ fn notes(a: &Account) -> String {
     let mut notes = Vec::new();
     if a.late_commits > 0 {
         notes.push(format!("{} commits refused as taken over or finished", a.late_commits));
-    }
-    if a.out_of_order > 0 {
-        notes.push(format!("{} outputs out of their key's order", a.out_of_order));
     }
     if a.misplaced > 0 {
         notes.push(format!("{} misplaced", a.misplaced));
