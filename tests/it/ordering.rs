@@ -482,12 +482,22 @@ async fn a_queued_entry_deleted_after_its_group_was_set_back_is_acknowledged_by_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delivery_running_when_its_group_was_set_back_waits_for_its_keys_earlier_entries() {
-    // The group is set back to the stream's start while a/2 runs (3 s),
-    // a/3 queued behind it. The host's next read (within a second) delivers
-    // a/1 to a/3 again and queues them under a's lease, which a/2's
-    // delivery holds. a/2's commit then finds a/1 first in a's queue: it
-    // writes nothing, and the key goes on from a/1, so that a/1 to a/3 come
-    // again in order, not a/2 ahead of a/1.
+    set_back_under_a_running_delivery(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_whose_lease_lapsed_when_its_group_was_set_back_waits_for_its_keys_earlier_entries() {
+    set_back_under_a_running_delivery(true).await;
+}
+
+/// The group is set back to the stream's start while a/2 runs (3 s), a/3
+/// queued behind it. The host's next read (within a second) delivers a/1 to
+/// a/3 again and queues them under a's lease, which a/2's delivery holds
+/// (or, `lapsed`, held: the test deletes it then, as if it had run out
+/// while no one took it; the next renewal is 20 s away). a/2's commit then
+/// finds a/1 first in a's queue: it writes nothing, and the key goes on
+/// from a/1, so that a/1 to a/3 come again in order, not a/2 ahead of a/1.
+async fn set_back_under_a_running_delivery(lapsed: bool) {
     let redis = RedisServer::start();
     let handlers = ledger("data.account", "concurrency = 8\ntimeout_ms = 10000");
     let fx = Fixture::new(&redis, "consumer = \"c\"\nclaim_idle_ms = 60000", &handlers);
@@ -505,6 +515,10 @@ async fn a_delivery_running_when_its_group_was_set_back_waits_for_its_keys_earli
     })
     .await;
     assert_eq!(postings(&mut conn).await["a"].len(), 1, "a/2 committed before the host read a/1 again");
+    if lapsed {
+        let leases: Vec<String> = redis::cmd("KEYS").arg("sluice:order:*lease*").query_async(&mut conn).await.unwrap();
+        let _: () = redis::cmd("DEL").arg(&leases).query_async(&mut conn).await.unwrap();
+    }
     eventually(SOON, "a/1 to a/3 handled again", || {
         let mut c = conn.clone();
         async move { (finished(&mut c, "in", "h").await == 3).then_some(()) }
@@ -517,7 +531,7 @@ async fn a_delivery_running_when_its_group_was_set_back_waits_for_its_keys_earli
     assert!(terminate(&mut host).await.success());
     let said = Said(json_log_lines(&host.wait_with_output().unwrap().stderr));
     said.assert_any(|m| {
-        m.starts_with("the consumer group was made again or set back") && m.ends_with("in its key's order")
+        m.starts_with("an earlier entry of its key was queued ahead of this one") && m.ends_with("in its key's order")
     });
     said.assert_no_error();
 }
@@ -565,6 +579,9 @@ async fn made_again_while_another_host_reads(from: From) {
     send(&mut conn, "in", "posting", posting(3, 0)).await;
     let mut hosts = Hosts(vec![fc.spawn_binary_logging_json("warn")]);
     until_a2_runs_with_a3_queued(&conn).await;
+    // Host d loads behave.wasm as c compiled it: a/2's 6 s must cover d's
+    // start, its first wait on the stream and its read after the reset.
+    fd.copy_cache_from(&fc);
     hosts.0.push(fd.spawn_binary());
     // Host d blocks on the stream once it has found nothing new (Redis
     // shows no consumer for a read that delivered nothing); c, its only
@@ -602,7 +619,7 @@ async fn made_again_while_another_host_reads(from: From) {
     let mut c = hosts.0.remove(0);
     assert!(terminate(&mut c).await.success());
     let said = Said(json_log_lines(&c.wait_with_output().unwrap().stderr));
-    let out_of_turn = |m: &str| m.starts_with("the consumer group was made again or set back");
+    let out_of_turn = |m: &str| m.starts_with("an earlier entry of its key was queued ahead of this one");
     match from {
         From::Start => said.assert_any(|m| out_of_turn(m) && m.ends_with("in its key's order")),
         From::Running => said.assert_none(out_of_turn),

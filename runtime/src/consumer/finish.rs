@@ -363,15 +363,15 @@ impl Consumer {
     }
 
     /// The entry of this delivery, ordered by key, is no longer its key's
-    /// first: the group was made again or set back while it was handled,
-    /// and delivered the key's earlier entries again. Nothing was written;
-    /// the entry waits, pending, for its turn, and the key goes on here
-    /// from `first`.
+    /// first: an earlier entry was queued ahead of it while it was handled
+    /// (its group made again or set back, and the key's earlier entries
+    /// delivered again). Nothing was written; the entry waits, pending, for
+    /// its turn, and the key goes on here from `first`.
     fn out_of_turn(&self, first: Box<Delivery>) -> After {
         event_line!(
             WARN,
             group = %self.group,
-            "the consumer group was made again or set back (XGROUP CREATE or SETID, or a failover to a replica behind) while this entry was handled, and delivered earlier entries of its key again: this delivery's output was not written, and the entry is delivered again after them, in its key's order"
+            "an earlier entry of its key was queued ahead of this one while it was handled (most likely the consumer group was made again or set back: XGROUP CREATE or SETID, or a failover to a replica behind): this delivery's output was not written, and the entry is delivered again after the earlier ones, in its key's order"
         );
         After::Next(first)
     }

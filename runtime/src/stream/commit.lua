@@ -44,18 +44,19 @@
 --                consumer's to deliver (order_serve in order.lua). Without a
 --                next entry, the lease is given up and the result is 1 or 0.
 --   {4, delivery} out of turn: the entry is ordered by key, under this
---                consumer's lease, and no longer its key's first: the group
---                was made again or set back while it was handled, and a read
---                queued the key's earlier entries, delivered again, ahead of
---                it. Nothing was written and the entry stays pending; the
---                key goes on from its first entry, now this consumer's to
---                deliver.
+--                consumer's lease, and no longer its key's first: an earlier
+--                entry was queued ahead of it while it was handled (the
+--                group made again or set back, and a read queued the key's
+--                earlier entries, delivered again). Nothing was written and
+--                the entry stays pending; the key goes on from its first
+--                entry, now this consumer's to deliver.
 --
 -- An entry ordered by key that is pending with another consumer, while this
--- consumer holds its key's lease and it is the key's first, was delivered
--- again to that consumer after the group was made again, and queued there
--- without being delivered (a takeover takes the lease too): it is claimed
--- back and finished here, so that the key goes on at once.
+-- consumer holds its key's lease and it is the key's first, was not taken
+-- over (a takeover takes the lease too): that consumer's read delivered it
+-- again after the group was made again, and queued it without running it,
+-- or a late retry of that consumer's claimed it. It is claimed back and
+-- finished here, so that the key goes on at once.
 --
 -- The next new entries for the permits a batch frees are read by an
 -- XREADGROUP sent with this script, not inside it
@@ -238,15 +239,19 @@ while a <= #ARGV do
     writes, a, k = read_writes(a + 4, k + 3)
     local why = refused(writes)
     local holder = redis.call('GET', order.l)
+    -- A lapsed lease no one took is still this consumer's to use: a read or
+    -- a takeover that found it free would have taken it.
+    local mine = holder == consumer or not holder
     local head = redis.call('LINDEX', order.q, 0)
     local next = nil
-    if not why and holder == consumer and head and head ~= id and order_before(head, id) then
-      -- Out of turn: the group was made again or set back while this
-      -- delivery ran, and delivered the key's earlier entries again, which
-      -- a read queued ahead of this one (order_append). Nothing is
-      -- written: the key goes on from its first entry, and this entry
-      -- stays pending for its turn. Should the entries ahead of it be gone
-      -- (order_serve drops them), its turn is now.
+    if not why and mine and head and head ~= id and order_before(head, id) then
+      -- Out of turn: an earlier entry of the key was queued ahead of this
+      -- one while it ran. Usually the group was made again or set back and
+      -- delivered the key's earlier entries again (order_append); rarely a
+      -- scan queued one pending from before the handler ordered by key.
+      -- Nothing is written: the key goes on from its first entry, and this
+      -- entry stays pending for its turn. Should the entries ahead of it be
+      -- gone (order_serve drops them), its turn is now.
       next = order_serve(origin, group, consumer, order.q, order.l, order.key, order.ttl, false)
       if next and next[2] == id then
         next = nil
@@ -260,14 +265,18 @@ while a <= #ARGV do
       results[#results + 1] = { 4, next }
     else
       local pending = redis.call('XPENDING', origin, group, id, id, 1)[1]
-      if pending and pending[2] ~= consumer and holder == consumer and head == id then
-        -- Pending with another consumer whose read delivered it again
-        -- after the group was made again, and queued it under this
-        -- consumer's lease without delivering it (a takeover would have
-        -- taken the lease): the key's first entry is this consumer's to
-        -- finish.
-        redis.call('XCLAIM', origin, group, consumer, 0, id, 'JUSTID')
-        pending[2] = consumer
+      if pending and pending[2] ~= consumer and mine and head == id then
+        -- Pending with another consumer, though not taken over (a takeover
+        -- takes the lease too): its read delivered it again after the group
+        -- was made again and queued it under this consumer's lease, or its
+        -- late retry claimed it. The key's first entry is this consumer's
+        -- to finish. (XCLAIM drops an entry deleted from the stream: then
+        -- it is no longer pending.)
+        if redis.call('XCLAIM', origin, group, consumer, 0, id, 'JUSTID')[1] then
+          pending[2] = consumer
+        else
+          pending = nil
+        end
       end
       if pending and pending[2] ~= consumer then
         results[#results + 1] = { -2, pending[2] }
@@ -284,8 +293,7 @@ while a <= #ARGV do
         -- next entry of its key goes on with this consumer, unless another
         -- holds the key now.
         order_remove(order.q, id, head)
-        -- A lapsed lease no one took is still this consumer's to use.
-        if holder == consumer or not holder then
+        if mine then
           next = order_serve(origin, group, consumer, order.q, order.l, order.key, order.ttl, false)
           if next then
             result = { 3, next }

@@ -54,10 +54,11 @@ pub enum Committed {
     /// ([`super::order`]).
     Next(Box<Delivery>),
     /// Nothing was written: the entry, ordered by key, is no longer its
-    /// key's first. The group was made again or set back while it was
-    /// handled, and delivered the key's earlier entries again; the entry
-    /// stays pending and is delivered again in its turn. The key goes on
-    /// from its first entry, named here, now this consumer's to deliver.
+    /// key's first. An earlier entry was queued ahead of it while it was
+    /// handled (its group made again or set back, and the key's earlier
+    /// entries delivered again); the entry stays pending and is delivered
+    /// again in its turn. The key goes on from its first entry, named here,
+    /// now this consumer's to deliver.
     OutOfTurn(Box<Delivery>),
 }
 

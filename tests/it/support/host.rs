@@ -43,6 +43,19 @@ impl Fixture {
         Fixture { dir, config_path }
     }
 
+    /// Copies the plugins compiled into `other`'s cache (`.sluice/cache/`)
+    /// into this fixture's, so that a host started here loads them in
+    /// milliseconds instead of compiling them again (seconds on a machine
+    /// busy with other tests).
+    pub fn copy_cache_from(&self, other: &Fixture) {
+        let (from, to) = (other.dir.path().join(".sluice/cache"), self.dir.path().join(".sluice/cache"));
+        std::fs::create_dir_all(&to).unwrap();
+        for file in std::fs::read_dir(&from).unwrap() {
+            let file = file.unwrap();
+            std::fs::copy(file.path(), to.join(file.file_name())).unwrap();
+        }
+    }
+
     /// Like [`Fixture::new`], but with a plugins folder of the test's own
     /// (`plugins/` beside the config) holding `copies`: (file name, built
     /// plugin to copy), so the test can change plugin files.
