@@ -16,8 +16,37 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, error_span, warn};
 
-/// Pause after a Redis error before trying again.
+/// Pause after a Redis error before trying again; the longest pause of a
+/// [`Backoff`].
 pub(super) const ERROR_PAUSE: Duration = Duration::from_millis(500);
+/// A [`Backoff`]'s first pause.
+const FIRST_ERROR_PAUSE: Duration = Duration::from_millis(20);
+
+/// The pauses of a read loop between Redis errors in a row: short at
+/// first, so that it reads again soon after Redis is back (a restart, a
+/// failover, a reset connection), then doubling up to [`ERROR_PAUSE`], so
+/// that a Redis that stays away is not asked in a tight loop.
+#[derive(Debug)]
+pub(super) struct Backoff(Duration);
+
+impl Backoff {
+    /// Before any error.
+    pub(super) fn new() -> Backoff {
+        Backoff(FIRST_ERROR_PAUSE)
+    }
+
+    /// The pause after one more error in a row.
+    pub(super) fn next(&mut self) -> Duration {
+        let pause = self.0;
+        self.0 = (pause * 2).min(ERROR_PAUSE);
+        pause
+    }
+
+    /// Redis answered: the next error starts a new run.
+    pub(super) fn reset(&mut self) {
+        self.0 = FIRST_ERROR_PAUSE;
+    }
+}
 
 /// Everything one handler's tasks share.
 pub struct Consumer {
@@ -300,5 +329,19 @@ impl Waiting {
 impl Drop for Waiting {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Backoff;
+
+    #[test]
+    fn a_backoff_starts_short_doubles_up_to_the_error_pause_and_starts_again_after_an_answer() {
+        let mut b = Backoff::new();
+        let pauses: Vec<u128> = (0..7).map(|_| b.next().as_millis()).collect();
+        assert_eq!(pauses, [20, 40, 80, 160, 320, 500, 500]);
+        b.reset();
+        assert_eq!(b.next().as_millis(), 20);
     }
 }

@@ -6,7 +6,7 @@
 //! all is the delivery decision's to say, in [`crate::dispatch`].)
 
 use super::Consumer;
-use super::consumer::ERROR_PAUSE;
+use super::consumer::{Backoff, ERROR_PAUSE};
 use crate::stream::{self, Delivery, Error, Reader, Refill, Room};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
@@ -17,7 +17,8 @@ use tracing::{debug, info, warn};
 /// How long an entry of this consumer's must have waited since it was
 /// delivered before, once reading has started, it is taken for one whose
 /// reply was lost. Lost replies are noticed by an error, and the entries
-/// are taken back after the [`ERROR_PAUSE`] that follows it.
+/// are taken back once they have waited that long
+/// ([`Consumer::recover_own_soon`]).
 pub(super) const RECOVER_MIN_IDLE: Duration = ERROR_PAUSE;
 /// Most entries one `XREADGROUP` asks for.
 pub(super) const READ_BATCH: usize = 256;
@@ -80,6 +81,7 @@ impl Consumer {
     /// loop per slot, since one read can only name keys of one slot.
     pub(super) async fn read_loop(self: Arc<Self>, streams: Vec<String>) {
         let mut reader: Option<Reader> = None;
+        let mut backoff = Backoff::new();
         while !self.shutdown.is_cancelled() {
             // A reply lost with its connection (a read's, a claim's) left
             // entries pending here that nothing handles: take them back now
@@ -94,17 +96,20 @@ impl Consumer {
                     Ok(r) => reader.insert(r),
                     Err(e) => {
                         warn!("{e:#}; trying again");
-                        self.pause(ERROR_PAUSE).await;
+                        self.pause(backoff.next()).await;
                         continue;
                     }
                 },
             };
             let room = (self.permits.available_permits() + 1).min(READ_BATCH);
             match self.read_until_cancelled(r, room).await {
-                Ok(found) => self.hand_out(found, permit).await,
+                Ok(found) => {
+                    backoff.reset();
+                    self.hand_out(found, permit).await;
+                }
                 Err(e) => {
                     drop(permit);
-                    self.read_failed(e, &mut reader).await;
+                    self.read_failed(e, &mut reader, &mut backoff).await;
                 }
             }
         }
@@ -144,7 +149,12 @@ impl Consumer {
         }
     }
 
-    pub(super) async fn read_failed(&self, e: Error, reader: &mut Option<Reader>) {
+    /// A read failed with `e`: makes the group again if it is missing, or
+    /// drops `reader` and pauses (`backoff`) before the next read. A reply
+    /// lost with its connection may have left entries pending here: taken
+    /// back once they are old enough not to be those of a read still on its
+    /// way ([`Consumer::recover_own_soon`]).
+    pub(super) async fn read_failed(self: &Arc<Self>, e: Error, reader: &mut Option<Reader>, backoff: &mut Backoff) {
         if e.is_no_group() {
             // The stream or group went away (deleted, or Redis lost its data).
             warn!("consumer group missing; creating it again");
@@ -152,8 +162,8 @@ impl Consumer {
         } else {
             warn!("reading from Redis failed: {e}; reconnecting");
             *reader = None;
-            self.orphans.store(true, Ordering::SeqCst);
-            self.pause(ERROR_PAUSE).await;
+            self.recover_own_soon();
+            self.pause(backoff.next()).await;
         }
     }
 

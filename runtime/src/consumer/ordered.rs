@@ -6,7 +6,7 @@
 //! ends (see `finish.rs`: each commit hands over the key's next entry).
 
 use super::Consumer;
-use super::consumer::ERROR_PAUSE;
+use super::consumer::{Backoff, ERROR_PAUSE};
 use crate::stream::order::{Ordering, Read};
 use crate::stream::{Error, Reader};
 use std::sync::Arc;
@@ -23,6 +23,7 @@ impl Consumer {
     /// nothing) when there is nothing new.
     pub(super) async fn ordered_read_loop(self: Arc<Self>, order: Ordering, streams: Vec<String>) {
         let mut waiter: Option<Reader> = None;
+        let mut backoff = Backoff::new();
         while !self.shutdown.is_cancelled() {
             if self.orphans.swap(false, AtomicOrdering::SeqCst) {
                 self.recover_own(super::intake::RECOVER_MIN_IDLE).await;
@@ -33,14 +34,18 @@ impl Consumer {
             // served, which needs no permit.
             let count = super::intake::READ_BATCH;
             match order.read(&mut self.redis.conn.clone(), &streams, count, room).await {
-                Ok(Read::Found(found)) => self.hand_out(found, permit).await,
+                Ok(Read::Found(found)) => {
+                    backoff.reset();
+                    self.hand_out(found, permit).await;
+                }
                 Ok(Read::Idle(last)) => {
+                    backoff.reset();
                     drop(permit);
-                    self.wait_for_new(&mut waiter, &streams, &last).await;
+                    self.wait_for_new(&mut waiter, &streams, &last, &mut backoff).await;
                 }
                 Err(e) => {
                     drop(permit);
-                    self.read_failed(e, &mut waiter).await;
+                    self.read_failed(e, &mut waiter, &mut backoff).await;
                 }
             }
         }
@@ -48,15 +53,21 @@ impl Consumer {
 
     /// Waits until one of the streams in `last` (`streams`, and their wake-up
     /// streams) has an entry after the id given (or the block ends, or
-    /// shutdown begins).
-    async fn wait_for_new(&self, waiter: &mut Option<Reader>, streams: &[String], last: &[(String, String)]) {
+    /// shutdown begins). On an error, pauses (`backoff`) before the next read.
+    async fn wait_for_new(
+        &self,
+        waiter: &mut Option<Reader>,
+        streams: &[String],
+        last: &[(String, String)],
+        backoff: &mut Backoff,
+    ) {
         let r = match waiter {
             Some(r) => r,
             None => match self.connect_reader(streams).await {
                 Ok(r) => waiter.insert(r),
                 Err(e) => {
                     warn!("{e:#}; trying again");
-                    return self.pause(ERROR_PAUSE).await;
+                    return self.pause(backoff.next()).await;
                 }
             },
         };
@@ -69,7 +80,7 @@ impl Consumer {
             Some(Err(e)) => {
                 warn!("waiting for new entries failed: {e}; reconnecting");
                 *waiter = None;
-                self.pause(ERROR_PAUSE).await;
+                self.pause(backoff.next()).await;
             }
             // The wait is left blocked; its connection goes with it.
             None => *waiter = None,
