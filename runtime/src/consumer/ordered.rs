@@ -38,8 +38,9 @@ impl Consumer {
                     backoff.reset();
                     self.hand_out(found, permit).await;
                 }
+                // (Not reset when idle: the wait that follows may fail every
+                // time, say when Redis refuses new connections.)
                 Ok(Read::Idle(last)) => {
-                    backoff.reset();
                     drop(permit);
                     self.wait_for_new(&mut waiter, &streams, &last, &mut backoff).await;
                 }
@@ -76,7 +77,7 @@ impl Consumer {
             _ = self.shutdown.cancelled() => None,
         };
         match waited {
-            Some(Ok(())) => {}
+            Some(Ok(())) => backoff.reset(),
             Some(Err(e)) => {
                 warn!("waiting for new entries failed: {e}; reconnecting");
                 *waiter = None;
