@@ -538,36 +538,44 @@ async fn set_back_under_a_running_delivery(lapsed: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_made_again_from_the_start_while_another_host_reads_leaves_the_key_with_its_holder() {
-    made_again_while_another_host_reads(From::Start).await;
+    made_again_while_another_host_reads(MadeAgain::FromTheStart).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_made_again_at_the_running_entry_while_another_host_reads_leaves_the_key_with_its_holder() {
-    made_again_while_another_host_reads(From::Running).await;
+    made_again_while_another_host_reads(MadeAgain::AtTheRunningEntry).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_entry_deleted_after_another_host_read_it_again_is_not_committed() {
+    made_again_while_another_host_reads(MadeAgain::AtTheRunningEntryThenDeleted).await;
 }
 
 /// Where [`made_again_while_another_host_reads`] makes the group again.
 #[derive(PartialEq)]
-enum From {
+enum MadeAgain {
     /// At the stream's start: a/1 to a/3 are delivered again, and a/1 is
     /// first in a's queue when a/2's delivery commits.
-    Start,
+    FromTheStart,
     /// Just after a/1: a/2 and a/3 are delivered again, and a/2, still
     /// running, is first in a's queue.
-    Running,
+    AtTheRunningEntry,
+    /// The same, and then a/2 is deleted from the stream: claiming it back
+    /// drops it, so its commit writes nothing, and a/3 follows.
+    AtTheRunningEntryThenDeleted,
 }
 
 /// Host c serves key a: a/1 handled, a/2 running (6 s), a/3 queued; with
 /// `concurrency = 1` it reads nothing more meanwhile. The group is made
 /// again (`from` says where), and host d's next read delivers a's entries
 /// again, to d, and queues them under c's lease. a/2's commit on c goes on
-/// with the key at once: from a/1, writing nothing for a/2 (`From::Start`),
-/// or, a/2 being first, claiming it back from d and committing it
-/// (`From::Running`); either way taking each next entry back from d in
-/// turn. a's entries are handled again, in order, long before c's lease
-/// would run out (claim_idle_ms, 60 s here); c used to find a/2 "taken
-/// over" and leave the key waiting for that.
-async fn made_again_while_another_host_reads(from: From) {
+/// with the key at once: from a/1, writing nothing for a/2
+/// (`MadeAgain::FromTheStart`), or, a/2 being first, claiming it back from
+/// d and committing it (`MadeAgain::AtTheRunningEntry`); either way taking
+/// each next entry back from d in turn. a's entries are handled again, in
+/// order, long before c's lease would run out (claim_idle_ms, 60 s here);
+/// c used to find a/2 "taken over" and leave the key waiting for that.
+async fn made_again_while_another_host_reads(from: MadeAgain) {
     let redis = RedisServer::start();
     let handlers = ledger("data.account", "concurrency = 1\ntimeout_ms = 10000");
     let host = |name: &str| format!("consumer = \"{name}\"\nclaim_idle_ms = 60000");
@@ -575,7 +583,7 @@ async fn made_again_while_another_host_reads(from: From) {
     let mut conn = redis.conn().await;
     let posting = |seq: u64, ms: u64| json!({"action": "ledger", "account": "a", "seq": seq, "amount": 1, "ms": ms});
     let a1 = send(&mut conn, "in", "posting", posting(1, 0)).await;
-    send(&mut conn, "in", "posting", posting(2, 6000)).await;
+    let a2 = send(&mut conn, "in", "posting", posting(2, 6000)).await;
     send(&mut conn, "in", "posting", posting(3, 0)).await;
     let mut hosts = Hosts(vec![fc.spawn_binary_logging_json("warn")]);
     until_a2_runs_with_a3_queued(&conn).await;
@@ -594,14 +602,17 @@ async fn made_again_while_another_host_reads(from: From) {
         }
     })
     .await;
-    let start = if from == From::Start { "0" } else { a1.as_str() };
+    let start = if from == MadeAgain::FromTheStart { "0" } else { a1.as_str() };
     let mut again = redis::pipe();
     again.atomic().cmd("XGROUP").arg("DESTROY").arg("in").arg("h").ignore();
     again.cmd("XGROUP").arg("CREATE").arg("in").arg("h").arg(start).ignore();
     let _: () = again.query_async(&mut conn).await.unwrap();
-    let (again, expected): (usize, &[(u64, u64)]) = match from {
-        From::Start => (3, &[(1, 0), (1, 1), (2, 1), (3, 2)]),
-        From::Running => (2, &[(1, 0), (2, 1), (3, 2)]),
+    // Delivered again to d; then finished, of the entries left in the
+    // stream; and the postings.
+    let (again, left, expected): (usize, usize, &[(u64, u64)]) = match from {
+        MadeAgain::FromTheStart => (3, 3, &[(1, 0), (1, 1), (2, 1), (3, 2)]),
+        MadeAgain::AtTheRunningEntry => (2, 3, &[(1, 0), (2, 1), (3, 2)]),
+        MadeAgain::AtTheRunningEntryThenDeleted => (2, 2, &[(1, 0), (3, 1)]),
     };
     eventually(Duration::from_millis(2500), "a's entries delivered again to host d", || {
         let mut c = conn.clone();
@@ -609,9 +620,12 @@ async fn made_again_while_another_host_reads(from: From) {
     })
     .await;
     assert_eq!(postings(&mut conn).await["a"].len(), 1, "a/2 committed before host d read a's entries again");
+    if from == MadeAgain::AtTheRunningEntryThenDeleted {
+        let _: () = redis::cmd("XDEL").arg("in").arg(&a2).query_async(&mut conn).await.unwrap();
+    }
     eventually(Duration::from_secs(20), "a's entries handled again, long before c's lease runs out", || {
         let mut c = conn.clone();
-        async move { (finished(&mut c, "in", "h").await == 3).then_some(()) }
+        async move { (finished(&mut c, "in", "h").await == left).then_some(()) }
     })
     .await;
     let seqs: Vec<_> = postings(&mut conn).await["a"].iter().map(|r| (r.0, r.1)).collect();
@@ -621,8 +635,8 @@ async fn made_again_while_another_host_reads(from: From) {
     let said = Said(json_log_lines(&c.wait_with_output().unwrap().stderr));
     let out_of_turn = |m: &str| m.starts_with("an earlier entry of its key was queued ahead of this one");
     match from {
-        From::Start => said.assert_any(|m| out_of_turn(m) && m.ends_with("in its key's order")),
-        From::Running => said.assert_none(out_of_turn),
+        MadeAgain::FromTheStart => said.assert_any(|m| out_of_turn(m) && m.ends_with("in its key's order")),
+        MadeAgain::AtTheRunningEntry | MadeAgain::AtTheRunningEntryThenDeleted => said.assert_none(out_of_turn),
     }
     said.assert_none(|m| m.contains("presumed dead"));
     said.assert_no_error();
