@@ -159,6 +159,9 @@ impl Consumer {
             // The stream or group went away (deleted, or Redis lost its data).
             warn!("consumer group missing; creating it again");
             self.until_ready(|| self.ensure_groups()).await;
+            // (Paused too: a read that keeps meeting NOGROUP, though the
+            // groups were made, must not spin.)
+            self.pause(backoff.next()).await;
         } else {
             warn!("reading from Redis failed: {e}; reconnecting");
             *reader = None;
