@@ -25,6 +25,12 @@ async fn postings(conn: &mut MultiplexedConnection) -> HashMap<String, Vec<(u64,
     by_account
 }
 
+/// The (seq, after) of each posting of `account` committed to `out`, in
+/// the order committed.
+async fn seqs(conn: &mut MultiplexedConnection, account: &str) -> Vec<(u64, u64)> {
+    postings(conn).await.get(account).map_or(Vec::new(), |rows| rows.iter().map(|r| (r.0, r.1)).collect())
+}
+
 /// A ledger handler ordering by `order_by`, on stream `in`.
 fn ledger(order_by: &str, extra: &str) -> String {
     format!(
@@ -436,8 +442,7 @@ async fn group_lost_under_a_keys_delivery(meets: Meets) {
     said.assert_no_error();
     // a/1, then again a/1, a/2 and a/3, in order (a/2's first delivery
     // wrote nothing): (seq, the seq it came after).
-    let seqs: Vec<_> = postings(&mut conn).await["a"].iter().map(|r| (r.0, r.1)).collect();
-    assert_eq!(seqs, [(1, 0), (1, 1), (2, 1), (3, 2)]);
+    assert_eq!(seqs(&mut conn, "a").await, [(1, 0), (1, 1), (2, 1), (3, 2)]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -519,13 +524,8 @@ async fn set_back_under_a_running_delivery(lapsed: bool) {
         let leases: Vec<String> = redis::cmd("KEYS").arg("sluice:order:*lease*").query_async(&mut conn).await.unwrap();
         let _: () = redis::cmd("DEL").arg(&leases).query_async(&mut conn).await.unwrap();
     }
-    eventually(SOON, "a/1 to a/3 handled again", || {
-        let mut c = conn.clone();
-        async move { (finished(&mut c, "in", "h").await == 3).then_some(()) }
-    })
-    .await;
-    let seqs: Vec<_> = postings(&mut conn).await["a"].iter().map(|r| (r.0, r.1)).collect();
-    assert_eq!(seqs, [(1, 0), (1, 1), (2, 1), (3, 2)]);
+    until_finished(&conn, "in", "h", 3).await;
+    assert_eq!(seqs(&mut conn, "a").await, [(1, 0), (1, 1), (2, 1), (3, 2)]);
     assert_eq!(leases_held(&mut conn, "c").await, 0);
     let mut host = hosts.0.pop().unwrap();
     assert!(terminate(&mut host).await.success());
@@ -628,8 +628,7 @@ async fn made_again_while_another_host_reads(from: MadeAgain) {
         async move { (finished(&mut c, "in", "h").await == left).then_some(()) }
     })
     .await;
-    let seqs: Vec<_> = postings(&mut conn).await["a"].iter().map(|r| (r.0, r.1)).collect();
-    assert_eq!(seqs, expected);
+    assert_eq!(seqs(&mut conn, "a").await, expected);
     let mut c = hosts.0.remove(0);
     assert!(terminate(&mut c).await.success());
     let said = Said(json_log_lines(&c.wait_with_output().unwrap().stderr));
