@@ -37,7 +37,11 @@
 //! default 1000), `SLUICE_FAULTS_SEED` (the kills' and resets' moments; random
 //! by default, and printed so a run can be repeated), `SLUICE_FAULTS_KEYS`
 //! (the handler orders by key, over this many keys, and each row counts the
-//! outputs committed out of their key's order; unset: no `order_by`).
+//! outputs committed out of their key's order; unset: no `order_by`),
+//! `SLUICE_FAULTS_LOGS` (a folder: each row's host logs are written there
+//! as `FAULT-host-N.log`, to find out what a slow recovery waited for),
+//! `SLUICE_FAULTS_RUST_LOG` (the hosts' `RUST_LOG`; default
+//! `warn,sluice::plugin=info`, and the account needs that `info`).
 
 #[path = "../tests/it/support/audit.rs"]
 #[allow(dead_code)]
@@ -118,6 +122,9 @@ fn main() {
         };
         let account = rt.block_on(audit::run(&plan));
         println!("{name}: {}", account.summary());
+        if let Some(dir) = std::env::var_os("SLUICE_FAULTS_LOGS").map(PathBuf::from) {
+            keep_logs(&dir, name, &account.logs);
+        }
         rows.push(account);
     }
     println!("\n{}", markdown(&rows, keys.is_some()));
@@ -133,6 +140,15 @@ fn main() {
         "unix_time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs(),
     });
     println!("written to {}", write(&rows, meta).display());
+}
+
+/// Writes each host's log of fault `name` into `dir`.
+fn keep_logs(dir: &Path, name: &str, logs: &[String]) {
+    std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("SLUICE_FAULTS_LOGS {}: {e}", dir.display()));
+    for (i, log) in logs.iter().enumerate() {
+        let path = dir.join(format!("{name}-host-{i}.log"));
+        std::fs::write(&path, log).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    }
 }
 
 fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {

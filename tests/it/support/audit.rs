@@ -49,6 +49,9 @@ const QUIET_LOG: &str = "audit: handled quietly ";
 /// pending at all. (The host logs the second alike whether another consumer
 /// finished the entry or its own earlier try did, its reply lost.)
 pub const LATE_COMMIT_WARNINGS: [&str; 2] = ["lost the entry to consumer", "finished by another consumer meanwhile"];
+/// The hosts' `RUST_LOG`, unless `SLUICE_FAULTS_RUST_LOG` gives another:
+/// warnings, and info for the handler's own lines.
+const HOST_LOG: &str = "warn,sluice::plugin=info";
 /// How often the output's length is sampled.
 const SAMPLE_EVERY: Duration = Duration::from_millis(5);
 /// How often the group's progress is looked at.
@@ -529,8 +532,9 @@ impl Host {
         let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
             .args(["run", "--no-watch", "--config"])
             .arg(&self.config)
-            // Info for the handler's own lines: the quiet events' numbers.
-            .env("RUST_LOG", "warn,sluice::plugin=info")
+            // Info for the handler's own lines: the quiet events' numbers
+            // (which a level given in `SLUICE_FAULTS_RUST_LOG` must keep).
+            .env("RUST_LOG", std::env::var("SLUICE_FAULTS_RUST_LOG").unwrap_or(HOST_LOG.to_owned()))
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
