@@ -642,6 +642,80 @@ async fn made_again_while_another_host_reads(from: MadeAgain) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_takes_no_lease_for_an_entry_only_queued_here_so_a_host_with_room_serves_it() {
+    // The state a stalled connection left (the fault audit found it): a/1's
+    // commit ran in Redis (a's queue emptied, its lease given up) but its
+    // reply has not reached the host, which still counts key a as served;
+    // then a read queued a/2, pending with this host, and left key a
+    // waiting for a host with room. A renewal sent meanwhile must not take
+    // a's lapsed lease for a/2, which no one here delivers: the key would
+    // have a holder that serves nothing, and wait for the holder's next
+    // claim scan after a/1's delivery ends. Key b runs beside it, so the
+    // test sees when a renewal has come (it sets b's lease back to
+    // claim_idle_ms).
+    let redis = RedisServer::start();
+    let handlers = ledger("data.account", "concurrency = 8\ntimeout_ms = 8500");
+    let fx = Fixture::new(&redis, "consumer = \"c\"\nclaim_idle_ms = 9000", &handlers);
+    let mut conn = redis.conn().await;
+    let posting = |account: &str, seq: u64, ms: u64| json!({"action": "ledger", "account": account, "seq": seq, "amount": 1, "ms": ms});
+    let mut hosts = Hosts(vec![fx.spawn_binary_logging_json("warn")]);
+    let a1 = send(&mut conn, "in", "posting", posting("a", 1, 8_000)).await;
+    send(&mut conn, "in", "posting", posting("b", 1, 8_000)).await;
+    send(&mut conn, "in", "posting", posting("a", 2, 0)).await;
+    // a/1 and b/1 run; a/2 is queued under a's lease.
+    eventually(STARTED, "a/1 and b/1 running, a/2 queued", || {
+        let mut c = conn.clone();
+        async move { (pending_with(&mut c, "c").await == 3 && leases_held(&mut c, "c").await == 2).then_some(()) }
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let key = |kind: &str| {
+        let mut c = conn.clone();
+        let pattern = format!("sluice:order:*:{kind}");
+        async move {
+            let keys: Vec<String> = redis::cmd("KEYS").arg(&pattern).query_async(&mut c).await.unwrap();
+            assert_eq!(keys.len(), 1, "{pattern}: {keys:?}");
+            keys[0].clone()
+        }
+    };
+    let (queue_a, lease_a, lease_b) = (key("queue:a").await, key("lease:a").await, key("lease:b").await);
+    let prefix = queue_a.strip_suffix("queue:a").unwrap().to_owned();
+    // As if a/1's commit had run, and a read had then queued a/2 with no
+    // room for its key.
+    let mut as_if = redis::pipe();
+    as_if.atomic();
+    as_if.cmd("XACK").arg("in").arg("h").arg(&a1).ignore();
+    as_if.cmd("LREM").arg(&queue_a).arg(1).arg(&a1).ignore();
+    as_if.cmd("DEL").arg(&lease_a).ignore();
+    // Longer than any renewal gives it: the next one is seen.
+    as_if.cmd("PEXPIRE").arg(&lease_b).arg(100_000).ignore();
+    let _: () = as_if.query_async(&mut conn).await.unwrap();
+    eventually(SOON, "a renewal of b's lease (every claim_idle_ms / 3)", || {
+        let (mut c, lease) = (conn.clone(), lease_b.clone());
+        async move {
+            let ttl: i64 = redis::cmd("PTTL").arg(lease).query_async(&mut c).await.unwrap();
+            (ttl <= 9000).then_some(())
+        }
+    })
+    .await;
+    let holder: Option<String> = redis::cmd("GET").arg(&lease_a).query_async(&mut conn).await.unwrap();
+    assert_eq!(holder, None, "the renewal took a's lease for a/2, which no one delivers");
+    // The read's wake-up: the host, idle with room, takes key a.
+    let mut wake = redis::pipe();
+    wake.atomic();
+    wake.cmd("SADD").arg(format!("{prefix}waiting")).arg("a").ignore();
+    wake.cmd("XADD").arg(format!("{prefix}wake")).arg("MAXLEN").arg(1).arg("*").arg("key").arg("waiting").ignore();
+    let _: () = wake.query_async(&mut conn).await.unwrap();
+    eventually(Duration::from_secs(3), "a/2 handled while a/1's delivery still runs", || {
+        let mut c = conn.clone();
+        async move { (seqs(&mut c, "a").await == [(2, 0)]).then_some(()) }
+    })
+    .await;
+    assert!(started.elapsed() < Duration::from_millis(7500), "a/1's delivery (8 s) may have ended meanwhile");
+    drop(hosts);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_that_kills_its_host_each_time_runs_out_of_attempts_and_frees_its_key() {
     let redis = RedisServer::start();
     let handlers = ledger("account", "max_attempts = 2\ntimeout_ms = 20000");

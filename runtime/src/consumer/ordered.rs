@@ -144,11 +144,11 @@ impl Consumer {
                 return;
             }
             for s in self.streams.iter() {
-                let (serving, _) = self.local_state(s);
+                let (serving, held) = self.local_state(s);
                 if serving.is_empty() {
                     continue;
                 }
-                match order.renew(&mut self.redis.conn.clone(), s, &serving).await {
+                match order.renew(&mut self.redis.conn.clone(), s, &serving, &held).await {
                     Ok(0) => {}
                     Ok(lost) => {
                         warn!(stream = %s, group = %self.group, "{lost} key(s) taken over by another consumer: this host was presumed dead (slow, or cut off from Redis, past claim_idle_ms)")

@@ -218,11 +218,19 @@ impl Ordering {
         Ok((deliveries(found), reply::text(next)))
     }
 
-    /// Renews the leases of `keys` of `stream` (taking back lapsed ones no
-    /// one took); returns how many this consumer lost to another.
-    pub async fn renew(&self, conn: &mut impl ConnectionLike, stream: &str, keys: &[Vec<u8>]) -> Result<usize, Error> {
+    /// Renews the leases of `keys` of `stream` (taking back a lapsed one no
+    /// one took if its first entry is among `delivering`, the ids this
+    /// consumer is delivering); returns how many this consumer lost to
+    /// another.
+    pub async fn renew(
+        &self,
+        conn: &mut impl ConnectionLike,
+        stream: &str,
+        keys: &[Vec<u8>],
+        delivering: &[String],
+    ) -> Result<usize, Error> {
         let mut call = self.invocation("renew");
-        call.key(stream).arg(prefix(&self.group, stream)).arg(keys);
+        call.key(stream).arg(prefix(&self.group, stream)).arg(keys.len()).arg(keys).arg(delivering);
         let what = || format!("renewing key leases on stream {stream} group {}", self.group);
         let reply: Value = call.invoke_async(conn).await.context(what)?;
         Ok(reply::items(&reply).len())

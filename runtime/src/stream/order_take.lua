@@ -28,11 +28,14 @@
 --        in 'own', if this consumer holds it from before but is not serving
 --        it); an entry without a key is claimed (a delivery, counted).
 --        Returns {deliveries, next start or false}.
--- renew: KEYS[1] the stream; ARGV[7] its key prefix; ARGV[8..] the keys
---        this consumer serves. Renews their leases (or takes a lapsed one
---        back if no one else took it); returns those it lost.
--- release: the same arguments; gives up those leases (on shutdown, or once
---        a key's chain of deliveries ended with no commit to hand it on).
+-- renew: KEYS[1] the stream; ARGV[7] its key prefix; ARGV[8] n, then n
+--        keys this consumer serves, then the ids it is delivering. Renews
+--        their leases (or takes a lapsed one back if no one else took it
+--        and this consumer is delivering the key's first entry); returns
+--        those it lost.
+-- release: KEYS[1] the stream; ARGV[7] its key prefix; ARGV[8..] keys this
+--        consumer serves. Gives up those leases (on shutdown, or once a
+--        key's chain of deliveries ended with no commit to hand it on).
 --
 -- A delivery is {stream, id, fields, attempt, key or false}.
 
@@ -199,23 +202,34 @@ local function scan()
   return { out, next }
 end
 
--- Whether the first entry of queue `q` of `s` is pending with this consumer.
-local function owns_head(s, q)
+-- Whether the first entry of queue `q` of `s` is pending with this consumer
+-- and one it is delivering (in `delivering`).
+local function delivers_head(s, q, delivering)
   local head = redis.call('LINDEX', q, 0)
-  local row = head and redis.call('XPENDING', s, g, head, head, 1)[1]
+  if not head or not delivering[head] then
+    return false
+  end
+  local row = redis.call('XPENDING', s, g, head, head, 1)[1]
   return row and row[2] == me
 end
 
 local function renew()
-  local s, p, lost = KEYS[1], ARGV[7], {}
-  for i = 8, #ARGV do
+  local s, p, n, lost, delivering = KEYS[1], ARGV[7], tonumber(ARGV[8]), {}, {}
+  for i = 9 + n, #ARGV do
+    delivering[ARGV[i]] = true
+  end
+  for i = 9, 8 + n do
     local l = p .. 'lease:' .. ARGV[i]
     local holder = redis.call('GET', l)
     if holder == me then
       redis.call('PEXPIRE', l, ttl)
-    elseif not holder and owns_head(s, p .. 'queue:' .. ARGV[i]) then
-      -- Lapsed (this host was slow to renew) and no one took it, while its
-      -- first entry is still this consumer's: ours again.
+    elseif not holder and delivers_head(s, p .. 'queue:' .. ARGV[i], delivering) then
+      -- Lapsed (this host was slow to renew) and no one took it, while this
+      -- consumer is still delivering its first entry: ours again. Not when
+      -- the first entry is only pending here: a read queued it after the
+      -- key's last delivery here was committed (whose reply this host may
+      -- not have seen yet, and so still counts the key as served), and a
+      -- lease taken for it would keep everyone from serving it.
       redis.call('SET', l, me, 'PX', ttl)
     elseif holder then
       lost[#lost + 1] = ARGV[i]
