@@ -2,6 +2,7 @@
 //! the wasm executor, then its decision carried out as a commit, a retry
 //! timer, or a dead-letter.
 
+use super::consumer::Backoff;
 use super::{Binding, Consumer};
 use crate::dead_letter::{self, Failure};
 use crate::dispatch::{self, Decision, Verdict};
@@ -16,8 +17,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, warn};
 
-/// Tries of a commit before leaving the entry pending.
-const COMMIT_TRIES: u32 = 4;
+/// Tries of a commit before leaving the entry pending. Between them, the
+/// pauses of a read loop ([`Backoff`]: 20 ms, doubling up to half a
+/// second): a commit goes through soon after Redis is back, and one that
+/// met a Redis away for up to about 1.6 s still goes through.
+const COMMIT_TRIES: u32 = 8;
 
 impl Consumer {
     /// Starts a delivery of `d`, taken up already ([`Consumer::take_up_all`]),
@@ -408,7 +412,7 @@ impl Consumer {
         commit: Arc<Commit>,
         mut first: Option<Result<Committed, stream::Error>>,
     ) -> Option<Committed> {
-        let mut wait = Duration::from_millis(100);
+        let mut backoff = Backoff::new();
         // Whether an earlier try may have gone through (its reply was lost).
         let mut unsure = false;
         for attempt in 1..=COMMIT_TRIES {
@@ -485,10 +489,14 @@ impl Consumer {
                     self.orphans.store(true, std::sync::atomic::Ordering::SeqCst);
                 }
                 Err(e) => {
-                    event_line!(WARN, "{what} failed: {e}; trying again");
+                    // Said once per commit; the tries after it, at debug.
+                    if attempt == 1 {
+                        event_line!(WARN, "{what} failed: {e}; trying again");
+                    } else {
+                        event_line!(DEBUG, "{what} failed again (try {attempt} of {COMMIT_TRIES}): {e}");
+                    }
                     unsure |= e.reply_lost();
-                    tokio::time::sleep(wait).await;
-                    wait *= 3;
+                    tokio::time::sleep(backoff.next()).await;
                 }
             }
         }
