@@ -658,7 +658,7 @@ async fn a_renewal_takes_no_lease_for_an_entry_only_queued_here_so_a_host_with_r
     let fx = Fixture::new(&redis, "consumer = \"c\"\nclaim_idle_ms = 9000", &handlers);
     let mut conn = redis.conn().await;
     let posting = |account: &str, seq: u64, ms: u64| json!({"action": "ledger", "account": account, "seq": seq, "amount": 1, "ms": ms});
-    let mut hosts = Hosts(vec![fx.spawn_binary_logging_json("warn")]);
+    let hosts = Hosts(vec![fx.spawn_binary_logging_json("warn")]);
     let a1 = send(&mut conn, "in", "posting", posting("a", 1, 8_000)).await;
     send(&mut conn, "in", "posting", posting("b", 1, 8_000)).await;
     send(&mut conn, "in", "posting", posting("a", 2, 0)).await;
