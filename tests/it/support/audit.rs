@@ -59,6 +59,8 @@ const WATCH_EVERY: Duration = Duration::from_millis(10);
 
 /// How long a [`Fault::Reset`] holds the bytes in transit before resetting.
 const RESET_HOLD: Duration = Duration::from_millis(300);
+/// The least time from one reset's end to the next one's start.
+const RESETS_APART: Duration = Duration::from_secs(1);
 
 /// One fault, injected on its own while the load runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,9 +84,10 @@ pub enum Fault {
     /// again on the same port and data folder.
     RedisRestart(Fsync),
     /// Every connection between the hosts and Redis reset (RST) by the
-    /// proxy, at `times` random moments; each time after holding the bytes
-    /// in transit for a moment, so that replies Redis has sent (entries it
-    /// delivered, commits it applied) are lost with the connections.
+    /// proxy, at `times` random moments (each at least a second after the
+    /// last one ended); each time after holding the bytes in transit for a
+    /// moment, so that replies Redis has sent (entries it delivered,
+    /// commits it applied) are lost with the connections.
     Reset {
         /// How many resets.
         times: usize,
@@ -842,14 +845,19 @@ async fn inject(
             }
         }
         Fault::Reset { .. } => {
+            // A reset struck while the hosts recover from the one before
+            // (two moments within its hold) would count in that one's
+            // recovery, and be a fault the row does not name.
+            let mut free_at = started;
             for at in moments {
-                tokio::time::sleep_until(started + at).await;
+                tokio::time::sleep_until((started + at).max(free_at)).await;
                 struck.held += holding(probe, None).await;
                 proxy(redis).stall();
                 tokio::time::sleep(RESET_HOLD).await;
                 struck.reset += proxy(redis).reset();
                 proxy(redis).resume();
                 mark();
+                free_at = Instant::now() + RESETS_APART;
             }
             notes.push(format!("{} connections reset", struck.reset));
         }
