@@ -650,9 +650,10 @@ async fn a_renewal_takes_no_lease_for_an_entry_only_queued_here_so_a_host_with_r
     // waiting for a host with room. A renewal sent meanwhile must not take
     // a's lapsed lease for a/2, which no one here delivers: the key would
     // have a holder that serves nothing, and wait for the holder's next
-    // claim scan after a/1's delivery ends. Key b runs beside it, so the
-    // test sees when a renewal has come (it sets b's lease back to
-    // claim_idle_ms).
+    // claim scan after a/1's delivery ends. Key b runs beside it, its lease
+    // deleted too, as if it had run out while b/1 ran: that one the renewal
+    // must take back (b/1, its first entry, is being delivered), which
+    // also shows the test when a renewal has come.
     let redis = RedisServer::start();
     let handlers = ledger("data.account", "concurrency = 8\ntimeout_ms = 8500");
     let fx = Fixture::new(&redis, "consumer = \"c\"\nclaim_idle_ms = 9000", &handlers);
@@ -686,15 +687,13 @@ async fn a_renewal_takes_no_lease_for_an_entry_only_queued_here_so_a_host_with_r
     as_if.atomic();
     as_if.cmd("XACK").arg("in").arg("h").arg(&a1).ignore();
     as_if.cmd("LREM").arg(&queue_a).arg(1).arg(&a1).ignore();
-    as_if.cmd("DEL").arg(&lease_a).ignore();
-    // Longer than any renewal gives it: the next one is seen.
-    as_if.cmd("PEXPIRE").arg(&lease_b).arg(100_000).ignore();
+    as_if.cmd("DEL").arg(&lease_a).arg(&lease_b).ignore();
     let _: () = as_if.query_async(&mut conn).await.unwrap();
-    eventually(SOON, "a renewal of b's lease (every claim_idle_ms / 3)", || {
+    eventually(SOON, "b's lapsed lease taken back by a renewal (every claim_idle_ms / 3)", || {
         let (mut c, lease) = (conn.clone(), lease_b.clone());
         async move {
-            let ttl: i64 = redis::cmd("PTTL").arg(lease).query_async(&mut c).await.unwrap();
-            (ttl <= 9000).then_some(())
+            let holder: Option<String> = redis::cmd("GET").arg(lease).query_async(&mut c).await.unwrap();
+            (holder.as_deref() == Some("c")).then_some(())
         }
     })
     .await;

@@ -100,8 +100,9 @@ pub struct Consumer {
     pub(super) ordering: Option<stream::order::Ordering>,
     /// The keys (stream, key) this consumer serves, each with its number of
     /// chains of deliveries here (one, but for a moment when one chain ends
-    /// as another takes the key again): it holds their leases and is
-    /// delivering, or waiting to deliver or retry, their first entries.
+    /// as another takes the key again): it is delivering, or waiting to
+    /// deliver or retry, their first entries, and holds their leases (or a
+    /// renewal takes a lapsed one back, see `order_take.lua`'s `renew`).
     pub(super) serving: std::sync::Mutex<std::collections::HashMap<(String, Vec<u8>), usize>>,
     pub(super) shutdown: CancellationToken,
 }

@@ -3,7 +3,7 @@
 -- one holds is taken, and its queue's first entry returned to deliver.
 -- Entries without a key are delivered as they come.
 --
--- ARGV[1]   mode: 'read', 'own', 'idle' or 'renew'
+-- ARGV[1]   mode: 'read', 'own', 'idle', 'renew' or 'release'
 -- ARGV[2]   the group;  ARGV[3] this consumer
 -- ARGV[4]   'field' or 'data', ARGV[5] the field or data key (order_key)
 -- ARGV[6]   the lease's time to live, ms
