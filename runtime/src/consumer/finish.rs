@@ -17,11 +17,17 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, warn};
 
-/// Tries of a commit before leaving the entry pending. Between them, the
-/// pauses of a read loop ([`Backoff`]: 20 ms, doubling up to half a
+/// Most tries of a commit before leaving the entry pending. Between them,
+/// the pauses of a read loop ([`Backoff`]: 20 ms, doubling up to half a
 /// second): a commit goes through soon after Redis is back, and one that
 /// met a Redis away for up to about 1.6 s still goes through.
 const COMMIT_TRIES: u32 = 8;
+
+/// How long after its first failed try a commit may start another. Tries
+/// that each wait out the command timeout (a Redis that does not answer)
+/// end the commit after two or so, not [`COMMIT_TRIES`]: a host shutting
+/// down waits for its commits.
+const COMMIT_RETRY_FOR: Duration = Duration::from_secs(2);
 
 impl Consumer {
     /// Starts a delivery of `d`, taken up already ([`Consumer::take_up_all`]),
@@ -413,6 +419,8 @@ impl Consumer {
         mut first: Option<Result<Committed, stream::Error>>,
     ) -> Option<Committed> {
         let mut backoff = Backoff::new();
+        // When the first try failed, if one did.
+        let mut failing_since: Option<Instant> = None;
         // Whether an earlier try may have gone through (its reply was lost).
         let mut unsure = false;
         for attempt in 1..=COMMIT_TRIES {
@@ -476,7 +484,12 @@ impl Consumer {
                     event_line!(DEBUG, "{what}: an earlier try went through (its reply was lost)");
                     return Some(Committed::Done);
                 }
-                Ok(committed) => return Some(committed),
+                Ok(committed) => {
+                    if failing_since.is_some() {
+                        event_line!(INFO, "{what} went through on try {attempt}");
+                    }
+                    return Some(committed);
+                }
                 Err(e) if e.is_no_permission() => {
                     event_line!(
                         ERROR,
@@ -484,16 +497,19 @@ impl Consumer {
                     );
                     break;
                 }
-                Err(e) if attempt == COMMIT_TRIES => {
-                    event_line!(ERROR, "{what} failed: {e}; the entry stays pending and will be delivered again");
-                    self.orphans.store(true, std::sync::atomic::Ordering::SeqCst);
-                }
                 Err(e) => {
+                    let first_failure = failing_since.is_none();
+                    let since = *failing_since.get_or_insert_with(Instant::now);
+                    if attempt == COMMIT_TRIES || since.elapsed() >= COMMIT_RETRY_FOR {
+                        event_line!(ERROR, "{what} failed: {e}; the entry stays pending and will be delivered again");
+                        self.orphans.store(true, std::sync::atomic::Ordering::SeqCst);
+                        break;
+                    }
                     // Said once per commit; the tries after it, at debug.
-                    if attempt == 1 {
+                    if first_failure {
                         event_line!(WARN, "{what} failed: {e}; trying again");
                     } else {
-                        event_line!(DEBUG, "{what} failed again (try {attempt} of {COMMIT_TRIES}): {e}");
+                        event_line!(DEBUG, "{what} failed again (try {attempt}): {e}");
                     }
                     unsure |= e.reply_lost();
                     tokio::time::sleep(backoff.next()).await;
