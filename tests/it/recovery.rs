@@ -352,8 +352,8 @@ async fn a_commit_that_meets_a_missing_group_gives_up_at_once() {
     })
     .await;
     // No second try, while one would fail again. An absence cannot be
-    // polled for: held for 1.5 s, well past the host's first pause between
-    // tries (100 ms; then 300 and 900 ms).
+    // polled for: held for 1.5 s, well past the host's first pauses between
+    // tries (20 ms, then twice as long each time).
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(script_calls(&mut conn).await, (1, 1), "one call of the commit script, failed");
     // Once the group can be made, both entries are delivered again.
@@ -369,6 +369,38 @@ async fn a_commit_that_meets_a_missing_group_gives_up_at_once() {
     assert!(saying("ack failed").is_empty(), "{lines:#?}");
     assert!(lines.iter().all(|l| l["level"] != "ERROR"), "{lines:#?}");
     assert_every_input_handled(&mut conn).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_to_a_redis_that_does_not_answer_gives_up_after_two_tries() {
+    // Every try waits out the 5 s command timeout, and no try starts more
+    // than 2 s after the first failed: the commit gives up after its second
+    // (at about 10 s), not its eighth (40 s), since a host shutting down
+    // waits for its commits. Nothing is lost or written twice: once Redis
+    // answers, the tries it was sent run, and the entry is finished once.
+    let redis = RedisServer::start();
+    let proxy = Proxy::start(redis.port).await;
+    let fx = Fixture::with_redis(&format!("url = \"{}\"", proxy.url()), "", &behave("concurrency = 1"));
+    let mut conn = redis.conn().await;
+    let mut host = fx.spawn_binary_logging_json("warn");
+    send(&mut conn, "in", "t", busy(1000)).await;
+    until_pending(&conn, "in", "h", 1).await;
+    // The delivery commits into the stall, about a second from now.
+    proxy.stall();
+    // Its second try times out at about 11 s; a third would be in flight.
+    tokio::time::sleep(Duration::from_secs(13)).await;
+    proxy.resume();
+    wait_finished(&conn, 1, SOON).await;
+    assert!(terminate(&mut host).await.success());
+    let lines = json_log_lines(&host.wait_with_output().unwrap().stderr);
+    let saying = |words: &str| -> Vec<&serde_json::Value> {
+        let says = |l: &&serde_json::Value| l["fields"]["message"].as_str().unwrap_or("").contains(words);
+        lines.iter().filter(says).collect()
+    };
+    assert_eq!(saying("trying again").len(), 1, "one warning for the failed commit: {lines:#?}");
+    assert_eq!(saying("the entry stays pending and will be delivered again").len(), 1, "{lines:#?}");
+    assert!(saying("went through on try").is_empty(), "{lines:#?}");
+    assert_eq!(entries(&mut conn, "out").await.len(), 1, "the output written once");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
