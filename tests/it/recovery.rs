@@ -23,6 +23,11 @@ fn busy(ms: u64) -> serde_json::Value {
     json!({"action": "busy", "ms": ms, "publish": [{"stream": "out", "type": "done", "data": {}}]})
 }
 
+/// The log lines (`json_log_lines`) whose message contains `words`.
+fn saying<'a>(lines: &'a [serde_json::Value], words: &str) -> Vec<&'a serde_json::Value> {
+    lines.iter().filter(|l| l["fields"]["message"].as_str().unwrap_or("").contains(words)).collect()
+}
+
 async fn wait_finished(conn: &MultiplexedConnection, n: usize, timeout: Duration) {
     eventually(timeout, &format!("{n} entries finished and none pending"), || {
         let mut c = conn.clone();
@@ -361,12 +366,8 @@ async fn a_commit_that_meets_a_missing_group_gives_up_at_once() {
     wait_finished(&conn, 2, SOON).await;
     assert!(terminate(&mut host).await.success());
     let lines = json_log_lines(&host.wait_with_output().unwrap().stderr);
-    let saying = |words: &str| -> Vec<&serde_json::Value> {
-        let says = |l: &&serde_json::Value| l["fields"]["message"].as_str().unwrap_or("").contains(words);
-        lines.iter().filter(says).collect()
-    };
-    assert_eq!(saying("group is missing").len(), 1, "{lines:#?}");
-    assert!(saying("ack failed").is_empty(), "{lines:#?}");
+    assert_eq!(saying(&lines, "group is missing").len(), 1, "{lines:#?}");
+    assert!(saying(&lines, "ack failed").is_empty(), "{lines:#?}");
     assert!(lines.iter().all(|l| l["level"] != "ERROR"), "{lines:#?}");
     assert_every_input_handled(&mut conn).await;
 }
@@ -393,13 +394,9 @@ async fn a_commit_to_a_redis_that_does_not_answer_gives_up_after_two_tries() {
     wait_finished(&conn, 1, SOON).await;
     assert!(terminate(&mut host).await.success());
     let lines = json_log_lines(&host.wait_with_output().unwrap().stderr);
-    let saying = |words: &str| -> Vec<&serde_json::Value> {
-        let says = |l: &&serde_json::Value| l["fields"]["message"].as_str().unwrap_or("").contains(words);
-        lines.iter().filter(says).collect()
-    };
-    assert_eq!(saying("trying again").len(), 1, "one warning for the failed commit: {lines:#?}");
-    assert_eq!(saying("the entry stays pending and will be delivered again").len(), 1, "{lines:#?}");
-    assert!(saying("went through on try").is_empty(), "{lines:#?}");
+    assert_eq!(saying(&lines, "trying again").len(), 1, "one warning for the failed commit: {lines:#?}");
+    assert_eq!(saying(&lines, "the entry stays pending and will be delivered again").len(), 1, "{lines:#?}");
+    assert!(saying(&lines, "went through on try").is_empty(), "{lines:#?}");
     assert_eq!(entries(&mut conn, "out").await.len(), 1, "the output written once");
 }
 
