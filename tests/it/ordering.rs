@@ -114,6 +114,39 @@ async fn a_hundred_keys_keep_their_order_and_exact_balances_across_retries_hosts
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_counts_the_next_entry_of_a_key_as_one_delivery() {
+    // With `concurrency = 1`, a/1's commit hands a/2 (2 s) over on the
+    // same permit, and b/1, sent while a/2 runs, waits for it. a/1's
+    // acknowledgement used to give the permit back while the chain went
+    // on, so the host read b/1 at once and ran it beside a/2.
+    let redis = RedisServer::start();
+    let fx =
+        Fixture::new(&redis, "claim_idle_ms = 60000", &ledger("data.account", "concurrency = 1\ntimeout_ms = 10000"));
+    let mut conn = redis.conn().await;
+    let posting = |account: &str, seq: u64, ms: u64| json!({"action": "ledger", "account": account, "seq": seq, "amount": 1, "ms": ms});
+    send(&mut conn, "in", "posting", posting("a", 1, 0)).await;
+    send(&mut conn, "in", "posting", posting("a", 2, 2000)).await;
+    let host = fx.start();
+    eventually(STARTED, "a/1 handled, a/2 running", || {
+        let mut c = conn.clone();
+        async move { (seqs(&mut c, "a").await.len() == 1 && pending(&mut c, "in", "h").await == 1).then_some(()) }
+    })
+    .await;
+    send(&mut conn, "in", "posting", posting("b", 1, 0)).await;
+    until_finished(&conn, "in", "h", 3).await;
+    host.stop().await;
+    let committed: Vec<String> = entries(&mut conn, "out")
+        .await
+        .iter()
+        .map(|e| {
+            let data: serde_json::Value = serde_json::from_str(&field(e, "data")).unwrap();
+            format!("{}/{}", data["account"].as_str().unwrap(), data["seq"])
+        })
+        .collect();
+    assert_eq!(committed, ["a/1", "a/2", "b/1"], "b/1 ran beside a/2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_holds_back_only_its_key_and_a_dead_letter_unblocks_it() {
     let redis = RedisServer::start();
     let fx = Fixture::new(&redis, "claim_idle_ms = 5000", &ledger("account", "concurrency = 8\nmax_attempts = 2"));

@@ -179,7 +179,11 @@ impl Consumer {
                 let (name, kv_prefix, formats) = (&self.handler_name, &b.handler.kv_prefix, &b.handler.formats);
                 let commit = Commit::ack(&d.stream, &d.entry, name, kv_prefix, effects, formats);
                 let commit = self.for_redis(self.in_key_order(commit, &d));
-                if let (None, Some(permit)) = (&self.ordering, permit.take()) {
+                // (Ordered by key, the delivery keeps its permit: its
+                // key's next entry runs on it.)
+                if self.ordering.is_none()
+                    && let Some(permit) = permit.take()
+                {
                     self.hand_off(d, b.clone(), commit, counts, permit);
                     return After::HandedOff;
                 }
