@@ -675,6 +675,75 @@ async fn made_again_while_another_host_reads(from: MadeAgain) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_whose_key_another_host_took_for_an_earlier_entry_writes_nothing() {
+    // Host c serves key a: a/1 handled, a/2 running (6 s), a/3 queued; with
+    // `concurrency = 1` it reads nothing more meanwhile. Then, in one step,
+    // the state three rare things together leave: c's lease on a lapsed
+    // (deleted here), the group was set back to the stream's start, and
+    // host d's read delivered a/1 again (alone: its read ended there),
+    // dropped a/2 and a/3 from a's queue (the group delivers them again)
+    // and took the key to serve a/1. a/2's commit on c must write nothing:
+    // it would go ahead of a/1's second run. d then serves a's entries
+    // again, in order.
+    let redis = RedisServer::start();
+    let handlers = ledger("data.account", "concurrency = 1\ntimeout_ms = 10000");
+    let host = |name: &str| format!("consumer = \"{name}\"\nclaim_idle_ms = 60000");
+    let admin = free_port();
+    let with_admin = format!("{}\nadmin = \"127.0.0.1:{admin}\"", host("c"));
+    let (fc, fd) = (Fixture::new(&redis, &with_admin, &handlers), Fixture::new(&redis, &host("d"), &handlers));
+    let mut conn = redis.conn().await;
+    let posting = |seq: u64, ms: u64| json!({"action": "ledger", "account": "a", "seq": seq, "amount": 1, "ms": ms});
+    let a1 = send(&mut conn, "in", "posting", posting(1, 0)).await;
+    send(&mut conn, "in", "posting", posting(2, 6000)).await;
+    send(&mut conn, "in", "posting", posting(3, 0)).await;
+    let mut hosts = Hosts(vec![fc.spawn_binary_logging_json("warn")]);
+    until_a2_runs_with_a3_queued(&conn).await;
+    let keys: Vec<String> = redis::cmd("KEYS").arg("sluice:order:*").query_async(&mut conn).await.unwrap();
+    let named =
+        |suffix: &str| keys.iter().find(|k| k.ends_with(suffix)).unwrap_or_else(|| panic!("{suffix}: {keys:?}"));
+    let (queue, lease) = (named(":queue:a").clone(), named(":lease:a").clone());
+    let mut taken = redis::pipe();
+    taken.atomic();
+    taken.cmd("XGROUP").arg("SETID").arg("in").arg("h").arg("0").ignore();
+    taken
+        .cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("h")
+        .arg("d")
+        .arg("COUNT")
+        .arg(1)
+        .arg("STREAMS")
+        .arg("in")
+        .arg(">")
+        .ignore();
+    taken.cmd("DEL").arg(&queue).ignore();
+    taken.cmd("RPUSH").arg(&queue).arg(&a1).ignore();
+    taken.cmd("SET").arg(&lease).arg("d").arg("PX").arg(60_000).ignore();
+    let _: () = taken.query_async(&mut conn).await.unwrap();
+    // a/2's commit comes back to c: the entry lost to d (counted), or its
+    // posting written. (c's next read then delivers a/2 and a/3 again, and
+    // queues them behind a/1, under d's lease.)
+    eventually(Duration::from_secs(12), "a/2's commit on c", || {
+        let mut c = conn.clone();
+        async move {
+            let lost = http_get(admin, "/metrics").1.contains("sluice_ownership_lost_total{handler=\"h\"} 1\n");
+            (lost || seqs(&mut c, "a").await.len() > 1).then_some(())
+        }
+    })
+    .await;
+    assert_eq!(seqs(&mut conn, "a").await, [(1, 0)], "a/2's delivery on c wrote its posting ahead of a/1's second run");
+    fd.copy_cache_from(&fc);
+    hosts.0.push(fd.spawn_binary());
+    until_finished(&conn, "in", "h", 3).await;
+    assert_eq!(seqs(&mut conn, "a").await, [(1, 0), (1, 1), (2, 1), (3, 2)]);
+    let mut c = hosts.0.remove(0);
+    assert!(terminate(&mut c).await.success());
+    let said = Said(json_log_lines(&c.wait_with_output().unwrap().stderr));
+    said.assert_any(|m| m.starts_with("this host lost the entry to consumer d"));
+    said.assert_no_error();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renewal_takes_no_lease_for_an_entry_only_queued_here_so_a_host_with_room_serves_it() {
     // The state a stalled connection left (the fault audit found it): a/1's
     // commit ran in Redis (a's queue emptied, its lease given up) but its

@@ -33,7 +33,10 @@
 --                which took it over (after claim_idle_ms, this host being
 --                presumed dead) and will finish it; nothing was written. So
 --                only the entry's owner ever writes a delivery's output, and
---                it is never written twice;
+--                it is never written twice. Also, the entry being ordered by
+--                key, when another consumer (owner) holds the key's lease
+--                and an earlier entry is first in the key's queue: the
+--                holder delivers this one in its turn;
 --   {-1, reason} refused: a write cannot be applied (a target holds
 --                something other than a stream, or a write kind this script
 --                does not know); nothing of this delivery was written and its
@@ -243,8 +246,10 @@ while a <= #ARGV do
     -- a takeover that found it free would have taken it.
     local mine = holder == consumer or not holder
     local head = redis.call('LINDEX', order.q, 0)
+    -- Whether an earlier entry of the key is first in its queue.
+    local behind = head and head ~= id and order_before(head, id)
     local next = nil
-    if not why and mine and head and head ~= id and order_before(head, id) then
+    if not why and mine and behind then
       -- Out of turn: an earlier entry of the key was queued ahead of this
       -- one while it ran. Usually the group was made again or set back and
       -- delivered the key's earlier entries again (order_append); rarely a
@@ -259,7 +264,18 @@ while a <= #ARGV do
       head = redis.call('LINDEX', order.q, 0)
       checked = {}
     end
-    if why then
+    if not mine and behind then
+      -- Another consumer holds the key, and an earlier entry is first in
+      -- its queue: this consumer's lease lapsed while the entry ran, and
+      -- that consumer took the key for an entry queued ahead of this one
+      -- (the group set back or made again, and its read delivered the key's
+      -- earlier entries again; or its scan queued one pending from before).
+      -- Written now, this entry would go ahead of them. Nothing is written,
+      -- whatever the checks found; the entry stays pending, and the key's
+      -- holder delivers it in its turn (from the queue, or once the group
+      -- delivers it again).
+      results[#results + 1] = { -2, holder }
+    elseif why then
       results[#results + 1] = { -1, why }
     elseif next then
       results[#results + 1] = { 4, next }

@@ -47,7 +47,11 @@ pub enum Committed {
     Refused(String),
     /// The entry is pending with another consumer, named here, which took
     /// it over (this host was presumed dead: paused, or cut off, past
-    /// `claim_idle_ms`) and will finish it. Nothing was written.
+    /// `claim_idle_ms`) and will finish it. Nothing was written. Or, the
+    /// entry being ordered by key: the consumer named here took the key over
+    /// (this host's lease lapsed) for an earlier entry, first in the key's
+    /// queue; the entry stays pending and that consumer delivers it in its
+    /// turn.
     TakenOver(String),
     /// Done (as [`Committed::Done`]), and the entry was ordered by key: the
     /// next entry of its key is now this consumer's to deliver
