@@ -817,6 +817,62 @@ async fn a_renewal_takes_no_lease_for_an_entry_only_queued_here_so_a_host_with_r
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_warns_of_a_key_taken_over_only_while_this_host_delivers_its_first_entry() {
+    // Host c delivers a/1, b/1 and e/1 (8 s each), a/2 queued behind a/1.
+    // In one step the test then makes three keys' states:
+    // - a: a/1 acknowledged and out of a's queue, a's lease host d's. As if
+    //   a/1's commit had run (its reply not yet seen by c, which still
+    //   counts a as served) and d had then taken the key from `waiting`
+    //   for a/2. c lost nothing of a's to d: it has no more of a to deliver.
+    // - b: b's lease d's, b/1 still first in b's queue, as if d had taken
+    //   b over while b/1 ran here.
+    // - e: its lease deleted, as if it had run out; a renewal takes it back,
+    //   which shows the test when one has come.
+    // c must warn of one key taken over, not two.
+    let redis = RedisServer::start();
+    let handlers = ledger("data.account", "concurrency = 8\ntimeout_ms = 8500");
+    let fx = Fixture::new(&redis, "consumer = \"c\"\nclaim_idle_ms = 9000", &handlers);
+    let mut conn = redis.conn().await;
+    let posting = |account: &str, seq: u64, ms: u64| json!({"action": "ledger", "account": account, "seq": seq, "amount": 1, "ms": ms});
+    let mut hosts = Hosts(vec![fx.spawn_binary_logging_json("warn")]);
+    let a1 = send(&mut conn, "in", "posting", posting("a", 1, 8_000)).await;
+    send(&mut conn, "in", "posting", posting("b", 1, 8_000)).await;
+    send(&mut conn, "in", "posting", posting("e", 1, 8_000)).await;
+    send(&mut conn, "in", "posting", posting("a", 2, 0)).await;
+    eventually(STARTED, "a/1, b/1 and e/1 running, a/2 queued", || {
+        let mut c = conn.clone();
+        async move { (pending_with(&mut c, "c").await == 4 && leases_held(&mut c, "c").await == 3).then_some(()) }
+    })
+    .await;
+    let keys: Vec<String> = redis::cmd("KEYS").arg("sluice:order:*").query_async(&mut conn).await.unwrap();
+    let named =
+        |suffix: &str| keys.iter().find(|k| k.ends_with(suffix)).unwrap_or_else(|| panic!("{suffix}: {keys:?}"));
+    let (queue_a, lease_e) = (named(":queue:a"), named(":lease:e").clone());
+    let mut as_if = redis::pipe();
+    as_if.atomic();
+    as_if.cmd("XACK").arg("in").arg("h").arg(&a1).ignore();
+    as_if.cmd("LREM").arg(queue_a).arg(1).arg(&a1).ignore();
+    as_if.cmd("SET").arg(named(":lease:a")).arg("d").ignore();
+    as_if.cmd("SET").arg(named(":lease:b")).arg("d").ignore();
+    as_if.cmd("DEL").arg(&lease_e).ignore();
+    let _: () = as_if.query_async(&mut conn).await.unwrap();
+    eventually(SOON, "e's lapsed lease taken back by a renewal (every claim_idle_ms / 3)", || {
+        let (mut c, lease) = (conn.clone(), lease_e.clone());
+        async move {
+            let holder: Option<String> = redis::cmd("GET").arg(lease).query_async(&mut c).await.unwrap();
+            (holder.as_deref() == Some("c")).then_some(())
+        }
+    })
+    .await;
+    let mut c = hosts.0.pop().unwrap();
+    assert!(terminate(&mut c).await.success());
+    let said = Said(json_log_lines(&c.wait_with_output().unwrap().stderr));
+    let taken = |m: &str| m.contains("key(s) taken over by another consumer");
+    said.assert_any(taken);
+    said.assert_none(|m| taken(m) && !m.starts_with("1 key(s)"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_that_kills_its_host_each_time_runs_out_of_attempts_and_frees_its_key() {
     let redis = RedisServer::start();
     let handlers = ledger("account", "max_attempts = 2\ntimeout_ms = 20000");

@@ -220,8 +220,8 @@ impl Ordering {
 
     /// Renews the leases of `keys` of `stream` (taking back a lapsed one no
     /// one took if its first entry is among `delivering`, the ids this
-    /// consumer is delivering); returns how many this consumer lost to
-    /// another.
+    /// consumer is delivering); returns how many another consumer took
+    /// over while this one delivers their first entry.
     pub async fn renew(
         &self,
         conn: &mut impl ConnectionLike,

@@ -32,7 +32,8 @@
 --        keys this consumer serves, then the ids it is delivering. Renews
 --        their leases (or takes a lapsed one back if no one else took it
 --        and this consumer is delivering the key's first entry); returns
---        those it lost.
+--        those another consumer took while this one delivers their first
+--        entry.
 -- release: KEYS[1] the stream; ARGV[7] its key prefix; ARGV[8..] keys this
 --        consumer serves. Gives up those leases (on shutdown, or once a
 --        key's chain of deliveries ended with no commit to hand it on).
@@ -202,12 +203,14 @@ local function scan()
   return { out, next }
 end
 
--- Whether the first entry of queue `q` of `s` is pending with this consumer
--- and one it is delivering (in `delivering`).
-local function delivers_head(s, q, delivering)
+-- Whether the first entry of queue `q` is one this consumer is delivering
+-- (in `delivering`) and, if `pending_here`, is pending with it.
+local function delivers_head(s, q, delivering, pending_here)
   local head = redis.call('LINDEX', q, 0)
   if not head or not delivering[head] then
     return false
+  elseif not pending_here then
+    return true
   end
   local row = redis.call('XPENDING', s, g, head, head, 1)[1]
   return row and row[2] == me
@@ -223,7 +226,7 @@ local function renew()
     local holder = redis.call('GET', l)
     if holder == me then
       redis.call('PEXPIRE', l, ttl)
-    elseif not holder and delivers_head(s, p .. 'queue:' .. ARGV[i], delivering) then
+    elseif not holder and delivers_head(s, p .. 'queue:' .. ARGV[i], delivering, true) then
       -- Lapsed (this host was slow to renew) and no one took it, while this
       -- consumer is still delivering its first entry: ours again. Not when
       -- the first entry is only pending here: a read queued it after the
@@ -231,7 +234,13 @@ local function renew()
       -- not have seen yet, and so still counts the key as served), and a
       -- lease taken for it would keep everyone from serving it.
       redis.call('SET', l, me, 'PX', ttl)
-    elseif holder then
+    elseif holder and delivers_head(s, p .. 'queue:' .. ARGV[i], delivering, false) then
+      -- Taken over while this consumer delivers the key's first entry (the
+      -- takeover claimed it). Not lost when that entry is gone from the
+      -- queue: this consumer's commit of it ended the key's chain here (its
+      -- reply not seen yet), and another consumer took the key from
+      -- `waiting` for the next; or the taker finished the entry already,
+      -- and this consumer's commit says so.
       lost[#lost + 1] = ARGV[i]
     end
   end
