@@ -264,16 +264,22 @@ while a <= #ARGV do
       head = redis.call('LINDEX', order.q, 0)
       checked = {}
     end
+    -- Another consumer holds the key, an earlier entry is first in its
+    -- queue, and this entry is still pending here: this consumer's lease
+    -- lapsed while the entry ran, and that consumer took the key for an
+    -- entry queued ahead of this one (the group set back or made again, and
+    -- its read delivered the key's earlier entries again; or its scan
+    -- queued one pending from before). Written now, this entry would go
+    -- ahead of them. Nothing is written, whatever the checks found; the
+    -- entry stays pending, and the key's holder delivers it in its turn
+    -- (from the queue, or once the group delivers it again). (Not pending
+    -- here: finished, or another's, as below.)
+    local queued_behind = false
     if not mine and behind then
-      -- Another consumer holds the key, and an earlier entry is first in
-      -- its queue: this consumer's lease lapsed while the entry ran, and
-      -- that consumer took the key for an entry queued ahead of this one
-      -- (the group set back or made again, and its read delivered the key's
-      -- earlier entries again; or its scan queued one pending from before).
-      -- Written now, this entry would go ahead of them. Nothing is written,
-      -- whatever the checks found; the entry stays pending, and the key's
-      -- holder delivers it in its turn (from the queue, or once the group
-      -- delivers it again).
+      local pending = redis.call('XPENDING', origin, group, id, id, 1)[1]
+      queued_behind = pending and pending[2] == consumer
+    end
+    if queued_behind then
       results[#results + 1] = { -2, holder }
     elseif why then
       results[#results + 1] = { -1, why }
