@@ -56,13 +56,24 @@ impl Consumer {
     }
 
     /// Runs `d`, and after it each next entry of its key that its commit
-    /// hands over (ordering by key), on the same permit.
+    /// hands over (ordering by key), on the same permit; but if a delivery
+    /// here waits for a permit meanwhile (a retry, an entry held for one,
+    /// a smaller `concurrency` after a reload), the permit goes to it first
+    /// and the key's next entry queues for another, so that a key whose
+    /// queue keeps filling does not keep the others waiting.
     pub(super) async fn deliver(self: Arc<Self>, d: Delivery, permit: OwnedSemaphorePermit) {
         // Taken by a commit that finishes without this task ([`Consumer::hand_off`]).
         let mut permit = Some(permit);
         let mut next = Some(d);
         while let Some(d) = next.take() {
             next = self.clone().deliver_one(d, &mut permit).await;
+            if next.is_some() && self.waiting.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+                // (The semaphore is fair: the waiters queued first go
+                // first. Not counted in `waiting`, or chains would give way
+                // to each other at every entry.)
+                drop(permit.take());
+                permit = Some(self.permits.clone().acquire_owned().await.expect("semaphore never closed"));
+            }
             // Demoted or promoted meanwhile: the rest of the chain moves to
             // the handler's lane now.
             if next.is_some() && Executor::current_lane() != Some(self.demotion.lane()) {
@@ -545,10 +556,16 @@ impl Consumer {
                     self.start_delivery(next, permit);
                 }
                 Ok(_) => {
-                    self.retry_lost(&d, "entry taken over, deleted, or its group made again before its retry").await
+                    warn!(
+                        id = %d.entry.id, stream = %d.stream, group = %self.group,
+                        "the entry waiting for its retry was no longer this host's to claim: another consumer took it over (this host was presumed dead: slow, or cut off from Redis, past claim_idle_ms), or it was deleted, or its group made again; left to them"
+                    );
+                    self.retry_lost(&d).await
                 }
                 Err(e) if e.is_no_group() => {
-                    self.retry_lost(&d, "the consumer group went missing before this entry's retry").await;
+                    // (The read loop, meeting the same, warns and makes the group again.)
+                    debug!(id = %d.entry.id, "the consumer group went missing before this entry's retry");
+                    self.retry_lost(&d).await;
                 }
                 Err(e) => {
                     warn!(id = %d.entry.id, "claiming for retry failed: {e}; taking it back shortly");
@@ -560,11 +577,10 @@ impl Consumer {
     }
 
     /// The entry `d` waiting for its retry is no longer this consumer's to
-    /// claim (`why`): taken over, deleted, or its group lost. It is let go,
-    /// with its key's lease; the group may have delivered it (and its key's
-    /// other entries) here again meanwhile, and those are taken back soon.
-    async fn retry_lost(self: &Arc<Self>, d: &Delivery, why: &str) {
-        debug!(id = %d.entry.id, "{why}");
+    /// claim: taken over, deleted, or its group lost. It is let go, with its
+    /// key's lease; the group may have delivered it (and its key's other
+    /// entries) here again meanwhile, and those are taken back soon.
+    async fn retry_lost(self: &Arc<Self>, d: &Delivery) {
         match &d.key {
             Some(key) => self.give_up_key(&d.stream, key).await,
             None => self.recover_own_soon(),
