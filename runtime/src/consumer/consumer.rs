@@ -69,10 +69,12 @@ pub struct Consumer {
     pub(super) permits: Arc<Semaphore>,
     /// The number of permits `permits` is meant to have now.
     pub(super) concurrency: AtomicUsize,
-    /// How many wait for a permit other than the read loop (a claim, a
-    /// retry, a smaller `concurrency`): while any do, the committer's
-    /// batches read nothing and finished deliveries give their permits back
-    /// ([`super::intake::Refiller`]).
+    /// How many wait for a permit other than the read loops (a claim, a
+    /// retry, a smaller `concurrency`, a key's chain between two entries):
+    /// while any do, the committer's batches read nothing and finished
+    /// deliveries give their permits back ([`super::intake::Refiller`]), and
+    /// a key's chain gives its permit back between two entries
+    /// ([`Consumer::deliver`]).
     pub(super) waiting: Arc<AtomicUsize>,
     /// Whether the handler runs at idle priority after its deliveries ran
     /// out of time.

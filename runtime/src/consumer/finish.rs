@@ -69,10 +69,13 @@ impl Consumer {
             next = self.clone().deliver_one(d, &mut permit).await;
             if next.is_some() && self.waiting.load(std::sync::atomic::Ordering::SeqCst) > 0 {
                 // (The semaphore is fair: the waiters queued first go
-                // first. Not counted in `waiting`, or chains would give way
-                // to each other at every entry.)
+                // first. Counted in `waiting` itself, so that the next chain
+                // to reach the end of an entry gives way to this one in
+                // turn: when keys with queued entries outnumber the
+                // permits, they take turns, rather than this one waiting
+                // for a chain to run out of entries.)
                 drop(permit.take());
-                permit = Some(self.permits.clone().acquire_owned().await.expect("semaphore never closed"));
+                permit = Some(self.permit_for_held().await);
             }
             // Demoted or promoted meanwhile: the rest of the chain moves to
             // the handler's lane now.

@@ -28,7 +28,10 @@ impl Consumer {
             if self.orphans.swap(false, AtomicOrdering::SeqCst) {
                 self.recover_own(super::intake::RECOVER_MIN_IDLE).await;
             }
-            let Some(permit) = self.permit().await else { break };
+            // (Not counted in `waiting`, which only deliveries waiting for a
+            // permit are: a key's chain of deliveries gives way to those
+            // between two entries, not to this loop.)
+            let Some(permit) = self.read_permit().await else { break };
             let room = self.permits.available_permits() + 1;
             // A full batch: most of it may go to the queues of keys being
             // served, which needs no permit.
