@@ -822,14 +822,7 @@ async fn a_renewal_takes_no_lease_for_an_entry_only_queued_here_so_a_host_with_r
     as_if.cmd("LREM").arg(&queue_a).arg(1).arg(&a1).ignore();
     as_if.cmd("DEL").arg(&lease_a).arg(&lease_b).ignore();
     let _: () = as_if.query_async(&mut conn).await.unwrap();
-    eventually(SOON, "b's lapsed lease taken back by a renewal (every claim_idle_ms / 3)", || {
-        let (mut c, lease) = (conn.clone(), lease_b.clone());
-        async move {
-            let holder: Option<String> = redis::cmd("GET").arg(lease).query_async(&mut c).await.unwrap();
-            (holder.as_deref() == Some("c")).then_some(())
-        }
-    })
-    .await;
+    until_renewal_takes_back(&conn, &lease_b).await;
     let holder: Option<String> = redis::cmd("GET").arg(&lease_a).query_async(&mut conn).await.unwrap();
     assert_eq!(holder, None, "the renewal took a's lease for a/2, which no one delivers");
     // The read's wake-up: the host, idle with room, takes key a.
@@ -889,14 +882,7 @@ async fn a_renewal_warns_of_a_key_taken_over_only_while_this_host_delivers_its_f
     as_if.cmd("SET").arg(named(":lease:b")).arg("d").ignore();
     as_if.cmd("DEL").arg(&lease_e).ignore();
     let _: () = as_if.query_async(&mut conn).await.unwrap();
-    eventually(SOON, "e's lapsed lease taken back by a renewal (every claim_idle_ms / 3)", || {
-        let (mut c, lease) = (conn.clone(), lease_e.clone());
-        async move {
-            let holder: Option<String> = redis::cmd("GET").arg(lease).query_async(&mut c).await.unwrap();
-            (holder.as_deref() == Some("c")).then_some(())
-        }
-    })
-    .await;
+    until_renewal_takes_back(&conn, &lease_e).await;
     let mut c = hosts.0.pop().unwrap();
     assert!(terminate(&mut c).await.success());
     let said = Said(json_log_lines(&c.wait_with_output().unwrap().stderr));
@@ -1019,6 +1005,19 @@ async fn until_a2_runs_with_a3_queued(conn: &MultiplexedConnection) {
         async move {
             let handled = postings(&mut c).await.get("a").map_or(0, Vec::len);
             (handled == 1 && pending(&mut c, "in", "h").await == 2 && leases_held(&mut c, "c").await == 1).then_some(())
+        }
+    })
+    .await;
+}
+
+/// Waits until a renewal of host c has taken back `lease`, which the test
+/// deleted while c delivered its key's first entry (every claim_idle_ms / 3).
+async fn until_renewal_takes_back(conn: &MultiplexedConnection, lease: &str) {
+    eventually(SOON, &format!("{lease} taken back by a renewal"), || {
+        let mut c = conn.clone();
+        async move {
+            let holder: Option<String> = redis::cmd("GET").arg(lease).query_async(&mut c).await.unwrap();
+            (holder.as_deref() == Some("c")).then_some(())
         }
     })
     .await;
