@@ -729,10 +729,7 @@ async fn a_delivery_whose_key_another_host_took_for_an_earlier_entry_writes_noth
     send(&mut conn, "in", "posting", posting(3, 0)).await;
     let mut hosts = Hosts(vec![fc.spawn_binary_logging_json("warn")]);
     until_a2_runs_with_a3_queued(&conn).await;
-    let keys: Vec<String> = redis::cmd("KEYS").arg("sluice:order:*").query_async(&mut conn).await.unwrap();
-    let named =
-        |suffix: &str| keys.iter().find(|k| k.ends_with(suffix)).unwrap_or_else(|| panic!("{suffix}: {keys:?}"));
-    let (queue, lease) = (named(":queue:a").clone(), named(":lease:a").clone());
+    let (queue, lease) = (order_key(&conn, "queue:a").await, order_key(&conn, "lease:a").await);
     let mut taken = redis::pipe();
     taken.atomic();
     taken.cmd("XGROUP").arg("SETID").arg("in").arg("h").arg("0").ignore();
@@ -803,16 +800,8 @@ async fn a_renewal_takes_no_lease_for_an_entry_only_queued_here_so_a_host_with_r
     })
     .await;
     let started = std::time::Instant::now();
-    let key = |kind: &str| {
-        let mut c = conn.clone();
-        let pattern = format!("sluice:order:*:{kind}");
-        async move {
-            let keys: Vec<String> = redis::cmd("KEYS").arg(&pattern).query_async(&mut c).await.unwrap();
-            assert_eq!(keys.len(), 1, "{pattern}: {keys:?}");
-            keys[0].clone()
-        }
-    };
-    let (queue_a, lease_a, lease_b) = (key("queue:a").await, key("lease:a").await, key("lease:b").await);
+    let (queue_a, lease_a, lease_b) =
+        (order_key(&conn, "queue:a").await, order_key(&conn, "lease:a").await, order_key(&conn, "lease:b").await);
     let prefix = queue_a.strip_suffix("queue:a").unwrap().to_owned();
     // As if a/1's commit had run, and a read had then queued a/2 with no
     // room for its key.
@@ -870,16 +859,14 @@ async fn a_renewal_warns_of_a_key_taken_over_only_while_this_host_delivers_its_f
         async move { (pending_with(&mut c, "c").await == 4 && leases_held(&mut c, "c").await == 3).then_some(()) }
     })
     .await;
-    let keys: Vec<String> = redis::cmd("KEYS").arg("sluice:order:*").query_async(&mut conn).await.unwrap();
-    let named =
-        |suffix: &str| keys.iter().find(|k| k.ends_with(suffix)).unwrap_or_else(|| panic!("{suffix}: {keys:?}"));
-    let (queue_a, lease_e) = (named(":queue:a"), named(":lease:e").clone());
+    let (queue_a, lease_e) = (order_key(&conn, "queue:a").await, order_key(&conn, "lease:e").await);
+    let (lease_a, lease_b) = (order_key(&conn, "lease:a").await, order_key(&conn, "lease:b").await);
     let mut as_if = redis::pipe();
     as_if.atomic();
     as_if.cmd("XACK").arg("in").arg("h").arg(&a1).ignore();
-    as_if.cmd("LREM").arg(queue_a).arg(1).arg(&a1).ignore();
-    as_if.cmd("SET").arg(named(":lease:a")).arg("d").ignore();
-    as_if.cmd("SET").arg(named(":lease:b")).arg("d").ignore();
+    as_if.cmd("LREM").arg(&queue_a).arg(1).arg(&a1).ignore();
+    as_if.cmd("SET").arg(&lease_a).arg("d").ignore();
+    as_if.cmd("SET").arg(&lease_b).arg("d").ignore();
     as_if.cmd("DEL").arg(&lease_e).ignore();
     let _: () = as_if.query_async(&mut conn).await.unwrap();
     until_renewal_takes_back(&conn, &lease_e).await;
@@ -1021,6 +1008,17 @@ async fn until_renewal_takes_back(conn: &MultiplexedConnection, lease: &str) {
         }
     })
     .await;
+}
+
+/// The Redis key of `part` (`queue:a`, `lease:b`) of the keys ordered for
+/// group `h` on stream `in`, found among `sluice:order:*`; exactly one must
+/// match.
+async fn order_key(conn: &MultiplexedConnection, part: &str) -> String {
+    let keys: Vec<String> = redis::cmd("KEYS").arg("sluice:order:*").query_async(&mut conn.clone()).await.unwrap();
+    let suffix = format!(":{part}");
+    let found: Vec<&String> = keys.iter().filter(|k| k.ends_with(&suffix)).collect();
+    assert_eq!(found.len(), 1, "{part}: {keys:?}");
+    found[0].clone()
 }
 
 /// How many key leases `consumer` holds.
