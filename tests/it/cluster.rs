@@ -295,7 +295,8 @@ struct Recorder {
 
 impl sluice::stream::Refill for Recorder {
     fn room(&self, finishing: usize) -> Option<sluice::stream::Room> {
-        Some(sluice::stream::Room { streams: self.streams.clone(), count: finishing, tracked: self.tracker.token() })
+        let (streams, tracked) = (self.streams.clone(), self.tracker.token());
+        Some(sluice::stream::Room { streams, count: finishing, tracked, in_flight: Box::new(()) })
     }
 
     fn found(

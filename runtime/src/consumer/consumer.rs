@@ -3,6 +3,7 @@
 
 use super::Binding;
 use super::demotion::Demotion;
+use super::gate::ReadGate;
 use crate::config::Handler;
 use crate::metrics::HandlerMetrics;
 use crate::stream::{self, Committer, Redis};
@@ -94,6 +95,9 @@ pub struct Consumer {
     /// commit failed): entries may be pending here that nothing handles.
     /// The read loop then takes them back ([`Consumer::recover_own`]).
     pub(super) orphans: AtomicBool,
+    /// Reads in flight (and claims) of a handler that does not order by
+    /// key, which the recovery after a lost reply waits for.
+    pub(super) reads: ReadGate,
     /// Whether it warned already that a stream's entries look like another
     /// format than the stream's (once per consumer).
     pub(super) format_warned: AtomicBool,
@@ -164,6 +168,7 @@ impl Consumer {
             io,
             held: Default::default(),
             orphans: AtomicBool::new(false),
+            reads: ReadGate::default(),
             format_warned: AtomicBool::new(false),
             shutdown,
         }

@@ -7,6 +7,7 @@
 
 use super::Consumer;
 use super::consumer::{Backoff, ERROR_PAUSE};
+use super::gate::Pass;
 use crate::stream::{self, Delivery, Error, Reader, Refill, Room};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
@@ -16,9 +17,11 @@ use tracing::{debug, info, warn};
 
 /// How long an entry of this consumer's must have waited since it was
 /// delivered before, once reading has started, it is taken for one whose
-/// reply was lost. Lost replies are noticed by an error, and the entries
-/// are taken back once they have waited that long
-/// ([`Consumer::recover_own_soon`]).
+/// reply was lost, where the reads in flight are not known
+/// ([`super::gate`]): by the periodic recovery, which finds losses that no
+/// error reported, and for a handler that orders by key. Lost replies are
+/// noticed by an error; for a handler ordered by key, its entries are taken
+/// back once they have waited that long ([`Consumer::recover_own_soon`]).
 pub(super) const RECOVER_MIN_IDLE: Duration = ERROR_PAUSE;
 /// Most entries one `XREADGROUP` asks for.
 pub(super) const READ_BATCH: usize = 256;
@@ -35,6 +38,26 @@ impl Consumer {
     /// reading has started, a read's reply may be on its way, its entries
     /// not yet held by the delivery that will handle them.
     pub(super) async fn recover_own(self: &Arc<Self>, min_idle: Duration) {
+        self.take_back_own(min_idle, true).await
+    }
+
+    /// Takes back at once what lost replies left pending here (a handler
+    /// that does not order by key): closes the gate to reads and claims,
+    /// waits for those in flight to come in (their entries then held), and
+    /// takes back everything pending here and not held, however recently
+    /// delivered. A read still in flight after [`RECOVER_MIN_IDLE`] (a
+    /// blocking read of another slot's read loop, in a cluster) is spared
+    /// as before: the entries delivered that recently stay.
+    async fn recover_lost(self: &Arc<Self>) {
+        let closed = self.reads.close(RECOVER_MIN_IDLE).await;
+        let min_idle = if closed.empty { Duration::ZERO } else { RECOVER_MIN_IDLE };
+        self.take_back_own(min_idle, false).await;
+        drop(closed);
+    }
+
+    /// [`Consumer::recover_own`]; each page through the gate to reads if
+    /// `through_gate` (unless the caller has closed it).
+    async fn take_back_own(self: &Arc<Self>, min_idle: Duration, through_gate: bool) {
         if let Some(order) = &self.ordering {
             return self.take_pending_in_order(order, true, min_idle).await;
         }
@@ -42,6 +65,10 @@ impl Consumer {
             let mut after = "-".to_owned();
             loop {
                 let Some(room) = self.room().await else { return };
+                let pass = match through_gate {
+                    true => Some(self.reads.pass().await),
+                    false => None,
+                };
                 let mut conn = self.redis.conn.clone();
                 let skip = |id: &str| self.holds(s, id);
                 match stream::own_pending(&mut conn, s, &self.group, &self.name, (&after, room), min_idle, skip).await {
@@ -49,7 +76,9 @@ impl Consumer {
                         if !found.is_empty() {
                             info!(stream = %s, count = found.len(), "taking back entries pending with this consumer (an earlier run, or a lost reply)");
                         }
-                        self.spawn_all(found).await;
+                        let found = self.take_up_all(found);
+                        drop(pass);
+                        self.start_held(found).await;
                         match next {
                             Some(n) => after = n,
                             None => break,
@@ -87,9 +116,17 @@ impl Consumer {
             // entries pending here that nothing handles: take them back now
             // rather than after claim_idle_ms.
             if self.orphans.swap(false, Ordering::SeqCst) {
-                self.recover_own(RECOVER_MIN_IDLE).await;
+                self.recover_lost().await;
             }
             let Some(permit) = self.read_permit().await else { break };
+            // (After the permit: a read loop waiting for one with a pass in
+            // hand would keep a recovery waiting, and one waiting for the
+            // gate with a permit in hand could keep it from its permits.)
+            let Some(pass) = self.reads.try_pass() else {
+                drop(permit);
+                drop(self.reads.pass().await);
+                continue;
+            };
             let r = match reader.as_mut() {
                 Some(r) => r,
                 None => match self.connect_reader(&streams).await {
@@ -105,10 +142,10 @@ impl Consumer {
             match self.read_until_cancelled(r, room).await {
                 Ok(found) => {
                     backoff.reset();
-                    self.hand_out(found, permit).await;
+                    self.hand_out(found, permit, Some(pass)).await;
                 }
                 Err(e) => {
-                    drop(permit);
+                    drop((permit, pass));
                     self.read_failed(e, &mut reader, &mut backoff).await;
                 }
             }
@@ -170,11 +207,18 @@ impl Consumer {
         }
     }
 
-    /// Spawns a delivery for each of `found`, read with `permit` in hand.
-    pub(super) async fn hand_out(self: &Arc<Self>, found: Vec<Delivery>, permit: OwnedSemaphorePermit) {
+    /// Spawns a delivery for each of `found`, read with `permit` in hand
+    /// (and `pass`, given up once they are held).
+    pub(super) async fn hand_out(
+        self: &Arc<Self>,
+        found: Vec<Delivery>,
+        permit: OwnedSemaphorePermit,
+        pass: Option<Pass>,
+    ) {
         // Held at once, not once a permit is free: nothing else here may
         // take them up meanwhile (a recovery of this consumer's own).
         let found = self.take_up_all(found);
+        drop(pass);
         let mut first = Some(permit);
         for d in found {
             // Not cancelled by shutdown: these entries are already read (and
@@ -190,7 +234,14 @@ impl Consumer {
 
     /// Spawns a delivery for each of `found`, as permits allow.
     pub(super) async fn spawn_all(self: &Arc<Self>, found: Vec<Delivery>) {
-        let mut found = self.take_up_all(found).into_iter();
+        let found = self.take_up_all(found);
+        self.start_held(found).await
+    }
+
+    /// Spawns a delivery for each of `found`, held here already, as permits
+    /// allow.
+    async fn start_held(self: &Arc<Self>, found: Vec<Delivery>) {
+        let mut found = found.into_iter();
         while let Some(d) = found.next() {
             let Some(permit) = self.permit().await else {
                 // Left pending as shutdown begins: delivered again later.
@@ -232,6 +283,7 @@ impl Consumer {
             // Only as many as can start now: a claimed entry that waited for
             // a permit past claim_idle would be claimed again elsewhere.
             let room = self.permits.available_permits().max(1);
+            let pass = self.reads.pass().await;
             let claimed =
                 stream::autoclaim(&mut conn, s, &self.group, &self.name, self.claim_idle, &cursor, room).await;
             match claimed {
@@ -239,7 +291,9 @@ impl Consumer {
                     if !found.is_empty() {
                         info!(stream = %s, count = found.len(), "claimed entries idle for over {} ms", self.claim_idle.as_millis());
                     }
-                    self.spawn_all(found).await;
+                    let found = self.take_up_all(found);
+                    drop(pass);
+                    self.start_held(found).await;
                     if next == "0-0" || self.shutdown.is_cancelled() {
                         return;
                     }
@@ -275,7 +329,8 @@ impl Refill for Refiller {
         if others_first || c.shutdown.is_cancelled() {
             return None;
         }
-        Some(Room { streams: c.streams.clone(), count: finishing.min(READ_BATCH), tracked })
+        let in_flight = Box::new(c.reads.try_pass()?);
+        Some(Room { streams: c.streams.clone(), count: finishing.min(READ_BATCH), tracked, in_flight })
     }
 
     fn found(&self, room: Room, found: Vec<Delivery>, permits: Vec<OwnedSemaphorePermit>) {
@@ -295,10 +350,15 @@ impl Refill for Refiller {
 
 impl Consumer {
     /// Has the read loop take back this consumer's pending entries that
-    /// nothing here handles, once entries delivered now are old enough for
-    /// it: the recovery spares entries delivered more recently than
-    /// [`RECOVER_MIN_IDLE`].
+    /// nothing here handles: at once (see [`Consumer::recover_lost`]), or,
+    /// for a handler ordered by key, once entries delivered now are old
+    /// enough for it: its recovery spares entries delivered more recently
+    /// than [`RECOVER_MIN_IDLE`].
     pub(super) fn recover_own_soon(self: &Arc<Self>) {
+        if self.ordering.is_none() {
+            self.orphans.store(true, Ordering::SeqCst);
+            return;
+        }
         let me = self.clone();
         self.io.spawn(async move {
             tokio::time::sleep(RECOVER_MIN_IDLE).await;

@@ -12,13 +12,15 @@
 //! finishing it (commit, retry, dead-letter) in `finish.rs`; the same
 //! intake through key queues, for a handler with `order_by`, in
 //! `ordered.rs`; demotion to idle priority after timeouts in `demotion.rs`;
-//! [`Binding`] in `binding.rs`.
+//! [`Binding`] in `binding.rs`; the gate between reads in flight and the
+//! recovery after a lost reply in `gate.rs`.
 
 mod binding;
 #[allow(clippy::module_inception)]
 mod consumer;
 mod demotion;
 mod finish;
+mod gate;
 mod intake;
 mod ordered;
 

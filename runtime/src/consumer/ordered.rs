@@ -39,7 +39,7 @@ impl Consumer {
             match order.read(&mut self.redis.conn.clone(), &streams, count, room).await {
                 Ok(Read::Found(found)) => {
                     backoff.reset();
-                    self.hand_out(found, permit).await;
+                    self.hand_out(found, permit, None).await;
                 }
                 // (Not reset when idle: the wait that follows may fail every
                 // time, say when Redis refuses new connections.)

@@ -111,6 +111,10 @@ pub struct Room {
     /// Keeps the consumer's shutdown waiting until what the batch read is
     /// started, so that nothing it read is left behind unseen.
     pub tracked: TaskTrackerToken,
+    /// Kept until what the batch read is held by the consumer, or its reply
+    /// is lost: its read is in flight meanwhile, and a consumer taking back
+    /// what a lost reply left behind waits for it.
+    pub in_flight: Box<dyn Send + Sync>,
 }
 
 impl Committer {
