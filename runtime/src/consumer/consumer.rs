@@ -217,10 +217,14 @@ impl Consumer {
                 drop(waiting);
             });
         }
-        if binding.plugin.digest != self.binding.load().plugin.digest {
+        let new_version = binding.plugin.digest != self.binding.load().plugin.digest;
+        self.binding.store(Arc::new(binding.on_host(self.redis.conn.clone(), self.io.clone(), self.claim_idle)));
+        // After the swap: a delivery of the old version that times out
+        // meanwhile no longer counts (`run_plugin`), so it cannot demote
+        // the new version once promoted.
+        if new_version {
             self.promote_new_version();
         }
-        self.binding.store(Arc::new(binding.on_host(self.redis.conn.clone(), self.io.clone(), self.claim_idle)));
     }
 
     /// Consumes until shutdown, then lets in-flight deliveries finish.
