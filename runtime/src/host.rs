@@ -285,11 +285,18 @@ impl Fleet {
         self.running.iter().map(|(n, r)| (n.clone(), r.consumer.binding().plugin.version.clone())).collect()
     }
 
-    /// Stops `name`'s consumer and waits for it to drain.
-    pub(crate) async fn stop(&mut self, name: &str) {
-        if let Some(r) = self.running.remove(name) {
-            self.publish_live();
+    /// Stops the consumers of `names` and waits for them all to drain (at
+    /// once: each drains on its own).
+    pub(crate) async fn stop_each(&mut self, names: &[String]) {
+        let stopping: Vec<_> = names.iter().filter_map(|n| self.running.remove(n)).collect();
+        if stopping.is_empty() {
+            return;
+        }
+        self.publish_live();
+        for r in &stopping {
             r.token.cancel();
+        }
+        for r in stopping {
             let _ = r.task.await;
         }
     }

@@ -439,3 +439,43 @@ async fn a_smaller_concurrency_takes_effect_while_a_backlog_flows() {
     eventually(SOON, "one in flight, the backlog still flowing", in_flight(1)).await;
     host.stop().await;
 }
+
+/// A reload that adds handler `added` with the group of handler `moved`,
+/// which moves to another group, starts `added` only once `moved` has
+/// drained: `added`, sorted first, would otherwise take back the entry
+/// `moved` is running (pending under the host's one consumer name in that
+/// group) and run it a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_given_a_stopping_handlers_group_starts_once_that_one_drained() {
+    let redis = RedisServer::start();
+    let admin = free_port();
+    let handler = |name: &str, group: &str| {
+        format!(
+            "[handlers.{name}]\nplugin = \"b.wasm\"\nstreams = [\"in\"]\npublish = [\"out\"]\ngroup = \"{group}\"\ntimeout_ms = 10000\n"
+        )
+    };
+    let host_keys = format!("admin = \"127.0.0.1:{admin}\"\nclaim_idle_ms = 30000");
+    let fx = Fixture::with_own_plugins(&redis, &host_keys, &handler("moved", "g"), &[("b.wasm", "behave.wasm")]);
+    let (host, mut reports) = fx.start_watching().await;
+    let mut conn = redis.conn().await;
+    send(&mut conn, "in", "t", busy(3000)).await;
+    eventually(SOON, "moved running the event", || {
+        let mut c = conn.clone();
+        async move { (pending(&mut c, "in", "g").await == 1).then_some(()) }
+    })
+    .await;
+    fx.rewrite_handlers(&format!("{}\n{}", handler("added", "g"), handler("moved", "g2")));
+    applied(&mut reports).await;
+    // moved finished it in g (and, on g2, from the stream's start, again).
+    until_finished(&conn, "in", "g", 1).await;
+    until_finished(&conn, "in", "g2", 1).await;
+    let metrics = http_get(admin, "/metrics").1;
+    host.stop().await;
+    let ran = |handler: &str| {
+        let line = format!("sluice_events_total{{handler=\"{handler}\",outcome=\"ok\"}} ");
+        metrics.lines().find_map(|l| l.strip_prefix(&line)).map_or(0, |n| n.parse::<u64>().unwrap())
+    };
+    assert_eq!(ran("added"), 0, "added ran moved's in-flight event: {metrics}");
+    assert_eq!(ran("moved"), 2, "once on g, once on g2: {metrics}");
+    assert_eq!(entries(&mut conn, "out").await.len(), 2);
+}

@@ -182,28 +182,31 @@ fn listeners(c: &Config) -> String {
     format!("{:?} {:?} {:?}", c.admin, c.admin_token, ingress)
 }
 
-/// Makes `fleet`'s consumers match `new`, handler by handler; each
-/// handler's plugin version now.
+/// Makes `fleet`'s consumers match `new`; each handler's plugin version
+/// now. Every consumer that stops (its handler removed, or its streams,
+/// group or `order_by` changed) is drained before any starts: a consumer
+/// that starts takes back what is pending under this host's consumer name
+/// in its group, and that group may be one a stopping consumer still reads
+/// (a handler added with a removed one's group, or two handlers swapping
+/// groups), whose in-flight entries it would run a second time.
 async fn apply(fleet: &mut Fleet, new: NewState) -> BTreeMap<String, String> {
-    let gone: Vec<String> = fleet.names().filter(|n| !new.bindings.contains_key(*n)).cloned().collect();
-    for name in gone {
-        // Drained before anything starts: a new handler with the same
-        // group would take back this one's in-flight entries.
-        info!(handler = %name, "handler removed from the config; stopping it (its group stays in Redis)");
-        fleet.stop(&name).await;
+    let mut stopping = vec![];
+    for name in fleet.names() {
+        match new.bindings.get(name) {
+            None => info!(handler = %name, "handler removed from the config; stopping it (its group stays in Redis)"),
+            Some(b) if !fleet.consumer(name).is_some_and(|c| c.can_update_to(&b.handler)) => {
+                info!(handler = %name, "streams, group or order_by changed; restarting the handler")
+            }
+            Some(_) => continue,
+        }
+        stopping.push(name.clone());
     }
+    fleet.stop_each(&stopping).await;
     let mut versions = BTreeMap::new();
     for (name, binding) in new.bindings {
         versions.insert(name.clone(), binding.plugin.version.clone());
         match fleet.consumer(&name) {
-            Some(c) if c.can_update_to(&binding.handler) => c.update(binding),
-            Some(_) => {
-                // Drain first: the new consumer takes back this consumer
-                // name's pending entries, which must not still be in flight.
-                info!(handler = %name, "streams or group changed; restarting the handler");
-                fleet.stop(&name).await;
-                fleet.start(binding);
-            }
+            Some(c) => c.update(binding),
             None => fleet.start(binding),
         }
     }
