@@ -70,6 +70,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 /// in-flight deliveries finish (each bounded by its timeout, or a demoted
 /// handler's by its patience), and returns.
 pub async fn run_with(config: Config, shutdown: impl Future<Output = ()>, options: RunOptions) -> anyhow::Result<()> {
+    // First: a SIGHUP's default action ends the process, and one sent while
+    // the plugins compile or Redis is reached (say, by a deploy that edited
+    // the config) must not. It reloads once the host runs.
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let runtime = runtime_for(&config)?;
     let cache = cache_for(&config);
     // The embedded Redis starts first: events published while the plugins
@@ -115,7 +119,7 @@ pub async fn run_with(config: Config, shutdown: impl Future<Output = ()>, option
         info!(redis = %redact(target.url()), consumer = %config.consumer, handlers = config.handlers.len(), "sluice is running");
         let (watch, reports, config_path) = (options.watch, options.reports, config.path.clone());
         let reloader = Reloader { runtime, cache, config_path, watch, reports, current, log };
-        reloader.serve(&mut fleet, &config, shutdown).await;
+        reloader.serve(&mut fleet, &config, shutdown, hup).await;
         fleet.stop_all().await;
         upkeep_token.cancel();
         let _ = upkeep.await;

@@ -479,3 +479,31 @@ async fn a_handler_given_a_stopping_handlers_group_starts_once_that_one_drained(
     assert_eq!(ran("moved"), 2, "once on g, once on g2: {metrics}");
     assert_eq!(entries(&mut conn, "out").await.len(), 2);
 }
+
+/// A SIGHUP that comes while the host is still starting (here, waiting for
+/// a Redis that does not answer yet) neither kills it, as the signal's
+/// default action would, nor is lost: the host runs, and reloads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sighup_while_the_host_starts_does_not_stop_it() {
+    let redis = RedisServer::start();
+    let fx = Fixture::with_own_plugins(&redis, "", &handler("a"), &[("b.wasm", "behave.wasm")]);
+    assert!(send_signal(redis.pid(), "STOP"));
+    let mut host = fx.spawn_binary();
+    // Connected to the stopped Redis (the kernel accepts for it): past
+    // loading the plugins, waiting for Redis's answer.
+    let port = redis.url().rsplit(':').next().unwrap().trim_end_matches('/').parse::<u16>().unwrap();
+    eventually(SOON, "the host connected to Redis", || async move {
+        let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap();
+        let established = format!(":{port:04X} 01 ");
+        tcp.lines().any(|l| l.contains(&established)).then_some(())
+    })
+    .await;
+    assert!(send_signal(host.id(), "HUP"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(send_signal(redis.pid(), "CONT"));
+    assert_eq!(host.try_wait().unwrap(), None, "the host ended on SIGHUP");
+    let mut conn = redis.conn().await;
+    send(&mut conn, "in", "t", json!({})).await;
+    until_finished(&conn, "in", "a", 1).await;
+    assert!(terminate(&mut host).await.success());
+}

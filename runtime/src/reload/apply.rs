@@ -53,8 +53,16 @@ pub(crate) struct Reloader {
 }
 
 impl Reloader {
-    /// Serves reloads until `shutdown` completes.
-    pub async fn serve(&self, fleet: &mut Fleet, config: &Config, shutdown: impl Future<Output = ()>) {
+    /// Serves reloads until `shutdown` completes; on a change the watcher
+    /// reports, and on each SIGHUP `hup` receives (installed by the caller
+    /// when it starts).
+    pub async fn serve(
+        &self,
+        fleet: &mut Fleet,
+        config: &Config,
+        shutdown: impl Future<Output = ()>,
+        mut hup: Option<tokio::signal::unix::Signal>,
+    ) {
         let (mut watcher, mut changes) = match self.watch {
             true => match super::watch(config) {
                 Ok((w, rx)) => {
@@ -68,7 +76,6 @@ impl Reloader {
             },
             false => (None, mpsc::channel(1).1),
         };
-        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         tokio::pin!(shutdown);
         let fixed = HostSettings::of(config);
         self.report(ReloadReport::Started { versions: fleet.versions() });
