@@ -55,6 +55,14 @@ fn missing_plugin_file_points_at_the_plugin_key() {
     assert!(err.contains("nope.wasm") && err.contains("does not exist"), "{err}");
 }
 
+/// A handler's key-value keys are `sluice:kv:<handler>:<key>`, so a ':' in
+/// its name would let handlers "a" and "a:b" share keys.
+#[test]
+fn a_handler_name_with_a_colon_is_refused() {
+    let err = error_of("[handlers.\"a:b\"]\nplugin = \"behave.wasm\"\nstreams = [\"s\"]\n");
+    assert!(err.starts_with("bad.toml:3:1: handlers.a:b: a handler name must not contain ':'"), "{err}");
+}
+
 #[test]
 fn bad_value_names_the_limit() {
     let err = error_of("[defaults]\nconcurrency = 0\n");

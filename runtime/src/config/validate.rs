@@ -318,6 +318,12 @@ fn handler(
 ) -> Result<Handler, ConfigError> {
     let key = |k: &'static str| ["handlers", name, k];
     c.name(name, &["handlers", name], "a handler name")?;
+    // (Its key-value keys are `sluice:kv:<handler>:<key>`: handlers "a" and
+    // "a:b" would share "a:b:x", as keys "b:x" and "x".)
+    let colon = format!(
+        "a handler name must not contain ':', got {name:?} (it separates the parts of the handler's key-value keys)"
+    );
+    c.ensure(!name.contains(':'), &["handlers", name], colon)?;
     check_limits(c, &h.limits(), &["handlers", name])?;
     let l = h.limits().or(defaults);
     let plugin = plugins_dir.join(&h.plugin);
