@@ -109,6 +109,16 @@ pub const MAX_KV_TTL_MS: u64 = 365 * 24 * 3600 * 1000;
 pub const MAX_STDIO_BYTES: usize = 1 << 20;
 /// Table elements an instance may grow a table to.
 pub const MAX_TABLE_ELEMENTS: usize = 100_000;
+/// Resources a delivery may hold in the host at once (WASI streams and
+/// pollables, HTTP header maps, requests and bodies): the host's memory
+/// behind them is not the plugin's linear memory, which `memory_mb` bounds.
+/// A handler that makes an HTTP call holds a few dozen.
+pub const MAX_HOST_RESOURCES: usize = 1_000;
+/// Bytes one HTTP header map (`wasi:http` fields) may take in the host's
+/// memory (its in-memory size, somewhat more than on the wire; wasmtime's
+/// default is 128 KiB). With [`MAX_HOST_RESOURCES`], what a delivery's
+/// header maps can take is bounded at about 32 MiB.
+pub const MAX_HTTP_FIELDS_BYTES: usize = 32 << 10;
 /// Deliveries one reused instance (`isolation = "reuse"`) serves before it
 /// is replaced.
 pub const REUSE_MAX_DELIVERIES: u32 = 1_000;

@@ -41,6 +41,12 @@ fn attacks() -> Vec<(&'static str, serde_json::Value, Option<&'static str>)> {
         ("attacks", json!({"action": "read_file"}), Some("contained: read_file")),
         ("attacks", json!({"action": "env"}), Some("contained: env")),
         ("attacks", json!({"action": "socket", "addr": "127.0.0.1:1"}), Some("contained: socket")),
+        (
+            "attacks",
+            json!({"action": "resource_flood"}),
+            Some("trap: [new_fields] pushing fields: resource table has no free keys"),
+        ),
+        ("attacks", json!({"action": "header_flood"}), Some("trap: total size of fields exceeds limit")),
         ("attacks", json!({"action": "plant"}), None),
         ("attacks", json!({"action": "peek"}), None),
         ("bombs", json!({"action": "loop"}), Some("timeout after 300 ms")),
@@ -82,7 +88,7 @@ async fn every_attack_is_contained_and_the_neighbour_keeps_working() {
     let beside = beside.elapsed();
     eprintln!("200 good events: {alone:?} alone, {beside:?} beside the attacks");
 
-    until_finished(&conn, "attacks", "hostile", 10).await;
+    until_finished(&conn, "attacks", "hostile", 12).await;
     until_finished(&conn, "bombs", "bomb", 3).await;
     let mut reasons: HashMap<String, String> = HashMap::new();
     for stream in ["attacks", "bombs"] {

@@ -16,12 +16,15 @@
 //! | `read_file`     | read `/etc/passwd`, list `/` and `.`                    | `contained: ...`                |
 //! | `env`           | read the environment and arguments                      | `contained: ...`                |
 //! | `socket`        | open a TCP connection to `data.addr`                    | `contained: ...`                |
+//! | `resource_flood`| hold a hundred thousand HTTP header maps in the host    | trap (no free resource keys)    |
+//! | `header_flood`  | one HTTP header map with a 64 KiB value                 | `contained: ...`                |
 //! | `plant`         | leave a secret in memory, then succeed                  | (ok)                            |
 //! | `peek`          | look for the secret a previous event planted            | ok if memory is fresh           |
 
 use std::hint::black_box;
 
 use serde_json::Value;
+use wasip2::http::types::Fields;
 
 wit_bindgen::generate!({ path: "../../wit", world: "plugin" });
 
@@ -76,6 +79,13 @@ impl Guest for Hostile {
             "read_file" => contained("read_file", read_files()),
             "env" => contained("env", read_env()),
             "socket" => contained("socket", connect(data["addr"].as_str().unwrap_or("127.0.0.1:6379"))),
+            "resource_flood" => {
+                // Each is a resource in the host's memory, not the plugin's.
+                let held: Vec<Fields> = (0..100_000).map(|_| Fields::new()).collect();
+                log(Level::Error, &format!("resource_flood succeeded: {} header maps held", black_box(&held).len()));
+                Ok(())
+            }
+            "header_flood" => contained("header_flood", big_header()),
             "plant" => {
                 // SAFETY: one thread; the static is only read in `peek`.
                 unsafe { VAULT = *SECRET };
@@ -133,6 +143,14 @@ fn connect(addr: &str) -> Result<String, String> {
     match std::net::TcpStream::connect(addr) {
         Ok(_) => Ok(format!("connected to {addr}")),
         Err(e) => Err(format!("connect to {addr}: {e}")),
+    }
+}
+
+/// Makes a header map holding one 64 KiB value.
+fn big_header() -> Result<String, String> {
+    match Fields::from_list(&[("x-flood".to_owned(), vec![b'a'; 64 << 10])]) {
+        Ok(_) => Ok("a 64 KiB header value accepted".to_owned()),
+        Err(e) => Err(format!("{e:?}")),
     }
 }
 

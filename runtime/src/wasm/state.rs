@@ -10,7 +10,9 @@ use super::output::Captured;
 use super::reuse::InstancePool;
 use super::usage::Usage;
 use crate::config::{Handler, Isolation};
-use crate::limits::{MAX_STDIO_BYTES, MAX_TABLE_ELEMENTS, idle_lane_patience};
+use crate::limits::{
+    MAX_HOST_RESOURCES, MAX_HTTP_FIELDS_BYTES, MAX_STDIO_BYTES, MAX_TABLE_ELEMENTS, idle_lane_patience,
+};
 use crate::logging::event_line;
 use crate::schema::Schemas;
 use crate::stream::Conn;
@@ -165,10 +167,10 @@ impl EventState {
         let stderr = Captured::new("stderr", MAX_STDIO_BYTES);
         EventState {
             wasi: None,
-            table: ResourceTable::new(),
+            table: bounded_table(),
             grants: sandbox.grants.clone(),
             kv: sandbox.kv.clone(),
-            http: WasiHttpCtx::new(),
+            http: http_ctx(),
             http_grant: sandbox.grants.http.clone(),
             usage: Usage::default(),
             memory_denied: false,
@@ -219,6 +221,22 @@ fn no_grants(stdout: &Captured, stderr: &Captured) -> WasiCtx {
         .allow_udp(false)
         .allow_ip_name_lookup(false)
         .build()
+}
+
+/// A delivery's resource table: at most [`MAX_HOST_RESOURCES`] at once (a
+/// plugin that makes more traps).
+fn bounded_table() -> ResourceTable {
+    let mut table = ResourceTable::new();
+    table.set_max_capacity(MAX_HOST_RESOURCES);
+    table
+}
+
+/// A delivery's `wasi:http` context: header maps of at most
+/// [`MAX_HTTP_FIELDS_BYTES`] each (a larger one is refused to the plugin).
+fn http_ctx() -> WasiHttpCtx {
+    let mut http = WasiHttpCtx::new();
+    http.set_field_size_limit(MAX_HTTP_FIELDS_BYTES);
+    http
 }
 
 impl WasiView for EventState {
