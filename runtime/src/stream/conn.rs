@@ -308,15 +308,27 @@ fn find<'a, T: std::error::Error + 'static>(err: &'a (dyn std::error::Error + 's
     err.source().and_then(find::<T>)
 }
 
-/// `url` without its password, for messages.
+/// `url` without its password, for messages: the password of `user:pass@`,
+/// a lone `name@` (a password written where the user name goes, which
+/// Redis would take as the user), and a `pass=` parameter (the way a
+/// `redis+unix://` URL gives it).
 pub fn redact(url: &str) -> String {
-    match redis::parse_redis_url(url) {
-        Some(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => url.to_owned(),
+    let Some(mut u) = redis::parse_redis_url(url) else { return url.to_owned() };
+    let mut masked = false;
+    if u.password().is_some() {
+        masked = u.set_password(Some("***")).is_ok();
+    } else if !u.username().is_empty() {
+        masked = u.set_username("***").is_ok();
     }
+    if u.query_pairs().any(|(k, _)| k == "pass") {
+        let pairs: Vec<(String, String)> = u
+            .query_pairs()
+            .map(|(k, v)| (k.to_string(), if k == "pass" { "***".to_owned() } else { v.into_owned() }))
+            .collect();
+        u.query_pairs_mut().clear().extend_pairs(pairs);
+        masked = true;
+    }
+    if masked { u.to_string() } else { url.to_owned() }
 }
 
 #[cfg(test)]
@@ -330,5 +342,10 @@ mod tests {
             "rediss://sluice:***@cache.example.com:6380"
         );
         assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(redact("redis://s3cret@cache:6379"), "redis://***@cache:6379");
+        assert_eq!(
+            redact("redis+unix:///run/redis.sock?db=2&pass=s3cret&user=sluice"),
+            "redis+unix:///run/redis.sock?db=2&pass=***&user=sluice"
+        );
     }
 }
