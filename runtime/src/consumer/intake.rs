@@ -85,6 +85,9 @@ impl Consumer {
                         }
                     }
                     Err(e) => {
+                        // (Out of the gate first: the recovery this asks
+                        // for would wait for it.)
+                        drop(pass);
                         // Tried again on the read loop's next turn.
                         warn!("{e:#}; taking back this consumer's pending entries again shortly");
                         self.orphans.store(true, Ordering::SeqCst);
