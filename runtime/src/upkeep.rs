@@ -12,7 +12,7 @@ use crate::stream::{Lease, Redis, hygiene, retention};
 use arc_swap::ArcSwap;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -36,13 +36,15 @@ pub struct Upkeep {
     /// When each (stream, group) holding a stream over its bound was last warned about.
     warned: BTreeMap<(String, String), Instant>,
     last_forget: Option<Instant>,
+    /// The dead-letter streams last said to be spared by a glob.
+    spared: Vec<(String, String)>,
 }
 
 impl Upkeep {
     /// Upkeep for the streams of `config`, by this host (`me`, its consumer name).
     pub fn new(redis: Redis, config: Arc<ArcSwap<Config>>, me: String) -> Upkeep {
         let lease = Lease::new("sluice:upkeep-lease".into(), me.clone(), LEASE_TTL);
-        Upkeep { redis, config, lease, me, warned: BTreeMap::new(), last_forget: None }
+        Upkeep { redis, config, lease, me, warned: BTreeMap::new(), last_forget: None, spared: Vec::new() }
     }
 
     /// Runs until `shutdown` is cancelled.
@@ -67,6 +69,13 @@ impl Upkeep {
     /// One round: trim every bounded stream, and now and then forget idle consumers.
     async fn round(&mut self) {
         let config = self.config.load_full();
+        let spared = dead_letters_spared(&config);
+        if spared != self.spared {
+            for (dlq, glob) in &spared {
+                info!(stream = %dlq, "dead-letter stream {dlq} is kept whole: [streams.\"{glob}\"] bounds streams, not dead letters; a table naming it (or a glob ending in \":dlq\") bounds it");
+            }
+            self.spared = spared;
+        }
         for (stream, bound) in bounded_streams(&config) {
             self.trim(&stream, &bound).await;
         }
@@ -77,8 +86,7 @@ impl Upkeep {
     }
 
     async fn trim(&mut self, stream: &str, bound: &retention::Retention) {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        match retention::trim(&mut self.redis.conn, stream, bound, now).await {
+        match retention::trim(&mut self.redis.conn, stream, bound).await {
             Ok(t) => {
                 metrics::stream_trimmed(stream, t.removed, t.length, t.held_back_by.as_deref());
                 if let Some(group) = t.held_back_by {
@@ -113,18 +121,41 @@ impl Upkeep {
 
 /// Every stream `config` knows (those its handlers read, publish to and
 /// dead-letter into, and their inboxes) that a `[streams]` table bounds,
-/// with its bound.
+/// with its bound. A dead-letter stream counts only when a table names it or
+/// a glob ends in `:dlq` ([`crate::config::streams`]).
 pub fn bounded_streams(config: &Config) -> Vec<(String, retention::Retention)> {
-    let mut names = BTreeSet::new();
+    let (mut names, mut dead_letters) = (BTreeSet::new(), BTreeSet::new());
     for h in &config.handlers {
         for s in &h.streams {
             names.insert(s.clone());
-            names.insert(h.dead_letter_stream(s));
+            dead_letters.insert(h.dead_letter_stream(s));
         }
         names.insert(h.inbox.clone());
         names.extend(h.publish.iter().cloned());
     }
-    names.into_iter().filter_map(|s| config.streams.retention(&s).map(|r| (s, r))).collect()
+    // A stream one handler publishes to may be another's dead letters.
+    names.retain(|s| !dead_letters.contains(s));
+    let streams = names.into_iter().filter_map(|s| config.streams.retention(&s).map(|r| (s, r)));
+    let dead_letters =
+        dead_letters.into_iter().filter_map(|s| config.streams.dead_letter_retention(&s).map(|r| (s, r)));
+    let mut all: Vec<_> = streams.chain(dead_letters).collect();
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    all
+}
+
+/// The dead-letter streams of `config` that a glob would bound were they
+/// other streams, with that glob: they are kept whole.
+pub fn dead_letters_spared(config: &Config) -> Vec<(String, String)> {
+    let mut spared = BTreeMap::new();
+    for h in &config.handlers {
+        for s in &h.streams {
+            let dlq = h.dead_letter_stream(s);
+            if let Some(glob) = config.streams.glob_sparing_dead_letters(&dlq) {
+                spared.insert(dlq.clone(), glob.to_owned());
+            }
+        }
+    }
+    spared.into_iter().collect()
 }
 
 /// `bound` in words, for the log.

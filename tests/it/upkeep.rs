@@ -64,6 +64,142 @@ async fn a_bounded_stream_keeps_what_a_slow_group_needs_then_stays_near_its_boun
     assert_eq!(pending(&mut conn, "in", "slow").await, 0);
 }
 
+/// A group set back (`XGROUP SETID`, as a failover to a replica behind its
+/// primary also does) reads again from where it was set, even while it still
+/// has entries pending further on: the trim must keep everything from there,
+/// not only from its oldest pending entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bounded_stream_keeps_what_a_group_set_back_will_read_again() {
+    let redis = RedisServer::start();
+    let handlers = "[streams.\"setback\"]\nmax_len = 10\n\n\
+        [handlers.h]\nplugin = \"behave.wasm\"\nstreams = [\"setback\"]\n";
+    let fx = Fixture::new(&redis, "", handlers);
+    let mut conn = redis.conn().await;
+    let mut ids = Vec::new();
+    for _ in 0..100 {
+        ids.push(send(&mut conn, "setback", "t", json!({"action": "ok"})).await);
+    }
+    // Another program's group read all 100, finished the first 95, and was
+    // then set back to the 10th: it reads entries 11 to 100 again.
+    let _: () =
+        redis::cmd("XGROUP").arg("CREATE").arg("setback").arg("audit").arg("0").query_async(&mut conn).await.unwrap();
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("audit")
+        .arg("c")
+        .arg("COUNT")
+        .arg(100)
+        .arg("STREAMS")
+        .arg("setback")
+        .arg(">")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: u64 = redis::cmd("XACK").arg("setback").arg("audit").arg(&ids[..95]).query_async(&mut conn).await.unwrap();
+    let _: () = redis::cmd("XGROUP")
+        .arg("SETID")
+        .arg("setback")
+        .arg("audit")
+        .arg(&ids[9])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let host = fx.start();
+    until_finished(&conn, "setback", "h", 100).await;
+    let held = r#"sluice_stream_over_bound{stream="setback",group="audit"}"#;
+    eventually(Duration::from_secs(30), "a trim held back by the group set back", || async {
+        (metric(held) == Some(1.0)).then_some(())
+    })
+    .await;
+    host.stop().await;
+    let left: Vec<String> = entries(&mut conn, "setback").await.into_iter().map(|e| e.id).collect();
+    assert_eq!(left.first(), Some(&ids[10]), "the stream still starts where the group reads again");
+    assert_eq!(left.len(), 90, "entries 11 to 100 kept");
+}
+
+/// `max_age_ms` cuts entries older than Redis's clock says, but never one a
+/// group has yet to read: here another program's group stopped after an id
+/// with the largest sequence number (the entry after it is the next
+/// millisecond's first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_age_bound_cuts_old_entries_a_group_is_done_with() {
+    let redis = RedisServer::start();
+    let handlers = "[streams.\"aged\"]\nmax_age_ms = 600000\n\n\
+        [handlers.h]\nplugin = \"behave.wasm\"\nstreams = [\"aged\"]\n";
+    let fx = Fixture::new(&redis, "", handlers);
+    let mut conn = redis.conn().await;
+    let data = json!({"action": "ok"}).to_string();
+    let last_read = "1000-18446744073709551615";
+    for id in ["1000-1", last_read, "2000-1"] {
+        let _: String = redis::cmd("XADD")
+            .arg("aged")
+            .arg(id)
+            .arg("type")
+            .arg("t")
+            .arg("data")
+            .arg(&data)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let mut recent = Vec::new();
+    for _ in 0..3 {
+        recent.push(send(&mut conn, "aged", "t", json!({"action": "ok"})).await);
+    }
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg("aged")
+        .arg("audit")
+        .arg(last_read)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let host = fx.start();
+    let held = r#"sluice_stream_over_bound{stream="aged",group="audit"}"#;
+    eventually(Duration::from_secs(30), "a trim held back by the group", || async {
+        (metric(held) == Some(1.0)).then_some(())
+    })
+    .await;
+    host.stop().await;
+    let left: Vec<String> = entries(&mut conn, "aged").await.into_iter().map(|e| e.id).collect();
+    let mut expected = vec!["2000-1".to_owned()];
+    expected.extend(recent);
+    assert_eq!(left, expected, "what the group has read and is too old went; what it has yet to read stayed");
+}
+
+/// Dead letters are events no handler finished: a glob such as `"*"` bounds
+/// a handler's streams but not its dead-letter streams, which only a table
+/// naming them (or a glob ending in `:dlq`) bounds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_glob_bound_does_not_trim_dead_letters() {
+    let redis = RedisServer::start();
+    let handlers = "[streams.\"*\"]\nmax_len = 2\n\n\
+        [handlers.h]\nplugin = \"behave.wasm\"\nstreams = [\"globbed\", \"zz\"]\n";
+    let fx = Fixture::new(&redis, "", handlers);
+    let mut conn = redis.conn().await;
+    for _ in 0..5 {
+        send(&mut conn, "globbed", "t", json!({"action": "reject"})).await;
+        send(&mut conn, "zz", "t", json!({"action": "ok"})).await;
+    }
+    let host = fx.start();
+    until_entries(&conn, "globbed:dlq", 5).await;
+    // Streams are trimmed in name order, "globbed:dlq" before "zz": once "zz"
+    // is at its bound (the group finished it), a round has passed over the
+    // dead letters too.
+    eventually(Duration::from_secs(30), "zz trimmed to its bound", || {
+        let mut c = conn.clone();
+        async move {
+            let len: u64 = redis::cmd("XLEN").arg("zz").query_async(&mut c).await.unwrap();
+            (len <= 2).then_some(())
+        }
+    })
+    .await;
+    host.stop().await;
+    let len: u64 = redis::cmd("XLEN").arg("globbed").query_async(&mut conn).await.unwrap();
+    assert_eq!(len, 2, "the glob bounds the handler's stream");
+    assert_eq!(entries(&mut conn, "globbed:dlq").await.len(), 5, "every dead letter kept");
+}
+
 /// A stream id as numbers, to compare.
 fn id(text: &str) -> (u64, u64) {
     let (ms, seq) = text.split_once('-').unwrap();

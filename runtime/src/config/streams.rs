@@ -2,8 +2,11 @@
 //! stream. A table names a stream or a glob (`"*"`, `"orders.*"`); for a
 //! stream, a table naming it exactly wins, else the longest glob that matches
 //! it. The retention comes from that table; the format from the most
-//! specific table that sets one. Dead-letter streams and inboxes match like
-//! any stream.
+//! specific table that sets one. Inboxes match like any stream. Dead-letter
+//! streams too, except that only a table naming one, or a glob ending in
+//! `:dlq`, bounds it: a dead letter is an event no handler finished, and
+//! nothing reads it to hold back a trim, so a glob written for a handler's
+//! streams (`"*"`, `"orders*"`) must not quietly remove them.
 
 use crate::format::Format;
 use crate::stream::retention::Retention;
@@ -32,6 +35,9 @@ pub struct StreamRules {
     formats: bool,
 }
 
+/// How a glob that bounds dead-letter streams ends.
+pub const DEAD_LETTER_GLOB_SUFFIX: &str = ":dlq";
+
 /// The format of a stream no table gives one.
 static SLUICE: Format = Format::Sluice;
 
@@ -53,6 +59,21 @@ impl StreamRules {
     /// The retention of `stream`, if a table bounds it.
     pub fn retention(&self, stream: &str) -> Option<Retention> {
         self.matching(stream).next().map(|r| r.retention).filter(Retention::is_bounded)
+    }
+
+    /// The retention of dead-letter stream `stream`, if a table naming it,
+    /// or a glob written for dead letters (ending in `:dlq`), bounds it.
+    pub fn dead_letter_retention(&self, stream: &str) -> Option<Retention> {
+        let mut tables =
+            self.matching(stream).filter(|r| r.pattern == stream || r.pattern.ends_with(DEAD_LETTER_GLOB_SUFFIX));
+        tables.next().map(|r| r.retention).filter(Retention::is_bounded)
+    }
+
+    /// The glob that would bound dead-letter stream `stream` were it any
+    /// other stream, when no table bounds it as a dead-letter stream.
+    pub fn glob_sparing_dead_letters<'a>(&'a self, stream: &'a str) -> Option<&'a str> {
+        let spared = self.retention(stream).is_some() && self.dead_letter_retention(stream).is_none();
+        spared.then(|| self.pattern_for(stream)).flatten()
     }
 
     /// The pattern that applies to `stream`, for display.
@@ -88,10 +109,27 @@ mod tests {
         assert_eq!(rules.retention("orders.eu").unwrap().max_len, Some(3));
         assert_eq!(rules.retention("orders.us").unwrap().max_len, Some(2));
         assert_eq!(rules.retention("orders.us:dlq").unwrap().max_len, Some(2));
+        assert_eq!(rules.dead_letter_retention("orders.us:dlq"), None, "a glob for streams spares dead letters");
+        assert_eq!(rules.glob_sparing_dead_letters("orders.us:dlq"), Some("orders.*"));
         assert_eq!(rules.retention("sluice:inbox:h").unwrap().max_len, Some(1));
         assert_eq!(StreamRules::default().retention("x"), None);
         let unbounded = table("x", Retention::default(), None);
         assert_eq!(StreamRules::new(vec![unbounded]).retention("x"), None, "a table without a bound keeps everything");
+    }
+
+    #[test]
+    fn dead_letters_are_bounded_by_their_name_or_a_glob_for_dead_letters() {
+        let rules = StreamRules::new(vec![rule("*", 1), rule("*:dlq", 2), rule("orders:dlq", 3), rule("failed", 4)]);
+        assert_eq!(rules.dead_letter_retention("orders:dlq").unwrap().max_len, Some(3));
+        assert_eq!(rules.dead_letter_retention("users:dlq").unwrap().max_len, Some(2));
+        assert_eq!(rules.dead_letter_retention("failed").unwrap().max_len, Some(4));
+        assert_eq!(rules.glob_sparing_dead_letters("users:dlq"), None);
+        let streams_only = StreamRules::new(vec![rule("*", 1)]);
+        assert_eq!(streams_only.dead_letter_retention("failed"), None);
+        assert_eq!(streams_only.glob_sparing_dead_letters("failed"), Some("*"));
+        let unbounded = StreamRules::new(vec![rule("*", 1), table("orders:dlq", Retention::default(), None)]);
+        assert_eq!(unbounded.dead_letter_retention("orders:dlq"), None, "a table naming it without a bound keeps all");
+        assert_eq!(unbounded.glob_sparing_dead_letters("orders:dlq"), None);
     }
 
     #[test]

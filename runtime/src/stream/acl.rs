@@ -38,6 +38,7 @@ pub const COMMANDS: &[(&str, &str)] = &[
     ),
     ("xinfo|consumers", "finding consumers left behind by stopped hosts"),
     ("xtrim", "keeping streams within their `[streams]` bounds"),
+    ("time", "measuring entries' age against `max_age_ms` by Redis's clock (in the trim)"),
     ("type", "refusing a commit whose target is not a stream (in the commit)"),
     ("get", "kv.get, and leases (trimming's, and each key's with `order_by`)"),
     ("set", "kv.set (in the commit), and leases"),

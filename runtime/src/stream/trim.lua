@@ -1,48 +1,122 @@
 -- Trims a stream to its bound without removing what a consumer group still
--- needs. The caller found the groups' floor: the first entry some group has
--- not read or still has pending (entries before it every group is done
--- with). Nothing at or after the floor is ever removed.
+-- needs. The floor is found here, in the same atomic step as the trim, so
+-- that a group made or set back meanwhile cannot be trimmed past: it is the
+-- first entry some group has not read or still has pending, and nothing at
+-- or after it is ever removed. For each group that is the earlier of its
+-- oldest pending entry and the entry after its last delivered one (a group
+-- set back with XGROUP SETID, or a replica promoted behind, reads again from
+-- there, whatever it still has pending). Ages are measured by Redis's clock.
 -- KEYS[1] the stream
--- ARGV[1] the floor id, or "+" when no group reads the stream
--- ARGV[2] max_len, or "" for none
--- ARGV[3] the age cut ("<ms>-0": entries before it are too old), or ""
--- ARGV[4] "1" when a group is known to need more than max_len entries (cut
---         at the floor without counting what lies beyond it)
--- Returns {entries removed, entries left, 1 if the floor kept the stream over its bound else 0}.
+-- ARGV[1] max_len, or "" for none
+-- ARGV[2] max_age_ms, or "" for none
+-- Returns {entries removed, entries left, 1 if a group kept the stream over
+-- its bound else 0, that group or ""}.
 
--- Whether stream id `a` comes before `b` ("+" comes after everything).
+-- Whether stream id `a` comes before `b`. An id's two numbers may exceed
+-- what a Lua number holds exactly, so they are compared as digits (Redis
+-- writes them without leading zeros): fewer digits first, then digit by
+-- digit.
 local function before(a, b)
-  if b == '+' then return a ~= '+' end
-  if a == '+' then return false end
-  local ams, aseq = string.match(a, '(%d+)-(%d+)')
-  local bms, bseq = string.match(b, '(%d+)-(%d+)')
-  ams, aseq, bms, bseq = tonumber(ams), tonumber(aseq), tonumber(bms), tonumber(bseq)
-  return ams < bms or (ams == bms and aseq < bseq)
+  local ams, aseq = string.match(a, '^(%d+)-(%d+)$')
+  local bms, bseq = string.match(b, '^(%d+)-(%d+)$')
+  local function less(x, y)
+    if #x ~= #y then
+      return #x < #y
+    end
+    return x < y
+  end
+  if ams ~= bms then
+    return less(ams, bms)
+  end
+  return less(aseq, bseq)
 end
 
-local stream, floor = KEYS[1], ARGV[1]
+-- `digits` plus one, as digits.
+local function increment(digits)
+  local i = #digits
+  while i > 0 and string.sub(digits, i, i) == '9' do
+    i = i - 1
+  end
+  if i == 0 then
+    return '1' .. string.rep('0', #digits)
+  end
+  return string.sub(digits, 1, i - 1) .. string.char(string.byte(digits, i) + 1) .. string.rep('0', #digits - i)
+end
+
+-- The smallest id after `id`: what XTRIM MINID keeps for every entry up to
+-- `id` to go.
+local function next_id(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  if seq == '18446744073709551615' then
+    return increment(ms) .. '-0'
+  end
+  return ms .. '-' .. increment(seq)
+end
+
+local stream = KEYS[1]
+if redis.call('XLEN', stream) == 0 then
+  return { 0, 0, 0, '' }
+end
+
+-- The floor, the group holding it, and the most entries one group still
+-- needs at least (its lag plus its pending entries; all of them when its
+-- lag is unknown, after deletions or a set-back): the stream cannot be cut
+-- below that many.
+local floor, holder, needed = nil, '', 0
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
+  local f = {}
+  for i = 1, #g, 2 do
+    f[g[i]] = g[i + 1]
+  end
+  local own = next_id(f['last-delivered-id'])
+  if f['pending'] > 0 then
+    local oldest = redis.call('XPENDING', stream, f['name'])[2]
+    if oldest and before(oldest, own) then
+      own = oldest
+    end
+  end
+  if not floor or before(own, floor) then
+    floor, holder = own, f['name']
+  end
+  local lag = f['lag']
+  if not lag then
+    needed = math.huge
+  else
+    needed = math.max(needed, lag + f['pending'])
+  end
+end
+
 local removed, held = 0, 0
 
-if ARGV[3] ~= '' then
-  local cut = ARGV[3]
-  if before(floor, cut) then
+-- Cuts the stream at `cut` (entries before it go), or at the floor when
+-- that comes first.
+local function cut_at(cut)
+  if floor and before(floor, cut) then
     cut = floor
   end
-  if cut ~= '+' then
-    removed = removed + redis.call('XTRIM', stream, 'MINID', cut)
-  end
-  local first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1]
-  if first and before(first[1], ARGV[3]) then
-    held = 1
-  end
+  removed = removed + redis.call('XTRIM', stream, 'MINID', cut)
 end
 
 if ARGV[2] ~= '' then
-  local max = tonumber(ARGV[2])
+  local now = redis.call('TIME')
+  local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  local oldest_kept = now_ms - tonumber(ARGV[2])
+  if oldest_kept > 0 then
+    local cut = string.format('%d', oldest_kept) .. '-0'
+    cut_at(cut)
+    local first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1]
+    if first and before(first[1], cut) then
+      held = 1
+    end
+  end
+end
+
+if ARGV[1] ~= '' then
+  local max = tonumber(ARGV[1])
   if redis.call('XLEN', stream) > max then
-    if floor == '+' then
+    if not floor then
       removed = removed + redis.call('XTRIM', stream, 'MAXLEN', max)
-    elseif ARGV[4] ~= '1' and #redis.call('XRANGE', stream, floor, '+', 'COUNT', max + 1) <= max then
+    elseif needed <= max and #redis.call('XRANGE', stream, floor, '+', 'COUNT', max + 1) <= max then
       -- At most max entries from the floor on: the oldest ones beyond max
       -- are all before the floor.
       removed = removed + redis.call('XTRIM', stream, 'MAXLEN', max)
@@ -53,4 +127,7 @@ if ARGV[2] ~= '' then
   end
 end
 
-return { removed, redis.call('XLEN', stream), held }
+if held == 0 then
+  holder = ''
+end
+return { removed, redis.call('XLEN', stream), held, holder }
