@@ -179,3 +179,37 @@ async fn a_retry_gets_a_permit_while_a_backlog_flows() {
     host.stop().await;
     assert!(entries(&mut conn, "in:dlq").await.is_empty());
 }
+
+/// An entry with more fields than a script call can pass (another program's,
+/// some 4500) cannot be dead-lettered whole: its commit is refused before
+/// anything is written, so it stays pending and the rest of its batch is
+/// finished once, not aborted half-written and done again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_too_wide_to_dead_letter_stays_pending_and_spares_its_batch() {
+    let redis = RedisServer::start();
+    let fx = Fixture::new(&redis, "claim_idle_ms = 60000", &behave("concurrency = 32"));
+    let mut conn = redis.conn().await;
+    let reject = json!({"action": "reject"}).to_string();
+    let (wide, narrow) = (4, 200);
+    for n in 0..narrow {
+        if n % (narrow / wide) == 0 {
+            let mut cmd = redis::cmd("XADD");
+            cmd.arg("in").arg("*").arg("type").arg("t").arg("data").arg(&reject);
+            for f in 0..4500 {
+                cmd.arg(format!("f{f}")).arg("v");
+            }
+            let _: String = cmd.query_async(&mut conn).await.unwrap();
+        }
+        send(&mut conn, "in", "t", json!({"action": "reject", "n": n})).await;
+    }
+    let host = fx.start();
+    until_entries(&conn, "in:dlq", narrow).await;
+    until_pending(&conn, "in", "h", wide).await;
+    host.stop().await;
+    let dead = entries(&mut conn, "in:dlq").await;
+    let mut origins: Vec<String> = dead.iter().map(|e| field(e, "sluice.origin_id")).collect();
+    origins.sort();
+    origins.dedup();
+    assert_eq!((dead.len(), origins.len()), (narrow, narrow), "each narrow entry dead-lettered once");
+    assert_eq!(pending(&mut conn, "in", "h").await, wide, "the wide ones stay pending, not lost");
+}

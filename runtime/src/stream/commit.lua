@@ -84,10 +84,19 @@ local WRITES = {
 -- change a checked key's type meanwhile.
 local checked = {}
 
--- Why `kind` to `key` cannot be applied, or nil.
-local function refusal(kind, key)
+-- The most arguments a write may have: Lua's unpack passes at most 8000
+-- values to a call (LUAI_MAXCSTACK), and one past it raises an error that
+-- would abort this script after the writes before it, unacknowledged. (An
+-- entry with some 4000 fields, written by another program, dead-lettered.)
+local MAX_WRITE_ARGS = 7900
+
+-- Why `kind` to `key`, with arguments ARGV[i] to ARGV[j], cannot be
+-- applied, or nil.
+local function refusal(kind, key, i, j)
   if not WRITES[kind] then
     return 'unknown write kind ' .. kind
+  elseif j - i + 1 > MAX_WRITE_ARGS then
+    return kind .. ' to ' .. key .. ' has ' .. (j - i + 1) .. ' arguments, more than a script can pass (' .. MAX_WRITE_ARGS .. ')'
   elseif kind ~= 'xadd' then
     return nil
   end
@@ -131,7 +140,7 @@ end
 -- The first reason one of `writes` cannot be applied, or nil.
 local function refused(writes)
   for _, w in ipairs(writes) do
-    local why = refusal(w[1], w[2])
+    local why = refusal(w[1], w[2], w[3], w[4])
     if why then
       return why
     end
