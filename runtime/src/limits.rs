@@ -119,6 +119,22 @@ pub const MAX_HOST_RESOURCES: usize = 1_000;
 /// default is 128 KiB). With [`MAX_HOST_RESOURCES`], what a delivery's
 /// header maps can take is bounded at about 32 MiB.
 pub const MAX_HTTP_FIELDS_BYTES: usize = 32 << 10;
+/// Bytes kept of the reason a plugin gives for a reject or a retry: it goes
+/// into the log and the dead letter, and the rest is cut ([`reason`]).
+pub const MAX_REASON_BYTES: usize = 4 << 10;
+
+/// A plugin's `reason`, cut to [`MAX_REASON_BYTES`] at a character boundary,
+/// saying how much was cut.
+pub fn reason(mut reason: String) -> String {
+    if reason.len() > MAX_REASON_BYTES {
+        let keep = reason.floor_char_boundary(MAX_REASON_BYTES);
+        let cut = reason.len() - keep;
+        reason.truncate(keep);
+        reason.push_str(&format!("… ({cut} more bytes cut)"));
+    }
+    reason
+}
+
 /// Deliveries one reused instance (`isolation = "reuse"`) serves before it
 /// is replaced.
 pub const REUSE_MAX_DELIVERIES: u32 = 1_000;
@@ -197,6 +213,15 @@ impl Default for Limits {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_reason_is_cut_at_a_character_boundary() {
+        assert_eq!(reason("short".into()), "short");
+        let long = format!("{}é", "x".repeat(MAX_REASON_BYTES - 1));
+        let cut = reason(long);
+        assert!(cut.starts_with(&"x".repeat(MAX_REASON_BYTES - 1)));
+        assert!(cut.ends_with("… (2 more bytes cut)"), "{cut}");
+    }
 
     #[test]
     fn settings_name_their_range() {

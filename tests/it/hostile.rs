@@ -47,6 +47,7 @@ fn attacks() -> Vec<(&'static str, serde_json::Value, Option<&'static str>)> {
             Some("trap: [new_fields] pushing fields: resource table has no free keys"),
         ),
         ("attacks", json!({"action": "header_flood"}), Some("trap: total size of fields exceeds limit")),
+        ("attacks", json!({"action": "reason_flood"}), Some("xxxxxxxx")),
         ("attacks", json!({"action": "plant"}), None),
         ("attacks", json!({"action": "peek"}), None),
         ("bombs", json!({"action": "loop"}), Some("timeout after 300 ms")),
@@ -88,7 +89,7 @@ async fn every_attack_is_contained_and_the_neighbour_keeps_working() {
     let beside = beside.elapsed();
     eprintln!("200 good events: {alone:?} alone, {beside:?} beside the attacks");
 
-    until_finished(&conn, "attacks", "hostile", 12).await;
+    until_finished(&conn, "attacks", "hostile", 13).await;
     until_finished(&conn, "bombs", "bomb", 3).await;
     let mut reasons: HashMap<String, String> = HashMap::new();
     for stream in ["attacks", "bombs"] {
@@ -99,6 +100,9 @@ async fn every_attack_is_contained_and_the_neighbour_keeps_working() {
     for (key, want) in &expected {
         let at: Vec<&str> = key.split(' ').take(2).collect();
         match (want, reasons.get(&at.join(" "))) {
+            (Some(_), Some(got)) if got.len() > sluice::limits::MAX_REASON_BYTES + 64 => {
+                panic!("{key}: a reason of {} bytes kept", got.len())
+            }
             (Some(want), Some(got)) => assert!(got.starts_with(want), "{key}: reason {got:?}, expected {want:?}"),
             (Some(want), None) => panic!("{key}: not dead-lettered (expected {want:?})"),
             (None, Some(got)) => panic!("{key}: dead-lettered with {got:?}"),

@@ -18,6 +18,7 @@
 //! | `socket`        | open a TCP connection to `data.addr`                    | `contained: ...`                |
 //! | `resource_flood`| hold a hundred thousand HTTP header maps in the host    | trap (no free resource keys)    |
 //! | `header_flood`  | one HTTP header map with a 64 KiB value                 | `contained: ...`                |
+//! | `reason_flood`  | reject with a 4 MiB reason                              | reason cut to 4 KiB             |
 //! | `plant`         | leave a secret in memory, then succeed                  | (ok)                            |
 //! | `peek`          | look for the secret a previous event planted            | ok if memory is fresh           |
 
@@ -86,6 +87,8 @@ impl Guest for Hostile {
                 Ok(())
             }
             "header_flood" => contained("header_flood", big_header()),
+            // A reason the host would carry into its log and the dead letter.
+            "reason_flood" => Err(Failure::Reject("x".repeat(4 << 20))),
             "plant" => {
                 // SAFETY: one thread; the static is only read in `peek`.
                 unsafe { VAULT = *SECRET };

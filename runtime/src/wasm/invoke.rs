@@ -12,6 +12,7 @@ use super::executor::{Executor, Lane};
 use super::plugin::Plugin;
 use super::reuse::{InstancePool, Warm};
 use super::state::{EventState, Sandbox};
+use crate::limits;
 use crate::logging::{self, event_line};
 use std::future::Future;
 use std::sync::Arc;
@@ -213,8 +214,10 @@ fn outcome(state: &mut EventState, sandbox: &Sandbox, result: wasmtime::Result<R
     log_output(state);
     match result {
         Ok(Ok(())) => Outcome::Success { effects: std::mem::take(&mut state.effects) },
-        Ok(Err(Failure::Retry(r))) => Outcome::Retry { reason: r.reason, delay: r.delay_ms.map(Duration::from_millis) },
-        Ok(Err(Failure::Reject(reason))) => Outcome::Reject { reason },
+        Ok(Err(Failure::Retry(r))) => {
+            Outcome::Retry { reason: limits::reason(r.reason), delay: r.delay_ms.map(Duration::from_millis) }
+        }
+        Ok(Err(Failure::Reject(reason))) => Outcome::Reject { reason: limits::reason(reason) },
         Err(err) => {
             // On the idle lane, a delivery given up before it used its CPU
             // time was waiting for CPU: it did not run out of time.
