@@ -3,9 +3,9 @@
 //! second host claims a dead host's entries, three hosts share every group
 //! and take a killed one's entries within a scan, shutdown drains, a
 //! Redis restart is ridden out, a group deleted mid-delivery is named and
-//! made again (a commit that meets it missing gives up at once), and a
+//! made again (a commit that meets it missing gives up at once), a
 //! paused host's late plain XACK is warned of by the host that took its
-//! entry over.
+//! entry over, and every connection notices a peer that vanished.
 
 use crate::support::*;
 use redis::aio::MultiplexedConnection;
@@ -465,4 +465,67 @@ async fn a_late_plain_ack_is_warned_of_by_the_host_that_took_the_entry_over() {
         assert!(lines.iter().all(|l| l["level"] != "ERROR"), "{lines:#?}");
     }
     assert!(entries(&mut conn, "out").await.is_empty() && entries(&mut conn, "in:dlq").await.is_empty());
+}
+
+/// Every connection the host opens to Redis sends a command at once
+/// (`TCP_NODELAY`) and notices a peer that vanished: keepalive probes on an
+/// idle one, and `TCP_USER_TIMEOUT` on one with a command unanswered (a
+/// half-open connection otherwise retransmits for about 15 minutes, every
+/// command on it timing out). Read from the sockets themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_connection_to_redis_sends_at_once_and_notices_a_vanished_peer() {
+    let redis = RedisServer::start();
+    let admin = free_port();
+    let fx = Fixture::new(&redis, &format!("admin = \"127.0.0.1:{admin}\""), &behave(""));
+    let host = fx.start();
+    let ready = || std::net::TcpStream::connect(("127.0.0.1", admin)).is_ok() && http_get(admin, "/readyz").0 == 200;
+    eventually(SOON, "the host ready", || async move { ready().then_some(()) }).await;
+    // This test opens no connection of its own to this Redis: every socket
+    // to its port in this process is the host's.
+    let sockets = sockets_to(redis.port);
+    host.stop().await;
+    assert!(sockets.len() >= 2, "the shared connection and a reader: {sockets:?}");
+    for s in &sockets {
+        assert_eq!((s.nodelay, s.keepalive, s.keepidle_s, s.user_timeout_ms), (1, 1, 15, 20_000), "{s:?}");
+    }
+}
+
+/// The options of one socket.
+#[derive(Debug)]
+struct SocketOptions {
+    nodelay: i32,
+    keepalive: i32,
+    keepidle_s: i32,
+    user_timeout_ms: i32,
+}
+
+/// The options of every TCP socket of this process connected to `port` on
+/// this machine.
+fn sockets_to(port: u16) -> Vec<SocketOptions> {
+    let option = |fd: i32, level: i32, name: i32| {
+        let mut value: libc::c_int = -1;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: `value` and `len` are valid for the call; `fd` may have
+        // been closed meanwhile, which only makes the call fail.
+        let rc = unsafe { libc::getsockopt(fd, level, name, (&raw mut value).cast(), &raw mut len) };
+        if rc == 0 { value } else { -1 }
+    };
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        let Ok(fd) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        // SAFETY: as above, with a buffer the size of an IPv4 address.
+        let rc = unsafe { libc::getpeername(fd, (&raw mut addr).cast(), &raw mut len) };
+        if rc != 0 || i32::from(addr.sin_family) != libc::AF_INET || u16::from_be(addr.sin_port) != port {
+            continue;
+        }
+        found.push(SocketOptions {
+            nodelay: option(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY),
+            keepalive: option(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE),
+            keepidle_s: option(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE),
+            user_timeout_ms: option(fd, libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT),
+        });
+    }
+    found
 }

@@ -10,13 +10,33 @@ use crate::config::RedisSettings;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
-use redis::{AsyncConnectionConfig, Client, ClientTlsConfig, Cmd, Pipeline, RedisFuture, TlsCertificates, Value};
+use redis::io::tcp::{TcpSettings, socket2::TcpKeepalive};
+use redis::{
+    AsyncConnectionConfig, Client, ClientTlsConfig, Cmd, ConnectionInfo, IntoConnectionInfo, Pipeline, RedisFuture,
+    TlsCertificates, Value,
+};
 use std::time::Duration;
 
 /// Response timeout for ordinary commands (acks, publishes, claims).
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connection timeout for every connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// An idle connection is probed after this long without traffic, then every
+/// [`KEEPALIVE_INTERVAL`], and dropped after [`KEEPALIVE_PROBES`] probes go
+/// unanswered: a connection whose peer vanished (a failover that moved an
+/// address, a NAT or load balancer that forgot it) fails instead of waiting
+/// for the kernel's default of two hours.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(15);
+/// See [`KEEPALIVE_IDLE`].
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// See [`KEEPALIVE_IDLE`].
+const KEEPALIVE_PROBES: u32 = 3;
+/// A connection with data sent and not acknowledged by the peer's kernel for
+/// this long is dropped (`TCP_USER_TIMEOUT`): without it, a half-open
+/// connection keeps retransmitting for about 15 minutes, and every command
+/// on it times out meanwhile. A busy Redis still acknowledges at once; only
+/// a peer that is gone does not.
+const USER_TIMEOUT: Duration = Duration::from_secs(20);
 /// How often a cluster command is retried (after MOVED, ASK, TRYAGAIN, or a
 /// node that went away) before it fails.
 const CLUSTER_RETRIES: u32 = 16;
@@ -105,11 +125,7 @@ impl Redis {
         let certs = certificates(settings).map_err(|e| Error::new(what(), e))?;
         let (connector, conn) = match settings.cluster {
             false => {
-                let client = match certs {
-                    Some(certs) => Client::build_with_tls(url, certs),
-                    None => Client::open(url),
-                }
-                .context(what)?;
+                let client = client(url, certs).context(what)?;
                 let config = ConnectionManagerConfig::new()
                     .set_response_timeout(Some(COMMAND_TIMEOUT))
                     .set_connection_timeout(Some(CONNECT_TIMEOUT))
@@ -188,6 +204,29 @@ impl Redis {
     }
 }
 
+/// How every connection's socket is set: no Nagle delay (a command is sent
+/// at once, not held back while an earlier one is unacknowledged), and the
+/// keepalive and user timeout above.
+fn tcp_settings() -> TcpSettings {
+    let keepalive =
+        TcpKeepalive::new().with_time(KEEPALIVE_IDLE).with_interval(KEEPALIVE_INTERVAL).with_retries(KEEPALIVE_PROBES);
+    TcpSettings::default().set_nodelay(true).set_keepalive(keepalive).set_user_timeout(USER_TIMEOUT)
+}
+
+/// `url`'s connection info, with [`tcp_settings`].
+fn connection_info(url: &str) -> Result<ConnectionInfo, redis::RedisError> {
+    Ok(url.into_connection_info()?.set_tcp_settings(tcp_settings()))
+}
+
+/// A client of the one server at `url`, with `certs` if any.
+fn client(url: &str, certs: Option<TlsCertificates>) -> Result<Client, redis::RedisError> {
+    let info = connection_info(url)?;
+    match certs {
+        Some(certs) => Client::build_with_tls(info, certs),
+        None => Client::open(info),
+    }
+}
+
 /// A client of the cluster `url` is a seed node of, whose commands wait up
 /// to `response_timeout`.
 fn cluster_client(
@@ -195,7 +234,8 @@ fn cluster_client(
     certs: Option<TlsCertificates>,
     response_timeout: Duration,
 ) -> Result<ClusterClient, redis::RedisError> {
-    let mut builder = ClusterClientBuilder::new([url])
+    let mut builder = ClusterClientBuilder::new([connection_info(url)?])
+        .tcp_settings(tcp_settings())
         .retries(CLUSTER_RETRIES)
         .connection_timeout(CONNECT_TIMEOUT)
         .response_timeout(response_timeout);
@@ -210,11 +250,7 @@ fn cluster_client(
 /// errors; this one keeps their causes (a TLS alert, a certificate
 /// problem), for [`explained`].
 async fn seed_error(url: &str, certs: Option<TlsCertificates>) -> Option<redis::RedisError> {
-    let client = match certs {
-        Some(certs) => Client::build_with_tls(url, certs),
-        None => Client::open(url),
-    };
-    let connected = match client {
+    let connected = match client(url, certs) {
         Ok(client) => tokio::time::timeout(CONNECT_TIMEOUT, client.get_multiplexed_async_connection()).await.ok()?,
         Err(e) => Err(e),
     };
