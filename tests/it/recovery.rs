@@ -373,31 +373,50 @@ async fn a_commit_that_meets_a_missing_group_gives_up_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_commit_to_a_redis_that_does_not_answer_gives_up_after_two_tries() {
-    // Every try waits out the 5 s command timeout, and no try starts more
-    // than 2 s after the first failed: the commit gives up after its second
-    // (at about 10 s), not its eighth (40 s), since a host shutting down
-    // waits for its commits. Nothing is lost or written twice: once Redis
-    // answers, the tries it was sent run, and the entry is finished once.
+async fn a_commit_to_a_redis_that_does_not_answer_waits_for_it_until_the_host_stops() {
+    // Every try waits out the 5 s command timeout. A Redis that does not
+    // answer is away for now, so the commit keeps the handler's result and
+    // tries until Redis answers (here after 13 s, on its third try), instead
+    // of giving the entry up to run the handler again. Nothing is lost or
+    // written twice: once Redis answers, the tries it was sent run, and the
+    // entry is finished once.
     let redis = RedisServer::start();
     let proxy = Proxy::start(redis.port).await;
     let fx = Fixture::with_redis(&format!("url = \"{}\"", proxy.url()), "", &behave("concurrency = 1"));
     let mut conn = redis.conn().await;
-    let mut host = fx.spawn_binary_logging_json("warn");
+    let mut host = fx.spawn_binary_logging_json("info");
     send(&mut conn, "in", "t", busy(1000)).await;
     until_pending(&conn, "in", "h", 1).await;
     // The delivery commits into the stall, about a second from now.
     proxy.stall();
-    // Its second try times out at about 11 s; a third would be in flight.
+    // Its second try times out at about 11 s; a third is in flight.
     tokio::time::sleep(Duration::from_secs(13)).await;
     proxy.resume();
     wait_finished(&conn, 1, SOON).await;
     assert!(terminate(&mut host).await.success());
     let lines = json_log_lines(&host.wait_with_output().unwrap().stderr);
-    assert_eq!(saying(&lines, "trying again").len(), 1, "one warning for the failed commit: {lines:#?}");
-    assert_eq!(saying(&lines, "the entry stays pending and will be delivered again").len(), 1, "{lines:#?}");
-    assert!(saying(&lines, "went through on try").is_empty(), "{lines:#?}");
+    let trying = saying(&lines, "trying again until Redis takes it");
+    assert_eq!(trying.len(), 1, "one warning for the failed commit: {lines:#?}");
+    assert!(saying(&lines, "the entry stays pending").is_empty(), "{lines:#?}");
+    assert_eq!(saying(&lines, "went through on try").len(), 1, "{lines:#?}");
     assert_eq!(entries(&mut conn, "out").await.len(), 1, "the output written once");
+
+    // Stopped while Redis does not answer, a host waits for its commit no
+    // longer than 2 s after its first failed try, and the try in flight
+    // (the rest of its stop waits out a command timeout or so too: the
+    // upkeep lease given back).
+    let mut host = fx.spawn_binary_logging_json("warn");
+    send(&mut conn, "in", "t", busy(1000)).await;
+    until_pending(&conn, "in", "h", 1).await;
+    proxy.stall();
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let stopping = std::time::Instant::now();
+    assert!(terminate(&mut host).await.success());
+    let took = stopping.elapsed();
+    proxy.resume();
+    let lines = json_log_lines(&host.wait_with_output().unwrap().stderr);
+    assert!(took < Duration::from_secs(15), "stopped in {took:?}: {lines:#?}");
+    assert_eq!(saying(&lines, "the entry stays pending and will be delivered again").len(), 1, "{lines:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -528,4 +547,33 @@ fn sockets_to(port: u16) -> Vec<SocketOptions> {
         });
     }
     found
+}
+
+/// Redis out of memory (`maxmemory` reached with `noeviction`) refuses the
+/// commit's writes for a while: the host keeps the handler's result and
+/// sends it until Redis takes it, instead of giving the entry up to run the
+/// handler again, each run an attempt, and in the end dead-lettering an
+/// event the handler finished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_refused_while_redis_is_out_of_memory_waits_for_it() {
+    let redis = RedisServer::start();
+    let fx = Fixture::new(&redis, "claim_idle_ms = 60000", &behave("max_attempts = 1"));
+    let host = fx.start();
+    let mut conn = redis.conn().await;
+    send(&mut conn, "in", "t", busy(300)).await;
+    until_pending(&conn, "in", "h", 1).await;
+    let _: () = redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg(1).query_async(&mut conn).await.unwrap();
+    // Twenty refused tries take some 7 s of pauses; a commit failing for any
+    // other reason is given up after 8 tries or 2 s.
+    eventually(Duration::from_secs(30), "twenty commits refused", || {
+        let mut c = conn.clone();
+        async move { (command_stat(&command_stats(&mut c).await, "xadd", "rejected_calls") >= 20).then_some(()) }
+    })
+    .await;
+    let _: () = redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg(0).query_async(&mut conn).await.unwrap();
+    until_entries(&conn, "out", 1).await;
+    until_finished(&conn, "in", "h", 1).await;
+    host.stop().await;
+    assert!(entries(&mut conn, "in:dlq").await.is_empty(), "not dead-lettered");
+    assert_eq!(entries(&mut conn, "out").await.len(), 1);
 }

@@ -17,16 +17,18 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, warn};
 
-/// Most tries of a commit before leaving the entry pending. Between them,
-/// the pauses of a read loop ([`Backoff`]: 20 ms, doubling up to half a
-/// second): a commit goes through soon after Redis is back, and one that
-/// met a Redis away for up to about 1.6 s still goes through.
+/// Most tries of a commit that failed other than for a Redis away for now
+/// ([`stream::Error::is_transient`]: those are tried until Redis takes them
+/// or the host stops) before leaving the entry pending. Between them, the
+/// pauses of a read loop ([`Backoff`]: 20 ms, doubling up to half a
+/// second).
 const COMMIT_TRIES: u32 = 8;
 
-/// How long after its first failed try a commit may start another. Tries
-/// that each wait out the command timeout (a Redis that does not answer)
-/// end the commit after two or so, not [`COMMIT_TRIES`]: a host shutting
-/// down waits for its commits.
+/// How long after its first failed try a commit may start another, when
+/// it is not waiting for a Redis away for now, or the host is stopping.
+/// Tries that each wait out the command timeout (a Redis that does not
+/// answer) end the commit after two or so, not [`COMMIT_TRIES`]: a host
+/// shutting down waits for its commits.
 const COMMIT_RETRY_FOR: Duration = Duration::from_secs(2);
 
 impl Consumer {
@@ -441,7 +443,9 @@ impl Consumer {
         let mut failing_since: Option<Instant> = None;
         // Whether an earlier try may have gone through (its reply was lost).
         let mut unsure = false;
-        for attempt in 1..=COMMIT_TRIES {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
             let result = match first.take() {
                 Some(result) => result,
                 None => self.committer.commit(commit.clone()).await,
@@ -518,19 +522,36 @@ impl Consumer {
                 Err(e) => {
                     let first_failure = failing_since.is_none();
                     let since = *failing_since.get_or_insert_with(Instant::now);
-                    if attempt == COMMIT_TRIES || since.elapsed() >= COMMIT_RETRY_FOR {
+                    // Redis away for now (restarting, failing over, out of
+                    // memory): the handler's result is kept and sent until
+                    // Redis takes it, not thrown away to run the handler
+                    // again (a new attempt each time, and at the end a dead
+                    // letter for an event the handler finished). Until the
+                    // host stops.
+                    let waiting = e.is_transient() && !self.shutdown.is_cancelled();
+                    if !waiting && (attempt >= COMMIT_TRIES || since.elapsed() >= COMMIT_RETRY_FOR) {
                         event_line!(ERROR, "{what} failed: {e}; the entry stays pending and will be delivered again");
                         self.orphans.store(true, std::sync::atomic::Ordering::SeqCst);
                         break;
                     }
                     // Said once per commit; the tries after it, at debug.
-                    if first_failure {
+                    if first_failure && e.is_transient() {
+                        event_line!(WARN, "{what} failed: {e}; trying again until Redis takes it");
+                    } else if first_failure {
                         event_line!(WARN, "{what} failed: {e}; trying again");
                     } else {
                         event_line!(DEBUG, "{what} failed again (try {attempt}): {e}");
                     }
                     unsure |= e.reply_lost();
-                    tokio::time::sleep(backoff.next()).await;
+                    let pause = backoff.next();
+                    if self.shutdown.is_cancelled() {
+                        tokio::time::sleep(pause).await;
+                    } else {
+                        tokio::select! {
+                            _ = tokio::time::sleep(pause) => {}
+                            _ = self.shutdown.cancelled() => {}
+                        }
+                    }
                 }
             }
         }

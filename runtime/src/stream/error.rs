@@ -75,6 +75,23 @@ impl Error {
         }
     }
 
+    /// Whether Redis is unable to take the command only for now: it could
+    /// not be reached or did not answer in time, or it answered that it is
+    /// loading its data, failing over or resharding (`LOADING`,
+    /// `MASTERDOWN`, `CLUSTERDOWN`, `TRYAGAIN`, `READONLY`), out of memory
+    /// (`OOM`) or busy with a script (`BUSY`). The same command sent later
+    /// may go through; an error in the command itself (a script's bug, a
+    /// missing permission) would not.
+    pub fn is_transient(&self) -> bool {
+        let ErrorKind::Redis(e) = &self.kind else { return false };
+        match e.code() {
+            Some(code) => {
+                matches!(code, "LOADING" | "MASTERDOWN" | "CLUSTERDOWN" | "TRYAGAIN" | "READONLY" | "OOM" | "BUSY")
+            }
+            None => e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal(),
+        }
+    }
+
     /// The key does not exist (`XINFO` on a missing stream).
     pub fn is_no_such_key(&self) -> bool {
         self.redis().is_some_and(|e| e.code() == Some("ERR") && e.detail() == Some("no such key"))
