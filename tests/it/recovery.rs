@@ -577,3 +577,42 @@ async fn a_commit_refused_while_redis_is_out_of_memory_waits_for_it() {
     assert!(entries(&mut conn, "in:dlq").await.is_empty(), "not dead-lettered");
     assert_eq!(entries(&mut conn, "out").await.len(), 1);
 }
+
+/// Redis refusing every read for a while (here its user may no longer run
+/// `XREADGROUP`) is said once, with the streams and group, and the reader
+/// keeps its connection: a new one would meet the same refusal, and in a
+/// cluster each costs a new client. When reads go through again, the host
+/// says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_refused_by_redis_are_warned_of_once_without_reconnecting() {
+    let redis = RedisServer::start();
+    let fx = Fixture::new(&redis, "", &behave(""));
+    let mut conn = redis.conn().await;
+    let mut host = fx.spawn_binary_logging_json("info");
+    send(&mut conn, "in", "t", busy(0)).await;
+    wait_finished(&conn, 1, STARTED).await;
+    let connections = async |c: &mut MultiplexedConnection| -> u64 {
+        let info: String = redis::cmd("INFO").arg("stats").query_async(c).await.unwrap();
+        let line = info.lines().find_map(|l| l.strip_prefix("total_connections_received:")).unwrap();
+        line.trim().parse().unwrap()
+    };
+    let () = redis::cmd("CONFIG").arg("RESETSTAT").query_async(&mut conn).await.unwrap();
+    acl_default(&mut conn, "-xreadgroup").await;
+    let before = connections(&mut conn).await;
+    eventually(SOON, "eight reads refused", || {
+        let mut c = conn.clone();
+        async move { (command_stat(&command_stats(&mut c).await, "xreadgroup", "rejected_calls") >= 8).then_some(()) }
+    })
+    .await;
+    let opened = connections(&mut conn).await - before;
+    acl_default(&mut conn, "+xreadgroup").await;
+    send(&mut conn, "in", "t", busy(0)).await;
+    wait_finished(&conn, 2, SOON).await;
+    assert!(terminate(&mut host).await.success());
+    let lines = json_log_lines(&host.wait_with_output().unwrap().stderr);
+    let refused = saying(&lines, "reading from Redis failed");
+    assert_eq!(refused.len(), 1, "one warning for the run: {lines:#?}");
+    assert_eq!(refused[0]["fields"]["group"], "h", "{:#?}", refused[0]);
+    assert_eq!(saying(&lines, "reading from Redis again").len(), 1, "{lines:#?}");
+    assert_eq!(opened, 0, "no new connection while Redis refused the reads");
+}

@@ -135,7 +135,7 @@ impl Consumer {
                 None => match self.connect_reader(&streams).await {
                     Ok(r) => reader.insert(r),
                     Err(e) => {
-                        warn!("{e:#}; trying again");
+                        self.read_trouble(&mut backoff, format_args!("{e:#}; trying again"));
                         self.pause(backoff.next()).await;
                         continue;
                     }
@@ -144,7 +144,7 @@ impl Consumer {
             let room = (self.permits.available_permits() + 1).min(READ_BATCH);
             match self.read_until_cancelled(r, room).await {
                 Ok(found) => {
-                    backoff.reset();
+                    self.reading_again(&mut backoff);
                     self.hand_out(found, permit, Some(pass)).await;
                 }
                 Err(e) => {
@@ -190,23 +190,54 @@ impl Consumer {
     }
 
     /// A read failed with `e`: makes the group again if it is missing, or
-    /// drops `reader` and pauses (`backoff`) before the next read. A reply
-    /// lost with its connection may have left entries pending here: taken
-    /// back once they are old enough not to be those of a read still on its
-    /// way ([`Consumer::recover_own_soon`]).
+    /// pauses (`backoff`) before the next read, dropping `reader` if its
+    /// connection failed. A reply lost with its connection may have left
+    /// entries pending here: taken back once they are old enough not to be
+    /// those of a read still on its way ([`Consumer::recover_own_soon`]).
+    /// Redis answering with an error (a permission refused, loading its
+    /// data, out of memory, a cluster down) leaves the connection as it is:
+    /// a new one would meet the same, and in a cluster each costs a new
+    /// client (the layout asked for, a TLS handshake per node).
     pub(super) async fn read_failed(self: &Arc<Self>, e: Error, reader: &mut Option<Reader>, backoff: &mut Backoff) {
         if e.is_no_group() {
             // The stream or group went away (deleted, or Redis lost its data).
             warn!("consumer group missing; creating it again");
             self.until_ready(|| self.ensure_groups()).await;
-            // (Paused too: a read that keeps meeting NOGROUP, though the
-            // groups were made, must not spin.)
-            self.pause(backoff.next()).await;
-        } else {
-            warn!("reading from Redis failed: {e}; reconnecting");
+        } else if e.reply_lost() {
+            self.read_trouble(backoff, format_args!("reading from Redis failed: {e}; reconnecting"));
             *reader = None;
             self.recover_own_soon();
-            self.pause(backoff.next()).await;
+        } else {
+            self.read_trouble(backoff, format_args!("reading from Redis failed: {e}; trying again"));
+        }
+        // (Paused after NOGROUP too: a read that keeps meeting it, though
+        // the groups were made, must not spin.)
+        self.pause(backoff.next()).await;
+    }
+
+    /// Says that a read (or opening a reader's connection) failed:
+    /// `message`, naming this consumer's streams and group, as a warning
+    /// for the first failure of a run and once a minute after
+    /// ([`Backoff::warn_due`]), else as a debug line.
+    pub(super) fn read_trouble(&self, backoff: &mut Backoff, message: std::fmt::Arguments<'_>) {
+        let streams = self.streams.join(", ");
+        if backoff.warn_due() {
+            let (errors, lasted) = backoff.so_far();
+            match errors {
+                1 => warn!(streams, group = %self.group, "{message}"),
+                _ => {
+                    warn!(streams, group = %self.group, "{message} (still failing: {errors} tries over {} s)", lasted.as_secs())
+                }
+            }
+        } else {
+            debug!(streams, group = %self.group, "{message}");
+        }
+    }
+
+    /// A read went through: says so if it ends a run of failures.
+    pub(super) fn reading_again(&self, backoff: &mut Backoff) {
+        if let Some((errors, lasted)) = backoff.reset() {
+            info!(group = %self.group, "reading from Redis again, after {errors} failed tries over {} ms", lasted.as_millis());
         }
     }
 

@@ -38,7 +38,7 @@ impl Consumer {
             let count = super::intake::READ_BATCH;
             match order.read(&mut self.redis.conn.clone(), &streams, count, room).await {
                 Ok(Read::Found(found)) => {
-                    backoff.reset();
+                    self.reading_again(&mut backoff);
                     self.hand_out(found, permit, None).await;
                 }
                 // (Not reset when idle: the wait that follows may fail every
@@ -70,7 +70,7 @@ impl Consumer {
             None => match self.connect_reader(streams).await {
                 Ok(r) => waiter.insert(r),
                 Err(e) => {
-                    warn!("{e:#}; trying again");
+                    self.read_trouble(backoff, format_args!("{e:#}; trying again"));
                     return self.pause(backoff.next()).await;
                 }
             },
@@ -80,9 +80,9 @@ impl Consumer {
             _ = self.shutdown.cancelled() => None,
         };
         match waited {
-            Some(Ok(())) => backoff.reset(),
+            Some(Ok(())) => self.reading_again(backoff),
             Some(Err(e)) => {
-                warn!("waiting for new entries failed: {e}; reconnecting");
+                self.read_trouble(backoff, format_args!("waiting for new entries failed: {e}; reconnecting"));
                 *waiter = None;
                 self.pause(backoff.next()).await;
             }
