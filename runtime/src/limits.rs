@@ -97,6 +97,10 @@ pub const MAX_PUBLISHES: usize = 1_024;
 pub const MAX_PUBLISH_BYTES: usize = 16 << 20;
 /// Key-value writes (`set`, `delete`) per delivery.
 pub const MAX_KV_WRITES: usize = 1_000;
+/// Key-value reads (`get`) per delivery that go to Redis (a key this
+/// delivery wrote is read from its own writes): each is a round trip on the
+/// connection every handler shares.
+pub const MAX_KV_READS: usize = 1_000;
 /// Length of a key-value key, in bytes.
 pub const MAX_KV_KEY: usize = 512;
 /// Size of a key-value value, in bytes.

@@ -48,6 +48,7 @@ fn attacks() -> Vec<(&'static str, serde_json::Value, Option<&'static str>)> {
         ),
         ("attacks", json!({"action": "header_flood"}), Some("trap: total size of fields exceeds limit")),
         ("attacks", json!({"action": "reason_flood"}), Some("xxxxxxxx")),
+        ("attacks", json!({"action": "kv_read_flood"}), Some("kv limit exceeded: more than 1000 reads")),
         ("attacks", json!({"action": "plant"}), None),
         ("attacks", json!({"action": "peek"}), None),
         ("bombs", json!({"action": "loop"}), Some("timeout after 300 ms")),
@@ -89,7 +90,7 @@ async fn every_attack_is_contained_and_the_neighbour_keeps_working() {
     let beside = beside.elapsed();
     eprintln!("200 good events: {alone:?} alone, {beside:?} beside the attacks");
 
-    until_finished(&conn, "attacks", "hostile", 13).await;
+    until_finished(&conn, "attacks", "hostile", 14).await;
     until_finished(&conn, "bombs", "bomb", 3).await;
     let mut reasons: HashMap<String, String> = HashMap::new();
     for stream in ["attacks", "bombs"] {

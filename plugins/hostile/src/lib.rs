@@ -13,6 +13,7 @@
 //! | `log_flood`     | a million `host.log` calls                              | `log limit exceeded`            |
 //! | `publish_flood` | a hundred thousand publishes to a granted stream        | `publish limit exceeded`        |
 //! | `kv_flood`      | a hundred thousand `kv.set` calls                       | `kv limit exceeded`             |
+//! | `kv_read_flood` | a hundred thousand `kv.get` calls, each a Redis call    | `kv limit exceeded`             |
 //! | `read_file`     | read `/etc/passwd`, list `/` and `.`                    | `contained: ...`                |
 //! | `env`           | read the environment and arguments                      | `contained: ...`                |
 //! | `socket`        | open a TCP connection to `data.addr`                    | `contained: ...`                |
@@ -74,6 +75,12 @@ impl Guest for Hostile {
             "kv_flood" => {
                 for i in 0..100_000 {
                     kv::set(&format!("k{i}"), b"v", None);
+                }
+                Ok(())
+            }
+            "kv_read_flood" => {
+                for i in 0..100_000 {
+                    black_box(kv::get(&format!("r{i}")));
                 }
                 Ok(())
             }

@@ -333,6 +333,7 @@ impl kv::Host for EventState {
             return Ok(Ok(buffered.clone()));
         }
         let Some(kv) = &self.kv else { return Ok(Ok(None)) };
+        self.usage.kv_fetch()?;
         let value = kv.get(format!("{}{key}", self.grants.kv_prefix)).await;
         Ok(value.map_err(|e| format!("kv unavailable: {e}")))
     }

@@ -3,7 +3,7 @@
 //! stops the delivery with a reason that names the limit.
 
 use crate::limits::{
-    MAX_KV_BYTES, MAX_KV_KEY, MAX_KV_TTL_MS, MAX_KV_VALUE, MAX_KV_WRITES, MAX_LOG_BYTES, MAX_LOG_LINES,
+    MAX_KV_BYTES, MAX_KV_KEY, MAX_KV_READS, MAX_KV_TTL_MS, MAX_KV_VALUE, MAX_KV_WRITES, MAX_LOG_BYTES, MAX_LOG_LINES,
     MAX_PUBLISH_BYTES, MAX_PUBLISHES,
 };
 
@@ -16,6 +16,7 @@ pub struct Usage {
     publish_bytes: usize,
     kv_writes: usize,
     kv_bytes: usize,
+    kv_reads: usize,
     /// The first limit passed, as the failure reason.
     pub exceeded: Option<String>,
 }
@@ -79,6 +80,12 @@ impl Usage {
     /// Records a key-value read of `key`.
     pub fn kv_read(&mut self, key: &str) -> Result<(), LimitExceeded> {
         self.check(key.len() <= MAX_KV_KEY, || format!("kv limit exceeded: key longer than {MAX_KV_KEY} bytes"))
+    }
+
+    /// Records a key-value read that goes to Redis.
+    pub fn kv_fetch(&mut self) -> Result<(), LimitExceeded> {
+        self.kv_reads += 1;
+        self.check(self.kv_reads <= MAX_KV_READS, || format!("kv limit exceeded: more than {MAX_KV_READS} reads"))
     }
 
     fn check(&mut self, ok: bool, reason: impl FnOnce() -> String) -> Result<(), LimitExceeded> {
