@@ -507,3 +507,26 @@ async fn a_sighup_while_the_host_starts_does_not_stop_it() {
     until_finished(&conn, "in", "a", 1).await;
     assert!(terminate(&mut host).await.success());
 }
+
+/// Stopping does not wait for a reload's plugins to compile (a Python
+/// plugin takes seconds): nothing has changed until they have. Told to stop
+/// while a new Python handler compiles, the host stops at once, the
+/// handler it serves drained.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_stopped_while_a_reload_compiles_stops_at_once() {
+    let redis = RedisServer::start();
+    let fx = Fixture::with_own_plugins(&redis, "", &handler("a"), &[("b.wasm", "behave.wasm")]);
+    let mut host = fx.spawn_binary();
+    let mut conn = redis.conn().await;
+    send(&mut conn, "in", "t", json!({})).await;
+    until_finished(&conn, "in", "a", 1).await;
+    fx.install_plugin("py.wasm", "behave-py.wasm");
+    fx.rewrite_handlers(&format!("{}[handlers.py]\nplugin = \"py.wasm\"\nstreams = [\"py\"]\n", handler("a")));
+    // The edit noticed, and the compile under way (it takes seconds).
+    tokio::time::sleep(sluice::reload::DEBOUNCE * 3).await;
+    let stopping = Instant::now();
+    assert!(terminate(&mut host).await.success());
+    let took = stopping.elapsed();
+    assert!(took < Duration::from_secs(4), "stopped in {took:?}, not after the compile");
+    assert_eq!(pending(&mut conn, "in", "a").await, 0);
+}

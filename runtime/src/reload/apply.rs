@@ -91,12 +91,20 @@ impl Reloader {
                 let serving = self.current.load().schemas.files().map(Path::to_owned).collect::<Vec<_>>();
                 w.follow_schemas(serving.into_iter().chain(super::named_schema_files(&self.config_path)));
             }
-            self.reload(fleet, &fixed).await;
+            // Stopping does not wait for plugins to compile (a Python
+            // plugin takes seconds): nothing is changed until they have. It
+            // waits for a reload that is being applied, which drains the
+            // consumers it stops.
+            let bindings = fleet.bindings();
+            let prepared = tokio::select! {
+                _ = &mut shutdown => return,
+                prepared = super::prepare(&self.runtime, &self.cache, &self.config_path, &bindings) => prepared,
+            };
+            self.reload(fleet, &fixed, prepared).await;
         }
     }
 
-    async fn reload(&self, fleet: &mut Fleet, fixed: &HostSettings) {
-        let prepared = super::prepare(&self.runtime, &self.cache, &self.config_path, &fleet.bindings()).await;
+    async fn reload(&self, fleet: &mut Fleet, fixed: &HostSettings, prepared: anyhow::Result<super::NewState>) {
         let report = match prepared.and_then(|new| fixed.check(new)) {
             Ok(new) => {
                 fixed.warn_if_changed(&new.config);
