@@ -267,7 +267,11 @@ async fn a_reload_cannot_raise_a_timeout_past_the_running_claim_idle() {
         text.replace("claim_idle_ms = 1000", "claim_idle_ms = 10000").replace("timeout_ms = 500", "timeout_ms = 5000");
     std::fs::write(&fx.config_path, text).unwrap();
     let error = rejected(&mut reports).await;
-    assert!(error.contains("handlers.a.timeout_ms must stay below the running host's claim_idle_ms (1000)"), "{error}");
+    let text = std::fs::read_to_string(&fx.config_path).unwrap();
+    let line = 1 + text.lines().position(|l| l.starts_with("timeout_ms")).unwrap();
+    let at = format!("{}:{line}:14: ", fx.config_path.display());
+    let why = "handlers.a.timeout_ms must stay below the running host's claim_idle_ms (1000)";
+    assert!(error.contains(&format!("{at}{why}")), "{error}");
     host.stop().await;
 }
 

@@ -122,6 +122,13 @@ impl Config {
         validate::resolve(path, source, raw)
     }
 
+    /// Where the value of the dotted key `key` (e.g. `["handlers", "a",
+    /// "timeout_ms"]`) is in the config file, for a later error: the file,
+    /// and the line and column when the key is written there.
+    pub fn location_of(&self, key: &[&str]) -> error::Location {
+        error::Location::at(&self.path, &self.source, locate::offset_of(&self.source, key))
+    }
+
     /// The handlers' `concurrency` added up: the most events they may have
     /// in flight at once.
     pub fn total_concurrency(&self) -> usize {

@@ -168,8 +168,9 @@ impl HostSettings {
     fn check(&self, new: NewState) -> anyhow::Result<NewState> {
         let claim_idle = Duration::from_millis(self.claim_idle_ms);
         if let Some(h) = new.config.handlers.iter().find(|h| h.limits.timeout >= claim_idle) {
+            let at = new.config.location_of(&["handlers", &h.name, "timeout_ms"]);
             anyhow::bail!(
-                "handlers.{}.timeout_ms must stay below the running host's claim_idle_ms ({}); restart to change claim_idle_ms",
+                "{at}: handlers.{}.timeout_ms must stay below the running host's claim_idle_ms ({}); restart to change claim_idle_ms",
                 h.name,
                 self.claim_idle_ms
             );
