@@ -235,6 +235,71 @@ async fn a_relay_that_repeats_its_writes_lands_each_once() {
     }
 }
 
+/// Log lines written on this thread while it lives, kept.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_blocked_by_a_target_that_is_not_a_stream_says_so_once() {
+    // The outbox's first write goes to a key holding a string: every round
+    // fails (WRONGTYPE) until the key is fixed, and the writes behind it
+    // wait. That is said once, not every half second, and so is the end of
+    // it. (The relay runs on this test's own task, so that its log lines
+    // reach the subscriber set for this thread.)
+    let redis = RedisServer::start();
+    let mut root = redis.conn().await;
+    let _: () = redis::AsyncCommands::set(&mut root, "blocked", "a string").await.unwrap();
+    let outbox = sluice::stream::outbox("in");
+    let fields = [("kind", "xadd"), ("key", "blocked"), ("a", "type"), ("a", "t"), ("a", "data"), ("a", "{}")];
+    let _: String = redis::AsyncCommands::xadd(&mut root, &outbox, "*", &fields).await.unwrap();
+    let log = Captured::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let host = sluice::stream::Redis::connect(&redis.url(), &Default::default()).await.unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let relay = sluice::stream::Relay::new(outbox.clone(), "h".into(), host).run(stop.clone());
+    let fix = async {
+        let failed = async |c: &mut redis::aio::MultiplexedConnection| {
+            command_stat(&command_stats(c).await, "evalsha", "failed_calls")
+        };
+        eventually(SOON, "five rounds failed", || {
+            let mut c = root.clone();
+            async move { (failed(&mut c).await >= 5).then_some(()) }
+        })
+        .await;
+        let _: () = redis::AsyncCommands::del(&mut root.clone(), "blocked").await.unwrap();
+        until_entries(&root, "blocked", 1).await;
+        stop.cancel();
+    };
+    tokio::join!(relay, fix);
+    let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    let failed: Vec<&str> =
+        text.lines().filter(|l| l.contains("relaying writes to other cluster slots failed")).collect();
+    assert_eq!(failed.len(), 1, "{text}");
+    assert!(failed[0].contains("WARN") && failed[0].contains(&outbox), "{text}");
+    assert_eq!(
+        text.lines().filter(|l| l.contains("relaying writes to other cluster slots again")).count(),
+        1,
+        "{text}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_is_answered_through_the_outbox_of_another_slot() {
     let cluster = Cluster::start();

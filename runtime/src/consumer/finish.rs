@@ -2,13 +2,13 @@
 //! the wasm executor, then its decision carried out as a commit, a retry
 //! timer, or a dead-letter.
 
-use super::consumer::Backoff;
 use super::{Binding, Consumer};
 use crate::dead_letter::{self, Failure};
 use crate::dispatch::{self, Decision, Verdict};
 use crate::event::field;
 use crate::format::Format;
 use crate::logging::{self, EventSpan, event_line};
+use crate::stream::Backoff;
 use crate::stream::{self, Commit, Committed, Delivery, EntryState};
 use crate::wasm::{Executor, Outcome, bindings::Event};
 use futures::future::BoxFuture;

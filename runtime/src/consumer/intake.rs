@@ -6,9 +6,9 @@
 //! all is the delivery decision's to say, in [`crate::dispatch`].)
 
 use super::Consumer;
-use super::consumer::{Backoff, ERROR_PAUSE};
 use super::gate::Pass;
 use crate::stream::{self, Delivery, Error, Reader, Refill, Room};
+use crate::stream::{Backoff, ERROR_PAUSE};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;

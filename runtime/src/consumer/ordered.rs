@@ -6,8 +6,8 @@
 //! ends (see `finish.rs`: each commit hands over the key's next entry).
 
 use super::Consumer;
-use super::consumer::{Backoff, ERROR_PAUSE};
 use crate::stream::order::{Ordering, Read};
+use crate::stream::{Backoff, ERROR_PAUSE};
 use crate::stream::{Error, Reader};
 use std::sync::Arc;
 use std::sync::atomic::Ordering as AtomicOrdering;

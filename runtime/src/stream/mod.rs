@@ -3,6 +3,7 @@
 //! acknowledge or dead-letter them.
 
 pub mod acl;
+mod backoff;
 mod commit;
 mod committer;
 mod conn;
@@ -19,6 +20,7 @@ mod reply;
 pub mod retention;
 pub mod slot;
 
+pub(crate) use backoff::{Backoff, ERROR_PAUSE};
 pub use commit::{
     Commit, CommitAndRead, Committed, ERROR_REPLY_TYPE, REPLY_TTL_MS, ReadAfter, Relayed, WriteKind, commit_and_read,
     commit_batch, commit_one, outbox,

@@ -7,6 +7,7 @@
 //! paused, is recognised by the mark in its target's slot (`relay.lua`) and
 //! skipped.
 
+use super::backoff::Backoff;
 use super::commit::Relayed;
 use super::conn::{Conn, Redis};
 use super::error::{Context, Error};
@@ -17,7 +18,7 @@ use std::collections::BTreeMap;
 use std::sync::LazyLock;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 static APPLY: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("relay.lua")));
 
@@ -56,12 +57,31 @@ impl Relay {
     }
 
     async fn relay_until(&mut self, shutdown: &CancellationToken) {
+        // Only for what is said: the pause stays PAUSE.
+        let mut trouble = Backoff::new();
         while !shutdown.is_cancelled() {
             let pause = match self.step().await {
-                Ok(true) => continue,
-                Ok(false) => PAUSE,
+                Ok(more) => {
+                    if let Some((errors, lasted)) = trouble.reset() {
+                        info!(outbox = %self.outbox, "relaying writes to other cluster slots again, after {errors} failed tries over {} ms", lasted.as_millis());
+                    }
+                    match more {
+                        true => continue,
+                        false => PAUSE,
+                    }
+                }
                 Err(e) => {
-                    warn!(outbox = %self.outbox, "relaying writes to other cluster slots failed: {e}; trying again");
+                    // A target that is not a stream fails every round until
+                    // it is fixed: said once, then once a minute.
+                    if trouble.warn_due() {
+                        let (errors, lasted) = trouble.so_far();
+                        warn!(outbox = %self.outbox, "relaying writes to other cluster slots failed: {e}; trying again (the outbox's writes wait behind it{})", match errors {
+                            1 => String::new(),
+                            _ => format!("; {errors} failed tries over {} s", lasted.as_secs()),
+                        });
+                    } else {
+                        debug!(outbox = %self.outbox, "relaying writes to other cluster slots failed again: {e}");
+                    }
                     self.reader = None;
                     self.lease.lost();
                     PAUSE
