@@ -122,7 +122,7 @@ impl Upkeep {
 /// Every stream `config` knows (those its handlers read, publish to and
 /// dead-letter into, and their inboxes) that a `[streams]` table bounds,
 /// with its bound. A dead-letter stream counts only when a table names it or
-/// a glob ends in `:dlq` ([`crate::config::streams`]).
+/// a glob ends in `:dlq` (`config/streams.rs`).
 pub fn bounded_streams(config: &Config) -> Vec<(String, retention::Retention)> {
     let (mut names, mut dead_letters) = (BTreeSet::new(), BTreeSet::new());
     for h in &config.handlers {

@@ -80,7 +80,7 @@ impl Guest for Hostile {
             }
             "kv_read_flood" => {
                 for i in 0..100_000 {
-                    black_box(kv::get(&format!("r{i}")));
+                    let _ = black_box(kv::get(&format!("r{i}")));
                 }
                 Ok(())
             }
