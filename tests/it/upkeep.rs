@@ -13,6 +13,15 @@ fn metric(series: &str) -> Option<f64> {
     text.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
 }
 
+/// Waits until a trim of `stream` was held back by `group` (the metric says
+/// so), and returns the metric's series, to read again.
+async fn until_held_back(stream: &str, group: &str) -> String {
+    let held = format!("sluice_stream_over_bound{{stream=\"{stream}\",group=\"{group}\"}}");
+    let what = format!("a trim of {stream} held back by group {group}");
+    eventually(Duration::from_secs(30), &what, || async { (metric(&held) == Some(1.0)).then_some(()) }).await;
+    held
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bounded_stream_keeps_what_a_slow_group_needs_then_stays_near_its_bound() {
     let redis = RedisServer::start();
@@ -32,11 +41,7 @@ async fn a_bounded_stream_keeps_what_a_slow_group_needs_then_stays_near_its_boun
     }
     let host = fx.start();
     // While the slow group lags, the stream stays over its bound, and says why.
-    let held = r#"sluice_stream_over_bound{stream="in",group="slow"}"#;
-    eventually(Duration::from_secs(30), "a trim held back by the slow group", || async {
-        (metric(held) == Some(1.0)).then_some(())
-    })
-    .await;
+    let held = until_held_back("in", "slow").await;
     let first = first_id(&mut conn).await;
     let needed = slow_needs_from(&mut conn).await;
     assert!(
@@ -58,7 +63,7 @@ async fn a_bounded_stream_keeps_what_a_slow_group_needs_then_stays_near_its_boun
     })
     .await;
     assert_eq!(at_bound, 1000, "trimmed to the bound, not below it");
-    assert_eq!(metric(held), Some(0.0), "no longer held back");
+    assert_eq!(metric(&held), Some(0.0), "no longer held back");
     host.stop().await;
     assert_eq!(metric(handled), Some(total as f64), "the slow handler saw every event, once");
     assert_eq!(pending(&mut conn, "in", "slow").await, 0);
@@ -106,11 +111,7 @@ async fn a_bounded_stream_keeps_what_a_group_set_back_will_read_again() {
         .unwrap();
     let host = fx.start();
     until_finished(&conn, "setback", "h", 100).await;
-    let held = r#"sluice_stream_over_bound{stream="setback",group="audit"}"#;
-    eventually(Duration::from_secs(30), "a trim held back by the group set back", || async {
-        (metric(held) == Some(1.0)).then_some(())
-    })
-    .await;
+    until_held_back("setback", "audit").await;
     host.stop().await;
     let left: Vec<String> = entries(&mut conn, "setback").await.into_iter().map(|e| e.id).collect();
     assert_eq!(left.first(), Some(&ids[10]), "the stream still starts where the group reads again");
@@ -155,11 +156,7 @@ async fn an_age_bound_cuts_old_entries_a_group_is_done_with() {
         .await
         .unwrap();
     let host = fx.start();
-    let held = r#"sluice_stream_over_bound{stream="aged",group="audit"}"#;
-    eventually(Duration::from_secs(30), "a trim held back by the group", || async {
-        (metric(held) == Some(1.0)).then_some(())
-    })
-    .await;
+    until_held_back("aged", "audit").await;
     host.stop().await;
     let left: Vec<String> = entries(&mut conn, "aged").await.into_iter().map(|e| e.id).collect();
     let mut expected = vec!["2000-1".to_owned()];
