@@ -5,7 +5,9 @@
 //! Redis restart is ridden out, a group deleted mid-delivery is named and
 //! made again (a commit that meets it missing gives up at once), a
 //! paused host's late plain XACK is warned of by the host that took its
-//! entry over, and every connection notices a peer that vanished.
+//! entry over, every connection notices a peer that vanished, and every
+//! connection follows a failover that moved the address or reopens after
+//! a login refused.
 
 use crate::support::*;
 use redis::aio::MultiplexedConnection;
@@ -591,20 +593,15 @@ async fn reads_refused_by_redis_are_warned_of_once_without_reconnecting() {
     let mut host = fx.spawn_binary_logging_json("info");
     send(&mut conn, "in", "t", busy(0)).await;
     wait_finished(&conn, 1, STARTED).await;
-    let connections = async |c: &mut MultiplexedConnection| -> u64 {
-        let info: String = redis::cmd("INFO").arg("stats").query_async(c).await.unwrap();
-        let line = info.lines().find_map(|l| l.strip_prefix("total_connections_received:")).unwrap();
-        line.trim().parse().unwrap()
-    };
     let () = redis::cmd("CONFIG").arg("RESETSTAT").query_async(&mut conn).await.unwrap();
     acl_default(&mut conn, "-xreadgroup").await;
-    let before = connections(&mut conn).await;
+    let before = info_stat(&mut conn, "total_connections_received").await;
     eventually(SOON, "eight reads refused", || {
         let mut c = conn.clone();
         async move { (command_stat(&command_stats(&mut c).await, "xreadgroup", "rejected_calls") >= 8).then_some(()) }
     })
     .await;
-    let opened = connections(&mut conn).await - before;
+    let opened = info_stat(&mut conn, "total_connections_received").await - before;
     acl_default(&mut conn, "+xreadgroup").await;
     send(&mut conn, "in", "t", busy(0)).await;
     wait_finished(&conn, 2, SOON).await;
@@ -615,4 +612,109 @@ async fn reads_refused_by_redis_are_warned_of_once_without_reconnecting() {
     assert_eq!(refused[0]["fields"]["group"], "h", "{:#?}", refused[0]);
     assert_eq!(saying(&lines, "reading from Redis again").len(), 1, "{lines:#?}");
     assert_eq!(opened, 0, "no new connection while Redis refused the reads");
+}
+
+/// A number from `INFO stats` (`total_connections_received`, ...).
+async fn info_stat(conn: &mut MultiplexedConnection, name: &str) -> u64 {
+    let info: String = redis::cmd("INFO").arg("stats").query_async(conn).await.unwrap();
+    let line = info.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':')).unwrap();
+    line.trim().parse().unwrap()
+}
+
+/// A failover that moves the address the host was given (a managed
+/// service's DNS name, a virtual IP) leaves the connections open at the time
+/// with the demoted primary, a replica now, which refuses every write and
+/// `XREADGROUP` (`READONLY`). (A read blocked at the time is cut by Redis
+/// itself; one sent after is refused.) The reader and the shared connection
+/// are replaced, and reach the new primary: events sent to it are handled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_that_moves_the_address_is_followed_to_the_new_primary() {
+    // (No 5 s wait before the replica's first sync.)
+    let old = RedisServer::start_with(&["--save", "", "--appendonly", "no", "--repl-diskless-sync-delay", "0"]);
+    let of_old = ["--replicaof", "127.0.0.1", &old.port.to_string()];
+    let new = RedisServer::start_with(&[&["--save", "", "--appendonly", "no"][..], &of_old].concat());
+    let proxy = Proxy::start(old.port).await;
+    let fx = Fixture::with_redis(&format!("url = \"{}\"", proxy.url()), "", &behave("concurrency = 1"));
+    let mut first = old.conn().await;
+    let mut host = fx.spawn_binary_logging_json("info");
+    send(&mut first, "in", "t", busy(0)).await;
+    wait_finished(&first, 1, STARTED).await;
+    // The one permit taken by a delivery, so the reader is not blocked in
+    // Redis when its server is demoted: its next read is refused.
+    send(&mut first, "in", "t", busy(1500)).await;
+    until_pending(&first, "in", "h", 1).await;
+    // The replica has it all; then the two swap roles, and the address
+    // goes with the primary's.
+    let synced: i64 = redis::cmd("WAIT").arg(1).arg(5000).query_async(&mut first).await.unwrap();
+    assert_eq!(synced, 1, "the replica in sync");
+    let mut second = new.conn().await;
+    let () = redis::cmd("REPLICAOF").arg("NO").arg("ONE").query_async(&mut second).await.unwrap();
+    proxy.retarget(new.port);
+    let () = redis::cmd("REPLICAOF").arg("127.0.0.1").arg(new.port).query_async(&mut first).await.unwrap();
+    wait_finished(&second, 2, SOON).await;
+    for _ in 0..10 {
+        send(&mut second, "in", "t", busy(0)).await;
+    }
+    wait_finished(&second, 12, SOON).await;
+    assert!(terminate(&mut host).await.success());
+    let lines = json_log_lines(&host.wait_with_output().unwrap().stderr);
+    assert_every_input_handled(&mut second).await;
+    assert_eq!(saying(&lines, "reaches a replica").len(), 1, "the shared connection replaced once: {lines:#?}");
+    let reader = saying(&lines, "the server became a replica (a failover?): reconnecting");
+    assert_eq!(reader.len(), 1, "the reader's connection replaced once: {lines:#?}");
+}
+
+/// A new connection's login refused for a while (here the host's ACL user
+/// is given another password, as while an operator recreates it) fails
+/// with `WRONGPASS`, not a network error. redis-rs's connection manager
+/// keeps such a failure and returns it for every later command, for good;
+/// the shared connection is opened again instead, and the commit that met
+/// the refusal waits for it (it would be given up after 2 s, and the entry,
+/// on its one attempt, dead-lettered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_connection_whose_login_was_refused_is_opened_again() {
+    let redis = RedisServer::start();
+    let mut root = redis.conn().await;
+    let password = async |c: &mut MultiplexedConnection, password: &str| {
+        let user = ["SETUSER", "sluice", "on", "resetpass", password, "~*", "&*", "+@all"];
+        let () = redis::cmd("ACL").arg(&user).query_async(c).await.unwrap();
+    };
+    password(&mut root, ">s3cret").await;
+    let url = format!("redis://sluice:s3cret@127.0.0.1:{}", redis.port);
+    let fx = Fixture::with_redis(&format!("url = \"{url}\""), "claim_idle_ms = 60000", &behave("max_attempts = 1"));
+    let mut host = fx.spawn_binary_logging_json("info");
+    send(&mut root, "in", "t", busy(0)).await;
+    wait_finished(&root, 1, STARTED).await;
+    // Logins refused from now on; then the host's connections other than
+    // its reader's (blocked in XREADGROUP) are cut.
+    password(&mut root, ">other").await;
+    let clients: String = redis::cmd("CLIENT").arg("LIST").query_async(&mut root).await.unwrap();
+    let shared: Vec<&str> = clients
+        .lines()
+        .filter(|l| l.contains(" user=sluice ") && !l.contains(" cmd=xreadgroup "))
+        .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+        .collect();
+    assert!(!shared.is_empty(), "the host's shared connection: {clients}");
+    for id in shared {
+        let _: i64 = redis::cmd("CLIENT").arg("KILL").arg("ID").arg(id).query_async(&mut root).await.unwrap();
+    }
+    // The reader reads it; its commit needs a new connection, whose login
+    // is refused for 4 s.
+    let () = redis::cmd("ACL").arg("LOG").arg("RESET").query_async(&mut root).await.unwrap();
+    send(&mut root, "in", "t", busy(0)).await;
+    eventually(SOON, "a login refused", || {
+        let mut c = root.clone();
+        async move {
+            let refused: Vec<redis::Value> = redis::cmd("ACL").arg("LOG").query_async(&mut c).await.unwrap();
+            (!refused.is_empty()).then_some(())
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    password(&mut root, ">s3cret").await;
+    wait_finished(&root, 2, SOON).await;
+    assert!(terminate(&mut host).await.success());
+    let lines = json_log_lines(&host.wait_with_output().unwrap().stderr);
+    assert!(entries(&mut root, "in:dlq").await.is_empty(), "not dead-lettered: {lines:#?}");
+    assert_eq!(entries(&mut root, "out").await.len(), 2, "each handled once: {lines:#?}");
 }

@@ -194,7 +194,8 @@ impl Consumer {
     /// connection failed. A reply lost with its connection may have left
     /// entries pending here: taken back once they are old enough not to be
     /// those of a read still on its way ([`Consumer::recover_own_soon`]).
-    /// Redis answering with an error (a permission refused, loading its
+    /// A server that became a replica has its connection replaced. Redis
+    /// answering with another error (a permission refused, loading its
     /// data, out of memory, a cluster down) leaves the connection as it is:
     /// a new one would meet the same, and in a cluster each costs a new
     /// client (the layout asked for, a TLS handshake per node).
@@ -207,6 +208,14 @@ impl Consumer {
             self.read_trouble(backoff, format_args!("reading from Redis failed: {e}; reconnecting"));
             *reader = None;
             self.recover_own_soon();
+        } else if e.reached_a_replica() {
+            // A new connection finds the new primary where the address now
+            // leads (the refused read took nothing).
+            self.read_trouble(
+                backoff,
+                format_args!("reading from Redis failed: {e}; the server became a replica (a failover?): reconnecting"),
+            );
+            *reader = None;
         } else {
             self.read_trouble(backoff, format_args!("reading from Redis failed: {e}; trying again"));
         }

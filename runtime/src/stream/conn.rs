@@ -3,7 +3,9 @@
 //! or a Unix socket, as an ACL user or the default one. Connections by role:
 //! a shared, auto-reconnecting one for commands, and a dedicated one per
 //! blocking reader. Failures to connect are explained in one line that names
-//! the URL (password masked).
+//! the URL (password masked). A connection that reaches a replica (a
+//! failover that moved the address, as managed Redis services do) is
+//! replaced, whichever its role ([`Shared`], [`reached_a_replica`]).
 
 use super::error::{Context, Error};
 use crate::config::RedisSettings;
@@ -13,9 +15,11 @@ use redis::cluster_async::ClusterConnection;
 use redis::io::tcp::{TcpSettings, socket2::TcpKeepalive};
 use redis::{
     AsyncConnectionConfig, Client, ClientTlsConfig, Cmd, ConnectionInfo, IntoConnectionInfo, Pipeline, RedisFuture,
-    TlsCertificates, Value,
+    RedisResult, TlsCertificates, Value,
 };
+use std::sync::Arc;
 use std::time::Duration;
+use tracing::{debug, warn};
 
 /// Response timeout for ordinary commands (acks, publishes, claims).
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
@@ -46,7 +50,7 @@ const CLUSTER_RETRIES: u32 = 16;
 #[derive(Clone)]
 pub enum Conn {
     /// One server, multiplexed and auto-reconnecting.
-    Managed(ConnectionManager),
+    Managed(Arc<Shared>),
     /// One server, a connection of its own (a blocking reader).
     Dedicated(MultiplexedConnection),
     /// A Redis Cluster: each command goes to the node serving its keys'
@@ -58,7 +62,7 @@ pub enum Conn {
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
-            Conn::Managed(c) => c.req_packed_command(cmd),
+            Conn::Managed(c) => Box::pin(c.command(cmd)),
             Conn::Dedicated(c) => c.req_packed_command(cmd),
             Conn::Cluster(c) => c.req_packed_command(cmd),
         }
@@ -71,7 +75,7 @@ impl ConnectionLike for Conn {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
-            Conn::Managed(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Managed(c) => Box::pin(c.commands(cmd, offset, count)),
             Conn::Dedicated(c) => c.req_packed_commands(cmd, offset, count),
             Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
         }
@@ -79,11 +83,102 @@ impl ConnectionLike for Conn {
 
     fn get_db(&self) -> i64 {
         match self {
-            Conn::Managed(c) => c.get_db(),
+            Conn::Managed(c) => c.current.load().get_db(),
             Conn::Dedicated(c) => c.get_db(),
             Conn::Cluster(c) => c.get_db(),
         }
     }
+}
+
+/// The connection every task shares to one server: redis-rs's
+/// `ConnectionManager`, which opens a new connection when one fails, made
+/// whole where it would not:
+/// - a connection that reaches a replica (`READONLY`): a failover that
+///   moved the server's address (a managed service's DNS name, a virtual
+///   IP) leaves the old connection open to the demoted primary, where
+///   every write is refused for as long as it stays open;
+/// - a connection that could not be opened for a reason other than the
+///   network (a login refused while an ACL user is being changed): the
+///   manager keeps that failure and returns it to every later command,
+///   without trying again.
+///
+/// Either way the manager is replaced by a new one, which connects (and
+/// resolves the address) afresh on its first command. Commands in flight
+/// finish on the old one.
+pub struct Shared {
+    client: Client,
+    config: ConnectionManagerConfig,
+    /// `url`, password masked, for messages.
+    shown: String,
+    current: arc_swap::ArcSwap<ConnectionManager>,
+}
+
+impl Shared {
+    /// A manager of connections to `client`'s server, connected now.
+    async fn connect(client: Client, config: ConnectionManagerConfig, shown: String) -> RedisResult<Shared> {
+        let manager = ConnectionManager::new_with_config(client.clone(), config.clone()).await?;
+        Ok(Shared { client, config, shown, current: arc_swap::ArcSwap::from_pointee(manager) })
+    }
+
+    /// One command, on the current connection.
+    async fn command(&self, cmd: &Cmd) -> RedisResult<Value> {
+        let manager = self.current.load_full();
+        let result = (*manager).clone().send_packed_command(cmd).await;
+        self.replace_if_unusable(&manager, result.as_ref().map(std::slice::from_ref));
+        result
+    }
+
+    /// A pipeline, on the current connection.
+    async fn commands(&self, cmd: &Pipeline, offset: usize, count: usize) -> RedisResult<Vec<Value>> {
+        let manager = self.current.load_full();
+        let result = (*manager).clone().send_packed_commands(cmd, offset, count).await;
+        self.replace_if_unusable(&manager, result.as_ref().map(Vec::as_slice));
+        result
+    }
+
+    /// Replaces `manager` (unless another task has already) if `result`,
+    /// which came from it, says its connection is of no more use.
+    fn replace_if_unusable(&self, manager: &Arc<ConnectionManager>, result: Result<&[Value], &redis::RedisError>) {
+        let replica = match result {
+            Ok(replies) => replies.iter().any(|r| matches!(r, Value::ServerError(e) if e.code() == READONLY)),
+            Err(e) => reached_a_replica(e),
+        };
+        if !replica && !matches!(result, Err(e) if opening_failed(e)) {
+            return;
+        }
+        let fresh = match ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone()) {
+            Ok(fresh) => Arc::new(fresh),
+            Err(e) => return debug!("a new connection manager for Redis at {}: {e}", self.shown),
+        };
+        let before = self.current.compare_and_swap(manager, fresh);
+        if !Arc::ptr_eq(&before, manager) {
+            return;
+        }
+        match replica {
+            true => warn!(
+                "the shared connection to Redis at {} reaches a replica (READONLY: a failover?); opening a new one",
+                self.shown
+            ),
+            false => debug!("the shared connection to Redis at {} could not be opened; trying a new one", self.shown),
+        }
+    }
+}
+
+/// The error code of a write sent to a replica.
+const READONLY: &str = "READONLY";
+
+/// Whether `e` says the server that answered is a replica, so writes (and
+/// `XREADGROUP`) on this connection are refused until it is replaced: a
+/// failover that kept the address of the server it demoted.
+pub fn reached_a_replica(e: &redis::RedisError) -> bool {
+    e.code() == Some(READONLY)
+}
+
+/// Whether `e` is a failure to open a connection that is not the network's
+/// (redis-rs reports any error reply to its login as a failed
+/// authentication).
+fn opening_failed(e: &redis::RedisError) -> bool {
+    e.kind() == redis::ErrorKind::AuthenticationFailed
 }
 
 /// How to open connections: to one server, or to a cluster.
@@ -130,10 +225,9 @@ impl Redis {
                     .set_response_timeout(Some(COMMAND_TIMEOUT))
                     .set_connection_timeout(Some(CONNECT_TIMEOUT))
                     .set_number_of_retries(1);
-                let conn = ConnectionManager::new_with_config(client.clone(), config)
-                    .await
-                    .map_err(|e| explained(what(), e))?;
-                (Connector::Single(client), Conn::Managed(conn))
+                let conn =
+                    Shared::connect(client.clone(), config, shown.clone()).await.map_err(|e| explained(what(), e))?;
+                (Connector::Single(client), Conn::Managed(Arc::new(conn)))
             }
             true => {
                 let client = cluster_client(url, certs.clone(), COMMAND_TIMEOUT).context(what)?;

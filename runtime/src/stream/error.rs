@@ -79,7 +79,8 @@ impl Error {
     /// not be reached or did not answer in time, or it answered that it is
     /// loading its data, failing over or resharding (`LOADING`,
     /// `MASTERDOWN`, `CLUSTERDOWN`, `TRYAGAIN`, `READONLY`), out of memory
-    /// (`OOM`) or busy with a script (`BUSY`). The same command sent later
+    /// (`OOM`) or busy with a script (`BUSY`), or a new connection's login
+    /// was refused (an ACL user being changed). The same command sent later
     /// may go through; an error in the command itself (a script's bug, a
     /// missing permission) would not.
     pub fn is_transient(&self) -> bool {
@@ -88,8 +89,22 @@ impl Error {
             Some(code) => {
                 matches!(code, "LOADING" | "MASTERDOWN" | "CLUSTERDOWN" | "TRYAGAIN" | "READONLY" | "OOM" | "BUSY")
             }
-            None => e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal(),
+            None => {
+                e.is_io_error()
+                    || e.is_timeout()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+                    || e.kind() == redis::ErrorKind::AuthenticationFailed
+            }
         }
+    }
+
+    /// The server that answered is a replica (`READONLY`): a failover kept
+    /// the address of the primary it demoted, and this connection will be
+    /// refused writes until it is replaced by one that reaches the new
+    /// primary.
+    pub fn reached_a_replica(&self) -> bool {
+        self.redis().is_some_and(super::conn::reached_a_replica)
     }
 
     /// The key does not exist (`XINFO` on a missing stream).

@@ -1,7 +1,7 @@
 //! A TCP proxy on loopback, for network faults between hosts and Redis: it
 //! forwards every connection it accepts to a target port and can, while
-//! running, reset every open connection, stall them all, or delay every
-//! chunk it forwards.
+//! running, reset every open connection, stall them all, delay every
+//! chunk it forwards, or send new connections to another port.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -31,6 +31,8 @@ struct Control {
     latency: Duration,
     /// Set when the proxy is dropped: every connection closes.
     closed: bool,
+    /// The port new connections are forwarded to.
+    target: u16,
 }
 
 /// A running proxy; it stops, closing every connection, when dropped.
@@ -48,9 +50,9 @@ impl Proxy {
     pub async fn start(target: u16) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the proxy");
         let port = listener.local_addr().unwrap().port();
-        let (control, _) = watch::channel(Control::default());
+        let (control, _) = watch::channel(Control { target, ..Control::default() });
         let open = Arc::new(AtomicUsize::new(0));
-        let accept = tokio::spawn(accept_loop(listener, target, control.clone(), open.clone()));
+        let accept = tokio::spawn(accept_loop(listener, control.clone(), open.clone()));
         Proxy { port, control, open, accept }
     }
 
@@ -86,6 +88,12 @@ impl Proxy {
         self.control.send_modify(|c| c.latency = latency);
     }
 
+    /// Forwards connections opened from now on to `127.0.0.1:target`; those
+    /// open now stay with the old one (as a DNS name moved by a failover).
+    pub fn retarget(&self, target: u16) {
+        self.control.send_modify(|c| c.target = target);
+    }
+
     /// Connections open now.
     pub fn open_connections(&self) -> usize {
         self.open.load(Ordering::SeqCst)
@@ -99,10 +107,11 @@ impl Drop for Proxy {
     }
 }
 
-async fn accept_loop(listener: TcpListener, target: u16, control: watch::Sender<Control>, open: Arc<AtomicUsize>) {
+async fn accept_loop(listener: TcpListener, control: watch::Sender<Control>, open: Arc<AtomicUsize>) {
     loop {
         let Ok((client, _)) = listener.accept().await else { continue };
         let watch = control.subscribe();
+        let target = control.borrow().target;
         let open = open.clone();
         tokio::spawn(async move {
             // A target that refuses (Redis restarting, say) closes the client too.
