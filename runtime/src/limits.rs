@@ -172,6 +172,22 @@ pub const MIN_POOL_INSTANCES: u32 = 512;
 pub fn pool_instances(total: usize) -> u32 {
     (total.saturating_mul(2)).clamp(MIN_POOL_INSTANCES as usize, MAX_TOTAL_CONCURRENCY) as u32
 }
+/// Core wasm instances one component may hold (a component from
+/// componentize-py holds 14, from componentize-js 4, from Rust 3). A plugin
+/// with more is rejected when it is loaded. The pool keeps this many per
+/// component instance, so no handler's plugin can use up the core instances
+/// its neighbours' deliveries need: the pool's core instances are a count,
+/// and cost nothing until used.
+pub const CORE_INSTANCES_PER_COMPONENT: u32 = 64;
+/// Linear memories one component may define: one per component composed
+/// into it (every plugin built here has one). A plugin with more is rejected
+/// when it is loaded. The pool keeps this many per component instance, for
+/// the same reason as [`CORE_INSTANCES_PER_COMPONENT`]; each reserves
+/// address space, so the bound stays small.
+pub const MEMORIES_PER_COMPONENT: u32 = 2;
+/// Tables one component may define (every plugin built here has two: its
+/// own and the adapter shims'). As for [`MEMORIES_PER_COMPONENT`].
+pub const TABLES_PER_COMPONENT: u32 = 4;
 /// Largest linear memory the pool reserves address space for: the largest
 /// `memory_mb`.
 pub const POOL_MAX_MEMORY: usize = (MEMORY_MB.max as usize) << 20;

@@ -5,7 +5,9 @@
 use super::bindings::Handler;
 use super::executor::Executor;
 use super::state::EventState;
-use crate::limits::{MIN_POOL_INSTANCES, POOL_MAX_MEMORY};
+use crate::limits::{
+    CORE_INSTANCES_PER_COMPONENT, MEMORIES_PER_COMPONENT, MIN_POOL_INSTANCES, POOL_MAX_MEMORY, TABLES_PER_COMPONENT,
+};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -139,17 +141,23 @@ impl Runtime {
     }
 }
 
+/// The engine's settings, with a pool of `instances` component instances.
+/// Each component instance may hold at most the core instances, memories
+/// and tables of `limits`, and the pool has that many of each per component
+/// instance: a handler's plugin, however built, cannot use up what its
+/// neighbours' deliveries need, since each handler's component instances
+/// are bounded by its `concurrency`.
 fn engine_config(instances: u32, fuel: FuelMetering) -> Config {
     let mut pool = PoolingAllocationConfig::new();
     pool.total_component_instances(instances)
-        // Components from Python or JS hold several core instances each.
-        .total_core_instances(instances * 4)
-        .total_memories(instances * 2)
-        .total_tables(instances * 4)
+        .total_core_instances(instances * CORE_INSTANCES_PER_COMPONENT)
+        .total_memories(instances * MEMORIES_PER_COMPONENT)
+        .total_tables(instances * TABLES_PER_COMPONENT)
         .total_stacks(instances)
         .max_memory_size(POOL_MAX_MEMORY)
-        .max_memories_per_component(16)
-        .max_tables_per_component(16)
+        .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT)
+        .max_memories_per_component(MEMORIES_PER_COMPONENT)
+        .max_tables_per_component(TABLES_PER_COMPONENT)
         .max_component_instance_size(1 << 20)
         .linear_memory_keep_resident(POOL_KEEP_RESIDENT_MEMORY)
         .table_keep_resident(POOL_KEEP_RESIDENT_TABLE)
@@ -314,6 +322,60 @@ mod tests {
             std::thread::sleep(Duration::from_millis(1));
         }
         holds()
+    }
+
+    /// A component of `instances` core instances of one module, which
+    /// defines `memories` memories and `tables` tables.
+    fn component(instances: usize, memory: bool, table: bool) -> Vec<u8> {
+        let module = format!(
+            "(core module $m {} {})",
+            if memory { "(memory 1)" } else { "" },
+            if table { "(table 1 funcref)" } else { "" }
+        );
+        let each = "(core instance (instantiate $m))".repeat(instances);
+        wat::parse_str(format!("(component {module} {each})")).unwrap()
+    }
+
+    /// Every component instance the pool has room for can be alive at
+    /// once, whatever its plugin holds within the limits: before, the pool
+    /// kept four core instances per component instance, so components like
+    /// componentize-py's (14 each) used them up at 147 deliveries of a
+    /// 512-instance pool, and every other handler's deliveries failed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pool_full_of_the_largest_components_allowed_runs_out_of_nothing_but_instances() {
+        let engine = Engine::new(&engine_config(MIN_POOL_INSTANCES, FuelMetering::Off)).unwrap();
+        let linker = wasmtime::component::Linker::<()>::new(&engine);
+        let most = CORE_INSTANCES_PER_COMPONENT as usize;
+        let shapes = [component(most, false, false), component(2, true, true), component(2, false, true)];
+        let shapes: Vec<_> = shapes.iter().map(|c| wasmtime::component::Component::new(&engine, c).unwrap()).collect();
+        let mut alive = Vec::new();
+        for i in 0..MIN_POOL_INSTANCES as usize {
+            let mut store = wasmtime::Store::new(&engine, ());
+            let shape = &shapes[i % shapes.len()];
+            if let Err(e) = linker.instantiate_async(&mut store, shape).await {
+                panic!("instance {i} of {MIN_POOL_INSTANCES}: {e:#}");
+            }
+            alive.push(store);
+        }
+        let mut store = wasmtime::Store::new(&engine, ());
+        let full = linker.instantiate_async(&mut store, &shapes[0]).await.unwrap_err();
+        assert!(format!("{full:#}").contains("component instance"), "{full:#}");
+    }
+
+    /// A component that holds more than a component may is rejected when it
+    /// is compiled, with the count and the limit.
+    #[test]
+    fn a_component_over_a_limit_is_rejected_with_its_count() {
+        let engine = Engine::new(&engine_config(MIN_POOL_INSTANCES, FuelMetering::Off)).unwrap();
+        let compile =
+            |bytes: Vec<u8>| format!("{:#}", wasmtime::component::Component::new(&engine, bytes).unwrap_err());
+        let over = CORE_INSTANCES_PER_COMPONENT as usize + 1;
+        let e = compile(component(over, false, false));
+        assert!(e.contains(&format!("{over} core module instances")), "{e}");
+        let e = compile(component(MEMORIES_PER_COMPONENT as usize + 1, true, false));
+        assert!(e.contains("3 Wasm linear memories, which exceeds the configured maximum of 2"), "{e}");
+        let e = compile(component(TABLES_PER_COMPONENT as usize + 1, false, true));
+        assert!(e.contains("5 tables"), "{e}");
     }
 
     #[test]
