@@ -1,7 +1,8 @@
 //! Hot reload while serving: a plugin swapped under load loses nothing and
 //! every event is handled by exactly one version; bad plugins and bad
 //! configs are rejected while the running version keeps serving; config
-//! edits add and remove handlers; a deleted plugin keeps serving.
+//! edits add and remove handlers; a deleted plugin keeps serving; updates of
+//! a ConfigMap (a swapped link) are noticed.
 
 use crate::support::*;
 use serde_json::json;
@@ -533,4 +534,57 @@ async fn a_host_stopped_while_a_reload_compiles_stops_at_once() {
     let took = stopping.elapsed();
     assert!(took < Duration::from_secs(4), "stopped in {took:?}, not after the compile");
     assert_eq!(pending(&mut conn, "in", "a").await, 0);
+}
+
+/// Lays `files` out in `dir` as the kubelet mounts a ConfigMap, version
+/// `version`: a folder `..<version>` holding them, a `..data` link to it
+/// swapped in by renaming a new link over the old one, the old folder
+/// removed, and each file a link to `..data/<name>` (made once).
+fn mount_config_map(dir: &std::path::Path, version: u32, files: &[(&str, Vec<u8>)]) {
+    use std::os::unix::fs::symlink;
+    let folder = format!("..2026_11_29_{version}");
+    std::fs::create_dir(dir.join(&folder)).unwrap();
+    for (name, bytes) in files {
+        std::fs::write(dir.join(&folder).join(name), bytes).unwrap();
+    }
+    symlink(&folder, dir.join("..data_tmp")).unwrap();
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+    if version > 1 {
+        std::fs::remove_dir_all(dir.join(format!("..2026_11_29_{}", version - 1))).unwrap();
+    }
+    for (name, _) in files {
+        if std::fs::symlink_metadata(dir.join(name)).is_err() {
+            symlink(format!("..data/{name}"), dir.join(name)).unwrap();
+        }
+    }
+}
+
+/// A config and a plugins folder mounted from Kubernetes ConfigMaps: each
+/// update swaps their `..data` link, and no file event names `config.toml`
+/// or a `.wasm` file. Each update is still reloaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_map_updates_that_swap_a_link_are_reloaded() {
+    let redis = RedisServer::start();
+    let fx = Fixture::with_own_plugins(&redis, "", &handler("a"), &[]);
+    let text = std::fs::read(&fx.config_path).unwrap();
+    std::fs::remove_file(&fx.config_path).unwrap();
+    let config_dir = fx.config_path.parent().unwrap();
+    let plugins = fx.dir.path().join("plugins");
+    let built = |name: &str| std::fs::read(plugins_dir().join(name)).unwrap();
+    mount_config_map(config_dir, 1, &[("config.toml", text.clone())]);
+    mount_config_map(&plugins, 1, &[("b.wasm", built("behave.wasm"))]);
+    let (host, mut reports) = fx.start_watching().await;
+    let mut conn = redis.conn().await;
+    send(&mut conn, "in", "t", json!({})).await;
+    until_finished(&conn, "in", "a", 1).await;
+
+    let two = [text, handler("b").into_bytes()].concat();
+    mount_config_map(config_dir, 2, &[("config.toml", two.clone())]);
+    let versions = applied(&mut reports).await;
+    assert_eq!(versions.keys().collect::<Vec<_>>(), ["a", "b"]);
+
+    mount_config_map(&plugins, 2, &[("b.wasm", built("shipping.wasm"))]);
+    let swapped = applied(&mut reports).await;
+    assert_ne!(swapped["a"], versions["a"], "the new plugin loaded");
+    host.stop().await;
 }

@@ -1,5 +1,7 @@
 //! Noticing that the config, a plugin or a schema file changed: folders
-//! watched, relevant paths filtered, bursts debounced into one trigger.
+//! watched, relevant paths filtered (a symlink swapped under a file, as a
+//! Kubernetes ConfigMap is updated, included), bursts debounced into one
+//! trigger.
 
 use crate::config::Config;
 use notify::{EventKind, RecursiveMode, Watcher as _};
@@ -113,7 +115,36 @@ impl Relevant {
             || (dir == self.plugins_dir && path.extension().is_some_and(|e| e == "wasm"))
             || self.schema_files.contains(path)
             || self.schema_folders.contains(path)
+            || self.swapped_link(dir, name)
     }
+
+    /// Whether `name`, in the watched folder `dir`, is a link or folder that
+    /// a watched file's symlink leads through. A Kubernetes ConfigMap
+    /// mounted as a folder holds `config.toml` → `..data/config.toml`, and
+    /// an update renames a new `..data` link over the old one: no event
+    /// names the file itself.
+    fn swapped_link(&self, dir: &Path, name: &std::ffi::OsStr) -> bool {
+        if dir == self.config_dir && leads_through(&dir.join(&self.config_name), name) {
+            return true;
+        }
+        if dir == self.plugins_dir {
+            let Ok(files) = std::fs::read_dir(dir) else { return false };
+            let plugins = files.flatten().map(|f| f.path()).filter(|p| p.extension().is_some_and(|e| e == "wasm"));
+            if plugins.into_iter().any(|p| leads_through(&p, name)) {
+                return true;
+            }
+        }
+        self.schema_files.iter().any(|f| f.parent() == Some(dir) && leads_through(f, name))
+    }
+}
+
+/// Whether `file` is a symlink whose relative target starts with `name`, a
+/// link or folder beside it, and goes on into it (`..data/config.toml`).
+fn leads_through(file: &Path, name: &std::ffi::OsStr) -> bool {
+    let Ok(target) = std::fs::read_link(file) else { return false };
+    let mut parts = target.components();
+    let first = parts.next();
+    target.is_relative() && first.is_some_and(|c| c.as_os_str() == name) && parts.next().is_some()
 }
 
 /// `path` with its folder canonical (symlinks resolved), as notify reports
