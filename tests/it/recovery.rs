@@ -645,8 +645,14 @@ async fn a_failover_that_moves_the_address_is_followed_to_the_new_primary() {
     until_pending(&first, "in", "h", 1).await;
     // The replica has it all; then the two swap roles, and the address
     // goes with the primary's.
-    let synced: i64 = redis::cmd("WAIT").arg(1).arg(5000).query_async(&mut first).await.unwrap();
-    assert_eq!(synced, 1, "the replica in sync");
+    eventually(SOON, "the replica in sync", || {
+        let mut c = first.clone();
+        async move {
+            let synced: i64 = redis::cmd("WAIT").arg(1).arg(1000).query_async(&mut c).await.unwrap();
+            (synced == 1).then_some(())
+        }
+    })
+    .await;
     let mut second = new.conn().await;
     let () = redis::cmd("REPLICAOF").arg("NO").arg("ONE").query_async(&mut second).await.unwrap();
     proxy.retarget(new.port);
