@@ -108,6 +108,16 @@ async fn an_interrupted_redrive_loses_nothing_and_repeats_nothing() {
     until_entries(&conn, "sluice:inbox:b", 3).await;
     redrive.kill().unwrap(); // SIGKILL, mid-way
     redrive.wait().unwrap();
+    // A move it sent before it died still runs: Redis runs what a client
+    // sent before it notices the connection closed. Counted once it has.
+    eventually(SOON, "the killed redrive's connection closed", || {
+        let mut c = conn.clone();
+        async move {
+            let clients: String = redis::cmd("CLIENT").arg("LIST").query_async(&mut c).await.unwrap();
+            (clients.lines().count() == 1).then_some(())
+        }
+    })
+    .await;
     let moved = entries(&mut conn, "sluice:inbox:b").await.len();
     let left = entries(&mut conn, "in:dlq").await.len();
     assert!(moved < 12, "the redrive was interrupted before it finished ({moved} moved)");
