@@ -185,8 +185,8 @@ pub const CORE_INSTANCES_PER_COMPONENT: u32 = 64;
 /// the same reason as [`CORE_INSTANCES_PER_COMPONENT`]; each reserves
 /// address space, so the bound stays small.
 pub const MEMORIES_PER_COMPONENT: u32 = 2;
-/// Tables one component may define (every plugin built here has two: its
-/// own and the adapter shims'). As for [`MEMORIES_PER_COMPONENT`].
+/// Tables one component may define (every plugin built here has two). As
+/// for [`MEMORIES_PER_COMPONENT`].
 pub const TABLES_PER_COMPONENT: u32 = 4;
 /// Largest linear memory the pool reserves address space for: the largest
 /// `memory_mb`.

@@ -325,7 +325,7 @@ mod tests {
     }
 
     /// A component of `instances` core instances of one module, which
-    /// defines `memories` memories and `tables` tables.
+    /// defines a memory if `memory` and a table if `table`.
     fn component(instances: usize, memory: bool, table: bool) -> Vec<u8> {
         let module = format!(
             "(core module $m {} {})",
@@ -346,7 +346,8 @@ mod tests {
         let engine = Engine::new(&engine_config(MIN_POOL_INSTANCES, FuelMetering::Off)).unwrap();
         let linker = wasmtime::component::Linker::<()>::new(&engine);
         let most = CORE_INSTANCES_PER_COMPONENT as usize;
-        let shapes = [component(most, false, false), component(2, true, true), component(2, false, true)];
+        let (memories, tables) = (MEMORIES_PER_COMPONENT as usize, TABLES_PER_COMPONENT as usize);
+        let shapes = [component(most, false, false), component(memories, true, false), component(tables, false, true)];
         let shapes: Vec<_> = shapes.iter().map(|c| wasmtime::component::Component::new(&engine, c).unwrap()).collect();
         let mut alive = Vec::new();
         for i in 0..MIN_POOL_INSTANCES as usize {
