@@ -6,7 +6,8 @@ use super::bindings::Handler;
 use super::executor::Executor;
 use super::state::EventState;
 use crate::limits::{
-    CORE_INSTANCES_PER_COMPONENT, MEMORIES_PER_COMPONENT, MIN_POOL_INSTANCES, POOL_MAX_MEMORY, TABLES_PER_COMPONENT,
+    CORE_INSTANCES_PER_COMPONENT, MAX_TABLE_ELEMENTS, MEMORIES_PER_COMPONENT, MIN_POOL_INSTANCES, POOL_MAX_MEMORY,
+    TABLES_PER_COMPONENT,
 };
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -158,6 +159,7 @@ fn engine_config(instances: u32, fuel: FuelMetering) -> Config {
         .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT)
         .max_memories_per_component(MEMORIES_PER_COMPONENT)
         .max_tables_per_component(TABLES_PER_COMPONENT)
+        .table_elements(MAX_TABLE_ELEMENTS)
         .max_component_instance_size(1 << 20)
         .linear_memory_keep_resident(POOL_KEEP_RESIDENT_MEMORY)
         .table_keep_resident(POOL_KEEP_RESIDENT_TABLE)
@@ -377,6 +379,24 @@ mod tests {
         assert!(e.contains("3 Wasm linear memories, which exceeds the configured maximum of 2"), "{e}");
         let e = compile(component(TABLES_PER_COMPONENT as usize + 1, false, true));
         assert!(e.contains("5 tables"), "{e}");
+    }
+
+    /// A table may start as large as the limit promises: the pool's slots
+    /// are that size. One larger is rejected when it is compiled.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_table_as_large_as_the_limit_fits_the_pool() {
+        let engine = Engine::new(&engine_config(MIN_POOL_INSTANCES, FuelMetering::Off)).unwrap();
+        let with_table = |elements: usize| {
+            let wat =
+                format!("(component (core module $m (table {elements} funcref)) (core instance (instantiate $m)))");
+            wasmtime::component::Component::new(&engine, wat::parse_str(wat).unwrap())
+        };
+        let largest = with_table(MAX_TABLE_ELEMENTS).unwrap();
+        let mut store = wasmtime::Store::new(&engine, ());
+        let linker = wasmtime::component::Linker::<()>::new(&engine);
+        linker.instantiate_async(&mut store, &largest).await.unwrap();
+        let e = format!("{:#}", with_table(MAX_TABLE_ELEMENTS + 1).unwrap_err());
+        assert!(e.contains("table"), "{e}");
     }
 
     #[test]
