@@ -114,7 +114,7 @@ pub const MAX_STDIO_BYTES: usize = 1 << 20;
 /// Table elements an instance may grow a table to; also the size of the
 /// instance pool's table slots, so a table can never be capped by its slot
 /// below what this promises (the pool's default, 20 000, was below the
-/// 100 000 this said before). The plugins built here start with far fewer.
+/// 100 000 this said before).
 pub const MAX_TABLE_ELEMENTS: usize = 20_000;
 /// Resources a delivery may hold in the host at once (WASI streams and
 /// pollables, HTTP header maps, requests and bodies): the host's memory
