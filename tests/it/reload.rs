@@ -559,20 +559,25 @@ fn mount_config_map(dir: &std::path::Path, version: u32, files: &[(&str, Vec<u8>
     }
 }
 
-/// A config and a plugins folder mounted from Kubernetes ConfigMaps: each
-/// update swaps their `..data` link, and no file event names `config.toml`
-/// or a `.wasm` file. Each update is still reloaded.
+/// A config, a plugins folder and a schemas folder mounted from Kubernetes
+/// ConfigMaps: each update swaps their `..data` link, and no file event
+/// names `config.toml`, a `.wasm` file or a schema file. Each update is
+/// still reloaded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_map_updates_that_swap_a_link_are_reloaded() {
     let redis = RedisServer::start();
     let fx = Fixture::with_own_plugins(&redis, "", &handler("a"), &[]);
-    let text = std::fs::read(&fx.config_path).unwrap();
+    let schemas = "[schemas]\n\"order.*\" = \"schemas/order.json\"\n";
+    let text = [std::fs::read(&fx.config_path).unwrap(), schemas.as_bytes().to_vec()].concat();
     std::fs::remove_file(&fx.config_path).unwrap();
     let config_dir = fx.config_path.parent().unwrap();
     let plugins = fx.dir.path().join("plugins");
     let built = |name: &str| std::fs::read(plugins_dir().join(name)).unwrap();
     mount_config_map(config_dir, 1, &[("config.toml", text.clone())]);
     mount_config_map(&plugins, 1, &[("b.wasm", built("behave.wasm"))]);
+    let schema_dir = fx.dir.path().join("schemas");
+    std::fs::create_dir(&schema_dir).unwrap();
+    mount_config_map(&schema_dir, 1, &[("order.json", b"{\"type\": \"object\"}".to_vec())]);
     let (host, mut reports) = fx.start_watching().await;
     let mut conn = redis.conn().await;
     send(&mut conn, "in", "t", json!({})).await;
@@ -586,5 +591,10 @@ async fn config_map_updates_that_swap_a_link_are_reloaded() {
     mount_config_map(&plugins, 2, &[("b.wasm", built("shipping.wasm"))]);
     let swapped = applied(&mut reports).await;
     assert_ne!(swapped["a"], versions["a"], "the new plugin loaded");
+
+    // A broken schema: a reload, rejected, naming the file.
+    mount_config_map(&schema_dir, 2, &[("order.json", b"{\"type\": ".to_vec())]);
+    let error = rejected(&mut reports).await;
+    assert!(error.contains("schemas/order.json"), "{error}");
     host.stop().await;
 }
