@@ -197,6 +197,123 @@ async fn a_glob_bound_does_not_trim_dead_letters() {
     assert_eq!(entries(&mut conn, "globbed:dlq").await.len(), 5, "every dead letter kept");
 }
 
+/// Adds entries with the ids `ms-1` for each `ms` in `ids` to `stream`.
+async fn add_numbered(conn: &mut redis::aio::MultiplexedConnection, stream: &str, ids: std::ops::RangeInclusive<u64>) {
+    let ids: Vec<u64> = ids.collect();
+    for chunk in ids.chunks(10_000) {
+        let mut pipe = redis::pipe();
+        for ms in chunk {
+            pipe.cmd("XADD").arg(stream).arg(format!("{ms}-1")).arg("n").arg(ms).ignore();
+        }
+        let _: () = pipe.query_async(conn).await.unwrap();
+    }
+}
+
+/// Runs `work` and returns what it returned with how many entries the
+/// scripts Redis ran meanwhile asked for: the sum of the `COUNT`s of their
+/// `XRANGE`s, as `MONITOR` shows them.
+async fn entries_scripts_asked_for<T>(redis: &RedisServer, work: impl std::future::Future<Output = T>) -> (T, u64) {
+    use futures::StreamExt;
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut lines = client.get_async_monitor().await.unwrap().into_on_message::<String>();
+    let out = work.await;
+    let marker = "entries-scripts-asked-for: done";
+    let _: String = redis::cmd("ECHO").arg(marker).query_async(&mut redis.conn().await).await.unwrap();
+    let mut asked = 0;
+    loop {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next())
+            .await
+            .expect("MONITOR showed the marker")
+            .expect("MONITOR still open");
+        if line.contains(marker) {
+            return (out, asked);
+        }
+        if line.contains(" lua] \"XRANGE\"") {
+            let words: Vec<&str> = line.split(' ').collect();
+            let count = words.iter().position(|w| *w == "\"COUNT\"").expect("every XRANGE of a script has a COUNT");
+            asked += words[count + 1].trim_matches('"').parse::<u64>().unwrap();
+        }
+    }
+}
+
+/// What a trim of `stream` to `max_len` did, and how many entries its
+/// script asked Redis for.
+async fn trim_to(redis: &RedisServer, stream: &str, max_len: u64) -> (sluice::stream::retention::Trimmed, u64) {
+    let bound = sluice::stream::retention::Retention { max_len: Some(max_len), max_age: None };
+    let mut conn = redis.conn().await;
+    let (trimmed, asked) =
+        entries_scripts_asked_for(redis, sluice::stream::retention::trim(&mut conn, stream, &bound)).await;
+    (trimmed.unwrap(), asked)
+}
+
+/// The first id of `stream`.
+async fn first_of(conn: &mut redis::aio::MultiplexedConnection, stream: &str) -> String {
+    let first: Vec<(String, Vec<(String, String)>)> =
+        redis::cmd("XRANGE").arg(stream).arg("-").arg("+").arg("COUNT").arg(1).query_async(conn).await.unwrap();
+    first[0].0.clone()
+}
+
+/// The trim's check that a `max_len` cut removes nothing a group needs reads
+/// few entries, whatever the stream's length. It once read every entry past
+/// the floor (up to `max_len` of them) into Lua: with a group 600 000 entries
+/// behind on a stream bounded at a million, that blocked Redis for 1.9 s and
+/// took 188 MB, every 5 seconds while the group lagged. Here a group is 60 000
+/// entries behind on a stream of 100 100 bounded at 100 000; the trim must cut
+/// the 100 entries over the bound and ask for no more than a few thousand.
+/// The other cases check that the cut still never passes the floor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trim_reads_few_entries_whatever_the_length_of_the_stream() {
+    let redis = RedisServer::start();
+    let mut conn = redis.conn().await;
+    // Reads `count` new entries for group g; with `noack`, none stay pending.
+    let read = |stream: &'static str, count: u64, noack: bool| {
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP").arg("g").arg("c").arg("COUNT").arg(count);
+        if noack {
+            cmd.arg("NOACK");
+        }
+        cmd.arg("STREAMS").arg(stream).arg(">");
+        cmd
+    };
+    let group = |stream: &'static str| redis::cmd("XGROUP").arg("CREATE").arg(stream).arg("g").arg("0").clone();
+
+    // A group far behind, but not so far that the bound cannot be met.
+    add_numbered(&mut conn, "long", 1..=100_100).await;
+    let _: () = group("long").query_async(&mut conn).await.unwrap();
+    let _: redis::Value = read("long", 40_100, true).query_async(&mut conn).await.unwrap();
+    let (trimmed, asked) = trim_to(&redis, "long", 100_000).await;
+    assert_eq!((trimmed.removed, trimmed.length, trimmed.held_back_by), (100, 100_000, None));
+    assert_eq!(first_of(&mut conn, "long").await, "101-1");
+    assert!(asked <= 5_000, "the trim asked for {asked} entries to cut 100 from a stream of 100 100");
+
+    // Further behind than the bound allows: cut at the floor, held there.
+    let (trimmed, asked) = trim_to(&redis, "long", 50_000).await;
+    assert_eq!((trimmed.removed, trimmed.length), (40_000, 60_000));
+    assert_eq!(trimmed.held_back_by.as_deref(), Some("g"));
+    assert_eq!(first_of(&mut conn, "long").await, "40101-1", "the first entry the group has yet to read");
+    assert_eq!(asked, 0, "its lag alone says the bound cannot be met");
+
+    // Caught up, with one old entry still pending: fewer entries lie before
+    // that entry than the bound would cut, so the cut stops at it.
+    add_numbered(&mut conn, "pending", 1..=3_000).await;
+    let _: () = group("pending").query_async(&mut conn).await.unwrap();
+    let _: redis::Value = read("pending", 3_000, false).query_async(&mut conn).await.unwrap();
+    let acked: Vec<String> = (1..=3_000).filter(|ms| *ms != 1_000).map(|ms| format!("{ms}-1")).collect();
+    let _: u64 = redis::cmd("XACK").arg("pending").arg("g").arg(&acked).query_async(&mut conn).await.unwrap();
+    let (trimmed, _) = trim_to(&redis, "pending", 1_500).await;
+    assert_eq!((trimmed.removed, trimmed.length), (999, 2_001));
+    assert_eq!(trimmed.held_back_by.as_deref(), Some("g"));
+    assert_eq!(first_of(&mut conn, "pending").await, "1000-1", "the pending entry and all after it kept");
+
+    // Caught up with nothing pending: the bound is met at once.
+    add_numbered(&mut conn, "done", 1..=3_000).await;
+    let _: () = group("done").query_async(&mut conn).await.unwrap();
+    let _: redis::Value = read("done", 3_000, true).query_async(&mut conn).await.unwrap();
+    let (trimmed, asked) = trim_to(&redis, "done", 10).await;
+    assert_eq!((trimmed.removed, trimmed.length, trimmed.held_back_by), (2_990, 10, None));
+    assert!(asked <= 1_000, "nothing past the floor to count, yet it asked for {asked} entries");
+}
+
 /// A stream id as numbers, to compare.
 fn id(text: &str) -> (u64, u64) {
     let (ms, seq) = text.split_once('-').unwrap();

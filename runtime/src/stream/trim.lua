@@ -111,14 +111,49 @@ if ARGV[2] ~= '' then
   end
 end
 
+-- How many entries one XRANGE below reads into Lua at most.
+local CHUNK = 1000
+
+-- Whether XTRIM MAXLEN `max` removes only entries before the floor: whether
+-- at most `max` entries lie at or after it, or (the same thing) at least
+-- `excess`, the entries over the bound, lie before it. Both are counted at
+-- once, a chunk at a time from each end, until one count settles it. So the
+-- work is about twice the smaller of the two, and Lua holds one chunk at a
+-- time: a few entries past the floor while the groups keep up, the few
+-- entries over the bound while one lags far behind (reading everything
+-- past the floor there blocked Redis for seconds on a stream of a million).
+local function only_before_floor(max, excess)
+  local ahead, from = 0, floor
+  local behind, after = 0, '-'
+  while true do
+    local want = math.min(CHUNK, max + 1 - ahead)
+    local got = redis.call('XRANGE', stream, from, '+', 'COUNT', want)
+    ahead = ahead + #got
+    if ahead > max then
+      return false
+    elseif #got < want then
+      return true
+    end
+    from = '(' .. got[#got][1]
+    want = math.min(CHUNK, excess - behind)
+    got = redis.call('XRANGE', stream, after, '(' .. floor, 'COUNT', want)
+    behind = behind + #got
+    if behind >= excess then
+      return true
+    elseif #got < want then
+      return false
+    end
+    after = '(' .. got[#got][1]
+  end
+end
+
 if ARGV[1] ~= '' then
   local max = tonumber(ARGV[1])
-  if redis.call('XLEN', stream) > max then
+  local excess = redis.call('XLEN', stream) - max
+  if excess > 0 then
     if not floor then
       removed = removed + redis.call('XTRIM', stream, 'MAXLEN', max)
-    elseif needed <= max and #redis.call('XRANGE', stream, floor, '+', 'COUNT', max + 1) <= max then
-      -- At most max entries from the floor on: the oldest ones beyond max
-      -- are all before the floor.
+    elseif needed <= max and only_before_floor(max, excess) then
       removed = removed + redis.call('XTRIM', stream, 'MAXLEN', max)
     else
       removed = removed + redis.call('XTRIM', stream, 'MINID', floor)
