@@ -163,6 +163,15 @@ async fn replay_delivers_exactly_the_time_range_to_one_handler() {
         &fx.config_path,
     ));
     assert!(dry.contains("would replay 3 entr(ies)"), "{dry}");
+    // A day or a month (UTC) as the end takes in all of it, not only its
+    // first millisecond; a month is not read as the stream id 1970-01 (1.97 s in).
+    for (from, to) in [("1970-01-01", "1970-01-01"), ("1970-01", "1970-01")] {
+        let dry = ok(sluice(
+            &["replay", "--stream", "in", "--handler", "b", "--from", from, "--to", to, "--dry-run"],
+            &fx.config_path,
+        ));
+        assert!(dry.contains("would replay 5 entr(ies)"), "--from {from} --to {to}: {dry}");
+    }
     let out = ok(sluice(
         &["replay", "--stream", "in", "--handler", "b", "--from", "1970-01-01T00:00:02Z", "--to", "3000"],
         &fx.config_path,

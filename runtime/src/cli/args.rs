@@ -179,7 +179,8 @@ pub enum Command {
         command: DlqCommand,
     },
     /// Deliver a time range of a stream again to one handler, and to no
-    /// other. Times: RFC 3339 (2026-11-22T10:00:00Z), relative (-1h, -15m,
+    /// other. Times: RFC 3339 (2026-11-22T10:00:00Z), a day or month
+    /// (2026-11-22, 2026-11, UTC: all of it as --to), relative (-1h, -15m,
     /// now), or Unix milliseconds. Both ends are included.
     ///
     /// Example: sluice replay --stream orders --handler payment --from -2h --to -1h
@@ -190,10 +191,10 @@ pub enum Command {
         /// The handler to deliver to.
         #[arg(long)]
         handler: String,
-        /// Start of the range (RFC 3339, -2h, or Unix ms).
+        /// Start of the range (RFC 3339, 2026-11-22, -2h, or Unix ms).
         #[arg(long, allow_hyphen_values = true)]
         from: String,
-        /// End of the range (RFC 3339, -1h, now, or Unix ms).
+        /// End of the range (RFC 3339, 2026-11-22, -1h, now, or Unix ms).
         #[arg(long, default_value = "now", allow_hyphen_values = true)]
         to: String,
         /// Only count what would be delivered.
@@ -351,7 +352,7 @@ pub struct DlqFilter {
     /// Originally read from this stream.
     #[arg(long)]
     pub stream: Option<String>,
-    /// Failed at or after this time (RFC 3339, -1h, or Unix ms).
+    /// Failed at or after this time (RFC 3339, 2026-11-22, -1h, or Unix ms).
     #[arg(long, allow_hyphen_values = true)]
     pub since: Option<String>,
     /// Whose reason contains this text.

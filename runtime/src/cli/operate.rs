@@ -65,7 +65,7 @@ pub async fn replay(
 ) -> anyhow::Result<()> {
     let now = time::now_ms();
     let from = time::parse(range.0, now).map_err(|e| anyhow!("--from {e}"))?;
-    let to = time::parse(range.1, now).map_err(|e| anyhow!("--to {e}"))?;
+    let to = time::parse_end(range.1, now).map_err(|e| anyhow!("--to {e}"))?;
     let entries =
         Session::with(config, async |s| redrive::replay(s, stream, handler, (from, to), dry_run).await).await?;
     let (first, last) = (entries.first().map(|e| e.id.as_str()), entries.last().map(|e| e.id.as_str()));

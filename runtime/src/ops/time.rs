@@ -1,6 +1,7 @@
 //! Times on the command line: RFC 3339 (`2026-11-22T10:00:00Z`, or with an
-//! offset such as `+01:00`), relative to now (`-1h`, `-30m`, `now`), Unix
-//! milliseconds, or a stream id (whose first part is Unix milliseconds).
+//! offset such as `+01:00`), a day or a month (`2026-11-22`, `2026-11`: its
+//! start, UTC), relative to now (`-1h`, `-30m`, `now`), Unix milliseconds,
+//! or a stream id (whose first part is Unix milliseconds).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -9,8 +10,20 @@ pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-/// `s` as Unix milliseconds, relative forms counted back from `now`.
+/// `s` as Unix milliseconds, relative forms counted back from `now`; a day
+/// or a month is its start.
 pub fn parse(s: &str, now: u64) -> Result<u64, String> {
+    parse_as(s, now, false)
+}
+
+/// `s` as the end of a range that includes its end: as [`parse`], except
+/// that a day or a month is its last millisecond (`--to 2026-11-30` takes
+/// in all of the 30th).
+pub fn parse_end(s: &str, now: u64) -> Result<u64, String> {
+    parse_as(s, now, true)
+}
+
+fn parse_as(s: &str, now: u64, end: bool) -> Result<u64, String> {
     let s = s.trim();
     if s == "now" {
         return Ok(now);
@@ -19,12 +32,46 @@ pub fn parse(s: &str, now: u64) -> Result<u64, String> {
         let d = humantime::parse_duration(ago).map_err(|e| format!("{s:?}: {e} (try -90s, -15m, -1h, -2d)"))?;
         return Ok(now.saturating_sub(d.as_millis() as u64));
     }
+    // A month reads like the stream id `2026-11` (2 s after 1970), whose
+    // Unix ms (`2026`) says the same, since the range is in whole ms.
+    if let Some((start, next)) = day_or_month(s) {
+        let ms = |t: &str| rfc3339(t).map_err(|e| format!("{s:?}: {e} (a day is 2026-11-22, a month 2026-11)"));
+        let start = ms(&start)?;
+        return if end { Ok(rfc3339(&next).map_or(start, |n| n.saturating_sub(1))) } else { Ok(start) };
+    }
     if let Some(ms) = s.split_once('-').map_or(Some(s), |(ms, seq)| seq.parse::<u64>().ok().map(|_| ms))
         && let Ok(ms) = ms.parse::<u64>()
     {
         return Ok(ms);
     }
     rfc3339(s).map_err(|e| format!("{s:?}: {e} (expected RFC 3339 like 2026-11-22T10:00:00Z, -1h, or Unix ms)"))
+}
+
+/// The start of day `YYYY-MM-DD` or month `YYYY-MM`, UTC, and the start of
+/// the day or month after it, as RFC 3339; `None` for any other form. (The
+/// day after the 31st of a shorter month is refused with it, by the parse
+/// of its start.)
+fn day_or_month(s: &str) -> Option<(String, String)> {
+    let parts: Vec<&str> = s.split('-').collect();
+    let digits = |p: &str, n: usize| p.len() == n && p.bytes().all(|b| b.is_ascii_digit());
+    let (year, month) = match parts[..] {
+        [y, m] | [y, m, _] if digits(y, 4) && digits(m, 2) => (y.parse::<u32>().ok()?, m.parse::<u32>().ok()?),
+        _ => return None,
+    };
+    let next_month = if month >= 12 { format!("{:04}-01", year + 1) } else { format!("{year:04}-{:02}", month + 1) };
+    match parts[..] {
+        [_, _] => Some((format!("{s}-01T00:00:00Z"), format!("{next_month}-01T00:00:00Z"))),
+        [_, _, d] if digits(d, 2) => {
+            let start = format!("{s}T00:00:00Z");
+            let day = d.parse::<u32>().ok()?;
+            // The next day, or the next month's first when this day is the
+            // month's last (a day past it does not parse).
+            let next = format!("{year:04}-{month:02}-{:02}T00:00:00Z", day + 1);
+            let next = if rfc3339(&next).is_ok() { next } else { format!("{next_month}-01T00:00:00Z") };
+            Some((start, next))
+        }
+        _ => None,
+    }
 }
 
 /// RFC 3339 `s` (`Z` or an offset) as Unix milliseconds; nothing else.
@@ -102,6 +149,19 @@ mod tests {
         for malformed in ["+25:00", "+-1:00", "+01:-5", "+1:000", "Z+01:00"] {
             assert!(parse(&format!("2023-11-14T22:13:20{malformed}"), NOW).is_err(), "{malformed}");
         }
+        assert_eq!(parse("2023-11-14", NOW), Ok(1_699_920_000_000));
+        assert_eq!(parse("2023-11", NOW), Ok(1_698_796_800_000));
+        assert!(parse("2023-13", NOW).unwrap_err().contains("a month 2026-11"));
+        assert!(parse("2023-02-30", NOW).is_err());
+        assert_eq!(parse("2000-5", NOW), Ok(2000), "a stream id, its ms");
+        // As the end of a range, a day or a month is its last millisecond.
+        assert_eq!(parse_end("2023-11-14", NOW), Ok(1_700_006_400_000 - 1));
+        assert_eq!(parse_end("2023-11-30", NOW), parse("2023-12", NOW).map(|ms| ms - 1));
+        assert_eq!(parse_end("2023-12-31", NOW), parse("2024-01-01", NOW).map(|ms| ms - 1));
+        assert_eq!(parse_end("2023-12", NOW), parse("2024-01", NOW).map(|ms| ms - 1));
+        assert_eq!(parse_end("2024-02-28", NOW), parse("2024-02-29", NOW).map(|ms| ms - 1), "a leap year");
+        assert!(parse_end("2023-02-29", NOW).is_err());
+        assert_eq!(parse_end("-1h", NOW), parse("-1h", NOW));
         assert!(parse("yesterday", NOW).unwrap_err().contains("RFC 3339"));
         assert!(parse("-1 fortnight", NOW).is_err());
     }
