@@ -69,6 +69,7 @@ struct Metrics {
     already_finished: Family<ByHandler, Counter>,
     ownership_lost: Family<ByHandler, Counter>,
     claim_failures: Family<ByHandler, Counter>,
+    deleted_unfinished: Family<ByHandler, Counter>,
     demoted: Family<ByHandler, Gauge>,
     reloads: Family<ByResult, Counter>,
     trimmed: Family<ByStreamOnly, Counter>,
@@ -100,6 +101,7 @@ impl Metrics {
             already_finished: Family::default(),
             ownership_lost: Family::default(),
             claim_failures: Family::default(),
+            deleted_unfinished: Family::default(),
             demoted: Family::default(),
             reloads: Family::default(),
             trimmed: Family::default(),
@@ -127,6 +129,7 @@ impl Metrics {
         r.register("commits_already_finished", "Commits that found their entry finished by another consumer (one of the two took it over from the other, presumed dead); nothing was written", self.already_finished.clone());
         r.register("ownership_lost", "Deliveries whose entry another consumer took over meanwhile (this host was presumed dead); their output was not written", self.ownership_lost.clone());
         r.register("claim_failures", "Failed scans for entries abandoned by other consumers (XAUTOCLAIM)", self.claim_failures.clone());
+        r.register("entries_deleted_unfinished", "Entries deleted from their stream (XDEL, or another program's trim) while pending with the handler's group, before they were finished: found when they were to be delivered again or taken over, they were neither handled nor dead-lettered", self.deleted_unfinished.clone());
         r.register("handler_demoted", "1 while the handler runs at idle priority because its deliveries ran out of time", self.demoted.clone());
         r.register("reloads", "Reloads of config and plugins, by result (applied, rejected)", self.reloads.clone());
         r.register("trimmed", "Entries removed from a stream to keep it within its bound", self.trimmed.clone());
@@ -232,6 +235,7 @@ pub struct HandlerMetrics {
     already_finished: Counter,
     ownership_lost: Counter,
     claim_failures: Counter,
+    deleted_unfinished: Counter,
     demoted: Gauge,
     duration: Histogram,
     latency: Arc<Latency>,
@@ -251,6 +255,7 @@ impl HandlerMetrics {
             already_finished: m.already_finished.get_or_create(&by).clone(),
             ownership_lost: m.ownership_lost.get_or_create(&by).clone(),
             claim_failures: m.claim_failures.get_or_create(&by).clone(),
+            deleted_unfinished: m.deleted_unfinished.get_or_create(&by).clone(),
             demoted: m.demoted.get_or_create(&by).clone(),
             duration: m.duration.get_or_create(&by).clone(),
             latency: latency_of(handler),
@@ -291,6 +296,12 @@ impl HandlerMetrics {
     /// Counts a failed scan for abandoned entries.
     pub fn claim_failed(&self) {
         self.claim_failures.inc();
+    }
+
+    /// Counts `n` entries found deleted from their stream before they were
+    /// finished.
+    pub fn deleted_unfinished(&self, n: usize) {
+        self.deleted_unfinished.inc_by(n as u64);
     }
 
     /// Marks the handler demoted (or not) to idle priority.

@@ -516,7 +516,8 @@ async fn a_queued_entry_deleted_after_its_group_was_set_back_is_acknowledged_by_
     // next read (within a second) delivers a/1 and a/2 again and drops a/2
     // and a/3 from the end of a's queue: a/3, still pending (a set-back
     // keeps pending entries) but gone from the stream, is acknowledged
-    // there, not left pending until a claim scan (claim_idle_ms, 60 s here).
+    // there, not left pending until a claim scan (claim_idle_ms, 60 s here),
+    // and the host warns of it: it was neither handled nor dead-lettered.
     let redis = RedisServer::start();
     let handlers = ledger("data.account", "concurrency = 8\ntimeout_ms = 10000");
     let fx = Fixture::new(&redis, "consumer = \"c\"\nclaim_idle_ms = 60000", &handlers);
@@ -525,7 +526,7 @@ async fn a_queued_entry_deleted_after_its_group_was_set_back_is_acknowledged_by_
     send(&mut conn, "in", "posting", posting(1, 0)).await;
     send(&mut conn, "in", "posting", posting(2, 3000)).await;
     let a3 = send(&mut conn, "in", "posting", posting(3, 0)).await;
-    let _host = fx.start();
+    let mut host = fx.spawn_binary_logging_json("info");
     until_a2_runs_with_a3_queued(&conn).await;
     let mut set_back = redis::pipe();
     set_back.atomic().cmd("XGROUP").arg("SETID").arg("in").arg("h").arg("0").ignore();
@@ -547,6 +548,12 @@ async fn a_queued_entry_deleted_after_its_group_was_set_back_is_acknowledged_by_
         async move { (pending(&mut c, "in", "h").await == 0).then_some(()) }
     })
     .await;
+    assert!(terminate(&mut host).await.success());
+    let lines = json_log_lines(&host.wait_with_output().unwrap().stderr);
+    let deleted = format!("were deleted from stream in before they were finished ({a3})");
+    let warned: Vec<_> = lines.iter().filter(|l| l["fields"]["message"].as_str().unwrap().contains(&deleted)).collect();
+    assert_eq!(warned.len(), 1, "a/3 named once: {lines:#?}");
+    assert_eq!((&warned[0]["level"], &warned[0]["span"]["handler"]), (&json!("WARN"), &json!("h")), "{:#}", warned[0]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

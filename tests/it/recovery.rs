@@ -724,3 +724,71 @@ async fn a_shared_connection_whose_login_was_refused_is_opened_again() {
     assert!(entries(&mut root, "in:dlq").await.is_empty(), "not dead-lettered: {lines:#?}");
     assert_eq!(entries(&mut root, "out").await.len(), 2, "each handled once: {lines:#?}");
 }
+
+/// Entries deleted from their stream while pending (an `XDEL`, or another
+/// program's trim such as a producer's `XADD MAXLEN`) are gone for good:
+/// Redis drops such an entry from the group when it is claimed, and the
+/// ordered path acknowledges it. No host can deliver them, but the operator
+/// must hear of it: a warning naming the stream, group, handler and ids,
+/// both when a host takes back its own entries (a restart) and when it
+/// takes over a dead host's. `handlers` configures handler `h` on `in`.
+async fn entries_deleted_while_pending_are_named(handlers: &str) {
+    let redis = RedisServer::start();
+    let fx = Fixture::new(&redis, "consumer = \"alive\"\nclaim_idle_ms = 1000", handlers);
+    let mut conn = redis.conn().await;
+    let mut ids = Vec::new();
+    for key in ["k1", "k2", "k3", "k4"] {
+        let mut data = busy(0);
+        data["account"] = json!(key);
+        ids.push(send(&mut conn, "in", "t", data).await);
+    }
+    let () = redis::cmd("XGROUP").arg("CREATE").arg("in").arg("h").arg("0").query_async(&mut conn).await.unwrap();
+    // Two pending with this host's consumer (an earlier run), two with a
+    // dead one; one of each deleted.
+    for consumer in ["alive", "dead"] {
+        let _: redis::Value = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg("h")
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(2)
+            .arg("STREAMS")
+            .arg("in")
+            .arg(">")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let _: u64 = redis::cmd("XDEL").arg("in").arg(&ids[0]).arg(&ids[2]).query_async(&mut conn).await.unwrap();
+    let mut host = fx.spawn_binary_logging_json("info");
+    eventually(SOON, "the two entries left handled, nothing pending", || {
+        let mut c = conn.clone();
+        async move {
+            let done = entries(&mut c, "out").await.len() == 2 && pending(&mut c, "in", "h").await == 0;
+            done.then_some(())
+        }
+    })
+    .await;
+    assert!(terminate(&mut host).await.success());
+    let lines = json_log_lines(&host.wait_with_output().unwrap().stderr);
+    let warned = saying(&lines, "were deleted from stream in before they were finished");
+    assert_eq!(warned.len(), 2, "one warning for its own entry, one for the dead host's: {lines:#?}");
+    for (line, id) in warned.iter().zip([&ids[0], &ids[2]]) {
+        assert_eq!(line["level"], "WARN", "{line:#}");
+        assert_eq!((&line["fields"]["stream"], &line["fields"]["group"]), (&json!("in"), &json!("h")), "{line:#}");
+        assert_eq!(line["span"]["handler"], "h", "{line:#}");
+        assert!(line["fields"]["message"].as_str().unwrap().contains(id.as_str()), "names {id}: {line:#}");
+    }
+    let handled: Vec<String> = entries(&mut conn, "out").await.iter().map(|e| field(e, "causation_id")).collect();
+    assert_eq!(handled, [ids[1].clone(), ids[3].clone()], "the entries still in the stream handled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_deleted_while_pending_are_named_when_taken_back_or_over() {
+    entries_deleted_while_pending_are_named(&behave("timeout_ms = 500")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_deleted_while_pending_are_named_when_taken_back_or_over_in_key_order() {
+    entries_deleted_while_pending_are_named(&behave("timeout_ms = 500\norder_by = \"data.account\"")).await;
+}

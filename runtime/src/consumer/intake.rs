@@ -72,10 +72,11 @@ impl Consumer {
                 let mut conn = self.redis.conn.clone();
                 let skip = |id: &str| self.holds(s, id);
                 match stream::own_pending(&mut conn, s, &self.group, &self.name, (&after, room), min_idle, skip).await {
-                    Ok((found, next)) => {
+                    Ok(stream::Page { found, next, deleted }) => {
                         if !found.is_empty() {
                             info!(stream = %s, count = found.len(), "taking back entries pending with this consumer (an earlier run, or a lost reply)");
                         }
+                        self.found_deleted(s, &deleted);
                         let found = self.take_up_all(found);
                         drop(pass);
                         self.start_held(found).await;
@@ -319,6 +320,20 @@ impl Consumer {
         }
     }
 
+    /// Warns of entries of `stream` found deleted (an `XDEL`, or another
+    /// program's trim) while pending with this group, before anyone finished
+    /// them: they were neither handled nor dead-lettered, and nothing here
+    /// can bring them back.
+    pub(super) fn found_deleted(&self, stream: &str, ids: &[String]) {
+        if ids.is_empty() {
+            return;
+        }
+        self.metrics.deleted_unfinished(ids.len());
+        let shown = ids.iter().take(10).map(String::as_str).collect::<Vec<_>>().join(", ");
+        let more = if ids.len() > 10 { format!(" and {} more", ids.len() - 10) } else { String::new() };
+        warn!(stream, group = %self.group, count = ids.len(), "{} entr(ies) pending with group {} were deleted from stream {stream} before they were finished ({shown}{more}), by an XDEL or by a trim that does not wait for consumer groups (another program's XTRIM or XADD MAXLEN): they were neither handled nor dead-lettered, and Redis has dropped them from the group", ids.len(), self.group);
+    }
+
     async fn claim_stream(self: &Arc<Self>, s: &str) {
         let mut cursor = "0-0".to_owned();
         loop {
@@ -330,17 +345,18 @@ impl Consumer {
             let claimed =
                 stream::autoclaim(&mut conn, s, &self.group, &self.name, self.claim_idle, &cursor, room).await;
             match claimed {
-                Ok((found, next)) => {
+                Ok(stream::Page { found, next, deleted }) => {
                     if !found.is_empty() {
                         info!(stream = %s, count = found.len(), "claimed entries idle for over {} ms", self.claim_idle.as_millis());
                     }
+                    self.found_deleted(s, &deleted);
                     let found = self.take_up_all(found);
                     drop(pass);
                     self.start_held(found).await;
-                    if next == "0-0" || self.shutdown.is_cancelled() {
-                        return;
+                    match next {
+                        Some(next) if !self.shutdown.is_cancelled() => cursor = next,
+                        _ => return,
                     }
-                    cursor = next;
                 }
                 Err(e) => {
                     // A host that cannot take over abandoned entries leaves

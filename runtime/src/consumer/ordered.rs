@@ -7,8 +7,8 @@
 
 use super::Consumer;
 use crate::stream::order::{Ordering, Read};
+use crate::stream::{self, Error, Reader};
 use crate::stream::{Backoff, ERROR_PAUSE};
-use crate::stream::{Error, Reader};
 use std::sync::Arc;
 use std::sync::atomic::Ordering as AtomicOrdering;
 use std::time::Duration;
@@ -36,7 +36,14 @@ impl Consumer {
             // A full batch: most of it may go to the queues of keys being
             // served, which needs no permit.
             let count = super::intake::READ_BATCH;
-            match order.read(&mut self.redis.conn.clone(), &streams, count, room).await {
+            let read = order.read(&mut self.redis.conn.clone(), &streams, count, room).await;
+            let read = read.map(|(read, deleted)| {
+                for (s, ids) in by_stream(deleted) {
+                    self.found_deleted(&s, &ids);
+                }
+                read
+            });
+            match read {
                 Ok(Read::Found(found)) => {
                     self.reading_again(&mut backoff);
                     self.hand_out(found, permit, None).await;
@@ -104,7 +111,8 @@ impl Consumer {
                 let page = (start.as_str(), SCAN_PAGE, room);
                 let mut conn = self.redis.conn.clone();
                 match order.scan(&mut conn, s, own, min_idle, page, &serving, &held).await {
-                    Ok((found, next)) => {
+                    Ok(stream::Page { found, next, deleted }) => {
+                        self.found_deleted(s, &deleted);
                         if !found.is_empty() {
                             let what = if own {
                                 "taking back this consumer's pending entries"
@@ -225,4 +233,17 @@ impl Consumer {
             }
         }
     }
+}
+
+/// (stream, id) pairs grouped by stream, in the order each stream first
+/// comes.
+fn by_stream(pairs: Vec<(String, String)>) -> Vec<(String, Vec<String>)> {
+    let mut out: Vec<(String, Vec<String>)> = Vec::new();
+    for (s, id) in pairs {
+        match out.iter_mut().find(|(t, _)| *t == s) {
+            Some((_, ids)) => ids.push(id),
+            None => out.push((s, vec![id])),
+        }
+    }
+    out
 }

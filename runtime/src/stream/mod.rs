@@ -32,6 +32,6 @@ pub use group::ensure_group;
 pub use inbox::{add_to_inbox, delete, latest, move_to_inbox, range};
 pub use info::{EntryState, GroupInfo, entry_state, group_info, length};
 pub use lease::Lease;
-pub use read::{Delivery, Reader, autoclaim, claim, own_pending, unblock};
+pub use read::{Delivery, Page, Reader, autoclaim, claim, own_pending, unblock};
 pub use relay::Relay;
 pub use reply::read_reply;

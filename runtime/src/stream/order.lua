@@ -10,6 +10,19 @@
 -- The consumer holding the lease delivers the queue's first entry, and only
 -- that one; finishing it (commit.lua) removes it and hands over the next.
 
+-- Entries found deleted from their stream while still pending, and
+-- acknowledged here since there is nothing to deliver: {stream, id} each.
+-- A script that returns them lets the host warn: they were neither handled
+-- nor dead-lettered (an XDEL, or another program's trim).
+local order_gone = {}
+
+-- Acknowledges entry `id` of `s`, pending with group `g` but deleted from
+-- the stream, and records it in `order_gone`.
+local function order_drop_deleted(s, g, id)
+  redis.call('XACK', s, g, id)
+  order_gone[#order_gone + 1] = { s, id }
+end
+
 -- Whether entry id `a` comes before entry id `b` in their stream. An id's
 -- two numbers may exceed what a Lua number holds exactly, so they are
 -- compared as digits (Redis writes them without leading zeros): fewer
@@ -63,7 +76,7 @@ local function order_append(s, g, q, id)
     end
     redis.call('RPOP', q)
     if last ~= id and redis.call('XPENDING', s, g, last, last, 1)[1] and not redis.call('XRANGE', s, last, last)[1] then
-      redis.call('XACK', s, g, last)
+      order_drop_deleted(s, g, last)
     end
   end
   redis.call('RPUSH', q, id)
@@ -162,8 +175,9 @@ local function order_serve(s, g, me, q, l, key, ttl, counted)
     end
     redis.call('LPOP', q)
     if row then
-      -- Pending, but deleted from the stream: nothing to deliver.
-      redis.call('XACK', s, g, id)
+      -- Pending, but deleted from the stream: nothing to deliver. (The
+      -- XCLAIM above, if it ran, dropped it from the group already.)
+      order_drop_deleted(s, g, id)
     end
   end
 end

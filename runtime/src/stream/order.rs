@@ -39,7 +39,7 @@
 //! reasoning are in docs/delivery.md ("Ordering by key").
 
 use super::error::{Context, Error};
-use super::read::Delivery;
+use super::read::{Delivery, Page};
 use super::reply;
 use super::slot;
 use crate::event::Entry;
@@ -117,7 +117,7 @@ pub(super) fn queue_and_lease(prefix: &str, key: &[u8]) -> (Vec<u8>, Vec<u8>) {
     (named("queue:"), named("lease:"))
 }
 
-/// What a read found.
+/// What a read found, besides the entries it found deleted.
 #[derive(Debug)]
 pub enum Read {
     /// Entries to deliver now (possibly none: what was read waits in the
@@ -167,14 +167,16 @@ impl Ordering {
 
     /// Reads up to `count` new entries of `streams` (one slot), queues the
     /// keyed ones, takes at most `room` keys (first those left waiting by
-    /// others), and returns what to deliver now.
+    /// others), and returns what to deliver now, with the (stream, id) of
+    /// each entry found deleted from its stream while still pending (a
+    /// key's queued entry; acknowledged, since there is nothing to deliver).
     pub async fn read(
         &self,
         conn: &mut impl ConnectionLike,
         streams: &[String],
         count: usize,
         room: usize,
-    ) -> Result<Read, Error> {
+    ) -> Result<(Read, Vec<(String, String)>), Error> {
         let mut call = self.invocation("read");
         call.arg(count).arg(room);
         for s in streams {
@@ -182,22 +184,24 @@ impl Ordering {
         }
         let what = || format!("ordered read on streams {} group {}", streams.join(", "), self.group);
         let reply: Value = call.invoke_async(conn).await.context(what)?;
-        let [found, last] = reply::items(&reply) else { return Err(Error::reply(what(), &reply)) };
-        match last {
-            Value::Nil => Ok(Read::Found(deliveries(found))),
+        let [found, last, gone] = reply::items(&reply) else { return Err(Error::reply(what(), &reply)) };
+        let read = match last {
+            Value::Nil => Read::Found(deliveries(found)),
             pairs => {
                 let texts: Vec<String> = reply::items(pairs).iter().filter_map(reply::text).collect();
-                Ok(Read::Idle(texts.chunks_exact(2).map(|p| (p[0].clone(), p[1].clone())).collect()))
+                Read::Idle(texts.chunks_exact(2).map(|p| (p[0].clone(), p[1].clone())).collect())
             }
-        }
+        };
+        Ok((read, deleted(gone)))
     }
 
     /// One page of pending entries of `stream` to take: this consumer's own
     /// (`own`: true; idle at least `min_idle`) or anyone's idle at least
     /// `min_idle` (keys whose holder is gone); at most `count` looked at, and
     /// the page ends once `room` are taken. `serving`: the keys this consumer
-    /// serves now; `held`: the ids it is delivering. Returns what to deliver
-    /// and where the next page starts.
+    /// serves now; `held`: the ids it is delivering. Returns what to deliver,
+    /// where the next page starts, and the entries found deleted from the
+    /// stream (dropped from the group, or acknowledged: nothing to deliver).
     #[allow(clippy::too_many_arguments)]
     pub async fn scan(
         &self,
@@ -208,14 +212,15 @@ impl Ordering {
         (start, count, room): (&str, usize, usize),
         serving: &[Vec<u8>],
         held: &[String],
-    ) -> Result<(Vec<Delivery>, Option<String>), Error> {
+    ) -> Result<Page, Error> {
         let mut call = self.invocation(if own { "own" } else { "idle" });
         call.key(stream).arg(prefix(&self.group, stream)).arg(min_idle.as_millis() as u64).arg(start).arg(count.max(1));
         call.arg(room.max(1)).arg(serving.len()).arg(serving).arg(held);
         let what = || format!("taking pending entries of stream {stream} group {} in key order", self.group);
         let reply: Value = call.invoke_async(conn).await.context(what)?;
-        let [found, next] = reply::items(&reply) else { return Err(Error::reply(what(), &reply)) };
-        Ok((deliveries(found), reply::text(next)))
+        let [found, next, gone] = reply::items(&reply) else { return Err(Error::reply(what(), &reply)) };
+        let deleted = deleted(gone).into_iter().map(|(_, id)| id).collect();
+        Ok(Page { found: deliveries(found), next: reply::text(next), deleted })
     }
 
     /// Renews the leases of `keys` of `stream` (taking back a lapsed one no
@@ -252,6 +257,17 @@ impl Ordering {
 /// key or nil]` each.
 fn deliveries(v: &Value) -> Vec<Delivery> {
     reply::items(v).iter().filter_map(delivery).collect()
+}
+
+/// The `gone` list the scripts return: (stream, id) pairs.
+fn deleted(v: &Value) -> Vec<(String, String)> {
+    reply::items(v)
+        .iter()
+        .filter_map(|pair| match reply::items(pair) {
+            [s, id] => Some((reply::text(s)?, reply::text(id)?)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// One delivery as the scripts return it; `None` for anything else.

@@ -15,9 +15,9 @@
 --        A key nobody holds is taken while there is room; beyond that it is
 --        left waiting (in the set P .. 'waiting'), and a wake-up entry added
 --        to P .. 'wake' so that a consumer blocked on it takes it. Returns
---        {deliveries, last}: `last`, when there was nothing, is a flat list
+--        {deliveries, last, gone}: `last`, when there was nothing, is a flat list
 --        of each stream and wake-up stream with the id of its last entry (to
---        block on with XREAD), else false.
+--        block on with XREAD), else false; then `gone`, below.
 -- own:   this consumer's pending entries (a restart, a lost reply);
 -- idle:  entries of any consumer idle at least the given time (dead hosts).
 --        KEYS[1] the stream; ARGV[7] its key prefix; ARGV[8] min idle ms;
@@ -27,7 +27,7 @@
 --        consumer is serving, then the ids it is delivering. A keyed entry's key is taken if no one holds it (or,
 --        in 'own', if this consumer holds it from before but is not serving
 --        it); an entry without a key is claimed (a delivery, counted).
---        Returns {deliveries, next start or false}.
+--        Returns {deliveries, next start or false, gone}.
 -- renew: KEYS[1] the stream; ARGV[7] its key prefix; ARGV[8] n, then n
 --        keys this consumer serves, then the ids it is delivering. Renews
 --        their leases (or takes a lapsed one back if no one else took it
@@ -38,7 +38,9 @@
 --        consumer serves. Gives up those leases (on shutdown, or once a
 --        key's chain of deliveries ended with no commit to hand it on).
 --
--- A delivery is {stream, id, fields, attempt, key or false}.
+-- A delivery is {stream, id, fields, attempt, key or false}. `gone` lists
+-- {stream, id} for each entry found deleted from its stream while pending,
+-- and so dropped from the group (order_gone in order.lua).
 
 local mode, g, me, by, name, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 
@@ -107,7 +109,7 @@ local function read()
         last[#last + 1] = e and e[1] or '0-0'
       end
     end
-    return { out, last }
+    return { out, last, order_gone }
   end
   for _, pair in ipairs(found or {}) do
     local s = pair[1]
@@ -144,7 +146,7 @@ local function read()
   for s in pairs(woken) do
     redis.call('XADD', prefix[s] .. 'wake', 'MAXLEN', 1, '*', 'key', 'waiting')
   end
-  return { out, false }
+  return { out, false, order_gone }
 end
 
 local function scan()
@@ -189,7 +191,10 @@ local function scan()
         budget = budget - 1
       end
     elseif not held[id] then
-      -- No key (or deleted from the stream: XCLAIM then drops it).
+      -- No key, or deleted from the stream: XCLAIM then drops it.
+      if not e then
+        order_gone[#order_gone + 1] = { s, id }
+      end
       local claimed = redis.call('XCLAIM', s, g, me, min_idle, id)[1]
       if claimed and claimed[2] then
         out[#out + 1] = { s, id, claimed[2], row[4] + 1, false }
@@ -200,7 +205,7 @@ local function scan()
   if not next and #rows == count then
     next = '(' .. rows[#rows][1]
   end
-  return { out, next }
+  return { out, next, order_gone }
 end
 
 -- Whether the first entry of queue `q` is one this consumer is delivering

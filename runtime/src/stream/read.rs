@@ -28,6 +28,20 @@ pub struct Delivery {
     pub key: Option<Vec<u8>>,
 }
 
+/// A page of pending entries taken to deliver.
+#[derive(Debug, Default)]
+pub struct Page {
+    /// The entries to deliver.
+    pub found: Vec<Delivery>,
+    /// Where the next page starts; `None` after the last.
+    pub next: Option<String>,
+    /// Ids of entries that were pending but are deleted from the stream (an
+    /// `XDEL`, or a trim by another program), before anyone finished them:
+    /// Redis drops such an entry from the group when it is claimed, so it is
+    /// neither handled nor dead-lettered, and the operator must hear of it.
+    pub deleted: Vec<String>,
+}
+
 /// A consumer's blocking reader of new entries, on a connection of its own.
 pub struct Reader {
     conn: Conn,
@@ -168,8 +182,8 @@ pub async fn claim(
 /// (left over by an earlier run under the same name, or read by a reply
 /// that was lost) after id `after` (`-` to start), except those `skip`
 /// says it is handling already and those delivered less than `min_idle`
-/// ago, claimed again as fresh deliveries; and the cursor for the next
-/// page, `None` when there is no more.
+/// ago, claimed again as fresh deliveries; the cursor for the next page;
+/// and those found deleted from the stream.
 pub async fn own_pending(
     conn: &mut impl ConnectionLike,
     stream: &str,
@@ -178,31 +192,50 @@ pub async fn own_pending(
     (after, count): (&str, usize),
     min_idle: Duration,
     skip: impl Fn(&str) -> bool,
-) -> Result<(Vec<Delivery>, Option<String>), Error> {
+) -> Result<Page, Error> {
     let mut rows = pending_rows(conn, stream, group, after, "+", consumer, count).await?;
-    let Some(last) = rows.last() else { return Ok((vec![], None)) };
+    let Some(last) = rows.last() else { return Ok(Page::default()) };
     let next = (rows.len() == count).then(|| format!("({}", last.id));
     rows.retain(|r| !skip(&r.id));
     if rows.is_empty() {
-        return Ok((vec![], next));
+        return Ok(Page { next, ..Page::default() });
     }
     let counts: HashMap<String, u32> = rows.iter().map(|r| (r.id.clone(), r.delivered)).collect();
     let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
     let entries = claim(conn, stream, group, consumer, min_idle, &ids).await?;
-    let deliveries = entries
+    // An id asked for and not claimed was delivered too recently, or is
+    // deleted from the stream (and now dropped from the group by XCLAIM).
+    let missing: Vec<&String> = ids.iter().filter(|id| !entries.iter().any(|e| e.id == **id)).collect();
+    let deleted = deleted_of(conn, stream, &missing).await?;
+    let found = entries
         .into_iter()
         .map(|entry| {
             let attempt = counts.get(&entry.id).copied().unwrap_or(0) + 1;
             Delivery { stream: stream.to_owned(), entry, attempt, key: None }
         })
         .collect();
-    Ok((deliveries, next))
+    Ok(Page { found, next, deleted })
+}
+
+/// Those of `ids` that are no longer in `stream`.
+async fn deleted_of(conn: &mut impl ConnectionLike, stream: &str, ids: &[&String]) -> Result<Vec<String>, Error> {
+    if ids.is_empty() {
+        return Ok(vec![]);
+    }
+    let mut pipe = redis::pipe();
+    for id in ids {
+        pipe.cmd("XRANGE").arg(stream).arg(*id).arg(*id);
+    }
+    let found: Vec<redis::Value> =
+        pipe.query_async(conn).await.context(|| format!("XRANGE on stream {stream} for entries not claimed"))?;
+    Ok(ids.iter().zip(&found).filter(|(_, f)| reply::entries(f).is_empty()).map(|(id, _)| (*id).clone()).collect())
 }
 
 /// Takes over up to `count` entries of `stream` that have sat with any
 /// consumer for at least `min_idle` (their consumer is presumed dead).
-/// Returns them with their attempt numbers, and the cursor for the next page
-/// (`"0-0"` when the scan is complete).
+/// Returns them with their attempt numbers, the cursor for the next page
+/// (`None` when the scan is complete), and the pending entries it found
+/// deleted from the stream.
 pub async fn autoclaim(
     conn: &mut impl ConnectionLike,
     stream: &str,
@@ -211,7 +244,7 @@ pub async fn autoclaim(
     min_idle: Duration,
     cursor: &str,
     count: usize,
-) -> Result<(Vec<Delivery>, String), Error> {
+) -> Result<Page, Error> {
     let value: redis::Value = redis::cmd("XAUTOCLAIM")
         .arg(stream)
         .arg(group)
@@ -224,12 +257,15 @@ pub async fn autoclaim(
         .await
         .context(|| format!("XAUTOCLAIM on stream {stream} group {group}"))?;
     let redis::Value::Array(parts) = &value else {
-        return Ok((vec![], "0-0".into()));
+        return Ok(Page::default());
     };
-    let next = parts.first().and_then(reply::text).unwrap_or_else(|| "0-0".into());
+    let next = parts.first().and_then(reply::text).filter(|n| n != "0-0");
     let entries = parts.get(1).map(reply::entries).unwrap_or_default();
-    let deliveries = with_attempts(conn, stream, group, consumer, entries).await?;
-    Ok((deliveries, next))
+    // (Redis 7: the ids of pending entries deleted from the stream, which
+    // it has just dropped from the group.)
+    let deleted = parts.get(2).map(|d| reply::items(d).iter().filter_map(reply::text).collect()).unwrap_or_default();
+    let found = with_attempts(conn, stream, group, consumer, entries).await?;
+    Ok(Page { found, next, deleted })
 }
 
 /// Attaches delivery counts (XAUTOCLAIM does not return them) to `entries`
