@@ -138,6 +138,63 @@ async fn an_interrupted_redrive_loses_nothing_and_repeats_nothing() {
     assert!(entries(&mut conn, "in:dlq").await.is_empty());
 }
 
+/// A redrive that fails part-way (here the inbox is made a string while it
+/// runs) says how many it moved; the same redrive run again moves the rest,
+/// each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redrive_that_fails_part_way_says_how_many_went() {
+    let redis = RedisServer::start();
+    let fx = Fixture::new(&redis, "", &two_handlers(false));
+    let mut conn = redis.conn().await;
+    let host = fx.start();
+    for n in 0..12 {
+        send(&mut conn, "in", "t", config_event(n)).await;
+    }
+    until_entries(&conn, "in:dlq", 12).await;
+    host.stop().await;
+    let inbox = "sluice:inbox:b";
+    let redrive = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["dlq", "redrive", "--rate", "5", "--config"])
+        .arg(&fx.config_path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    until_entries(&conn, inbox, 3).await;
+    // What it moved so far taken away, and the inbox made a string, at once.
+    let (moved, ()): (redis::streams::StreamRangeReply, ()) = redis::pipe()
+        .atomic()
+        .cmd("XRANGE")
+        .arg(inbox)
+        .arg("-")
+        .arg("+")
+        .cmd("DEL")
+        .arg(inbox)
+        .ignore()
+        .cmd("SET")
+        .arg(inbox)
+        .arg("in the way")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let moved = moved.ids;
+    let failed = redrive.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&failed.stderr).into_owned();
+    assert!(!failed.status.success() && said.contains("WRONGTYPE"), "{said}");
+    assert!(moved.len() < 12, "the redrive was still going: {}", moved.len());
+    assert!(said.contains(&format!("redrove {} entr(ies) before this", moved.len())), "{said}");
+
+    let () = redis::cmd("DEL").arg(inbox).query_async(&mut conn).await.unwrap();
+    ok(sluice(&["dlq", "redrive"], &fx.config_path));
+    let mut origins: Vec<String> =
+        moved.iter().chain(&entries(&mut conn, inbox).await).map(|e| field(e, "sluice.origin_id")).collect();
+    assert_eq!(origins.len(), 12, "{origins:?}");
+    origins.sort();
+    origins.dedup();
+    assert_eq!(origins.len(), 12, "each event queued again exactly once");
+    assert!(entries(&mut conn, "in:dlq").await.is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_delivers_exactly_the_time_range_to_one_handler() {
     let redis = RedisServer::start();
@@ -192,6 +249,51 @@ async fn replay_delivers_exactly_the_time_range_to_one_handler() {
 
     let refused = sluice(&["replay", "--stream", "other", "--handler", "a", "--from", "-1h"], &fx.config_path);
     assert!(String::from_utf8_lossy(&refused.stderr).contains("does not read stream \"other\""));
+}
+
+/// A replay copies 500 entries at a time as it reads them. One that fails
+/// part-way (here Redis runs out of memory in its second page) says how
+/// many went and the `--from` to go on with; going on from there (a stream
+/// id, exact within its millisecond) replays the rest, so that every entry
+/// reaches the inbox once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_that_fails_part_way_says_how_to_go_on_and_going_on_repeats_nothing() {
+    let redis = RedisServer::start();
+    let fx = Fixture::new(&redis, "", &two_handlers(true));
+    let mut conn = redis.conn().await;
+    // 1 500 entries of 2 KB, many in each millisecond.
+    let data = json!({"action": "ok", "pad": "x".repeat(2000)}).to_string();
+    let mut pipe = redis::pipe();
+    for _ in 0..1500 {
+        pipe.cmd("XADD").arg("in").arg("*").arg("type").arg("t").arg("data").arg(&data);
+    }
+    let ids: Vec<String> = pipe.query_async(&mut conn).await.unwrap();
+    // Room for about a page and a half of copies.
+    let info: String = redis::cmd("INFO").arg("memory").query_async(&mut conn).await.unwrap();
+    let used: u64 = info.lines().find_map(|l| l.strip_prefix("used_memory:")).unwrap().trim().parse().unwrap();
+    let () =
+        redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg(used + 1_600_000).query_async(&mut conn).await.unwrap();
+    let failed = sluice(&["replay", "--stream", "in", "--handler", "b", "--from", "0", "--to", "now"], &fx.config_path);
+    let said = String::from_utf8_lossy(&failed.stderr).into_owned();
+    assert!(!failed.status.success(), "{said}");
+    assert!(said.contains("OOM"), "Redis's reason: {said}");
+    let go_on = said.lines().find_map(|l| l.split_once("To go on: sluice ")).map(|(_, c)| c.to_owned());
+    let go_on = go_on.unwrap_or_else(|| panic!("how to go on: {said}"));
+    let inbox = "sluice:inbox:b";
+    let copied = entries(&mut conn, inbox).await.len();
+    assert!((500..1500).contains(&copied), "the first page went, not all: {copied}");
+    assert!(
+        said.contains(&format!("replayed {copied} entr(ies) of in to b ({} … {})", ids[0], ids[copied - 1])),
+        "{said}"
+    );
+    assert!(go_on.contains(&format!("--from {} ", ids[copied])), "from the first entry not replayed: {go_on}");
+
+    let () = redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg(0).query_async(&mut conn).await.unwrap();
+    let args: Vec<&str> = go_on.split(' ').collect();
+    let rest = ok(sluice(&args, &fx.config_path));
+    assert!(rest.contains(&format!("replayed {} entr(ies)", 1500 - copied)), "{rest}");
+    let origins: Vec<String> = entries(&mut conn, inbox).await.iter().map(|e| field(e, "sluice.origin_id")).collect();
+    assert_eq!(origins, ids, "every entry in the inbox once, in order");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -181,7 +181,10 @@ pub enum Command {
     /// Deliver a time range of a stream again to one handler, and to no
     /// other. Times: RFC 3339 (2026-11-22T10:00:00Z), a day or month
     /// (2026-11-22, 2026-11, UTC: all of it as --to), relative (-1h, -15m,
-    /// now), or Unix milliseconds. Both ends are included.
+    /// now), Unix milliseconds, or a stream id (1700000000000-3: from or to
+    /// that entry exactly). Both ends are included. Entries go to the
+    /// inbox 500 at a time as they are read; a replay that fails part-way
+    /// says how many went and the --from to go on with.
     ///
     /// Example: sluice replay --stream orders --handler payment --from -2h --to -1h
     Replay {
@@ -191,10 +194,10 @@ pub enum Command {
         /// The handler to deliver to.
         #[arg(long)]
         handler: String,
-        /// Start of the range (RFC 3339, 2026-11-22, -2h, or Unix ms).
+        /// Start of the range (RFC 3339, 2026-11-22, -2h, Unix ms, or a stream id).
         #[arg(long, allow_hyphen_values = true)]
         from: String,
-        /// End of the range (RFC 3339, 2026-11-22, -1h, now, or Unix ms).
+        /// End of the range (RFC 3339, 2026-11-22, -1h, now, Unix ms, or a stream id).
         #[arg(long, default_value = "now", allow_hyphen_values = true)]
         to: String,
         /// Only count what would be delivered.

@@ -64,22 +64,25 @@ pub async fn replay(
     dry_run: bool,
 ) -> anyhow::Result<()> {
     let now = time::now_ms();
-    let from = time::parse(range.0, now).map_err(|e| anyhow!("--from {e}"))?;
-    let to = time::parse_end(range.1, now).map_err(|e| anyhow!("--to {e}"))?;
-    let entries =
-        Session::with(config, async |s| redrive::replay(s, stream, handler, (from, to), dry_run).await).await?;
-    let (first, last) = (entries.first().map(|e| e.id.as_str()), entries.last().map(|e| e.id.as_str()));
-    let span = match (first, last) {
+    // Each end: the stream id given, exactly; or a time, in Unix ms (the
+    // whole millisecond), and how to show it.
+    let bound = |s: &str, end: bool| -> Result<(String, String), String> {
+        if let Some(id) = time::stream_id(s) {
+            return Ok((id.to_owned(), id.to_owned()));
+        }
+        let ms = if end { time::parse_end(s, now) } else { time::parse(s, now) }?;
+        Ok((ms.to_string(), time::format(ms)))
+    };
+    let (from, from_shown) = bound(range.0, false).map_err(|e| anyhow!("--from {e}"))?;
+    let (to, to_shown) = bound(range.1, true).map_err(|e| anyhow!("--to {e}"))?;
+    let done =
+        Session::with(config, async |s| redrive::replay(s, stream, handler, (&from, &to), dry_run).await).await?;
+    let span = match (&done.first, &done.last) {
         (Some(a), Some(b)) => format!(" ({a} … {b})"),
         _ => String::new(),
     };
     let verb = if dry_run { "would replay" } else { "replayed" };
-    println!(
-        "{verb} {} entr(ies) of {stream} to {handler}{span}, {} to {}",
-        entries.len(),
-        time::format(from),
-        time::format(to)
-    );
+    println!("{verb} {} entr(ies) of {stream} to {handler}{span}, {from_shown} to {to_shown}", done.count);
     Ok(())
 }
 

@@ -47,6 +47,16 @@ fn parse_as(s: &str, now: u64, end: bool) -> Result<u64, String> {
     rfc3339(s).map_err(|e| format!("{s:?}: {e} (expected RFC 3339 like 2026-11-22T10:00:00Z, -1h, or Unix ms)"))
 }
 
+/// `s` if it is a stream id (`1700000000000-3`), at which a range can
+/// start or end exactly; `None` for anything else, a day or a month too.
+pub fn stream_id(s: &str) -> Option<&str> {
+    let s = s.trim();
+    let (ms, seq) = s.split_once('-')?;
+    let digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+    (digits(ms) && digits(seq) && ms.parse::<u64>().is_ok() && seq.parse::<u64>().is_ok() && day_or_month(s).is_none())
+        .then_some(s)
+}
+
 /// The start of day `YYYY-MM-DD` or month `YYYY-MM`, UTC, and the start of
 /// the day or month after it, as RFC 3339; `None` for any other form. (The
 /// day after the 31st of a shorter month is refused with it, by the parse
@@ -162,6 +172,12 @@ mod tests {
         assert_eq!(parse_end("2024-02-28", NOW), parse("2024-02-29", NOW).map(|ms| ms - 1), "a leap year");
         assert!(parse_end("2023-02-29", NOW).is_err());
         assert_eq!(parse_end("-1h", NOW), parse("-1h", NOW));
+        assert_eq!(stream_id("1700000000000-3"), Some("1700000000000-3"));
+        assert_eq!(stream_id("5-0"), Some("5-0"));
+        for not_an_id in ["2023-11", "2023-11-14", "1700000000000", "-1h", "5-", "-5", "5-x", "99999999999999999999-0"]
+        {
+            assert_eq!(stream_id(not_an_id), None, "{not_an_id}");
+        }
         assert!(parse("yesterday", NOW).unwrap_err().contains("RFC 3339"));
         assert!(parse("-1 fortnight", NOW).is_err());
     }

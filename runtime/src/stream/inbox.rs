@@ -6,8 +6,8 @@ use super::reply;
 use crate::event::Entry;
 use redis::aio::ConnectionLike;
 
-/// Entries per `XRANGE` page.
-const PAGE: usize = 500;
+/// Entries per `XRANGE` page ([`range_page`]).
+pub const RANGE_PAGE: usize = 500;
 
 /// Every entry of `stream` from `start` to `end` (ids or `-`/`+`,
 /// inclusive), in order, read a page at a time.
@@ -15,17 +15,8 @@ pub async fn range(conn: &mut impl ConnectionLike, stream: &str, start: &str, en
     let mut all = Vec::new();
     let mut from = start.to_owned();
     loop {
-        let value: redis::Value = redis::cmd("XRANGE")
-            .arg(stream)
-            .arg(&from)
-            .arg(end)
-            .arg("COUNT")
-            .arg(PAGE)
-            .query_async(conn)
-            .await
-            .context(|| format!("XRANGE on stream {stream}"))?;
-        let page = reply::entries(&value);
-        let full = page.len() == PAGE;
+        let page = range_page(conn, stream, &from, end).await?;
+        let full = page.len() == RANGE_PAGE;
         if let Some(last) = page.last() {
             from = format!("({}", last.id);
         }
@@ -34,6 +25,27 @@ pub async fn range(conn: &mut impl ConnectionLike, stream: &str, start: &str, en
             return Ok(all);
         }
     }
+}
+
+/// One page (at most 500) of the entries of `stream` from `start` to `end`
+/// (ids, `(id` to leave the first out, or `-`/`+`), in order: fewer than
+/// 500 when the range ends there.
+pub async fn range_page(
+    conn: &mut impl ConnectionLike,
+    stream: &str,
+    start: &str,
+    end: &str,
+) -> Result<Vec<Entry>, Error> {
+    let value: redis::Value = redis::cmd("XRANGE")
+        .arg(stream)
+        .arg(start)
+        .arg(end)
+        .arg("COUNT")
+        .arg(RANGE_PAGE)
+        .query_async(conn)
+        .await
+        .context(|| format!("XRANGE on stream {stream}"))?;
+    Ok(reply::entries(&value))
 }
 
 /// The last `count` entries of `stream`, newest first.
@@ -105,20 +117,25 @@ async fn move_across_slots(
     Ok(Some(copy))
 }
 
-/// Adds entries with `fields` to `inbox`, in one round trip; their ids.
+/// Adds entries with `fields` to `inbox`, in one round trip: each one's id,
+/// or why Redis refused it (the others are added all the same). An error
+/// for the whole call leaves unknown which were added.
 pub async fn add_to_inbox(
     conn: &mut impl ConnectionLike,
     inbox: &str,
     copies: &[Vec<(String, Vec<u8>)>],
-) -> Result<Vec<String>, Error> {
+) -> Result<Vec<Result<String, Error>>, Error> {
     let mut pipe = redis::pipe();
+    pipe.ignore_errors();
     for fields in copies {
         pipe.cmd("XADD").arg(inbox).arg("*");
         for (k, v) in fields {
             pipe.arg(k).arg(v);
         }
     }
-    pipe.query_async(conn).await.context(|| format!("XADD of {} entries to {inbox}", copies.len()))
+    let what = || format!("XADD of {} entries to {inbox}", copies.len());
+    let added: Vec<redis::RedisResult<String>> = pipe.query_async(conn).await.context(what)?;
+    Ok(added.into_iter().map(|a| a.context(|| format!("XADD to {inbox}"))).collect())
 }
 
 /// Deletes entries `ids` of `stream`; how many were there.

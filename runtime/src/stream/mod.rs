@@ -29,7 +29,7 @@ pub use committer::{Committer, Refill, Room};
 pub use conn::{Conn, Redis, redact};
 pub use error::{Context, Error, ErrorKind};
 pub use group::ensure_group;
-pub use inbox::{add_to_inbox, delete, latest, move_to_inbox, range};
+pub use inbox::{RANGE_PAGE, add_to_inbox, delete, latest, move_to_inbox, range, range_page};
 pub use info::{EntryState, GroupInfo, entry_state, group_info, length};
 pub use lease::Lease;
 pub use read::{Delivery, Page, Reader, autoclaim, claim, own_pending, unblock};
