@@ -209,9 +209,9 @@ async fn add_numbered(conn: &mut redis::aio::MultiplexedConnection, stream: &str
     }
 }
 
-/// Runs `work` and returns what it returned with how many entries the
-/// scripts Redis ran meanwhile asked for: the sum of the `COUNT`s of their
-/// `XRANGE`s, as `MONITOR` shows them.
+/// Runs `work` and returns what it returned with how many entries each
+/// script Redis ran meanwhile asked for, at most: the sum of the `COUNT`s of
+/// its `XRANGE`s, as `MONITOR` shows them.
 async fn entries_scripts_asked_for<T>(redis: &RedisServer, work: impl std::future::Future<Output = T>) -> (T, u64) {
     use futures::StreamExt;
     let client = redis::Client::open(redis.url()).unwrap();
@@ -219,14 +219,18 @@ async fn entries_scripts_asked_for<T>(redis: &RedisServer, work: impl std::futur
     let out = work.await;
     let marker = "entries-scripts-asked-for: done";
     let _: String = redis::cmd("ECHO").arg(marker).query_async(&mut redis.conn().await).await.unwrap();
-    let mut asked = 0;
+    let (mut asked, mut most) = (0, 0);
     loop {
         let line = tokio::time::timeout(Duration::from_secs(30), lines.next())
             .await
             .expect("MONITOR showed the marker")
             .expect("MONITOR still open");
         if line.contains(marker) {
-            return (out, asked);
+            return (out, most.max(asked));
+        }
+        if line.contains("\"EVALSHA\"") || line.contains("\"EVAL\"") {
+            most = most.max(asked);
+            asked = 0;
         }
         if line.contains(" lua] \"XRANGE\"") {
             let words: Vec<&str> = line.split(' ').collect();
@@ -236,8 +240,8 @@ async fn entries_scripts_asked_for<T>(redis: &RedisServer, work: impl std::futur
     }
 }
 
-/// What a trim of `stream` to `max_len` did, and how many entries its
-/// script asked Redis for.
+/// What a trim of `stream` to `max_len` did, and how many entries one call
+/// of its script asked Redis for, at most.
 async fn trim_to(redis: &RedisServer, stream: &str, max_len: u64) -> (sluice::stream::retention::Trimmed, u64) {
     let bound = sluice::stream::retention::Retention { max_len: Some(max_len), max_age: None };
     let mut conn = redis.conn().await;
@@ -304,6 +308,23 @@ async fn a_trim_reads_few_entries_whatever_the_length_of_the_stream() {
     assert_eq!((trimmed.removed, trimmed.length), (999, 2_001));
     assert_eq!(trimmed.held_back_by.as_deref(), Some("g"));
     assert_eq!(first_of(&mut conn, "pending").await, "1000-1", "the pending entry and all after it kept");
+
+    // A bound set on a long stream with an entry pending in its middle:
+    // many entries on both sides of the floor, more past it than the bound.
+    // Each call reads a bounded number, cuts what it found before the
+    // floor, and the next goes on, until the cut reaches the floor.
+    add_numbered(&mut conn, "middle", 1..=50_000).await;
+    let _: () = group("middle").query_async(&mut conn).await.unwrap();
+    let _: redis::Value = read("middle", 50_000, false).query_async(&mut conn).await.unwrap();
+    let acked: Vec<String> = (1..=50_000).filter(|ms| *ms != 25_000).map(|ms| format!("{ms}-1")).collect();
+    for chunk in acked.chunks(10_000) {
+        let _: u64 = redis::cmd("XACK").arg("middle").arg("g").arg(chunk).query_async(&mut conn).await.unwrap();
+    }
+    let (trimmed, asked) = trim_to(&redis, "middle", 20_000).await;
+    assert_eq!((trimmed.removed, trimmed.length), (24_999, 25_001));
+    assert_eq!(trimmed.held_back_by.as_deref(), Some("g"));
+    assert_eq!(first_of(&mut conn, "middle").await, "25000-1", "the pending entry and all after it kept");
+    assert!(asked <= 20_000, "one call of the script asked for {asked} entries");
 
     // Caught up with nothing pending: the bound is met at once.
     add_numbered(&mut conn, "done", 1..=3_000).await;

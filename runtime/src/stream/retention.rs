@@ -44,20 +44,33 @@ pub struct Trimmed {
     pub held_back_by: Option<String>,
 }
 
+/// How many calls of the script one trim makes at most. Each reads at most
+/// 20 000 entries to check a `max_len` cut, so that no call holds Redis
+/// long; a check that needs more leaves the rest to the next call.
+const CALLS: usize = 10;
+
 /// Trims `stream` to `retention`. The floor (the first entry some group on
 /// the stream still needs) is found by the script itself, in the same
-/// atomic step, and ages are measured by Redis's clock.
+/// atomic step, and ages are measured by Redis's clock. A long check is
+/// spread over several calls (at most [`CALLS`]; the next trim goes on).
 pub async fn trim(conn: &mut impl ConnectionLike, stream: &str, retention: &Retention) -> Result<Trimmed, Error> {
     let max_len = retention.max_len.map(|n| n.to_string()).unwrap_or_default();
     let max_age = retention.max_age.map(|a| a.as_millis().to_string()).unwrap_or_default();
-    let (removed, length, held, group): (u64, u64, u8, String) = TRIM
-        .key(stream)
-        .arg(max_len)
-        .arg(max_age)
-        .invoke_async(conn)
-        .await
-        .context(|| format!("trimming stream {stream}"))?;
-    Ok(Trimmed { removed, length, held_back_by: (held == 1).then_some(group) })
+    let mut trimmed = Trimmed::default();
+    for _ in 0..CALLS {
+        let (removed, length, held, group, partial): (u64, u64, u8, String, u8) = TRIM
+            .key(stream)
+            .arg(&max_len)
+            .arg(&max_age)
+            .invoke_async(conn)
+            .await
+            .context(|| format!("trimming stream {stream}"))?;
+        trimmed = Trimmed { removed: trimmed.removed + removed, length, held_back_by: (held == 1).then_some(group) };
+        if partial == 0 {
+            break;
+        }
+    }
+    Ok(trimmed)
 }
 
 /// Whether stream id `a` comes before `b`.

@@ -10,7 +10,8 @@
 -- ARGV[1] max_len, or "" for none
 -- ARGV[2] max_age_ms, or "" for none
 -- Returns {entries removed, entries left, 1 if a group kept the stream over
--- its bound else 0, that group or ""}.
+-- its bound else 0, that group or "", 1 if the call did only part of the
+-- work and another goes on else 0}.
 
 -- Whether stream id `a` comes before `b`. An id's two numbers may exceed
 -- what a Lua number holds exactly, so they are compared as digits (Redis
@@ -111,8 +112,9 @@ if ARGV[2] ~= '' then
   end
 end
 
--- How many entries one XRANGE below reads into Lua at most.
-local CHUNK = 1000
+-- How many entries one XRANGE below reads into Lua at most, and how many
+-- such reads from each end one call makes at most.
+local CHUNK, CHUNKS = 1000, 10
 
 -- Whether XTRIM MAXLEN `max` removes only entries before the floor: whether
 -- at most `max` entries lie at or after it, or (the same thing) at least
@@ -122,10 +124,13 @@ local CHUNK = 1000
 -- time: a few entries past the floor while the groups keep up, the few
 -- entries over the bound while one lags far behind (reading everything
 -- past the floor there blocked Redis for seconds on a stream of a million).
+-- Both can be large (a bound set on a long stream, with an entry pending
+-- in its middle): after CHUNKS reads from each end it returns nil and how
+-- many of the oldest entries it found before the floor, which may go.
 local function only_before_floor(max, excess)
   local ahead, from = 0, floor
   local behind, after = 0, '-'
-  while true do
+  for _ = 1, CHUNKS do
     local want = math.min(CHUNK, max + 1 - ahead)
     local got = redis.call('XRANGE', stream, from, '+', 'COUNT', want)
     ahead = ahead + #got
@@ -145,7 +150,12 @@ local function only_before_floor(max, excess)
     end
     after = '(' .. got[#got][1]
   end
+  return nil, behind
 end
+
+-- 1 when the stream was cut short of what its bound allows because the
+-- check above ran out of reads: calling again goes on.
+local partial = 0
 
 if ARGV[1] ~= '' then
   local max = tonumber(ARGV[1])
@@ -153,11 +163,21 @@ if ARGV[1] ~= '' then
   if excess > 0 then
     if not floor then
       removed = removed + redis.call('XTRIM', stream, 'MAXLEN', max)
-    elseif needed <= max and only_before_floor(max, excess) then
-      removed = removed + redis.call('XTRIM', stream, 'MAXLEN', max)
     else
-      removed = removed + redis.call('XTRIM', stream, 'MINID', floor)
-      held = 1
+      local only, behind = false, 0
+      if needed <= max then
+        only, behind = only_before_floor(max, excess)
+      end
+      if only then
+        removed = removed + redis.call('XTRIM', stream, 'MAXLEN', max)
+      elseif only == nil then
+        -- Undecided: the oldest `behind` entries lie before the floor.
+        removed = removed + redis.call('XTRIM', stream, 'MAXLEN', redis.call('XLEN', stream) - behind)
+        partial = 1
+      else
+        removed = removed + redis.call('XTRIM', stream, 'MINID', floor)
+        held = 1
+      end
     end
   end
 end
@@ -165,4 +185,4 @@ end
 if held == 0 then
   holder = ''
 end
-return { removed, redis.call('XLEN', stream), held, holder }
+return { removed, redis.call('XLEN', stream), held, holder, partial }
