@@ -15,9 +15,9 @@
 --        A key nobody holds is taken while there is room; beyond that it is
 --        left waiting (in the set P .. 'waiting'), and a wake-up entry added
 --        to P .. 'wake' so that a consumer blocked on it takes it. Returns
---        {deliveries, last, gone}: `last`, when there was nothing, is a flat list
---        of each stream and wake-up stream with the id of its last entry (to
---        block on with XREAD), else false; then `gone`, below.
+--        {deliveries, last, gone}: `last`, when there was nothing, is a
+--        flat list of each stream and wake-up stream with the id of its
+--        last entry (to block on with XREAD), else false; `gone`, below.
 -- own:   this consumer's pending entries (a restart, a lost reply);
 -- idle:  entries of any consumer idle at least the given time (dead hosts).
 --        KEYS[1] the stream; ARGV[7] its key prefix; ARGV[8] min idle ms;

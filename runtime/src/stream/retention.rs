@@ -52,7 +52,7 @@ const CALLS: usize = 10;
 /// Trims `stream` to `retention`. The floor (the first entry some group on
 /// the stream still needs) is found by the script itself, in the same
 /// atomic step, and ages are measured by Redis's clock. A long check is
-/// spread over several calls (at most [`CALLS`]; the next trim goes on).
+/// spread over several calls (at most 10; the next trim goes on).
 pub async fn trim(conn: &mut impl ConnectionLike, stream: &str, retention: &Retention) -> Result<Trimmed, Error> {
     let max_len = retention.max_len.map(|n| n.to_string()).unwrap_or_default();
     let max_age = retention.max_age.map(|a| a.as_millis().to_string()).unwrap_or_default();
