@@ -86,10 +86,11 @@ async fn redrive_reaches_only_the_handler_that_failed_and_keeps_the_history() {
     assert!(entries(&mut conn, "sluice:inbox:b").await.is_empty(), "handled inbox copies are deleted");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_interrupted_redrive_loses_nothing_and_repeats_nothing() {
-    let redis = RedisServer::start();
-    let fx = Fixture::new(&redis, "", &two_handlers(false));
+/// Handlers `a` and `b` (`two_handlers(false)`) after 12 `config` events:
+/// `a` handled them, `b` dead-lettered them to `in:dlq`. No host runs, so
+/// what a redrive moves stays in the inbox to be counted.
+async fn twelve_dead_letters(redis: &RedisServer) -> Fixture {
+    let fx = Fixture::new(redis, "", &two_handlers(false));
     let mut conn = redis.conn().await;
     let host = fx.start();
     for n in 0..12 {
@@ -97,8 +98,14 @@ async fn an_interrupted_redrive_loses_nothing_and_repeats_nothing() {
     }
     until_entries(&conn, "in:dlq", 12).await;
     host.stop().await;
+    fx
+}
 
-    // No host runs, so moved entries stay in the inbox to be counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_redrive_loses_nothing_and_repeats_nothing() {
+    let redis = RedisServer::start();
+    let fx = twelve_dead_letters(&redis).await;
+    let mut conn = redis.conn().await;
     let mut redrive = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(["dlq", "redrive", "--rate", "5", "--config"])
         .arg(&fx.config_path)
@@ -144,14 +151,8 @@ async fn an_interrupted_redrive_loses_nothing_and_repeats_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redrive_that_fails_part_way_says_how_many_went() {
     let redis = RedisServer::start();
-    let fx = Fixture::new(&redis, "", &two_handlers(false));
+    let fx = twelve_dead_letters(&redis).await;
     let mut conn = redis.conn().await;
-    let host = fx.start();
-    for n in 0..12 {
-        send(&mut conn, "in", "t", config_event(n)).await;
-    }
-    until_entries(&conn, "in:dlq", 12).await;
-    host.stop().await;
     let inbox = "sluice:inbox:b";
     let redrive = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(["dlq", "redrive", "--rate", "5", "--config"])

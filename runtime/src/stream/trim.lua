@@ -153,8 +153,8 @@ local function only_before_floor(max, excess)
   return nil, behind
 end
 
--- 1 when the stream was cut short of what its bound allows because the
--- check above ran out of reads: calling again goes on.
+-- 1 when the check above ran out of reads, so the stream was cut only part
+-- of the way to its bound: calling again goes on.
 local partial = 0
 
 if ARGV[1] ~= '' then
