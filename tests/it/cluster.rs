@@ -377,6 +377,8 @@ impl sluice::stream::Refill for Recorder {
     fn lost(&self, room: sluice::stream::Room) {
         self.reads.lock().unwrap().push((room.streams.to_vec(), vec![("lost".into(), String::new())]));
     }
+
+    fn deleted(&self, _deleted: Vec<(String, String)>) {}
 }
 
 /// Commits, through a committer on `conn` for a handler of `streams`, the

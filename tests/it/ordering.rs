@@ -553,7 +553,48 @@ async fn a_queued_entry_deleted_after_its_group_was_set_back_is_acknowledged_by_
     let deleted = format!("were deleted from stream in before they were finished ({a3})");
     let warned: Vec<_> = lines.iter().filter(|l| l["fields"]["message"].as_str().unwrap().contains(&deleted)).collect();
     assert_eq!(warned.len(), 1, "a/3 named once: {lines:#?}");
-    assert_eq!((&warned[0]["level"], &warned[0]["span"]["handler"]), (&json!("WARN"), &json!("h")), "{:#}", warned[0]);
+    assert_eq!(
+        (&warned[0]["level"], &warned[0]["fields"]["handler"]),
+        (&json!("WARN"), &json!("h")),
+        "{:#}",
+        warned[0]
+    );
+}
+
+/// A key's queued entry deleted from the stream while the entry before it
+/// runs: the commit that hands the key on finds it gone, acknowledges it
+/// (there is nothing to deliver), and the host warns of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_entry_deleted_while_its_key_runs_is_named_when_the_key_is_handed_on() {
+    let redis = RedisServer::start();
+    let handlers = ledger("data.account", "concurrency = 8\ntimeout_ms = 10000");
+    let fx = Fixture::new(&redis, "consumer = \"c\"\nclaim_idle_ms = 60000", &handlers);
+    let mut conn = redis.conn().await;
+    let posting = |seq: u64, ms: u64| json!({"action": "ledger", "account": "a", "seq": seq, "amount": 1, "ms": ms});
+    send(&mut conn, "in", "posting", posting(1, 0)).await;
+    send(&mut conn, "in", "posting", posting(2, 2000)).await;
+    let a3 = send(&mut conn, "in", "posting", posting(3, 0)).await;
+    let mut host = fx.spawn_binary_logging_json("info");
+    until_a2_runs_with_a3_queued(&conn).await;
+    let _: u64 = redis::cmd("XDEL").arg("in").arg(&a3).query_async(&mut conn).await.unwrap();
+    eventually(SOON, "a/2 committed and a/3 acknowledged", || {
+        let mut c = conn.clone();
+        async move { (pending(&mut c, "in", "h").await == 0).then_some(()) }
+    })
+    .await;
+    assert!(terminate(&mut host).await.success());
+    let lines = json_log_lines(&host.wait_with_output().unwrap().stderr);
+    let deleted = format!("were deleted from stream in before they were finished ({a3})");
+    let warned: Vec<_> = lines.iter().filter(|l| l["fields"]["message"].as_str().unwrap().contains(&deleted)).collect();
+    assert_eq!(warned.len(), 1, "a/3 named once: {lines:#?}");
+    assert_eq!(
+        (&warned[0]["level"], &warned[0]["fields"]["handler"]),
+        (&json!("WARN"), &json!("h")),
+        "{:#}",
+        warned[0]
+    );
+    let seqs: Vec<u64> = postings(&mut conn).await["a"].iter().map(|p| p.0).collect();
+    assert_eq!(seqs, [1, 2], "a/1 and a/2 handled, a/3 never");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -417,7 +417,7 @@ async fn a_batch_reads_new_entries_with_its_script() {
     // Two done and a repeat: up to two of each stream read.
     let both = streams(&["in2", "in"]);
     let commits = [quiet(0), quiet(1), quiet(0)];
-    let CommitAndRead { committed, found } =
+    let CommitAndRead { committed, found, .. } =
         commit_and_read(&mut conn, "g", "c", &commits, ReadAfter { streams: &both, count: 2 }).await.unwrap();
     let committed: Vec<Committed> = committed.into_iter().collect::<Result<_, _>>().unwrap();
     assert_eq!(committed, [Committed::Done, Committed::Done, Committed::AlreadyFinished]);

@@ -788,7 +788,7 @@ async fn entries_deleted_while_pending_are_named(handlers: &str) {
     for (line, id) in warned.iter().zip([&ids[0], &ids[2]]) {
         assert_eq!(line["level"], "WARN", "{line:#}");
         assert_eq!((&line["fields"]["stream"], &line["fields"]["group"]), (&json!("in"), &json!("h")), "{line:#}");
-        assert_eq!(line["span"]["handler"], "h", "{line:#}");
+        assert_eq!(line["fields"]["handler"], "h", "{line:#}");
         assert!(line["fields"]["message"].as_str().unwrap().contains(id.as_str()), "names {id}: {line:#}");
     }
     let handled: Vec<String> = entries(&mut conn, "out").await.iter().map(|e| field(e, "causation_id")).collect();

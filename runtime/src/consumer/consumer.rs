@@ -111,10 +111,8 @@ impl Consumer {
         let cloudevents = h.streams.iter().all(|s| *h.formats.format(s) == crate::format::Format::CloudEvents);
         let ordering =
             (h.order_by.clone()).map(|by| stream::order::Ordering::new(by, &h.group, &name, claim_idle, cloudevents));
-        let refill: Option<Box<dyn stream::Refill>> = match ordering {
-            None => Some(Box::new(super::intake::Refiller(me))),
-            Some(_) => None,
-        };
+        // (Ordered by key, batches read nothing: `Refiller::room` says so.)
+        let refill: Option<Box<dyn stream::Refill>> = Some(Box::new(super::intake::Refiller(me)));
         let group = binding.handler.group.clone();
         Consumer {
             ordering,

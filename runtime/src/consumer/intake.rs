@@ -331,7 +331,9 @@ impl Consumer {
         self.metrics.deleted_unfinished(ids.len());
         let shown = ids.iter().take(10).map(String::as_str).collect::<Vec<_>>().join(", ");
         let more = if ids.len() > 10 { format!(" and {} more", ids.len() - 10) } else { String::new() };
-        warn!(stream, group = %self.group, count = ids.len(), "{} entr(ies) pending with group {} were deleted from stream {stream} before they were finished ({shown}{more}), by an XDEL or by a trim that does not wait for consumer groups (another program's XTRIM or XADD MAXLEN): they were neither handled nor dead-lettered, and Redis has dropped them from the group", ids.len(), self.group);
+        // (The handler named here too: the committer's task, which reports
+        // what a key's hand-on found, runs outside the handler's span.)
+        warn!(stream, group = %self.group, handler = %self.handler_name, count = ids.len(), "{} entr(ies) pending with group {} were deleted from stream {stream} before they were finished ({shown}{more}), by an XDEL or by a trim that does not wait for consumer groups (another program's XTRIM or XADD MAXLEN): they were neither handled nor dead-lettered, and Redis has dropped them from the group", ids.len(), self.group);
     }
 
     async fn claim_stream(self: &Arc<Self>, s: &str) {
@@ -379,7 +381,8 @@ pub(super) struct Refiller(pub(super) Weak<Consumer>);
 
 impl Refill for Refiller {
     fn room(&self, finishing: usize) -> Option<Room> {
-        let c = self.0.upgrade().filter(|_| finishing > 0)?;
+        // Ordered by key, reads go through the key queues (ordered.rs).
+        let c = self.0.upgrade().filter(|c| finishing > 0 && c.ordering.is_none())?;
         // Taken before shutdown is checked: once it is seen not to have
         // begun, the consumer's tasks cannot have been waited for yet, and
         // this keeps them from being until what the batch reads is started.
@@ -405,6 +408,27 @@ impl Refill for Refiller {
         }
         drop(room);
     }
+
+    fn deleted(&self, deleted: Vec<(String, String)>) {
+        if let Some(c) = self.0.upgrade() {
+            for (s, ids) in by_stream(deleted) {
+                c.found_deleted(&s, &ids);
+            }
+        }
+    }
+}
+
+/// (stream, id) pairs grouped by stream, in the order each stream first
+/// comes.
+pub(super) fn by_stream(pairs: Vec<(String, String)>) -> Vec<(String, Vec<String>)> {
+    let mut out: Vec<(String, Vec<String>)> = Vec::new();
+    for (s, id) in pairs {
+        match out.iter_mut().find(|(t, _)| *t == s) {
+            Some((_, ids)) => ids.push(id),
+            None => out.push((s, vec![id])),
+        }
+    }
+    out
 }
 
 impl Consumer {

@@ -38,7 +38,7 @@ impl Consumer {
             let count = super::intake::READ_BATCH;
             let read = order.read(&mut self.redis.conn.clone(), &streams, count, room).await;
             let read = read.map(|(read, deleted)| {
-                for (s, ids) in by_stream(deleted) {
+                for (s, ids) in super::intake::by_stream(deleted) {
                     self.found_deleted(&s, &ids);
                 }
                 read
@@ -233,17 +233,4 @@ impl Consumer {
             }
         }
     }
-}
-
-/// (stream, id) pairs grouped by stream, in the order each stream first
-/// comes.
-fn by_stream(pairs: Vec<(String, String)>) -> Vec<(String, Vec<String>)> {
-    let mut out: Vec<(String, Vec<String>)> = Vec::new();
-    for (s, id) in pairs {
-        match out.iter_mut().find(|(t, _)| *t == s) {
-            Some((_, ids)) => ids.push(id),
-            None => out.push((s, vec![id])),
-        }
-    }
-    out
 }

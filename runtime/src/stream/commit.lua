@@ -53,6 +53,10 @@
 --                earlier entries, delivered again). Nothing was written and
 --                the entry stays pending; the key goes on from its first
 --                entry, now this consumer's to deliver.
+-- After them, when handing a key on found entries of it deleted from the
+-- stream while pending (acknowledged, since there is nothing to deliver),
+-- one more: {'gone', {{stream, id}, ...}} (order_gone in order.lua), so
+-- that the host can warn.
 --
 -- An entry ordered by key that is pending with another consumer, while this
 -- consumer holds its key's lease and it is the key's first, was not taken
@@ -335,5 +339,8 @@ while a <= #ARGV do
       end
     end
   end
+end
+if #order_gone > 0 then
+  results[#results + 1] = { 'gone', order_gone }
 end
 return results

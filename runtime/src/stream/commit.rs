@@ -18,7 +18,7 @@
 
 use super::error::{Context, Error};
 use super::read::Delivery;
-use super::{order, slot};
+use super::{order, reply, slot};
 use crate::config::StreamRules;
 use crate::dead_letter::{self, Failure};
 use crate::event::{self, Entry, Lineage};
@@ -384,6 +384,10 @@ pub struct CommitAndRead {
     /// The new entries read, now pending with the consumer: they stand
     /// whatever the script answered.
     pub found: Vec<Delivery>,
+    /// (stream, id) of the entries of keys the script found deleted from
+    /// their stream while pending, as it handed keys on: acknowledged, since
+    /// there is nothing to deliver, but neither handled nor dead-lettered.
+    pub deleted: Vec<(String, String)>,
 }
 
 /// Runs `commits` as [`commit_batch`] does, then reads new entries for
@@ -405,7 +409,7 @@ pub async fn commit_and_read<'a>(
     let commits: Vec<&Commit> = commits.into_iter().collect();
     let reads = !read.streams.is_empty() && read.count > 0;
     if commits.is_empty() && !reads {
-        return Ok(CommitAndRead { committed: Vec::new(), found: Vec::new() });
+        return Ok(CommitAndRead { committed: Vec::new(), found: Vec::new(), deleted: Vec::new() });
     }
     let (acks, scripted): (Vec<&Commit>, Vec<&Commit>) = commits.iter().partition(|c| c.writes_nothing());
     // Names the batch (or its script's part) in errors.
@@ -435,7 +439,7 @@ pub async fn commit_and_read<'a>(
     }
     let mut replies = replies.into_iter();
     let script = match scripted.is_empty() {
-        true => Ok(Vec::new()),
+        true => Ok((Vec::new(), Vec::new())),
         false => match replies.next().unwrap_or(Value::Nil) {
             Value::Array(replies) => results(replies, scripted.len(), what),
             Value::ServerError(e) if e.kind() == Some(redis::ServerErrorKind::NoScript) => {
@@ -452,6 +456,10 @@ pub async fn commit_and_read<'a>(
             other => Err(Error::reply(what(), &other)),
         },
     };
+    let (script, deleted) = match script {
+        Ok((results, deleted)) => (Ok(results), deleted),
+        Err(e) => (Err(e), Vec::new()),
+    };
     let acked: Vec<_> = acks.iter().map(|c| acked(c, group, replies.next().unwrap_or(Value::Nil))).collect();
     let found = match replies.next() {
         None | Some(Value::ServerError(_)) => Vec::new(),
@@ -467,7 +475,7 @@ pub async fn commit_and_read<'a>(
             (false, Err(e)) => Err(e.clone()),
         })
         .collect();
-    Ok(CommitAndRead { committed, found })
+    Ok(CommitAndRead { committed, found, deleted })
 }
 
 /// What the plain `XACK` of `commit` answered, `reply`, means: done if it
@@ -517,12 +525,24 @@ fn script_call(group: &str, consumer: &str, commits: &[&Commit]) -> redis::Cmd {
     call
 }
 
-/// The script's `replies` as one result for each of `count` commits.
-fn results(replies: Vec<Value>, count: usize, what: impl Fn() -> String) -> Result<Vec<Committed>, Error> {
+/// The script's `replies` as one result for each of `count` commits, and
+/// the entries it found deleted (its last reply, when there were any).
+type ScriptResults = (Vec<Committed>, Vec<(String, String)>);
+fn results(mut replies: Vec<Value>, count: usize, what: impl Fn() -> String) -> Result<ScriptResults, Error> {
+    let mut deleted = Vec::new();
+    if replies.len() == count + 1
+        && let Some(Value::Array(last)) = replies.last()
+        && let [tag, gone] = &last[..]
+        && reply::text(tag).as_deref() == Some("gone")
+    {
+        deleted = order::deleted(gone);
+        replies.pop();
+    }
     if replies.len() != count {
         return Err(Error::reply(what(), &Value::Array(replies)));
     }
-    replies.iter().map(|r| result(r).ok_or_else(|| Error::reply(what(), r))).collect()
+    let results = replies.iter().map(|r| result(r).ok_or_else(|| Error::reply(what(), r))).collect::<Result<_, _>>()?;
+    Ok((results, deleted))
 }
 
 /// Runs one commit on its own; see [`commit_batch`].
@@ -628,5 +648,25 @@ mod tests {
         assert_eq!(result(&Value::Array(vec![Value::Int(4), a1])), Some(Committed::OutOfTurn(delivery)));
         assert_eq!(result(&Value::BulkString(b"SLUICE_WRONGTYPE x".to_vec())), None);
         assert_eq!(result(&Value::Int(2)), None);
+    }
+
+    #[test]
+    fn entries_found_deleted_follow_the_results() {
+        let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let pair = |s: &str, id: &str| Value::Array(vec![bulk(s), bulk(id)]);
+        let gone = Value::Array(vec![bulk("gone"), Value::Array(vec![pair("in", "5-0"), pair("in", "6-0")])]);
+        let what = || "batch".to_owned();
+        let (results, deleted) = results(vec![Value::Int(1), gone.clone()], 1, what).unwrap();
+        assert_eq!(results, [Committed::Done]);
+        assert_eq!(deleted, [("in".to_owned(), "5-0".to_owned()), ("in".to_owned(), "6-0".to_owned())]);
+        assert_eq!(results_of(vec![Value::Int(1)]), Some(0), "none found");
+        assert_eq!(results_of(vec![Value::Int(1), Value::Int(0)]), None, "one result too many is no list of them");
+        assert_eq!(results_of(vec![gone]), None, "no result");
+    }
+
+    /// How many entries found deleted `replies` to one commit hold, if they
+    /// are read as such.
+    fn results_of(replies: Vec<Value>) -> Option<usize> {
+        results(replies, 1, || "batch".to_owned()).ok().map(|(_, deleted)| deleted.len())
     }
 }

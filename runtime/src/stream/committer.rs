@@ -82,9 +82,10 @@ impl Reply {
     }
 }
 
-/// Where the new entries a batch reads go: the consumer that
-/// commits through this committer. Called on the committer's task, which
-/// they must not hold up: no waiting, no I/O.
+/// Where the new entries a batch reads go, and what else a batch found
+/// that its consumer must know: the consumer that commits through this
+/// committer. Called on the committer's task, which they must not hold up:
+/// no waiting, no I/O.
 pub trait Refill: Send + Sync + 'static {
     /// What the next batch may read for the `finishing` deliveries in it
     /// that may give a permit back; `None` when nothing is to be read
@@ -97,6 +98,9 @@ pub trait Refill: Send + Sync + 'static {
     /// The reply of the batch given `room` was lost: entries may be
     /// pending with the consumer that nothing handles, to be taken back.
     fn lost(&self, room: Room);
+    /// A batch handing keys on found these entries, (stream, id), deleted
+    /// from their stream while pending: neither handled nor dead-lettered.
+    fn deleted(&self, deleted: Vec<(String, String)>);
 }
 
 /// What one batch may read for a [`Refill`].
@@ -189,7 +193,10 @@ async fn commit_together(mut conn: Conn, who: &Who, jobs: &mut Vec<Job>, slot: O
     let read = room.as_ref().map_or(ReadAfter::NOTHING, |r| ReadAfter { streams: &r.streams, count: r.count });
     let commits = jobs.iter().map(|j| &*j.commit);
     match commit_and_read(&mut conn, &who.group, &who.consumer, commits, read).await {
-        Ok(CommitAndRead { committed, found }) => {
+        Ok(CommitAndRead { committed, found, deleted }) => {
+            if let (Some(refill), false) = (&who.refill, deleted.is_empty()) {
+                refill.deleted(deleted);
+            }
             // What the read found stands whatever the commits' results.
             let permits: Vec<_> =
                 jobs.drain(..).zip(committed).filter_map(|(job, result)| job.reply.send(result)).collect();

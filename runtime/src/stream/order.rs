@@ -260,7 +260,7 @@ fn deliveries(v: &Value) -> Vec<Delivery> {
 }
 
 /// The `gone` list the scripts return: (stream, id) pairs.
-fn deleted(v: &Value) -> Vec<(String, String)> {
+pub(super) fn deleted(v: &Value) -> Vec<(String, String)> {
     reply::items(v)
         .iter()
         .filter_map(|pair| match reply::items(pair) {
