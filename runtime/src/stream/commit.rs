@@ -525,9 +525,12 @@ fn script_call(group: &str, consumer: &str, commits: &[&Commit]) -> redis::Cmd {
     call
 }
 
+/// A commit script's results, one per commit, and the (stream, id) of the
+/// entries it found deleted.
+type ScriptResults = (Vec<Committed>, Vec<(String, String)>);
+
 /// The script's `replies` as one result for each of `count` commits, and
 /// the entries it found deleted (its last reply, when there were any).
-type ScriptResults = (Vec<Committed>, Vec<(String, String)>);
 fn results(mut replies: Vec<Value>, count: usize, what: impl Fn() -> String) -> Result<ScriptResults, Error> {
     let mut deleted = Vec::new();
     if replies.len() == count + 1
