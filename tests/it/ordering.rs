@@ -509,6 +509,39 @@ async fn group_lost_under_a_keys_delivery(meets: Meets) {
     assert_eq!(seqs(&mut conn, "a").await, [(1, 0), (1, 1), (2, 1), (3, 2)]);
 }
 
+/// Postings a/1, a/2 (which runs `a2_ms`) and a/3 on `in`, and host `c`
+/// (the binary, logging JSON) started on them: returns once a/2 runs under
+/// a's lease with a/3 queued behind it, with the fixture (kept while the
+/// host runs), the host and a/3's id.
+async fn a2_running_with_a3_queued(redis: &RedisServer, a2_ms: u64) -> (Fixture, std::process::Child, String) {
+    let handlers = ledger("data.account", "concurrency = 8\ntimeout_ms = 10000");
+    let fx = Fixture::new(redis, "consumer = \"c\"\nclaim_idle_ms = 60000", &handlers);
+    let mut conn = redis.conn().await;
+    let posting = |seq: u64, ms: u64| json!({"action": "ledger", "account": "a", "seq": seq, "amount": 1, "ms": ms});
+    send(&mut conn, "in", "posting", posting(1, 0)).await;
+    send(&mut conn, "in", "posting", posting(2, a2_ms)).await;
+    let a3 = send(&mut conn, "in", "posting", posting(3, 0)).await;
+    let host = fx.spawn_binary_logging_json("info");
+    until_a2_runs_with_a3_queued(&conn).await;
+    (fx, host, a3)
+}
+
+/// Stops `host` and checks that it warned once, naming handler `h`, that
+/// entry `id` of `in` was deleted before it was finished.
+async fn assert_warned_of_deleted(mut host: std::process::Child, id: &str) {
+    assert!(terminate(&mut host).await.success());
+    let lines = json_log_lines(&host.wait_with_output().unwrap().stderr);
+    let deleted = format!("were deleted from stream in before they were finished ({id})");
+    let warned: Vec<_> = lines.iter().filter(|l| l["fields"]["message"].as_str().unwrap().contains(&deleted)).collect();
+    assert_eq!(warned.len(), 1, "{id} named once: {lines:#?}");
+    assert_eq!(
+        (&warned[0]["level"], &warned[0]["fields"]["handler"]),
+        (&json!("WARN"), &json!("h")),
+        "{:#}",
+        warned[0]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queued_entry_deleted_after_its_group_was_set_back_is_acknowledged_by_the_next_read() {
     // The group is set back to the stream's start while a/2 runs (3 s),
@@ -519,15 +552,8 @@ async fn a_queued_entry_deleted_after_its_group_was_set_back_is_acknowledged_by_
     // there, not left pending until a claim scan (claim_idle_ms, 60 s here),
     // and the host warns of it: it was neither handled nor dead-lettered.
     let redis = RedisServer::start();
-    let handlers = ledger("data.account", "concurrency = 8\ntimeout_ms = 10000");
-    let fx = Fixture::new(&redis, "consumer = \"c\"\nclaim_idle_ms = 60000", &handlers);
     let mut conn = redis.conn().await;
-    let posting = |seq: u64, ms: u64| json!({"action": "ledger", "account": "a", "seq": seq, "amount": 1, "ms": ms});
-    send(&mut conn, "in", "posting", posting(1, 0)).await;
-    send(&mut conn, "in", "posting", posting(2, 3000)).await;
-    let a3 = send(&mut conn, "in", "posting", posting(3, 0)).await;
-    let mut host = fx.spawn_binary_logging_json("info");
-    until_a2_runs_with_a3_queued(&conn).await;
+    let (_fx, host, a3) = a2_running_with_a3_queued(&redis, 3000).await;
     let mut set_back = redis::pipe();
     set_back.atomic().cmd("XGROUP").arg("SETID").arg("in").arg("h").arg("0").ignore();
     set_back.cmd("XDEL").arg("in").arg(&a3).ignore();
@@ -548,17 +574,7 @@ async fn a_queued_entry_deleted_after_its_group_was_set_back_is_acknowledged_by_
         async move { (pending(&mut c, "in", "h").await == 0).then_some(()) }
     })
     .await;
-    assert!(terminate(&mut host).await.success());
-    let lines = json_log_lines(&host.wait_with_output().unwrap().stderr);
-    let deleted = format!("were deleted from stream in before they were finished ({a3})");
-    let warned: Vec<_> = lines.iter().filter(|l| l["fields"]["message"].as_str().unwrap().contains(&deleted)).collect();
-    assert_eq!(warned.len(), 1, "a/3 named once: {lines:#?}");
-    assert_eq!(
-        (&warned[0]["level"], &warned[0]["fields"]["handler"]),
-        (&json!("WARN"), &json!("h")),
-        "{:#}",
-        warned[0]
-    );
+    assert_warned_of_deleted(host, &a3).await;
 }
 
 /// A key's queued entry deleted from the stream while the entry before it
@@ -567,32 +583,15 @@ async fn a_queued_entry_deleted_after_its_group_was_set_back_is_acknowledged_by_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queued_entry_deleted_while_its_key_runs_is_named_when_the_key_is_handed_on() {
     let redis = RedisServer::start();
-    let handlers = ledger("data.account", "concurrency = 8\ntimeout_ms = 10000");
-    let fx = Fixture::new(&redis, "consumer = \"c\"\nclaim_idle_ms = 60000", &handlers);
     let mut conn = redis.conn().await;
-    let posting = |seq: u64, ms: u64| json!({"action": "ledger", "account": "a", "seq": seq, "amount": 1, "ms": ms});
-    send(&mut conn, "in", "posting", posting(1, 0)).await;
-    send(&mut conn, "in", "posting", posting(2, 2000)).await;
-    let a3 = send(&mut conn, "in", "posting", posting(3, 0)).await;
-    let mut host = fx.spawn_binary_logging_json("info");
-    until_a2_runs_with_a3_queued(&conn).await;
+    let (_fx, host, a3) = a2_running_with_a3_queued(&redis, 2000).await;
     let _: u64 = redis::cmd("XDEL").arg("in").arg(&a3).query_async(&mut conn).await.unwrap();
     eventually(SOON, "a/2 committed and a/3 acknowledged", || {
         let mut c = conn.clone();
         async move { (pending(&mut c, "in", "h").await == 0).then_some(()) }
     })
     .await;
-    assert!(terminate(&mut host).await.success());
-    let lines = json_log_lines(&host.wait_with_output().unwrap().stderr);
-    let deleted = format!("were deleted from stream in before they were finished ({a3})");
-    let warned: Vec<_> = lines.iter().filter(|l| l["fields"]["message"].as_str().unwrap().contains(&deleted)).collect();
-    assert_eq!(warned.len(), 1, "a/3 named once: {lines:#?}");
-    assert_eq!(
-        (&warned[0]["level"], &warned[0]["fields"]["handler"]),
-        (&json!("WARN"), &json!("h")),
-        "{:#}",
-        warned[0]
-    );
+    assert_warned_of_deleted(host, &a3).await;
     let seqs: Vec<u64> = postings(&mut conn).await["a"].iter().map(|p| p.0).collect();
     assert_eq!(seqs, [1, 2], "a/1 and a/2 handled, a/3 never");
 }
