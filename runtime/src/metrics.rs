@@ -76,6 +76,7 @@ struct Metrics {
     stream_length: Family<ByStreamOnly, Gauge>,
     over_bound: Family<HeldBack, Gauge>,
     consumers_forgotten: Family<ByGroup, Counter>,
+    removed_unread: Family<ByStream, Counter>,
     lag: Family<ByStream, Gauge>,
     pending: Family<ByStream, Gauge>,
     dead_letter_depth: Family<ByStream, Gauge>,
@@ -108,6 +109,7 @@ impl Metrics {
             stream_length: Family::default(),
             over_bound: Family::default(),
             consumers_forgotten: Family::default(),
+            removed_unread: Family::default(),
             lag: Family::default(),
             pending: Family::default(),
             dead_letter_depth: Family::default(),
@@ -136,6 +138,7 @@ impl Metrics {
         r.register("stream_length", "Entries in a bounded stream, after its last trim", self.stream_length.clone());
         r.register("stream_over_bound", "1 while a group that has not yet read or acknowledged entries keeps a stream over its bound", self.over_bound.clone());
         r.register("consumers_forgotten", "Consumers deleted from their group after being idle with nothing pending", self.consumers_forgotten.clone());
+        r.register("entries_removed_unread", "Entries removed from a stream before the handler's group read them (by another program's XADD MAXLEN, XTRIM or XDEL; Sluice's own trim waits for groups): they were neither handled nor dead-lettered", self.removed_unread.clone());
         r.register("lag", "Entries not yet delivered to the handler's group (sampled from Redis)", self.lag.clone());
         r.register("pending", "Entries delivered and not yet acknowledged (sampled from Redis)", self.pending.clone());
         r.register("dead_letter_depth", "Entries in the stream's dead-letter stream (sampled from Redis)", self.dead_letter_depth.clone());
@@ -336,6 +339,14 @@ static HELD: LazyLock<std::sync::Mutex<std::collections::BTreeSet<(String, Strin
 /// Counts a consumer deleted from `group` for being idle with nothing pending.
 pub fn consumer_forgotten(group: &str) {
     METRICS.consumers_forgotten.get_or_create(&ByGroup { group: group.to_owned() }).inc();
+}
+
+/// Counts `n` entries of `stream` removed before `handler`'s group read them.
+pub fn entries_removed_unread(handler: &str, stream: &str, n: u64) {
+    METRICS
+        .removed_unread
+        .get_or_create(&ByStream { handler: handler.to_owned(), stream: stream.to_owned() })
+        .inc_by(n);
 }
 
 /// Counts an HTTP request to the ingress on `route`, answered with `status`.

@@ -1,14 +1,16 @@
 //! Upkeep for a deployment that runs for months, done by one host at a time
 //! (a short lease in Redis, so that N hosts do not do it N times): every few
 //! seconds, each stream with a `[streams]` bound is trimmed without losing
-//! what a group still needs ([`crate::stream::retention`]); every minute,
+//! what a group still needs ([`crate::stream::retention`]), and each stream
+//! a handler reads is checked for entries another program removed before
+//! the handler's group read them ([`crate::stream::unread`]); every minute,
 //! consumers that left their groups are forgotten
-//! ([`crate::stream::hygiene`]). Both log what an operator must know and
-//! count it in metrics.
+//! ([`crate::stream::hygiene`]). Each logs what an operator must know and
+//! counts it in metrics.
 
 use crate::config::Config;
 use crate::metrics;
-use crate::stream::{Lease, Redis, hygiene, retention};
+use crate::stream::{Lease, Redis, hygiene, retention, unread};
 use arc_swap::ArcSwap;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -22,7 +24,8 @@ pub const TRIM_EVERY: Duration = Duration::from_secs(5);
 const FORGET_EVERY: Duration = Duration::from_secs(60);
 /// How long the upkeep lease lasts without renewal.
 const LEASE_TTL: Duration = Duration::from_secs(15);
-/// How often a stream held over its bound by the same group is warned about.
+/// How often a stream held over its bound by the same group, or losing
+/// entries before the same group reads them, is warned about.
 const WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// The upkeep task of one host.
@@ -36,6 +39,9 @@ pub struct Upkeep {
     /// When each (stream, group) holding a stream over its bound was last warned about.
     warned: BTreeMap<(String, String), Instant>,
     last_forget: Option<Instant>,
+    /// Per (stream, group), entries removed unread that no warning has named
+    /// yet, and when one last did.
+    unread: BTreeMap<(String, String), (u64, Option<Instant>)>,
     /// The dead-letter streams last said to be spared by a glob.
     spared: Vec<(String, String)>,
 }
@@ -44,7 +50,16 @@ impl Upkeep {
     /// Upkeep for the streams of `config`, by this host (`me`, its consumer name).
     pub fn new(redis: Redis, config: Arc<ArcSwap<Config>>, me: String) -> Upkeep {
         let lease = Lease::new("sluice:upkeep-lease".into(), me.clone(), LEASE_TTL);
-        Upkeep { redis, config, lease, me, warned: BTreeMap::new(), last_forget: None, spared: Vec::new() }
+        Upkeep {
+            redis,
+            config,
+            lease,
+            me,
+            warned: BTreeMap::new(),
+            last_forget: None,
+            unread: BTreeMap::new(),
+            spared: Vec::new(),
+        }
     }
 
     /// Runs until `shutdown` is cancelled.
@@ -79,6 +94,7 @@ impl Upkeep {
         for (stream, bound) in bounded_streams(&config) {
             self.trim(&stream, &bound).await;
         }
+        self.removed_unread(&config).await;
         if self.last_forget.is_none_or(|t| t.elapsed() >= FORGET_EVERY) {
             self.last_forget = Some(Instant::now());
             self.forget(&config).await;
@@ -98,6 +114,42 @@ impl Upkeep {
                 }
             }
             Err(e) => warn!(stream, "cannot trim stream {stream}: {e}"),
+        }
+    }
+
+    /// Counts, warns about and records the entries of each stream a handler
+    /// reads that were removed before its group read them. A warning names
+    /// what was removed since the last one, at most once a minute per
+    /// stream and group; the metric counts at once.
+    async fn removed_unread(&mut self, config: &Config) {
+        let mut seen = BTreeSet::new();
+        for h in &config.handlers {
+            for stream in h.read_streams() {
+                if !seen.insert((stream.clone(), h.group.clone())) {
+                    continue;
+                }
+                let found = match unread::removed_unread(&mut self.redis.conn, &stream, &h.group).await {
+                    Ok(Some(found)) => found,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        warn!(stream, group = %h.group, handler = %h.name, "cannot count entries removed before group {} read them: {e}", h.group);
+                        continue;
+                    }
+                };
+                metrics::entries_removed_unread(&h.name, &stream, found.new);
+                let (untold, warned) = self.unread.entry((stream.clone(), h.group.clone())).or_default();
+                *untold += found.new;
+                if *untold == 0 || warned.is_some_and(|at| at.elapsed() < WARN_EVERY) {
+                    continue;
+                }
+                let now = match &found.first {
+                    Some(first) => format!("it now begins at {first}"),
+                    None => "it is now empty".to_owned(),
+                };
+                warn!(stream, group = %h.group, handler = %h.name, removed = *untold, "{} entr(ies) of stream {stream} were removed before group {} read them, by another program (an XADD MAXLEN or XTRIM that does not wait for consumer groups, or an XDEL): they were neither handled nor dead-lettered ({} in all; the group has read up to {}, {now}). A [streams] max_len or max_age_ms bound in the config trims without removing what a group has not read", *untold, h.group, found.total, found.last_read);
+                *untold = 0;
+                *warned = Some(Instant::now());
+            }
         }
     }
 

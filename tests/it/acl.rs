@@ -146,3 +146,46 @@ fn operating_md_shows_the_rule_for_the_shipped_config() {
         assert!(doc.contains(&format!("`{command}`")), "docs/operating.md should say why Sluice needs `{command}`");
     }
 }
+
+/// A user the rule does not let make consumer groups: `sluice run` stops at
+/// start with Redis's NOPERM, naming the command and where the rule is,
+/// rather than retrying forever. The group is made by a script, whose own
+/// error would not name the command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_that_cannot_make_groups_is_told_at_start_which_command_it_lacks() {
+    let redis = RedisServer::start();
+    let url = format!("redis://sluice:s3cret@127.0.0.1:{}", redis.port);
+    let fx = Fixture::with_redis(
+        &format!("url = \"{url}\""),
+        "",
+        "[handlers.h]\nplugin = \"behave.wasm\"\nstreams = [\"in\"]\n",
+    );
+    let rule = sluice(&["acl", "--user", "sluice"], &fx);
+    let mut root = redis.conn().await;
+    let lacking = rule.trim().replace(">PASSWORD", ">s3cret").replace(" +xgroup|create", "");
+    let words: Vec<&str> = lacking.split(' ').collect();
+    let _: () = redis::cmd(words[0]).arg(&words[1..]).query_async(&mut root).await.unwrap();
+    let mut run = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", "--config"])
+        .arg(&fx.config_path)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + STARTED;
+    let stopped = loop {
+        if let Some(status) = run.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = run.kill();
+            let stderr = String::from_utf8_lossy(&run.wait_with_output().unwrap().stderr).into_owned();
+            panic!("sluice run did not stop at start:\n{stderr}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let stderr = String::from_utf8_lossy(&run.wait_with_output().unwrap().stderr).into_owned();
+    assert!(!stopped.success(), "{stderr}");
+    let named = "no permissions to run the 'xgroup|create' command";
+    assert!(stderr.contains(named) && stderr.contains("docs/operating.md"), "{stderr}");
+}

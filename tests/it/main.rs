@@ -14,7 +14,7 @@ mod routing;
 mod publishing;
 // Restarts, SIGKILL mid-batch, a second host claiming a dead host's events, shutdown.
 mod recovery;
-// Bounded streams trimmed without losing what a group needs; idle consumers forgotten.
+// Bounded streams trimmed without losing what a group needs; entries others removed unread told; idle consumers forgotten.
 mod upkeep;
 // The `sluice` binary: check, publish, the embedded Redis.
 mod cli;

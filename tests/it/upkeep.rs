@@ -1,5 +1,6 @@
 //! Upkeep for months of running: a bounded stream is trimmed to its bound
-//! without removing what a slow group still needs, and consumers left
+//! without removing what a slow group still needs, entries another program
+//! removed before a group read them are told once, and consumers left
 //! behind by killed hosts are forgotten once their entries are taken over.
 
 use crate::support::*;
@@ -426,4 +427,203 @@ async fn consumers_left_by_stopped_and_killed_hosts_are_forgotten() {
     live.wait().unwrap();
     assert_eq!(forgotten, 5.0, "each forgotten consumer counted: {metrics}");
     assert_eq!(left[0].pending, 0);
+}
+
+/// Adds `n` `behave` events to `in`, each with `XADD MAXLEN max_len`, in one
+/// transaction: no host can read between them.
+async fn add_trimming(conn: &mut redis::aio::MultiplexedConnection, n: usize, max_len: u64) {
+    let data = json!({"action": "ok"}).to_string();
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    for _ in 0..n {
+        pipe.cmd("XADD")
+            .arg("in")
+            .arg("MAXLEN")
+            .arg(max_len)
+            .arg("*")
+            .arg("type")
+            .arg("t")
+            .arg("data")
+            .arg(&data)
+            .ignore();
+    }
+    let _: () = pipe.query_async(conn).await.unwrap();
+}
+
+/// Reads `n` new entries of `in` for group `g`.
+async fn read_as_g(conn: &mut redis::aio::MultiplexedConnection, n: usize) {
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("g")
+        .arg("c")
+        .arg("COUNT")
+        .arg(n)
+        .arg("STREAMS")
+        .arg("in")
+        .arg(">")
+        .query_async(conn)
+        .await
+        .unwrap();
+}
+
+/// Entries of `in` removed before group `g` read them: (removed since the
+/// last count, in all), or `None` when Redis cannot tell.
+async fn removed_unread(conn: &mut redis::aio::MultiplexedConnection) -> Option<(u64, u64)> {
+    let found = sluice::stream::unread::removed_unread(conn, "in", "g").await.unwrap();
+    found.map(|f| (f.new, f.total))
+}
+
+/// Entries another program removes from a stream before a group read them
+/// (a producer's `XADD MAXLEN`, an `XDEL`) are counted from Redis's own
+/// counters, whether the group is still behind the stream's first entry or
+/// has read past it, and each removal is counted once, whoever asks next;
+/// Sluice's own trim, which waits for groups, counts nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_removed_before_a_group_read_them_are_counted_once() {
+    let redis = RedisServer::start();
+    let mut conn = redis.conn().await;
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg("in")
+        .arg("g")
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    add_trimming(&mut conn, 10, 100).await;
+    read_as_g(&mut conn, 3).await;
+    assert_eq!(removed_unread(&mut conn).await, Some((0, 0)), "nothing removed");
+    // The producer keeps 5 of 20: the 12 after the 3 read are gone unread.
+    add_trimming(&mut conn, 10, 5).await;
+    assert_eq!(removed_unread(&mut conn).await, Some((12, 12)), "behind the stream's first entry");
+    assert_eq!(removed_unread(&mut conn).await, Some((0, 12)), "told once");
+    // Read past the gap, the loss is still in Redis's counters, not new.
+    read_as_g(&mut conn, 2).await;
+    assert_eq!(removed_unread(&mut conn).await, Some((0, 12)), "read past the gap");
+    // Removed while the group had read past the stream's first entry: it
+    // has 3 left to read, and 2 of them go.
+    let _: () = redis::cmd("XTRIM").arg("in").arg("MAXLEN").arg(1).query_async(&mut conn).await.unwrap();
+    assert_eq!(removed_unread(&mut conn).await, Some((2, 14)), "an XTRIM past the group");
+    // Sluice's own trim waits for the group: it removes only what the group
+    // has read and acknowledged.
+    read_as_g(&mut conn, 10).await;
+    add_trimming(&mut conn, 4, 100).await;
+    let pending: Vec<(String, String, u64, u64)> =
+        redis::cmd("XPENDING").arg("in").arg("g").arg("-").arg("+").arg(100).query_async(&mut conn).await.unwrap();
+    for (id, ..) in pending {
+        let _: u64 = redis::cmd("XACK").arg("in").arg("g").arg(id).query_async(&mut conn).await.unwrap();
+    }
+    let bound = sluice::stream::retention::Retention { max_len: Some(1), max_age: None };
+    let trimmed = sluice::stream::retention::trim(&mut conn, "in", &bound).await.unwrap();
+    assert_eq!(trimmed.removed, 1, "{trimmed:?}");
+    assert_eq!(removed_unread(&mut conn).await, Some((0, 14)), "Sluice's trim removes nothing unread");
+    // An XDEL of an unread entry is counted until the group reads on, when
+    // Redis forgets how many the group has read.
+    let last: Vec<(String, Vec<(String, String)>)> =
+        redis::cmd("XREVRANGE").arg("in").arg("+").arg("-").arg("COUNT").arg(1).query_async(&mut conn).await.unwrap();
+    let _: u64 = redis::cmd("XDEL").arg("in").arg(&last[0].0).query_async(&mut conn).await.unwrap();
+    assert_eq!(removed_unread(&mut conn).await, Some((1, 15)), "an XDEL of an unread entry");
+    read_as_g(&mut conn, 10).await;
+    assert_eq!(removed_unread(&mut conn).await, None, "Redis no longer counts the group's reads");
+    // A group further behind than the script counts, past the stream's
+    // first entry: not counted this time.
+    let _: () = redis::cmd("XGROUP").arg("CREATE").arg("in").arg("far").arg("0").query_async(&mut conn).await.unwrap();
+    add_trimming(&mut conn, 1200, 100_000).await;
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("far")
+        .arg("c")
+        .arg("COUNT")
+        .arg(1)
+        .arg("STREAMS")
+        .arg("in")
+        .arg(">")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let far = sluice::stream::unread::removed_unread(&mut conn, "in", "far").await.unwrap();
+    assert_eq!(far, None, "more than {} behind", sluice::stream::unread::MOST_COUNTED);
+}
+
+/// A running host warns of entries removed before its group read them (here
+/// by a producer's `XADD MAXLEN` while no host ran, and again while one
+/// does), naming the stream, group and handler, and a host that starts
+/// later does not warn of them again. The group's count of entries read is
+/// set when the host makes it: left to Redis, the loss before the group's
+/// first read would not show.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_warns_once_of_entries_removed_before_its_group_read_them() {
+    let redis = RedisServer::start();
+    let mut conn = redis.conn().await;
+    let fx = Fixture::new(&redis, "", "[handlers.h]\nplugin = \"behave.wasm\"\nstreams = [\"in\"]\n");
+    // A first run makes the group, on an empty stream.
+    let mut maker = fx.spawn_binary_logging_json("warn");
+    eventually(SOON, "group h made", || {
+        let mut c = conn.clone();
+        async move { delivered(&mut c).await.map(|_| ()) }
+    })
+    .await;
+    assert!(terminate(&mut maker).await.success());
+    // No host runs: the producer keeps 5 of 20, the group has read none.
+    add_trimming(&mut conn, 20, 5).await;
+    let watcher = conn.clone();
+    let told = |total: u64| {
+        let conn = watcher.clone();
+        move || {
+            let mut c = conn.clone();
+            async move {
+                let key = sluice::stream::unread::record_key("in");
+                let n: Option<u64> = redis::cmd("HGET").arg(&key).arg("h").query_async(&mut c).await.unwrap();
+                (n == Some(total)).then_some(())
+            }
+        }
+    };
+    let upkeep = Duration::from_secs(30);
+    let mut first = fx.spawn_binary_logging_json("warn");
+    eventually(upkeep, "15 entries counted as removed unread", told(15)).await;
+    assert!(terminate(&mut first).await.success());
+    // The next host, with the loss recorded, warns only of what it sees go:
+    // 9 of 10 added at once, in one transaction, before it can read them.
+    let mut second = fx.spawn_binary_logging_json("warn");
+    eventually(SOON, "the 5 left handled", || {
+        let mut c = conn.clone();
+        async move { (pending(&mut c, "in", "h").await == 0 && delivered(&mut c).await == Some(Some(5))).then_some(()) }
+    })
+    .await;
+    add_trimming(&mut conn, 10, 1).await;
+    eventually(upkeep, "9 more counted as removed unread", told(24)).await;
+    assert!(terminate(&mut second).await.success());
+    for (host, removed) in [(first, 15), (second, 9)] {
+        let lines = json_log_lines(&host.wait_with_output().unwrap().stderr);
+        let warned: Vec<_> = lines
+            .iter()
+            .filter(|l| l["fields"]["message"].as_str().unwrap().contains("were removed before group h read them"))
+            .collect();
+        assert_eq!(warned.len(), 1, "one warning per host: {lines:#?}");
+        let w = &warned[0];
+        assert_eq!(
+            (
+                &w["level"],
+                &w["fields"]["stream"],
+                &w["fields"]["group"],
+                &w["fields"]["handler"],
+                &w["fields"]["removed"]
+            ),
+            (&json!("WARN"), &json!("in"), &json!("h"), &json!("h"), &json!(removed)),
+            "{w:#}"
+        );
+    }
+}
+
+/// How many entries of `in` group `h` has read (`entries-read`), `None`
+/// when Redis does not count them; `None` outside when there is no group.
+async fn delivered(conn: &mut redis::aio::MultiplexedConnection) -> Option<Option<u64>> {
+    let groups: Vec<std::collections::HashMap<String, redis::Value>> =
+        redis::cmd("XINFO").arg("GROUPS").arg("in").query_async(conn).await.unwrap_or_default();
+    let h = groups.iter().find(|g| g.get("name") == Some(&redis::Value::BulkString(b"h".to_vec())))?;
+    Some(match h.get("entries-read") {
+        Some(redis::Value::Int(n)) => Some(*n as u64),
+        _ => None,
+    })
 }

@@ -19,6 +19,7 @@ mod relay;
 mod reply;
 pub mod retention;
 pub mod slot;
+pub mod unread;
 
 pub(crate) use backoff::{Backoff, ERROR_PAUSE};
 pub use commit::{
