@@ -60,3 +60,17 @@ pub async fn removed_unread(
         .context(|| format!("counting entries of stream {stream} removed before group {group} read them"))?;
     Ok((counted == 1).then(|| RemovedUnread { new, total, last_read, first: (!first.is_empty()).then_some(first) }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The script writes the record with the stream's own entries, so in a
+    /// Redis Cluster both must be in one slot, whatever the stream's name.
+    #[test]
+    fn the_record_is_in_the_streams_slot() {
+        for stream in ["orders", "{shop}:orders", "a{}b", "x{y", "sluice:inbox:h"] {
+            assert_eq!(slot::of(&record_key(stream)), slot::of(stream), "{stream}");
+        }
+    }
+}
