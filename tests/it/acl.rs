@@ -189,3 +189,43 @@ async fn a_user_that_cannot_make_groups_is_told_at_start_which_command_it_lacks(
     let named = "no permissions to run the 'xgroup|create' command";
     assert!(stderr.contains(named) && stderr.contains("docs/operating.md"), "{stderr}");
 }
+
+/// A user the rule lets run the commit script but not a command it calls
+/// (here `xadd`, for a delivery that publishes): Redis refuses the command
+/// inside the script with an error of its own ("The user executing the
+/// script can't run this command or subcommand"), not NOPERM. The host
+/// must take it as the refusal it is: one error naming the rule, the entry
+/// left pending, and no commit tried again and again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_refused_inside_its_script_is_an_error_once_and_left_pending() {
+    let redis = RedisServer::start();
+    let url = format!("redis://sluice:s3cret@127.0.0.1:{}", redis.port);
+    let handlers = "[handlers.h]\nplugin = \"behave.wasm\"\nstreams = [\"in\"]\npublish = [\"out\"]\n";
+    let fx = Fixture::with_redis(&format!("url = \"{url}\""), "", handlers);
+    let rule = sluice(&["acl", "--user", "sluice"], &fx);
+    let mut root = redis.conn().await;
+    let lacking = rule.trim().replace(">PASSWORD", ">s3cret").replace(" +xadd", "");
+    let words: Vec<&str> = lacking.split(' ').collect();
+    let _: () = redis::cmd(words[0]).arg(&words[1..]).query_async(&mut root).await.unwrap();
+    let mut host = fx.spawn_binary_logging_json("warn");
+    let publish = json!({"action": "publish", "publish": [{"stream": "out", "type": "done", "data": {}}]});
+    send(&mut root, "in", "t", publish).await;
+    // Each call of the commit script is refused at its XADD, which Redis
+    // counts there.
+    let refused = async |c: &mut redis::aio::MultiplexedConnection| {
+        command_stat(&command_stats(c).await, "xadd", "rejected_calls")
+    };
+    until(&mut root, "the commit script refused", async |c| (refused(c).await > 0).then_some(())).await;
+    // No second try, while one would be refused again. An absence cannot be
+    // polled for: held for 1.5 s, well past the first pauses between tries.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(refused(&mut root).await, 1, "one refused call of the commit script");
+    assert_eq!(pending(&mut root, "in", "h").await, 1, "the entry stays pending");
+    assert!(entries(&mut root, "out").await.is_empty());
+    assert!(terminate(&mut host).await.success());
+    let lines = json_log_lines(&host.wait_with_output().unwrap().stderr);
+    let refused: Vec<_> = lines.iter().filter(|l| l["level"] == "ERROR").collect();
+    assert_eq!(refused.len(), 1, "{lines:#?}");
+    let message = refused[0]["fields"]["message"].as_str().unwrap();
+    assert!(message.contains("refused") && message.contains("docs/operating.md"), "{message}");
+}

@@ -28,6 +28,12 @@ pub enum ErrorKind {
     Stopped,
 }
 
+/// How Redis 7 begins its error when a script calls a command, or touches a
+/// key, that the script's user may not (the command's own refusal would be
+/// `NOPERM`): "The user executing the script can't run this command or
+/// subcommand", "... can't access at least one of the keys".
+pub const REFUSED_IN_SCRIPT: &str = "The user executing the script can't";
+
 impl Error {
     /// An error of `what` (the command and its key).
     pub fn new(what: impl fmt::Display, kind: impl Into<ErrorKind>) -> Error {
@@ -58,9 +64,13 @@ impl Error {
         self.code() == Some("NOGROUP")
     }
 
-    /// The Redis user may not run this command on this key (an ACL rule).
+    /// The Redis user may not run this command on this key (an ACL rule),
+    /// also when the command was called by a script: Redis 7 then answers
+    /// with a plain `ERR` that says so ([`REFUSED_IN_SCRIPT`]), which no try
+    /// again can change either.
     pub fn is_no_permission(&self) -> bool {
         self.code() == Some("NOPERM")
+            || self.redis().and_then(|e| e.detail()).is_some_and(|d| d.contains(REFUSED_IN_SCRIPT))
     }
 
     /// Whether the command may have run although this error came back: the
