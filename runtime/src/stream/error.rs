@@ -32,7 +32,7 @@ pub enum ErrorKind {
 /// key, that the script's user may not (the command's own refusal would be
 /// `NOPERM`): "The user executing the script can't run this command or
 /// subcommand", "... can't access at least one of the keys".
-pub const REFUSED_IN_SCRIPT: &str = "The user executing the script can't";
+const REFUSED_IN_SCRIPT: &str = "The user executing the script can't";
 
 impl Error {
     /// An error of `what` (the command and its key).
@@ -66,7 +66,7 @@ impl Error {
 
     /// The Redis user may not run this command on this key (an ACL rule),
     /// also when the command was called by a script: Redis 7 then answers
-    /// with a plain `ERR` that says so ([`REFUSED_IN_SCRIPT`]), which no try
+    /// with a plain `ERR` that says so (`REFUSED_IN_SCRIPT`), which no try
     /// again can change either.
     pub fn is_no_permission(&self) -> bool {
         self.code() == Some("NOPERM")
