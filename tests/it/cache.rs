@@ -69,3 +69,54 @@ async fn warm_entries_load_and_bad_entries_are_recompiled() {
     assert_eq!((metered.source, metered.fuel()), (Source::Cache, On));
     assert_runs(&metered, &handler).await;
 }
+
+/// An artifact is native code that the host runs outside the sandbox, so
+/// the cache is trusted only when its folder and the artifact belong to the
+/// user the host runs as and no other user can write them; otherwise the
+/// plugin is compiled, and nothing is written there. Sluice makes the
+/// folder and its files for that user alone.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_other_users_can_write_is_not_trusted() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let redis = RedisServer::start();
+    let fx = Fixture::new(&redis, "", "[handlers.h]\nplugin = \"behave.wasm\"\nstreams = [\"s\"]\n");
+    let handler = fx.config().handlers.remove(0);
+    let runtime = Runtime::new().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("cache");
+    let cache = ComponentCache::new(&dir);
+    let load = || Plugin::load(&runtime, Some(&cache), &handler.plugin, Off).unwrap().source;
+    let chmod = |path: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+
+    assert_eq!(load(), Source::Compiled);
+    let file = entries_in(&dir).remove(0);
+    let mode = |path: &std::path::Path| std::fs::metadata(path).unwrap().mode() & 0o777;
+    assert_eq!((mode(&dir), mode(&file)), (0o700, 0o600), "made for this user alone");
+    assert_eq!(load(), Source::Cache);
+
+    chmod(&file, 0o666);
+    assert_eq!(load(), Source::Compiled, "an artifact others can write");
+    chmod(&file, 0o644);
+    assert_eq!(load(), Source::Cache, "readable by others is fine");
+
+    chmod(&dir, 0o777);
+    std::fs::remove_file(&file).unwrap();
+    assert_eq!(load(), Source::Compiled, "a folder others can write");
+    assert!(entries_in(&dir).is_empty(), "nothing written to it");
+    chmod(&dir, 0o755);
+    assert_eq!(load(), Source::Compiled);
+    assert_eq!(load(), Source::Cache);
+
+    // Another user's artifact (root can give it away to show this).
+    let me = std::fs::metadata(&dir).unwrap().uid();
+    if me == 0 {
+        let file = entries_in(&dir).remove(0);
+        std::os::unix::fs::chown(&file, Some(65534), None).unwrap();
+        assert_eq!(load(), Source::Compiled, "an artifact of another user's");
+        std::os::unix::fs::chown(&file, Some(0), None).unwrap();
+        assert_eq!(load(), Source::Cache);
+    }
+}

@@ -6,9 +6,16 @@
 //! engine's compatibility (wasmtime version and configuration), so an
 //! artifact is only ever loaded by the engine that wrote it. Each file ends
 //! with the SHA-256 of the artifact; a file that does not match (truncated,
-//! corrupted, or written by anything else) is compiled again, never
-//! deserialized. Files are written to a temporary name and renamed into
-//! place, so a reader never sees half of one.
+//! or corrupted) is compiled again, never deserialized. Files are written to
+//! a temporary name and renamed into place, so a reader never sees half of
+//! one.
+//!
+//! A checksum guards against accidents, not against someone else writing
+//! the cache: an artifact is native code, run by the host outside the
+//! sandbox. So the cache is used only when its folder and the artifact
+//! belong to the user the host runs as and no other user can write them
+//! ([`untrusted`]), as ssh treats its keys; otherwise the plugin is compiled
+//! and the log says why. The folder is made readable by that user alone.
 
 use sha2::{Digest, Sha256};
 use std::hash::{Hash, Hasher};
@@ -45,6 +52,13 @@ impl ComponentCache {
     /// compiled and stored.
     pub fn load(&self, engine: &Engine, bytes: &[u8], digest: &str) -> wasmtime::Result<(Component, Source)> {
         let path = self.dir.join(format!("{digest}-{}.cwasm", engine_key(engine)));
+        if let Some(why) = untrusted(&self.dir) {
+            tracing::warn!(
+                "not using the compiled-component cache {}: {why}, so its artifacts (native code) could be anyone's; compiling instead (chmod go-w, or chown it to this user)",
+                self.dir.display()
+            );
+            return Ok((Component::new(engine, bytes)?, Source::Compiled));
+        }
         if let Some(component) = self.read(engine, &path) {
             return Ok((component, Source::Cache));
         }
@@ -56,11 +70,20 @@ impl ComponentCache {
     }
 
     fn read(&self, engine: &Engine, path: &Path) -> Option<Component> {
+        if !path.exists() {
+            return None;
+        }
+        if let Some(why) = untrusted(path) {
+            tracing::warn!("ignoring cached artifact {}: {why}; compiling instead", path.display());
+            return None;
+        }
         let file = std::fs::read(path).ok()?;
         let artifact = verified(&file)?;
-        // SAFETY: `verified` proved these are the exact bytes this cache
-        // wrote, and the file name pins the engine they were written for;
-        // wasmtime checks that compatibility again and refuses a mismatch.
+        // SAFETY: the folder and the file belong to this user and no other
+        // user can write them (`untrusted`), `verified` proved these are the
+        // exact bytes written, and the file name pins the engine they were
+        // written for; wasmtime checks that compatibility again and refuses
+        // a mismatch.
         match unsafe { Component::deserialize(engine, artifact) } {
             Ok(c) => Some(c),
             Err(e) => {
@@ -71,12 +94,20 @@ impl ComponentCache {
     }
 
     fn write(&self, path: &Path, component: &Component) -> anyhow::Result<()> {
-        std::fs::create_dir_all(&self.dir)?;
+        let mut folder = std::fs::DirBuilder::new();
+        folder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut folder, 0o700);
+        folder.create(&self.dir)?;
         let mut file = component.serialize()?;
         let checksum = Sha256::digest(&file);
         file.extend_from_slice(&checksum);
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        std::fs::write(&tmp, &file)?;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        std::io::Write::write_all(&mut options.open(&tmp)?, &file)?;
         std::fs::rename(&tmp, path)?;
         Ok(())
     }
@@ -88,6 +119,30 @@ fn engine_key(engine: &Engine) -> String {
     let mut hasher = ShaHasher(Sha256::new());
     engine.precompile_compatibility_hash().hash(&mut hasher);
     hex(&hasher.0.finalize()[..8])
+}
+
+/// Why `path` (the cache's folder, or an artifact in it) cannot be trusted
+/// to hold native code for this process, or `None` when it can (or does not
+/// exist): it must belong to the user the process runs as, and no other
+/// user (its group, or anyone) may write it.
+#[cfg(unix)]
+pub fn untrusted(path: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me {
+        return Some(format!("it belongs to uid {}, not to the user Sluice runs as (uid {me})", meta.uid()));
+    }
+    let mode = meta.mode() & 0o777;
+    (mode & 0o022 != 0).then(|| format!("other users can write it (mode {mode:o})"))
+}
+
+/// Why `path` cannot be trusted (see the Unix version): nothing is checked
+/// elsewhere.
+#[cfg(not(unix))]
+pub fn untrusted(_path: &Path) -> Option<String> {
+    None
 }
 
 /// The artifact in `file` if its trailing checksum matches.
