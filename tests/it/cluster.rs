@@ -9,6 +9,7 @@ use redis::cluster_async::ClusterConnection;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 const CHAIN: &str = "[handlers.payment]\nplugin = \"payment.wasm\"\nstreams = [\"orders\"]\nevents = [\"order.created\"]\npublish = [\"payments\"]\nmax_attempts = 2\nbackoff_ms = 10\norder_by = \"data.order_id\"\n\
 [handlers.shipping]\nplugin = \"shipping.wasm\"\nstreams = [\"payments\"]\nevents = [\"payment.processed\"]\npublish = [\"shipments\"]\n\
@@ -450,4 +451,62 @@ async fn a_commit_batch_reads_the_next_entries_when_the_handlers_streams_share_i
         left.push(pending(&mut conn, s, "g").await);
     }
     assert_eq!(left, [1, 1, 0], "entries pending in {a}, {a2}, {b}; reads: {:?}", reads.lock().unwrap());
+}
+
+/// A master loading its data (restarting, as in a rolling upgrade) holds
+/// up no commit on the others. Where a node does not have Sluice's commit
+/// script (it restarted, or never loaded it before a failover promoted it),
+/// the script runs by body on the node that serves its keys. It used to be
+/// loaded with `SCRIPT LOAD`, which redis-rs sends to every master it knows:
+/// a loading one refused it, and every such commit failed until that master
+/// had loaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_loading_its_data_holds_up_no_commit_on_another() {
+    let cluster = Cluster::start();
+    let handlers = "[handlers.h]\nplugin = \"behave.wasm\"\nstreams = [\"{t}.in\"]\npublish = [\"{t}.out\"]\n";
+    let fx = fixture(&cluster, "", handlers);
+    let mut conn = cluster.conn().await;
+    let host = fx.start();
+    let publish = json!({"action": "publish", "publish": [{"stream": "{t}.out", "type": "done", "data": {}}]});
+    let watcher = conn.clone();
+    let published = |n: usize| {
+        let conn = watcher.clone();
+        move || {
+            let mut c = conn.clone();
+            async move { (entries(&mut c, "{t}.out").await.len() == n).then_some(()) }
+        }
+    };
+    send(&mut conn, "{t}.in", "t", publish.clone()).await;
+    eventually(SOON, "the first event published", published(1)).await;
+
+    // Another master holds 10 000 keys, and loads them at 1 ms each (as a
+    // restart does), answering LOADING meanwhile. (redis-rs sends SCRIPT
+    // LOAD to the masters it is connected to; a loading replica would not
+    // have shown this.)
+    let master = cluster.master_of("{t}");
+    let tag = (0..).map(|n| format!("{{o{n}}}")).find(|tag| cluster.master_of(tag) != master).unwrap();
+    let other = cluster.master_of(&tag);
+    for chunk in 0..10 {
+        let mut pipe = redis::pipe();
+        for n in 0..1000 {
+            pipe.cmd("SET").arg(format!("{tag}.k{chunk}.{n}")).arg(n).ignore();
+        }
+        let _: () = pipe.query_async(&mut conn).await.unwrap();
+    }
+    let loading = || cluster.cli(other, &["INFO", "persistence"]).contains("loading:1");
+    cluster.cli(other, &["CONFIG", "SET", "key-load-delay", "1000"]);
+    cluster.cli(other, &["CONFIG", "SET", "loading-process-events-interval-bytes", "1024"]);
+    let mut reload =
+        std::process::Command::new("redis-cli").args(["-p", &other.to_string(), "DEBUG", "RELOAD"]).spawn().unwrap();
+    eventually(SOON, "the other master loading", || async { loading().then_some(()) }).await;
+
+    // The master forgets its scripts, as after a restart.
+    assert_eq!(cluster.cli(master, &["SCRIPT", "FLUSH"]).trim(), "OK");
+    send(&mut conn, "{t}.in", "t", publish).await;
+    // By the old way, the commit waited out the loading master's refusal
+    // of SCRIPT LOAD (5 s, a command's timeout) before it went through.
+    eventually(Duration::from_secs(2), "the second event published", published(2)).await;
+    assert!(loading(), "published while the other master was still loading");
+    reload.wait().unwrap();
+    host.stop().await;
 }

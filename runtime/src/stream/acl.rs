@@ -62,7 +62,10 @@ pub const COMMANDS: &[(&str, &str)] = &[
     ("hget", "the relay's marks (Redis Cluster), and the record of entries removed before a group read them"),
     ("hset", "the relay's marks (Redis Cluster), and the record of entries removed before a group read them"),
     ("evalsha", "running the commit, redrive, relay, lease, key-order, trim and upkeep scripts"),
-    ("script|load", "loading those scripts"),
+    (
+        "eval",
+        "running one of those scripts by its body where Redis does not have it yet (after a restart, or on a node promoted in a failover)",
+    ),
     ("cluster|slots", "learning a Redis Cluster's layout"),
 ];
 

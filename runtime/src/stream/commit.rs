@@ -28,8 +28,8 @@ use redis::Value;
 use redis::aio::ConnectionLike;
 use std::sync::LazyLock;
 
-static COMMIT: LazyLock<redis::Script> =
-    LazyLock::new(|| redis::Script::new(&[super::order::LIBRARY, include_str!("commit.lua")].concat()));
+static COMMIT: LazyLock<super::script::Script> =
+    LazyLock::new(|| super::script::Script::new(&[super::order::LIBRARY, include_str!("commit.lua")].concat()));
 
 /// What became of one delivery's commit, when Redis ran it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -443,14 +443,12 @@ pub async fn commit_and_read<'a>(
         false => match replies.next().unwrap_or(Value::Nil) {
             Value::Array(replies) => results(replies, scripted.len(), what),
             Value::ServerError(e) if e.kind() == Some(redis::ServerErrorKind::NoScript) => {
-                // Redis lost its scripts (a restart): loaded, and run again.
-                // The rest ran all the same, and what the read found goes on.
-                let call = pipe.cmd_iter().next().expect("the script's call");
-                let replies = async {
-                    COMMIT.load_async(conn).await?;
-                    call.query_async(conn).await
-                };
-                replies.await.context(what).and_then(|replies| results(replies, scripted.len(), what))
+                // Redis lost its scripts (a restart), or this node never had
+                // them: run again by body. The rest ran all the same, and
+                // what the read found goes on.
+                let call = COMMIT.by_body(pipe.cmd_iter().next().expect("the script's call"));
+                let replies = call.query_async(conn).await;
+                replies.context(what).and_then(|replies| results(replies, scripted.len(), what))
             }
             Value::ServerError(e) => Err(Error::new(what(), redis::RedisError::from(e))),
             other => Err(Error::reply(what(), &other)),
@@ -496,7 +494,7 @@ fn acked(commit: &Commit, group: &str, reply: Value) -> Result<Committed, Error>
 fn script_call(group: &str, consumer: &str, commits: &[&Commit]) -> redis::Cmd {
     let mut call = redis::cmd("EVALSHA");
     let keys: usize = commits.iter().map(|c| 1 + if c.order.is_some() { 2 } else { 0 } + c.writes.len()).sum();
-    call.arg(COMMIT.get_hash()).arg(keys);
+    call.arg(COMMIT.hash()).arg(keys);
     for c in commits {
         call.arg(&c.stream);
         if let Some((key, _)) = &c.order {

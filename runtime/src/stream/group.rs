@@ -4,7 +4,7 @@ use super::error::{Context, Error};
 use redis::aio::ConnectionLike;
 use std::sync::LazyLock;
 
-static GROUP: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("group.lua")));
+static GROUP: LazyLock<super::script::Script> = LazyLock::new(|| super::script::Script::new(include_str!("group.lua")));
 
 /// Creates `group` on `stream` (and the stream itself if missing). A group
 /// that already exists is fine. A new group starts at the beginning of the

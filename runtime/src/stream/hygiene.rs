@@ -12,7 +12,8 @@ use redis::aio::ConnectionLike;
 use std::sync::LazyLock;
 use std::time::Duration;
 
-static FORGET: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("forget.lua")));
+static FORGET: LazyLock<super::script::Script> =
+    LazyLock::new(|| super::script::Script::new(include_str!("forget.lua")));
 
 /// One consumer of a group.
 #[derive(Debug, Clone, PartialEq, Eq)]

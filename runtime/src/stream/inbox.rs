@@ -82,8 +82,8 @@ pub async fn move_to_inbox(
     if super::slot::of(dead_letter) != super::slot::of(inbox) {
         return move_across_slots(conn, dead_letter, id, inbox, fields).await;
     }
-    static SCRIPT: std::sync::LazyLock<redis::Script> =
-        std::sync::LazyLock::new(|| redis::Script::new(include_str!("copy.lua")));
+    static SCRIPT: std::sync::LazyLock<super::script::Script> =
+        std::sync::LazyLock::new(|| super::script::Script::new(include_str!("copy.lua")));
     let mut invocation = SCRIPT.key(dead_letter);
     invocation.key(inbox).arg(id);
     for (k, v) in fields {
@@ -100,8 +100,8 @@ async fn move_across_slots(
     inbox: &str,
     fields: &[(String, Vec<u8>)],
 ) -> Result<Option<String>, Error> {
-    static SCRIPT: std::sync::LazyLock<redis::Script> =
-        std::sync::LazyLock::new(|| redis::Script::new(include_str!("copy_once.lua")));
+    static SCRIPT: std::sync::LazyLock<super::script::Script> =
+        std::sync::LazyLock::new(|| super::script::Script::new(include_str!("copy_once.lua")));
     if range(conn, dead_letter, id, id).await?.is_empty() {
         return Ok(None);
     }

@@ -10,8 +10,9 @@ use redis::aio::ConnectionLike;
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
-static TAKE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("lease.lua")));
-static RELEASE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("release.lua")));
+static TAKE: LazyLock<super::script::Script> = LazyLock::new(|| super::script::Script::new(include_str!("lease.lua")));
+static RELEASE: LazyLock<super::script::Script> =
+    LazyLock::new(|| super::script::Script::new(include_str!("release.lua")));
 
 /// One lease, as its would-be holder sees it.
 #[derive(Debug)]

@@ -18,6 +18,7 @@ mod read;
 mod relay;
 mod reply;
 pub mod retention;
+mod script;
 pub mod slot;
 pub mod unread;
 

@@ -49,8 +49,8 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 /// The order scripts' shared functions, followed by taking entries in.
-static TAKE: LazyLock<redis::Script> =
-    LazyLock::new(|| redis::Script::new(concat!(include_str!("order.lua"), include_str!("order_take.lua"))));
+static TAKE: LazyLock<super::script::Script> =
+    LazyLock::new(|| super::script::Script::new(concat!(include_str!("order.lua"), include_str!("order_take.lua"))));
 
 /// The order functions, in front of the commit script (which moves a key on
 /// to its next entry).
@@ -155,7 +155,7 @@ impl Ordering {
         self.ttl.as_millis().max(1) as u64
     }
 
-    fn invocation(&self, mode: &str) -> redis::ScriptInvocation<'static> {
+    fn invocation(&self, mode: &str) -> super::script::Invocation<'static> {
         let mut call = TAKE.prepare_invoke();
         let (by, name) = match self.by.wire() {
             ("data", name) if self.cloudevents => ("cedata", name),

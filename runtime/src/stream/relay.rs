@@ -20,7 +20,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-static APPLY: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("relay.lua")));
+static APPLY: LazyLock<super::script::Script> = LazyLock::new(|| super::script::Script::new(include_str!("relay.lua")));
 
 /// How long a relay's lease lasts without renewal: how long an outbox waits
 /// when its relay's host dies.
@@ -156,7 +156,7 @@ impl Relay {
     /// The script call that applies `batch`.
     fn call(&self, batch: &Batch) -> redis::Cmd {
         let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(APPLY.get_hash()).arg(1 + batch.targets.len()).arg(&batch.mark).arg(&batch.targets);
+        cmd.arg(APPLY.hash()).arg(1 + batch.targets.len()).arg(&batch.mark).arg(&batch.targets);
         cmd.arg(&self.outbox).arg(batch.writes.len());
         for (id, target, write) in &batch.writes {
             // KEYS[1] is the mark: targets start at KEYS[2] (Lua counts from 1).
@@ -174,9 +174,8 @@ impl Relay {
         let mut conn = self.redis.conn.clone();
         let reply: Result<i64, redis::RedisError> = self.call(batch).query_async(&mut conn).await;
         match reply {
-            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                let _: String = APPLY.prepare_invoke().load_async(&mut conn).await.context(what)?;
-                let _: i64 = self.call(batch).query_async(&mut conn).await.context(what)?;
+            Err(e) if super::script::is_no_script(&e) => {
+                let _: i64 = APPLY.by_body(&self.call(batch)).query_async(&mut conn).await.context(what)?;
                 Ok(())
             }
             other => other.map(drop).context(what),

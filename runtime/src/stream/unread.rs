@@ -13,7 +13,8 @@ use super::slot;
 use redis::aio::ConnectionLike;
 use std::sync::LazyLock;
 
-static UNREAD: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("unread.lua")));
+static UNREAD: LazyLock<super::script::Script> =
+    LazyLock::new(|| super::script::Script::new(include_str!("unread.lua")));
 
 /// How far behind its stream a group may be for its entries to be counted
 /// (the script reads that many entries at most). A group further behind is

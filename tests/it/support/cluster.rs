@@ -211,6 +211,9 @@ fn node(tls: &[String]) -> RedisServer {
             "",
             "--appendonly",
             "no",
+            // DEBUG RELOAD, to make a node load its data as a restart does.
+            "--enable-debug-command",
+            "local",
         ];
         args.iter().map(|s| s.to_string()).chain(tls.iter().cloned()).collect()
     })
