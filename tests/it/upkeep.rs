@@ -450,11 +450,11 @@ async fn add_trimming(conn: &mut redis::aio::MultiplexedConnection, n: usize, ma
     let _: () = pipe.query_async(conn).await.unwrap();
 }
 
-/// Reads `n` new entries of `in` for group `g`.
-async fn read_as_g(conn: &mut redis::aio::MultiplexedConnection, n: usize) {
+/// Reads `n` new entries of `in` for `group`.
+async fn read_as(conn: &mut redis::aio::MultiplexedConnection, group: &str, n: usize) {
     let _: redis::Value = redis::cmd("XREADGROUP")
         .arg("GROUP")
-        .arg("g")
+        .arg(group)
         .arg("c")
         .arg("COUNT")
         .arg(n)
@@ -492,14 +492,14 @@ async fn entries_removed_before_a_group_read_them_are_counted_once() {
         .await
         .unwrap();
     add_trimming(&mut conn, 10, 100).await;
-    read_as_g(&mut conn, 3).await;
+    read_as(&mut conn, "g", 3).await;
     assert_eq!(removed_unread(&mut conn).await, Some((0, 0)), "nothing removed");
     // The producer keeps 5 of 20: the 12 after the 3 read are gone unread.
     add_trimming(&mut conn, 10, 5).await;
     assert_eq!(removed_unread(&mut conn).await, Some((12, 12)), "behind the stream's first entry");
     assert_eq!(removed_unread(&mut conn).await, Some((0, 12)), "told once");
     // Read past the gap, the loss is still in Redis's counters, not new.
-    read_as_g(&mut conn, 2).await;
+    read_as(&mut conn, "g", 2).await;
     assert_eq!(removed_unread(&mut conn).await, Some((0, 12)), "read past the gap");
     // Removed while the group had read past the stream's first entry: it
     // has 3 left to read, and 2 of them go.
@@ -507,7 +507,7 @@ async fn entries_removed_before_a_group_read_them_are_counted_once() {
     assert_eq!(removed_unread(&mut conn).await, Some((2, 14)), "an XTRIM past the group");
     // Sluice's own trim waits for the group: it removes only what the group
     // has read and acknowledged.
-    read_as_g(&mut conn, 10).await;
+    read_as(&mut conn, "g", 10).await;
     add_trimming(&mut conn, 4, 100).await;
     let pending: Vec<(String, String, u64, u64)> =
         redis::cmd("XPENDING").arg("in").arg("g").arg("-").arg("+").arg(100).query_async(&mut conn).await.unwrap();
@@ -524,24 +524,13 @@ async fn entries_removed_before_a_group_read_them_are_counted_once() {
         redis::cmd("XREVRANGE").arg("in").arg("+").arg("-").arg("COUNT").arg(1).query_async(&mut conn).await.unwrap();
     let _: u64 = redis::cmd("XDEL").arg("in").arg(&last[0].0).query_async(&mut conn).await.unwrap();
     assert_eq!(removed_unread(&mut conn).await, Some((1, 15)), "an XDEL of an unread entry");
-    read_as_g(&mut conn, 10).await;
+    read_as(&mut conn, "g", 10).await;
     assert_eq!(removed_unread(&mut conn).await, None, "Redis no longer counts the group's reads");
     // A group further behind than the script counts, past the stream's
     // first entry: not counted this time.
     let _: () = redis::cmd("XGROUP").arg("CREATE").arg("in").arg("far").arg("0").query_async(&mut conn).await.unwrap();
     add_trimming(&mut conn, 1200, 100_000).await;
-    let _: redis::Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg("far")
-        .arg("c")
-        .arg("COUNT")
-        .arg(1)
-        .arg("STREAMS")
-        .arg("in")
-        .arg(">")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    read_as(&mut conn, "far", 1).await;
     let far = sluice::stream::unread::removed_unread(&mut conn, "in", "far").await.unwrap();
     assert_eq!(far, None, "more than {} behind", sluice::stream::unread::MOST_COUNTED);
 }

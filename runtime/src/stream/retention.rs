@@ -14,7 +14,8 @@ use redis::aio::ConnectionLike;
 use std::sync::LazyLock;
 use std::time::Duration;
 
-static TRIM: LazyLock<super::script::Script> = LazyLock::new(|| super::script::Script::new(include_str!("trim.lua")));
+static TRIM: LazyLock<super::script::Script> =
+    LazyLock::new(|| super::script::Script::new(&[super::script::IDS, include_str!("trim.lua")].concat()));
 
 /// How much of a stream to keep.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -11,6 +11,10 @@
 use redis::aio::ConnectionLike;
 use redis::{Cmd, FromRedisValue, RedisResult, ToRedisArgs};
 
+/// Lua functions for stream ids (`before`, `next_id`), put before the
+/// body of each script that compares or steps them.
+pub const IDS: &str = include_str!("ids.lua");
+
 /// A script: its body and its SHA-1.
 pub struct Script {
     code: String,

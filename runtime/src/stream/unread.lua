@@ -49,23 +49,8 @@ local s = fields(redis.call('XINFO', 'STREAM', stream))
 local last, read, added = g['last-delivered-id'], g['entries-read'], s['entries-added']
 local first = s['first-entry'] and s['first-entry'][1] or ''
 
--- Whether stream id `a` comes before `b`, compared as digits (an id's
--- numbers may exceed what a Lua number holds exactly).
-local function before(a, b)
-  local ams, aseq = string.match(a, '^(%d+)-(%d+)$')
-  local bms, bseq = string.match(b, '^(%d+)-(%d+)$')
-  local function less(x, y)
-    if #x ~= #y then
-      return #x < #y
-    end
-    return x < y
-  end
-  if ams ~= bms then
-    return less(ams, bms)
-  end
-  return less(aseq, bseq)
-end
-
+-- `before` (stream ids in order) is ids.lua's, which this script is
+-- prefixed with.
 local after
 if first == '' then
   after = 0

@@ -14,7 +14,7 @@ use redis::aio::ConnectionLike;
 use std::sync::LazyLock;
 
 static UNREAD: LazyLock<super::script::Script> =
-    LazyLock::new(|| super::script::Script::new(include_str!("unread.lua")));
+    LazyLock::new(|| super::script::Script::new(&[super::script::IDS, include_str!("unread.lua")].concat()));
 
 /// How far behind its stream a group may be for its entries to be counted
 /// (the script reads that many entries at most). A group further behind is

@@ -70,9 +70,6 @@ impl ComponentCache {
     }
 
     fn read(&self, engine: &Engine, path: &Path) -> Option<Component> {
-        if !path.exists() {
-            return None;
-        }
         if let Some(why) = untrusted(path) {
             tracing::warn!("ignoring cached artifact {}: {why}; compiling instead", path.display());
             return None;
