@@ -147,6 +147,18 @@ fn operating_md_shows_the_rule_for_the_shipped_config() {
     }
 }
 
+/// Makes user `sluice` (password `s3cret`) from the rule `sluice acl`
+/// prints for `fx`, less `command`; an admin's connection.
+async fn user_lacking(redis: &RedisServer, fx: &Fixture, command: &str) -> redis::aio::MultiplexedConnection {
+    let rule = sluice(&["acl", "--user", "sluice"], fx);
+    let lacking = rule.trim().replace(">PASSWORD", ">s3cret").replace(&format!(" +{command}"), "");
+    assert_ne!(lacking, rule.trim().replace(">PASSWORD", ">s3cret"), "the rule has {command}");
+    let words: Vec<&str> = lacking.split(' ').collect();
+    let mut root = redis.conn().await;
+    let _: () = redis::cmd(words[0]).arg(&words[1..]).query_async(&mut root).await.unwrap();
+    root
+}
+
 /// A user the rule does not let make consumer groups: `sluice run` stops at
 /// start with Redis's NOPERM, naming the command and where the rule is,
 /// rather than retrying forever. The group is made by a script, whose own
@@ -160,11 +172,7 @@ async fn a_user_that_cannot_make_groups_is_told_at_start_which_command_it_lacks(
         "",
         "[handlers.h]\nplugin = \"behave.wasm\"\nstreams = [\"in\"]\n",
     );
-    let rule = sluice(&["acl", "--user", "sluice"], &fx);
-    let mut root = redis.conn().await;
-    let lacking = rule.trim().replace(">PASSWORD", ">s3cret").replace(" +xgroup|create", "");
-    let words: Vec<&str> = lacking.split(' ').collect();
-    let _: () = redis::cmd(words[0]).arg(&words[1..]).query_async(&mut root).await.unwrap();
+    user_lacking(&redis, &fx, "xgroup|create").await;
     let mut run = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(["run", "--config"])
         .arg(&fx.config_path)
@@ -202,11 +210,7 @@ async fn a_commit_refused_inside_its_script_is_an_error_once_and_left_pending() 
     let url = format!("redis://sluice:s3cret@127.0.0.1:{}", redis.port);
     let handlers = "[handlers.h]\nplugin = \"behave.wasm\"\nstreams = [\"in\"]\npublish = [\"out\"]\n";
     let fx = Fixture::with_redis(&format!("url = \"{url}\""), "", handlers);
-    let rule = sluice(&["acl", "--user", "sluice"], &fx);
-    let mut root = redis.conn().await;
-    let lacking = rule.trim().replace(">PASSWORD", ">s3cret").replace(" +xadd", "");
-    let words: Vec<&str> = lacking.split(' ').collect();
-    let _: () = redis::cmd(words[0]).arg(&words[1..]).query_async(&mut root).await.unwrap();
+    let mut root = user_lacking(&redis, &fx, "xadd").await;
     let mut host = fx.spawn_binary_logging_json("warn");
     let publish = json!({"action": "publish", "publish": [{"stream": "out", "type": "done", "data": {}}]});
     send(&mut root, "in", "t", publish).await;
