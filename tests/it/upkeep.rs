@@ -538,7 +538,8 @@ async fn entries_removed_before_a_group_read_them_are_counted_once() {
 /// A running host warns of entries removed before its group read them (here
 /// by a producer's `XADD MAXLEN` while no host ran, and again while one
 /// does), naming the stream, group and handler, and a host that starts
-/// later does not warn of them again. The group's count of entries read is
+/// later does not warn of them again; `sluice status` shows them, apart from
+/// the lag. The group's count of entries read is
 /// set when the host makes it: left to Redis, the loss before the group's
 /// first read would not show.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -583,6 +584,12 @@ async fn a_host_warns_once_of_entries_removed_before_its_group_read_them() {
     add_trimming(&mut conn, 10, 1).await;
     eventually(upkeep, "9 more counted as removed unread", told(24)).await;
     assert!(terminate(&mut second).await.success());
+    // Redis's lag counts the removed entries as not yet delivered; `sluice
+    // status` shows them apart, and the lag as what is left to deliver.
+    let status = sluice(&["status", "--json"], &fx.config_path);
+    let rows: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let row = rows.as_array().unwrap().iter().find(|r| r["stream"] == "in").unwrap();
+    assert_eq!((&row["lag"], &row["removed_unread"]), (&json!(0), &json!(24)), "{row:#}");
     for (host, removed) in [(first, 15), (second, 9)] {
         let lines = json_log_lines(&host.wait_with_output().unwrap().stderr);
         let warned: Vec<_> = lines

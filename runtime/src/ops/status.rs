@@ -24,6 +24,9 @@ pub struct Row {
     pub consuming: bool,
     /// Entries not yet delivered to the handler.
     pub lag: Option<u64>,
+    /// Entries removed from the stream before the handler's group read them
+    /// (by another program; as last counted by the upkeep, every 5 s).
+    pub removed_unread: u64,
     /// Delivered, not yet acknowledged (in flight or waiting to be retried).
     pub pending: u64,
     /// Age of the oldest pending entry, ms.
@@ -75,16 +78,23 @@ pub async fn rows(conn: &mut impl ConnectionLike, config: &Config) -> Result<Vec
             };
             let consuming = info.is_some();
             let info = info.unwrap_or_default();
+            let removed_unread = stream::unread::recorded(conn, &s, &h.group).await?;
+            // While Redis counts the group's reads, its lag counts entries
+            // removed unread too, though they will never be delivered.
+            let lag = match info.entries_read {
+                Some(_) => info.lag.map(|l| l.saturating_sub(removed_unread)),
+                None => info.lag,
+            };
             let length = stream::length(conn, &s).await?;
             let bound = config.streams.retention(&s).unwrap_or_default();
             let oldest = info.oldest_pending.as_deref().and_then(time::of_id).map(|t| now.saturating_sub(t));
-            let behind =
-                info.lag.is_some_and(|l| l > BEHIND_LAG) || oldest.is_some_and(|age| age > config.claim_idle_ms);
+            let behind = lag.is_some_and(|l| l > BEHIND_LAG) || oldest.is_some_and(|age| age > config.claim_idle_ms);
             rows.push(Row {
                 handler: h.name.clone(),
                 stream: s,
                 consuming,
-                lag: info.lag,
+                lag,
+                removed_unread,
                 pending: info.pending,
                 oldest_pending_ms: oldest,
                 consumers: info.consumers,
@@ -127,6 +137,10 @@ pub fn table(rows: &[Row]) -> String {
             (false, _) => "no group yet (never run)",
             (true, true) => "BEHIND",
             (true, false) => "ok",
+        };
+        let state = match r.removed_unread {
+            0 => state.to_owned(),
+            n => format!("{state}, {n} removed unread"),
         };
         let len = r.max_len.map(|n| n.to_string());
         let age =

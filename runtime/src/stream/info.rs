@@ -11,8 +11,14 @@ use redis::aio::ConnectionLike;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GroupInfo {
     /// Entries not yet delivered to the group (`None` when Redis cannot tell,
-    /// e.g. after entries were deleted).
+    /// e.g. after entries were deleted), as Redis counts them: while it
+    /// counts the group's reads ([`GroupInfo::entries_read`]), this includes
+    /// entries removed before the group read them, which will never be
+    /// delivered ([`super::unread`]).
     pub lag: Option<u64>,
+    /// Entries the group has read, as Redis counts them (`None` when it
+    /// cannot tell).
+    pub entries_read: Option<u64>,
     /// Entries delivered and not yet acknowledged.
     pub pending: u64,
     /// Consumers known to the group.
@@ -57,6 +63,7 @@ pub async fn group_info(conn: &mut impl ConnectionLike, stream: &str, group: &st
     let oldest = oldest_pending(conn, stream, group).await?;
     Ok(Some(GroupInfo {
         lag: number("lag"),
+        entries_read: number("entries-read"),
         pending: number("pending").unwrap_or(0),
         consumers: number("consumers").unwrap_or(0),
         oldest_pending: oldest,

@@ -40,6 +40,18 @@ pub fn record_key(stream: &str) -> String {
     format!("sluice:removed-unread:{}:{stream}", slot::tag_for(stream))
 }
 
+/// The entries of `stream` last recorded as removed before `group` read
+/// them (the upkeep counts every 5 s; 0 before any count).
+pub async fn recorded(conn: &mut impl ConnectionLike, stream: &str, group: &str) -> Result<u64, Error> {
+    let n: Option<u64> = redis::cmd("HGET")
+        .arg(record_key(stream))
+        .arg(group)
+        .query_async(conn)
+        .await
+        .context(|| format!("HGET of the entries of stream {stream} removed before group {group} read them"))?;
+    Ok(n.unwrap_or(0))
+}
+
 /// The entries of `stream` removed before `group` read them, or `None` when
 /// Redis cannot tell now: the stream or the group does not exist, Redis has
 /// lost the group's count of entries read (after an `XDEL` of an entry it
