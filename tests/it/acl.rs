@@ -232,4 +232,6 @@ async fn a_commit_refused_inside_its_script_is_an_error_once_and_left_pending() 
     assert_eq!(refused.len(), 1, "{lines:#?}");
     let message = refused[0]["fields"]["message"].as_str().unwrap();
     assert!(message.contains("refused") && message.contains("docs/operating.md"), "{message}");
+    // Redis's own words name no command: the line says where to look.
+    assert!(message.contains("can't run this command") && message.contains("ACL LOG"), "{message}");
 }
