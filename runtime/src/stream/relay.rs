@@ -154,32 +154,26 @@ impl Relay {
     }
 
     /// The script call that applies `batch`.
-    fn call(&self, batch: &Batch) -> redis::Cmd {
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(APPLY.hash()).arg(1 + batch.targets.len()).arg(&batch.mark).arg(&batch.targets);
-        cmd.arg(&self.outbox).arg(batch.writes.len());
+    fn call(&self, batch: &Batch) -> super::script::Invocation<'static> {
+        let mut call = APPLY.prepare_invoke();
+        call.key(&batch.mark).key(&batch.targets);
+        call.arg(&self.outbox).arg(batch.writes.len());
         for (id, target, write) in &batch.writes {
             // KEYS[1] is the mark: targets start at KEYS[2] (Lua counts from 1).
-            cmd.arg(id).arg(target + 2).arg(write.kind.wire()).arg(write.args.len());
+            call.arg(id).arg(target + 2).arg(write.kind.wire()).arg(write.args.len());
             for a in &write.args {
-                cmd.arg(a.as_slice());
+                call.arg(a.as_slice());
             }
         }
-        cmd
+        call
     }
 
-    /// Applies one batch, loading the script where Redis does not have it.
+    /// Applies one batch (by the script's body where Redis does not have it).
     async fn apply(&self, batch: &Batch) -> Result<(), Error> {
         let what = || format!("relaying outbox {} to {}", self.outbox, batch.targets.join(", "));
         let mut conn = self.redis.conn.clone();
-        let reply: Result<i64, redis::RedisError> = self.call(batch).query_async(&mut conn).await;
-        match reply {
-            Err(e) if super::script::is_no_script(&e) => {
-                let _: i64 = APPLY.by_body(&self.call(batch)).query_async(&mut conn).await.context(what)?;
-                Ok(())
-            }
-            other => other.map(drop).context(what),
-        }
+        let _: i64 = self.call(batch).invoke_async(&mut conn).await.context(what)?;
+        Ok(())
     }
 }
 
