@@ -510,3 +510,73 @@ async fn a_master_loading_its_data_holds_up_no_commit_on_another() {
     reload.wait().unwrap();
     host.stop().await;
 }
+
+/// A write relayed to another master leaves the outbox only once a replica
+/// of that master has it too, so a failover cannot lose it. Here the
+/// target's master refuses its replica the replication commands and drops
+/// its link, an event is published through the outbox, and the replica
+/// then takes over without the write (`CLUSTER FAILOVER TAKEOVER`, as after
+/// the master crashed; the old master becomes its replica and drops the
+/// write too). The relay, which deleted the outbox entry as soon as the
+/// master had the write, lost the event; now it keeps the entry until a
+/// replica acknowledges it, and writes it again on the new master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_relayed_to_a_master_that_then_fails_over_is_not_lost() {
+    let cluster = Cluster::start();
+    let source = cluster.master_of("in");
+    let out = (0..).map(|n| format!("out{n}")).find(|k| cluster.master_of(k) != source).unwrap();
+    let handlers = format!("[handlers.h]\nplugin = \"behave.wasm\"\nstreams = [\"in\"]\npublish = [\"{out}\"]\n");
+    let fx = fixture(&cluster, "", &handlers);
+    let mut conn = cluster.conn().await;
+    let host = fx.start();
+    let publish = |n: usize| json!({"action": "publish", "publish": [{"stream": out, "type": "n", "data": {"n": n}}]});
+    let watcher = conn.clone();
+    let published = |n: usize| {
+        let (conn, out) = (watcher.clone(), out.clone());
+        move || {
+            let (mut c, out) = (conn.clone(), out.clone());
+            async move { (entries(&mut c, &out).await.len() == n).then_some(()) }
+        }
+    };
+    let outbox = sluice::stream::outbox("in");
+    let relayed = || {
+        let (mut c, outbox) = (watcher.clone(), outbox.clone());
+        async move { entries(&mut c, &outbox).await.is_empty().then_some(()) }
+    };
+    send(&mut conn, "in", "t", publish(0)).await;
+    eventually(SOON, "the first event published", published(1)).await;
+    eventually(SOON, "the first event's outbox entry deleted", relayed).await;
+
+    let master = cluster.master_of(&out);
+    let replica = cluster.replica_of(master);
+    tokio::task::block_in_place(|| {
+        assert_eq!(cluster.cli(master, &["ACL", "SETUSER", "default", "-psync", "-sync", "-replconf"]).trim(), "OK");
+        cluster.cli(master, &["CLIENT", "KILL", "TYPE", "replica"]);
+    });
+    let link_down = || async {
+        let info = tokio::task::block_in_place(|| cluster.cli(replica, &["INFO", "replication"]));
+        info.contains("master_link_status:down").then_some(())
+    };
+    eventually(SOON, "the replica cut off from its master", link_down).await;
+    send(&mut conn, "in", "t", publish(1)).await;
+    eventually(SOON, "the second event on the target's master", published(2)).await;
+
+    tokio::task::block_in_place(|| {
+        assert_eq!(cluster.cli(replica, &["CLUSTER", "FAILOVER", "TAKEOVER"]).trim(), "OK");
+    });
+    let promoted = || async { tokio::task::block_in_place(|| cluster.master_of(&out) == replica).then_some(()) };
+    eventually(SOON, "the replica promoted", promoted).await;
+    let relayed =
+        eventually(Duration::from_secs(30), "the second event on the new master, and the outbox empty", || {
+            let (mut c, out, outbox) = (conn.clone(), out.clone(), outbox.clone());
+            async move {
+                let out = entries(&mut c, &out).await;
+                (out.len() >= 2 && entries(&mut c, &outbox).await.is_empty()).then_some(out)
+            }
+        })
+        .await;
+    host.stop().await;
+    let seen = counted(&relayed, "n");
+    assert_eq!(losses(&seen, ["0".to_owned(), "1".to_owned()]), (0, 0), "lost, duplicated: {seen:?}");
+    assert_eq!(relayed.len(), 2, "each event published once: {seen:?}");
+}

@@ -67,6 +67,11 @@ pub const COMMANDS: &[(&str, &str)] = &[
         "running one of those scripts by its body where Redis does not have it yet (after a restart, or on a node promoted in a failover)",
     ),
     ("cluster|slots", "learning a Redis Cluster's layout"),
+    ("cluster|nodes", "learning which masters of a Redis Cluster have replicas (the relay)"),
+    (
+        "wait",
+        "making sure a replica has what the relay wrote on another master before the outbox lets it go (Redis Cluster)",
+    ),
 ];
 
 /// The key patterns `config` needs: every stream its handlers read,

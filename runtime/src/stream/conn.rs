@@ -90,6 +90,25 @@ impl ConnectionLike for Conn {
     }
 }
 
+impl Conn {
+    /// Sends `cmd`, which names no key, to the master serving `slot` (on
+    /// one server, to it), on the connection this one sent that master its
+    /// earlier commands: for `WAIT`, which redis-rs would send to every
+    /// master, and which waits only for the writes of the connection it
+    /// comes on. An error reply is an error.
+    pub(crate) async fn at_master_of(&mut self, slot: u16, cmd: Cmd) -> RedisResult<Value> {
+        use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+        let reply = match self {
+            Conn::Cluster(c) => {
+                let node = SingleNodeRoutingInfo::SpecificNode(Route::new(slot, SlotAddr::Master));
+                c.route_command(cmd, RoutingInfo::SingleNode(node)).await
+            }
+            other => other.req_packed_command(&cmd).await,
+        };
+        reply.and_then(Value::extract_error)
+    }
+}
+
 /// The connection every task shares to one server: redis-rs's
 /// `ConnectionManager`, which opens a new connection when one fails, made
 /// whole where it would not:

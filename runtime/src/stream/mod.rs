@@ -16,6 +16,7 @@ mod lease;
 pub mod order;
 mod read;
 mod relay;
+mod replicas;
 mod reply;
 pub mod retention;
 mod script;

@@ -5,13 +5,17 @@
 //! time. A round sends one script per target slot, all at once; a write
 //! repeated by a relay that was interrupted, or that lost its lease while
 //! paused, is recognised by the mark in its target's slot (`relay.lua`) and
-//! skipped.
+//! skipped. An entry leaves the outbox only once a replica of its target's
+//! master has the write too, where that master has replicas
+//! ([`super::replicas`]): a failover cannot lose a write the outbox no
+//! longer holds.
 
 use super::backoff::Backoff;
 use super::commit::Relayed;
 use super::conn::{Conn, Redis};
 use super::error::{Context, Error};
 use super::lease::Lease;
+use super::replicas::{Replicas, WAIT_TIMEOUT, Waited};
 use super::{reply, slot};
 use crate::event::Entry;
 use std::collections::BTreeMap;
@@ -37,15 +41,27 @@ pub struct Relay {
     outbox: String,
     lease: Lease,
     redis: Redis,
-    /// Its own connection for blocking reads.
-    reader: Option<Conn>,
+    /// Its own connection: for the blocking reads of the outbox, and for
+    /// the writes to the targets, which a `WAIT` on it then covers.
+    own: Option<Conn>,
+    /// Which targets' masters have replicas to wait for.
+    replicas: Replicas,
+    /// Rounds in a row in which a replica did not have every write.
+    unreplicated: Backoff,
 }
 
 impl Relay {
     /// The relay of `outbox`, run by this host (`holder`, its consumer name).
     pub fn new(outbox: String, holder: String, redis: Redis) -> Relay {
         let lease_key = format!("sluice:relay-lease:{}", slot::tag_for(&outbox));
-        Relay { lease: Lease::new(lease_key, holder, LEASE_TTL), outbox, redis, reader: None }
+        Relay {
+            lease: Lease::new(lease_key, holder, LEASE_TTL),
+            outbox,
+            redis,
+            own: None,
+            replicas: Replicas::default(),
+            unreplicated: Backoff::new(),
+        }
     }
 
     /// Relays until `shutdown` is cancelled. Failures are warned about and
@@ -82,7 +98,7 @@ impl Relay {
                     } else {
                         debug!(outbox = %self.outbox, "relaying writes to other cluster slots failed again: {e}");
                     }
-                    self.reader = None;
+                    self.own = None;
                     self.lease.lost();
                     PAUSE
                 }
@@ -99,25 +115,72 @@ impl Relay {
             return Ok(false);
         }
         let waiting = self.read().await?;
+        if waiting.is_empty() {
+            return Ok(true);
+        }
         // One script per slot, all at once; marks make a repeat of what
         // went through write nothing.
         let batches = self.by_slot(&waiting)?;
-        let applied = futures::future::join_all(batches.iter().map(|b| self.apply(b))).await;
-        applied.into_iter().collect::<Result<Vec<()>, Error>>()?;
-        let done: Vec<String> = waiting.iter().map(|e| e.id.clone()).collect();
+        let own = self.own_connection().await?;
+        self.replicas.refresh(&mut own.clone(), false).await?;
+        let relayed = futures::future::join_all(batches.iter().map(|b| self.apply(b, own.clone()))).await;
+        let relayed = relayed.into_iter().collect::<Result<Vec<Waited>, Error>>()?;
+        let mut unreplicated: Vec<&Batch> =
+            batches.iter().zip(relayed).filter(|(_, w)| *w == Waited::NotYet).map(|(b, _)| b).collect();
+        if !unreplicated.is_empty() {
+            // A replica that stopped acknowledging may have failed: if the
+            // cluster says so, it is no longer waited for.
+            self.replicas.refresh(&mut own.clone(), true).await?;
+            unreplicated.retain(|b| self.replicas.of(b.slot) > 0);
+        }
+        let done: Vec<String> = batches
+            .iter()
+            .filter(|b| !unreplicated.iter().any(|u| u.slot == b.slot))
+            .flat_map(|b| b.writes.iter().map(|(id, _, _)| id.clone()))
+            .collect();
         if !done.is_empty() {
             super::inbox::delete(&mut self.redis.conn, &self.outbox, &done).await?;
             debug!(outbox = %self.outbox, count = done.len(), "relayed");
         }
+        self.said_of_replicas(&unreplicated);
         Ok(true)
+    }
+
+    /// Says when writes stay in the outbox because no replica of their
+    /// master acknowledged them: once, then once a minute while it goes on,
+    /// and when it ends.
+    fn said_of_replicas(&mut self, unreplicated: &[&Batch]) {
+        if unreplicated.is_empty() {
+            if let Some((rounds, lasted)) = self.unreplicated.reset() {
+                info!(outbox = %self.outbox, "a replica has the relayed writes again, after {rounds} round(s) over {} ms", lasted.as_millis());
+            }
+            return;
+        }
+        let targets: Vec<&str> = unreplicated.iter().flat_map(|b| b.targets.iter().map(String::as_str)).collect();
+        let targets = targets.join(", ");
+        if self.unreplicated.warn_due() {
+            let (rounds, lasted) = self.unreplicated.so_far();
+            warn!(outbox = %self.outbox, targets = %targets, "writes relayed to {targets} are not yet on a replica of their master (none acknowledged them within {} ms: its link is down, or it is resynchronising); they stay in the outbox and are written again (what landed is skipped) until a replica has them, so that a failover cannot lose them{}", WAIT_TIMEOUT.as_millis(), match rounds {
+                1 => String::new(),
+                _ => format!("; {rounds} rounds over {} s", lasted.as_secs()),
+            });
+        } else {
+            debug!(outbox = %self.outbox, targets = %targets, "relayed writes still not on a replica");
+        }
+    }
+
+    /// The relay's own connection, opened if need be.
+    async fn own_connection(&mut self) -> Result<Conn, Error> {
+        match &self.own {
+            Some(c) => Ok(c.clone()),
+            None => Ok(self.own.insert(self.redis.blocking_connection(BLOCK).await?).clone()),
+        }
     }
 
     /// The oldest entries of the outbox, waiting up to [`BLOCK`] if it is empty.
     async fn read(&mut self) -> Result<Vec<Entry>, Error> {
-        let conn = match self.reader.as_mut() {
-            Some(c) => c,
-            None => self.reader.insert(self.redis.blocking_connection(BLOCK).await?),
-        };
+        let mut conn = self.own_connection().await?;
+        let conn = &mut conn;
         let reply: redis::Value = redis::cmd("XREAD")
             .arg("COUNT")
             .arg(BATCH)
@@ -168,17 +231,20 @@ impl Relay {
         call
     }
 
-    /// Applies one batch (by the script's body where Redis does not have it).
-    async fn apply(&self, batch: &Batch) -> Result<(), Error> {
+    /// Applies one batch on the relay's own connection `conn` (by the
+    /// script's body where Redis does not have it), then waits for a replica
+    /// of the slot's master to have it.
+    async fn apply(&self, batch: &Batch, mut conn: Conn) -> Result<Waited, Error> {
         let what = || format!("relaying outbox {} to {}", self.outbox, batch.targets.join(", "));
-        let mut conn = self.redis.conn.clone();
         let _: i64 = self.call(batch).invoke_async(&mut conn).await.context(what)?;
-        Ok(())
+        self.replicas.wait(&mut conn, batch.slot).await
     }
 }
 
 /// The writes to the targets of one slot from one round, in outbox order.
 struct Batch {
+    /// The slot of the targets.
+    slot: u16,
     /// The slot's mark: `sluice:relayed:{<a tag of the slot>}`.
     mark: String,
     /// The keys written, each once.
@@ -189,6 +255,6 @@ struct Batch {
 
 impl Batch {
     fn new(slot: u16) -> Batch {
-        Batch { mark: format!("sluice:relayed:{}", slot::slot_tag(slot)), targets: vec![], writes: vec![] }
+        Batch { slot, mark: format!("sluice:relayed:{}", slot::slot_tag(slot)), targets: vec![], writes: vec![] }
     }
 }

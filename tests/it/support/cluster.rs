@@ -105,9 +105,7 @@ impl Cluster {
     /// replica, which waits for it to catch up first) and waits until the
     /// cluster agrees. Returns the new master's port.
     pub fn failover(&self, master: u16) -> u16 {
-        let view = self.nodes_view(master);
-        let id = &view.iter().find(|n| n.port == master).unwrap().id;
-        let replica = view.iter().find(|n| n.master_id.as_deref() == Some(id)).expect("a replica").port;
+        let replica = self.replica_of(master);
         assert_eq!(self.cli(replica, &["CLUSTER", "FAILOVER"]).trim(), "OK");
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
@@ -120,6 +118,13 @@ impl Cluster {
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!("replica {replica} of {master} was not promoted within 20 s");
+    }
+
+    /// The port of a replica of `master`, as `master` sees it.
+    pub fn replica_of(&self, master: u16) -> u16 {
+        let view = self.nodes_view(master);
+        let id = &view.iter().find(|n| n.port == master).unwrap().id;
+        view.iter().find(|n| n.master_id.as_deref() == Some(id)).expect("a replica").port
     }
 
     /// The slot of `key` (`CLUSTER KEYSLOT`).
@@ -211,6 +216,11 @@ fn node(tls: &[String]) -> RedisServer {
             "",
             "--appendonly",
             "no",
+            // A replica syncs at once, not after the default 5 s that lets
+            // others join one diskless transfer: until it has, a write
+            // relayed to its master waits for it.
+            "--repl-diskless-sync-delay",
+            "0",
             // DEBUG RELOAD, to make a node load its data as a restart does.
             "--enable-debug-command",
             "local",

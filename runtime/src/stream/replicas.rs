@@ -1,0 +1,144 @@
+//! Waiting until a replica has a write, where the write's landing lets its
+//! only other copy go. In a Redis Cluster the relay ([`super::relay`])
+//! deletes an outbox entry once its write is in the target's slot, on
+//! another master. Replication is asynchronous: a master that fails over
+//! before a replica has the write loses it, and with the outbox entry gone
+//! nothing would write it again. So the relay asks the target's master to
+//! wait (`WAIT 1`, up to [`WAIT_TIMEOUT`]) until a replica has acknowledged
+//! what the relay's connection wrote there, and keeps the outbox entries of
+//! a write no replica has yet.
+//!
+//! Which masters have replicas comes from the cluster's view (`CLUSTER
+//! NODES`, leaving out the nodes the cluster has marked failed), not from
+//! the replicas a master has connected: a replica whose link is down (cut,
+//! or resynchronising) is still one a failover can promote. (`CLUSTER
+//! SLOTS` would not do: it leaves out a replica that has not yet told the
+//! others of any data, as in a cluster just made.) The view is asked again
+//! every [`REFRESH`], and after a wait falls short, so a replica that died
+//! stops being waited for once the cluster marks it failed (after
+//! `cluster-node-timeout`).
+//!
+//! On one server there is nothing to wait for: a commit there writes
+//! everything in one script, and no relay runs.
+
+use super::conn::Conn;
+use super::error::{Context, Error};
+use redis::Value;
+use std::time::{Duration, Instant};
+
+/// How long a master is asked to wait for a replica's acknowledgement.
+pub(crate) const WAIT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long the cluster's view of which masters have replicas is kept.
+const REFRESH: Duration = Duration::from_secs(10);
+
+/// The cluster's view of its replicas: for each range of slots (first and
+/// last, inclusive), how many replicas its master has.
+#[derive(Debug, Default)]
+pub(crate) struct Replicas {
+    ranges: Vec<(u16, u16, usize)>,
+    asked: Option<Instant>,
+}
+
+/// What a wait for a replica came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Waited {
+    /// A replica has acknowledged every write the connection sent the master.
+    Replicated,
+    /// The master has no replica in the cluster's view: nothing to wait for.
+    NoReplica,
+    /// No replica acknowledged within [`WAIT_TIMEOUT`].
+    NotYet,
+}
+
+impl Replicas {
+    /// Asks the cluster which masters have replicas, if the view is older
+    /// than [`REFRESH`] or `again`. Nothing on one server.
+    pub(crate) async fn refresh(&mut self, conn: &mut Conn, again: bool) -> Result<(), Error> {
+        if !matches!(conn, Conn::Cluster(_)) || (!again && self.asked.is_some_and(|t| t.elapsed() < REFRESH)) {
+            return Ok(());
+        }
+        let what = || "CLUSTER NODES, to learn which masters have replicas".to_owned();
+        let reply: Value = redis::cmd("CLUSTER").arg("NODES").query_async(conn).await.context(what)?;
+        let nodes: Option<String> = redis::from_redis_value_ref(&reply).ok();
+        self.ranges = nodes.as_deref().and_then(parse).ok_or_else(|| Error::reply(what(), &reply))?;
+        self.asked = Some(Instant::now());
+        Ok(())
+    }
+
+    /// How many replicas the master serving `slot` has, as last asked.
+    pub(crate) fn of(&self, slot: u16) -> usize {
+        self.ranges.iter().find(|(first, last, _)| (*first..=*last).contains(&slot)).map_or(0, |r| r.2)
+    }
+
+    /// Waits up to [`WAIT_TIMEOUT`] until a replica of the master serving
+    /// `slot` has acknowledged every write `conn` sent that master. `conn`
+    /// must be the connection (or a clone of it) that sent the writes:
+    /// Redis waits for what the connection it is asked on wrote.
+    pub(crate) async fn wait(&self, conn: &mut Conn, slot: u16) -> Result<Waited, Error> {
+        if self.of(slot) == 0 {
+            return Ok(Waited::NoReplica);
+        }
+        let mut cmd = redis::cmd("WAIT");
+        cmd.arg(1).arg(WAIT_TIMEOUT.as_millis() as u64);
+        let acknowledged =
+            conn.at_master_of(slot, cmd).await.context(|| format!("WAIT at the master of slot {slot}"))?;
+        match acknowledged {
+            Value::Int(n) if n >= 1 => Ok(Waited::Replicated),
+            Value::Int(_) => Ok(Waited::NotYet),
+            other => Err(Error::reply(format!("WAIT at the master of slot {slot}"), &other)),
+        }
+    }
+}
+
+/// The slot ranges of a `CLUSTER NODES` reply, each with how many replicas
+/// its master has that the cluster has not marked failed. A line is a
+/// node's id, address, flags, its master's id (`-` for a master), four
+/// more fields, then the slots it serves (`first-last` or one slot; `[…]`
+/// for a slot being moved, left out).
+fn parse(nodes: &str) -> Option<Vec<(u16, u16, usize)>> {
+    let lines: Vec<Vec<&str>> =
+        nodes.lines().map(|l| l.split_whitespace().collect()).filter(|p: &Vec<&str>| !p.is_empty()).collect();
+    let usable = |parts: &[&str]| {
+        parts.get(2).is_some_and(|flags| !flags.split(',').any(|f| matches!(f, "fail" | "handshake" | "noaddr")))
+    };
+    let mut ranges = vec![];
+    for master in &lines {
+        if master.len() < 8 || !usable(master) || master[3] != "-" {
+            continue;
+        }
+        let replicas = lines.iter().filter(|r| r.get(3) == Some(&master[0]) && usable(r)).count();
+        for slots in master[8..].iter().filter(|s| !s.starts_with('[')) {
+            let (first, last) = slots.split_once('-').unwrap_or((slots, slots));
+            ranges.push((first.parse().ok()?, last.parse().ok()?, replicas));
+        }
+    }
+    Some(ranges)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Master `a` has a replica, `b` has one the cluster marked failed,
+    /// `c` has two (one possibly failing, still counted) and is moving a
+    /// slot; `d` failed, and its slots went to `c`.
+    const NODES: &str = "\
+a 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5460
+b 127.0.0.1:7001@17001 master - 0 0 2 connected 5461-10922
+c 127.0.0.1:7002@17002 master - 0 0 3 connected 10923-16382 [16383->-a]
+a2 127.0.0.1:7003@17003 slave a 0 0 1 connected
+b2 127.0.0.1:7004@17004 slave,fail b 0 0 2 disconnected
+c2 127.0.0.1:7005@17005 slave c 0 0 3 connected
+c3 127.0.0.1:7006@17006 slave,fail? c 0 0 3 connected
+d 127.0.0.1:7007@17007 master,fail - 0 0 4 disconnected
+";
+
+    #[test]
+    fn each_range_counts_its_masters_replicas_not_marked_failed() {
+        let replicas = Replicas { ranges: parse(NODES).unwrap(), asked: Some(Instant::now()) };
+        assert_eq!([0, 5460, 5461, 10922, 10923, 16382].map(|s| replicas.of(s)), [1, 1, 0, 0, 2, 2]);
+        assert_eq!(replicas.of(16383), 0, "a slot being moved is left out");
+        assert_eq!(Replicas::default().of(0), 0, "one server: none");
+        assert_eq!(parse("a 127.0.0.1:7000@17000 master - 0 0 1 connected x-y"), None, "slots that are not numbers");
+    }
+}
