@@ -33,19 +33,21 @@ pub struct AdminState {
 }
 
 impl AdminState {
-    /// The state of a host running `config` on `conn`, with its running
+    /// The state of a host running `config` on `redis`, with its running
     /// `consumers`, its `reloads`, and `[host] admin_token`.
     pub fn new(
         config: Arc<ArcSwap<Config>>,
-        conn: Conn,
+        redis: &crate::stream::Redis,
         consumers: crate::host::LiveConsumers,
         reloads: Arc<crate::reload::ReloadLog>,
         token: Option<String>,
     ) -> AdminState {
+        let conn = redis.conn.clone();
         let history = Arc::new(crate::dashboard::History::new(config.clone(), conn.clone()));
         let dashboard = crate::dashboard::Dashboard {
             config: config.clone(),
             conn: conn.clone(),
+            redis: redis.clone(),
             history,
             reloads,
             consumers,

@@ -168,7 +168,7 @@ async fn start_admin(
         let listener = admin::bind(addr).await?;
         let state = admin::AdminState::new(
             current.clone(),
-            redis.conn.clone(),
+            redis,
             consumers.clone(),
             reloads.clone(),
             config.admin_token.clone(),

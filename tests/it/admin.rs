@@ -79,7 +79,7 @@ async fn readyz_says_what_is_not_ready() {
         std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(
             Fixture::new(&redis, "", "[handlers.z]\nplugin = \"behave.wasm\"\nstreams = [\"zs\"]\n").config(),
         )),
-        sluice::stream::Redis::connect(&redis.url(), &Default::default()).await.unwrap().conn,
+        &sluice::stream::Redis::connect(&redis.url(), &Default::default()).await.unwrap(),
         Default::default(),
         Default::default(),
         None,

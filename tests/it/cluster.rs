@@ -580,3 +580,60 @@ async fn a_write_relayed_to_a_master_that_then_fails_over_is_not_lost() {
     assert_eq!(losses(&seen, ["0".to_owned(), "1".to_owned()]), (0, 0), "lost, duplicated: {seen:?}");
     assert_eq!(relayed.len(), 2, "each event published once: {seen:?}");
 }
+
+/// A redrive into an inbox on another master deletes the dead letter only
+/// once a replica of that master has the copy. With the replica cut off,
+/// `sluice dlq redrive` fails, saying so, and keeps the dead letter (the
+/// copy is in the inbox); once the replica is back, the same redrive
+/// deletes it without adding a second copy. Before, the dead letter was
+/// deleted at once, and a failover would have lost the copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redrive_to_another_master_keeps_the_dead_letter_until_a_replica_has_the_copy() {
+    let cluster = Cluster::start();
+    let inbox_master = cluster.master_of("in");
+    let dead = (0..).map(|n| format!("dead{n}")).find(|k| cluster.master_of(k) != inbox_master).unwrap();
+    let handlers = format!("[handlers.h]\nplugin = \"behave.wasm\"\nstreams = [\"in\"]\ndead_letter = \"{dead}\"\n");
+    let fx = fixture(&cluster, "", &handlers);
+    let mut conn = cluster.conn().await;
+    let host = fx.start();
+    send(&mut conn, "in", "t", json!({"action": "reject"})).await;
+    until_entries(&conn, &dead, 1).await;
+    host.stop().await;
+    let inbox = fx.config().handler("h").unwrap().inbox.clone();
+    assert_eq!(cluster.slot_of(&inbox), cluster.slot_of("in"), "the inbox is in the stream's slot");
+
+    let replica = cluster.replica_of(inbox_master);
+    let link = |state: &'static str| {
+        let cluster = &cluster;
+        move || async move {
+            let info = tokio::task::block_in_place(|| cluster.cli(replica, &["INFO", "replication"]));
+            info.contains(&format!("master_link_status:{state}")).then_some(())
+        }
+    };
+    tokio::task::block_in_place(|| {
+        assert_eq!(
+            cluster.cli(inbox_master, &["ACL", "SETUSER", "default", "-psync", "-sync", "-replconf"]).trim(),
+            "OK"
+        );
+        cluster.cli(inbox_master, &["CLIENT", "KILL", "TYPE", "replica"]);
+    });
+    eventually(SOON, "the replica cut off from its master", link("down")).await;
+    let out = sluice(&["dlq", "redrive", "--handler", "h"], &fx.config_path);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the redrive must fail: {said}");
+    assert!(said.contains("no replica of its master acknowledged the write"), "{said}");
+    assert_eq!(entries(&mut conn, &dead).await.len(), 1, "the dead letter kept");
+    assert_eq!(entries(&mut conn, &inbox).await.len(), 1, "the copy in the inbox");
+
+    tokio::task::block_in_place(|| {
+        assert_eq!(
+            cluster.cli(inbox_master, &["ACL", "SETUSER", "default", "+psync", "+sync", "+replconf"]).trim(),
+            "OK"
+        );
+    });
+    eventually(SOON, "the replica back", link("up")).await;
+    let out = sluice(&["dlq", "redrive", "--handler", "h"], &fx.config_path);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(entries(&mut conn, &dead).await.is_empty(), "the dead letter moved");
+    assert_eq!(entries(&mut conn, &inbox).await.len(), 1, "one copy, not two");
+}

@@ -54,8 +54,13 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; conn
 pub struct Dashboard {
     /// The config in force, swapped on reload.
     pub config: Arc<ArcSwap<Config>>,
-    /// Redis, for dead letters and actions.
+    /// Redis, for dead letters.
     pub conn: Conn,
+    /// Redis, to open a connection of its own for each action: a redrive
+    /// in a cluster waits on its connection for replicas
+    /// ([`crate::stream::move_to_inbox`]), which must not hold up the
+    /// host's commits on the shared one.
+    pub redis: crate::stream::Redis,
     /// Samples of the last 15 minutes.
     pub history: Arc<History>,
     /// The host's reloads.
@@ -224,6 +229,7 @@ impl Dashboard {
         }
         let filter = Filter { handler: Some(handler.to_owned()), ..Filter::default() };
         let done = async {
+            session.conn = self.redis.own_connection().await?;
             let entries = crate::ops::dlq::list(&mut session, &filter).await?;
             anyhow::Ok(match action {
                 "redrive" => {

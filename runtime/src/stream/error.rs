@@ -26,6 +26,10 @@ pub enum ErrorKind {
     /// The task that sends these commands stopped (the host is shutting down).
     #[error("stopped")]
     Stopped,
+    /// The write landed on its master, but no replica of it acknowledged
+    /// the write in time (`stream/replicas.rs`), so what it replaces is kept.
+    #[error("no replica of its master acknowledged the write within {} ms (its link is down, or it is resynchronising)", super::replicas::WAIT_TIMEOUT.as_millis())]
+    Unreplicated,
 }
 
 /// How Redis 7 begins its error when a script calls a command, or touches a
@@ -49,7 +53,7 @@ impl Error {
     pub fn redis(&self) -> Option<&redis::RedisError> {
         match &self.kind {
             ErrorKind::Redis(e) => Some(e),
-            ErrorKind::Reply(_) | ErrorKind::Stopped => None,
+            ErrorKind::Reply(_) | ErrorKind::Stopped | ErrorKind::Unreplicated => None,
         }
     }
 
@@ -80,7 +84,7 @@ impl Error {
     pub fn reply_lost(&self) -> bool {
         match &self.kind {
             ErrorKind::Redis(e) => e.code().is_none(),
-            ErrorKind::Reply(_) => true,
+            ErrorKind::Reply(_) | ErrorKind::Unreplicated => true,
             ErrorKind::Stopped => false,
         }
     }
@@ -90,10 +94,13 @@ impl Error {
     /// loading its data, failing over or resharding (`LOADING`,
     /// `MASTERDOWN`, `CLUSTERDOWN`, `TRYAGAIN`, `READONLY`), out of memory
     /// (`OOM`) or busy with a script (`BUSY`), or a new connection's login
-    /// was refused (an ACL user being changed). The same command sent later
-    /// may go through; an error in the command itself (a script's bug, a
+    /// was refused (an ACL user being changed); or no replica acknowledged
+    /// a write in time. The same command sent later may go through; an error in the command itself (a script's bug, a
     /// missing permission) would not.
     pub fn is_transient(&self) -> bool {
+        if matches!(self.kind, ErrorKind::Unreplicated) {
+            return true;
+        }
         let ErrorKind::Redis(e) = &self.kind else { return false };
         match e.code() {
             Some(code) => {

@@ -1,7 +1,9 @@
 //! Reading ranges of a stream (or its latest entries), and copying entries into a handler's inbox
 //! (`sluice dlq redrive`, `sluice replay`) or deleting them (`dlq purge`).
 
-use super::error::{Context, Error};
+use super::conn::Conn;
+use super::error::{Context, Error, ErrorKind};
+use super::replicas::{Replicas, Waited};
 use super::reply;
 use crate::event::Entry;
 use redis::aio::ConnectionLike;
@@ -70,10 +72,15 @@ const REDRIVE_MARKER_TTL_MS: u64 = 7 * 24 * 3600 * 1000;
 /// `None` if the entry was no longer there. In one script when both streams
 /// share a slot (always, on one server); in a cluster where they do not,
 /// the copy is added at most once (a marker beside the inbox remembers it)
-/// and the dead-letter entry deleted after, so an interrupted redrive run
-/// again neither loses nor doubles it.
+/// and the dead-letter entry deleted after, once a replica of the inbox's
+/// master has the copy (`stream/replicas.rs`), so an interrupted redrive run
+/// again neither loses nor doubles it, nor does a failover between the two
+/// steps lose it. A copy no replica acknowledged fails the move
+/// ([`super::ErrorKind::Unreplicated`]) and keeps the dead letter; `conn`
+/// then waited up to a second, so give it a connection of its own where
+/// other work shares one.
 pub async fn move_to_inbox(
-    conn: &mut impl ConnectionLike,
+    conn: &mut Conn,
     dead_letter: &str,
     id: &str,
     inbox: &str,
@@ -94,7 +101,7 @@ pub async fn move_to_inbox(
 
 /// [`move_to_inbox`] between two slots of a cluster.
 async fn move_across_slots(
-    conn: &mut impl ConnectionLike,
+    conn: &mut Conn,
     dead_letter: &str,
     id: &str,
     inbox: &str,
@@ -113,6 +120,11 @@ async fn move_across_slots(
     }
     let copy: String =
         invocation.invoke_async(conn).await.context(|| format!("copying {dead_letter} {id} to {inbox}"))?;
+    let mut replicas = Replicas::default();
+    replicas.refresh(conn, true).await?;
+    if replicas.wait(conn, super::slot::of(inbox)).await? == Waited::NotYet {
+        return Err(Error::new(format!("copying {dead_letter} {id} to {inbox}"), ErrorKind::Unreplicated));
+    }
     delete(conn, dead_letter, &[id.to_owned()]).await?;
     Ok(Some(copy))
 }

@@ -1,12 +1,13 @@
 //! Waiting until a replica has a write, where the write's landing lets its
 //! only other copy go. In a Redis Cluster the relay ([`super::relay`])
 //! deletes an outbox entry once its write is in the target's slot, on
-//! another master. Replication is asynchronous: a master that fails over
-//! before a replica has the write loses it, and with the outbox entry gone
-//! nothing would write it again. So the relay asks the target's master to
-//! wait (`WAIT 1`, up to [`WAIT_TIMEOUT`]) until a replica has acknowledged
-//! what the relay's connection wrote there, and keeps the outbox entries of
-//! a write no replica has yet.
+//! another master, and a redrive across slots ([`super::move_to_inbox`])
+//! deletes a dead letter once its copy is in the inbox. Replication is
+//! asynchronous: a master that fails over before a replica has the write
+//! loses it, and with the first copy gone nothing would write it again. So
+//! the writer asks the master to wait (`WAIT 1`, up to [`WAIT_TIMEOUT`])
+//! until a replica has acknowledged what the writer's connection wrote
+//! there, and keeps the first copy of a write no replica has yet.
 //!
 //! Which masters have replicas comes from the cluster's view (`CLUSTER
 //! NODES`, leaving out the nodes the cluster has marked failed), not from
