@@ -49,6 +49,11 @@ struct HeldBack {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByOutbox {
+    outbox: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ByResult {
     result: &'static str,
 }
@@ -77,6 +82,7 @@ struct Metrics {
     over_bound: Family<HeldBack, Gauge>,
     consumers_forgotten: Family<ByGroup, Counter>,
     removed_unread: Family<ByStream, Counter>,
+    unreplicated: Family<ByOutbox, Gauge>,
     lag: Family<ByStream, Gauge>,
     pending: Family<ByStream, Gauge>,
     dead_letter_depth: Family<ByStream, Gauge>,
@@ -110,6 +116,7 @@ impl Metrics {
             over_bound: Family::default(),
             consumers_forgotten: Family::default(),
             removed_unread: Family::default(),
+            unreplicated: Family::default(),
             lag: Family::default(),
             pending: Family::default(),
             dead_letter_depth: Family::default(),
@@ -139,6 +146,7 @@ impl Metrics {
         r.register("stream_over_bound", "1 while a group that has not yet read or acknowledged entries keeps a stream over its bound", self.over_bound.clone());
         r.register("consumers_forgotten", "Consumers deleted from their group after being idle with nothing pending", self.consumers_forgotten.clone());
         r.register("entries_removed_unread", "Entries removed from a stream before the handler's group read them (by another program's XADD MAXLEN, XTRIM or XDEL; Sluice's own trim waits for groups): they were neither handled nor dead-lettered", self.removed_unread.clone());
+        r.register("relay_unreplicated", "Writes an outbox keeps because no replica of their target's master has acknowledged them (Redis Cluster), as of the last round of its relay on this host: they are written again each round until one does", self.unreplicated.clone());
         r.register("lag", "Entries not yet delivered to the handler's group (sampled from Redis)", self.lag.clone());
         r.register("pending", "Entries delivered and not yet acknowledged (sampled from Redis)", self.pending.clone());
         r.register("dead_letter_depth", "Entries in the stream's dead-letter stream (sampled from Redis)", self.dead_letter_depth.clone());
@@ -347,6 +355,12 @@ pub fn entries_removed_unread(handler: &str, stream: &str, n: u64) {
         .removed_unread
         .get_or_create(&ByStream { handler: handler.to_owned(), stream: stream.to_owned() })
         .inc_by(n);
+}
+
+/// Sets how many writes `outbox` keeps because no replica has them yet
+/// (0 when it keeps none, or when this host's relay no longer holds its lease).
+pub fn relay_unreplicated(outbox: &str, writes: usize) {
+    METRICS.unreplicated.get_or_create(&ByOutbox { outbox: outbox.to_owned() }).set(writes as i64);
 }
 
 /// Counts an HTTP request to the ingress on `route`, answered with `status`.

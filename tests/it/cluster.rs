@@ -512,7 +512,8 @@ async fn a_master_loading_its_data_holds_up_no_commit_on_another() {
 }
 
 /// A write relayed to another master leaves the outbox only once a replica
-/// of that master has it too, so a failover cannot lose it. Here the
+/// of that master has it too, so a failover cannot lose it, and is counted
+/// meanwhile (`sluice_relay_unreplicated`). Here the
 /// target's master refuses its replica the replication commands and drops
 /// its link, an event is published through the outbox, and the replica
 /// then takes over without the write (`CLUSTER FAILOVER TAKEOVER`, as after
@@ -523,9 +524,9 @@ async fn a_master_loading_its_data_holds_up_no_commit_on_another() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_relayed_to_a_master_that_then_fails_over_is_not_lost() {
     let cluster = Cluster::start();
-    let source = cluster.master_of("in");
+    let source = cluster.master_of("src");
     let out = (0..).map(|n| format!("out{n}")).find(|k| cluster.master_of(k) != source).unwrap();
-    let handlers = format!("[handlers.h]\nplugin = \"behave.wasm\"\nstreams = [\"in\"]\npublish = [\"{out}\"]\n");
+    let handlers = format!("[handlers.h]\nplugin = \"behave.wasm\"\nstreams = [\"src\"]\npublish = [\"{out}\"]\n");
     let fx = fixture(&cluster, "", &handlers);
     let mut conn = cluster.conn().await;
     let host = fx.start();
@@ -538,12 +539,12 @@ async fn a_write_relayed_to_a_master_that_then_fails_over_is_not_lost() {
             async move { (entries(&mut c, &out).await.len() == n).then_some(()) }
         }
     };
-    let outbox = sluice::stream::outbox("in");
+    let outbox = sluice::stream::outbox("src");
     let relayed = || {
         let (mut c, outbox) = (watcher.clone(), outbox.clone());
         async move { entries(&mut c, &outbox).await.is_empty().then_some(()) }
     };
-    send(&mut conn, "in", "t", publish(0)).await;
+    send(&mut conn, "src", "t", publish(0)).await;
     eventually(SOON, "the first event published", published(1)).await;
     eventually(SOON, "the first event's outbox entry deleted", relayed).await;
 
@@ -558,8 +559,14 @@ async fn a_write_relayed_to_a_master_that_then_fails_over_is_not_lost() {
         info.contains("master_link_status:down").then_some(())
     };
     eventually(SOON, "the replica cut off from its master", link_down).await;
-    send(&mut conn, "in", "t", publish(1)).await;
+    send(&mut conn, "src", "t", publish(1)).await;
     eventually(SOON, "the second event on the target's master", published(2)).await;
+    // (This test's own source stream: the metrics are the test binary's.)
+    let held = |n: usize| format!("sluice_relay_unreplicated{{outbox=\"{outbox}\"}} {n}\n");
+    eventually(SOON, "the write counted as held for a replica", || async {
+        sluice::metrics::exposition(&[]).contains(&held(1)).then_some(())
+    })
+    .await;
 
     tokio::task::block_in_place(|| {
         assert_eq!(cluster.cli(replica, &["CLUSTER", "FAILOVER", "TAKEOVER"]).trim(), "OK");
@@ -576,6 +583,7 @@ async fn a_write_relayed_to_a_master_that_then_fails_over_is_not_lost() {
         })
         .await;
     host.stop().await;
+    assert!(sluice::metrics::exposition(&[]).contains(&held(0)), "no write held once relayed");
     let seen = counted(&relayed, "n");
     assert_eq!(losses(&seen, ["0".to_owned(), "1".to_owned()]), (0, 0), "lost, duplicated: {seen:?}");
     assert_eq!(relayed.len(), 2, "each event published once: {seen:?}");

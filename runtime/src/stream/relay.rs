@@ -70,6 +70,7 @@ impl Relay {
         self.relay_until(&shutdown).await;
         // Another host takes over at once, not when it expires.
         let _ = self.lease.release(&mut self.redis.conn).await;
+        crate::metrics::relay_unreplicated(&self.outbox, 0);
     }
 
     async fn relay_until(&mut self, shutdown: &CancellationToken) {
@@ -112,6 +113,7 @@ impl Relay {
     /// host holds the lease.
     async fn step(&mut self) -> Result<bool, Error> {
         if !self.lease.hold(&mut self.redis.conn).await? {
+            crate::metrics::relay_unreplicated(&self.outbox, 0);
             return Ok(false);
         }
         let waiting = self.read().await?;
@@ -148,8 +150,9 @@ impl Relay {
 
     /// Says when writes stay in the outbox because no replica of their
     /// master acknowledged them: once, then once a minute while it goes on,
-    /// and when it ends.
+    /// and when it ends; and how many, in `sluice_relay_unreplicated`.
     fn said_of_replicas(&mut self, unreplicated: &[&Batch]) {
+        crate::metrics::relay_unreplicated(&self.outbox, unreplicated.iter().map(|b| b.writes.len()).sum());
         if unreplicated.is_empty() {
             if let Some((rounds, lasted)) = self.unreplicated.reset() {
                 info!(outbox = %self.outbox, "a replica has the relayed writes again, after {rounds} round(s) over {} ms", lasted.as_millis());
