@@ -633,17 +633,22 @@ async fn a_redrive_to_another_master_keeps_the_dead_letter_until_a_replica_has_t
     assert_eq!(entries(&mut conn, &dead).await.len(), 1, "the dead letter kept");
     assert_eq!(entries(&mut conn, &inbox).await.len(), 1, "the copy in the inbox");
 
+    // The replica's link is dropped once more, so that it comes back with a
+    // whole handshake: one of its tries may have been refused only in part
+    // (REPLCONF refused, PSYNC let through once the rule changed), which
+    // leaves a replica that never catches up.
     tokio::task::block_in_place(|| {
         assert_eq!(
             cluster.cli(inbox_master, &["ACL", "SETUSER", "default", "+psync", "+sync", "+replconf"]).trim(),
             "OK"
         );
+        cluster.cli(inbox_master, &["CLIENT", "KILL", "TYPE", "replica"]);
     });
     eventually(SOON, "the replica back", link("up")).await;
     // As its error says, the redrive is run again: until the master has
-    // the replica online and acknowledging (a moment after the replica
-    // reports its link up, longer on a busy machine), it may fail the same
-    // way, and no run adds a second copy.
+    // the replica online and acknowledging within the second it waits (a
+    // moment after the replica reports its link up, longer on a busy
+    // machine), it may fail the same way, and no run adds a second copy.
     eventually(SOON, "the redrive run again succeeds", || async {
         let out = tokio::task::block_in_place(|| sluice(&["dlq", "redrive", "--handler", "h"], &fx.config_path));
         let said = String::from_utf8_lossy(&out.stderr);

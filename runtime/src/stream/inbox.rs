@@ -121,7 +121,7 @@ async fn move_across_slots(
     let copy: String =
         invocation.invoke_async(conn).await.context(|| format!("copying {dead_letter} {id} to {inbox}"))?;
     let mut replicas = Replicas::default();
-    replicas.refresh(conn, true).await?;
+    replicas.refresh(conn, &[], true).await?;
     if replicas.wait(conn, super::slot::of(inbox)).await? == Waited::NotYet {
         return Err(Error::new(format!("copying {dead_letter} {id} to {inbox}"), ErrorKind::Unreplicated));
     }

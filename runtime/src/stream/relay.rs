@@ -124,7 +124,8 @@ impl Relay {
         // went through write nothing.
         let batches = self.by_slot(&waiting)?;
         let own = self.own_connection().await?;
-        self.replicas.refresh(&mut own.clone(), false).await?;
+        let slots: Vec<u16> = batches.iter().map(|b| b.slot).collect();
+        self.replicas.refresh(&mut own.clone(), &slots, false).await?;
         let relayed = futures::future::join_all(batches.iter().map(|b| self.apply(b, own.clone()))).await;
         let relayed = relayed.into_iter().collect::<Result<Vec<Waited>, Error>>()?;
         let mut unreplicated: Vec<&Batch> =
@@ -132,7 +133,7 @@ impl Relay {
         if !unreplicated.is_empty() {
             // A replica that stopped acknowledging may have failed: if the
             // cluster says so, it is no longer waited for.
-            self.replicas.refresh(&mut own.clone(), true).await?;
+            self.replicas.refresh(&mut own.clone(), &[], true).await?;
             unreplicated.retain(|b| self.replicas.of(b.slot) > 0);
         }
         let done: Vec<String> = batches

@@ -15,8 +15,9 @@
 //! or resynchronising) is still one a failover can promote. (`CLUSTER
 //! SLOTS` would not do: it leaves out a replica that has not yet told the
 //! others of any data, as in a cluster just made.) The view is asked again
-//! every [`REFRESH`], and after a wait falls short, so a replica that died
-//! stops being waited for once the cluster marks it failed (after
+//! every [`REFRESH`], every [`REFRESH_NONE`] while it shows a target's
+//! master without a replica, and after a wait falls short, so a replica
+//! that died stops being waited for once the cluster marks it failed (after
 //! `cluster-node-timeout`).
 //!
 //! On one server there is nothing to wait for: a commit there writes
@@ -31,6 +32,10 @@ use std::time::{Duration, Instant};
 pub(crate) const WAIT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long the cluster's view of which masters have replicas is kept.
 const REFRESH: Duration = Duration::from_secs(10);
+/// How long a view in which a master has no replica is trusted: a write
+/// to it is not waited for, so that view is asked again sooner (a replica
+/// just added, or a node that has not yet heard of it).
+const REFRESH_NONE: Duration = Duration::from_secs(1);
 
 /// The cluster's view of its replicas: for each range of slots (first and
 /// last, inclusive), how many replicas its master has.
@@ -53,9 +58,14 @@ pub(crate) enum Waited {
 
 impl Replicas {
     /// Asks the cluster which masters have replicas, if the view is older
-    /// than [`REFRESH`] or `again`. Nothing on one server.
-    pub(crate) async fn refresh(&mut self, conn: &mut Conn, again: bool) -> Result<(), Error> {
-        if !matches!(conn, Conn::Cluster(_)) || (!again && self.asked.is_some_and(|t| t.elapsed() < REFRESH)) {
+    /// than [`REFRESH`] (than [`REFRESH_NONE`] when the master of one of
+    /// `slots` has none in it), or `again`. Nothing on one server.
+    pub(crate) async fn refresh(&mut self, conn: &mut Conn, slots: &[u16], again: bool) -> Result<(), Error> {
+        let keep = match slots.iter().any(|s| self.of(*s) == 0) {
+            true => REFRESH_NONE,
+            false => REFRESH,
+        };
+        if !matches!(conn, Conn::Cluster(_)) || (!again && self.asked.is_some_and(|t| t.elapsed() < keep)) {
             return Ok(());
         }
         let what = || "CLUSTER NODES, to learn which masters have replicas".to_owned();

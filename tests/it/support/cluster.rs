@@ -171,15 +171,22 @@ impl Cluster {
     }
 
     /// Waits until every node says the cluster is ok, with every slot
-    /// served and every node known.
+    /// served and every node known, and sees a replica of each master
+    /// (what Sluice's relay asks before it waits for one).
     fn until_settled(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             let ok = self.nodes.iter().all(|n| {
                 let info = self.cli(n.port, &["CLUSTER", "INFO"]);
+                let view = self.nodes_view(n.port);
+                let replicated = view
+                    .iter()
+                    .filter(|m| m.master && !m.slots.is_empty())
+                    .all(|m| view.iter().any(|r| r.master_id.as_deref() == Some(m.id.as_str())));
                 info.contains("cluster_state:ok")
                     && info.contains("cluster_slots_ok:16384")
                     && info.contains(&format!("cluster_known_nodes:{}", self.nodes.len()))
+                    && replicated
             });
             let check = Command::new("redis-cli")
                 .args(&self.cli_tls)
