@@ -67,10 +67,13 @@ pub const COMMANDS: &[(&str, &str)] = &[
         "running one of those scripts by its body where Redis does not have it yet (after a restart, or on a node promoted in a failover)",
     ),
     ("cluster|slots", "learning a Redis Cluster's layout"),
-    ("cluster|nodes", "learning which masters of a Redis Cluster have replicas (the relay)"),
+    (
+        "cluster|nodes",
+        "learning which masters of a Redis Cluster have replicas (the relay, and a redrive across slots)",
+    ),
     (
         "wait",
-        "making sure a replica has what the relay wrote on another master before the outbox lets it go (Redis Cluster)",
+        "making sure a replica has what the relay, or a redrive across slots, wrote on another master before the outbox entry or dead letter goes (Redis Cluster)",
     ),
 ];
 
