@@ -515,7 +515,7 @@ impl Consumer {
                 Err(e) if e.is_no_permission() => {
                     event_line!(
                         ERROR,
-                        "{what} refused: {e}; the Redis user needs the rule in docs/operating.md (ACL users; ACL LOG on the server names what was refused, which Redis does not say of a command a script called). The entry stays pending"
+                        "{what} refused: {e}; the Redis user needs the rule in docs/operating.md (ACL users). The entry stays pending"
                     );
                     break;
                 }

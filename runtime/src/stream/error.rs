@@ -17,8 +17,9 @@ pub struct Error {
 /// Why a Redis command failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ErrorKind {
-    /// Redis answered with an error, or could not be reached.
-    #[error("{0}")]
+    /// Redis answered with an error, or could not be reached. A refusal
+    /// of something a script called says where to find what was refused.
+    #[error("{0}{hint}", hint = if refused_in_script(.0) { ACL_LOG } else { "" })]
     Redis(#[from] redis::RedisError),
     /// The reply did not have the shape Sluice expects.
     #[error("unexpected reply: {0}")]
@@ -37,6 +38,15 @@ pub enum ErrorKind {
 /// `NOPERM`): "The user executing the script can't run this command or
 /// subcommand", "... can't access at least one of the keys".
 const REFUSED_IN_SCRIPT: &str = "The user executing the script can't";
+
+/// What such a refusal adds to Redis's words, which name neither the
+/// command nor the key.
+const ACL_LOG: &str = " (ACL LOG on the server names the command or key refused)";
+
+/// Whether `e` is Redis's refusal of a command, or key, a script called.
+fn refused_in_script(e: &redis::RedisError) -> bool {
+    e.detail().is_some_and(|d| d.contains(REFUSED_IN_SCRIPT))
+}
 
 impl Error {
     /// An error of `what` (the command and its key).
@@ -73,8 +83,7 @@ impl Error {
     /// with a plain `ERR` that says so (`REFUSED_IN_SCRIPT`), which no try
     /// again can change either.
     pub fn is_no_permission(&self) -> bool {
-        self.code() == Some("NOPERM")
-            || self.redis().and_then(|e| e.detail()).is_some_and(|d| d.contains(REFUSED_IN_SCRIPT))
+        self.code() == Some("NOPERM") || self.redis().is_some_and(refused_in_script)
     }
 
     /// Whether the command may have run although this error came back: the
@@ -139,5 +148,25 @@ pub trait Context<T> {
 impl<T> Context<T> for redis::RedisResult<T> {
     fn context(self, what: impl FnOnce() -> String) -> Result<T, Error> {
         self.map_err(|e| Error::new(what(), e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Redis's refusal inside a script names nothing: the error says where
+    /// to look. Any other error is shown as Redis gave it.
+    #[test]
+    fn a_refusal_inside_a_script_points_to_the_acl_log() {
+        let refused = redis::RedisError::from((
+            redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError),
+            "An error was signalled by the server",
+            "The user executing the script can't run this command or subcommand script: 5b1e…".to_owned(),
+        ));
+        let shown = Error::new("relaying outbox o to t", refused).to_string();
+        assert!(shown.contains("can't run this command") && shown.ends_with(ACL_LOG), "{shown}");
+        let other = redis::RedisError::from((redis::ErrorKind::Io, "broken pipe", "gone".to_owned()));
+        assert!(!Error::new("XADD", other).to_string().contains("ACL LOG"));
     }
 }
