@@ -549,16 +549,7 @@ async fn a_write_relayed_to_a_master_that_then_fails_over_is_not_lost() {
     eventually(SOON, "the first event's outbox entry deleted", relayed).await;
 
     let master = cluster.master_of(&out);
-    let replica = cluster.replica_of(master);
-    tokio::task::block_in_place(|| {
-        assert_eq!(cluster.cli(master, &["ACL", "SETUSER", "default", "-psync", "-sync", "-replconf"]).trim(), "OK");
-        cluster.cli(master, &["CLIENT", "KILL", "TYPE", "replica"]);
-    });
-    let link_down = || async {
-        let info = tokio::task::block_in_place(|| cluster.cli(replica, &["INFO", "replication"]));
-        info.contains("master_link_status:down").then_some(())
-    };
-    eventually(SOON, "the replica cut off from its master", link_down).await;
+    let replica = tokio::task::block_in_place(|| cluster.cut_off_replica(master));
     send(&mut conn, "src", "t", publish(1)).await;
     eventually(SOON, "the second event on the target's master", published(2)).await;
     // (This test's own source stream: the metrics are the test binary's.)
@@ -610,22 +601,7 @@ async fn a_redrive_to_another_master_keeps_the_dead_letter_until_a_replica_has_t
     let inbox = fx.config().handler("h").unwrap().inbox.clone();
     assert_eq!(cluster.slot_of(&inbox), cluster.slot_of("in"), "the inbox is in the stream's slot");
 
-    let replica = cluster.replica_of(inbox_master);
-    let link = |state: &'static str| {
-        let cluster = &cluster;
-        move || async move {
-            let info = tokio::task::block_in_place(|| cluster.cli(replica, &["INFO", "replication"]));
-            info.contains(&format!("master_link_status:{state}")).then_some(())
-        }
-    };
-    tokio::task::block_in_place(|| {
-        assert_eq!(
-            cluster.cli(inbox_master, &["ACL", "SETUSER", "default", "-psync", "-sync", "-replconf"]).trim(),
-            "OK"
-        );
-        cluster.cli(inbox_master, &["CLIENT", "KILL", "TYPE", "replica"]);
-    });
-    eventually(SOON, "the replica cut off from its master", link("down")).await;
+    let replica = tokio::task::block_in_place(|| cluster.cut_off_replica(inbox_master));
     let out = sluice(&["dlq", "redrive", "--handler", "h"], &fx.config_path);
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "the redrive must fail: {said}");
@@ -633,18 +609,7 @@ async fn a_redrive_to_another_master_keeps_the_dead_letter_until_a_replica_has_t
     assert_eq!(entries(&mut conn, &dead).await.len(), 1, "the dead letter kept");
     assert_eq!(entries(&mut conn, &inbox).await.len(), 1, "the copy in the inbox");
 
-    // The replica's link is dropped once more, so that it comes back with a
-    // whole handshake: one of its tries may have been refused only in part
-    // (REPLCONF refused, PSYNC let through once the rule changed), which
-    // leaves a replica that never catches up.
-    tokio::task::block_in_place(|| {
-        assert_eq!(
-            cluster.cli(inbox_master, &["ACL", "SETUSER", "default", "+psync", "+sync", "+replconf"]).trim(),
-            "OK"
-        );
-        cluster.cli(inbox_master, &["CLIENT", "KILL", "TYPE", "replica"]);
-    });
-    eventually(SOON, "the replica back", link("up")).await;
+    tokio::task::block_in_place(|| cluster.let_replica_back(inbox_master, replica));
     // As its error says, the redrive is run again: until the master has
     // the replica online and acknowledging within the second it waits (a
     // moment after the replica reports its link up, longer on a busy

@@ -103,13 +103,10 @@ impl Error {
     /// loading its data, failing over or resharding (`LOADING`,
     /// `MASTERDOWN`, `CLUSTERDOWN`, `TRYAGAIN`, `READONLY`), out of memory
     /// (`OOM`) or busy with a script (`BUSY`), or a new connection's login
-    /// was refused (an ACL user being changed); or no replica acknowledged
-    /// a write in time. The same command sent later may go through; an error in the command itself (a script's bug, a
+    /// was refused (an ACL user being changed). The same command sent later
+    /// may go through; an error in the command itself (a script's bug, a
     /// missing permission) would not.
     pub fn is_transient(&self) -> bool {
-        if matches!(self.kind, ErrorKind::Unreplicated) {
-            return true;
-        }
         let ErrorKind::Redis(e) = &self.kind else { return false };
         match e.code() {
             Some(code) => {

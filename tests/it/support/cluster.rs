@@ -127,6 +127,42 @@ impl Cluster {
         view.iter().find(|n| n.master_id.as_deref() == Some(id)).expect("a replica").port
     }
 
+    /// Cuts `master`'s replica off from it, as a broken link would, and
+    /// waits until the replica says so: the master refuses its default
+    /// user (the replica's) the replication commands and drops the link,
+    /// so the replica's tries to come back fail. Returns the replica's port.
+    pub fn cut_off_replica(&self, master: u16) -> u16 {
+        let replica = self.replica_of(master);
+        let refused = self.cli(master, &["ACL", "SETUSER", "default", "-psync", "-sync", "-replconf"]);
+        assert_eq!(refused.trim(), "OK");
+        self.cli(master, &["CLIENT", "KILL", "TYPE", "replica"]);
+        self.until_link(replica, "down");
+        replica
+    }
+
+    /// Lets the replica [`Cluster::cut_off_replica`] cut off back, and
+    /// waits until it says its link is up. The link is dropped once more
+    /// after the rule changes, so that the replica comes back with a whole
+    /// handshake: one of its tries may have been refused only in part
+    /// (REPLCONF refused, PSYNC let through once the rule changed), which
+    /// leaves a replica that never catches up.
+    pub fn let_replica_back(&self, master: u16, replica: u16) {
+        let allowed = self.cli(master, &["ACL", "SETUSER", "default", "+psync", "+sync", "+replconf"]);
+        assert_eq!(allowed.trim(), "OK");
+        self.cli(master, &["CLIENT", "KILL", "TYPE", "replica"]);
+        self.until_link(replica, "up");
+    }
+
+    /// Waits until `replica` reports its link to its master `state` (`up`, `down`).
+    fn until_link(&self, replica: u16, state: &str) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let wanted = format!("master_link_status:{state}");
+        while !self.cli(replica, &["INFO", "replication"]).contains(&wanted) {
+            assert!(Instant::now() < deadline, "replica {replica}'s link not {state} within 15 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The slot of `key` (`CLUSTER KEYSLOT`).
     pub fn slot_of(&self, key: &str) -> u16 {
         self.cli(self.nodes[0].port, &["CLUSTER", "KEYSLOT", key]).trim().parse().unwrap()
