@@ -580,6 +580,76 @@ async fn a_write_relayed_to_a_master_that_then_fails_over_is_not_lost() {
     assert_eq!(relayed.len(), 2, "each event published once: {seen:?}");
 }
 
+/// A relay whose connection to a target's master is replaced, after its
+/// writes landed there and before a replica had them, still waits for a
+/// replica. A `WAIT` counts what the connection it comes on has done. Sent
+/// apart from the script, the `WAIT` reached a connection redis-rs had
+/// made since, one that had done nothing; it passed at once (a replica
+/// that lags is still online), and the outbox entry was deleted, so that a
+/// failover then would have lost the write. The script and its `WAIT` now
+/// share a round trip on one connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_reconnects_before_a_replica_has_its_writes_still_waits_for_one() {
+    let cluster = Cluster::start();
+    let source = cluster.master_of("again");
+    let out = (0..).map(|n| format!("out{n}")).find(|k| cluster.master_of(k) != source).unwrap();
+    let master = cluster.master_of(&out);
+    let handlers = format!("[handlers.h]\nplugin = \"behave.wasm\"\nstreams = [\"again\"]\npublish = [\"{out}\"]\n");
+    let fx = fixture(&cluster, "", &handlers);
+    let mut conn = cluster.conn().await;
+    let host = fx.start();
+    let publish = |n: usize| json!({"action": "publish", "publish": [{"stream": out, "type": "n", "data": {"n": n}}]});
+    let outbox = sluice::stream::outbox("again");
+    send(&mut conn, "again", "t", publish(0)).await;
+    until_entries(&conn, &out, 1).await;
+    eventually(SOON, "the first event's outbox entry deleted", || {
+        let (mut c, outbox) = (conn.clone(), outbox.clone());
+        async move { entries(&mut c, &outbox).await.is_empty().then_some(()) }
+    })
+    .await;
+
+    let replica = tokio::task::block_in_place(|| cluster.pause_replica(master));
+    send(&mut conn, "again", "t", publish(1)).await;
+    until_entries(&conn, &out, 2).await;
+    // (This test's own source stream: the metrics are the test binary's.)
+    let held = format!("sluice_relay_unreplicated{{outbox=\"{outbox}\"}} 1\n");
+    eventually(SOON, "the write held for a replica", || async {
+        sluice::metrics::exposition(&[]).contains(&held).then_some(())
+    })
+    .await;
+
+    // Every client connection to the target's master is dropped, the
+    // relay's among them; its next rounds come on a new one.
+    let waits = || {
+        let stats = tokio::task::block_in_place(|| cluster.cli(master, &["INFO", "commandstats"]));
+        let calls = stats.lines().find_map(|l| l.strip_prefix("cmdstat_wait:calls="));
+        calls.map_or(0, |c| c.split(',').next().unwrap().parse::<u64>().unwrap())
+    };
+    tokio::task::block_in_place(|| cluster.cli(master, &["CLIENT", "KILL", "TYPE", "normal"]));
+    let before = waits();
+    let kept = eventually(SOON, "two waits on the new connection, or the outbox emptied", || {
+        let (mut c, outbox) = (conn.clone(), outbox.clone());
+        async move {
+            let kept = entries(&mut c, &outbox).await.len();
+            (kept == 0 || waits() >= before + 2).then_some(kept)
+        }
+    })
+    .await;
+    assert_eq!(kept, 1, "the write stays in the outbox while no replica has it");
+
+    tokio::task::block_in_place(|| cluster.resume_replica(replica));
+    eventually(SOON, "the outbox empty once the replica caught up", || {
+        let (mut c, outbox) = (conn.clone(), outbox.clone());
+        async move { entries(&mut c, &outbox).await.is_empty().then_some(()) }
+    })
+    .await;
+    host.stop().await;
+    let relayed = entries(&mut conn, &out).await;
+    let seen = counted(&relayed, "n");
+    assert_eq!(losses(&seen, ["0".to_owned(), "1".to_owned()]), (0, 0), "lost, duplicated: {seen:?}");
+    assert_eq!(relayed.len(), 2, "each event published once: {seen:?}");
+}
+
 /// A redrive into an inbox on another master deletes the dead letter only
 /// once a replica of that master has the copy. With the replica cut off,
 /// `sluice dlq redrive` fails, saying so, and keeps the dead letter (the

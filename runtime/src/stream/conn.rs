@@ -91,21 +91,23 @@ impl ConnectionLike for Conn {
 }
 
 impl Conn {
-    /// Sends `cmd`, which names no key, to the master serving `slot` (on
-    /// one server, to it), on the connection this one sent that master its
-    /// earlier commands: for `WAIT`, which redis-rs would send to every
-    /// master, and which waits only for the writes of the connection it
-    /// comes on. An error reply is an error.
-    pub(crate) async fn at_master_of(&mut self, slot: u16, cmd: Cmd) -> RedisResult<Value> {
-        use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
-        let reply = match self {
+    /// Sends `pipe` to the master serving `slot` (on one server, to it)
+    /// in one round trip on one connection, and returns each command's
+    /// reply, error replies included. For a script followed by `WAIT`:
+    /// redis-rs would send a `WAIT` alone to every master, and `WAIT` waits
+    /// only for what the connection it comes on did, so it must share the
+    /// script's connection, which a `WAIT` sent after it may not (redis-rs
+    /// replaces a connection that failed).
+    pub(crate) async fn at_master_of(&mut self, slot: u16, pipe: &Pipeline) -> RedisResult<Vec<Value>> {
+        use redis::cluster_routing::{Route, SingleNodeRoutingInfo, SlotAddr};
+        let count = pipe.cmd_iter().count();
+        match self {
             Conn::Cluster(c) => {
                 let node = SingleNodeRoutingInfo::SpecificNode(Route::new(slot, SlotAddr::Master));
-                c.route_command(cmd, RoutingInfo::SingleNode(node)).await
+                c.route_pipeline(pipe.clone(), 0, count, node).await
             }
-            other => other.req_packed_command(&cmd).await,
-        };
-        reply.and_then(Value::extract_error)
+            other => other.req_packed_commands(pipe, 0, count).await,
+        }
     }
 }
 

@@ -118,12 +118,12 @@ async fn move_across_slots(
     for (k, v) in fields {
         invocation.arg(k).arg(v);
     }
-    let copy: String =
-        invocation.invoke_async(conn).await.context(|| format!("copying {dead_letter} {id} to {inbox}"))?;
+    let what = || format!("copying {dead_letter} {id} to {inbox}");
     let mut replicas = Replicas::default();
     replicas.refresh(conn, &[], true).await?;
-    if replicas.wait(conn, super::slot::of(inbox)).await? == Waited::NotYet {
-        return Err(Error::new(format!("copying {dead_letter} {id} to {inbox}"), ErrorKind::Unreplicated));
+    let (copy, waited): (String, _) = replicas.write_and_wait(conn, super::slot::of(inbox), &invocation, what).await?;
+    if waited == Waited::NotYet {
+        return Err(Error::new(what(), ErrorKind::Unreplicated));
     }
     delete(conn, dead_letter, &[id.to_owned()]).await?;
     Ok(Some(copy))

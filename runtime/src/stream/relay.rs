@@ -42,7 +42,7 @@ pub struct Relay {
     lease: Lease,
     redis: Redis,
     /// Its own connection: for the blocking reads of the outbox, and for
-    /// the writes to the targets, which a `WAIT` on it then covers.
+    /// the writes to the targets, each group's with a `WAIT` behind it.
     own: Option<Conn>,
     /// Which targets' masters have replicas to wait for.
     replicas: Replicas,
@@ -236,12 +236,13 @@ impl Relay {
     }
 
     /// Applies one batch on the relay's own connection `conn` (by the
-    /// script's body where Redis does not have it), then waits for a replica
-    /// of the slot's master to have it.
+    /// script's body where Redis does not have it), and waits for a replica
+    /// of the slot's master to have it, in the same round trip.
     async fn apply(&self, batch: &Batch, mut conn: Conn) -> Result<Waited, Error> {
         let what = || format!("relaying outbox {} to {}", self.outbox, batch.targets.join(", "));
-        let _: i64 = self.call(batch).invoke_async(&mut conn).await.context(what)?;
-        self.replicas.wait(&mut conn, batch.slot).await
+        let call = self.call(batch);
+        let (_applied, waited): (i64, _) = self.replicas.write_and_wait(&mut conn, batch.slot, &call, what).await?;
+        Ok(waited)
     }
 }
 

@@ -5,9 +5,11 @@
 //! deletes a dead letter once its copy is in the inbox. Replication is
 //! asynchronous: a master that fails over before a replica has the write
 //! loses it, and with the first copy gone nothing would write it again. So
-//! the writer asks the master to wait (`WAIT 1`, up to [`WAIT_TIMEOUT`])
-//! until a replica has acknowledged what the writer's connection wrote
-//! there, and keeps the first copy of a write no replica has yet.
+//! the writer sends its script with a request that the master wait
+//! (`WAIT 1`, up to [`WAIT_TIMEOUT`]) until a replica has acknowledged
+//! what was written there, both in one round trip on one connection
+//! ([`Replicas::write_and_wait`]), and keeps the first copy of a write no
+//! replica has yet.
 //!
 //! Which masters have replicas comes from the cluster's view (`CLUSTER
 //! NODES`, leaving out the nodes the cluster has marked failed), not from
@@ -25,7 +27,8 @@
 
 use super::conn::Conn;
 use super::error::{Context, Error};
-use redis::Value;
+use super::script::{self, Invocation};
+use redis::{FromRedisValue, Value};
 use std::time::{Duration, Instant};
 
 /// How long a master is asked to wait for a replica's acknowledgement.
@@ -81,22 +84,56 @@ impl Replicas {
         self.ranges.iter().find(|(first, last, _)| (*first..=*last).contains(&slot)).map_or(0, |r| r.2)
     }
 
-    /// Waits up to [`WAIT_TIMEOUT`] until a replica of the master serving
-    /// `slot` has acknowledged every write `conn` sent that master. `conn`
-    /// must be the connection (or a clone of it) that sent the writes:
-    /// Redis waits for what the connection it is asked on wrote.
-    pub(crate) async fn wait(&self, conn: &mut Conn, slot: u16) -> Result<Waited, Error> {
+    /// Runs `call`, a script that writes to keys in `slot`, and waits up
+    /// to [`WAIT_TIMEOUT`] until a replica of the slot's master has
+    /// everything written there before it and by it. The `WAIT` goes right
+    /// behind the script, in the same round trip on the same connection:
+    /// Redis counts for a `WAIT` what the connection it comes on has done
+    /// (the replication offset as of its last command, even one that wrote
+    /// nothing, such as a script that finds its writes already made), so a
+    /// `WAIT` sent on its own may reach a connection made since the script
+    /// (redis-rs replaces one that failed), which has done nothing, and
+    /// pass at once. A connection that fails under the pair fails both.
+    /// The script's reply, as `T`, with what the wait came to; an error
+    /// reply to either is an error for `what`.
+    pub(crate) async fn write_and_wait<T: FromRedisValue>(
+        &self,
+        conn: &mut Conn,
+        slot: u16,
+        call: &Invocation<'_>,
+        what: impl Fn() -> String,
+    ) -> Result<(T, Waited), Error> {
         if self.of(slot) == 0 {
-            return Ok(Waited::NoReplica);
+            return Ok((call.invoke_async(conn).await.context(what)?, Waited::NoReplica));
         }
-        let mut cmd = redis::cmd("WAIT");
-        cmd.arg(1).arg(WAIT_TIMEOUT.as_millis() as u64);
-        let acknowledged =
-            conn.at_master_of(slot, cmd).await.context(|| format!("WAIT at the master of slot {slot}"))?;
-        match acknowledged {
-            Value::Int(n) if n >= 1 => Ok(Waited::Replicated),
-            Value::Int(_) => Ok(Waited::NotYet),
-            other => Err(Error::reply(format!("WAIT at the master of slot {slot}"), &other)),
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(1).arg(WAIT_TIMEOUT.as_millis() as u64);
+        let mut by_body = false;
+        loop {
+            let mut pipe = redis::pipe();
+            pipe.add_command(if by_body { call.by_body() } else { call.cmd() }).add_command(wait.clone());
+            let replies = conn.at_master_of(slot, &pipe).await.context(&what)?;
+            let [written, acknowledged]: [Value; 2] =
+                replies.try_into().map_err(|r: Vec<Value>| Error::reply(what(), &Value::Array(r)))?;
+            // Where the master does not have the script (a restart, a
+            // failover), the pair is sent again with its body; the `WAIT`
+            // that came with the refusal counts for nothing.
+            let written = match written.extract_error() {
+                Err(e) if !by_body && script::is_no_script(&e) => {
+                    by_body = true;
+                    continue;
+                }
+                written => {
+                    let written = written.context(&what)?;
+                    redis::from_redis_value_ref(&written).map_err(|_| Error::reply(what(), &written))?
+                }
+            };
+            let what_wait = || format!("WAIT at the master of slot {slot}, after {}", what());
+            return match acknowledged.extract_error().context(what_wait)? {
+                Value::Int(n) if n >= 1 => Ok((written, Waited::Replicated)),
+                Value::Int(_) => Ok((written, Waited::NotYet)),
+                other => Err(Error::reply(what_wait(), &other)),
+            };
         }
     }
 }

@@ -85,6 +85,11 @@ impl Invocation<'_> {
         cmd
     }
 
+    /// The `EVAL` that runs it by body.
+    pub fn by_body(&self) -> Cmd {
+        self.script.by_body(&self.cmd())
+    }
+
     /// Runs it by hash, or by body where Redis does not have it.
     pub async fn invoke_async<T: FromRedisValue>(&self, conn: &mut impl ConnectionLike) -> RedisResult<T> {
         let call = self.cmd();

@@ -153,6 +153,24 @@ impl Cluster {
         self.until_link(replica, "up");
     }
 
+    /// Stops `master`'s replica from applying what the master sends, with
+    /// its link kept up (`CLIENT PAUSE … WRITE` on the replica, which holds
+    /// up its replication stream too; it still answers reads): the master
+    /// counts it online, and it acknowledges only the offset it had, as a
+    /// replica that lags does. Returns the replica's port;
+    /// [`Cluster::resume_replica`] lets it catch up.
+    pub fn pause_replica(&self, master: u16) -> u16 {
+        let replica = self.replica_of(master);
+        self.until_link(replica, "up");
+        assert_eq!(self.cli(replica, &["CLIENT", "PAUSE", "60000", "WRITE"]).trim(), "OK");
+        replica
+    }
+
+    /// Lets the replica [`Cluster::pause_replica`] paused catch up.
+    pub fn resume_replica(&self, replica: u16) {
+        assert_eq!(self.cli(replica, &["CLIENT", "UNPAUSE"]).trim(), "OK");
+    }
+
     /// Waits until `replica` reports its link to its master `state` (`up`, `down`).
     fn until_link(&self, replica: u16, state: &str) {
         let deadline = Instant::now() + Duration::from_secs(15);
