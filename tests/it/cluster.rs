@@ -650,6 +650,75 @@ async fn a_relay_that_reconnects_before_a_replica_has_its_writes_still_waits_for
     assert_eq!(relayed.len(), 2, "each event published once: {seen:?}");
 }
 
+/// A relay whose ACL user may not call `WAIT` (one made from the rule of a
+/// version before the relay waited, as docs/operating.md says of an
+/// upgrade) writes to the target, keeps the outbox entry, and warns with
+/// Redis's refusal, which names the command; once the rule allows `WAIT`,
+/// the entry goes and the write has landed once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_whose_user_may_not_wait_keeps_its_writes_and_says_why() {
+    let cluster = Cluster::start();
+    let outbox = sluice::stream::outbox("in");
+    let out = (0..).map(|n| format!("out{n}")).find(|k| cluster.master_of(k) != cluster.master_of(&outbox)).unwrap();
+    let every_node = |rule: &str| {
+        let words: Vec<&str> = rule.split(' ').collect();
+        for node in &cluster.nodes {
+            assert_eq!(cluster.cli(node.port, &words).trim(), "OK", "{rule} on {}", node.port);
+        }
+    };
+    every_node("ACL SETUSER relayer on >pw ~* &* +@all -wait");
+    let mut conn = cluster.conn().await;
+    let fields = [("kind", "xadd"), ("key", out.as_str()), ("a", "type"), ("a", "t"), ("a", "data"), ("a", "{}")];
+    let _: String = redis::AsyncCommands::xadd(&mut conn, &outbox, "*", &fields).await.unwrap();
+    let log = Captured::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let url = cluster.url().replace("redis://", "redis://relayer:pw@");
+    let settings = sluice::config::RedisSettings { cluster: true, ..Default::default() };
+    let host = sluice::stream::Redis::connect(&url, &settings).await.unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let relay = sluice::stream::Relay::new(outbox.clone(), "h".into(), host).run(stop.clone());
+    let master = cluster.master_of(&out);
+    // How many times the target's master refused the relayer `WAIT` (`ACL
+    // LOG` counts a repeated refusal in its entry's `count`).
+    let refused = || {
+        let log = cluster.cli(master, &["ACL", "LOG"]);
+        let lines: Vec<&str> = log.lines().collect();
+        match (lines.first(), lines.get(1), lines.contains(&"wait")) {
+            (Some(&"count"), Some(n), true) => n.parse().unwrap(),
+            _ => 0,
+        }
+    };
+    let allow = async {
+        eventually(SOON, "WAIT refused twice at the target's master", || async {
+            (tokio::task::block_in_place(refused) >= 2).then_some(())
+        })
+        .await;
+        assert_eq!(entries(&mut conn, &out).await.len(), 1, "the write landed");
+        assert_eq!(entries(&mut conn, &outbox).await.len(), 1, "the outbox entry kept");
+        tokio::task::block_in_place(|| every_node("ACL SETUSER relayer +wait"));
+        eventually(SOON, "the outbox entry gone once WAIT is allowed", || {
+            let (mut c, outbox) = (conn.clone(), outbox.clone());
+            async move { entries(&mut c, &outbox).await.is_empty().then_some(()) }
+        })
+        .await;
+        stop.cancel();
+    };
+    tokio::join!(relay, allow);
+    assert_eq!(entries(&mut conn, &out).await.len(), 1, "the write landed once");
+    let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    let failed: Vec<&str> =
+        text.lines().filter(|l| l.contains("relaying writes to other cluster slots failed")).collect();
+    assert_eq!(failed.len(), 1, "said once: {text}");
+    assert!(failed[0].contains("WARN") && failed[0].contains("no permissions to run the 'wait' command"), "{text}");
+    assert!(text.contains("relaying writes to other cluster slots again"), "{text}");
+}
+
 /// A redrive into an inbox on another master deletes the dead letter only
 /// once a replica of that master has the copy. With the replica cut off,
 /// `sluice dlq redrive` fails, saying so, and keeps the dead letter (the
