@@ -55,6 +55,8 @@ pub async fn redrive(session: &mut Session, entries: &[DeadLetter], pace: Pace) 
     }
     let gap = pace.rate.filter(|r| *r > 0.0).map(|r| Duration::from_secs_f64(1.0 / r));
     let (mut done, mut sent) = (Vec::new(), 0);
+    // Which cluster masters have replicas, asked once for many moves.
+    let mut replicas = stream::Replicas::default();
     for d in entries {
         if sent == pace.limit.unwrap_or(usize::MAX) {
             break;
@@ -73,7 +75,14 @@ pub async fn redrive(session: &mut Session, entries: &[DeadLetter], pace: Pace) 
             false => {
                 let inbox = &session.config.handler(&d.handler).expect("checked above").inbox;
                 let fields = d.inbox_fields();
-                let moved = stream::move_to_inbox(&mut session.conn, &d.dead_letter_stream, &d.id, inbox, &fields);
+                let moved = stream::move_to_inbox(
+                    &mut session.conn,
+                    &mut replicas,
+                    &d.dead_letter_stream,
+                    &d.id,
+                    inbox,
+                    &fields,
+                );
                 moved.await.map_err(|e| {
                     let before = done.iter().filter(|r: &&Redriven| r.inbox_id.is_some()).count();
                     anyhow::anyhow!(

@@ -75,19 +75,22 @@ const REDRIVE_MARKER_TTL_MS: u64 = 7 * 24 * 3600 * 1000;
 /// and the dead-letter entry deleted after, once a replica of the inbox's
 /// master has the copy (`stream/replicas.rs`), so an interrupted redrive run
 /// again neither loses nor doubles it, nor does a failover between the two
-/// steps lose it. A copy no replica acknowledged fails the move
+/// steps lose it. `replicas` is the cluster's view of which masters have
+/// replicas, asked when it is older than its refresh time: keep one for a
+/// whole redrive. A copy no replica acknowledged fails the move
 /// ([`super::ErrorKind::Unreplicated`]) and keeps the dead letter; `conn`
 /// then waited up to a second, so give it a connection of its own where
 /// other work shares one.
-pub async fn move_to_inbox(
+pub(crate) async fn move_to_inbox(
     conn: &mut Conn,
+    replicas: &mut Replicas,
     dead_letter: &str,
     id: &str,
     inbox: &str,
     fields: &[(String, Vec<u8>)],
 ) -> Result<Option<String>, Error> {
     if super::slot::of(dead_letter) != super::slot::of(inbox) {
-        return move_across_slots(conn, dead_letter, id, inbox, fields).await;
+        return move_across_slots(conn, replicas, dead_letter, id, inbox, fields).await;
     }
     static SCRIPT: std::sync::LazyLock<super::script::Script> =
         std::sync::LazyLock::new(|| super::script::Script::new(include_str!("copy.lua")));
@@ -102,6 +105,7 @@ pub async fn move_to_inbox(
 /// [`move_to_inbox`] between two slots of a cluster.
 async fn move_across_slots(
     conn: &mut Conn,
+    replicas: &mut Replicas,
     dead_letter: &str,
     id: &str,
     inbox: &str,
@@ -119,9 +123,9 @@ async fn move_across_slots(
         invocation.arg(k).arg(v);
     }
     let what = || format!("copying {dead_letter} {id} to {inbox}");
-    let mut replicas = Replicas::default();
-    replicas.refresh(conn, &[], true).await?;
-    let (copy, waited): (String, _) = replicas.write_and_wait(conn, super::slot::of(inbox), &invocation, what).await?;
+    let slot = super::slot::of(inbox);
+    replicas.refresh(conn, &[slot], false).await?;
+    let (copy, waited): (String, _) = replicas.write_and_wait(conn, slot, &invocation, what).await?;
     if waited == Waited::NotYet {
         return Err(Error::new(what(), ErrorKind::Unreplicated));
     }
