@@ -64,11 +64,7 @@ impl Replicas {
     /// than [`REFRESH`] (than [`REFRESH_NONE`] when the master of one of
     /// `slots` has none in it), or `again`. Nothing on one server.
     pub(crate) async fn refresh(&mut self, conn: &mut Conn, slots: &[u16], again: bool) -> Result<(), Error> {
-        let keep = match slots.iter().any(|s| self.of(*s) == 0) {
-            true => REFRESH_NONE,
-            false => REFRESH,
-        };
-        if !matches!(conn, Conn::Cluster(_)) || (!again && self.asked.is_some_and(|t| t.elapsed() < keep)) {
+        if !matches!(conn, Conn::Cluster(_)) || !(again || self.stale(slots)) {
             return Ok(());
         }
         let what = || "CLUSTER NODES, to learn which masters have replicas".to_owned();
@@ -77,6 +73,17 @@ impl Replicas {
         self.ranges = nodes.as_deref().and_then(parse).ok_or_else(|| Error::reply(what(), &reply))?;
         self.asked = Some(Instant::now());
         Ok(())
+    }
+
+    /// Whether the view is older than [`REFRESH`], or than [`REFRESH_NONE`]
+    /// when the master of one of `slots` has no replica in it (or it was
+    /// never asked).
+    fn stale(&self, slots: &[u16]) -> bool {
+        let keep = match slots.iter().any(|s| self.of(*s) == 0) {
+            true => REFRESH_NONE,
+            false => REFRESH,
+        };
+        self.asked.is_none_or(|t| t.elapsed() >= keep)
     }
 
     /// How many replicas the master serving `slot` has, as last asked.
@@ -188,5 +195,18 @@ d 127.0.0.1:7007@17007 master,fail - 0 0 4 disconnected
         assert_eq!(replicas.of(16383), 0, "a slot being moved is left out");
         assert_eq!(Replicas::default().of(0), 0, "one server: none");
         assert_eq!(parse("a 127.0.0.1:7000@17000 master - 0 0 1 connected x-y"), None, "slots that are not numbers");
+    }
+
+    #[test]
+    fn a_view_in_which_a_target_has_no_replica_is_asked_again_sooner() {
+        let asked = |ago: Duration| Replicas { ranges: parse(NODES).unwrap(), asked: Instant::now().checked_sub(ago) };
+        // Slot 0's master has a replica in the view, slot 5461's has none
+        // (only a failed one).
+        assert!(Replicas::default().stale(&[0]), "never asked");
+        assert!(!asked(Duration::ZERO).stale(&[0, 5461]), "just asked");
+        let later = asked(REFRESH_NONE + Duration::from_millis(100));
+        assert!(!later.stale(&[0]), "kept for {REFRESH:?} where every target's master has a replica");
+        assert!(later.stale(&[0, 5461]), "kept for {REFRESH_NONE:?} where one has none");
+        assert!(asked(REFRESH + Duration::from_millis(100)).stale(&[0]), "kept no longer than {REFRESH:?}");
     }
 }
