@@ -58,7 +58,7 @@ pub struct Dashboard {
     pub conn: Conn,
     /// Redis, to open a connection of its own for each action: a redrive
     /// in a cluster waits on its connection for replicas
-    /// ([`crate::stream::move_to_inbox`]), which must not hold up the
+    /// ([`crate::ops::redrive::redrive`]), which must not hold up the
     /// host's commits on the shared one.
     pub redis: crate::stream::Redis,
     /// Samples of the last 15 minutes.
