@@ -306,6 +306,31 @@ async fn a_reload_adds_and_removes_a_fuel_budget_live() {
     host.stop().await;
 }
 
+/// Two handlers whose plugin files hold the same bytes (one a copy of the
+/// other): a reload reuses the loaded code for both, and each keeps its own
+/// file, so deleting one file leaves its handler serving the loaded
+/// version, as for any deleted file. Before, the reload gave the second
+/// handler the first one's loaded plugin, file name and all, and deleting
+/// the second file was then rejected as a missing plugin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_whose_plugin_file_is_a_copy_of_anothers_keeps_its_own_file() {
+    let redis = RedisServer::start();
+    let two = "[handlers.a]\nplugin = \"a.wasm\"\nstreams = [\"in\"]\n\
+               [handlers.b]\nplugin = \"b.wasm\"\nstreams = [\"in2\"]\nmax_attempts = 1\n";
+    let fx = Fixture::with_own_plugins(&redis, "", two, &[("a.wasm", "behave.wasm"), ("b.wasm", "behave.wasm")]);
+    let (host, mut reports) = fx.start_watching().await;
+    let mut conn = redis.conn().await;
+    // A change to the config alone: both plugins are reused.
+    fx.rewrite_handlers(&format!("{two}backoff_ms = 10\n"));
+    applied(&mut reports).await;
+
+    std::fs::remove_file(fx.dir.path().join("plugins/b.wasm")).unwrap();
+    applied(&mut reports).await;
+    send(&mut conn, "in2", "t", json!({"action": "reject"})).await;
+    until_entries(&conn, "in2:dlq", 1).await;
+    host.stop().await;
+}
+
 /// A deleted plugin keeps serving when its handler's `fuel` budget changes
 /// only if the same plugin is loaded for the engine the new budget needs
 /// (here, by another handler); otherwise the reload is rejected with why,

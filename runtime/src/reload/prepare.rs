@@ -85,7 +85,8 @@ fn loaded_as(loaded: &[Arc<Plugin>], digest: &str, fuel: FuelMetering, path: Opt
 
 /// The plugin whose file holds `bytes`, for the engine that counts fuel or
 /// the one that does not: an already loaded one with the same contents and
-/// engine, else compiled now (on a blocking thread: it can take seconds).
+/// engine (from this file, else from a copy of it, then recorded as this
+/// file's), else compiled now (on a blocking thread: it can take seconds).
 /// So a budget added to, or removed from, a handler whose plugin did not
 /// change moves it to the other engine.
 async fn plugin_for(
@@ -97,8 +98,11 @@ async fn plugin_for(
     loaded: &[Arc<Plugin>],
 ) -> anyhow::Result<Arc<Plugin>> {
     let digest = crate::wasm::digest(&bytes);
-    if let Some(p) = loaded_as(loaded, &digest, fuel, None) {
+    if let Some(p) = loaded_as(loaded, &digest, fuel, Some(path)) {
         return Ok(p);
+    }
+    if let Some(p) = loaded_as(loaded, &digest, fuel, None) {
+        return Ok(Arc::new(p.as_file(path)));
     }
     let (runtime, cache, path) = (runtime.clone(), cache.clone(), path.to_owned());
     let plugin =

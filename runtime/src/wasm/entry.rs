@@ -69,6 +69,7 @@ type SpinResults = (Result<(), SpinError>,);
 
 /// Which entry point a plugin exports. Found once, at load, so a delivery
 /// never looks anything up by name.
+#[derive(Clone)]
 pub enum Entry {
     /// A Sluice handler: the indices of `sluice:plugin/handler@0.1.0`.
     Sluice(HandlerIndices),

@@ -105,6 +105,24 @@ impl Plugin {
         Self::from_bytes(runtime, cache, path, &bytes, fuel)
     }
 
+    /// The same loaded code, as loaded from `path`, a copy of this
+    /// plugin's file (the same contents): it shares the compiled component
+    /// and says which file it is, so a handler whose file is a copy of
+    /// another's is told about, and keeps serving after, its own file.
+    pub fn as_file(&self, path: &Path) -> Plugin {
+        Plugin {
+            path: path.to_owned(),
+            version: self.version.clone(),
+            digest: self.digest.clone(),
+            source: self.source,
+            pre: self.pre.clone(),
+            entry: self.entry.clone(),
+            executor: self.executor.clone(),
+            fuel: self.fuel,
+            ticker: self.ticker.clone(),
+        }
+    }
+
     /// [`Plugin::load`] for a file whose contents were already read.
     pub fn from_bytes(
         runtime: &Runtime,
