@@ -20,7 +20,11 @@
 //! - `stall`: every such connection stalled for 2 s;
 //! - `latency`: 50 ms added to every chunk, each way, for 5 s;
 //! - `failover`: a Redis Cluster (3 masters, 3 replicas) fails the input
-//!   stream's master over to its replica.
+//!   stream's master over to its replica;
+//! - `crash`: `kill -9` of that master instead; the cluster promotes its
+//!   replica (Redis may lose what the replica had not received, counted as
+//!   lost by Redis, and acknowledgements, which deliver events again), and
+//!   the old master comes back as a replica.
 //!
 //! Columns: events (acknowledged to the producer), handled, dead-lettered,
 //! lost, duplicated; time to recover (from the end of the fault, or each
@@ -78,6 +82,7 @@ fn faults() -> Vec<(&'static str, Fault)> {
         ("stall", Fault::Stall { hold: Duration::from_secs(2) }),
         ("latency", Fault::Latency { latency: Duration::from_millis(50), hold: Duration::from_secs(5) }),
         ("failover", Fault::Failover),
+        ("crash", Fault::MasterCrash),
     ]
 }
 

@@ -109,6 +109,15 @@ pub enum Fault {
     /// The master serving the input stream's slot of a Redis Cluster
     /// (three masters, three replicas) failed over to its replica.
     Failover,
+    /// The master serving the input stream's slot (and the output's: the
+    /// two slots share a master in the test cluster) killed with SIGKILL;
+    /// the cluster promotes its replica, and it comes back as the new
+    /// master's replica. Replication is asynchronous, so Redis may lose
+    /// what the replica had not received: events the producer was told were
+    /// added (counted as lost by Redis), and the group's deliveries and
+    /// acknowledgements, which only deliver again (so an event may be
+    /// handled twice, as at-least-once allows).
+    MasterCrash,
 }
 
 /// Redis's `appendfsync` for [`Fault::RedisRestart`].
@@ -144,6 +153,7 @@ impl Fault {
             Fault::Stall { hold } => format!("connections stalled for {}", s(hold)),
             Fault::Latency { latency, hold } => format!("+{} ms per chunk for {}", latency.as_millis(), s(hold)),
             Fault::Failover => "Redis Cluster failover".to_owned(),
+            Fault::MasterCrash => "kill -9 of a Redis Cluster master, its replica promoted".to_owned(),
         }
     }
 
@@ -414,7 +424,7 @@ impl Deployment {
     /// failover, else one server without persistence. (Blocks.)
     fn start(fault: &Fault) -> Deployment {
         match fault {
-            Fault::Failover => Deployment::Cluster(Cluster::start()),
+            Fault::Failover | Fault::MasterCrash => Deployment::Cluster(Cluster::start()),
             Fault::RedisRestart(fsync) => {
                 let args = ["--save", "", "--appendonly", "yes", "--appendfsync", fsync.arg()];
                 Deployment::Single { server: RedisServer::start_with(&args), proxy: None }
@@ -885,6 +895,17 @@ async fn inject(
             tokio::task::block_in_place(|| cluster.failover(cluster.master_of(INPUT)));
             mark();
             notes.push(format!("failover and settling took {} ms", begun.elapsed().as_millis()));
+        }
+        Fault::MasterCrash => {
+            tokio::time::sleep_until(third).await;
+            let Deployment::Cluster(cluster) = redis else { unreachable!("a cluster") };
+            struck.held = holding(probe, None).await;
+            let master = tokio::task::block_in_place(|| cluster.master_of(INPUT));
+            let (_, promoted_after) = tokio::task::block_in_place(|| cluster.crash_master(master));
+            mark();
+            notes.push(format!("replica promoted {} ms after the kill", promoted_after.as_millis()));
+            // The killed master comes back as the new one's replica.
+            tokio::task::block_in_place(|| cluster.restart_node(master));
         }
     }
     struck

@@ -120,6 +120,40 @@ impl Cluster {
         panic!("replica {replica} of {master} was not promoted within 20 s");
     }
 
+    /// Kills `master` (SIGKILL), as a crash would, and waits until the
+    /// other nodes have promoted its replica (after `cluster-node-timeout`
+    /// and an election). What the replica had not received when the master
+    /// died is gone: Redis replicates asynchronously. Returns the new
+    /// master's port and how long after the kill it was promoted;
+    /// [`Cluster::restart_node`] brings the killed node back.
+    pub fn crash_master(&mut self, master: u16) -> (u16, Duration) {
+        let replica = self.replica_of(master);
+        let killed = self.nodes.iter().position(|n| n.port == master).expect("a node of the cluster");
+        let at = Instant::now();
+        self.nodes[killed].kill();
+        let deadline = at + Duration::from_secs(30);
+        loop {
+            let promoted =
+                self.nodes.iter().filter(|n| n.port != master).all(|n| {
+                    self.nodes_view(n.port).iter().any(|l| l.port == replica && l.master && !l.slots.is_empty())
+                });
+            if promoted {
+                break;
+            }
+            assert!(Instant::now() < deadline, "replica {replica} of the killed {master} not promoted within 30 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        (replica, at.elapsed())
+    }
+
+    /// Starts node `port` again on its data (after
+    /// [`Cluster::crash_master`]: it comes back as a replica), and waits
+    /// until the cluster settles.
+    pub fn restart_node(&mut self, port: u16) {
+        self.nodes.iter_mut().find(|n| n.port == port).expect("a node of the cluster").restart();
+        self.until_settled();
+    }
+
     /// The port of a replica of `master`, as `master` sees it.
     pub fn replica_of(&self, master: u16) -> u16 {
         let view = self.nodes_view(master);
