@@ -240,6 +240,26 @@ async fn a_relay_that_repeats_its_writes_lands_each_once() {
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
 
+impl Captured {
+    /// Keeps the log lines (info and up, without colours) written on this
+    /// thread until the guard is dropped.
+    fn on_this_thread() -> (Captured, tracing::subscriber::DefaultGuard) {
+        let log = Captured::default();
+        let writer = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        (log, tracing::subscriber::set_default(subscriber))
+    }
+
+    /// The lines kept so far.
+    fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+}
+
 impl std::io::Write for Captured {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.0.lock().unwrap().extend_from_slice(buf);
@@ -264,14 +284,7 @@ async fn a_relay_blocked_by_a_target_that_is_not_a_stream_says_so_once() {
     let outbox = sluice::stream::outbox("in");
     let fields = [("kind", "xadd"), ("key", "blocked"), ("a", "type"), ("a", "t"), ("a", "data"), ("a", "{}")];
     let _: String = redis::AsyncCommands::xadd(&mut root, &outbox, "*", &fields).await.unwrap();
-    let log = Captured::default();
-    let writer = log.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (log, _guard) = Captured::on_this_thread();
     let host = sluice::stream::Redis::connect(&redis.url(), &Default::default()).await.unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
     let relay = sluice::stream::Relay::new(outbox.clone(), "h".into(), host).run(stop.clone());
@@ -289,7 +302,7 @@ async fn a_relay_blocked_by_a_target_that_is_not_a_stream_says_so_once() {
         stop.cancel();
     };
     tokio::join!(relay, fix);
-    let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    let text = log.text();
     let failed: Vec<&str> =
         text.lines().filter(|l| l.contains("relaying writes to other cluster slots failed")).collect();
     assert_eq!(failed.len(), 1, "{text}");
@@ -511,6 +524,60 @@ async fn a_master_loading_its_data_holds_up_no_commit_on_another() {
     host.stop().await;
 }
 
+/// A host whose handler publishes each event from `source` to a stream on
+/// another master (`out`), through the outbox, with a first event relayed
+/// and its outbox entry gone: where the relay's tests of replicas start.
+/// (`source` is the test's own: the relay's metrics belong to the whole
+/// test binary, by outbox.)
+struct Relaying {
+    _fx: Fixture,
+    host: RunningHost,
+    conn: ClusterConnection,
+    source: String,
+    out: String,
+    outbox: String,
+}
+
+impl Relaying {
+    async fn start(cluster: &Cluster, source: &str) -> Relaying {
+        let out = (0..).map(|n| format!("out{n}")).find(|k| cluster.master_of(k) != cluster.master_of(source)).unwrap();
+        let handlers =
+            format!("[handlers.h]\nplugin = \"behave.wasm\"\nstreams = [\"{source}\"]\npublish = [\"{out}\"]\n");
+        let fx = fixture(cluster, "", &handlers);
+        let conn = cluster.conn().await;
+        let host = fx.start();
+        let outbox = sluice::stream::outbox(source);
+        let mut r = Relaying { _fx: fx, host, conn, source: source.to_owned(), out, outbox };
+        r.publish(0).await;
+        eventually(SOON, "the first event published", || r.published(1)).await;
+        eventually(SOON, "the first event's outbox entry deleted", || r.relayed()).await;
+        r
+    }
+
+    /// Sends event `n`, which the handler publishes to `out` as `{"n": n}`.
+    async fn publish(&mut self, n: usize) {
+        let publish = json!({"action": "publish", "publish": [{"stream": self.out, "type": "n", "data": {"n": n}}]});
+        send(&mut self.conn, &self.source, "t", publish).await;
+    }
+
+    /// `Some` once `out` has exactly `n` entries.
+    async fn published(&self, n: usize) -> Option<()> {
+        (entries(&mut self.conn.clone(), &self.out).await.len() == n).then_some(())
+    }
+
+    /// Requires `relayed`, `out`'s entries, to hold events 0 and 1 once each.
+    fn each_once(relayed: &[redis::streams::StreamId]) {
+        let seen = counted(relayed, "n");
+        assert_eq!(losses(&seen, ["0".to_owned(), "1".to_owned()]), (0, 0), "lost, duplicated: {seen:?}");
+        assert_eq!(relayed.len(), 2, "each event published once: {seen:?}");
+    }
+
+    /// `Some` once the outbox is empty.
+    async fn relayed(&self) -> Option<()> {
+        entries(&mut self.conn.clone(), &self.outbox).await.is_empty().then_some(())
+    }
+}
+
 /// A write relayed to another master leaves the outbox only once a replica
 /// of that master has it too, so a failover cannot lose it, and is counted
 /// meanwhile (`sluice_relay_unreplicated`). Here the
@@ -524,35 +591,12 @@ async fn a_master_loading_its_data_holds_up_no_commit_on_another() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_relayed_to_a_master_that_then_fails_over_is_not_lost() {
     let cluster = Cluster::start();
-    let source = cluster.master_of("src");
-    let out = (0..).map(|n| format!("out{n}")).find(|k| cluster.master_of(k) != source).unwrap();
-    let handlers = format!("[handlers.h]\nplugin = \"behave.wasm\"\nstreams = [\"src\"]\npublish = [\"{out}\"]\n");
-    let fx = fixture(&cluster, "", &handlers);
-    let mut conn = cluster.conn().await;
-    let host = fx.start();
-    let publish = |n: usize| json!({"action": "publish", "publish": [{"stream": out, "type": "n", "data": {"n": n}}]});
-    let watcher = conn.clone();
-    let published = |n: usize| {
-        let (conn, out) = (watcher.clone(), out.clone());
-        move || {
-            let (mut c, out) = (conn.clone(), out.clone());
-            async move { (entries(&mut c, &out).await.len() == n).then_some(()) }
-        }
-    };
-    let outbox = sluice::stream::outbox("src");
-    let relayed = || {
-        let (mut c, outbox) = (watcher.clone(), outbox.clone());
-        async move { entries(&mut c, &outbox).await.is_empty().then_some(()) }
-    };
-    send(&mut conn, "src", "t", publish(0)).await;
-    eventually(SOON, "the first event published", published(1)).await;
-    eventually(SOON, "the first event's outbox entry deleted", relayed).await;
-
+    let mut r = Relaying::start(&cluster, "src").await;
+    let (out, outbox, conn) = (r.out.clone(), r.outbox.clone(), r.conn.clone());
     let master = cluster.master_of(&out);
     let replica = tokio::task::block_in_place(|| cluster.cut_off_replica(master));
-    send(&mut conn, "src", "t", publish(1)).await;
-    eventually(SOON, "the second event on the target's master", published(2)).await;
-    // (This test's own source stream: the metrics are the test binary's.)
+    r.publish(1).await;
+    eventually(SOON, "the second event on the target's master", || r.published(2)).await;
     let held = |n: usize| format!("sluice_relay_unreplicated{{outbox=\"{outbox}\"}} {n}\n");
     eventually(SOON, "the write counted as held for a replica", || async {
         sluice::metrics::exposition(&[]).contains(&held(1)).then_some(())
@@ -573,11 +617,9 @@ async fn a_write_relayed_to_a_master_that_then_fails_over_is_not_lost() {
             }
         })
         .await;
-    host.stop().await;
+    r.host.stop().await;
     assert!(sluice::metrics::exposition(&[]).contains(&held(0)), "no write held once relayed");
-    let seen = counted(&relayed, "n");
-    assert_eq!(losses(&seen, ["0".to_owned(), "1".to_owned()]), (0, 0), "lost, duplicated: {seen:?}");
-    assert_eq!(relayed.len(), 2, "each event published once: {seen:?}");
+    Relaying::each_once(&relayed);
 }
 
 /// A relay whose connection to a target's master is replaced, after its
@@ -591,27 +633,12 @@ async fn a_write_relayed_to_a_master_that_then_fails_over_is_not_lost() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_that_reconnects_before_a_replica_has_its_writes_still_waits_for_one() {
     let cluster = Cluster::start();
-    let source = cluster.master_of("again");
-    let out = (0..).map(|n| format!("out{n}")).find(|k| cluster.master_of(k) != source).unwrap();
+    let mut r = Relaying::start(&cluster, "again").await;
+    let (out, outbox, mut conn) = (r.out.clone(), r.outbox.clone(), r.conn.clone());
     let master = cluster.master_of(&out);
-    let handlers = format!("[handlers.h]\nplugin = \"behave.wasm\"\nstreams = [\"again\"]\npublish = [\"{out}\"]\n");
-    let fx = fixture(&cluster, "", &handlers);
-    let mut conn = cluster.conn().await;
-    let host = fx.start();
-    let publish = |n: usize| json!({"action": "publish", "publish": [{"stream": out, "type": "n", "data": {"n": n}}]});
-    let outbox = sluice::stream::outbox("again");
-    send(&mut conn, "again", "t", publish(0)).await;
-    until_entries(&conn, &out, 1).await;
-    eventually(SOON, "the first event's outbox entry deleted", || {
-        let (mut c, outbox) = (conn.clone(), outbox.clone());
-        async move { entries(&mut c, &outbox).await.is_empty().then_some(()) }
-    })
-    .await;
-
     let replica = tokio::task::block_in_place(|| cluster.pause_replica(master));
-    send(&mut conn, "again", "t", publish(1)).await;
+    r.publish(1).await;
     until_entries(&conn, &out, 2).await;
-    // (This test's own source stream: the metrics are the test binary's.)
     let held = format!("sluice_relay_unreplicated{{outbox=\"{outbox}\"}} 1\n");
     eventually(SOON, "the write held for a replica", || async {
         sluice::metrics::exposition(&[]).contains(&held).then_some(())
@@ -638,16 +665,10 @@ async fn a_relay_that_reconnects_before_a_replica_has_its_writes_still_waits_for
     assert_eq!(kept, 1, "the write stays in the outbox while no replica has it");
 
     tokio::task::block_in_place(|| cluster.resume_replica(replica));
-    eventually(SOON, "the outbox empty once the replica caught up", || {
-        let (mut c, outbox) = (conn.clone(), outbox.clone());
-        async move { entries(&mut c, &outbox).await.is_empty().then_some(()) }
-    })
-    .await;
-    host.stop().await;
+    eventually(SOON, "the outbox empty once the replica caught up", || r.relayed()).await;
+    r.host.stop().await;
     let relayed = entries(&mut conn, &out).await;
-    let seen = counted(&relayed, "n");
-    assert_eq!(losses(&seen, ["0".to_owned(), "1".to_owned()]), (0, 0), "lost, duplicated: {seen:?}");
-    assert_eq!(relayed.len(), 2, "each event published once: {seen:?}");
+    Relaying::each_once(&relayed);
 }
 
 /// A relay whose ACL user may not call `WAIT` (one made from the rule of a
@@ -670,14 +691,7 @@ async fn a_relay_whose_user_may_not_wait_keeps_its_writes_and_says_why() {
     let mut conn = cluster.conn().await;
     let fields = [("kind", "xadd"), ("key", out.as_str()), ("a", "type"), ("a", "t"), ("a", "data"), ("a", "{}")];
     let _: String = redis::AsyncCommands::xadd(&mut conn, &outbox, "*", &fields).await.unwrap();
-    let log = Captured::default();
-    let writer = log.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (log, _guard) = Captured::on_this_thread();
     let url = cluster.url().replace("redis://", "redis://relayer:pw@");
     let settings = sluice::config::RedisSettings { cluster: true, ..Default::default() };
     let host = sluice::stream::Redis::connect(&url, &settings).await.unwrap();
@@ -711,7 +725,7 @@ async fn a_relay_whose_user_may_not_wait_keeps_its_writes_and_says_why() {
     };
     tokio::join!(relay, allow);
     assert_eq!(entries(&mut conn, &out).await.len(), 1, "the write landed once");
-    let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    let text = log.text();
     let failed: Vec<&str> =
         text.lines().filter(|l| l.contains("relaying writes to other cluster slots failed")).collect();
     assert_eq!(failed.len(), 1, "said once: {text}");
