@@ -67,7 +67,9 @@ pub fn version(digest: &str) -> String {
 
 /// A compiled, pre-instantiated handler plugin (a Sluice handler or a Spin
 /// Redis-trigger component), ready to run events. The same `Plugin` serves
-/// every handler that uses the same file contents.
+/// every handler that uses the same file; a copy of that file (the same
+/// contents) shares its compiled component ([`Plugin::as_file`]).
+#[derive(Clone)]
 pub struct Plugin {
     /// The file it came from.
     pub path: PathBuf,
@@ -110,17 +112,7 @@ impl Plugin {
     /// and says which file it is, so a handler whose file is a copy of
     /// another's is told about, and keeps serving after, its own file.
     pub fn as_file(&self, path: &Path) -> Plugin {
-        Plugin {
-            path: path.to_owned(),
-            version: self.version.clone(),
-            digest: self.digest.clone(),
-            source: self.source,
-            pre: self.pre.clone(),
-            entry: self.entry.clone(),
-            executor: self.executor.clone(),
-            fuel: self.fuel,
-            ticker: self.ticker.clone(),
-        }
+        Plugin { path: path.to_owned(), ..self.clone() }
     }
 
     /// [`Plugin::load`] for a file whose contents were already read.

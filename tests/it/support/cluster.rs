@@ -107,17 +107,26 @@ impl Cluster {
     pub fn failover(&self, master: u16) -> u16 {
         let replica = self.replica_of(master);
         assert_eq!(self.cli(replica, &["CLUSTER", "FAILOVER"]).trim(), "OK");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
+        self.until_promoted(replica, master, None, Duration::from_secs(20));
+        self.until_settled();
+        replica
+    }
+
+    /// Waits, up to `within`, until every node (but `dead`) sees `replica`
+    /// of `master` as a master serving slots.
+    fn until_promoted(&self, replica: u16, master: u16, dead: Option<u16>, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
             let promoted =
-                self.nodes.iter().all(|n| self.nodes_view(n.port).iter().any(|l| l.port == replica && l.master));
+                self.nodes.iter().filter(|n| Some(n.port) != dead).all(|n| {
+                    self.nodes_view(n.port).iter().any(|l| l.port == replica && l.master && !l.slots.is_empty())
+                });
             if promoted {
-                self.until_settled();
-                return replica;
+                return;
             }
+            assert!(Instant::now() < deadline, "replica {replica} of {master} not promoted within {within:?}");
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("replica {replica} of {master} was not promoted within 20 s");
     }
 
     /// Kills `master` (SIGKILL), as a crash would, and waits until the
@@ -131,18 +140,7 @@ impl Cluster {
         let killed = self.nodes.iter().position(|n| n.port == master).expect("a node of the cluster");
         let at = Instant::now();
         self.nodes[killed].kill();
-        let deadline = at + Duration::from_secs(30);
-        loop {
-            let promoted =
-                self.nodes.iter().filter(|n| n.port != master).all(|n| {
-                    self.nodes_view(n.port).iter().any(|l| l.port == replica && l.master && !l.slots.is_empty())
-                });
-            if promoted {
-                break;
-            }
-            assert!(Instant::now() < deadline, "replica {replica} of the killed {master} not promoted within 30 s");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.until_promoted(replica, master, Some(master), Duration::from_secs(30));
         (replica, at.elapsed())
     }
 
