@@ -24,7 +24,11 @@
 //! - `crash`: `kill -9` of that master instead; the cluster promotes its
 //!   replica (Redis may lose what the replica had not received, counted as
 //!   lost by Redis, and acknowledgements, which deliver events again), and
-//!   the old master comes back as a replica.
+//!   the old master comes back as a replica;
+//! - `crash-target`: the master the relay writes to (the output is on
+//!   another master than the input here) has its replica cut off for 3 s
+//!   under the load, then is killed with `kill -9`; the replica promoted has
+//!   none of the writes of that while, and the relay must write them again.
 //!
 //! Columns: events (acknowledged to the producer), handled, dead-lettered,
 //! lost, duplicated; time to recover (from the end of the fault, or each
@@ -83,6 +87,7 @@ fn faults() -> Vec<(&'static str, Fault)> {
         ("latency", Fault::Latency { latency: Duration::from_millis(50), hold: Duration::from_secs(5) }),
         ("failover", Fault::Failover),
         ("crash", Fault::MasterCrash),
+        ("crash-target", Fault::TargetCrash { behind: Duration::from_secs(3) }),
     ]
 }
 

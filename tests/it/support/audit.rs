@@ -1,10 +1,11 @@
 //! The fault audit (issue 15, in the spirit of Jepsen): a numbered load
 //! runs through several `sluice run` hosts (the real binary) while one fault
 //! is injected, and afterwards every number is accounted for: handled (its
-//! publish is in `out`; for the events that write nothing, whose commit is
-//! a plain `XACK`, a host logged it), dead-lettered (it is in the
-//! dead-letter stream), lost (neither) or duplicated (written more than
-//! once), with how long the output took to grow again after the fault.
+//! publish is in the output stream, [`Fault::output`]; for the events that
+//! write nothing, whose commit is a plain `XACK`, a host logged it),
+//! dead-lettered (it is in the dead-letter stream), lost (neither) or
+//! duplicated (written more than once), with how long the output took to
+//! grow again after the fault.
 //!
 //! `benches/faults.rs` runs every fault at full size and prints the table;
 //! `tests/it/faults.rs` runs short versions and asserts on the account.
@@ -28,9 +29,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// The stream the load goes to, and the one its handled events publish to.
+/// The stream the load goes to, and the one its handled events publish to
+/// ([`Fault::output`]): `out`, or for [`Fault::TargetCrash`] `relayed`,
+/// whose slot (7022) is served by another master than the input's (15578)
+/// in the test cluster, as `out`'s (16101) is not.
 const INPUT: &str = "in";
 const OUTPUT: &str = "out";
+const RELAYED: &str = "relayed";
 /// The handler (and so the consumer group) every host runs.
 const GROUP: &str = "h";
 /// One event in this many is rejected, so the dead-letter path runs too.
@@ -118,6 +123,17 @@ pub enum Fault {
     /// acknowledgements, which only deliver again (so an event may be
     /// handled twice, as at-least-once allows).
     MasterCrash,
+    /// The master the relay writes to (the output's, on another master
+    /// than the input's) loses its replica's link for `behind`, while the
+    /// load goes on, and is then killed with SIGKILL; the cluster promotes
+    /// the replica, which has none of the writes of that while, and the
+    /// old master comes back as its replica. The outbox beside the input
+    /// still holds every write no replica had acknowledged, and the relay
+    /// writes them again on the new master.
+    TargetCrash {
+        /// How long the replica is cut off before the kill.
+        behind: Duration,
+    },
 }
 
 /// Redis's `appendfsync` for [`Fault::RedisRestart`].
@@ -154,6 +170,17 @@ impl Fault {
             Fault::Latency { latency, hold } => format!("+{} ms per chunk for {}", latency.as_millis(), s(hold)),
             Fault::Failover => "Redis Cluster failover".to_owned(),
             Fault::MasterCrash => "kill -9 of a Redis Cluster master, its replica promoted".to_owned(),
+            Fault::TargetCrash { behind } => {
+                format!("kill -9 of the relay's target master, its replica {} behind, promoted", s(behind))
+            }
+        }
+    }
+
+    /// The stream the handler publishes to.
+    fn output(&self) -> &'static str {
+        match self {
+            Fault::TargetCrash { .. } => RELAYED,
+            _ => OUTPUT,
         }
     }
 
@@ -242,8 +269,8 @@ pub struct Account {
     pub fault: String,
     /// Numbers published: those Redis acknowledged to the producer.
     pub events: usize,
-    /// Distinct numbers in `out`, and of the events that write nothing,
-    /// those a host logged.
+    /// Distinct numbers in the output stream, and of the events that write
+    /// nothing, those a host logged.
     pub handled: usize,
     /// Distinct numbers in the dead-letter stream.
     pub dead_lettered: usize,
@@ -253,10 +280,10 @@ pub struct Account {
     /// stream too: Redis acknowledged the publish and then lost it. The
     /// rest were lost by Sluice.
     pub lost_by_redis: usize,
-    /// Numbers written more than once to `out` and the dead-letter stream
+    /// Numbers written more than once to the output and the dead-letter stream
     /// together: a publish (or dead letter) written twice.
     pub duplicated: usize,
-    /// With [`Plan::keys`]: outputs in `out` that follow, in the stream, an
+    /// With [`Plan::keys`]: outputs that follow, in the output stream, an
     /// output of a later number of the same key (their key's commits out of
     /// order).
     pub out_of_order: usize,
@@ -357,7 +384,7 @@ pub async fn run(plan: &Plan) -> Account {
 
     let load = Arc::new(Mutex::new(Load::new(plan.events)));
     let growth = Arc::new(Mutex::new(Vec::new()));
-    let sampler = tokio::spawn(sample_output(probe.clone(), redis.dead_letters(), growth.clone()));
+    let sampler = tokio::spawn(sample_output(probe.clone(), plan.fault.output(), redis.dead_letters(), growth.clone()));
     let marks = Arc::new(Mutex::new(Vec::new()));
     let watcher = tokio::spawn(watch_marks(probe.clone(), marks.clone()));
     let load_started = Instant::now();
@@ -394,7 +421,7 @@ pub async fn run(plan: &Plan) -> Account {
     let late_commits =
         logs.iter().flat_map(|l| l.lines()).filter(|l| LATE_COMMIT_WARNINGS.iter().any(|w| l.contains(w))).count();
     let published: Vec<bool> = load.lock().unwrap().ids.iter().map(Option::is_some).collect();
-    let account = count(&probe, &redis, &published, &logs, plan.keys, &mut notes).await;
+    let account = count(&probe, &redis, plan, &published, &logs, &mut notes).await;
     notes.push(format!("seed {}", plan.seed));
     Account {
         fault: plan.fault.label(),
@@ -424,7 +451,7 @@ impl Deployment {
     /// failover, else one server without persistence. (Blocks.)
     fn start(fault: &Fault) -> Deployment {
         match fault {
-            Fault::Failover | Fault::MasterCrash => Deployment::Cluster(Cluster::start()),
+            Fault::Failover | Fault::MasterCrash | Fault::TargetCrash { .. } => Deployment::Cluster(Cluster::start()),
             Fault::RedisRestart(fsync) => {
                 let args = ["--save", "", "--appendonly", "yes", "--appendfsync", fsync.arg()];
                 Deployment::Single { server: RedisServer::start_with(&args), proxy: None }
@@ -521,16 +548,18 @@ struct Host {
 
 impl Host {
     /// Writes `host-<i>`'s config in `dir`: one `behave` handler `h` on
-    /// `in`, publishing to `out` (ordered by key with [`Plan::keys`]).
+    /// `in`, publishing to the fault's output (ordered by key with
+    /// [`Plan::keys`]).
     fn new(dir: &Path, i: usize, redis: &Deployment, plan: &Plan) -> Host {
         let name = format!("host-{i}");
         let admin = free_port();
         let config = dir.join(format!("{name}.toml"));
         let text = format!(
             "[redis]\n{redis}\n\n[host]\nplugins = \"{plugins}\"\nconsumer = \"{name}\"\nclaim_idle_ms = {claim}\nadmin = \"127.0.0.1:{admin}\"\n\n\
-             [handlers.{GROUP}]\nplugin = \"behave.wasm\"\nstreams = [\"{INPUT}\"]\npublish = [\"{OUTPUT}\"]\nconcurrency = {concurrency}\ntimeout_ms = {timeout}\nbackoff_ms = 50\n{order_by}",
+             [handlers.{GROUP}]\nplugin = \"behave.wasm\"\nstreams = [\"{INPUT}\"]\npublish = [\"{output}\"]\nconcurrency = {concurrency}\ntimeout_ms = {timeout}\nbackoff_ms = 50\n{order_by}",
             order_by = if plan.keys.is_some() { "order_by = \"data.k\"\n" } else { "" },
             redis = redis.host_keys(),
+            output = plan.fault.output(),
             plugins = plan.plugins.display(),
             claim = plan.claim_idle.as_millis(),
             concurrency = plan.concurrency,
@@ -638,11 +667,11 @@ async fn until_ready(hosts: &[Host]) {
 
 /// The data of event `n`: reject it (one in [`REJECT_EVERY`]), or after
 /// computing for `busy`, log it (one in [`QUIET_EVERY`]: it writes nothing)
-/// or publish `{"n": n}` to `out`. Each carries `n` itself, so its dead
+/// or publish `{"n": n}` to `output`. Each carries `n` itself, so its dead
 /// letter names it too, and with `keys`, its key `k`, `n % keys`.
-fn event(n: usize, busy: Option<Duration>, keys: Option<usize>) -> String {
+fn event(n: usize, busy: Option<Duration>, keys: Option<usize>, output: &str) -> String {
     let ms = busy.map_or(0, |ms| ms.as_millis() as u64);
-    let publish = json!([{"stream": OUTPUT, "type": "n", "data": {"n": n}}]);
+    let publish = json!([{"stream": output, "type": "n", "data": {"n": n}}]);
     let mut data = if n % REJECT_EVERY == REJECT_EVERY - 1 {
         json!({"action": "reject", "reason": "audit: rejected on purpose", "n": n})
     } else if quiet(n) {
@@ -695,7 +724,7 @@ async fn produce(mut probe: Probe, plan: Plan, load: Arc<Mutex<Load>>, started: 
     let period = Duration::from_secs_f64(1.0 / f64::from(plan.rate));
     for n in 0..plan.events {
         tokio::time::sleep_until(started + period * n as u32).await;
-        let data = event(n, plan.busy, plan.keys);
+        let data = event(n, plan.busy, plan.keys, plan.fault.output());
         let give_up = Instant::now() + Duration::from_secs(60);
         let id = loop {
             let added: redis::RedisResult<String> = redis::cmd("XADD")
@@ -752,12 +781,17 @@ fn number(e: &StreamId) -> Option<usize> {
     v["n"].as_u64().map(|n| n as usize)
 }
 
-/// Samples the length of `out` plus the dead-letter stream until aborted,
-/// noting each moment it grew.
-async fn sample_output(mut probe: Probe, dead_letters: &'static str, growth: Arc<Mutex<Vec<Instant>>>) {
+/// Samples the length of `output` plus the dead-letter stream until
+/// aborted, noting each moment it grew.
+async fn sample_output(
+    mut probe: Probe,
+    output: &'static str,
+    dead_letters: &'static str,
+    growth: Arc<Mutex<Vec<Instant>>>,
+) {
     let mut last = 0usize;
     loop {
-        let out: redis::RedisResult<usize> = redis::cmd("XLEN").arg(OUTPUT).query_async(&mut probe).await;
+        let out: redis::RedisResult<usize> = redis::cmd("XLEN").arg(output).query_async(&mut probe).await;
         let dead: redis::RedisResult<usize> = redis::cmd("XLEN").arg(dead_letters).query_async(&mut probe).await;
         if let (Ok(out), Ok(dead)) = (out, dead) {
             let now = out + dead;
@@ -905,6 +939,28 @@ async fn inject(
             mark();
             notes.push(format!("replica promoted {} ms after the kill", promoted_after.as_millis()));
             // The killed master comes back as the new one's replica.
+            tokio::task::block_in_place(|| cluster.restart_node(master));
+        }
+        Fault::TargetCrash { behind } => {
+            tokio::time::sleep_until(third).await;
+            let Deployment::Cluster(cluster) = redis else { unreachable!("a cluster") };
+            struck.held = holding(probe, None).await;
+            let master = tokio::task::block_in_place(|| {
+                let master = cluster.master_of(RELAYED);
+                assert_ne!(master, cluster.master_of(INPUT), "{RELAYED} and {INPUT} on one master");
+                cluster.cut_off_replica(master);
+                master
+            });
+            tokio::time::sleep(behind).await;
+            let (_, promoted_after) = tokio::task::block_in_place(|| cluster.crash_master(master));
+            mark();
+            notes.push(format!(
+                "replica cut off {} ms before the kill, promoted {} ms after it",
+                behind.as_millis(),
+                promoted_after.as_millis()
+            ));
+            // The killed master comes back as the new one's replica, with
+            // the rule that cut it off gone (ACL rules set at run time).
             tokio::task::block_in_place(|| cluster.restart_node(master));
         }
     }
@@ -1109,25 +1165,25 @@ fn handled_quietly(logs: &[String]) -> std::collections::BTreeSet<usize> {
     handled
 }
 
-/// Counts: which published numbers were handled (reached `out`, or were
-/// logged if they write nothing) or reached the dead-letter stream, how
-/// often, and which are gone from the input too.
+/// Counts: which published numbers were handled (reached the output, or
+/// were logged if they write nothing) or reached the dead-letter stream,
+/// how often, and which are gone from the input too.
 async fn count(
     probe: &Probe,
     redis: &Deployment,
+    plan: &Plan,
     published: &[bool],
     logs: &[String],
-    keys: Option<usize>,
     notes: &mut Vec<String>,
 ) -> Account {
-    let input = numbers(probe, INPUT, notes).await;
-    let out_of_order = match keys {
+    let (input, output) = (numbers(probe, INPUT, notes).await, plan.fault.output());
+    let out_of_order = match plan.keys {
         Some(keys) => {
-            out_of_order(&all_entries(probe, OUTPUT).await.iter().filter_map(number).collect::<Vec<_>>(), keys)
+            out_of_order(&all_entries(probe, output).await.iter().filter_map(number).collect::<Vec<_>>(), keys)
         }
         None => 0,
     };
-    let out = numbers(probe, OUTPUT, notes).await;
+    let out = numbers(probe, output, notes).await;
     let logged = handled_quietly(logs);
     let dead = numbers(probe, redis.dead_letters(), notes).await;
     let twice_in = input.values().filter(|c| **c > 1).count();
