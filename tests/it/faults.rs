@@ -1,8 +1,8 @@
 //! The fault audit, short (`support::audit`; `cargo bench --bench faults`
 //! runs it at full size): two `sluice run` hosts handle a numbered load
-//! while one fault strikes, and afterwards every number is handled (in
-//! `out`, or for one in four that writes nothing, logged by a host as
-//! handled) or in the dead-letter stream, and none written twice.
+//! while one fault strikes, and afterwards every number is handled (in the
+//! output stream, or for one in four that writes nothing, logged by a host
+//! as handled) or in the dead-letter stream, and none written twice.
 //! recovery.rs and cluster.rs already cover a kill -9, a Redis restart and a
 //! failover with one host; these add the second host and the per-number
 //! account.
