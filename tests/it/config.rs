@@ -187,3 +187,28 @@ fn admin_token_needs_the_admin_listener_and_a_value() {
     let config = Config::parse(Path::new("ok.toml"), &text).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(config.admin_token.as_deref(), Some("${x}"));
 }
+
+#[test]
+fn sentinels_name_the_primary_in_the_url_and_not_with_a_cluster() {
+    let sentinels = "sentinels = [\"redis://127.0.0.1:26379\"]";
+    let with_port = error_of(&format!("[redis]\nurl = \"redis://mymaster:6379\"\n{sentinels}\n"));
+    assert!(
+        with_port.contains("redis.sentinels") && with_port.contains("by the name the sentinels know it by"),
+        "{with_port}"
+    );
+    let no_url = error_of(&format!("[redis]\n{sentinels}\n"));
+    assert!(no_url.contains("redis.sentinels") && no_url.contains("url names the primary"), "{no_url}");
+    let cluster = error_of(&format!("[redis]\nurl = \"redis://mymaster\"\ncluster = true\n{sentinels}\n"));
+    assert!(cluster.contains("exclude each other"), "{cluster}");
+    let empty = error_of("[redis]\nurl = \"redis://mymaster\"\nsentinels = []\n");
+    assert!(empty.contains("at least one sentinel"), "{empty}");
+    let bad =
+        error_of("[redis]\nurl = \"redis://mymaster\"\nsentinels = [\"redis://127.0.0.1:26379\", \"http://x\"]\n");
+    assert!(bad.contains("sentinel 2 is not a redis:// or rediss:// URL"), "{bad}");
+    let text = format!(
+        "[host]\nplugins = \"{}\"\n[redis]\nurl = \"redis://sluice:pw@mymaster\"\n{sentinels}\n",
+        plugins_dir().display()
+    );
+    let config = Config::parse(Path::new("ok.toml"), &text).unwrap();
+    assert_eq!(config.redis.sentinels, ["redis://127.0.0.1:26379"]);
+}

@@ -48,6 +48,8 @@ mod tls;
 mod acl;
 // Redis Cluster: the demo chain, a redrive, a slot moved and a failover under load.
 mod cluster;
+// Redis Sentinel: a host follows a failover and a crash of its primary.
+mod sentinel;
 // order_by: one key at a time in stream order, across retries, dead letters, hosts and a kill.
 mod ordering;
 // Request/reply: `sluice request`, `host.reply`, error replies, timeouts, reply streams' TTL.

@@ -32,6 +32,10 @@ pub struct RedisSettings {
     /// are discovered). Sluice then names its own keys so that one script
     /// can finish a delivery wherever the streams allow (docs/delivery.md).
     pub cluster: bool,
+    /// Redis Sentinel: the sentinels to ask where the primary is (`${ENV}`
+    /// expanded), with `url`'s host the name they know it by; empty
+    /// without Sentinel.
+    pub sentinels: Vec<String>,
     /// The CA to trust for `rediss://` instead of the system roots.
     pub ca_file: Option<PathBuf>,
     /// The client certificate for mutual TLS (always with `key_file`).

@@ -82,6 +82,8 @@ pub enum RawFormat {
 /// [redis]
 /// url = "rediss://sluice:${REDIS_PASSWORD}@cache.example.com:6380"
 /// cluster = false
+/// # Behind Redis Sentinel: url's host is the name the sentinels know the primary by.
+/// # sentinels = ["redis://10.0.0.1:26379", "redis://10.0.0.2:26379"]
 /// ca_file = "certs/ca.pem"
 /// cert_file = "certs/client.pem"
 /// key_file = "certs/client.key"
@@ -96,6 +98,10 @@ pub struct RawRedis {
     /// Whether `url` is one seed node of a Redis Cluster.
     #[serde(default)]
     pub cluster: bool,
+    /// Redis Sentinel: the sentinels (`redis://` or `rediss://`, with the
+    /// sentinels' own `user:password@` if they require one) to ask where
+    /// the primary is. `url`'s host is then the name they know it by.
+    pub sentinels: Option<Vec<String>>,
     /// For `rediss://`: the CA to trust instead of the system roots.
     pub ca_file: Option<String>,
     /// For mutual TLS: the client certificate, with `key_file`.

@@ -117,7 +117,8 @@ pub fn plugin_gone_for_budget(config: &Config, handler: &Handler) -> ConfigError
 }
 
 /// `[redis]`: the URL parses, TLS files go with `rediss://` and exist,
-/// a client certificate comes with its key, a cluster has a seed URL.
+/// a client certificate comes with its key, a cluster has a seed URL,
+/// sentinels come with the primary's name and not with a cluster.
 fn redis(c: &Checker, raw: &RawRedis) -> Result<RedisSettings, ConfigError> {
     let key = |k: &'static str| ["redis", k];
     let url = raw.url.as_deref().map(|u| redis_url(c, u)).transpose()?;
@@ -134,9 +135,11 @@ fn redis(c: &Checker, raw: &RawRedis) -> Result<RedisSettings, ConfigError> {
             Err(e) => Err(c.invalid(&key(k), format!("cannot read {} (for {shown}): {e}", path.display()))),
         }
     };
+    let sentinels = sentinels(c, raw, url.as_deref())?;
     let settings = RedisSettings {
         url,
         cluster: raw.cluster,
+        sentinels,
         ca_file: file("ca_file", &raw.ca_file)?,
         cert_file: file("cert_file", &raw.cert_file)?,
         key_file: file("key_file", &raw.key_file)?,
@@ -159,6 +162,39 @@ fn redis(c: &Checker, raw: &RawRedis) -> Result<RedisSettings, ConfigError> {
         )?;
     }
     Ok(settings)
+}
+
+/// `[redis] sentinels`: each one a `redis://` or `rediss://` URL, at least
+/// one, not with `cluster = true`, and `url` naming the primary by the name
+/// the sentinels know it by (its host, with no port).
+fn sentinels(c: &Checker, raw: &RawRedis, url: Option<&str>) -> Result<Vec<String>, ConfigError> {
+    let Some(given) = &raw.sentinels else { return Ok(vec![]) };
+    let key = ["redis", "sentinels"];
+    c.ensure(!given.is_empty(), &key, "list at least one sentinel, e.g. [\"redis://10.0.0.1:26379\"]")?;
+    c.ensure(
+        !raw.cluster,
+        &key,
+        "sentinels and cluster = true exclude each other: a Redis Cluster fails over by itself",
+    )?;
+    let named = url.and_then(redis::parse_redis_url).filter(|u| matches!(u.scheme(), "redis" | "rediss"));
+    let ok = named.as_ref().is_some_and(|u| u.host_str().is_some_and(|h| !h.is_empty()) && u.port().is_none());
+    c.ensure(
+        ok,
+        &key,
+        "with sentinels, url names the primary by the name the sentinels know it by, as its host and with no port \
+         (url = \"redis://user:password@mymaster\")",
+    )?;
+    given
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let s = env::expand(s).map_err(|e| c.invalid(&key, e))?;
+            let parsed = redis::parse_redis_url(&s).filter(|u| matches!(u.scheme(), "redis" | "rediss"));
+            let ok = parsed.is_some_and(|u| u.fragment().is_none());
+            c.ensure(ok, &key, format!("sentinel {} is not a redis:// or rediss:// URL", i + 1))?;
+            Ok(s)
+        })
+        .collect()
 }
 
 fn redis_url(c: &Checker, url: &str) -> Result<String, ConfigError> {

@@ -75,6 +75,7 @@ pub const COMMANDS: &[(&str, &str)] = &[
         "wait",
         "making sure a replica has what the relay, or a redrive across slots, wrote on another master before the outbox entry or dead letter goes (Redis Cluster)",
     ),
+    ("role", "checking that the server Redis Sentinel names is the primary (`[redis] sentinels`)"),
 ];
 
 /// The key patterns `config` needs: every stream its handlers read,

@@ -1,11 +1,14 @@
-//! Reaching Redis: one server or a Redis Cluster, over plain TCP, TLS
-//! (server-authenticated or mutual, with the system roots or a private CA)
-//! or a Unix socket, as an ACL user or the default one. Connections by role:
-//! a shared, auto-reconnecting one for commands, and a dedicated one per
-//! blocking reader. Failures to connect are explained in one line that names
-//! the URL (password masked). A connection that reaches a replica (a
-//! failover that moved the address, as managed Redis services do) is
-//! replaced, whichever its role ([`Shared`], [`reached_a_replica`]).
+//! Reaching Redis: one server, the primary that Redis Sentinel names, or a
+//! Redis Cluster, over plain TCP, TLS (server-authenticated or mutual, with
+//! the system roots or a private CA) or a Unix socket, as an ACL user or the
+//! default one. Connections by role: a shared, auto-reconnecting one for
+//! commands, and a dedicated one per blocking reader. Failures to connect
+//! are explained in one line that names the URL (password masked). A
+//! connection that reaches a replica (a failover that moved the address, as
+//! managed Redis services do) is replaced, whichever its role ([`Shared`],
+//! [`reached_a_replica`]); behind Sentinel, so is one that failed, and every
+//! new connection goes to the primary the sentinels name then
+//! ([`Sentinels`]).
 
 use super::error::{Context, Error};
 use crate::config::RedisSettings;
@@ -13,6 +16,7 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, Mul
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::io::tcp::{TcpSettings, socket2::TcpKeepalive};
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{
     AsyncConnectionConfig, Client, ClientTlsConfig, Cmd, ConnectionInfo, IntoConnectionInfo, Pipeline, RedisFuture,
     RedisResult, TlsCertificates, Value,
@@ -127,7 +131,7 @@ impl Conn {
 /// resolves the address) afresh on its first command. Commands in flight
 /// finish on the old one.
 pub struct Shared {
-    client: Client,
+    source: Source,
     config: ConnectionManagerConfig,
     /// `url`, password masked, for messages.
     shown: String,
@@ -135,17 +139,17 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// A manager of connections to `client`'s server, connected now.
-    async fn connect(client: Client, config: ConnectionManagerConfig, shown: String) -> RedisResult<Shared> {
-        let manager = ConnectionManager::new_with_config(client.clone(), config.clone()).await?;
-        Ok(Shared { client, config, shown, current: arc_swap::ArcSwap::from_pointee(manager) })
+    /// A manager of connections to the server `source` names, connected now.
+    async fn connect(source: Source, config: ConnectionManagerConfig, shown: String) -> RedisResult<Shared> {
+        let manager = ConnectionManager::new_with_config(source.client().await?, config.clone()).await?;
+        Ok(Shared { source, config, shown, current: arc_swap::ArcSwap::from_pointee(manager) })
     }
 
     /// One command, on the current connection.
     async fn command(&self, cmd: &Cmd) -> RedisResult<Value> {
         let manager = self.current.load_full();
         let result = (*manager).clone().send_packed_command(cmd).await;
-        self.replace_if_unusable(&manager, result.as_ref().map(std::slice::from_ref));
+        self.replace_if_unusable(&manager, result.as_ref().map(std::slice::from_ref)).await;
         result
     }
 
@@ -153,21 +157,33 @@ impl Shared {
     async fn commands(&self, cmd: &Pipeline, offset: usize, count: usize) -> RedisResult<Vec<Value>> {
         let manager = self.current.load_full();
         let result = (*manager).clone().send_packed_commands(cmd, offset, count).await;
-        self.replace_if_unusable(&manager, result.as_ref().map(Vec::as_slice));
+        self.replace_if_unusable(&manager, result.as_ref().map(Vec::as_slice)).await;
         result
     }
 
     /// Replaces `manager` (unless another task has already) if `result`,
-    /// which came from it, says its connection is of no more use.
-    fn replace_if_unusable(&self, manager: &Arc<ConnectionManager>, result: Result<&[Value], &redis::RedisError>) {
+    /// which came from it, says its connection is of no more use. Behind
+    /// Sentinel, a connection that failed is of no more use either: the
+    /// manager would open the next one to the same address, where the
+    /// primary may no longer be.
+    async fn replace_if_unusable(
+        &self,
+        manager: &Arc<ConnectionManager>,
+        result: Result<&[Value], &redis::RedisError>,
+    ) {
         let replica = match result {
             Ok(replies) => replies.iter().any(|r| matches!(r, Value::ServerError(e) if e.code() == READONLY)),
             Err(e) => reached_a_replica(e),
         };
-        if !replica && !matches!(result, Err(e) if opening_failed(e)) {
+        let lost = matches!(self.source, Source::Sentinels(_)) && matches!(result, Err(e) if connection_failed(e));
+        if !replica && !lost && !matches!(result, Err(e) if opening_failed(e)) {
             return;
         }
-        let fresh = match ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone()) {
+        let client = match self.source.client().await {
+            Ok(client) => client,
+            Err(e) => return debug!("asking the sentinels of {} where the primary is: {e}", self.shown),
+        };
+        let fresh = match ConnectionManager::new_lazy_with_config(client, self.config.clone()) {
             Ok(fresh) => Arc::new(fresh),
             Err(e) => return debug!("a new connection manager for Redis at {}: {e}", self.shown),
         };
@@ -180,9 +196,112 @@ impl Shared {
                 "the shared connection to Redis at {} reaches a replica (READONLY: a failover?); opening a new one",
                 self.shown
             ),
-            false => debug!("the shared connection to Redis at {} could not be opened; trying a new one", self.shown),
+            false => debug!(
+                "the shared connection to Redis at {} failed or could not be opened; trying a new one",
+                self.shown
+            ),
         }
     }
+}
+
+/// Where [`Shared`] opens its connections: one address, or wherever the
+/// sentinels say the primary is at the time.
+// One per shared connection: its size does not matter.
+#[allow(clippy::large_enum_variant)]
+enum Source {
+    Fixed(Client),
+    Sentinels(Arc<Sentinels>),
+}
+
+impl Source {
+    /// A client of the server to connect to now.
+    async fn client(&self) -> RedisResult<Client> {
+        match self {
+            Source::Fixed(client) => Ok(client.clone()),
+            Source::Sentinels(s) => s.primary().await,
+        }
+    }
+}
+
+/// The sentinels of one primary (`[redis] sentinels`, with `url`'s host
+/// the name they know it by): asked where the primary is whenever a
+/// connection is opened, so that after a failover new connections reach the
+/// replica the sentinels promoted. redis-rs checks that the server they
+/// name says it is a primary (`ROLE`) before it is used.
+pub(crate) struct Sentinels {
+    client: tokio::sync::Mutex<SentinelClient>,
+    /// The primary's name, and the address they last named.
+    name: String,
+    last: std::sync::Mutex<Option<String>>,
+}
+
+impl Sentinels {
+    /// The sentinels at `sentinels` (URLs, with their own credentials and
+    /// TLS), of the primary that `url` names by its host, reached with
+    /// `url`'s user, password and TLS (and `certs`, for both).
+    fn new(url: &str, sentinels: &[String], certs: Option<TlsCertificates>) -> RedisResult<Sentinels> {
+        let invalid =
+            |what: &str| redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "", what.to_owned()));
+        let named = redis::parse_redis_url(url).ok_or_else(|| invalid("not a redis:// URL"))?;
+        let name = named.host_str().ok_or_else(|| invalid("no primary name as the URL's host"))?.to_owned();
+        let primary = connection_info(url)?;
+        let infos = sentinels.iter().map(|s| s.as_str().into_connection_info()).collect::<RedisResult<Vec<_>>>()?;
+        let tls = |addr: &redis::ConnectionAddr| matches!(addr, redis::ConnectionAddr::TcpTls { .. });
+        let mut builder =
+            SentinelClientBuilder::new(infos.iter().map(|i| i.addr().clone()), &name, SentinelServerType::Master)?
+                .set_client_to_redis_tcp_settings(tcp_settings())
+                .set_client_to_sentinel_tcp_settings(tcp_settings());
+        if let Some(user) = primary.redis_settings().username() {
+            builder = builder.set_client_to_redis_username(user);
+        }
+        if let Some(password) = primary.redis_settings().password() {
+            builder = builder.set_client_to_redis_password(password);
+        }
+        if tls(primary.addr()) {
+            builder = builder.set_client_to_redis_tls_mode(redis::TlsMode::Secure);
+        }
+        // The sentinels' own credentials and TLS: the first URL's.
+        if let Some(first) = infos.first() {
+            if let Some(user) = first.redis_settings().username() {
+                builder = builder.set_client_to_sentinel_username(user);
+            }
+            if let Some(password) = first.redis_settings().password() {
+                builder = builder.set_client_to_sentinel_password(password);
+            }
+            if tls(first.addr()) {
+                builder = builder.set_client_to_sentinel_tls_mode(redis::TlsMode::Secure);
+            }
+        }
+        if let Some(certs) = certs {
+            builder =
+                builder.set_client_to_redis_certificates(certs.clone()).set_client_to_sentinel_certificates(certs);
+        }
+        Ok(Sentinels { client: tokio::sync::Mutex::new(builder.build()?), name, last: Default::default() })
+    }
+
+    /// A client of the primary, where the sentinels say it is now (within
+    /// [`CONNECT_TIMEOUT`]); says so when that is somewhere new.
+    async fn primary(&self) -> RedisResult<Client> {
+        let asked = async { self.client.lock().await.async_get_client().await };
+        let client = match tokio::time::timeout(CONNECT_TIMEOUT, asked).await {
+            Ok(client) => client?,
+            Err(_) => {
+                return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no sentinel answered in time").into());
+            }
+        };
+        let at = client.get_connection_info().addr().to_string();
+        let before = self.last.lock().unwrap().replace(at.clone());
+        if let Some(before) = before.filter(|b| *b != at) {
+            warn!("the sentinels name a new primary for {}: {at} (was {before}); connecting there", self.name);
+        }
+        Ok(client)
+    }
+}
+
+/// Whether `e` says the connection failed (refused, dropped, timed out),
+/// not that the server answered with an error.
+fn connection_failed(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
 }
 
 /// The error code of a write sent to a replica.
@@ -208,6 +327,7 @@ fn opening_failed(e: &redis::RedisError) -> bool {
 #[allow(clippy::large_enum_variant)]
 enum Connector {
     Single(Client),
+    Sentinels(Arc<Sentinels>),
     Cluster(Box<ClusterConnector>),
 }
 
@@ -233,21 +353,30 @@ pub struct Redis {
 
 impl Redis {
     /// Connects to the Redis at `url` (from `[redis] url`, or the embedded
-    /// server's) as `settings` say: one server or a cluster seed, TLS
-    /// certificates. Fails with one line naming the URL and the reason.
+    /// server's) as `settings` say: one server, the primary its sentinels
+    /// name, or a cluster seed; TLS certificates. Fails with one line naming the URL and the reason.
     pub async fn connect(url: &str, settings: &RedisSettings) -> Result<Redis, Error> {
-        let shown = redact(url);
+        let shown = match settings.sentinels.is_empty() {
+            true => redact(url),
+            false => format!("{} (the primary its sentinels name)", redact(url)),
+        };
         let what = || format!("connecting to Redis at {shown}");
         let certs = certificates(settings).map_err(|e| Error::new(what(), e))?;
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(COMMAND_TIMEOUT))
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_number_of_retries(1);
         let (connector, conn) = match settings.cluster {
+            false if !settings.sentinels.is_empty() => {
+                let sentinels = Arc::new(Sentinels::new(url, &settings.sentinels, certs).context(what)?);
+                let source = Source::Sentinels(sentinels.clone());
+                let conn = Shared::connect(source, config, shown.clone()).await.map_err(|e| explained(what(), e))?;
+                (Connector::Sentinels(sentinels), Conn::Managed(Arc::new(conn)))
+            }
             false => {
                 let client = client(url, certs).context(what)?;
-                let config = ConnectionManagerConfig::new()
-                    .set_response_timeout(Some(COMMAND_TIMEOUT))
-                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
-                    .set_number_of_retries(1);
-                let conn =
-                    Shared::connect(client.clone(), config, shown.clone()).await.map_err(|e| explained(what(), e))?;
+                let source = Source::Fixed(client.clone());
+                let conn = Shared::connect(source, config, shown.clone()).await.map_err(|e| explained(what(), e))?;
                 (Connector::Single(client), Conn::Managed(Arc::new(conn)))
             }
             true => {
@@ -291,13 +420,17 @@ impl Redis {
     /// dead connection).
     pub async fn blocking_connection(&self, block: Duration) -> Result<Conn, Error> {
         let what = || format!("opening a reader connection to Redis at {}", self.shown);
+        let config = AsyncConnectionConfig::new()
+            .set_response_timeout(Some(block + COMMAND_TIMEOUT))
+            .set_connection_timeout(Some(CONNECT_TIMEOUT));
         match &self.connector {
             Connector::Single(client) => {
-                let config = AsyncConnectionConfig::new()
-                    .set_response_timeout(Some(block + COMMAND_TIMEOUT))
-                    .set_connection_timeout(Some(CONNECT_TIMEOUT));
                 let conn = client.get_multiplexed_async_connection_with_config(&config).await.context(what)?;
                 Ok(Conn::Dedicated(conn))
+            }
+            Connector::Sentinels(s) => {
+                let client = s.primary().await.context(what)?;
+                Ok(Conn::Dedicated(client.get_multiplexed_async_connection_with_config(&config).await.context(what)?))
             }
             Connector::Cluster(c) => {
                 let client = cluster_client(&c.url, c.certs.clone(), block + COMMAND_TIMEOUT).context(what)?;
@@ -312,6 +445,10 @@ impl Redis {
         let what = || format!("opening a connection to Redis at {}", self.shown);
         match &self.connector {
             Connector::Single(client) => {
+                Ok(Conn::Dedicated(client.get_multiplexed_async_connection().await.context(what)?))
+            }
+            Connector::Sentinels(s) => {
+                let client = s.primary().await.context(what)?;
                 Ok(Conn::Dedicated(client.get_multiplexed_async_connection().await.context(what)?))
             }
             Connector::Cluster(c) => Ok(Conn::Cluster(c.client.get_async_connection().await.context(what)?)),

@@ -9,6 +9,7 @@ mod cluster;
 mod host;
 mod proxy;
 mod redis_server;
+mod sentinel;
 mod tls;
 
 pub use browser::Browser;
@@ -20,6 +21,7 @@ pub use host::{
 };
 pub use proxy::Proxy;
 pub use redis_server::{RedisServer, free_port};
+pub use sentinel::SentinelSet;
 pub use tls::Pki;
 
 use std::future::Future;

@@ -1,0 +1,104 @@
+//! Redis Sentinel (`[redis] sentinels`): a host asks the sentinels where
+//! the primary is, and follows a failover, coordinated or after a crash, to
+//! the replica they promote, losing nothing.
+
+use crate::support::*;
+use redis::aio::MultiplexedConnection;
+use serde_json::json;
+use std::collections::HashSet;
+
+/// `behave` on `in`, publishing each event's `n` to `out`.
+const HANDLER: &str = "[handlers.h]\nplugin = \"behave.wasm\"\nstreams = [\"in\"]\npublish = [\"out\"]\n";
+
+/// Sends events `from..to`, each publishing its number to `out`.
+async fn send_numbers(conn: &mut MultiplexedConnection, from: u64, to: u64) {
+    for n in from..to {
+        let publish = [json!({"stream": "out", "type": "n", "data": {"n": n}})];
+        send(conn, "in", "n", json!({"action": "publish", "publish": publish, "n": n})).await;
+    }
+}
+
+/// Waits until `out` on `conn` holds every number below `n`; returns how
+/// many entries it holds (more than `n` if some were handled twice).
+async fn until_published(conn: &MultiplexedConnection, n: u64) -> usize {
+    eventually(SOON, &format!("numbers 0..{n} in out"), || {
+        let mut c = conn.clone();
+        async move {
+            let out = entries(&mut c, "out").await;
+            let seen: HashSet<u64> = out
+                .iter()
+                .filter_map(|e| serde_json::from_str::<serde_json::Value>(&field(e, "data")).ok()?["n"].as_u64())
+                .collect();
+            (0..n).all(|i| seen.contains(&i)).then_some(out.len())
+        }
+    })
+    .await
+}
+
+/// The host's log lines (`json_log_lines`) whose message contains `words`.
+fn saying<'a>(lines: &'a [serde_json::Value], words: &str) -> Vec<&'a serde_json::Value> {
+    lines.iter().filter(|l| l["fields"]["message"].as_str().unwrap_or("").contains(words)).collect()
+}
+
+/// A coordinated failover (`SENTINEL FAILOVER`): the host's connections to
+/// the old primary, now a replica, meet `READONLY` and are replaced by ones
+/// to where the sentinel says the primary is now; events sent to the new
+/// primary are handled, and the host says where it went.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_behind_sentinel_follows_a_failover() {
+    let set = tokio::task::block_in_place(SentinelSet::start);
+    let fx = Fixture::with_redis(&set.host_keys(), "", HANDLER);
+    // Killed if the test fails before it is stopped.
+    let mut hosts = Hosts(vec![fx.spawn_binary_logging_json("info")]);
+    let mut first = set.primary_conn().await;
+    send_numbers(&mut first, 0, 10).await;
+    until_published(&first, 10).await;
+
+    let promoted = tokio::task::block_in_place(|| set.failover());
+    let mut second = set.server(promoted).conn().await;
+    send_numbers(&mut second, 10, 20).await;
+    until_published(&second, 20).await;
+    until_finished(&second, "in", "h", 20).await;
+    let mut host = hosts.0.pop().unwrap();
+    assert!(terminate(&mut host).await.success());
+    let lines = json_log_lines(&host.wait_with_output().unwrap().stderr);
+    let moved = saying(&lines, &format!("the sentinels name a new primary for primary: 127.0.0.1:{promoted}"));
+    assert!(!moved.is_empty(), "the host said where the primary went: {lines:#?}");
+}
+
+/// A crash of the primary (`kill -9`): the sentinel promotes the replica
+/// after a second without an answer. The host's connections to the dead
+/// primary fail, and it asks the sentinel again until it names the new
+/// one; every event is handled, those sent before the crash (the replica
+/// had them) and after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_behind_sentinel_follows_its_primary_crashing() {
+    let mut set = tokio::task::block_in_place(SentinelSet::start);
+    let fx = Fixture::with_redis(&set.host_keys(), "", HANDLER);
+    // Killed if the test fails before it is stopped.
+    let mut hosts = Hosts(vec![fx.spawn_binary_logging_json("info")]);
+    let mut first = set.primary_conn().await;
+    send_numbers(&mut first, 0, 10).await;
+    until_published(&first, 10).await;
+    until_finished(&first, "in", "h", 10).await;
+    // Every write so far on the replica too, the host's commits included.
+    eventually(SOON, "the replica in sync", || {
+        let mut c = first.clone();
+        async move {
+            let synced: i64 = redis::cmd("WAIT").arg(1).arg(1000).query_async(&mut c).await.ok()?;
+            (synced == 1).then_some(())
+        }
+    })
+    .await;
+
+    let promoted = tokio::task::block_in_place(|| set.crash_primary());
+    let mut second = set.server(promoted).conn().await;
+    send_numbers(&mut second, 10, 20).await;
+    until_published(&second, 20).await;
+    until_finished(&second, "in", "h", 20).await;
+    let mut host = hosts.0.pop().unwrap();
+    assert!(terminate(&mut host).await.success());
+    let lines = json_log_lines(&host.wait_with_output().unwrap().stderr);
+    let moved = saying(&lines, &format!("the sentinels name a new primary for primary: 127.0.0.1:{promoted}"));
+    assert!(!moved.is_empty(), "the host said where the primary went: {lines:#?}");
+}
