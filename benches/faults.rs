@@ -28,7 +28,10 @@
 //! - `crash-target`: the master the relay writes to (the output is on
 //!   another master than the input here) has its replica cut off for 3 s
 //!   under the load, then is killed with `kill -9`; the replica promoted has
-//!   none of the writes of that while, and the relay must write them again.
+//!   none of the writes of that while, and the relay must write them again;
+//! - `sentinel`: `kill -9` of the primary behind Redis Sentinel (a primary,
+//!   its replica and a sentinel; the hosts ask the sentinel where the
+//!   primary is), which promotes the replica a second or so later.
 //!
 //! Columns: events (acknowledged to the producer), handled, dead-lettered,
 //! lost, duplicated; time to recover (from the end of the fault, or each
@@ -63,6 +66,9 @@ mod proxy;
 #[path = "../tests/it/support/redis_server.rs"]
 #[allow(dead_code)]
 mod redis_server;
+#[path = "../tests/it/support/sentinel.rs"]
+#[allow(dead_code)]
+mod sentinel;
 #[path = "../tests/it/support/tls.rs"]
 #[allow(dead_code)]
 mod tls;
@@ -88,6 +94,7 @@ fn faults() -> Vec<(&'static str, Fault)> {
         ("failover", Fault::Failover),
         ("crash", Fault::MasterCrash),
         ("crash-target", Fault::TargetCrash { behind: Duration::from_secs(3) }),
+        ("sentinel", Fault::SentinelCrash),
     ]
 }
 

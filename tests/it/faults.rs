@@ -249,3 +249,18 @@ async fn a_relay_target_killed_with_its_replica_behind_loses_nothing() {
     let a = audit::run(&plan).await;
     assert_whole(&a, plan.events);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_behind_sentinel_killed_under_two_hosts_loses_nothing_redis_kept() {
+    // The hosts find the primary through the sentinel; it is killed, and
+    // the sentinel promotes its replica. As with a cluster master's crash,
+    // Redis may lose what the replica had not received; Sluice loses
+    // nothing Redis kept.
+    let plan = Plan { events: 700, ..short(Fault::SentinelCrash) };
+    let a = audit::run(&plan).await;
+    eprintln!("{}", a.summary());
+    let why = format!("{}\n{}", a.summary(), log_tails(&a));
+    assert!(a.drained, "the load did not drain: {why}");
+    assert_eq!(a.lost_by_sluice(), 0, "lost by Sluice: {why}");
+    assert_eq!(a.misplaced, 0, "events not rejected dead-lettered, or rejected ones handled: {why}");
+}

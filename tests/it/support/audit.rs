@@ -16,6 +16,7 @@
 use super::cluster::Cluster;
 use super::proxy::Proxy;
 use super::redis_server::{RedisServer, free_port};
+use super::sentinel::SentinelSet;
 use rand::{Rng, SeedableRng};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
@@ -134,6 +135,12 @@ pub enum Fault {
         /// How long the replica is cut off before the kill.
         behind: Duration,
     },
+    /// The primary behind Redis Sentinel (a primary, its replica and a
+    /// sentinel; the hosts have `[redis] sentinels`) killed with SIGKILL;
+    /// the sentinel promotes the replica after a second without an answer.
+    /// As with [`Fault::MasterCrash`], Redis may lose what the replica had
+    /// not received (counted as lost by Redis, or delivered again).
+    SentinelCrash,
 }
 
 /// Redis's `appendfsync` for [`Fault::RedisRestart`].
@@ -173,6 +180,7 @@ impl Fault {
             Fault::TargetCrash { behind } => {
                 format!("kill -9 of the relay's target master, its replica {} behind, promoted", s(behind))
             }
+            Fault::SentinelCrash => "kill -9 of the primary behind Redis Sentinel, its replica promoted".to_owned(),
         }
     }
 
@@ -439,10 +447,13 @@ pub async fn run(plan: &Plan) -> Account {
     }
 }
 
-/// Where Redis is: one server (behind a proxy for network faults), or a
-/// cluster.
+/// Where Redis is: one server (behind a proxy for network faults), a
+/// cluster, or a primary behind Sentinel (the hosts ask the sentinel; the
+/// audit's own connection, `primary`, is moved to the new primary after a
+/// failover).
 enum Deployment {
     Single { server: RedisServer, proxy: Option<Proxy> },
+    Sentinel { set: SentinelSet, primary: std::sync::OnceLock<Arc<arc_swap::ArcSwap<ConnectionManager>>> },
     Cluster(Cluster),
 }
 
@@ -456,6 +467,7 @@ impl Deployment {
                 let args = ["--save", "", "--appendonly", "yes", "--appendfsync", fsync.arg()];
                 Deployment::Single { server: RedisServer::start_with(&args), proxy: None }
             }
+            Fault::SentinelCrash => Deployment::Sentinel { set: SentinelSet::start(), primary: Default::default() },
             _ => Deployment::Single { server: RedisServer::start(), proxy: None },
         }
     }
@@ -470,6 +482,7 @@ impl Deployment {
             Deployment::Single { proxy: Some(p), .. } => format!("url = \"{}\"", p.url()),
             Deployment::Single { server, .. } => format!("url = \"{}\"", server.url()),
             Deployment::Cluster(c) => format!("url = \"{}\"\ncluster = true", c.url()),
+            Deployment::Sentinel { set, .. } => set.host_keys(),
         }
     }
 
@@ -477,7 +490,7 @@ impl Deployment {
     /// the input's slot.
     fn dead_letters(&self) -> &'static str {
         match self {
-            Deployment::Single { .. } => "in:dlq",
+            Deployment::Single { .. } | Deployment::Sentinel { .. } => "in:dlq",
             Deployment::Cluster(_) => "{in}:dlq",
         }
     }
@@ -486,25 +499,35 @@ impl Deployment {
     /// producer and the checks; it reconnects after a restart.
     async fn probe(&self) -> Probe {
         match self {
-            Deployment::Single { server, .. } => {
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(Duration::from_secs(1)))
-                    .set_response_timeout(Some(Duration::from_secs(5)))
-                    .set_number_of_retries(3)
-                    .set_max_delay(Duration::from_millis(200));
-                let client = redis::Client::open(server.url()).unwrap();
-                Probe::Single(ConnectionManager::new_with_config(client, config).await.expect("connect to redis"))
+            Deployment::Single { server, .. } => Probe::Single(manager(&server.url()).await),
+            Deployment::Sentinel { set, primary } => {
+                let current = manager(&set.server(set.primary_port()).url()).await;
+                Probe::Moving(primary.get_or_init(|| Arc::new(arc_swap::ArcSwap::from_pointee(current))).clone())
             }
             Deployment::Cluster(c) => Probe::Cluster(c.conn().await),
         }
     }
 }
 
-/// The audit's own connection to Redis: one server's or a cluster's.
+/// A connection manager to the server at `url`, which reconnects after a
+/// restart.
+async fn manager(url: &str) -> ConnectionManager {
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(1)))
+        .set_response_timeout(Some(Duration::from_secs(5)))
+        .set_number_of_retries(3)
+        .set_max_delay(Duration::from_millis(200));
+    let client = redis::Client::open(url).unwrap();
+    ConnectionManager::new_with_config(client, config).await.expect("connect to redis")
+}
+
+/// The audit's own connection to Redis: one server's, a cluster's, or the
+/// primary's behind Sentinel (moved to the new one after a failover).
 #[derive(Clone)]
 enum Probe {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
+    Moving(Arc<arc_swap::ArcSwap<ConnectionManager>>),
 }
 
 impl ConnectionLike for Probe {
@@ -512,6 +535,10 @@ impl ConnectionLike for Probe {
         match self {
             Probe::Single(c) => c.req_packed_command(cmd),
             Probe::Cluster(c) => c.req_packed_command(cmd),
+            Probe::Moving(c) => {
+                let mut current = ConnectionManager::clone(&c.load());
+                Box::pin(async move { current.req_packed_command(cmd).await })
+            }
         }
     }
 
@@ -524,6 +551,10 @@ impl ConnectionLike for Probe {
         match self {
             Probe::Single(c) => c.req_packed_commands(cmd, offset, count),
             Probe::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+            Probe::Moving(c) => {
+                let mut current = ConnectionManager::clone(&c.load());
+                Box::pin(async move { current.req_packed_commands(cmd, offset, count).await })
+            }
         }
     }
 
@@ -531,6 +562,7 @@ impl ConnectionLike for Probe {
         match self {
             Probe::Single(c) => c.get_db(),
             Probe::Cluster(c) => c.get_db(),
+            Probe::Moving(c) => c.load().get_db(),
         }
     }
 }
@@ -962,6 +994,17 @@ async fn inject(
             // The killed master comes back as the new one's replica, with
             // the rule that cut it off gone (ACL rules set at run time).
             tokio::task::block_in_place(|| cluster.restart_node(master));
+        }
+        Fault::SentinelCrash => {
+            tokio::time::sleep_until(third).await;
+            let Deployment::Sentinel { set, primary } = redis else { unreachable!("Sentinel") };
+            struck.held = holding(probe, None).await;
+            let killed = Instant::now();
+            let promoted = tokio::task::block_in_place(|| set.crash_primary());
+            mark();
+            let moved = manager(&set.server(promoted).url()).await;
+            primary.get().expect("the probe was made").store(Arc::new(moved));
+            notes.push(format!("replica promoted {} ms after the kill", killed.elapsed().as_millis()));
         }
     }
     struck
