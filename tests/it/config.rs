@@ -193,13 +193,19 @@ fn sentinels_name_the_primary_in_the_url_and_not_with_a_cluster() {
     let sentinels = "sentinels = [\"redis://127.0.0.1:26379\"]";
     let with_port = error_of(&format!("[redis]\nurl = \"redis://mymaster:6379\"\n{sentinels}\n"));
     assert!(
-        with_port.contains("redis.sentinels") && with_port.contains("by the name the sentinels know it by"),
+        with_port.contains("redis.url") && with_port.contains("by the name the sentinels know it by"),
         "{with_port}"
     );
     let no_url = error_of(&format!("[redis]\n{sentinels}\n"));
     assert!(no_url.contains("redis.sentinels") && no_url.contains("url names the primary"), "{no_url}");
     let cluster = error_of(&format!("[redis]\nurl = \"redis://mymaster\"\ncluster = true\n{sentinels}\n"));
     assert!(cluster.contains("exclude each other"), "{cluster}");
+    let escaped = error_of(&format!("[redis]\nurl = \"redis://my%20master\"\n{sentinels}\n"));
+    assert!(escaped.contains("redis.url") && escaped.contains("no %-escapes"), "{escaped}");
+    let mixed = error_of(
+        "[redis]\nurl = \"redis://mymaster\"\nsentinels = [\"rediss://s:pw@h:26379\", \"redis://s:pw@h2:26379\"]\n",
+    );
+    assert!(mixed.contains("sentinel 2 differs from the first"), "{mixed}");
     let empty = error_of("[redis]\nurl = \"redis://mymaster\"\nsentinels = []\n");
     assert!(empty.contains("at least one sentinel"), "{empty}");
     let bad =

@@ -25,11 +25,6 @@ fn busy(ms: u64) -> serde_json::Value {
     json!({"action": "busy", "ms": ms, "publish": [{"stream": "out", "type": "done", "data": {}}]})
 }
 
-/// The log lines (`json_log_lines`) whose message contains `words`.
-fn saying<'a>(lines: &'a [serde_json::Value], words: &str) -> Vec<&'a serde_json::Value> {
-    lines.iter().filter(|l| l["fields"]["message"].as_str().unwrap_or("").contains(words)).collect()
-}
-
 async fn wait_finished(conn: &MultiplexedConnection, n: usize, timeout: Duration) {
     eventually(timeout, &format!("{n} entries finished and none pending"), || {
         let mut c = conn.clone();

@@ -35,9 +35,35 @@ async fn until_published(conn: &MultiplexedConnection, n: u64) -> usize {
     .await
 }
 
-/// The host's log lines (`json_log_lines`) whose message contains `words`.
-fn saying<'a>(lines: &'a [serde_json::Value], words: &str) -> Vec<&'a serde_json::Value> {
-    lines.iter().filter(|l| l["fields"]["message"].as_str().unwrap_or("").contains(words)).collect()
+/// Waits until the 10 events sent first are finished, and every write so
+/// far (the host's commits included) is on the replica too: Sentinel
+/// promotes a replica without waiting for it to catch up, so what it lacks
+/// would be lost by Redis, and could not be handled after.
+async fn until_in_sync(first: &MultiplexedConnection) {
+    until_finished(first, "in", "h", 10).await;
+    eventually(SOON, "the replica in sync", || {
+        let mut c = first.clone();
+        async move {
+            let synced: i64 = redis::cmd("WAIT").arg(1).arg(1000).query_async(&mut c).await.ok()?;
+            (synced == 1).then_some(())
+        }
+    })
+    .await;
+}
+
+/// After a failover to `promoted`: sends events 10 to 19 there, waits
+/// until all 20 are handled, stops the host, and requires that it said
+/// where the primary went.
+async fn handled_on_the_new_primary(set: &SentinelSet, mut hosts: Hosts, promoted: u16) {
+    let mut second = set.server(promoted).conn().await;
+    send_numbers(&mut second, 10, 20).await;
+    until_published(&second, 20).await;
+    until_finished(&second, "in", "h", 20).await;
+    let mut host = hosts.0.pop().unwrap();
+    assert!(terminate(&mut host).await.success());
+    let lines = json_log_lines(&host.wait_with_output().unwrap().stderr);
+    let moved = saying(&lines, &format!("the sentinels name a new primary for primary: 127.0.0.1:{promoted}"));
+    assert!(!moved.is_empty(), "the host said where the primary went: {lines:#?}");
 }
 
 /// A coordinated failover (`SENTINEL FAILOVER`): the host's connections to
@@ -49,21 +75,14 @@ async fn a_host_behind_sentinel_follows_a_failover() {
     let set = tokio::task::block_in_place(SentinelSet::start);
     let fx = Fixture::with_redis(&set.host_keys(), "", HANDLER);
     // Killed if the test fails before it is stopped.
-    let mut hosts = Hosts(vec![fx.spawn_binary_logging_json("info")]);
+    let hosts = Hosts(vec![fx.spawn_binary_logging_json("info")]);
     let mut first = set.primary_conn().await;
     send_numbers(&mut first, 0, 10).await;
     until_published(&first, 10).await;
+    until_in_sync(&first).await;
 
     let promoted = tokio::task::block_in_place(|| set.failover());
-    let mut second = set.server(promoted).conn().await;
-    send_numbers(&mut second, 10, 20).await;
-    until_published(&second, 20).await;
-    until_finished(&second, "in", "h", 20).await;
-    let mut host = hosts.0.pop().unwrap();
-    assert!(terminate(&mut host).await.success());
-    let lines = json_log_lines(&host.wait_with_output().unwrap().stderr);
-    let moved = saying(&lines, &format!("the sentinels name a new primary for primary: 127.0.0.1:{promoted}"));
-    assert!(!moved.is_empty(), "the host said where the primary went: {lines:#?}");
+    handled_on_the_new_primary(&set, hosts, promoted).await;
 }
 
 /// A crash of the primary (`kill -9`): the sentinel promotes the replica
@@ -76,29 +95,12 @@ async fn a_host_behind_sentinel_follows_its_primary_crashing() {
     let mut set = tokio::task::block_in_place(SentinelSet::start);
     let fx = Fixture::with_redis(&set.host_keys(), "", HANDLER);
     // Killed if the test fails before it is stopped.
-    let mut hosts = Hosts(vec![fx.spawn_binary_logging_json("info")]);
+    let hosts = Hosts(vec![fx.spawn_binary_logging_json("info")]);
     let mut first = set.primary_conn().await;
     send_numbers(&mut first, 0, 10).await;
     until_published(&first, 10).await;
-    until_finished(&first, "in", "h", 10).await;
-    // Every write so far on the replica too, the host's commits included.
-    eventually(SOON, "the replica in sync", || {
-        let mut c = first.clone();
-        async move {
-            let synced: i64 = redis::cmd("WAIT").arg(1).arg(1000).query_async(&mut c).await.ok()?;
-            (synced == 1).then_some(())
-        }
-    })
-    .await;
+    until_in_sync(&first).await;
 
     let promoted = tokio::task::block_in_place(|| set.crash_primary());
-    let mut second = set.server(promoted).conn().await;
-    send_numbers(&mut second, 10, 20).await;
-    until_published(&second, 20).await;
-    until_finished(&second, "in", "h", 20).await;
-    let mut host = hosts.0.pop().unwrap();
-    assert!(terminate(&mut host).await.success());
-    let lines = json_log_lines(&host.wait_with_output().unwrap().stderr);
-    let moved = saying(&lines, &format!("the sentinels name a new primary for primary: 127.0.0.1:{promoted}"));
-    assert!(!moved.is_empty(), "the host said where the primary went: {lines:#?}");
+    handled_on_the_new_primary(&set, hosts, promoted).await;
 }

@@ -164,9 +164,11 @@ fn redis(c: &Checker, raw: &RawRedis) -> Result<RedisSettings, ConfigError> {
     Ok(settings)
 }
 
-/// `[redis] sentinels`: each one a `redis://` or `rediss://` URL, at least
-/// one, not with `cluster = true`, and `url` naming the primary by the name
-/// the sentinels know it by (its host, with no port).
+/// `[redis] sentinels`: each one a `redis://` or `rediss://` URL, all with
+/// the same scheme and credentials (one set is used for all), at least one,
+/// not with `cluster = true`, and `url` naming the primary by the name the
+/// sentinels know it by (its host, with no port, written without
+/// %-escapes).
 fn sentinels(c: &Checker, raw: &RawRedis, url: Option<&str>) -> Result<Vec<String>, ConfigError> {
     let Some(given) = &raw.sentinels else { return Ok(vec![]) };
     let key = ["redis", "sentinels"];
@@ -177,24 +179,33 @@ fn sentinels(c: &Checker, raw: &RawRedis, url: Option<&str>) -> Result<Vec<Strin
         "sentinels and cluster = true exclude each other: a Redis Cluster fails over by itself",
     )?;
     let named = url.and_then(redis::parse_redis_url).filter(|u| matches!(u.scheme(), "redis" | "rediss"));
-    let ok = named.as_ref().is_some_and(|u| u.host_str().is_some_and(|h| !h.is_empty()) && u.port().is_none());
+    let ok = named
+        .as_ref()
+        .is_some_and(|u| u.host_str().is_some_and(|h| !h.is_empty() && !h.contains('%')) && u.port().is_none());
     c.ensure(
         ok,
-        &key,
-        "with sentinels, url names the primary by the name the sentinels know it by, as its host and with no port \
-         (url = \"redis://user:password@mymaster\")",
+        if url.is_some() { &["redis", "url"] } else { &key },
+        "with sentinels, url names the primary by the name the sentinels know it by, as its host, with no port \
+         and no %-escapes (url = \"redis://user:password@mymaster\")",
     )?;
-    given
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            let s = env::expand(s).map_err(|e| c.invalid(&key, e))?;
-            let parsed = redis::parse_redis_url(&s).filter(|u| matches!(u.scheme(), "redis" | "rediss"));
-            let ok = parsed.is_some_and(|u| u.fragment().is_none());
-            c.ensure(ok, &key, format!("sentinel {} is not a redis:// or rediss:// URL", i + 1))?;
-            Ok(s)
-        })
-        .collect()
+    let mut first = None;
+    let mut checked = Vec::new();
+    for (i, s) in given.iter().enumerate() {
+        let s = env::expand(s).map_err(|e| c.invalid(&key, e))?;
+        let parsed = redis::parse_redis_url(&s).filter(|u| matches!(u.scheme(), "redis" | "rediss"));
+        let Some(parsed) = parsed.filter(|u| u.fragment().is_none()) else {
+            return Err(c.invalid(&key, format!("sentinel {} is not a redis:// or rediss:// URL", i + 1)));
+        };
+        let this = (parsed.scheme().to_owned(), parsed.username().to_owned(), parsed.password().map(str::to_owned));
+        let same = *first.get_or_insert_with(|| this.clone()) == this;
+        let why = format!(
+            "sentinel {} differs from the first in its scheme or user:password, and one set is used for all",
+            i + 1
+        );
+        c.ensure(same, &key, why)?;
+        checked.push(s);
+    }
+    Ok(checked)
 }
 
 fn redis_url(c: &Checker, url: &str) -> Result<String, ConfigError> {

@@ -22,7 +22,7 @@ use redis::{
     RedisResult, TlsCertificates, Value,
 };
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tracing::{debug, warn};
 
 /// Response timeout for ordinary commands (acks, publishes, claims).
@@ -125,11 +125,14 @@ impl Conn {
 /// - a connection that could not be opened for a reason other than the
 ///   network (a login refused while an ACL user is being changed): the
 ///   manager keeps that failure and returns it to every later command,
-///   without trying again.
+///   without trying again;
+/// - behind Sentinel, a connection that failed (refused, dropped, timed
+///   out): the manager would open the next one to the same address, where
+///   the primary may no longer be.
 ///
 /// Either way the manager is replaced by a new one, which connects (and
-/// resolves the address) afresh on its first command. Commands in flight
-/// finish on the old one.
+/// resolves the address, or asks the sentinels where the primary is) afresh
+/// on its first command. Commands in flight finish on the old one.
 pub struct Shared {
     source: Source,
     config: ConnectionManagerConfig,
@@ -141,7 +144,7 @@ pub struct Shared {
 impl Shared {
     /// A manager of connections to the server `source` names, connected now.
     async fn connect(source: Source, config: ConnectionManagerConfig, shown: String) -> RedisResult<Shared> {
-        let manager = ConnectionManager::new_with_config(source.client().await?, config.clone()).await?;
+        let manager = ConnectionManager::new_with_config(source.client_for_new().await?, config.clone()).await?;
         Ok(Shared { source, config, shown, current: arc_swap::ArcSwap::from_pointee(manager) })
     }
 
@@ -179,7 +182,11 @@ impl Shared {
         if !replica && !lost && !matches!(result, Err(e) if opening_failed(e)) {
             return;
         }
-        let client = match self.source.client().await {
+        if !Arc::ptr_eq(&self.current.load(), manager) {
+            return; // another task has replaced it already
+        }
+        // Behind Sentinel: where the primary is since this failure.
+        let client = match self.source.client(Instant::now()).await {
             Ok(client) => client,
             Err(e) => return debug!("asking the sentinels of {} where the primary is: {e}", self.shown),
         };
@@ -204,9 +211,10 @@ impl Shared {
     }
 }
 
-/// Where [`Shared`] opens its connections: one address, or wherever the
-/// sentinels say the primary is at the time.
-// One per shared connection: its size does not matter.
+/// Where connections to one server are opened: one address, or wherever
+/// the sentinels say the primary is.
+#[derive(Clone)]
+// One per host, built once: its size does not matter.
 #[allow(clippy::large_enum_variant)]
 enum Source {
     Fixed(Client),
@@ -214,25 +222,49 @@ enum Source {
 }
 
 impl Source {
-    /// A client of the server to connect to now.
-    async fn client(&self) -> RedisResult<Client> {
+    /// A client of the server to connect to; behind Sentinel, where the
+    /// sentinels named the primary at `asked_since` or later.
+    async fn client(&self, asked_since: Instant) -> RedisResult<Client> {
         match self {
             Source::Fixed(client) => Ok(client.clone()),
-            Source::Sentinels(s) => s.primary().await,
+            Source::Sentinels(s) => s.primary(asked_since).await,
         }
+    }
+
+    /// A client for a new connection: behind Sentinel, where the sentinels
+    /// named the primary within the last [`SENTINELS_TRUSTED`].
+    async fn client_for_new(&self) -> RedisResult<Client> {
+        self.client(Instant::now().checked_sub(SENTINELS_TRUSTED).unwrap_or_else(Instant::now)).await
     }
 }
 
+/// How long the primary the sentinels named is used for new connections
+/// without asking them again: long enough that connections opened at
+/// once (a reply reader per request, readers after a failure) share one
+/// question, short enough that a reader reconnecting after a failover
+/// soon reaches the new primary.
+const SENTINELS_TRUSTED: Duration = Duration::from_secs(1);
+
 /// The sentinels of one primary (`[redis] sentinels`, with `url`'s host
-/// the name they know it by): asked where the primary is whenever a
-/// connection is opened, so that after a failover new connections reach the
-/// replica the sentinels promoted. redis-rs checks that the server they
-/// name says it is a primary (`ROLE`) before it is used.
+/// the name they know it by): asked where the primary is when a connection
+/// is opened (unless asked within [`SENTINELS_TRUSTED`]) and when the
+/// shared one fails, so that after a failover connections reach the replica
+/// the sentinels promoted. One question at a time: callers that wait for it
+/// take its answer. redis-rs checks that the server they name says it is a
+/// primary (`ROLE`) before it is used.
 pub(crate) struct Sentinels {
     client: tokio::sync::Mutex<SentinelClient>,
-    /// The primary's name, and the address they last named.
+    /// The primary's name.
     name: String,
-    last: std::sync::Mutex<Option<String>>,
+    /// What they last answered.
+    known: std::sync::Mutex<Option<Named>>,
+}
+
+/// A primary the sentinels named: a client of it, its address, and when.
+struct Named {
+    client: Client,
+    at: String,
+    asked: Instant,
 }
 
 impl Sentinels {
@@ -250,17 +282,25 @@ impl Sentinels {
         let mut builder =
             SentinelClientBuilder::new(infos.iter().map(|i| i.addr().clone()), &name, SentinelServerType::Master)?
                 .set_client_to_redis_tcp_settings(tcp_settings())
-                .set_client_to_sentinel_tcp_settings(tcp_settings());
+                .set_client_to_sentinel_tcp_settings(tcp_settings())
+                .set_client_to_redis_db(primary.redis_settings().db())
+                .set_client_to_redis_protocol(primary.redis_settings().protocol());
         if let Some(user) = primary.redis_settings().username() {
             builder = builder.set_client_to_redis_username(user);
         }
         if let Some(password) = primary.redis_settings().password() {
             builder = builder.set_client_to_redis_password(password);
         }
+        // Certificates only for what speaks TLS: redis-rs refuses them for
+        // plain TCP.
         if tls(primary.addr()) {
             builder = builder.set_client_to_redis_tls_mode(redis::TlsMode::Secure);
+            if let Some(certs) = certs.clone() {
+                builder = builder.set_client_to_redis_certificates(certs);
+            }
         }
-        // The sentinels' own credentials and TLS: the first URL's.
+        // The sentinels' own credentials and TLS: the first URL's (the
+        // config requires every sentinel URL to have the same).
         if let Some(first) = infos.first() {
             if let Some(user) = first.redis_settings().username() {
                 builder = builder.set_client_to_sentinel_username(user);
@@ -270,29 +310,44 @@ impl Sentinels {
             }
             if tls(first.addr()) {
                 builder = builder.set_client_to_sentinel_tls_mode(redis::TlsMode::Secure);
+                if let Some(certs) = certs {
+                    builder = builder.set_client_to_sentinel_certificates(certs);
+                }
             }
         }
-        if let Some(certs) = certs {
-            builder =
-                builder.set_client_to_redis_certificates(certs.clone()).set_client_to_sentinel_certificates(certs);
-        }
-        Ok(Sentinels { client: tokio::sync::Mutex::new(builder.build()?), name, last: Default::default() })
+        Ok(Sentinels { client: tokio::sync::Mutex::new(builder.build()?), name, known: Default::default() })
     }
 
-    /// A client of the primary, where the sentinels say it is now (within
-    /// [`CONNECT_TIMEOUT`]); says so when that is somewhere new.
-    async fn primary(&self) -> RedisResult<Client> {
-        let asked = async { self.client.lock().await.async_get_client().await };
-        let client = match tokio::time::timeout(CONNECT_TIMEOUT, asked).await {
+    /// A client of the primary where the sentinels named it at `asked_since`
+    /// or later: their last answer if it is that recent, else a new one
+    /// (within [`CONNECT_TIMEOUT`] of this caller's turn to ask). Says so
+    /// when it is somewhere new.
+    async fn primary(&self, asked_since: Instant) -> RedisResult<Client> {
+        let recent = || {
+            let known = self.known.lock().unwrap();
+            known.as_ref().filter(|n| n.asked >= asked_since).map(|n| n.client.clone())
+        };
+        if let Some(client) = recent() {
+            return Ok(client);
+        }
+        let mut sentinels = self.client.lock().await;
+        // Another caller may have asked while this one waited.
+        if let Some(client) = recent() {
+            return Ok(client);
+        }
+        let asked = Instant::now();
+        let client = match tokio::time::timeout(CONNECT_TIMEOUT, sentinels.async_get_client()).await {
             Ok(client) => client?,
             Err(_) => {
-                return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no sentinel answered in time").into());
+                let why = format!("no sentinel named the primary {} within {} s", self.name, CONNECT_TIMEOUT.as_secs());
+                return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, why).into());
             }
         };
         let at = client.get_connection_info().addr().to_string();
-        let before = self.last.lock().unwrap().replace(at.clone());
-        if let Some(before) = before.filter(|b| *b != at) {
-            warn!("the sentinels name a new primary for {}: {at} (was {before}); connecting there", self.name);
+        let named = Named { client: client.clone(), at: at.clone(), asked };
+        let before = self.known.lock().unwrap().replace(named);
+        if let Some(before) = before.filter(|b| b.at != at) {
+            warn!("the sentinels name a new primary for {}: {at} (was {}); connecting there", self.name, before.at);
         }
         Ok(client)
     }
@@ -300,7 +355,7 @@ impl Sentinels {
 
 /// Whether `e` says the connection failed (refused, dropped, timed out),
 /// not that the server answered with an error.
-fn connection_failed(e: &redis::RedisError) -> bool {
+pub(crate) fn connection_failed(e: &redis::RedisError) -> bool {
     e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
 }
 
@@ -326,8 +381,7 @@ fn opening_failed(e: &redis::RedisError) -> bool {
 // One per host, built once: its size does not matter.
 #[allow(clippy::large_enum_variant)]
 enum Connector {
-    Single(Client),
-    Sentinels(Arc<Sentinels>),
+    Server(Source),
     Cluster(Box<ClusterConnector>),
 }
 
@@ -367,17 +421,16 @@ impl Redis {
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_number_of_retries(1);
         let (connector, conn) = match settings.cluster {
-            false if !settings.sentinels.is_empty() => {
-                let sentinels = Arc::new(Sentinels::new(url, &settings.sentinels, certs).context(what)?);
-                let source = Source::Sentinels(sentinels.clone());
-                let conn = Shared::connect(source, config, shown.clone()).await.map_err(|e| explained(what(), e))?;
-                (Connector::Sentinels(sentinels), Conn::Managed(Arc::new(conn)))
-            }
             false => {
-                let client = client(url, certs).context(what)?;
-                let source = Source::Fixed(client.clone());
-                let conn = Shared::connect(source, config, shown.clone()).await.map_err(|e| explained(what(), e))?;
-                (Connector::Single(client), Conn::Managed(Arc::new(conn)))
+                let source = match settings.sentinels.is_empty() {
+                    true => Source::Fixed(client(url, certs).context(what)?),
+                    false => {
+                        Source::Sentinels(Arc::new(Sentinels::new(url, &settings.sentinels, certs).context(what)?))
+                    }
+                };
+                let conn =
+                    Shared::connect(source.clone(), config, shown.clone()).await.map_err(|e| explained(what(), e))?;
+                (Connector::Server(source), Conn::Managed(Arc::new(conn)))
             }
             true => {
                 let client = cluster_client(url, certs.clone(), COMMAND_TIMEOUT).context(what)?;
@@ -424,12 +477,8 @@ impl Redis {
             .set_response_timeout(Some(block + COMMAND_TIMEOUT))
             .set_connection_timeout(Some(CONNECT_TIMEOUT));
         match &self.connector {
-            Connector::Single(client) => {
-                let conn = client.get_multiplexed_async_connection_with_config(&config).await.context(what)?;
-                Ok(Conn::Dedicated(conn))
-            }
-            Connector::Sentinels(s) => {
-                let client = s.primary().await.context(what)?;
+            Connector::Server(source) => {
+                let client = source.client_for_new().await.context(what)?;
                 Ok(Conn::Dedicated(client.get_multiplexed_async_connection_with_config(&config).await.context(what)?))
             }
             Connector::Cluster(c) => {
@@ -444,11 +493,8 @@ impl Redis {
     pub async fn own_connection(&self) -> Result<Conn, Error> {
         let what = || format!("opening a connection to Redis at {}", self.shown);
         match &self.connector {
-            Connector::Single(client) => {
-                Ok(Conn::Dedicated(client.get_multiplexed_async_connection().await.context(what)?))
-            }
-            Connector::Sentinels(s) => {
-                let client = s.primary().await.context(what)?;
+            Connector::Server(source) => {
+                let client = source.client_for_new().await.context(what)?;
                 Ok(Conn::Dedicated(client.get_multiplexed_async_connection().await.context(what)?))
             }
             Connector::Cluster(c) => Ok(Conn::Cluster(c.client.get_async_connection().await.context(what)?)),
@@ -530,7 +576,7 @@ fn certificates(settings: &RedisSettings) -> Result<Option<TlsCertificates>, red
 fn explained(what: String, e: redis::RedisError) -> Error {
     // A plain-text server waits for more of the "command" a TLS hello looks
     // like, so the handshake times out.
-    if what.contains("rediss://") && e.is_timeout() {
+    if what.contains("rediss://") && e.is_timeout() && !e.to_string().contains("no sentinel named") {
         let why = "no TLS answer in time: is this a plain-text port (use redis:// for it), or is the host unreachable?";
         return Error::new(format!("{what}: {why}"), e);
     }

@@ -112,13 +112,7 @@ impl Error {
             Some(code) => {
                 matches!(code, "LOADING" | "MASTERDOWN" | "CLUSTERDOWN" | "TRYAGAIN" | "READONLY" | "OOM" | "BUSY")
             }
-            None => {
-                e.is_io_error()
-                    || e.is_timeout()
-                    || e.is_connection_dropped()
-                    || e.is_connection_refusal()
-                    || e.kind() == redis::ErrorKind::AuthenticationFailed
-            }
+            None => super::conn::connection_failed(e) || e.kind() == redis::ErrorKind::AuthenticationFailed,
         }
     }
 

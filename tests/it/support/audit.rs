@@ -501,6 +501,9 @@ impl Deployment {
         match self {
             Deployment::Single { server, .. } => Probe::Single(manager(&server.url()).await),
             Deployment::Sentinel { set, primary } => {
+                if let Some(current) = primary.get() {
+                    return Probe::Moving(current.clone());
+                }
                 let current = manager(&set.server(set.primary_port()).url()).await;
                 Probe::Moving(primary.get_or_init(|| Arc::new(arc_swap::ArcSwap::from_pointee(current))).clone())
             }

@@ -166,6 +166,11 @@ pub fn json_log_lines(stderr: &[u8]) -> Vec<serde_json::Value> {
     stderr.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: not JSON: {l}"))).collect()
 }
 
+/// The log lines (`json_log_lines`) whose message contains `words`.
+pub fn saying<'a>(lines: &'a [serde_json::Value], words: &str) -> Vec<&'a serde_json::Value> {
+    lines.iter().filter(|l| l["fields"]["message"].as_str().unwrap_or("").contains(words)).collect()
+}
+
 /// Sends `signal` (`TERM`, `STOP`, `CONT`, ...) to process `pid` with
 /// `kill`; whether it was sent.
 pub fn send_signal(pid: u32, signal: &str) -> bool {

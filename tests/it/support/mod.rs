@@ -16,7 +16,7 @@ pub use browser::Browser;
 pub use cluster::Cluster;
 pub use host::{
     Fixture, Hosts, RunningHost, acl_default, command_stat, command_stats, entries, field, finished, id_ms,
-    json_log_lines, ledger_commits, pending, read_pending, send, send_signal, sluice, terminate, until_entries,
+    json_log_lines, ledger_commits, pending, read_pending, saying, send, send_signal, sluice, terminate, until_entries,
     until_finished, until_pending, xadd,
 };
 pub use proxy::Proxy;
