@@ -35,6 +35,19 @@ async fn until_published(conn: &MultiplexedConnection, n: u64) -> usize {
     .await
 }
 
+/// Starts a host behind `set`'s sentinel and has it handle events 0 to 9,
+/// until the replica has them all ([`until_in_sync`]). The host is killed
+/// if the test fails before it is stopped; keep the fixture meanwhile.
+async fn ten_handled(set: &SentinelSet) -> (Fixture, Hosts) {
+    let fx = Fixture::with_redis(&set.host_keys(), "", HANDLER);
+    let hosts = Hosts(vec![fx.spawn_binary_logging_json("info")]);
+    let mut first = set.primary_conn().await;
+    send_numbers(&mut first, 0, 10).await;
+    until_published(&first, 10).await;
+    until_in_sync(&first).await;
+    (fx, hosts)
+}
+
 /// Waits until the 10 events sent first are finished, and every write so
 /// far (the host's commits included) is on the replica too: Sentinel
 /// promotes a replica without waiting for it to catch up, so what it lacks
@@ -67,19 +80,14 @@ async fn handled_on_the_new_primary(set: &SentinelSet, mut hosts: Hosts, promote
 }
 
 /// A coordinated failover (`SENTINEL FAILOVER`): the host's connections to
-/// the old primary, now a replica, meet `READONLY` and are replaced by ones
-/// to where the sentinel says the primary is now; events sent to the new
+/// the old primary are closed by the sentinel, or meet `READONLY` once it is
+/// a replica, and are replaced by ones to where the sentinel says the
+/// primary is now; events sent to the new
 /// primary are handled, and the host says where it went.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_behind_sentinel_follows_a_failover() {
     let set = tokio::task::block_in_place(SentinelSet::start);
-    let fx = Fixture::with_redis(&set.host_keys(), "", HANDLER);
-    // Killed if the test fails before it is stopped.
-    let hosts = Hosts(vec![fx.spawn_binary_logging_json("info")]);
-    let mut first = set.primary_conn().await;
-    send_numbers(&mut first, 0, 10).await;
-    until_published(&first, 10).await;
-    until_in_sync(&first).await;
+    let (_fx, hosts) = ten_handled(&set).await;
 
     let promoted = tokio::task::block_in_place(|| set.failover());
     handled_on_the_new_primary(&set, hosts, promoted).await;
@@ -93,13 +101,7 @@ async fn a_host_behind_sentinel_follows_a_failover() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_behind_sentinel_follows_its_primary_crashing() {
     let mut set = tokio::task::block_in_place(SentinelSet::start);
-    let fx = Fixture::with_redis(&set.host_keys(), "", HANDLER);
-    // Killed if the test fails before it is stopped.
-    let hosts = Hosts(vec![fx.spawn_binary_logging_json("info")]);
-    let mut first = set.primary_conn().await;
-    send_numbers(&mut first, 0, 10).await;
-    until_published(&first, 10).await;
-    until_in_sync(&first).await;
+    let (_fx, hosts) = ten_handled(&set).await;
 
     let promoted = tokio::task::block_in_place(|| set.crash_primary());
     handled_on_the_new_primary(&set, hosts, promoted).await;
