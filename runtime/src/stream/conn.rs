@@ -252,7 +252,7 @@ const SENTINELS_TRUSTED: Duration = Duration::from_secs(1);
 /// the sentinels promoted. One question at a time: callers that wait for it
 /// take its answer. redis-rs checks that the server they name says it is a
 /// primary (`ROLE`) before it is used.
-pub(crate) struct Sentinels {
+struct Sentinels {
     client: tokio::sync::Mutex<SentinelClient>,
     /// The primary's name.
     name: String,
@@ -270,7 +270,8 @@ struct Named {
 impl Sentinels {
     /// The sentinels at `sentinels` (URLs, with their own credentials and
     /// TLS), of the primary that `url` names by its host, reached with
-    /// `url`'s user, password and TLS (and `certs`, for both).
+    /// `url`'s user, password, database and TLS; `certs` go to whichever
+    /// of the two speaks TLS.
     fn new(url: &str, sentinels: &[String], certs: Option<TlsCertificates>) -> RedisResult<Sentinels> {
         let invalid =
             |what: &str| redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "", what.to_owned()));
@@ -408,7 +409,8 @@ pub struct Redis {
 impl Redis {
     /// Connects to the Redis at `url` (from `[redis] url`, or the embedded
     /// server's) as `settings` say: one server, the primary its sentinels
-    /// name, or a cluster seed; TLS certificates. Fails with one line naming the URL and the reason.
+    /// name, or a cluster seed; TLS certificates. Fails with one line
+    /// naming the URL and the reason.
     pub async fn connect(url: &str, settings: &RedisSettings) -> Result<Redis, Error> {
         let shown = match settings.sentinels.is_empty() {
             true => redact(url),
