@@ -1,13 +1,13 @@
 //! Nothing is lost across restarts, crashes and takeovers: attempts are
 //! counted by Redis, a SIGKILLed host's entries are delivered again, a
-//! second host claims a dead host's entries, three hosts share every group
-//! and take a killed one's entries within a scan, shutdown drains, a
-//! Redis restart is ridden out, a group deleted mid-delivery is named and
-//! made again (a commit that meets it missing gives up at once), a
-//! paused host's late plain XACK is warned of by the host that took its
-//! entry over, every connection notices a peer that vanished, and every
-//! connection follows a failover that moved the address or reopens after
-//! a login refused.
+//! second host claims a dead host's entries (and the scan for them spares
+//! the scanning host's own), three hosts share every group and take a
+//! killed one's entries within a scan, shutdown drains, a Redis restart is
+//! ridden out, a group deleted mid-delivery is named and made again (a
+//! commit that meets it missing gives up at once), a paused host's late
+//! plain XACK is warned of by the host that took its entry over, every
+//! connection notices a peer that vanished, and every connection follows a
+//! failover that moved the address or reopens after a login refused.
 
 use crate::support::*;
 use redis::aio::MultiplexedConnection;
@@ -103,6 +103,66 @@ async fn a_second_host_claims_a_dead_hosts_entries() {
     wait_finished(&conn, 40, Duration::from_secs(30)).await;
     survivor.stop().await;
     assert_every_input_handled(&mut conn).await;
+}
+
+/// The scan for entries abandoned by dead hosts leaves the scanning host's
+/// own alone: one it still holds (its delivery slow to get the CPU, as for
+/// a handler demoted to idle priority on a busy machine) is neither claimed
+/// nor counted as delivered again. (`XAUTOCLAIM` counted one at every scan,
+/// until the entry was dead-lettered as out of attempts, its handler never
+/// having failed.) Another consumer's is taken and counted once, page by
+/// page, and one deleted from the stream is reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_takeover_scan_spares_the_scanners_own_entries_and_counts_anothers_once() {
+    let redis = RedisServer::start();
+    let mut conn = redis.conn().await;
+    sluice::stream::ensure_group(&mut conn, "in", "h").await.unwrap();
+    let mut ids = vec![];
+    for i in 0..3 {
+        ids.push(send(&mut conn, "in", "t", json!({ "n": i })).await);
+    }
+    let read = |consumer: &str, count: usize| {
+        let mut c = conn.clone();
+        let consumer = consumer.to_owned();
+        async move {
+            let _: redis::Value = redis::cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg("h")
+                .arg(consumer)
+                .arg("COUNT")
+                .arg(count)
+                .arg("STREAMS")
+                .arg("in")
+                .arg(">")
+                .query_async(&mut c)
+                .await
+                .unwrap();
+        }
+    };
+    read("scanner", 1).await;
+    read("dead", 2).await;
+    let _: i64 = redis::cmd("XDEL").arg("in").arg(&ids[1]).query_async(&mut conn).await.unwrap();
+    let scan = |cursor: &str, count: usize| {
+        let mut c = conn.clone();
+        let cursor = cursor.to_owned();
+        async move { sluice::stream::take_over(&mut c, "in", "h", "scanner", Duration::ZERO, &cursor, count).await.unwrap() }
+    };
+    // A page of one: the scanner's own entry, looked at and left.
+    let page = scan("0-0", 1).await;
+    assert!(page.found.is_empty() && page.deleted.is_empty(), "{page:?}");
+    let next = page.next.expect("a full page has a next one");
+    // The rest: the dead host's deleted entry reported, its other taken.
+    let page = scan(&next, 10).await;
+    let taken: Vec<(&str, u32)> = page.found.iter().map(|d| (d.entry.id.as_str(), d.attempt)).collect();
+    assert_eq!(taken, [(ids[2].as_str(), 2)], "{page:?}");
+    assert_eq!(page.deleted, [ids[1].clone()]);
+    assert_eq!(page.next, None);
+    // Scanned again: the scanner's entries, both now its own, stay as they are.
+    assert!(scan("0-0", 10).await.found.is_empty());
+    let counts: Vec<(String, u64)> =
+        pending_rows(&mut conn, "h", "scanner").await.into_iter().map(|r| (r.0, r.3)).collect();
+    assert_eq!(counts, [(ids[0].clone(), 1), (ids[2].clone(), 2)]);
+    assert_eq!(pending_with(&mut conn, "h", "dead").await, 0);
 }
 
 /// The entries of `in` that `group` has pending under `consumer` (none

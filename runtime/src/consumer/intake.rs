@@ -345,7 +345,7 @@ impl Consumer {
             let room = self.permits.available_permits().max(1);
             let pass = self.reads.pass().await;
             let claimed =
-                stream::autoclaim(&mut conn, s, &self.group, &self.name, self.claim_idle, &cursor, room).await;
+                stream::take_over(&mut conn, s, &self.group, &self.name, self.claim_idle, &cursor, room).await;
             match claimed {
                 Ok(stream::Page { found, next, deleted }) => {
                     if !found.is_empty() {

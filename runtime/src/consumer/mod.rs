@@ -4,8 +4,9 @@
 //!
 //! Sources of deliveries, in order: this consumer's own pending entries from
 //! an earlier run (same consumer name), new entries (`XREADGROUP >`), entries
-//! abandoned by dead consumers (`XAUTOCLAIM` after `claim_idle_ms`), and this
-//! consumer's own retries (`XCLAIM` after the backoff).
+//! abandoned by dead consumers (after `claim_idle_ms`, by the script in
+//! `stream/takeover.lua`), and this consumer's own retries (`XCLAIM` after
+//! the backoff).
 //!
 //! Layout: [`Consumer`] and its life cycle in `consumer.rs`; taking entries
 //! in (reads, claims, recovery) in `intake.rs`; running a delivery and

@@ -8,7 +8,7 @@ use std::fmt;
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{what}: {kind}")]
 pub struct Error {
-    /// The command and its key, e.g. `XAUTOCLAIM on stream orders group payment`.
+    /// The command and its key, e.g. `XPENDING on stream orders group payment`.
     pub what: String,
     /// Why.
     pub kind: ErrorKind,

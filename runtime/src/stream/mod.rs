@@ -36,7 +36,7 @@ pub(crate) use inbox::move_to_inbox;
 pub use inbox::{RANGE_PAGE, add_to_inbox, delete, latest, range, range_page};
 pub use info::{EntryState, GroupInfo, entry_state, group_info, length};
 pub use lease::Lease;
-pub use read::{Delivery, Page, Reader, autoclaim, claim, own_pending, unblock};
+pub use read::{Delivery, Page, Reader, claim, own_pending, take_over, unblock};
 pub use relay::Relay;
 pub(crate) use replicas::Replicas;
 pub use reply::read_reply;

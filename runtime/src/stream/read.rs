@@ -1,7 +1,8 @@
 //! Getting entries to deliver: new ones with `XREADGROUP`, this consumer's
 //! own leftovers with `XPENDING` + `XCLAIM`, and abandoned ones from dead
-//! consumers with `XAUTOCLAIM`. Each comes with its attempt number, which is
-//! Redis's delivery count, so it survives restarts.
+//! consumers with a script that does what `XAUTOCLAIM` does but spares the
+//! caller's own entries (takeover.lua). Each comes with its attempt number,
+//! which is Redis's delivery count, so it survives restarts.
 
 use super::conn::Conn;
 use super::error::{Context, Error};
@@ -9,10 +10,14 @@ use super::reply;
 use crate::event::Entry;
 use redis::aio::ConnectionLike;
 use std::collections::HashMap;
+use std::sync::LazyLock;
 use std::time::Duration;
 
-/// Entries fetched per `XPENDING`/`XAUTOCLAIM` page.
+/// Entries fetched per `XPENDING` page, or looked at per takeover.
 const PAGE: usize = 100;
+
+static TAKE_OVER: LazyLock<super::script::Script> =
+    LazyLock::new(|| super::script::Script::new(include_str!("takeover.lua")));
 
 /// One entry to deliver, and which delivery this is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -231,12 +236,13 @@ async fn deleted_of(conn: &mut impl ConnectionLike, stream: &str, ids: &[&String
     Ok(ids.iter().zip(&found).filter(|(_, f)| reply::entries(f).is_empty()).map(|(id, _)| (*id).clone()).collect())
 }
 
-/// Takes over up to `count` entries of `stream` that have sat with any
-/// consumer for at least `min_idle` (their consumer is presumed dead).
-/// Returns them with their attempt numbers, the cursor for the next page
-/// (`None` when the scan is complete), and the pending entries it found
-/// deleted from the stream.
-pub async fn autoclaim(
+/// Takes over up to `count` entries of `stream` that have sat with another
+/// consumer for at least `min_idle` (their consumer is presumed dead), from
+/// `cursor` (`0-0` to start). Returns them with their attempt numbers, the
+/// cursor for the next page (`None` when the scan is complete), and the
+/// pending entries it found deleted from the stream. Unlike `XAUTOCLAIM`,
+/// it leaves `consumer`'s own entries alone (takeover.lua says why).
+pub async fn take_over(
     conn: &mut impl ConnectionLike,
     stream: &str,
     group: &str,
@@ -245,50 +251,29 @@ pub async fn autoclaim(
     cursor: &str,
     count: usize,
 ) -> Result<Page, Error> {
-    let value: redis::Value = redis::cmd("XAUTOCLAIM")
-        .arg(stream)
+    let value: redis::Value = TAKE_OVER
+        .key(stream)
         .arg(group)
         .arg(consumer)
         .arg(min_idle.as_millis() as u64)
         .arg(cursor)
-        .arg("COUNT")
         .arg(count.clamp(1, PAGE))
-        .query_async(conn)
+        .invoke_async(conn)
         .await
-        .context(|| format!("XAUTOCLAIM on stream {stream} group {group}"))?;
-    let redis::Value::Array(parts) = &value else {
+        .context(|| format!("taking over entries on stream {stream} group {group}"))?;
+    let [next, claimed, attempts, deleted] = reply::items(&value) else {
         return Ok(Page::default());
     };
-    let next = parts.first().and_then(reply::text).filter(|n| n != "0-0");
-    let entries = parts.get(1).map(reply::entries).unwrap_or_default();
-    // (Redis 7: the ids of pending entries deleted from the stream, which
-    // it has just dropped from the group.)
-    let deleted = parts.get(2).map(|d| reply::items(d).iter().filter_map(reply::text).collect()).unwrap_or_default();
-    let found = with_attempts(conn, stream, group, consumer, entries).await?;
-    Ok(Page { found, next, deleted })
-}
-
-/// Attaches delivery counts (XAUTOCLAIM does not return them) to `entries`
-/// just claimed by `consumer`.
-async fn with_attempts(
-    conn: &mut impl ConnectionLike,
-    stream: &str,
-    group: &str,
-    consumer: &str,
-    entries: Vec<Entry>,
-) -> Result<Vec<Delivery>, Error> {
-    let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
-        return Ok(vec![]);
-    };
-    let rows = pending_rows(conn, stream, group, &first.id, &last.id, consumer, PAGE).await?;
-    let counts: HashMap<String, u32> = rows.into_iter().map(|r| (r.id, r.delivered)).collect();
-    Ok(entries
+    let attempts = reply::items(attempts).iter().map(|a| match a {
+        redis::Value::Int(n) => u32::try_from(*n).unwrap_or(u32::MAX),
+        _ => 1,
+    });
+    let found = reply::entries(claimed)
         .into_iter()
-        .map(|entry| {
-            let attempt = counts.get(&entry.id).copied().unwrap_or(1).max(1);
-            Delivery { stream: stream.to_owned(), entry, attempt, key: None }
-        })
-        .collect())
+        .zip(attempts)
+        .map(|(entry, attempt)| Delivery { stream: stream.to_owned(), entry, attempt, key: None })
+        .collect();
+    Ok(Page { found, next: reply::text(next), deleted: reply::items(deleted).iter().filter_map(reply::text).collect() })
 }
 
 /// Makes the blocked read of client `client_id` return at once, as if its
