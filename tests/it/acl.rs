@@ -8,28 +8,6 @@ use serde_json::{Value, json};
 use sluice::config::Config;
 use std::process::Command;
 
-/// The `ACL LOG` entries of `conn`'s server, one line each: every command
-/// or key a user was refused, with the reason, the object and the user.
-async fn denied(conn: &mut redis::aio::MultiplexedConnection) -> Vec<String> {
-    fn text(v: &redis::Value) -> String {
-        match v {
-            redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
-            redis::Value::SimpleString(s) => s.clone(),
-            redis::Value::Int(n) => n.to_string(),
-            redis::Value::Double(d) => d.to_string(),
-            redis::Value::Array(items) | redis::Value::Set(items) => {
-                items.iter().map(text).collect::<Vec<_>>().join(" ")
-            }
-            redis::Value::Map(pairs) => {
-                pairs.iter().map(|(k, v)| format!("{}={}", text(k), text(v))).collect::<Vec<_>>().join(" ")
-            }
-            other => format!("{other:?}"),
-        }
-    }
-    let log: Vec<redis::Value> = redis::cmd("ACL").arg("LOG").query_async(conn).await.unwrap();
-    log.iter().map(text).collect()
-}
-
 /// Polls `check` until it returns `Some`; after [`SOON`], fails with what
 /// Redis refused the ACL user meanwhile (its NOPERM errors, naming the
 /// command and key).
@@ -44,7 +22,7 @@ async fn until<T>(
             return v;
         }
         if std::time::Instant::now() > deadline {
-            panic!("timed out waiting for: {what}; refused by Redis: {:#?}", denied(conn).await);
+            panic!("timed out waiting for: {what}; refused by Redis: {:#?}", acl_refusals(conn).await);
         }
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
@@ -102,8 +80,8 @@ async fn the_documented_rule_is_enough_for_the_whole_path() {
         (plain && ordered).then_some(())
     })
     .await;
-    assert_eq!(entries(&mut root, "ledger").await.len(), 2, "{}", why(&denied(&mut root).await));
-    assert_eq!(entries(&mut root, "out").await.len(), 2, "{}", why(&denied(&mut root).await));
+    assert_eq!(entries(&mut root, "ledger").await.len(), 2, "{}", why(&acl_refusals(&mut root).await));
+    assert_eq!(entries(&mut root, "out").await.len(), 2, "{}", why(&acl_refusals(&mut root).await));
     let (code, body) = http_get(admin, "/readyz");
     assert_eq!(code, 200, "{body}");
     let (code, metrics) = http_get(admin, "/metrics");
@@ -129,7 +107,7 @@ async fn the_documented_rule_is_enough_for_the_whole_path() {
     host.stop().await;
     let shown: Vec<Value> = serde_json::from_str(&sluice(&["dlq", "list", "--json"], &fx)).unwrap();
     assert_eq!(shown.len(), replayed.len() + entries(&mut root, "in2:dlq").await.len());
-    let refused = denied(&mut root).await;
+    let refused = acl_refusals(&mut root).await;
     assert!(refused.is_empty(), "{}", why(&refused));
 }
 

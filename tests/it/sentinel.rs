@@ -1,11 +1,18 @@
 //! Redis Sentinel (`[redis] sentinels`): a host asks the sentinels where
 //! the primary is, and follows a failover, coordinated or after a crash, to
-//! the replica they promote, losing nothing.
+//! the replica they promote, losing nothing; logged in as ACL users with the
+//! least the docs say it needs, on the data servers and the sentinel.
 
 use crate::support::*;
 use redis::aio::MultiplexedConnection;
 use serde_json::json;
+use sluice::config::Config;
 use std::collections::HashSet;
+
+/// What a sentinel's ACL user needs, as docs/operating.md says: redis-rs
+/// asks a sentinel `ROLE` too. (With `sentinel|masters` alone the host
+/// stops at start: "no permissions to run the 'role' command".)
+const SENTINEL_USER_NEEDS: &str = "+sentinel|masters +role";
 
 /// `behave` on `in`, publishing each event's `n` to `out`.
 const HANDLER: &str = "[handlers.h]\nplugin = \"behave.wasm\"\nstreams = [\"in\"]\npublish = [\"out\"]\n";
@@ -35,17 +42,16 @@ async fn until_published(conn: &MultiplexedConnection, n: u64) -> usize {
     .await
 }
 
-/// Starts a host behind `set`'s sentinel and has it handle events 0 to 9,
-/// until the replica has them all ([`until_in_sync`]). The host is killed
-/// if the test fails before it is stopped; keep the fixture meanwhile.
-async fn ten_handled(set: &SentinelSet) -> (Fixture, Hosts) {
-    let fx = Fixture::with_redis(&set.host_keys(), "", HANDLER);
+/// Starts a host of `fx` behind `set`'s sentinel and has it handle events
+/// 0 to 9, until the replica has them all ([`until_in_sync`]). The host is
+/// killed if the test fails before it is stopped.
+async fn ten_handled(set: &SentinelSet, fx: &Fixture) -> Hosts {
     let hosts = Hosts(vec![fx.spawn_binary_logging_json("info")]);
     let mut first = set.primary_conn().await;
     send_numbers(&mut first, 0, 10).await;
     until_published(&first, 10).await;
     until_in_sync(&first).await;
-    (fx, hosts)
+    hosts
 }
 
 /// Waits until the 10 events sent first are finished, and every write so
@@ -87,7 +93,8 @@ async fn handled_on_the_new_primary(set: &SentinelSet, mut hosts: Hosts, promote
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_behind_sentinel_follows_a_failover() {
     let set = tokio::task::block_in_place(SentinelSet::start);
-    let (_fx, hosts) = ten_handled(&set).await;
+    let fx = Fixture::with_redis(&set.host_keys(), "", HANDLER);
+    let hosts = ten_handled(&set, &fx).await;
 
     let promoted = tokio::task::block_in_place(|| set.failover());
     handled_on_the_new_primary(&set, hosts, promoted).await;
@@ -101,8 +108,43 @@ async fn a_host_behind_sentinel_follows_a_failover() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_behind_sentinel_follows_its_primary_crashing() {
     let mut set = tokio::task::block_in_place(SentinelSet::start);
-    let (_fx, hosts) = ten_handled(&set).await;
+    let fx = Fixture::with_redis(&set.host_keys(), "", HANDLER);
+    let hosts = ten_handled(&set, &fx).await;
 
     let promoted = tokio::task::block_in_place(|| set.crash_primary());
     handled_on_the_new_primary(&set, hosts, promoted).await;
+}
+
+/// Behind Sentinel with ACL users on every server, as a managed set-up has
+/// them: the host logs in to the data servers as a user made from the rule
+/// `sluice acl` prints, and to the sentinel as a user allowed only what
+/// docs/operating.md says a sentinel's user needs. It follows a failover,
+/// and no server refused it anything (their `ACL LOG`s are empty).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_behind_sentinel_logs_in_as_acl_users_and_follows_a_failover() {
+    let doc = std::fs::read_to_string(repo().join("docs/operating.md")).unwrap();
+    assert!(doc.contains("a sentinel's ACL user needs `sentinel|masters` and `role`"), "docs/operating.md says so");
+    let set = tokio::task::block_in_place(SentinelSet::start);
+    let fx = Fixture::with_redis(&set.host_keys_as("sluice:s3cret@", "watcher:w4tch@"), "", HANDLER);
+    let config = Config::load_unchecked(&fx.config_path).unwrap();
+    let data_rule = sluice::stream::acl::rule(&config, "sluice").replace(">PASSWORD", ">s3cret");
+    let sentinel_rule = format!("ACL SETUSER watcher on >w4tch -@all {SENTINEL_USER_NEEDS}");
+    let users = async |conn: &mut MultiplexedConnection, rule: &str| {
+        let words: Vec<&str> = rule.split(' ').collect();
+        let () = redis::cmd(words[0]).arg(&words[1..]).query_async(conn).await.unwrap();
+    };
+    for server in &set.servers {
+        users(&mut server.conn().await, &data_rule).await;
+    }
+    users(&mut set.sentinel_conn().await, &sentinel_rule).await;
+    let hosts = ten_handled(&set, &fx).await;
+
+    let promoted = tokio::task::block_in_place(|| set.failover());
+    handled_on_the_new_primary(&set, hosts, promoted).await;
+    for server in &set.servers {
+        let refused = acl_refusals(&mut server.conn().await).await;
+        assert!(refused.is_empty(), "server {} refused: {refused:#?}", server.port);
+    }
+    let refused = acl_refusals(&mut set.sentinel_conn().await).await;
+    assert!(refused.is_empty(), "the sentinel refused: {refused:#?}");
 }

@@ -272,6 +272,28 @@ pub async fn acl_default(conn: &mut impl Conn, rule: &str) {
     let () = redis::cmd("ACL").arg("SETUSER").arg("default").arg(rule).query_async(conn).await.unwrap();
 }
 
+/// The `ACL LOG` entries of `conn`'s server, one line each: every command
+/// or key a user was refused, with the reason, the object and the user.
+pub async fn acl_refusals(conn: &mut impl Conn) -> Vec<String> {
+    fn text(v: &redis::Value) -> String {
+        match v {
+            redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+            redis::Value::SimpleString(s) => s.clone(),
+            redis::Value::Int(n) => n.to_string(),
+            redis::Value::Double(d) => d.to_string(),
+            redis::Value::Array(items) | redis::Value::Set(items) => {
+                items.iter().map(text).collect::<Vec<_>>().join(" ")
+            }
+            redis::Value::Map(pairs) => {
+                pairs.iter().map(|(k, v)| format!("{}={}", text(k), text(v))).collect::<Vec<_>>().join(" ")
+            }
+            other => format!("{other:?}"),
+        }
+    }
+    let log: Vec<redis::Value> = redis::cmd("ACL").arg("LOG").query_async(conn).await.unwrap();
+    log.iter().map(text).collect()
+}
+
 /// Redis's `INFO commandstats`: a line per command run since the last
 /// `CONFIG RESETSTAT` (read one figure with [`command_stat`]).
 pub async fn command_stats(conn: &mut impl Conn) -> String {

@@ -49,7 +49,19 @@ impl SentinelSet {
 
     /// The `[redis]` keys of a host behind the sentinel.
     pub fn host_keys(&self) -> String {
-        format!("url = \"redis://{PRIMARY}\"\nsentinels = [\"{}\"]", self.sentinel.url())
+        self.host_keys_as("", "")
+    }
+
+    /// The same, logging in to the data servers with `data` and to the
+    /// sentinel with `sentinel` (each `user:password@`, or "" for none).
+    pub fn host_keys_as(&self, data: &str, sentinel: &str) -> String {
+        let at = format!("redis://{sentinel}127.0.0.1:{}", self.sentinel.port);
+        format!("url = \"redis://{data}{PRIMARY}\"\nsentinels = [\"{at}\"]")
+    }
+
+    /// A connection to the sentinel, as its `default` user.
+    pub async fn sentinel_conn(&self) -> MultiplexedConnection {
+        self.sentinel.conn().await
     }
 
     /// The port of the server the sentinel names as the primary.
