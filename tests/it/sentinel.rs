@@ -1,7 +1,8 @@
 //! Redis Sentinel (`[redis] sentinels`): a host asks the sentinels where
 //! the primary is, and follows a failover, coordinated or after a crash, to
 //! the replica they promote, losing nothing; logged in as ACL users with the
-//! least the docs say it needs, on the data servers and the sentinel.
+//! least the docs say it needs, on the data servers and the sentinel; and
+//! over TLS, to the sentinel too or to the data servers only.
 
 use crate::support::*;
 use redis::aio::MultiplexedConnection;
@@ -74,7 +75,7 @@ async fn until_in_sync(first: &MultiplexedConnection) {
 /// until all 20 are handled, stops the host, and requires that it said
 /// where the primary went.
 async fn handled_on_the_new_primary(set: &SentinelSet, mut hosts: Hosts, promoted: u16) {
-    let mut second = set.server(promoted).conn().await;
+    let mut second = set.conn(promoted).await;
     send_numbers(&mut second, 10, 20).await;
     until_published(&second, 20).await;
     until_finished(&second, "in", "h", 20).await;
@@ -134,7 +135,7 @@ async fn a_host_behind_sentinel_logs_in_as_acl_users_and_follows_a_failover() {
         let () = redis::cmd(words[0]).arg(&words[1..]).query_async(conn).await.unwrap();
     };
     for server in &set.servers {
-        users(&mut server.conn().await, &data_rule).await;
+        users(&mut set.conn(server.port).await, &data_rule).await;
     }
     users(&mut set.sentinel_conn().await, &sentinel_rule).await;
     let hosts = ten_handled(&set, &fx).await;
@@ -142,9 +143,38 @@ async fn a_host_behind_sentinel_logs_in_as_acl_users_and_follows_a_failover() {
     let promoted = tokio::task::block_in_place(|| set.failover());
     handled_on_the_new_primary(&set, hosts, promoted).await;
     for server in &set.servers {
-        let refused = acl_refusals(&mut server.conn().await).await;
+        let refused = acl_refusals(&mut set.conn(server.port).await).await;
         assert!(refused.is_empty(), "server {} refused: {refused:#?}", server.port);
     }
     let refused = acl_refusals(&mut set.sentinel_conn().await).await;
     assert!(refused.is_empty(), "the sentinel refused: {refused:#?}");
+}
+
+/// Behind Sentinel over TLS: the data servers and the sentinel speak only
+/// TLS, with certificates of the test's own CA (`ca_file`). The host finds
+/// the primary, follows a failover, and loses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_behind_sentinel_over_tls_follows_a_failover() {
+    let pki = Pki::generate();
+    let set = tokio::task::block_in_place(|| SentinelSet::start_tls(&pki, true));
+    let fx = Fixture::with_redis(&set.host_keys(), "", HANDLER);
+    let hosts = ten_handled(&set, &fx).await;
+
+    let promoted = tokio::task::block_in_place(|| set.failover());
+    handled_on_the_new_primary(&set, hosts, promoted).await;
+}
+
+/// Data servers that speak only TLS behind a sentinel that speaks plain
+/// TCP, as where the sentinels sit inside a private network: the
+/// certificates go to the data servers only (redis-rs refuses them for a
+/// plain connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_behind_a_plain_sentinel_reaches_tls_data_servers() {
+    let pki = Pki::generate();
+    let set = tokio::task::block_in_place(|| SentinelSet::start_tls(&pki, false));
+    let fx = Fixture::with_redis(&set.host_keys(), "", HANDLER);
+    let hosts = ten_handled(&set, &fx).await;
+
+    let promoted = tokio::task::block_in_place(|| set.failover());
+    handled_on_the_new_primary(&set, hosts, promoted).await;
 }

@@ -453,7 +453,7 @@ pub async fn run(plan: &Plan) -> Account {
 /// failover).
 enum Deployment {
     Single { server: RedisServer, proxy: Option<Proxy> },
-    Sentinel { set: SentinelSet, primary: std::sync::OnceLock<Arc<arc_swap::ArcSwap<ConnectionManager>>> },
+    Sentinel { set: Box<SentinelSet>, primary: std::sync::OnceLock<Arc<arc_swap::ArcSwap<ConnectionManager>>> },
     Cluster(Cluster),
 }
 
@@ -467,7 +467,9 @@ impl Deployment {
                 let args = ["--save", "", "--appendonly", "yes", "--appendfsync", fsync.arg()];
                 Deployment::Single { server: RedisServer::start_with(&args), proxy: None }
             }
-            Fault::SentinelCrash => Deployment::Sentinel { set: SentinelSet::start(), primary: Default::default() },
+            Fault::SentinelCrash => {
+                Deployment::Sentinel { set: Box::new(SentinelSet::start()), primary: Default::default() }
+            }
             _ => Deployment::Single { server: RedisServer::start(), proxy: None },
         }
     }

@@ -3,7 +3,8 @@
 //! sentinels` is for. The sentinel alone decides a failover (quorum 1) and
 //! calls the primary down after a second without an answer.
 
-use super::redis_server::{RedisServer, free_port};
+use super::redis_server::{RESPONSE_TIMEOUT, RedisServer, free_port};
+use super::tls::Pki;
 use redis::aio::MultiplexedConnection;
 use std::time::{Duration, Instant};
 
@@ -15,6 +16,10 @@ pub struct SentinelSet {
     /// The two data servers; which one is the primary changes with a failover.
     pub servers: [RedisServer; 2],
     sentinel: RedisServer,
+    /// The CA's file and certificate, when the data servers speak only TLS.
+    ca: Option<(String, Vec<u8>)>,
+    /// Whether the sentinel speaks only TLS too.
+    sentinel_tls: bool,
     /// The sentinel's config file, which it rewrites.
     _dir: tempfile::TempDir,
 }
@@ -23,28 +28,92 @@ impl SentinelSet {
     /// Starts the primary, its replica (in sync), and a sentinel that
     /// knows both. (Blocks.)
     pub fn start() -> SentinelSet {
+        Self::start_as(None, false)
+    }
+
+    /// The same with data servers that speak only TLS, with `pki`'s server
+    /// certificate (clients need not show one), and so does the sentinel if
+    /// `sentinel_tls`. The replica and the sentinel reach the data servers
+    /// over TLS.
+    pub fn start_tls(pki: &Pki, sentinel_tls: bool) -> SentinelSet {
+        Self::start_as(Some(pki), sentinel_tls)
+    }
+
+    fn start_as(pki: Option<&Pki>, sentinel_tls: bool) -> SentinelSet {
         // (No 5 s wait before the replica's first sync.)
-        let plain = ["--save", "", "--appendonly", "no", "--repl-diskless-sync-delay", "0"];
-        let primary = RedisServer::start_with(&plain);
-        let of_primary = ["--replicaof", "127.0.0.1", &primary.port.to_string()];
-        let replica = RedisServer::start_with(&[&plain[..], &of_primary].concat());
+        let plain = ["--save", "", "--appendonly", "no", "--repl-diskless-sync-delay", "0"].map(String::from);
+        // The TLS settings as "name value" pairs, for arguments and config files alike.
+        let tls: Vec<(&str, String)> = match pki {
+            Some(pki) => vec![
+                ("tls-cert-file", pki.file("server.pem")),
+                ("tls-key-file", pki.file("server.key")),
+                ("tls-ca-cert-file", pki.file("ca.pem")),
+                ("tls-auth-clients", "no".to_owned()),
+                ("tls-replication", "yes".to_owned()),
+            ],
+            None => vec![],
+        };
+        let scheme = if pki.is_some() { "rediss" } else { "redis" };
+        let data_server = |replica_of: Option<u16>| {
+            RedisServer::start_on(free_port, scheme, |port| {
+                let mut args = plain.to_vec();
+                let ports = match pki {
+                    Some(_) => [("port", "0".to_owned()), ("tls-port", port.to_string())].to_vec(),
+                    None => [("port", port.to_string())].to_vec(),
+                };
+                for (name, value) in ports.iter().chain(&tls) {
+                    args.extend([format!("--{name}"), value.clone()]);
+                }
+                if let Some(primary) = replica_of {
+                    args.extend(["--replicaof".to_owned(), "127.0.0.1".to_owned(), primary.to_string()]);
+                }
+                args
+            })
+        };
+        let primary = data_server(None);
+        let replica = data_server(Some(primary.port));
         let dir = tempfile::tempdir().expect("temp dir");
         let conf = dir.path().join("sentinel.conf");
         let watched = primary.port;
-        let sentinel = RedisServer::start_on(free_port, "redis", |port| {
+        let sentinel_scheme = if sentinel_tls { "rediss" } else { "redis" };
+        let sentinel = RedisServer::start_on(free_port, sentinel_scheme, |port| {
+            let ports = match sentinel_tls {
+                true => format!("port 0\ntls-port {port}\n"),
+                false => format!("port {port}\n"),
+            };
+            let tls: String = tls.iter().map(|(name, value)| format!("{name} {value}\n")).collect();
             let text = format!(
-                "port {port}\nsentinel monitor {PRIMARY} 127.0.0.1 {watched} 1\n\
+                "{ports}{tls}sentinel monitor {PRIMARY} 127.0.0.1 {watched} 1\n\
                  sentinel down-after-milliseconds {PRIMARY} 1000\nsentinel failover-timeout {PRIMARY} 10000\n"
             );
             std::fs::write(&conf, text).expect("write sentinel.conf");
             vec![conf.display().to_string(), "--sentinel".to_owned()]
         });
-        let set = SentinelSet { servers: [primary, replica], sentinel, _dir: dir };
+        let ca = pki.map(|pki| (pki.file("ca.pem"), std::fs::read(pki.path("ca.pem")).expect("the CA")));
+        let set = SentinelSet { servers: [primary, replica], sentinel, ca, sentinel_tls, _dir: dir };
         set.until(Duration::from_secs(30), "the sentinel sees the replica, in sync", || {
             let replicas: Vec<Vec<String>> = set.ask(&["SENTINEL", "REPLICAS", PRIMARY]);
             replicas.iter().any(|r| field(r, "master-link-status") == Some("ok")).then_some(())
         });
         set
+    }
+
+    /// A client of the server at `port`: over TLS trusting the CA if `tls`.
+    fn client(&self, port: u16, tls: bool) -> redis::Client {
+        match (&self.ca, tls) {
+            (Some((_, ca)), true) => {
+                let certs = redis::TlsCertificates { client_tls: None, root_cert: Some(ca.clone()) };
+                redis::Client::build_with_tls(format!("rediss://127.0.0.1:{port}"), certs).expect("a TLS client")
+            }
+            _ => redis::Client::open(format!("redis://127.0.0.1:{port}")).expect("a client"),
+        }
+    }
+
+    /// A connection to the data server on `port`, as its `default` user.
+    pub async fn conn(&self, port: u16) -> MultiplexedConnection {
+        let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(RESPONSE_TIMEOUT));
+        let client = self.client(port, self.ca.is_some());
+        client.get_multiplexed_async_connection_with_config(&config).await.expect("connect to a data server")
     }
 
     /// The `[redis]` keys of a host behind the sentinel.
@@ -55,13 +124,18 @@ impl SentinelSet {
     /// The same, logging in to the data servers with `data` and to the
     /// sentinel with `sentinel` (each `user:password@`, or "" for none).
     pub fn host_keys_as(&self, data: &str, sentinel: &str) -> String {
-        let at = format!("redis://{sentinel}127.0.0.1:{}", self.sentinel.port);
-        format!("url = \"redis://{data}{PRIMARY}\"\nsentinels = [\"{at}\"]")
+        let scheme = |tls: bool| if tls { "rediss" } else { "redis" };
+        let at = format!("{}://{sentinel}127.0.0.1:{}", scheme(self.sentinel_tls), self.sentinel.port);
+        let url = format!("{}://{data}{PRIMARY}", scheme(self.ca.is_some()));
+        let ca = self.ca.as_ref().map(|(file, _)| format!("\nca_file = \"{file}\"")).unwrap_or_default();
+        format!("url = \"{url}\"\nsentinels = [\"{at}\"]{ca}")
     }
 
     /// A connection to the sentinel, as its `default` user.
     pub async fn sentinel_conn(&self) -> MultiplexedConnection {
-        self.sentinel.conn().await
+        let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(RESPONSE_TIMEOUT));
+        let client = self.client(self.sentinel.port, self.sentinel_tls);
+        client.get_multiplexed_async_connection_with_config(&config).await.expect("connect to the sentinel")
     }
 
     /// The port of the server the sentinel names as the primary.
@@ -77,7 +151,7 @@ impl SentinelSet {
 
     /// A connection to the server that is the primary now.
     pub async fn primary_conn(&self) -> MultiplexedConnection {
-        self.server(self.primary_port()).conn().await
+        self.conn(self.primary_port()).await
     }
 
     /// Has the sentinel fail the primary over to the replica (`SENTINEL
@@ -106,7 +180,7 @@ impl SentinelSet {
         self.until(within, "the replica promoted", || {
             let new = self.primary_port();
             let role = || {
-                let mut c = redis::Client::open(self.server(new).url()).ok()?.get_connection().ok()?;
+                let mut c = self.client(new, self.ca.is_some()).get_connection().ok()?;
                 let role: Vec<redis::Value> = redis::cmd("ROLE").query(&mut c).ok()?;
                 redis::from_redis_value_ref::<String>(role.first()?).ok()
             };
@@ -116,7 +190,7 @@ impl SentinelSet {
 
     /// One command to the sentinel, its reply as `T`.
     fn ask<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
-        let client = redis::Client::open(self.sentinel.url()).expect("the sentinel's URL");
+        let client = self.client(self.sentinel.port, self.sentinel_tls);
         let mut c = client.get_connection_with_timeout(Duration::from_secs(5)).expect("connect to the sentinel");
         redis::cmd(args[0]).arg(&args[1..]).query(&mut c).expect("the sentinel answers")
     }
