@@ -48,7 +48,7 @@ mod tls;
 mod acl;
 // Redis Cluster: the demo chain, a redrive, a slot moved and a failover under load.
 mod cluster;
-// Redis Sentinel: a host follows a failover and a crash of its primary, also as ACL users.
+// Redis Sentinel: a host follows a failover and a crash of its primary; ACL users, TLS, three sentinels.
 mod sentinel;
 // order_by: one key at a time in stream order, across retries, dead letters, hosts and a kill.
 mod ordering;

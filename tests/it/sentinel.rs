@@ -1,8 +1,9 @@
 //! Redis Sentinel (`[redis] sentinels`): a host asks the sentinels where
 //! the primary is, and follows a failover, coordinated or after a crash, to
 //! the replica they promote, losing nothing; logged in as ACL users with the
-//! least the docs say it needs, on the data servers and the sentinel; and
-//! over TLS, to the sentinel too or to the data servers only.
+//! least the docs say it needs, on the data servers and the sentinel; over
+//! TLS, to the sentinel too or to the data servers only; and with three
+//! sentinels, one of them down.
 
 use crate::support::*;
 use redis::aio::MultiplexedConnection;
@@ -176,5 +177,20 @@ async fn a_host_behind_a_plain_sentinel_reaches_tls_data_servers() {
     let hosts = ten_handled(&set, &fx).await;
 
     let promoted = tokio::task::block_in_place(|| set.failover());
+    handled_on_the_new_primary(&set, hosts, promoted).await;
+}
+
+/// Three sentinels, two of which must agree, and the first the host's list
+/// names is down from the start, as one of three may be at any time: the
+/// host asks the next, and when the primary crashes the two left agree on
+/// the replica, and the host follows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_behind_three_sentinels_one_down_follows_its_primary_crashing() {
+    let mut set = tokio::task::block_in_place(SentinelSet::start_three);
+    set.kill_sentinel(0);
+    let fx = Fixture::with_redis(&set.host_keys(), "", HANDLER);
+    let hosts = ten_handled(&set, &fx).await;
+
+    let promoted = tokio::task::block_in_place(|| set.crash_primary());
     handled_on_the_new_primary(&set, hosts, promoted).await;
 }

@@ -1,7 +1,8 @@
 //! A primary, its replica and a Redis Sentinel watching them, each a
 //! `redis-server` of the test's own on a free port: what `[redis]
-//! sentinels` is for. The sentinel alone decides a failover (quorum 1) and
-//! calls the primary down after a second without an answer.
+//! sentinels` is for. One sentinel alone decides a failover (quorum 1); of
+//! three, two must agree. Each calls the primary down after a second without
+//! an answer.
 
 use super::redis_server::{RESPONSE_TIMEOUT, RedisServer, free_port};
 use super::tls::Pki;
@@ -11,16 +12,16 @@ use std::time::{Duration, Instant};
 /// The name the sentinel knows the primary by.
 pub const PRIMARY: &str = "primary";
 
-/// A primary, its replica, and their sentinel.
+/// A primary, its replica, and their sentinels.
 pub struct SentinelSet {
     /// The two data servers; which one is the primary changes with a failover.
     pub servers: [RedisServer; 2],
-    sentinel: RedisServer,
+    sentinels: Vec<RedisServer>,
     /// The CA's file and certificate, when the data servers speak only TLS.
     ca: Option<(String, Vec<u8>)>,
-    /// Whether the sentinel speaks only TLS too.
+    /// Whether the sentinels speak only TLS too.
     sentinel_tls: bool,
-    /// The sentinel's config file, which it rewrites.
+    /// The sentinels' config files, which they rewrite.
     _dir: tempfile::TempDir,
 }
 
@@ -28,7 +29,13 @@ impl SentinelSet {
     /// Starts the primary, its replica (in sync), and a sentinel that
     /// knows both. (Blocks.)
     pub fn start() -> SentinelSet {
-        Self::start_as(None, false)
+        Self::start_as(None, false, 1)
+    }
+
+    /// The same with three sentinels, two of which must agree to fail the
+    /// primary over, and which know each other before this returns.
+    pub fn start_three() -> SentinelSet {
+        Self::start_as(None, false, 3)
     }
 
     /// The same with data servers that speak only TLS, with `pki`'s server
@@ -36,10 +43,10 @@ impl SentinelSet {
     /// `sentinel_tls`. The replica and the sentinel reach the data servers
     /// over TLS.
     pub fn start_tls(pki: &Pki, sentinel_tls: bool) -> SentinelSet {
-        Self::start_as(Some(pki), sentinel_tls)
+        Self::start_as(Some(pki), sentinel_tls, 1)
     }
 
-    fn start_as(pki: Option<&Pki>, sentinel_tls: bool) -> SentinelSet {
+    fn start_as(pki: Option<&Pki>, sentinel_tls: bool, count: usize) -> SentinelSet {
         // (No 5 s wait before the replica's first sync.)
         let plain = ["--save", "", "--appendonly", "no", "--repl-diskless-sync-delay", "0"].map(String::from);
         // The TLS settings as "name value" pairs, for arguments and config files alike.
@@ -73,27 +80,38 @@ impl SentinelSet {
         let primary = data_server(None);
         let replica = data_server(Some(primary.port));
         let dir = tempfile::tempdir().expect("temp dir");
-        let conf = dir.path().join("sentinel.conf");
         let watched = primary.port;
+        let quorum = count / 2 + 1;
         let sentinel_scheme = if sentinel_tls { "rediss" } else { "redis" };
-        let sentinel = RedisServer::start_on(free_port, sentinel_scheme, |port| {
-            let ports = match sentinel_tls {
-                true => format!("port 0\ntls-port {port}\n"),
-                false => format!("port {port}\n"),
-            };
-            let tls: String = tls.iter().map(|(name, value)| format!("{name} {value}\n")).collect();
-            let text = format!(
-                "{ports}{tls}sentinel monitor {PRIMARY} 127.0.0.1 {watched} 1\n\
-                 sentinel down-after-milliseconds {PRIMARY} 1000\nsentinel failover-timeout {PRIMARY} 10000\n"
-            );
-            std::fs::write(&conf, text).expect("write sentinel.conf");
-            vec![conf.display().to_string(), "--sentinel".to_owned()]
-        });
+        let tls: String = tls.iter().map(|(name, value)| format!("{name} {value}\n")).collect();
+        let sentinels = (0..count)
+            .map(|i| {
+                let conf = dir.path().join(format!("sentinel-{i}.conf"));
+                RedisServer::start_on(free_port, sentinel_scheme, |port| {
+                    let ports = match sentinel_tls {
+                        true => format!("port 0\ntls-port {port}\n"),
+                        false => format!("port {port}\n"),
+                    };
+                    let text = format!(
+                        "{ports}{tls}sentinel monitor {PRIMARY} 127.0.0.1 {watched} {quorum}\n\
+                         sentinel down-after-milliseconds {PRIMARY} 1000\nsentinel failover-timeout {PRIMARY} 10000\n"
+                    );
+                    std::fs::write(&conf, text).expect("write sentinel.conf");
+                    vec![conf.display().to_string(), "--sentinel".to_owned()]
+                })
+            })
+            .collect();
         let ca = pki.map(|pki| (pki.file("ca.pem"), std::fs::read(pki.path("ca.pem")).expect("the CA")));
-        let set = SentinelSet { servers: [primary, replica], sentinel, ca, sentinel_tls, _dir: dir };
+        let set = SentinelSet { servers: [primary, replica], sentinels, ca, sentinel_tls, _dir: dir };
         set.until(Duration::from_secs(30), "the sentinel sees the replica, in sync", || {
             let replicas: Vec<Vec<String>> = set.ask(&["SENTINEL", "REPLICAS", PRIMARY]);
             replicas.iter().any(|r| field(r, "master-link-status") == Some("ok")).then_some(())
+        });
+        // (They find each other through the primary, every 2 s.)
+        set.until(Duration::from_secs(30), "the sentinels know each other", || {
+            (0..count)
+                .all(|i| set.ask_at::<Vec<redis::Value>>(i, &["SENTINEL", "SENTINELS", PRIMARY]).len() == count - 1)
+                .then_some(())
         });
         set
     }
@@ -125,16 +143,18 @@ impl SentinelSet {
     /// sentinel with `sentinel` (each `user:password@`, or "" for none).
     pub fn host_keys_as(&self, data: &str, sentinel: &str) -> String {
         let scheme = |tls: bool| if tls { "rediss" } else { "redis" };
-        let at = format!("{}://{sentinel}127.0.0.1:{}", scheme(self.sentinel_tls), self.sentinel.port);
+        let at: Vec<String> = (self.sentinels.iter())
+            .map(|s| format!("\"{}://{sentinel}127.0.0.1:{}\"", scheme(self.sentinel_tls), s.port))
+            .collect();
         let url = format!("{}://{data}{PRIMARY}", scheme(self.ca.is_some()));
         let ca = self.ca.as_ref().map(|(file, _)| format!("\nca_file = \"{file}\"")).unwrap_or_default();
-        format!("url = \"{url}\"\nsentinels = [\"{at}\"]{ca}")
+        format!("url = \"{url}\"\nsentinels = [{}]{ca}", at.join(", "))
     }
 
-    /// A connection to the sentinel, as its `default` user.
+    /// A connection to the first sentinel, as its `default` user.
     pub async fn sentinel_conn(&self) -> MultiplexedConnection {
         let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(RESPONSE_TIMEOUT));
-        let client = self.client(self.sentinel.port, self.sentinel_tls);
+        let client = self.client(self.sentinels[0].port, self.sentinel_tls);
         client.get_multiplexed_async_connection_with_config(&config).await.expect("connect to the sentinel")
     }
 
@@ -188,11 +208,27 @@ impl SentinelSet {
         })
     }
 
-    /// One command to the sentinel, its reply as `T`.
+    /// Kills sentinel `i` (SIGKILL); it stays down.
+    pub fn kill_sentinel(&mut self, i: usize) {
+        self.sentinels[i].kill();
+    }
+
+    /// One command to the first sentinel that is up, its reply as `T`.
     fn ask<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
-        let client = self.client(self.sentinel.port, self.sentinel_tls);
-        let mut c = client.get_connection_with_timeout(Duration::from_secs(5)).expect("connect to the sentinel");
+        let up = (0..self.sentinels.len()).find(|&i| self.sentinel_sync_conn(i).is_some());
+        self.ask_at(up.expect("a sentinel is up"), args)
+    }
+
+    /// One command to sentinel `i`, its reply as `T`.
+    fn ask_at<T: redis::FromRedisValue>(&self, i: usize, args: &[&str]) -> T {
+        let mut c = self.sentinel_sync_conn(i).expect("connect to the sentinel");
         redis::cmd(args[0]).arg(&args[1..]).query(&mut c).expect("the sentinel answers")
+    }
+
+    /// A blocking connection to sentinel `i`; `None` if it is down.
+    fn sentinel_sync_conn(&self, i: usize) -> Option<redis::Connection> {
+        let client = self.client(self.sentinels[i].port, self.sentinel_tls);
+        client.get_connection_with_timeout(Duration::from_secs(5)).ok()
     }
 
     /// Polls `check` until it gives a value; panics with `what` after `within`.
