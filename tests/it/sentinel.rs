@@ -87,19 +87,26 @@ async fn handled_on_the_new_primary(set: &SentinelSet, mut hosts: Hosts, promote
     assert!(!moved.is_empty(), "the host said where the primary went: {lines:#?}");
 }
 
+/// A host behind `set` with no credentials of its own handles ten events,
+/// the sentinel fails the primary over, and the host handles ten more on
+/// the new one.
+async fn follows_a_failover(set: &SentinelSet) {
+    let fx = Fixture::with_redis(&set.host_keys(), "", HANDLER);
+    let hosts = ten_handled(set, &fx).await;
+
+    let promoted = tokio::task::block_in_place(|| set.failover());
+    handled_on_the_new_primary(set, hosts, promoted).await;
+}
+
 /// A coordinated failover (`SENTINEL FAILOVER`): the host's connections to
 /// the old primary are closed by the sentinel, or meet `READONLY` once it is
 /// a replica, and are replaced by ones to where the sentinel says the
-/// primary is now; events sent to the new
-/// primary are handled, and the host says where it went.
+/// primary is now; events sent to the new primary are handled, and the host
+/// says where it went.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_behind_sentinel_follows_a_failover() {
     let set = tokio::task::block_in_place(SentinelSet::start);
-    let fx = Fixture::with_redis(&set.host_keys(), "", HANDLER);
-    let hosts = ten_handled(&set, &fx).await;
-
-    let promoted = tokio::task::block_in_place(|| set.failover());
-    handled_on_the_new_primary(&set, hosts, promoted).await;
+    follows_a_failover(&set).await;
 }
 
 /// A crash of the primary (`kill -9`): the sentinel promotes the replica
@@ -158,11 +165,7 @@ async fn a_host_behind_sentinel_logs_in_as_acl_users_and_follows_a_failover() {
 async fn a_host_behind_sentinel_over_tls_follows_a_failover() {
     let pki = Pki::generate();
     let set = tokio::task::block_in_place(|| SentinelSet::start_tls(&pki, true));
-    let fx = Fixture::with_redis(&set.host_keys(), "", HANDLER);
-    let hosts = ten_handled(&set, &fx).await;
-
-    let promoted = tokio::task::block_in_place(|| set.failover());
-    handled_on_the_new_primary(&set, hosts, promoted).await;
+    follows_a_failover(&set).await;
 }
 
 /// Data servers that speak only TLS behind a sentinel that speaks plain
@@ -173,11 +176,7 @@ async fn a_host_behind_sentinel_over_tls_follows_a_failover() {
 async fn a_host_behind_a_plain_sentinel_reaches_tls_data_servers() {
     let pki = Pki::generate();
     let set = tokio::task::block_in_place(|| SentinelSet::start_tls(&pki, false));
-    let fx = Fixture::with_redis(&set.host_keys(), "", HANDLER);
-    let hosts = ten_handled(&set, &fx).await;
-
-    let promoted = tokio::task::block_in_place(|| set.failover());
-    handled_on_the_new_primary(&set, hosts, promoted).await;
+    follows_a_failover(&set).await;
 }
 
 /// Three sentinels, two of which must agree, and the first the host's list

@@ -264,14 +264,16 @@ pub async fn take_over(
     let [next, claimed, attempts, deleted] = reply::items(&value) else {
         return Ok(Page::default());
     };
-    let attempts = reply::items(attempts).iter().map(|a| match a {
-        redis::Value::Int(n) => u32::try_from(*n).unwrap_or(u32::MAX),
-        _ => 1,
-    });
-    let found = reply::entries(claimed)
-        .into_iter()
-        .zip(attempts)
-        .map(|(entry, attempt)| Delivery { stream: stream.to_owned(), entry, attempt, key: None })
+    // (Paired before any entry is parsed, so that one that would not parse
+    // cannot shift the attempt numbers of those after it.)
+    let found = (reply::items(claimed).iter().zip(reply::items(attempts)))
+        .filter_map(|(entry, attempt)| {
+            let attempt = match attempt {
+                redis::Value::Int(n) => u32::try_from(*n).unwrap_or(u32::MAX),
+                _ => 1,
+            };
+            Some(Delivery { stream: stream.to_owned(), entry: reply::entry(entry)?, attempt, key: None })
+        })
         .collect();
     Ok(Page { found, next: reply::text(next), deleted: reply::items(deleted).iter().filter_map(reply::text).collect() })
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The settings of every test connection to a single server.
-fn conn_config() -> redis::AsyncConnectionConfig {
+pub(super) fn conn_config() -> redis::AsyncConnectionConfig {
     redis::AsyncConnectionConfig::new().set_response_timeout(Some(RESPONSE_TIMEOUT))
 }
 

@@ -4,7 +4,7 @@
 //! three, two must agree. Each calls the primary down after a second without
 //! an answer.
 
-use super::redis_server::{RESPONSE_TIMEOUT, RedisServer, free_port};
+use super::redis_server::{RedisServer, conn_config, free_port};
 use super::tls::Pki;
 use redis::aio::MultiplexedConnection;
 use std::time::{Duration, Instant};
@@ -129,9 +129,8 @@ impl SentinelSet {
 
     /// A connection to the data server on `port`, as its `default` user.
     pub async fn conn(&self, port: u16) -> MultiplexedConnection {
-        let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(RESPONSE_TIMEOUT));
         let client = self.client(port, self.ca.is_some());
-        client.get_multiplexed_async_connection_with_config(&config).await.expect("connect to a data server")
+        client.get_multiplexed_async_connection_with_config(&conn_config()).await.expect("connect to a data server")
     }
 
     /// The `[redis]` keys of a host behind the sentinel.
@@ -153,9 +152,8 @@ impl SentinelSet {
 
     /// A connection to the first sentinel, as its `default` user.
     pub async fn sentinel_conn(&self) -> MultiplexedConnection {
-        let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(RESPONSE_TIMEOUT));
         let client = self.client(self.sentinels[0].port, self.sentinel_tls);
-        client.get_multiplexed_async_connection_with_config(&config).await.expect("connect to the sentinel")
+        client.get_multiplexed_async_connection_with_config(&conn_config()).await.expect("connect to the sentinel")
     }
 
     /// The port of the server the sentinel names as the primary.
