@@ -37,7 +37,8 @@ pub enum Verdict {
     /// Not delivered: its data fails its type's JSON Schema.
     Invalid,
     /// Not delivered: its last attempt was made already and never finished
-    /// (the host stopped or crashed during it).
+    /// (its host stopped or crashed during it, or was too slow and another
+    /// host took it over).
     Exhausted,
     /// Not delivered: it does not parse as its stream's format
     /// ([`crate::format`]).
@@ -169,7 +170,7 @@ pub fn admit(handler: &Handler, d: &Delivery) -> Admission {
     let (stream, id) = crate::dead_letter::origin(&d.stream, &d.entry);
     if d.attempt > handler.retry.max_attempts {
         let reason = format!(
-            "gave up after {} attempts; the last one never finished (the host stopped or crashed while handling it)",
+            "gave up after {} attempts; the last one never finished (its host stopped or crashed while handling it, or was too slow to finish it within claim_idle_ms and another host took it over)",
             d.attempt - 1
         );
         return settled(Verdict::Exhausted, Decision::DeadLetter { reason });
