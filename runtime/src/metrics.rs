@@ -137,7 +137,7 @@ impl Metrics {
         r.register("dead_letters", "Events written to a dead-letter stream", self.dead_letters.clone());
         r.register("commits_already_finished", "Commits that found their entry finished by another consumer (one of the two took it over from the other, presumed dead); nothing was written", self.already_finished.clone());
         r.register("ownership_lost", "Deliveries whose entry another consumer took over meanwhile (this host was presumed dead); their output was not written", self.ownership_lost.clone());
-        r.register("claim_failures", "Failed scans for entries abandoned by other consumers (XAUTOCLAIM)", self.claim_failures.clone());
+        r.register("claim_failures", "Failed scans for entries abandoned by other consumers", self.claim_failures.clone());
         r.register("entries_deleted_unfinished", "Entries deleted from their stream (XDEL, or another program's trim) while pending with the handler's group, before they were finished: found when they were to be delivered again or taken over, they were neither handled nor dead-lettered", self.deleted_unfinished.clone());
         r.register("handler_demoted", "1 while the handler runs at idle priority because its deliveries ran out of time", self.demoted.clone());
         r.register("reloads", "Reloads of config and plugins, by result (applied, rejected)", self.reloads.clone());

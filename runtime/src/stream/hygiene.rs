@@ -2,8 +2,8 @@
 //! that stops (a restarted host with the default name `hostname-pid` comes
 //! back as a new consumer). A live host deletes those that have nothing
 //! pending and have been idle past `[host] forget_consumers_after_ms`; one
-//! with pending entries is left until they are taken over (`XAUTOCLAIM`),
-//! and deleted on a later round.
+//! with pending entries is left until they are taken over (after
+//! `claim_idle_ms`), and deleted on a later round.
 
 use super::error::{Context, Error};
 use super::reply::{items, text};

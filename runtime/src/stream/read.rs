@@ -237,11 +237,12 @@ async fn deleted_of(conn: &mut impl ConnectionLike, stream: &str, ids: &[&String
 }
 
 /// Takes over up to `count` entries of `stream` that have sat with another
-/// consumer for at least `min_idle` (their consumer is presumed dead), from
-/// `cursor` (`0-0` to start). Returns them with their attempt numbers, the
-/// cursor for the next page (`None` when the scan is complete), and the
-/// pending entries it found deleted from the stream. Unlike `XAUTOCLAIM`,
-/// it leaves `consumer`'s own entries alone (takeover.lua says why).
+/// consumer for at least `min_idle` (their consumer is presumed dead),
+/// looking at up to [`PAGE`] pending entries from `cursor` (`0-0` to
+/// start). Returns them with their attempt numbers, the cursor for the next
+/// page (`None` when the scan is complete), and the pending entries it found
+/// deleted from the stream. Unlike `XAUTOCLAIM`, it leaves `consumer`'s own
+/// entries alone (takeover.lua says why).
 pub async fn take_over(
     conn: &mut impl ConnectionLike,
     stream: &str,
@@ -251,6 +252,7 @@ pub async fn take_over(
     cursor: &str,
     count: usize,
 ) -> Result<Page, Error> {
+    let what = || format!("the takeover script on stream {stream} group {group}");
     let value: redis::Value = TAKE_OVER
         .key(stream)
         .arg(group)
@@ -258,23 +260,27 @@ pub async fn take_over(
         .arg(min_idle.as_millis() as u64)
         .arg(cursor)
         .arg(count.clamp(1, PAGE))
+        .arg(PAGE)
         .invoke_async(conn)
         .await
-        .context(|| format!("taking over entries on stream {stream} group {group}"))?;
+        .context(what)?;
     let [next, claimed, attempts, deleted] = reply::items(&value) else {
-        return Ok(Page::default());
+        return Err(Error::reply(what(), &value));
     };
+    let (claimed, attempts) = (reply::items(claimed), reply::items(attempts));
+    if claimed.len() != attempts.len() {
+        return Err(Error::reply(what(), &value));
+    }
     // (Paired before any entry is parsed, so that one that would not parse
     // cannot shift the attempt numbers of those after it.)
-    let found = (reply::items(claimed).iter().zip(reply::items(attempts)))
-        .filter_map(|(entry, attempt)| {
-            let attempt = match attempt {
-                redis::Value::Int(n) => u32::try_from(*n).unwrap_or(u32::MAX),
-                _ => 1,
-            };
-            Some(Delivery { stream: stream.to_owned(), entry: reply::entry(entry)?, attempt, key: None })
-        })
-        .collect();
+    let mut found = Vec::with_capacity(claimed.len());
+    for (entry, attempt) in claimed.iter().zip(attempts) {
+        let redis::Value::Int(attempt) = attempt else { return Err(Error::reply(what(), &value)) };
+        let attempt = u32::try_from(*attempt).unwrap_or(u32::MAX);
+        if let Some(entry) = reply::entry(entry) {
+            found.push(Delivery { stream: stream.to_owned(), entry, attempt, key: None });
+        }
+    }
     Ok(Page { found, next: reply::text(next), deleted: reply::items(deleted).iter().filter_map(reply::text).collect() })
 }
 
