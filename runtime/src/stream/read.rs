@@ -238,7 +238,7 @@ async fn deleted_of(conn: &mut impl ConnectionLike, stream: &str, ids: &[&String
 
 /// Takes over up to `count` entries of `stream` that have sat with another
 /// consumer for at least `min_idle` (their consumer is presumed dead),
-/// looking at up to [`PAGE`] pending entries from `cursor` (`0-0` to
+/// looking at up to `PAGE` (100) pending entries from `cursor` (`0-0` to
 /// start). Returns them with their attempt numbers, the cursor for the next
 /// page (`None` when the scan is complete), and the pending entries it found
 /// deleted from the stream. Unlike `XAUTOCLAIM`, it leaves `consumer`'s own
