@@ -56,7 +56,7 @@ pub async fn cost(plugins: &Path, plugin: &str, payload: &str, iterations: u32, 
     let direct = per_call(started, iterations);
     let (done, isolated) = tokio::sync::oneshot::channel();
     let executor = plugin.executor().clone();
-    executor.spawn(sluice::wasm::Lane::Normal, async move {
+    executor.spawn(async move {
         let started = Instant::now();
         for _ in 0..iterations {
             plugin.invoke(&sandbox, event.clone()).await;

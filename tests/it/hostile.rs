@@ -198,6 +198,72 @@ async fn the_retry_of_an_event_that_demoted_its_handler_runs_at_idle_priority() 
     host.stop().await;
 }
 
+/// A demoted handler's deliveries wait for CPU that others leave free, but
+/// their time limit and their commit must not: on a CPU kept busy at
+/// normal priority, where the idle lane gets next to no time, a demoted
+/// delivery is given up after its patience (10 times its `timeout_ms`) and
+/// dead-lettered on time. (Held until the idle lane got the CPU, its entry
+/// would outlast `claim_idle_ms`, and other hosts would take it over.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_demoted_delivery_that_gets_no_cpu_is_still_given_up_on_time() {
+    let redis = RedisServer::start();
+    let sulker =
+        "[handlers.sulker]\nplugin = \"behave.wasm\"\nstreams = [\"sulk\"]\ntimeout_ms = 100\nmax_attempts = 1\n";
+    let fx = Fixture::new(&redis, "", sulker);
+    let cpu = last_cpu();
+    let mut hosts = Hosts(vec![fx.spawn_binary_on_cpu(cpu)]);
+    let mut conn = redis.conn().await;
+    // The first timeout, at normal priority, demotes the handler.
+    send(&mut conn, "sulk", "t", json!({"action": "loop"})).await;
+    assert_eq!(nth_reason(&conn, "sulk", 1).await, "timeout after 100 ms (gave up after 1 attempts)");
+
+    let busy = BusyLoops::on_cpu(cpu, 3);
+    let sent = Instant::now();
+    send(&mut conn, "sulk", "t", json!({"action": "loop"})).await;
+    let reason = nth_reason(&conn, "sulk", 2).await;
+    let took = sent.elapsed();
+    drop(busy);
+    assert_eq!(
+        reason,
+        "timeout: no result within 1000 ms at idle priority (the handler is demoted after earlier timeouts) (gave up after 1 attempts)"
+    );
+    assert!(took < Duration::from_millis(2_000), "dead-lettered {took:?} after it was sent");
+    terminate(&mut hosts.0[0]).await;
+}
+
+/// A demoted delivery given up while its wasm waits for the idle lane's
+/// CPU keeps its permit until the idle lane drops it: however long the
+/// machine stays busy, a demoted handler holds no more instances than its
+/// `concurrency`. Here (`concurrency = 1`) the next event waits, rather
+/// than start on an idle lane that cannot run it and be given up in turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_demoted_delivery_given_up_keeps_its_permit_until_its_wasm_is_dropped() {
+    let redis = RedisServer::start();
+    let sulker = "[handlers.sulker]\nplugin = \"behave.wasm\"\nstreams = [\"sulk\"]\ntimeout_ms = 100\nmax_attempts = 1\nconcurrency = 1\n";
+    let fx = Fixture::new(&redis, "", sulker);
+    let cpu = last_cpu();
+    let mut hosts = Hosts(vec![fx.spawn_binary_on_cpu(cpu)]);
+    let mut conn = redis.conn().await;
+    send(&mut conn, "sulk", "t", json!({"action": "loop"})).await;
+    assert_eq!(nth_reason(&conn, "sulk", 1).await, "timeout after 100 ms (gave up after 1 attempts)");
+
+    let busy = BusyLoops::on_cpu(cpu, 4);
+    let sent = Instant::now();
+    send(&mut conn, "sulk", "t", json!({"action": "loop"})).await;
+    send(&mut conn, "sulk", "t", json!({"action": "ok"})).await;
+    assert!(nth_reason(&conn, "sulk", 2).await.starts_with("timeout: no result within 1000 ms at idle priority"));
+    // Past the patience the ok event would have had, had it started on the
+    // freed permit at once.
+    tokio::time::sleep(Duration::from_millis(2_500).saturating_sub(sent.elapsed())).await;
+    let finished_while_busy = finished(&mut conn, "sulk", "sulker").await;
+    drop(busy);
+    until_finished(&conn, "sulk", "sulker", 3).await;
+    let dead: Vec<String> = entries(&mut conn, "sulk:dlq").await.iter().map(|e| field(e, "sluice.error")).collect();
+    assert_eq!(finished_while_busy, 2, "the ok event ran while the given-up one still held its instance: {dead:?}");
+    assert_eq!(dead.len(), 2, "the ok event was dead-lettered: {dead:?}");
+    terminate(&mut hosts.0[0]).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fuel_budget_stops_a_loop_deterministically() {
     let redis = RedisServer::start();

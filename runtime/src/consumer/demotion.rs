@@ -7,11 +7,22 @@
 //! CPU never times it out). [`PROMOTE_AFTER`] deliveries in a row that
 //! finish in time bring it back; so does a reload to another version of
 //! its plugin.
+//!
+//! Only the wasm of a demoted delivery waits for idle CPU: the delivery is
+//! given up, committed and retried from the host's runtime
+//! ([`Plugin::invoke_demoted`]). Its wasm, given up but not yet dropped by
+//! the idle lane, keeps the delivery's permit
+//! ([`Consumer::hold_permit_for`]), so a busy machine never piles up more
+//! of the handler's instances than its `concurrency`.
 
 use super::Consumer;
 use crate::logging::event_line;
-use crate::wasm::Lane;
+#[cfg(doc)]
+use crate::wasm::Plugin;
+use crate::wasm::{Lane, Straggler};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use tokio::sync::OwnedSemaphorePermit;
 use tracing::info;
 
 /// Deliveries in a row that must finish in time (whatever their outcome)
@@ -83,6 +94,21 @@ impl Consumer {
             }
             None => {}
         }
+    }
+
+    /// Keeps `permit`, the one a demoted delivery given up had (its outcome
+    /// committed already), until the idle lane drops its wasm,
+    /// `straggler`, or the host stops: however long the idle lane waits for
+    /// CPU, the handler holds no more instances than its `concurrency`.
+    pub(super) fn hold_permit_for(self: &Arc<Self>, straggler: Straggler, permit: OwnedSemaphorePermit) {
+        let shutdown = self.shutdown.clone();
+        self.io.spawn(async move {
+            tokio::select! {
+                () = straggler.ended() => {},
+                () = shutdown.cancelled() => {},
+            }
+            drop(permit);
+        });
     }
 
     /// A new version of the plugin starts at normal priority.

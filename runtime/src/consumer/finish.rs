@@ -10,7 +10,7 @@ use crate::format::Format;
 use crate::logging::{self, EventSpan, event_line};
 use crate::stream::Backoff;
 use crate::stream::{self, Commit, Committed, Delivery, EntryState};
-use crate::wasm::{Executor, Outcome, bindings::Event};
+use crate::wasm::{Executor, Lane, Outcome, Straggler, bindings::Event};
 use futures::future::BoxFuture;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -33,10 +33,25 @@ const COMMIT_RETRY_FOR: Duration = Duration::from_secs(2);
 
 impl Consumer {
     /// Starts a delivery of `d`, taken up already ([`Consumer::take_up_all`]),
-    /// on the wasm executor, tracked for shutdown.
+    /// tracked for shutdown: on the wasm executor's normal lane, or, for a
+    /// demoted handler, on the host's runtime, which runs only its wasm on
+    /// the idle lane ([`Consumer::run_plugin`]).
     pub(super) fn start_delivery(self: &Arc<Self>, d: Delivery, permit: OwnedSemaphorePermit) {
-        let executor = self.binding.load().plugin.executor().clone();
-        executor.spawn(self.demotion.lane(), self.tasks.track_future(self.clone().deliver(d, permit)));
+        let delivery = self.tasks.track_future(self.clone().deliver(d, permit));
+        match self.demotion.lane() {
+            Lane::Normal => self.binding.load().plugin.executor().spawn(delivery),
+            Lane::Idle => drop(self.io.spawn(delivery)),
+        }
+    }
+
+    /// Whether the calling task runs where the handler's deliveries start
+    /// now ([`Consumer::start_delivery`]).
+    fn where_deliveries_start(&self) -> bool {
+        let start = match self.demotion.lane() {
+            Lane::Normal => Some(Lane::Normal),
+            Lane::Idle => None,
+        };
+        Executor::current_lane() == start
     }
 
     /// Those of `found` not handled here already, now marked as handled here
@@ -69,6 +84,10 @@ impl Consumer {
         let mut next = Some(d);
         while let Some(d) = next.take() {
             next = self.clone().deliver_one(d, &mut permit).await;
+            if next.is_some() && permit.is_none() {
+                // (Kept by a straggler: see [`Consumer::hold_permit_for`].)
+                permit = Some(self.permit_for_held().await);
+            }
             if next.is_some() && self.waiting.load(std::sync::atomic::Ordering::SeqCst) > 0 {
                 // (The semaphore is fair: the waiters queued first go
                 // first. Counted in `waiting` itself, so that the next chain
@@ -80,8 +99,8 @@ impl Consumer {
                 permit = Some(self.permit_for_held().await);
             }
             // Demoted or promoted meanwhile: the rest of the chain moves to
-            // the handler's lane now.
-            if next.is_some() && Executor::current_lane() != Some(self.demotion.lane()) {
+            // where the handler's deliveries start now.
+            if next.is_some() && !self.where_deliveries_start() {
                 let permit = permit.take().expect("a chain goes on only after a commit awaited here");
                 return self.start_delivery(next.take().expect("checked"), permit);
             }
@@ -97,7 +116,11 @@ impl Consumer {
         let delivery = async move {
             // The version this delivery runs on, even if a reload swaps it meanwhile.
             let b = self.binding.load_full();
-            let turn = dispatch::turn(&b.handler, &d, self.max_retry_delay(), |event| self.run_plugin(&b, event)).await;
+            // A demoted delivery given up while its wasm still waits for CPU.
+            let straggler = std::sync::Mutex::new(None);
+            let (me, binding, slot) = (&self, &b, &straggler);
+            let run = move |event| me.run_plugin(binding, event, slot);
+            let turn = dispatch::turn(&b.handler, &d, self.max_retry_delay(), run).await;
             self.metrics.counted(turn.verdict);
             if turn.verdict == Verdict::Skipped {
                 event_line!(DEBUG, "not for this handler: acknowledged without a delivery");
@@ -107,6 +130,9 @@ impl Consumer {
             // next event must see this one's state and publishes.
             let (stream, id, key) = (d.stream.clone(), d.entry.id.clone(), d.key.clone());
             let after = self.carry_out(d, turn.decision, &b, permit).await;
+            if let (Some(straggler), Some(permit)) = (straggler.into_inner().expect("never poisoned"), permit.take()) {
+                self.hold_permit_for(straggler, permit);
+            }
             if matches!(after, After::Retrying | After::HandedOff) {
                 return None;
             }
@@ -160,10 +186,27 @@ impl Consumer {
     }
 
     /// Runs the plugin on `event`, timed; demotes the handler if it ran out
-    /// of time (or promotes it once it behaves again).
-    async fn run_plugin(self: &Arc<Self>, b: &Binding, event: Event) -> Outcome {
+    /// of time (or promotes it once it behaves again). A demoted handler's
+    /// delivery, started on the host's runtime, runs its wasm on the idle
+    /// lane, but its time limit, and then its commit or retry, stay here:
+    /// the idle lane may get no CPU at all while the machine is busy, and
+    /// an entry held past `claim_idle_ms` is taken over by another host.
+    /// A delivery given up while its wasm waits for the idle lane's CPU is
+    /// left in `straggler`.
+    async fn run_plugin(
+        self: &Arc<Self>,
+        b: &Binding,
+        event: Event,
+        straggler: &std::sync::Mutex<Option<Straggler>>,
+    ) -> Outcome {
         let started = Instant::now();
-        let outcome = b.plugin.invoke(&b.sandbox, event).await;
+        let outcome = if self.demotion.lane() == Lane::Idle && Executor::current_lane().is_none() {
+            let (outcome, given_up) = b.plugin.invoke_demoted(&b.sandbox, event).await;
+            *straggler.lock().expect("never poisoned") = given_up;
+            outcome
+        } else {
+            b.plugin.invoke(&b.sandbox, event).await
+        };
         self.metrics.took(started.elapsed());
         // Only the version serving now counts: a reload's new version starts
         // afresh, whatever the old one's last deliveries do.

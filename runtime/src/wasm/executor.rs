@@ -7,13 +7,18 @@
 //! Two lanes: the normal one, and an idle-priority one for demoted handlers
 //! (see [`crate::consumer`]'s demotion), whose threads the kernel runs only
 //! when no normal thread wants the core (`SCHED_IDLE`). A handler whose
-//! events spin until their timeout then takes CPU from nobody.
+//! events spin until their timeout then takes CPU from nobody. Only the
+//! wasm of a demoted delivery runs there ([`Executor::run_idle`]): its
+//! time limit and its commit stay on the host's runtime, since the idle
+//! lane may get no CPU at all while the machine is busy.
 
 use futures::FutureExt;
+use futures::future::BoxFuture;
 use std::cell::Cell;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 /// Which of the executor's pools a delivery runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +29,28 @@ pub enum Lane {
     /// wants. A demoted handler's deliveries run here, with their time
     /// limit counted in CPU time rather than wall time.
     Idle,
+}
+
+/// What became of work run on the idle lane ([`Executor::run_idle`]).
+pub enum Waited<T> {
+    /// It finished in time.
+    Done(T),
+    /// It panicked.
+    Panicked,
+    /// It did not finish in time.
+    GaveUp(Straggler),
+}
+
+/// Work on the idle lane given up on ([`Waited::GaveUp`]): cancelled, but
+/// it holds what it holds (a wasm instance and its memory) until one of the
+/// idle lane's threads gets the CPU to drop it.
+pub struct Straggler(BoxFuture<'static, ()>);
+
+impl Straggler {
+    /// Waits until the work is dropped.
+    pub async fn ended(self) {
+        self.0.await
+    }
 }
 
 thread_local! {
@@ -77,15 +104,34 @@ impl Executor {
         }
     }
 
-    /// Starts `work` on `lane`. Whole deliveries run here, so the only hops
-    /// to the host's runtime are Redis calls, which are batched. If the idle
-    /// lane cannot be started, the work runs on the normal one.
-    pub fn spawn(&self, lane: Lane, work: impl Future<Output = ()> + Send + 'static) {
-        let handle = match lane {
-            Lane::Normal => &self.normal,
-            Lane::Idle => self.idle().unwrap_or(&self.normal),
-        };
-        drop(handle.spawn(work));
+    /// Starts `work` on the normal lane. Whole deliveries run here, so the
+    /// only hops to the host's runtime are Redis calls, which are batched.
+    pub fn spawn(&self, work: impl Future<Output = ()> + Send + 'static) {
+        drop(self.normal.spawn(work));
+    }
+
+    /// Runs `work` on the idle lane, and waits for it at most `within` from
+    /// the calling task (on the host's runtime, whose timers run at normal
+    /// priority: on a machine with no CPU to spare, the idle lane's threads
+    /// may not run for seconds, their own timers included). Work not done by
+    /// then is cancelled, and returned as a [`Straggler`]. If the idle lane
+    /// cannot be started, the work runs on the normal one.
+    pub async fn run_idle<T: Send + 'static>(
+        &self,
+        within: Duration,
+        work: impl Future<Output = T> + Send + 'static,
+    ) -> Waited<T> {
+        let mut handle = self.idle().unwrap_or(&self.normal).spawn(work);
+        match tokio::time::timeout(within, &mut handle).await {
+            Ok(Ok(done)) => Waited::Done(done),
+            Ok(Err(_)) => Waited::Panicked,
+            Err(_) => {
+                handle.abort();
+                Waited::GaveUp(Straggler(Box::pin(async move {
+                    let _ = handle.await;
+                })))
+            }
+        }
     }
 
     fn idle(&self) -> Option<&tokio::runtime::Handle> {
@@ -152,16 +198,36 @@ mod tests {
     fn the_idle_lane_runs_at_idle_priority_and_the_normal_lane_does_not() {
         let executor = Executor::new().unwrap();
         let rt = tokio::runtime::Runtime::new().unwrap();
-        for (lane, policy) in [(Lane::Normal, libc::SCHED_OTHER), (Lane::Idle, libc::SCHED_IDLE)] {
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            executor.spawn(lane, async move {
-                // SAFETY: plain syscall on the calling thread.
-                let got = unsafe { libc::sched_getscheduler(0) };
-                let _ = tx.send((Executor::current_lane(), got));
-            });
-            let (on, got) = rt.block_on(rx).unwrap();
-            assert_eq!((on, got), (Some(lane), policy), "{lane:?}");
-        }
+        let here = || (Executor::current_lane(), unsafe { libc::sched_getscheduler(0) });
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        executor.spawn(async move {
+            // SAFETY (here): plain syscall on the calling thread.
+            let _ = tx.send(here());
+        });
+        assert_eq!(rt.block_on(rx).unwrap(), (Some(Lane::Normal), libc::SCHED_OTHER));
+        let on_idle = rt.block_on(executor.run_idle(Duration::from_secs(30), async move { here() }));
+        assert!(matches!(on_idle, Waited::Done((Some(Lane::Idle), libc::SCHED_IDLE))));
         assert_eq!(Executor::current_lane(), None);
+    }
+
+    #[test]
+    fn work_on_the_idle_lane_not_done_in_time_is_cancelled_and_its_end_awaited() {
+        let executor = Executor::new().unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let (dropped_tx, dropped_rx) = tokio::sync::oneshot::channel::<()>();
+        let never = async move {
+            let _dropped = dropped_tx;
+            std::future::pending::<()>().await
+        };
+        let Waited::GaveUp(straggler) = rt.block_on(executor.run_idle(Duration::from_millis(50), never)) else {
+            panic!("pending work done or panicked");
+        };
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(30), straggler.ended()).await.expect("cancelled");
+            // Dropped, not finished: its sender went without sending.
+            assert!(dropped_rx.await.is_err());
+        });
+        let panics = rt.block_on(executor.run_idle(Duration::from_secs(30), async { panic!("on purpose") }));
+        assert!(matches!(panics, Waited::Panicked));
     }
 }

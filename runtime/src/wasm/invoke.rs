@@ -8,7 +8,7 @@ use super::bindings::{Event, Failure};
 use super::deadline::{CpuMeter, Deadline};
 use super::effects::Effects;
 use super::engine::{EPOCH_TICK, FuelMetering};
-use super::executor::{Executor, Lane};
+use super::executor::{Executor, Lane, Straggler, Waited};
 use super::plugin::Plugin;
 use super::reuse::{InstancePool, Warm};
 use super::state::{EventState, Sandbox};
@@ -74,7 +74,30 @@ impl Plugin {
         let run = logging::in_caller_span(Box::pin(async move { plugin.invoke_in_place(&sandbox, &event).await }));
         match self.executor.run(run).await {
             Some(outcome) => outcome,
-            None => Outcome::Crash { reason: "the host panicked while running the handler".into(), timed_out: false },
+            None => panicked(),
+        }
+    }
+
+    /// Runs `handle(event)` once under `sandbox` on the executor's idle lane
+    /// (a demoted handler's delivery; see [`Plugin::invoke_in_place`]),
+    /// waited for from the calling task on the host's runtime. The idle lane
+    /// gives the delivery up after the sandbox's `patience`, but on a machine
+    /// with no CPU to spare it may not run for seconds, its timers included:
+    /// the wait here ends a little after the patience in any case, with the
+    /// same outcome. A delivery given up here holds its instance until the
+    /// idle lane gets the CPU to drop it: the [`Straggler`] returned.
+    pub async fn invoke_demoted(self: &Arc<Self>, sandbox: &Sandbox, event: Event) -> (Outcome, Option<Straggler>) {
+        let (plugin, on_idle) = (self.clone(), sandbox.clone());
+        let run = logging::in_caller_span(Box::pin(async move { plugin.invoke_in_place(&on_idle, &event).await }));
+        // After the idle lane's own backstop, whose reason is the closer one
+        // when it gets the CPU to give it.
+        let within = sandbox.patience + EPOCH_TICK * 2 * BACKSTOP_TICKS;
+        match self.executor.run_idle(within, run).await {
+            Waited::Done(outcome) => (outcome, None),
+            Waited::Panicked => (panicked(), None),
+            Waited::GaveUp(straggler) => {
+                (Outcome::Crash { reason: no_result_at_idle_priority(sandbox), timed_out: false }, Some(straggler))
+            }
         }
     }
 
@@ -200,10 +223,14 @@ fn arm(store: &mut Store<EventState>, sandbox: &Sandbox, fuel: FuelMetering) {
     store.set_epoch_deadline(1);
 }
 
+/// Epoch ticks past a delivery's wall time after which [`with_backstop`]
+/// gives it up.
+const BACKSTOP_TICKS: u32 = 5;
+
 /// Runs `work` with a backstop for time spent outside wasm code (host
 /// calls), which the epoch cannot interrupt: `timeout` plus a few ticks.
 async fn with_backstop<T>(timeout: Duration, work: impl Future<Output = wasmtime::Result<T>>) -> wasmtime::Result<T> {
-    match tokio::time::timeout(timeout + EPOCH_TICK * 5, work).await {
+    match tokio::time::timeout(timeout + EPOCH_TICK * BACKSTOP_TICKS, work).await {
         Ok(result) => result,
         Err(_) => Err(DeadlineExceeded.into()),
     }
@@ -227,6 +254,20 @@ fn outcome(state: &mut EventState, sandbox: &Sandbox, result: wasmtime::Result<R
     }
 }
 
+/// The outcome of a delivery whose task panicked.
+fn panicked() -> Outcome {
+    Outcome::Crash { reason: "the host panicked while running the handler".into(), timed_out: false }
+}
+
+/// Why a demoted delivery was given up before it used its time: it got
+/// too little CPU within its patience. (Not a timeout of the handler's.)
+fn no_result_at_idle_priority(sandbox: &Sandbox) -> String {
+    format!(
+        "timeout: no result within {} ms at idle priority (the handler is demoted after earlier timeouts)",
+        sandbox.patience.as_millis()
+    )
+}
+
 /// Why a delivery that did not return failed: the limit it hit, or the trap.
 fn crash_reason(state: &EventState, sandbox: &Sandbox, err: &wasmtime::Error) -> String {
     if err.is::<DeadlineExceeded>() {
@@ -238,10 +279,7 @@ fn crash_reason(state: &EventState, sandbox: &Sandbox, err: &wasmtime::Error) ->
                     "timeout after {ms} ms of CPU time (at idle priority: the handler is demoted after earlier timeouts)"
                 )
             }
-            Deadline::Cpu { .. } => format!(
-                "timeout: no result within {} ms at idle priority (the handler is demoted after earlier timeouts)",
-                sandbox.patience.as_millis()
-            ),
+            Deadline::Cpu { .. } => no_result_at_idle_priority(sandbox),
         };
     }
     if let (Some(fuel), Some(wasmtime::Trap::OutOfFuel)) = (sandbox.fuel, err.downcast_ref::<wasmtime::Trap>()) {

@@ -19,7 +19,7 @@ mod usage;
 pub use cache::{ComponentCache, Source, hex};
 pub use effects::{Effects, KvWrite, Publish, kv_prefix};
 pub use engine::{FuelMetering, Runtime};
-pub use executor::{Executor, Lane};
+pub use executor::{Executor, Lane, Straggler, Waited};
 pub use http::HttpGrant;
 pub use invoke::Outcome;
 pub use plugin::{Plugin, PluginError, digest, version};

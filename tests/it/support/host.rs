@@ -152,6 +152,14 @@ impl Fixture {
         command.spawn().expect("spawn sluice")
     }
 
+    /// Runs `sluice run` on this config, on CPU `cpu` only (with
+    /// [`BusyLoops`] there: a host on a machine with no CPU to spare).
+    pub fn spawn_binary_on_cpu(&self, cpu: usize) -> Child {
+        let mut command = self.run_command();
+        pin_to_cpu(&mut command, cpu);
+        command.spawn().expect("spawn sluice")
+    }
+
     fn run_command(&self) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
         command.arg("run").arg("--config").arg(&self.config_path).env("RUST_LOG", "warn").stdin(Stdio::null());
@@ -186,6 +194,61 @@ pub async fn terminate(child: &mut Child) -> std::process::ExitStatus {
         async move { s }
     })
     .await
+}
+
+/// The last CPU this process may run on: where a test pins a host and the
+/// [`BusyLoops`] beside it.
+pub fn last_cpu() -> usize {
+    // SAFETY: a zeroed cpu_set_t is an empty set; the call fills it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    assert_eq!(unsafe { libc::sched_getaffinity(0, size, &mut set) }, 0, "sched_getaffinity");
+    (0..libc::CPU_SETSIZE as usize).rev().find(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) }).expect("a CPU")
+}
+
+/// Makes `command`'s process run on CPU `cpu` only.
+fn pin_to_cpu(command: &mut Command, cpu: usize) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: between fork and exec, only a system call on plain memory.
+    unsafe {
+        command.pre_exec(move || {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            match libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            }
+        })
+    };
+}
+
+/// Processes that spin at normal priority on one CPU until dropped: that
+/// CPU has no time to spare for idle-priority threads.
+pub struct BusyLoops(Vec<Child>);
+
+impl BusyLoops {
+    /// `n` spinning processes on CPU `cpu`.
+    pub fn on_cpu(cpu: usize, n: usize) -> BusyLoops {
+        BusyLoops(
+            (0..n)
+                .map(|_| {
+                    let mut command = Command::new("sh");
+                    command.args(["-c", "while :; do :; done"]).stdin(Stdio::null());
+                    pin_to_cpu(&mut command, cpu);
+                    command.spawn().expect("spawn a busy loop")
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Drop for BusyLoops {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 /// A host running in this process.
