@@ -9,14 +9,14 @@
 //! its plugin.
 //!
 //! Only the wasm of a demoted delivery waits for idle CPU: the delivery is
-//! given up, committed and retried from the host's runtime
+//! given up, committed and retried from the normal lane
 //! ([`Plugin::invoke_demoted`]). Its wasm, given up but not yet dropped by
 //! the idle lane, keeps the delivery's permit
 //! ([`Consumer::hold_permit_for`]), so a busy machine never piles up more
 //! of the handler's instances than its `concurrency`.
 
 use super::Consumer;
-use crate::logging::event_line;
+use crate::logging::{self, event_line};
 #[cfg(doc)]
 use crate::wasm::Plugin;
 use crate::wasm::{Lane, Straggler};
@@ -102,13 +102,16 @@ impl Consumer {
     /// CPU, the handler holds no more instances than its `concurrency`.
     pub(super) fn hold_permit_for(self: &Arc<Self>, straggler: Straggler, permit: OwnedSemaphorePermit) {
         let shutdown = self.shutdown.clone();
-        self.io.spawn(async move {
+        let event = logging::current_event();
+        self.io.spawn(logging::within(event, async move {
             tokio::select! {
-                () = straggler.ended() => {},
+                () = straggler.ended() => {
+                    event_line!(DEBUG, "the instance of this given-up delivery is dropped: its permit is free");
+                }
                 () = shutdown.cancelled() => {},
             }
             drop(permit);
-        });
+        }));
     }
 
     /// A new version of the plugin starts at normal priority.

@@ -10,7 +10,7 @@ use crate::format::Format;
 use crate::logging::{self, EventSpan, event_line};
 use crate::stream::Backoff;
 use crate::stream::{self, Commit, Committed, Delivery, EntryState};
-use crate::wasm::{Executor, Lane, Outcome, Straggler, bindings::Event};
+use crate::wasm::{Lane, Outcome, Straggler, bindings::Event};
 use futures::future::BoxFuture;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -33,25 +33,12 @@ const COMMIT_RETRY_FOR: Duration = Duration::from_secs(2);
 
 impl Consumer {
     /// Starts a delivery of `d`, taken up already ([`Consumer::take_up_all`]),
-    /// tracked for shutdown: on the wasm executor's normal lane, or, for a
-    /// demoted handler, on the host's runtime, which runs only its wasm on
-    /// the idle lane ([`Consumer::run_plugin`]).
+    /// on the wasm executor's normal lane, tracked for shutdown. (A demoted
+    /// handler's too: only its wasm runs on the idle lane, see
+    /// [`Consumer::run_plugin`].)
     pub(super) fn start_delivery(self: &Arc<Self>, d: Delivery, permit: OwnedSemaphorePermit) {
-        let delivery = self.tasks.track_future(self.clone().deliver(d, permit));
-        match self.demotion.lane() {
-            Lane::Normal => self.binding.load().plugin.executor().spawn(delivery),
-            Lane::Idle => drop(self.io.spawn(delivery)),
-        }
-    }
-
-    /// Whether the calling task runs where the handler's deliveries start
-    /// now ([`Consumer::start_delivery`]).
-    fn where_deliveries_start(&self) -> bool {
-        let start = match self.demotion.lane() {
-            Lane::Normal => Some(Lane::Normal),
-            Lane::Idle => None,
-        };
-        Executor::current_lane() == start
+        let executor = self.binding.load().plugin.executor().clone();
+        executor.spawn(self.tasks.track_future(self.clone().deliver(d, permit)));
     }
 
     /// Those of `found` not handled here already, now marked as handled here
@@ -98,12 +85,6 @@ impl Consumer {
                 drop(permit.take());
                 permit = Some(self.permit_for_held().await);
             }
-            // Demoted or promoted meanwhile: the rest of the chain moves to
-            // where the handler's deliveries start now.
-            if next.is_some() && !self.where_deliveries_start() {
-                let permit = permit.take().expect("a chain goes on only after a commit awaited here");
-                return self.start_delivery(next.take().expect("checked"), permit);
-            }
         }
         drop(permit);
     }
@@ -130,8 +111,13 @@ impl Consumer {
             // next event must see this one's state and publishes.
             let (stream, id, key) = (d.stream.clone(), d.entry.id.clone(), d.key.clone());
             let after = self.carry_out(d, turn.decision, &b, permit).await;
-            if let (Some(straggler), Some(permit)) = (straggler.into_inner().expect("never poisoned"), permit.take()) {
-                self.hold_permit_for(straggler, permit);
+            if let Some(straggler) = straggler.into_inner().expect("never poisoned") {
+                // (Only an acknowledgement hands its permit off, and a
+                // delivery given up is a failed attempt.)
+                debug_assert!(permit.is_some(), "a failed attempt keeps its permit");
+                if let Some(permit) = permit.take() {
+                    self.hold_permit_for(straggler, permit);
+                }
             }
             if matches!(after, After::Retrying | After::HandedOff) {
                 return None;
@@ -187,10 +173,10 @@ impl Consumer {
 
     /// Runs the plugin on `event`, timed; demotes the handler if it ran out
     /// of time (or promotes it once it behaves again). A demoted handler's
-    /// delivery, started on the host's runtime, runs its wasm on the idle
-    /// lane, but its time limit, and then its commit or retry, stay here:
-    /// the idle lane may get no CPU at all while the machine is busy, and
-    /// an entry held past `claim_idle_ms` is taken over by another host.
+    /// delivery runs its wasm on the idle lane, but its time limit, and then
+    /// its commit or retry, stay here at normal priority: the idle lane may
+    /// get no CPU at all while the machine is busy, and an entry held past
+    /// `claim_idle_ms` is taken over by another host.
     /// A delivery given up while its wasm waits for the idle lane's CPU is
     /// left in `straggler`.
     async fn run_plugin(
@@ -200,7 +186,8 @@ impl Consumer {
         straggler: &std::sync::Mutex<Option<Straggler>>,
     ) -> Outcome {
         let started = Instant::now();
-        let outcome = if self.demotion.lane() == Lane::Idle && Executor::current_lane().is_none() {
+        let outcome = if self.demotion.lane() == Lane::Idle {
+            event_line!(DEBUG, "running at idle priority");
             let (outcome, given_up) = b.plugin.invoke_demoted(&b.sandbox, event).await;
             *straggler.lock().expect("never poisoned") = given_up;
             outcome

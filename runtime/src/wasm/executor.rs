@@ -9,8 +9,8 @@
 //! when no normal thread wants the core (`SCHED_IDLE`). A handler whose
 //! events spin until their timeout then takes CPU from nobody. Only the
 //! wasm of a demoted delivery runs there ([`Executor::run_idle`]): its
-//! time limit and its commit stay on the host's runtime, since the idle
-//! lane may get no CPU at all while the machine is busy.
+//! time limit and its commit stay at normal priority, since the idle lane
+//! may get no CPU at all while the machine is busy.
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
@@ -26,8 +26,8 @@ pub enum Lane {
     /// Normal priority: every handler that behaves.
     Normal,
     /// Idle priority (`SCHED_IDLE` on Linux): CPU that no normal thread
-    /// wants. A demoted handler's deliveries run here, with their time
-    /// limit counted in CPU time rather than wall time.
+    /// wants. A demoted handler's wasm runs here ([`Executor::run_idle`]),
+    /// with its time limit counted in CPU time rather than wall time.
     Idle,
 }
 
@@ -111,9 +111,9 @@ impl Executor {
     }
 
     /// Runs `work` on the idle lane, and waits for it at most `within` from
-    /// the calling task (on the host's runtime, whose timers run at normal
-    /// priority: on a machine with no CPU to spare, the idle lane's threads
-    /// may not run for seconds, their own timers included). Work not done by
+    /// the calling task, at normal priority (on a machine with no CPU to
+    /// spare, the idle lane's threads may not run for seconds, their own
+    /// timers included). Work not done by
     /// then is cancelled, and returned as a [`Straggler`]. If the idle lane
     /// cannot be started, the work runs on the normal one.
     pub async fn run_idle<T: Send + 'static>(

@@ -80,7 +80,7 @@ impl Plugin {
 
     /// Runs `handle(event)` once under `sandbox` on the executor's idle lane
     /// (a demoted handler's delivery; see [`Plugin::invoke_in_place`]),
-    /// waited for from the calling task on the host's runtime. The idle lane
+    /// waited for from the calling task, at normal priority. The idle lane
     /// gives the delivery up after the sandbox's `patience`, but on a machine
     /// with no CPU to spare it may not run for seconds, its timers included:
     /// the wait here ends a little after the patience in any case, with the

@@ -147,17 +147,21 @@ impl Fixture {
     /// Runs `sluice run --log-format json` on this config at `rust_log`, its
     /// stderr piped (read it with [`json_log_lines`]).
     pub fn spawn_binary_logging_json(&self, rust_log: &str) -> Child {
-        let mut command = self.run_command();
-        command.args(["--log-format", "json"]).env("RUST_LOG", rust_log).stderr(Stdio::piped());
+        self.logging_json(rust_log).spawn().expect("spawn sluice")
+    }
+
+    /// The same on CPU `cpu` only (with [`BusyLoops`] there: a host on a
+    /// machine with no CPU to spare).
+    pub fn spawn_binary_on_cpu_logging_json(&self, cpu: usize, rust_log: &str) -> Child {
+        let mut command = self.logging_json(rust_log);
+        pin_to_cpu(&mut command, cpu);
         command.spawn().expect("spawn sluice")
     }
 
-    /// Runs `sluice run` on this config, on CPU `cpu` only (with
-    /// [`BusyLoops`] there: a host on a machine with no CPU to spare).
-    pub fn spawn_binary_on_cpu(&self, cpu: usize) -> Child {
+    fn logging_json(&self, rust_log: &str) -> Command {
         let mut command = self.run_command();
-        pin_to_cpu(&mut command, cpu);
-        command.spawn().expect("spawn sluice")
+        command.args(["--log-format", "json"]).env("RUST_LOG", rust_log).stderr(Stdio::piped());
+        command
     }
 
     fn run_command(&self) -> Command {
@@ -223,28 +227,33 @@ fn pin_to_cpu(command: &mut Command, cpu: usize) {
 }
 
 /// Processes that spin at normal priority on one CPU until dropped: that
-/// CPU has no time to spare for idle-priority threads.
-pub struct BusyLoops(Vec<Child>);
+/// CPU has no time to spare for idle-priority threads. One test at a time
+/// has them (the others run on meanwhile, with one CPU fewer).
+pub struct BusyLoops {
+    loops: Vec<Child>,
+    _turn: tokio::sync::MutexGuard<'static, ()>,
+}
+
+/// Whose turn it is to keep a CPU busy.
+static BUSY_TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 impl BusyLoops {
-    /// `n` spinning processes on CPU `cpu`.
-    pub fn on_cpu(cpu: usize, n: usize) -> BusyLoops {
-        BusyLoops(
-            (0..n)
-                .map(|_| {
-                    let mut command = Command::new("sh");
-                    command.args(["-c", "while :; do :; done"]).stdin(Stdio::null());
-                    pin_to_cpu(&mut command, cpu);
-                    command.spawn().expect("spawn a busy loop")
-                })
-                .collect(),
-        )
+    /// `n` spinning processes on CPU `cpu`, once no other test has any.
+    pub async fn on_cpu(cpu: usize, n: usize) -> BusyLoops {
+        let turn = BUSY_TURN.lock().await;
+        let spin = |_| {
+            let mut command = Command::new("sh");
+            command.args(["-c", "while :; do :; done"]).stdin(Stdio::null());
+            pin_to_cpu(&mut command, cpu);
+            command.spawn().expect("spawn a busy loop")
+        };
+        BusyLoops { loops: (0..n).map(spin).collect(), _turn: turn }
     }
 }
 
 impl Drop for BusyLoops {
     fn drop(&mut self) {
-        for child in &mut self.0 {
+        for child in &mut self.loops {
             let _ = child.kill();
             let _ = child.wait();
         }
