@@ -2,8 +2,8 @@
 //! the primary is, and follows a failover, coordinated or after a crash, to
 //! the replica they promote, losing nothing; logged in as ACL users with the
 //! least the docs say it needs, on the data servers and the sentinel; over
-//! TLS, to the sentinel too or to the data servers only; and with three
-//! sentinels, one of them down.
+//! TLS, to the sentinel too or to the data servers only; with three
+//! sentinels, one of them down; and in a database other than 0.
 
 use crate::support::*;
 use redis::aio::MultiplexedConnection;
@@ -192,4 +192,22 @@ async fn a_host_behind_three_sentinels_one_down_follows_its_primary_crashing() {
 
     let promoted = tokio::task::block_in_place(|| set.crash_primary());
     handled_on_the_new_primary(&set, hosts, promoted).await;
+}
+
+/// A database other than 0, named by `url`'s path (`redis://primary/3`):
+/// the host reads, commits and keeps its own keys there, before and after
+/// a failover, and database 0 stays empty on both servers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_behind_sentinel_keeps_to_the_database_its_url_names() {
+    let mut set = tokio::task::block_in_place(SentinelSet::start);
+    set.db = 3;
+    follows_a_failover(&set).await;
+    for server in &set.servers {
+        let mut zero = set.conn_to_db(server.port, 0).await;
+        let keys: Vec<String> = redis::cmd("KEYS").arg("*").query_async(&mut zero).await.unwrap();
+        assert!(keys.is_empty(), "keys in database 0 of the server on port {}: {keys:?}", server.port);
+        let mut three = set.conn_to_db(server.port, 3).await;
+        let keys: Vec<String> = redis::cmd("KEYS").arg("*").query_async(&mut three).await.unwrap();
+        assert!(keys.iter().any(|k| k == "out"), "database 3 of the server on port {}: {keys:?}", server.port);
+    }
 }

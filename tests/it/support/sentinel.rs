@@ -23,6 +23,9 @@ pub struct SentinelSet {
     sentinel_tls: bool,
     /// The sentinels' config files, which they rewrite.
     _dir: tempfile::TempDir,
+    /// The database the host's `url` names and [`SentinelSet::conn`]
+    /// selects: 0 unless a test sets another.
+    pub db: u8,
 }
 
 impl SentinelSet {
@@ -102,7 +105,7 @@ impl SentinelSet {
             })
             .collect();
         let ca = pki.map(|pki| (pki.file("ca.pem"), std::fs::read(pki.path("ca.pem")).expect("the CA")));
-        let set = SentinelSet { servers: [primary, replica], sentinels, ca, sentinel_tls, _dir: dir };
+        let set = SentinelSet { servers: [primary, replica], sentinels, ca, sentinel_tls, _dir: dir, db: 0 };
         set.until(Duration::from_secs(30), "the sentinel sees the replica, in sync", || {
             let replicas: Vec<Vec<String>> = set.ask(&["SENTINEL", "REPLICAS", PRIMARY]);
             replicas.iter().any(|r| field(r, "master-link-status") == Some("ok")).then_some(())
@@ -118,18 +121,29 @@ impl SentinelSet {
 
     /// A client of the server at `port`: over TLS trusting the CA if `tls`.
     fn client(&self, port: u16, tls: bool) -> redis::Client {
+        self.client_of_db(port, tls, 0)
+    }
+
+    /// The same, selecting database `db`.
+    fn client_of_db(&self, port: u16, tls: bool, db: u8) -> redis::Client {
         match (&self.ca, tls) {
             (Some((_, ca)), true) => {
                 let certs = redis::TlsCertificates { client_tls: None, root_cert: Some(ca.clone()) };
-                redis::Client::build_with_tls(format!("rediss://127.0.0.1:{port}"), certs).expect("a TLS client")
+                redis::Client::build_with_tls(format!("rediss://127.0.0.1:{port}/{db}"), certs).expect("a TLS client")
             }
-            _ => redis::Client::open(format!("redis://127.0.0.1:{port}")).expect("a client"),
+            _ => redis::Client::open(format!("redis://127.0.0.1:{port}/{db}")).expect("a client"),
         }
     }
 
-    /// A connection to the data server on `port`, as its `default` user.
+    /// A connection to the data server on `port`, as its `default` user, to
+    /// the set's database ([`SentinelSet::db`]).
     pub async fn conn(&self, port: u16) -> MultiplexedConnection {
-        let client = self.client(port, self.ca.is_some());
+        self.conn_to_db(port, self.db).await
+    }
+
+    /// The same to database `db`.
+    pub async fn conn_to_db(&self, port: u16, db: u8) -> MultiplexedConnection {
+        let client = self.client_of_db(port, self.ca.is_some(), db);
         client.get_multiplexed_async_connection_with_config(&conn_config()).await.expect("connect to a data server")
     }
 
@@ -145,7 +159,8 @@ impl SentinelSet {
         let at: Vec<String> = (self.sentinels.iter())
             .map(|s| format!("\"{}://{sentinel}127.0.0.1:{}\"", scheme(self.sentinel_tls), s.port))
             .collect();
-        let url = format!("{}://{data}{PRIMARY}", scheme(self.ca.is_some()));
+        let db = if self.db == 0 { String::new() } else { format!("/{}", self.db) };
+        let url = format!("{}://{data}{PRIMARY}{db}", scheme(self.ca.is_some()));
         let ca = self.ca.as_ref().map(|(file, _)| format!("\nca_file = \"{file}\"")).unwrap_or_default();
         format!("url = \"{url}\"\nsentinels = [{}]{ca}", at.join(", "))
     }
