@@ -168,6 +168,31 @@ async fn a_host_behind_sentinel_over_tls_follows_a_failover() {
     follows_a_failover(&set).await;
 }
 
+/// Mutual TLS behind Sentinel: the data servers and the sentinel require a
+/// client certificate signed by the CA. Without one (`cert_file` and
+/// `key_file`), `sluice check` fails with one line that names the
+/// sentinels and why; with it, the host shows it to the sentinel and the
+/// data servers alike, and follows a failover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_behind_sentinel_over_mutual_tls_follows_a_failover() {
+    let pki = Pki::generate();
+    let set = tokio::task::block_in_place(|| SentinelSet::start_mutual_tls(&pki));
+    let keys = set.host_keys();
+    let without: Vec<&str> =
+        keys.lines().filter(|l| !l.starts_with("cert_file") && !l.starts_with("key_file")).collect();
+    assert_eq!(without.len() + 2, keys.lines().count(), "{keys}");
+    let fx = Fixture::with_redis(&without.join("\n"), "", HANDLER);
+    let out = sluice(&["check"], &fx.config_path);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    for words in ["rediss://primary", "sentinels", "client certificate", "cert_file and key_file"] {
+        assert!(stderr.contains(words), "says {words:?}: {stderr}");
+    }
+
+    follows_a_failover(&set).await;
+}
+
 /// Data servers that speak only TLS behind a sentinel that speaks plain
 /// TCP, as where the sentinels sit inside a private network: the
 /// certificates go to the data servers only (redis-rs refuses them for a

@@ -21,6 +21,9 @@ pub struct SentinelSet {
     ca: Option<(String, Vec<u8>)>,
     /// Whether the sentinels speak only TLS too.
     sentinel_tls: bool,
+    /// The client certificate and key files every TLS server requires
+    /// (mutual TLS), if they do.
+    client_cert: Option<(String, String)>,
     /// The sentinels' config files, which they rewrite.
     _dir: tempfile::TempDir,
     /// The database the host's `url` names and [`SentinelSet::conn`]
@@ -32,13 +35,13 @@ impl SentinelSet {
     /// Starts the primary, its replica (in sync), and a sentinel that
     /// knows both. (Blocks.)
     pub fn start() -> SentinelSet {
-        Self::start_as(None, false, 1)
+        Self::start_as(None, false, 1, false)
     }
 
     /// The same with three sentinels, two of which must agree to fail the
     /// primary over, and which know each other before this returns.
     pub fn start_three() -> SentinelSet {
-        Self::start_as(None, false, 3)
+        Self::start_as(None, false, 3, false)
     }
 
     /// The same with data servers that speak only TLS, with `pki`'s server
@@ -46,10 +49,17 @@ impl SentinelSet {
     /// `sentinel_tls`. The replica and the sentinel reach the data servers
     /// over TLS.
     pub fn start_tls(pki: &Pki, sentinel_tls: bool) -> SentinelSet {
-        Self::start_as(Some(pki), sentinel_tls, 1)
+        Self::start_as(Some(pki), sentinel_tls, 1, false)
     }
 
-    fn start_as(pki: Option<&Pki>, sentinel_tls: bool, count: usize) -> SentinelSet {
+    /// The same with the sentinel on TLS too, and every server requiring a
+    /// client certificate signed by `pki`'s CA (mutual TLS). The replica and
+    /// the sentinel show the server certificate (it is for clients too).
+    pub fn start_mutual_tls(pki: &Pki) -> SentinelSet {
+        Self::start_as(Some(pki), true, 1, true)
+    }
+
+    fn start_as(pki: Option<&Pki>, sentinel_tls: bool, count: usize, mutual: bool) -> SentinelSet {
         // (No 5 s wait before the replica's first sync.)
         let plain = ["--save", "", "--appendonly", "no", "--repl-diskless-sync-delay", "0"].map(String::from);
         // The TLS settings as "name value" pairs, for arguments and config files alike.
@@ -58,7 +68,7 @@ impl SentinelSet {
                 ("tls-cert-file", pki.file("server.pem")),
                 ("tls-key-file", pki.file("server.key")),
                 ("tls-ca-cert-file", pki.file("ca.pem")),
-                ("tls-auth-clients", "no".to_owned()),
+                ("tls-auth-clients", if mutual { "yes" } else { "no" }.to_owned()),
                 ("tls-replication", "yes".to_owned()),
             ],
             None => vec![],
@@ -105,7 +115,9 @@ impl SentinelSet {
             })
             .collect();
         let ca = pki.map(|pki| (pki.file("ca.pem"), std::fs::read(pki.path("ca.pem")).expect("the CA")));
-        let set = SentinelSet { servers: [primary, replica], sentinels, ca, sentinel_tls, _dir: dir, db: 0 };
+        let client_cert = (pki.filter(|_| mutual)).map(|pki| (pki.file("client.pem"), pki.file("client.key")));
+        let set =
+            SentinelSet { servers: [primary, replica], sentinels, ca, sentinel_tls, client_cert, _dir: dir, db: 0 };
         set.until(Duration::from_secs(30), "the sentinel sees the replica, in sync", || {
             let replicas: Vec<Vec<String>> = set.ask(&["SENTINEL", "REPLICAS", PRIMARY]);
             replicas.iter().any(|r| field(r, "master-link-status") == Some("ok")).then_some(())
@@ -128,7 +140,10 @@ impl SentinelSet {
     fn client_of_db(&self, port: u16, tls: bool, db: u8) -> redis::Client {
         match (&self.ca, tls) {
             (Some((_, ca)), true) => {
-                let certs = redis::TlsCertificates { client_tls: None, root_cert: Some(ca.clone()) };
+                let read = |file: &String| std::fs::read(file).expect("a client certificate file");
+                let client_tls = (self.client_cert.as_ref())
+                    .map(|(cert, key)| redis::ClientTlsConfig { client_cert: read(cert), client_key: read(key) });
+                let certs = redis::TlsCertificates { client_tls, root_cert: Some(ca.clone()) };
                 redis::Client::build_with_tls(format!("rediss://127.0.0.1:{port}/{db}"), certs).expect("a TLS client")
             }
             _ => redis::Client::open(format!("redis://127.0.0.1:{port}/{db}")).expect("a client"),
@@ -162,7 +177,10 @@ impl SentinelSet {
         let db = if self.db == 0 { String::new() } else { format!("/{}", self.db) };
         let url = format!("{}://{data}{PRIMARY}{db}", scheme(self.ca.is_some()));
         let ca = self.ca.as_ref().map(|(file, _)| format!("\nca_file = \"{file}\"")).unwrap_or_default();
-        format!("url = \"{url}\"\nsentinels = [{}]{ca}", at.join(", "))
+        let cert = (self.client_cert.as_ref())
+            .map(|(cert, key)| format!("\ncert_file = \"{cert}\"\nkey_file = \"{key}\""))
+            .unwrap_or_default();
+        format!("url = \"{url}\"\nsentinels = [{}]{ca}{cert}", at.join(", "))
     }
 
     /// A connection to the first sentinel, as its `default` user.
