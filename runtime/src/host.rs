@@ -75,6 +75,8 @@ pub async fn run_with(config: Config, shutdown: impl Future<Output = ()>, option
     // the config) must not. It reloads once the host runs.
     let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let runtime = runtime_for(&config)?;
+    // (Its idle lane is lifted once the host has stopped.)
+    let executor = runtime.executor.clone();
     let cache = cache_for(&config);
     // The embedded Redis starts first: events published while the plugins
     // compile (seconds for Python or JavaScript) wait in it, rather than a
@@ -121,6 +123,7 @@ pub async fn run_with(config: Config, shutdown: impl Future<Output = ()>, option
         let reloader = Reloader { runtime, cache, config_path, watch, reports, current, log };
         reloader.serve(&mut fleet, &config, shutdown, hup).await;
         fleet.stop_all().await;
+        executor.lift_idle_lane();
         upkeep_token.cancel();
         let _ = upkeep.await;
         admin.cancel();

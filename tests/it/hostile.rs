@@ -230,6 +230,48 @@ async fn a_demoted_delivery_that_gets_no_cpu_is_still_given_up_on_time() {
     assert!(took < Duration::from_millis(2_000), "dead-lettered {took:?} after it was sent");
 }
 
+/// A host asked to stop waits for a demoted delivery no longer than its
+/// patience, however busy the CPU, and commits its outcome before it
+/// stops. (Its delivery used to run whole on the idle lane, and the host
+/// waited for that lane to get the CPU.) With the privilege to (root, as
+/// here), it then lifts the idle lane's threads to normal priority, and
+/// exits at once; without, the process may take seconds more to exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_stops_within_the_patience_of_a_demoted_delivery_that_gets_no_cpu() {
+    let redis = RedisServer::start();
+    let sulker =
+        "[handlers.sulker]\nplugin = \"behave.wasm\"\nstreams = [\"sulk\"]\ntimeout_ms = 100\nmax_attempts = 1\n";
+    let fx = Fixture::new(&redis, "", sulker);
+    let cpu = last_cpu();
+    let mut hosts = Hosts(vec![fx.spawn_binary_on_cpu_logging_json(cpu, "warn,sluice::host=info")]);
+    let mut conn = redis.conn().await;
+    send(&mut conn, "sulk", "t", json!({"action": "loop"})).await;
+    assert_eq!(nth_reason(&conn, "sulk", 1).await, "timeout after 100 ms (gave up after 1 attempts)");
+
+    let busy = BusyLoops::on_cpu(cpu, 3).await;
+    send(&mut conn, "sulk", "t", json!({"action": "loop"})).await;
+    until_pending(&conn, "sulk", "sulker", 1).await;
+    let asked = Instant::now();
+    let status = terminate(&mut hosts.0[0]).await;
+    let took = asked.elapsed();
+    drop(busy);
+    assert!(status.success(), "{status}");
+    let lines = json_log_lines(&hosts.0.pop().unwrap().wait_with_output().unwrap().stderr);
+    let at = |words: &str| {
+        let line = saying(&lines, words).pop().unwrap_or_else(|| panic!("no line saying {words:?}: {lines:#?}"));
+        humantime::parse_rfc3339(line["timestamp"].as_str().expect("a timestamp")).expect("an RFC 3339 timestamp")
+    };
+    let stopping = at("stopped").duration_since(at("shutting down: finishing in-flight events")).unwrap();
+    assert!(stopping < Duration::from_millis(2_000), "the host took {stopping:?} to stop");
+    // SAFETY: a plain syscall.
+    if unsafe { libc::geteuid() } == 0 {
+        assert!(took < Duration::from_millis(2_000), "the process took {took:?} to exit");
+    }
+    let reason = nth_reason(&conn, "sulk", 2).await;
+    assert!(reason.starts_with("timeout: no result within 1000 ms at idle priority"), "{reason}");
+    assert_eq!(pending(&mut conn, "sulk", "sulker").await, 0);
+}
+
 /// A demoted delivery given up while its wasm waits for the idle lane's
 /// CPU keeps its permit until the idle lane drops it: however long the
 /// machine stays busy, a demoted handler holds no more instances than its

@@ -71,6 +71,8 @@ pub struct Executor {
 struct Owner {
     runtimes: Mutex<Vec<tokio::runtime::Runtime>>,
     idle: OnceLock<std::io::Result<tokio::runtime::Handle>>,
+    /// The idle lane's live threads (their thread ids).
+    idle_threads: Arc<Mutex<Vec<i32>>>,
 }
 
 impl Drop for Owner {
@@ -84,9 +86,10 @@ impl Drop for Owner {
 impl Executor {
     /// A pool with one worker per core. I/O is enabled for handlers' HTTP calls.
     pub fn new() -> std::io::Result<Executor> {
-        let rt = build(Lane::Normal)?;
+        let rt = build(Lane::Normal, Arc::default())?;
         let normal = rt.handle().clone();
-        Ok(Executor { normal, owner: Arc::new(Owner { runtimes: Mutex::new(vec![rt]), idle: OnceLock::new() }) })
+        let owner = Owner { runtimes: Mutex::new(vec![rt]), idle: OnceLock::new(), idle_threads: Arc::default() };
+        Ok(Executor { normal, owner: Arc::new(owner) })
     }
 
     /// The lane the calling thread works for; `None` off the executor.
@@ -134,9 +137,29 @@ impl Executor {
         }
     }
 
+    /// Lifts the idle lane's threads back to normal priority, for a host
+    /// that has stopped: what they still hold (deliveries given up, see
+    /// [`Straggler`]) is dropped, and they exit, without waiting for CPU
+    /// that a busy machine may not leave free. (A process exits only once
+    /// every thread has, and an exiting thread runs at its own priority.)
+    /// Linux lets a thread leave the idle class only with `CAP_SYS_NICE`
+    /// (or a `RLIMIT_NICE` of 20): without, they stay where they are.
+    pub fn lift_idle_lane(&self) {
+        #[cfg(target_os = "linux")]
+        for &tid in self.owner.idle_threads.lock().unwrap().iter() {
+            let param = libc::sched_param { sched_priority: 0 };
+            // SAFETY: a plain syscall with a valid pointer, on a thread of
+            // this process that is alive (it is listed until it stops).
+            if unsafe { libc::sched_setscheduler(tid, libc::SCHED_OTHER, &param) } != 0 {
+                let e = std::io::Error::last_os_error();
+                return tracing::debug!("cannot lift the idle lane's threads to normal priority: {e}");
+            }
+        }
+    }
+
     fn idle(&self) -> Option<&tokio::runtime::Handle> {
         let started = self.owner.idle.get_or_init(|| {
-            let rt = build(Lane::Idle)?;
+            let rt = build(Lane::Idle, self.owner.idle_threads.clone())?;
             let handle = rt.handle().clone();
             self.owner.runtimes.lock().unwrap().push(rt);
             Ok(handle)
@@ -156,7 +179,10 @@ impl Executor {
     }
 }
 
-fn build(lane: Lane) -> std::io::Result<tokio::runtime::Runtime> {
+/// A runtime for `lane`; the idle lane's threads list themselves in
+/// `threads` while they live.
+fn build(lane: Lane, threads: Arc<Mutex<Vec<i32>>>) -> std::io::Result<tokio::runtime::Runtime> {
+    let stopping = threads.clone();
     tokio::runtime::Builder::new_multi_thread()
         .thread_name(match lane {
             Lane::Normal => "sluice-wasm",
@@ -166,10 +192,24 @@ fn build(lane: Lane) -> std::io::Result<tokio::runtime::Runtime> {
             LANE.set(Some(lane));
             if lane == Lane::Idle {
                 lower_this_thread();
+                threads.lock().unwrap().push(this_thread_id());
             }
+        })
+        .on_thread_stop(move || {
+            let me = this_thread_id();
+            stopping.lock().unwrap().retain(|&t| t != me);
         })
         .enable_all()
         .build()
+}
+
+/// The calling thread's id (0 where there is none to give).
+fn this_thread_id() -> i32 {
+    #[cfg(target_os = "linux")]
+    // SAFETY: a plain syscall with no arguments.
+    return unsafe { libc::gettid() };
+    #[cfg(not(target_os = "linux"))]
+    return 0;
 }
 
 /// Puts the calling thread in the idle scheduling class: the kernel runs it
@@ -208,6 +248,13 @@ mod tests {
         let on_idle = rt.block_on(executor.run_idle(Duration::from_secs(30), async move { here() }));
         assert!(matches!(on_idle, Waited::Done((Some(Lane::Idle), libc::SCHED_IDLE))));
         assert_eq!(Executor::current_lane(), None);
+
+        // Lifted once the host stops (given the privilege to: as root here).
+        if unsafe { libc::geteuid() } == 0 {
+            executor.lift_idle_lane();
+            let lifted = rt.block_on(executor.run_idle(Duration::from_secs(30), async move { here() }));
+            assert!(matches!(lifted, Waited::Done((Some(Lane::Idle), libc::SCHED_OTHER))));
+        }
     }
 
     #[test]
