@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{debug, info};
 
 /// Plugins that failed to load, one error each.
 #[derive(Debug, thiserror::Error)]
@@ -123,7 +123,9 @@ pub async fn run_with(config: Config, shutdown: impl Future<Output = ()>, option
         let reloader = Reloader { runtime, cache, config_path, watch, reports, current, log };
         reloader.serve(&mut fleet, &config, shutdown, hup).await;
         fleet.stop_all().await;
-        executor.lift_idle_lane();
+        if let Err(e) = executor.lift_idle_lane() {
+            debug!("cannot lift demoted handlers' threads to normal priority, for a quick exit on a busy machine: {e}");
+        }
         upkeep_token.cancel();
         let _ = upkeep.await;
         admin.cancel();

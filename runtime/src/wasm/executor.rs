@@ -56,6 +56,8 @@ impl Straggler {
 thread_local! {
     /// The lane this thread works for, if it is one of an executor's workers.
     static LANE: Cell<Option<Lane>> = const { Cell::new(None) };
+    /// An idle-lane thread's entry on its list, dropped when the thread ends.
+    static LISTED: std::cell::RefCell<Option<Listed>> = const { std::cell::RefCell::new(None) };
 }
 
 /// Multi-threaded tokio runtimes for wasm execution: one per [`Lane`], the
@@ -71,8 +73,32 @@ pub struct Executor {
 struct Owner {
     runtimes: Mutex<Vec<tokio::runtime::Runtime>>,
     idle: OnceLock<std::io::Result<tokio::runtime::Handle>>,
-    /// The idle lane's live threads (their thread ids).
-    idle_threads: Arc<Mutex<Vec<i32>>>,
+    /// The idle lane's live threads.
+    idle_threads: Arc<Mutex<IdleThreads>>,
+}
+
+/// The idle lane's live threads, by thread id, and whether they were lifted
+/// to normal priority ([`Executor::lift_idle_lane`]): a thread started
+/// after that stays at normal priority too.
+#[derive(Default)]
+struct IdleThreads {
+    ids: Vec<i32>,
+    lifted: bool,
+}
+
+/// Takes an idle-lane thread off its list when the thread ends (normally
+/// or unwinding): a thread id may be reused by any process after that.
+struct Listed {
+    threads: Arc<Mutex<IdleThreads>>,
+    id: i32,
+}
+
+impl Drop for Listed {
+    fn drop(&mut self) {
+        if let Ok(mut threads) = self.threads.lock() {
+            threads.ids.retain(|&t| t != self.id);
+        }
+    }
 }
 
 impl Drop for Owner {
@@ -143,18 +169,22 @@ impl Executor {
     /// that a busy machine may not leave free. (A process exits only once
     /// every thread has, and an exiting thread runs at its own priority.)
     /// Linux lets a thread leave the idle class only with `CAP_SYS_NICE`
-    /// (or a `RLIMIT_NICE` of 20): without, they stay where they are.
-    pub fn lift_idle_lane(&self) {
+    /// (which a container's root lacks unless granted) or an `RLIMIT_NICE`
+    /// of 20: without, the threads stay where they are, and this says why.
+    pub fn lift_idle_lane(&self) -> std::io::Result<()> {
+        let mut threads = self.owner.idle_threads.lock().unwrap();
+        threads.lifted = true;
         #[cfg(target_os = "linux")]
-        for &tid in self.owner.idle_threads.lock().unwrap().iter() {
+        for &id in &threads.ids {
             let param = libc::sched_param { sched_priority: 0 };
             // SAFETY: a plain syscall with a valid pointer, on a thread of
-            // this process that is alive (it is listed until it stops).
-            if unsafe { libc::sched_setscheduler(tid, libc::SCHED_OTHER, &param) } != 0 {
-                let e = std::io::Error::last_os_error();
-                return tracing::debug!("cannot lift the idle lane's threads to normal priority: {e}");
+            // this process that is alive (listed until it ends; the list is
+            // locked meanwhile).
+            if unsafe { libc::sched_setscheduler(id, libc::SCHED_OTHER, &param) } != 0 {
+                return Err(std::io::Error::last_os_error());
             }
         }
+        Ok(())
     }
 
     fn idle(&self) -> Option<&tokio::runtime::Handle> {
@@ -180,9 +210,9 @@ impl Executor {
 }
 
 /// A runtime for `lane`; the idle lane's threads list themselves in
-/// `threads` while they live.
-fn build(lane: Lane, threads: Arc<Mutex<Vec<i32>>>) -> std::io::Result<tokio::runtime::Runtime> {
-    let stopping = threads.clone();
+/// `threads` while they live, and lower their priority unless it was
+/// lifted already.
+fn build(lane: Lane, threads: Arc<Mutex<IdleThreads>>) -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .thread_name(match lane {
             Lane::Normal => "sluice-wasm",
@@ -191,13 +221,14 @@ fn build(lane: Lane, threads: Arc<Mutex<Vec<i32>>>) -> std::io::Result<tokio::ru
         .on_thread_start(move || {
             LANE.set(Some(lane));
             if lane == Lane::Idle {
-                lower_this_thread();
-                threads.lock().unwrap().push(this_thread_id());
+                let id = this_thread_id();
+                let mut list = threads.lock().unwrap();
+                if !list.lifted {
+                    lower_this_thread();
+                }
+                list.ids.push(id);
+                LISTED.set(Some(Listed { threads: threads.clone(), id }));
             }
-        })
-        .on_thread_stop(move || {
-            let me = this_thread_id();
-            stopping.lock().unwrap().retain(|&t| t != me);
         })
         .enable_all()
         .build()
@@ -206,8 +237,9 @@ fn build(lane: Lane, threads: Arc<Mutex<Vec<i32>>>) -> std::io::Result<tokio::ru
 /// The calling thread's id (0 where there is none to give).
 fn this_thread_id() -> i32 {
     #[cfg(target_os = "linux")]
-    // SAFETY: a plain syscall with no arguments.
-    return unsafe { libc::gettid() };
+    // SAFETY: a plain syscall with no arguments (glibc before 2.30 has no
+    // `gettid` wrapper).
+    return unsafe { libc::syscall(libc::SYS_gettid) } as i32;
     #[cfg(not(target_os = "linux"))]
     return 0;
 }
@@ -249,11 +281,16 @@ mod tests {
         assert!(matches!(on_idle, Waited::Done((Some(Lane::Idle), libc::SCHED_IDLE))));
         assert_eq!(Executor::current_lane(), None);
 
-        // Lifted once the host stops (given the privilege to: as root here).
-        if unsafe { libc::geteuid() } == 0 {
-            executor.lift_idle_lane();
-            let lifted = rt.block_on(executor.run_idle(Duration::from_secs(30), async move { here() }));
-            assert!(matches!(lifted, Waited::Done((Some(Lane::Idle), libc::SCHED_OTHER))));
+        // Lifted once the host stops, if it may (see `lift_idle_lane`);
+        // threads the idle lane starts after that stay at normal priority.
+        match executor.lift_idle_lane() {
+            Ok(()) => {
+                for _ in 0..8 {
+                    let lifted = rt.block_on(executor.run_idle(Duration::from_secs(30), async move { here() }));
+                    assert!(matches!(lifted, Waited::Done((Some(Lane::Idle), libc::SCHED_OTHER))));
+                }
+            }
+            Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EPERM), "{e}"),
         }
     }
 

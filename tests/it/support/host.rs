@@ -210,6 +210,22 @@ pub fn last_cpu() -> usize {
     (0..libc::CPU_SETSIZE as usize).rev().find(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) }).expect("a CPU")
 }
 
+/// Whether this process (and so a host it starts) may lift a thread out of
+/// the idle scheduling class: with `CAP_SYS_NICE` (root, outside a
+/// container that drops it) or an `RLIMIT_NICE` of 20.
+pub fn may_leave_idle_priority() -> bool {
+    std::thread::spawn(|| {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: plain syscalls on this short-lived thread, valid pointers.
+        unsafe {
+            libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) == 0
+                && libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) == 0
+        }
+    })
+    .join()
+    .unwrap()
+}
+
 /// Makes `command`'s process run on CPU `cpu` only.
 fn pin_to_cpu(command: &mut Command, cpu: usize) {
     use std::os::unix::process::CommandExt;

@@ -16,8 +16,8 @@ pub use browser::Browser;
 pub use cluster::Cluster;
 pub use host::{
     BusyLoops, Fixture, Hosts, RunningHost, acl_default, acl_refusals, command_stat, command_stats, entries, field,
-    finished, id_ms, json_log_lines, last_cpu, ledger_commits, pending, read_pending, saying, send, send_signal,
-    sluice, terminate, until_entries, until_finished, until_pending, xadd,
+    finished, id_ms, json_log_lines, last_cpu, ledger_commits, may_leave_idle_priority, pending, read_pending, saying,
+    send, send_signal, sluice, terminate, until_entries, until_finished, until_pending, xadd,
 };
 pub use proxy::Proxy;
 pub use redis_server::{RedisServer, free_port};
