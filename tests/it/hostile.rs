@@ -13,11 +13,14 @@ plugin = "behave.wasm"
 streams = ["good"]
 concurrency = 8
 
+# (Each attack is stopped by a limit of its own, not by the time limit:
+# 5 s leaves the 1000 round trips of the kv read flood room on a loaded
+# machine, where 1 s did not always.)
 [handlers.hostile]
 plugin = "hostile.wasm"
 streams = ["attacks"]
 publish = ["out"]
-timeout_ms = 1000
+timeout_ms = 5000
 memory_mb = 32
 max_attempts = 1
 
@@ -208,14 +211,14 @@ async fn the_retry_of_an_event_that_demoted_its_handler_runs_at_idle_priority() 
 async fn a_demoted_delivery_that_gets_no_cpu_is_still_given_up_on_time() {
     let redis = RedisServer::start();
     let sulker =
-        "[handlers.sulker]\nplugin = \"behave.wasm\"\nstreams = [\"sulk\"]\ntimeout_ms = 100\nmax_attempts = 1\n";
+        "[handlers.sulker]\nplugin = \"behave.wasm\"\nstreams = [\"sulk\"]\ntimeout_ms = 50\nmax_attempts = 1\n";
     let fx = Fixture::new(&redis, "", sulker);
     let cpu = last_cpu();
     let _hosts = Hosts(vec![fx.spawn_binary_on_cpu_logging_json(cpu, "warn")]);
     let mut conn = redis.conn().await;
     // The first timeout, at normal priority, demotes the handler.
     send(&mut conn, "sulk", "t", json!({"action": "loop"})).await;
-    assert_eq!(nth_reason(&conn, "sulk", 1).await, "timeout after 100 ms (gave up after 1 attempts)");
+    assert_eq!(nth_reason(&conn, "sulk", 1).await, "timeout after 50 ms (gave up after 1 attempts)");
 
     let busy = BusyLoops::on_cpu(cpu, 3).await;
     let sent = Instant::now();
@@ -225,9 +228,9 @@ async fn a_demoted_delivery_that_gets_no_cpu_is_still_given_up_on_time() {
     drop(busy);
     assert_eq!(
         reason,
-        "timeout: no result within 1000 ms at idle priority (the handler is demoted after earlier timeouts) (gave up after 1 attempts)"
+        "timeout: no result within 500 ms at idle priority (the handler is demoted after earlier timeouts) (gave up after 1 attempts)"
     );
-    assert!(took < Duration::from_millis(2_000), "dead-lettered {took:?} after it was sent");
+    assert!(took < Duration::from_millis(1_500), "dead-lettered {took:?} after it was sent");
 }
 
 /// A host asked to stop waits for a demoted delivery no longer than its
@@ -236,25 +239,25 @@ async fn a_demoted_delivery_that_gets_no_cpu_is_still_given_up_on_time() {
 /// waited for that lane to get the CPU.) If it may (see
 /// [`may_leave_idle_priority`]), it then lifts the idle lane's threads to
 /// normal priority, and exits at once; if not, the process may take
-/// seconds more to exit, and the CPU is freed after 3 s.
+/// seconds more to exit, and the CPU is freed after 2.5 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_stops_within_the_patience_of_a_demoted_delivery_that_gets_no_cpu() {
     let redis = RedisServer::start();
     let sulker =
-        "[handlers.sulker]\nplugin = \"behave.wasm\"\nstreams = [\"sulk\"]\ntimeout_ms = 100\nmax_attempts = 1\n";
+        "[handlers.sulker]\nplugin = \"behave.wasm\"\nstreams = [\"sulk\"]\ntimeout_ms = 50\nmax_attempts = 1\n";
     let fx = Fixture::new(&redis, "", sulker);
     let cpu = last_cpu();
     let mut hosts = Hosts(vec![fx.spawn_binary_on_cpu_logging_json(cpu, "warn,sluice::host=info")]);
     let mut conn = redis.conn().await;
     send(&mut conn, "sulk", "t", json!({"action": "loop"})).await;
-    assert_eq!(nth_reason(&conn, "sulk", 1).await, "timeout after 100 ms (gave up after 1 attempts)");
+    assert_eq!(nth_reason(&conn, "sulk", 1).await, "timeout after 50 ms (gave up after 1 attempts)");
 
     let busy = BusyLoops::on_cpu(cpu, 3).await;
     send(&mut conn, "sulk", "t", json!({"action": "loop"})).await;
     until_pending(&conn, "sulk", "sulker", 1).await;
     let asked = Instant::now();
     assert!(send_signal(hosts.0[0].id(), "TERM"));
-    let exit_soon = Duration::from_millis(2_000);
+    let exit_soon = Duration::from_millis(1_500);
     while hosts.0[0].try_wait().unwrap().is_none() && asked.elapsed() < exit_soon + Duration::from_secs(1) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -272,9 +275,9 @@ async fn a_host_stops_within_the_patience_of_a_demoted_delivery_that_gets_no_cpu
         humantime::parse_rfc3339(line["timestamp"].as_str().expect("a timestamp")).expect("an RFC 3339 timestamp")
     };
     let stopping = at("stopped").duration_since(at("shutting down: finishing in-flight events")).unwrap();
-    assert!(stopping < Duration::from_millis(2_000), "the host took {stopping:?} to stop");
+    assert!(stopping < Duration::from_millis(1_500), "the host took {stopping:?} to stop");
     let reason = nth_reason(&conn, "sulk", 2).await;
-    assert!(reason.starts_with("timeout: no result within 1000 ms at idle priority"), "{reason}");
+    assert!(reason.starts_with("timeout: no result within 500 ms at idle priority"), "{reason}");
     assert_eq!(pending(&mut conn, "sulk", "sulker").await, 0);
 }
 
@@ -286,18 +289,18 @@ async fn a_host_stops_within_the_patience_of_a_demoted_delivery_that_gets_no_cpu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_demoted_delivery_given_up_keeps_its_permit_until_its_wasm_is_dropped() {
     let redis = RedisServer::start();
-    let sulker = "[handlers.sulker]\nplugin = \"behave.wasm\"\nstreams = [\"sulk\"]\ntimeout_ms = 100\nmax_attempts = 1\nconcurrency = 1\n";
+    let sulker = "[handlers.sulker]\nplugin = \"behave.wasm\"\nstreams = [\"sulk\"]\ntimeout_ms = 50\nmax_attempts = 1\nconcurrency = 1\n";
     let fx = Fixture::new(&redis, "", sulker);
     let cpu = last_cpu();
     let mut hosts = Hosts(vec![fx.spawn_binary_on_cpu_logging_json(cpu, "warn,sluice::consumer=debug")]);
     let mut conn = redis.conn().await;
     send(&mut conn, "sulk", "t", json!({"action": "loop"})).await;
-    assert_eq!(nth_reason(&conn, "sulk", 1).await, "timeout after 100 ms (gave up after 1 attempts)");
+    assert_eq!(nth_reason(&conn, "sulk", 1).await, "timeout after 50 ms (gave up after 1 attempts)");
 
     let busy = BusyLoops::on_cpu(cpu, 3).await;
     let given_up = send(&mut conn, "sulk", "t", json!({"action": "loop"})).await;
     let next = send(&mut conn, "sulk", "t", json!({"action": "ok"})).await;
-    assert!(nth_reason(&conn, "sulk", 2).await.starts_with("timeout: no result within 1000 ms at idle priority"));
+    assert!(nth_reason(&conn, "sulk", 2).await.starts_with("timeout: no result within 500 ms at idle priority"));
     drop(busy);
     // (Handled, or given up in turn if another test keeps the CPU busy now.)
     until_finished(&conn, "sulk", "sulker", 3).await;
