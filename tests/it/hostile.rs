@@ -201,6 +201,28 @@ async fn the_retry_of_an_event_that_demoted_its_handler_runs_at_idle_priority() 
     host.stop().await;
 }
 
+/// A host pinned to one CPU (for [`BusyLoops`] there), logging JSON at
+/// `rust_log`, whose handler `sulker` (`behave` on `sulk`, `timeout_ms =
+/// 50`, one attempt, and the `extra` keys) was demoted by a `loop` event
+/// that ran out of time at normal priority. Its Redis and config live as
+/// long as the first two values returned.
+async fn demoted_on_one_cpu(
+    extra: &str,
+    rust_log: &str,
+) -> (RedisServer, Fixture, usize, Hosts, redis::aio::MultiplexedConnection) {
+    let redis = RedisServer::start();
+    let sulker = format!(
+        "[handlers.sulker]\nplugin = \"behave.wasm\"\nstreams = [\"sulk\"]\ntimeout_ms = 50\nmax_attempts = 1\n{extra}"
+    );
+    let fx = Fixture::new(&redis, "", &sulker);
+    let cpu = last_cpu();
+    let hosts = Hosts(vec![fx.spawn_binary_on_cpu_logging_json(cpu, rust_log)]);
+    let mut conn = redis.conn().await;
+    send(&mut conn, "sulk", "t", json!({"action": "loop"})).await;
+    assert_eq!(nth_reason(&conn, "sulk", 1).await, "timeout after 50 ms (gave up after 1 attempts)");
+    (redis, fx, cpu, hosts, conn)
+}
+
 /// A demoted handler's deliveries wait for CPU that others leave free, but
 /// their time limit and their commit must not: on a CPU kept busy at
 /// normal priority, where the idle lane gets next to no time, a demoted
@@ -209,16 +231,7 @@ async fn the_retry_of_an_event_that_demoted_its_handler_runs_at_idle_priority() 
 /// would outlast `claim_idle_ms`, and other hosts would take it over.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_demoted_delivery_that_gets_no_cpu_is_still_given_up_on_time() {
-    let redis = RedisServer::start();
-    let sulker =
-        "[handlers.sulker]\nplugin = \"behave.wasm\"\nstreams = [\"sulk\"]\ntimeout_ms = 50\nmax_attempts = 1\n";
-    let fx = Fixture::new(&redis, "", sulker);
-    let cpu = last_cpu();
-    let _hosts = Hosts(vec![fx.spawn_binary_on_cpu_logging_json(cpu, "warn")]);
-    let mut conn = redis.conn().await;
-    // The first timeout, at normal priority, demotes the handler.
-    send(&mut conn, "sulk", "t", json!({"action": "loop"})).await;
-    assert_eq!(nth_reason(&conn, "sulk", 1).await, "timeout after 50 ms (gave up after 1 attempts)");
+    let (_redis, _fx, cpu, _hosts, mut conn) = demoted_on_one_cpu("", "warn").await;
 
     let busy = BusyLoops::on_cpu(cpu, 3).await;
     let sent = Instant::now();
@@ -242,15 +255,7 @@ async fn a_demoted_delivery_that_gets_no_cpu_is_still_given_up_on_time() {
 /// seconds more to exit, and the CPU is freed after 2.5 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_stops_within_the_patience_of_a_demoted_delivery_that_gets_no_cpu() {
-    let redis = RedisServer::start();
-    let sulker =
-        "[handlers.sulker]\nplugin = \"behave.wasm\"\nstreams = [\"sulk\"]\ntimeout_ms = 50\nmax_attempts = 1\n";
-    let fx = Fixture::new(&redis, "", sulker);
-    let cpu = last_cpu();
-    let mut hosts = Hosts(vec![fx.spawn_binary_on_cpu_logging_json(cpu, "warn,sluice::host=info")]);
-    let mut conn = redis.conn().await;
-    send(&mut conn, "sulk", "t", json!({"action": "loop"})).await;
-    assert_eq!(nth_reason(&conn, "sulk", 1).await, "timeout after 50 ms (gave up after 1 attempts)");
+    let (_redis, _fx, cpu, mut hosts, mut conn) = demoted_on_one_cpu("", "warn,sluice::host=info").await;
 
     let busy = BusyLoops::on_cpu(cpu, 3).await;
     send(&mut conn, "sulk", "t", json!({"action": "loop"})).await;
@@ -288,14 +293,8 @@ async fn a_host_stops_within_the_patience_of_a_demoted_delivery_that_gets_no_cpu
 /// the given-up one's instance is dropped (the host's debug lines say when).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_demoted_delivery_given_up_keeps_its_permit_until_its_wasm_is_dropped() {
-    let redis = RedisServer::start();
-    let sulker = "[handlers.sulker]\nplugin = \"behave.wasm\"\nstreams = [\"sulk\"]\ntimeout_ms = 50\nmax_attempts = 1\nconcurrency = 1\n";
-    let fx = Fixture::new(&redis, "", sulker);
-    let cpu = last_cpu();
-    let mut hosts = Hosts(vec![fx.spawn_binary_on_cpu_logging_json(cpu, "warn,sluice::consumer=debug")]);
-    let mut conn = redis.conn().await;
-    send(&mut conn, "sulk", "t", json!({"action": "loop"})).await;
-    assert_eq!(nth_reason(&conn, "sulk", 1).await, "timeout after 50 ms (gave up after 1 attempts)");
+    let (_redis, _fx, cpu, mut hosts, mut conn) =
+        demoted_on_one_cpu("concurrency = 1\n", "warn,sluice::consumer=debug").await;
 
     let busy = BusyLoops::on_cpu(cpu, 3).await;
     let given_up = send(&mut conn, "sulk", "t", json!({"action": "loop"})).await;

@@ -142,9 +142,9 @@ impl Executor {
     /// Runs `work` on the idle lane, and waits for it at most `within` from
     /// the calling task, at normal priority (on a machine with no CPU to
     /// spare, the idle lane's threads may not run for seconds, their own
-    /// timers included). Work not done by
-    /// then is cancelled, and returned as a [`Straggler`]. If the idle lane
-    /// cannot be started, the work runs on the normal one.
+    /// timers included). Work not done by then is cancelled, and returned
+    /// as a [`Straggler`]. If the idle lane cannot be started, the work runs
+    /// on the normal one.
     pub async fn run_idle<T: Send + 'static>(
         &self,
         within: Duration,
