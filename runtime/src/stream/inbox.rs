@@ -69,8 +69,8 @@ pub async fn latest(conn: &mut impl ConnectionLike, stream: &str, count: usize) 
 const REDRIVE_MARKER_TTL_MS: u64 = 7 * 24 * 3600 * 1000;
 
 /// Moves entry `id` of `dead_letter` into `inbox` as an entry with `fields`.
-/// `None` if the entry was no longer there. In one script when both streams
-/// share a slot (always, on one server); in a cluster where they do not,
+/// `None` if the entry was no longer there. In one script on one server, and
+/// in a cluster when both streams share a slot; in a cluster where they do not,
 /// the copy is added at most once (a marker beside the inbox remembers it)
 /// and the dead-letter entry deleted after, once a replica of the inbox's
 /// master has the copy (`stream/replicas.rs`), so an interrupted redrive run
@@ -89,7 +89,8 @@ pub(crate) async fn move_to_inbox(
     inbox: &str,
     fields: &[(String, Vec<u8>)],
 ) -> Result<Option<String>, Error> {
-    if super::slot::of(dead_letter) != super::slot::of(inbox) {
+    // (On one server a script may touch any key, whatever its slot.)
+    if matches!(conn, Conn::Cluster(_)) && super::slot::of(dead_letter) != super::slot::of(inbox) {
         return move_across_slots(conn, replicas, dead_letter, id, inbox, fields).await;
     }
     static SCRIPT: std::sync::LazyLock<super::script::Script> =
